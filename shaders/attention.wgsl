@@ -1,0 +1,141 @@
+// attention.wgsl: causal scaled dot-product attention over the KV cache, and the cache write.
+//
+// KV cache of one layer: (n_slots, n_kv_heads, ctx_len, head_dim). A sequence is a slot, so
+// several sequences can later share a forward pass. Token t of this call sits at position
+// pos0 + t and attends to cache positions 0 ..= pos0 + t. Query head h reads KV head
+// h / (n_heads / n_kv_heads) (grouped-query attention).
+
+struct Params {
+    n_tokens: u32,
+    n_heads: u32,
+    n_kv_heads: u32,
+    head_dim: u32,
+    ctx_len: u32,
+    pos0: u32,
+    slot: u32,
+    scale: f32,
+}
+
+// ---- kv_write: copy this call's K and V rows into the cache ----
+@group(0) @binding(0) var<storage, read> k_new: array<f32>;          // (n_tokens, n_kv_heads, head_dim)
+@group(0) @binding(1) var<storage, read> v_new: array<f32>;          // (n_tokens, n_kv_heads, head_dim)
+@group(0) @binding(2) var<storage, read_write> k_cache: array<f32>;  // (n_slots, n_kv_heads, ctx_len, head_dim)
+@group(0) @binding(3) var<storage, read_write> v_cache: array<f32>;  // (n_slots, n_kv_heads, ctx_len, head_dim)
+@group(0) @binding(4) var<uniform> p: Params;
+
+fn cache_index(kvh: u32, pos: u32, d: u32) -> u32 {
+    return ((p.slot * p.n_kv_heads + kvh) * p.ctx_len + pos) * p.head_dim + d;
+}
+
+@compute @workgroup_size(256)
+fn kv_write(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+    let i = linear_workgroup(wid, nwg) * 256u + lid;
+    if (i >= p.n_tokens * p.n_kv_heads * p.head_dim) {
+        return;
+    }
+    let d = i % p.head_dim;
+    let kvh = (i / p.head_dim) % p.n_kv_heads;
+    let t = i / (p.head_dim * p.n_kv_heads);
+    let c = cache_index(kvh, p.pos0 + t, d);
+    k_cache[c] = k_new[i];
+    v_cache[c] = v_new[i];
+}
+
+// ---- attention: one workgroup per (token, head), keys in tiles of 64 with online softmax ----
+@group(0) @binding(0) var<storage, read> q: array<f32>;              // (n_tokens, n_heads, head_dim)
+@group(0) @binding(1) var<storage, read> k_all: array<f32>;          // cache, as above
+@group(0) @binding(2) var<storage, read> v_all: array<f32>;          // cache, as above
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;      // (n_tokens, n_heads, head_dim)
+@group(0) @binding(4) var<uniform> pa: Params;
+
+const TILE: u32 = 64u;
+const MAX_HEAD_DIM: u32 = 256u;
+var<workgroup> qs: array<f32, MAX_HEAD_DIM>;
+var<workgroup> probs: array<f32, TILE>;
+var<workgroup> red: array<f32, TILE>;
+
+fn kv_index(kvh: u32, pos: u32, d: u32) -> u32 {
+    return ((pa.slot * pa.n_kv_heads + kvh) * pa.ctx_len + pos) * pa.head_dim + d;
+}
+
+@compute @workgroup_size(64)
+fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {
+    let g = linear_workgroup(wid, nwg);
+    if (g >= pa.n_tokens * pa.n_heads) {
+        return; // whole workgroup
+    }
+    let t = g / pa.n_heads;
+    let h = g % pa.n_heads;
+    let kvh = h / (pa.n_heads / pa.n_kv_heads);
+    let hd = pa.head_dim;
+    let qbase = g * hd;
+    for (var d = lid; d < hd; d += TILE) {
+        qs[d] = q[qbase + d] * pa.scale;
+    }
+    workgroupBarrier();
+
+    let kv_len = pa.pos0 + t + 1u;
+    var m = NEG_BIG;       // running max (same in every thread)
+    var l = 0.0;           // running sum of exp
+    var acc: array<f32, 4>; // output dims lid, lid+64, lid+128, lid+192
+    for (var j = 0u; j < 4u; j++) {
+        acc[j] = 0.0;
+    }
+    for (var tile = 0u; tile < kv_len; tile += TILE) {
+        let key = tile + lid;
+        var s = NEG_BIG;
+        if (key < kv_len) {
+            var dot = 0.0;
+            for (var d = 0u; d < hd; d++) {
+                dot += qs[d] * k_all[kv_index(kvh, key, d)];
+            }
+            s = dot;
+        }
+        red[lid] = s;
+        workgroupBarrier();
+        for (var st = TILE / 2u; st > 0u; st >>= 1u) {
+            if (lid < st) {
+                red[lid] = max(red[lid], red[lid + st]);
+            }
+            workgroupBarrier();
+        }
+        let m_new = max(m, red[0]);
+        workgroupBarrier();
+        var e = 0.0;
+        if (key < kv_len) {
+            e = exp(s - m_new);
+        }
+        probs[lid] = e;
+        red[lid] = e;
+        workgroupBarrier();
+        for (var st = TILE / 2u; st > 0u; st >>= 1u) {
+            if (lid < st) {
+                red[lid] += red[lid + st];
+            }
+            workgroupBarrier();
+        }
+        let corr = exp(m - m_new);
+        l = l * corr + red[0];
+        m = m_new;
+        let n_keys = min(TILE, kv_len - tile);
+        for (var j = 0u; j < 4u; j++) {
+            let d = lid + j * TILE;
+            if (d < hd) {
+                var a = acc[j] * corr;
+                for (var kk = 0u; kk < n_keys; kk++) {
+                    a += probs[kk] * v_all[kv_index(kvh, tile + kk, d)];
+                }
+                acc[j] = a;
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var j = 0u; j < 4u; j++) {
+        let d = lid + j * TILE;
+        if (d < hd) {
+            out[qbase + d] = acc[j] / l;
+        }
+    }
+}

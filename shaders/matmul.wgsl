@@ -1,0 +1,124 @@
+// matmul.wgsl: linear layers y = x · Wᵀ (+ bias) (+ y when accumulating into a residual).
+// W is row-major [n, k] as PyTorch and GGUF store linear weights.
+//   matmul: tiled matrix-matrix product for prefill (many tokens).
+//   matvec: one token per workgroup row; each row of W is read once per token (decode).
+
+struct Params {
+    t: u32,          // tokens (rows of x)
+    k: u32,          // input features
+    n: u32,          // output features
+    has_bias: u32,
+    accumulate: u32, // 1: y += x·Wᵀ (residual add fused)
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<storage, read> x: array<f32>;          // (t, k)
+@group(0) @binding(1) var<storage, read> w: array<f32>;          // (n, k)
+@group(0) @binding(2) var<storage, read> bias: array<f32>;       // (n,) or a dummy when has_bias = 0
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;    // (t, n)
+@group(0) @binding(4) var<uniform> p: Params;
+
+fn store(row: u32, col: u32, acc: f32) {
+    var v = acc;
+    if (p.has_bias != 0u) {
+        v += bias[col];
+    }
+    let i = row * p.n + col;
+    if (p.accumulate != 0u) {
+        v += y[i];
+    }
+    y[i] = v;
+}
+
+// ---- tiled matrix-matrix: a 32 x 64 output tile per workgroup, 2 x 4 outputs per thread ----
+const TM: u32 = 32u;
+const TN: u32 = 64u;
+const TK: u32 = 16u;
+var<workgroup> xs: array<f32, 512>;   // (TM, TK)
+var<workgroup> ws: array<f32, 1024>;  // (TN, TK)
+
+@compute @workgroup_size(16, 16)
+fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+          @builtin(local_invocation_index) li: u32) {
+    let row0 = wid.y * TM;
+    let col0 = wid.x * TN;
+    var acc: array<f32, 8>;
+    for (var i = 0u; i < 8u; i++) {
+        acc[i] = 0.0;
+    }
+    for (var k0 = 0u; k0 < p.k; k0 += TK) {
+        for (var e = li; e < TM * TK; e += 256u) {
+            let r = e / TK;
+            let c = e % TK;
+            let gr = row0 + r;
+            let gc = k0 + c;
+            xs[e] = select(0.0, x[gr * p.k + gc], gr < p.t && gc < p.k);
+        }
+        for (var e = li; e < TN * TK; e += 256u) {
+            let r = e / TK;
+            let c = e % TK;
+            let gr = col0 + r;
+            let gc = k0 + c;
+            ws[e] = select(0.0, w[gr * p.k + gc], gr < p.n && gc < p.k);
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < TK; kk++) {
+            let a0 = xs[(lid.y * 2u) * TK + kk];
+            let a1 = xs[(lid.y * 2u + 1u) * TK + kk];
+            for (var j = 0u; j < 4u; j++) {
+                let b = ws[(lid.x + 16u * j) * TK + kk];
+                acc[j] += a0 * b;
+                acc[4u + j] += a1 * b;
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 2u; i++) {
+        let row = row0 + lid.y * 2u + i;
+        for (var j = 0u; j < 4u; j++) {
+            let col = col0 + lid.x + 16u * j;
+            if (row < p.t && col < p.n) {
+                store(row, col, acc[i * 4u + j]);
+            }
+        }
+    }
+}
+
+// ---- matrix-vector: 8 output rows per workgroup, 32 threads per row ----
+const MV_ROWS: u32 = 8u;
+const MV_LANES: u32 = 32u;
+var<workgroup> partial: array<f32, 256>;
+
+@compute @workgroup_size(256)
+fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) li: u32) {
+    let blocks_per_token = (p.n + MV_ROWS - 1u) / MV_ROWS;
+    let g = linear_workgroup(wid, nwg);
+    let tok = g / blocks_per_token;
+    let col = (g % blocks_per_token) * MV_ROWS + li / MV_LANES;
+    let lane = li % MV_LANES;
+    if (tok >= p.t) {
+        return; // whole workgroup
+    }
+    var acc = 0.0;
+    if (col < p.n) {
+        let xb = tok * p.k;
+        let wb = col * p.k;
+        for (var i = lane; i < p.k; i += MV_LANES) {
+            acc += x[xb + i] * w[wb + i];
+        }
+    }
+    partial[li] = acc;
+    workgroupBarrier();
+    for (var s = MV_LANES / 2u; s > 0u; s >>= 1u) {
+        if (lane < s) {
+            partial[li] += partial[li + s];
+        }
+        workgroupBarrier();
+    }
+    if (lane == 0u && col < p.n) {
+        store(tok, col, partial[li]);
+    }
+}

@@ -1,0 +1,51 @@
+// rope.wgsl: rotary position embedding, in place on (n_tokens, n_heads, head_dim).
+// Token t sits at position pos0 + t. Dimension pair i (0 <= i < rot_dim/2) turns by
+// angle = pos * theta^(-2i/rot_dim), the frequency computed exactly as Hugging Face does.
+// Two pair conventions:
+//   neox = 1: rotate-half, pairs (x[i], x[i + rot_dim/2])   (Hugging Face checkpoints)
+//   neox = 0: adjacent pairs (x[2i], x[2i+1])                (GGUF llama: Q/K rows are permuted)
+
+struct Params {
+    n_tokens: u32,
+    n_heads: u32,
+    head_dim: u32,
+    rot_dim: u32,
+    pos0: u32,
+    neox: u32,
+    theta: f32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<storage, read_write> x: array<f32>;   // (n_tokens, n_heads, head_dim)
+@group(0) @binding(1) var<uniform> p: Params;
+
+const TWO_PI: f32 = 6.283185307179586;
+
+@compute @workgroup_size(256)
+fn rope(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let half = p.rot_dim / 2u;
+    let idx = linear_workgroup(wid, nwg) * 256u + lid;
+    if (idx >= p.n_tokens * p.n_heads * half) {
+        return;
+    }
+    let i = idx % half;
+    let th = idx / half;          // t * n_heads + h
+    let t = th / p.n_heads;
+    let inv_freq = 1.0 / pow(p.theta, f32(2u * i) / f32(p.rot_dim));
+    var angle = f32(p.pos0 + t) * inv_freq;
+    angle -= TWO_PI * floor(angle / TWO_PI); // keep sin/cos in their accurate range
+    let c = cos(angle);
+    let s = sin(angle);
+    let base = th * p.head_dim;
+    var a = base + 2u * i;
+    var b = a + 1u;
+    if (p.neox != 0u) {
+        a = base + i;
+        b = base + i + half;
+    }
+    let x0 = x[a];
+    let x1 = x[b];
+    x[a] = x0 * c - x1 * s;
+    x[b] = x1 * c + x0 * s;
+}

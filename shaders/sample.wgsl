@@ -1,0 +1,273 @@
+// sample.wgsl: choose the next token on the GPU, in one workgroup, and write its id into the
+// token buffer (where the next step's embedding reads it) so only 4 bytes ever come back.
+//
+// Order (documented in README): repetition penalty -> temperature -> top-k -> top-p -> min-p
+// -> seeded draw. temperature = 0 means greedy (argmax, lowest id on ties).
+//   penalty:  for each distinct id in tokens[hist_start .. hist_end): l > 0 ? l / r : l * r
+//   top-k:    keep ids whose logit >= the k-th largest (ties at the boundary are kept)
+//   top-p:    keep the smallest top set whose probability mass >= top_p (boundary ties kept)
+//   min-p:    keep ids with p >= min_p * p_max
+//   draw:     u = rand(seed, draw) * Z, first id (in id order) whose running mass passes u
+// Thresholds are found by binary search over the order-preserving u32 image of f32, so each
+// is exact, with 32 counting passes and no sort.
+
+struct Params {
+    vocab: u32,
+    row: u32,            // which row of logits
+    hist_start: u32,
+    hist_end: u32,
+    out_index: u32,      // tokens[out_index] receives the id
+    top_k: u32,          // 0 = off
+    seed_lo: u32,
+    seed_hi: u32,
+    draw: u32,           // draw counter, mixed into the random number
+    temperature: f32,    // 0 = greedy
+    top_p: f32,          // 1 = off
+    min_p: f32,          // 0 = off
+    repeat_penalty: f32, // 1 = off
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<storage, read> logits: array<f32>;        // (rows, vocab)
+@group(0) @binding(1) var<storage, read_write> work: array<f32>;    // (vocab,) scratch
+@group(0) @binding(2) var<storage, read_write> tokens: array<u32>;  // the sequence's ids
+@group(0) @binding(3) var<uniform> p: Params;
+
+const WG: u32 = 256u;
+var<workgroup> red_f: array<f32, WG>;
+var<workgroup> red_u: array<u32, WG>;
+var<workgroup> chosen: atomic<u32>;
+// Broadcast slots: read back with workgroupUniformLoad so loops with barriers stay uniform.
+var<workgroup> bcast_u: u32;
+var<workgroup> bcast_f: f32;
+
+fn uniform_f(lid: u32, v: f32) -> f32 {
+    if (lid == 0u) {
+        bcast_f = v;
+    }
+    return workgroupUniformLoad(&bcast_f);
+}
+
+fn uniform_u(lid: u32, v: u32) -> u32 {
+    if (lid == 0u) {
+        bcast_u = v;
+    }
+    return workgroupUniformLoad(&bcast_u);
+}
+
+// Order-preserving map from f32 to u32: a < b  <=>  key(a) < key(b).
+fn key(x: f32) -> u32 {
+    let b = bitcast<u32>(x);
+    return select(b | 0x80000000u, ~b, (b & 0x80000000u) != 0u);
+}
+
+fn pcg(v: u32) -> u32 {
+    let state = v * 747796405u + 2891336453u;
+    let word = ((state >> ((state >> 28u) + 4u)) ^ state) * 277803737u;
+    return (word >> 22u) ^ word;
+}
+
+// Uniform in [0, 1) with 24 random bits; the same function is in sampling.rs.
+fn uniform01() -> f32 {
+    let h = pcg(p.seed_lo ^ pcg(p.seed_hi ^ pcg(p.draw)));
+    return f32(h >> 8u) / 16777216.0;
+}
+
+fn sum_f(lid: u32, v: f32) -> f32 {
+    red_f[lid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            red_f[lid] += red_f[lid + s];
+        }
+        workgroupBarrier();
+    }
+    return uniform_f(lid, red_f[0]);
+}
+
+fn sum_u(lid: u32, v: u32) -> u32 {
+    red_u[lid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            red_u[lid] += red_u[lid + s];
+        }
+        workgroupBarrier();
+    }
+    return uniform_u(lid, red_u[0]);
+}
+
+// Lowest index holding the maximum of work[].
+fn argmax(lid: u32) -> u32 {
+    var best = NEG_BIG;
+    var best_i = 0xffffffffu;
+    for (var i = lid; i < p.vocab; i += WG) {
+        let v = work[i];
+        if (v > best || best_i == 0xffffffffu) {
+            best = v;
+            best_i = i;
+        }
+    }
+    red_f[lid] = best;
+    red_u[lid] = best_i;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            let ov = red_f[lid + s];
+            let oi = red_u[lid + s];
+            if (ov > red_f[lid] || (ov == red_f[lid] && oi < red_u[lid])) {
+                red_f[lid] = ov;
+                red_u[lid] = oi;
+            }
+        }
+        workgroupBarrier();
+    }
+    return uniform_u(lid, red_u[0]);
+}
+
+@compute @workgroup_size(WG)
+fn sample(@builtin(local_invocation_index) lid: u32) {
+    let base = p.row * p.vocab;
+    for (var i = lid; i < p.vocab; i += WG) {
+        work[i] = logits[base + i];
+    }
+    storageBarrier();
+    workgroupBarrier();
+
+    // Repetition penalty, once per distinct id in the window.
+    if (p.repeat_penalty != 1.0) {
+        for (var j = p.hist_start + lid; j < p.hist_end; j += WG) {
+            let id = tokens[j];
+            var first = id < p.vocab;
+            for (var e = p.hist_start; e < j && first; e++) {
+                first = tokens[e] != id;
+            }
+            if (first) {
+                let v = work[id];
+                work[id] = select(v * p.repeat_penalty, v / p.repeat_penalty, v > 0.0);
+            }
+        }
+        storageBarrier();
+        workgroupBarrier();
+    }
+
+    let best = argmax(lid);
+    if (p.temperature <= 0.0) {
+        if (lid == 0u) {
+            tokens[p.out_index] = best;
+        }
+        return;
+    }
+
+    // Temperature, and the max of the scaled logits.
+    let inv_t = 1.0 / p.temperature;
+    for (var i = lid; i < p.vocab; i += WG) {
+        work[i] = work[i] * inv_t;
+    }
+    storageBarrier();
+    workgroupBarrier();
+    let m = uniform_f(lid, work[best]);
+
+    // top-k: the largest key tau with count(key >= tau) >= k.
+    var tau = 0u;
+    if (p.top_k > 0u && p.top_k < p.vocab) {
+        var lo = 0u;
+        var hi = 0xffffffffu;
+        while (lo < hi) {
+            let mid = lo + (hi - lo) / 2u + ((hi - lo) & 1u); // ceil, without overflow
+            var c = 0u;
+            for (var i = lid; i < p.vocab; i += WG) {
+                c += u32(key(work[i]) >= mid);
+            }
+            if (sum_u(lid, c) >= p.top_k) {
+                lo = mid;
+            } else {
+                hi = mid - 1u;
+            }
+        }
+        tau = lo;
+    }
+
+    // top-p over what top-k kept: the largest tau_p with mass(key >= tau_p) >= top_p * mass.
+    if (p.top_p < 1.0) {
+        var z = 0.0;
+        for (var i = lid; i < p.vocab; i += WG) {
+            let v = work[i];
+            z += select(0.0, exp(v - m), key(v) >= tau);
+        }
+        let target_mass = p.top_p * sum_f(lid, z);
+        var lo = tau;
+        var hi = key(m);
+        while (lo < hi) {
+            let mid = lo + (hi - lo) / 2u + ((hi - lo) & 1u); // ceil, without overflow
+            var s = 0.0;
+            for (var i = lid; i < p.vocab; i += WG) {
+                let v = work[i];
+                s += select(0.0, exp(v - m), key(v) >= mid);
+            }
+            if (sum_f(lid, s) >= target_mass) {
+                lo = mid;
+            } else {
+                hi = mid - 1u;
+            }
+        }
+        tau = lo;
+    }
+
+    // min-p: p_i >= min_p * p_max  <=>  v_i >= m + ln(min_p).
+    if (p.min_p > 0.0) {
+        tau = max(tau, key(m + log(p.min_p)));
+    }
+    tau = min(tau, key(m)); // the most likely token is always kept
+
+    // Draw: each thread owns a contiguous chunk of ids, so the running mass is in id order.
+    let chunk = (p.vocab + WG - 1u) / WG;
+    let start = min(lid * chunk, p.vocab);
+    let end = min(start + chunk, p.vocab);
+    var local_mass = 0.0;
+    for (var i = start; i < end; i++) {
+        let v = work[i];
+        local_mass += select(0.0, exp(v - m), key(v) >= tau);
+    }
+    // Exclusive prefix sum of the chunk masses (serial over 256 values: cheap and exact order).
+    red_f[lid] = local_mass;
+    if (lid == 0u) {
+        atomicStore(&chosen, 0xffffffffu);
+    }
+    workgroupBarrier();
+    if (lid == 0u) {
+        var run = 0.0;
+        for (var t = 0u; t < WG; t++) {
+            let v = red_f[t];
+            red_f[t] = run;
+            run += v;
+        }
+        red_u[0] = bitcast<u32>(run);
+    }
+    workgroupBarrier();
+    let total = bitcast<f32>(red_u[0]);
+    let u = uniform01() * total;
+    var run = red_f[lid];
+    if (u >= run && u < run + local_mass) {
+        for (var i = start; i < end; i++) {
+            let v = work[i];
+            if (key(v) >= tau) {
+                run += exp(v - m);
+                if (u < run) {
+                    atomicMin(&chosen, i);
+                    break;
+                }
+            }
+        }
+    }
+    workgroupBarrier();
+    if (lid == 0u) {
+        var id = atomicLoad(&chosen);
+        if (id == 0xffffffffu) {
+            id = best; // u fell on the very end through rounding
+        }
+        tokens[p.out_index] = id;
+    }
+}

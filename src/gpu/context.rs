@@ -1,0 +1,344 @@
+//! The GPU context: adapter, device, queue, the features and limits in use, and the pipeline
+//! cache. The only place that knows whether quill runs natively or in a browser.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+
+/// Optional features quill uses when the adapter has them.
+const WANTED_FEATURES: wgpu::Features = wgpu::Features::SHADER_F16
+    .union(wgpu::Features::TIMESTAMP_QUERY)
+    .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES)
+    .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS)
+    .union(wgpu::Features::SUBGROUP);
+
+/// A compiled compute pipeline and its bind group layout (group 0).
+pub struct Pipeline {
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+    pub label: String,
+}
+
+/// What the uncaptured-error handler and the device-lost callback saw.
+#[derive(Default)]
+struct Faults {
+    error: Option<String>,
+    lost: Option<String>,
+}
+
+pub struct Context {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub features: wgpu::Features,
+    pub limits: wgpu::Limits,
+    pipelines: Mutex<HashMap<String, Arc<Pipeline>>>,
+    modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
+    faults: Arc<Mutex<Faults>>,
+    arenas: Mutex<Vec<wgpu::Buffer>>,
+}
+
+/// How to reach a GPU on this platform, for the error shown when there is none.
+pub fn no_adapter_hint() -> &'static str {
+    if cfg!(target_arch = "wasm32") {
+        "this browser offers no WebGPU adapter: use a browser with WebGPU enabled (Chrome/Edge 113+, or chromium --enable-unsafe-webgpu)"
+    } else if cfg!(target_os = "linux") {
+        "install a Vulkan driver; without a GPU, Mesa's software rasterizer lavapipe works: `sudo apt-get install mesa-vulkan-drivers libvulkan1` (and set XDG_RUNTIME_DIR when running as root or in a container)"
+    } else if cfg!(target_os = "macos") {
+        "Metal is needed (macOS 10.13 or later on supported hardware)"
+    } else {
+        "install or update the GPU driver (Vulkan or DX12)"
+    }
+}
+
+async fn pick_adapter(instance: &wgpu::Instance, backends: wgpu::Backends) -> Result<wgpu::Adapter> {
+    let wanted_name = if cfg!(target_arch = "wasm32") { None } else { std::env::var("WGPU_ADAPTER_NAME").ok() };
+    if let Some(wanted) = wanted_name.filter(|s| !s.is_empty()) {
+        let adapters = instance.enumerate_adapters(backends).await;
+        let names: Vec<String> = adapters.iter().map(|a| format!("{} ({:?})", a.get_info().name, a.get_info().backend)).collect();
+        return adapters
+            .into_iter()
+            .find(|a| a.get_info().name.to_lowercase().contains(&wanted.to_lowercase()))
+            .ok_or_else(|| {
+                Error::NoAdapter(format!(
+                    "WGPU_ADAPTER_NAME={wanted:?} matches no adapter; available: {}",
+                    if names.is_empty() { "none".to_string() } else { names.join(", ") }
+                ))
+            });
+    }
+    let options = wgpu::RequestAdapterOptions {
+        power_preference: wgpu::PowerPreference::from_env().unwrap_or(wgpu::PowerPreference::HighPerformance),
+        force_fallback_adapter: false,
+        compatible_surface: None,
+        apply_limit_buckets: false,
+    };
+    instance.request_adapter(&options).await.map_err(|e| {
+        Error::NoAdapter(format!("no GPU adapter found on backends {backends:?} ({e}); {}", no_adapter_hint()))
+    })
+}
+
+impl Context {
+    /// Opens the adapter chosen by `WGPU_BACKEND` / `WGPU_ADAPTER_NAME` / `WGPU_POWER_PREF`
+    /// (or the best one), with every optional feature quill can use and the adapter's limits.
+    pub async fn new() -> Result<Self> {
+        let backends = if cfg!(target_arch = "wasm32") {
+            wgpu::Backends::BROWSER_WEBGPU
+        } else {
+            wgpu::Backends::from_env().unwrap_or(wgpu::Backends::PRIMARY)
+        };
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+        desc.backends = backends;
+        let instance = wgpu::Instance::new(desc);
+        let adapter = pick_adapter(&instance, backends).await?;
+        let info = adapter.get_info();
+        let features = adapter.features() & WANTED_FEATURES;
+        let limits = adapter.limits();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("quill"),
+                required_features: features,
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| Error::NoAdapter(format!("adapter '{}' refused to open a device: {e}", info.name)))?;
+
+        let faults = Arc::new(Mutex::new(Faults::default()));
+        let f = faults.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
+            log::error!("wgpu: {e}");
+            f.error.get_or_insert_with(|| e.to_string());
+        }));
+        let f = faults.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
+            f.lost.get_or_insert_with(|| format!("{reason:?}: {msg}"));
+        });
+        Ok(Context {
+            device,
+            queue,
+            info,
+            features,
+            limits,
+            pipelines: Mutex::new(HashMap::new()),
+            modules: Mutex::new(HashMap::new()),
+            faults,
+            arenas: Mutex::new(Vec::new()),
+        })
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn new_blocking() -> Result<Self> {
+        pollster::block_on(Self::new())
+    }
+
+    pub fn adapter_name(&self) -> &str {
+        &self.info.name
+    }
+
+    /// Returns the first GPU error seen since the last check (validation, out of memory,
+    /// device lost), naming what was being done.
+    pub fn check(&self, during: &str) -> Result<()> {
+        let mut f = self.faults.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(lost) = &f.lost {
+            return Err(Error::gpu(during, format!("device lost ({lost})")));
+        }
+        if let Some(e) = f.error.take() {
+            return Err(Error::gpu(during, e));
+        }
+        Ok(())
+    }
+
+    /// The pipeline for `entry` of `shader` with the given override constants, compiled once.
+    pub fn pipeline(&self, shader: &'static Shader, entry: &str, constants: &[(&str, f64)]) -> Result<Arc<Pipeline>> {
+        let key = format!("{}:{entry}:{constants:?}", shader.name);
+        let mut cache = self.pipelines.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = cache.get(&key) {
+            return Ok(p.clone());
+        }
+        let module = {
+            let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+            modules
+                .entry(shader.name)
+                .or_insert_with(|| {
+                    self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some(shader.name),
+                        source: wgpu::ShaderSource::Wgsl(shader.source().into()),
+                    })
+                })
+                .clone()
+        };
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(&key),
+            layout: None,
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: wgpu::PipelineCompilationOptions { constants, zero_initialize_workgroup_memory: false },
+            cache: None,
+        });
+        self.check(&format!("compiling {key}"))?;
+        let layout = pipeline.get_bind_group_layout(0);
+        let p = Arc::new(Pipeline { pipeline, layout, label: key.clone() });
+        cache.insert(key, p.clone());
+        Ok(p)
+    }
+
+    /// A uniform arena of `size` bytes, from the pool or new. The recorder holding it has it
+    /// alone until it gives it back after its submit (queue writes are ordered after earlier
+    /// submissions, so the next user cannot overwrite data still to be read).
+    pub(crate) fn take_arena(&self, size: u64) -> wgpu::Buffer {
+        let mut pool = self.arenas.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = pool.iter().position(|b| b.size() == size) {
+            return pool.swap_remove(i);
+        }
+        drop(pool);
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("params arena"),
+            size,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    pub(crate) fn give_back_arenas(&self, buffers: impl IntoIterator<Item = wgpu::Buffer>) {
+        self.arenas.lock().unwrap_or_else(|p| p.into_inner()).extend(buffers);
+    }
+
+    /// A device-local storage buffer initialised from `data`.
+    pub fn upload<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> Result<wgpu::Buffer> {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        let size = (bytes.len() as u64).max(4).next_multiple_of(4);
+        self.check_size(label, size)?;
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: true,
+        });
+        buffer.get_mapped_range_mut(..).map_err(|e| Error::gpu(format!("uploading {label}"), e.to_string()))?.slice(..bytes.len()).copy_from_slice(bytes);
+        buffer.unmap();
+        self.check(&format!("uploading {label}"))?;
+        Ok(buffer)
+    }
+
+    /// A zeroed storage buffer of `size` bytes.
+    pub fn storage(&self, label: &str, size: u64) -> Result<wgpu::Buffer> {
+        let size = size.max(4).next_multiple_of(4);
+        self.check_size(label, size)?;
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.check(&format!("allocating {label}"))?;
+        Ok(buffer)
+    }
+
+    fn check_size(&self, label: &str, size: u64) -> Result<()> {
+        let max = self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size);
+        if size > max {
+            return Err(Error::MissingCapability {
+                adapter: self.info.name.clone(),
+                msg: format!("buffer '{label}' needs {size} bytes but one binding holds at most {max}"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Copies `size` bytes at `offset` of `buffer` back to the CPU (waits for the GPU).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_bytes(&self, buffer: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("read-back"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(buffer, offset, &staging, 0, size);
+        self.queue.submit([enc.finish()]);
+        self.map_read(&staging, size)
+    }
+
+    /// Maps a MAP_READ buffer that a submitted command buffer fills, and returns its bytes.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn map_read(&self, staging: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, 0..size, move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::gpu("waiting for the GPU", e.to_string()))?;
+        self.check("reading results back")?;
+        match rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Error::gpu("mapping a read-back buffer", e.to_string())),
+            Err(_) => return Err(Error::gpu("mapping a read-back buffer", "the map callback never ran")),
+        }
+        let bytes = staging
+            .get_mapped_range(0..size)
+            .map_err(|e| Error::gpu("mapping a read-back buffer", e.to_string()))?
+            .to_vec();
+        staging.unmap();
+        Ok(bytes)
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_f32(&self, buffer: &wgpu::Buffer, offset_elems: usize, n: usize) -> Result<Vec<f32>> {
+        let bytes = self.read_bytes(buffer, offset_elems as u64 * 4, n as u64 * 4)?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_u32(&self, buffer: &wgpu::Buffer, offset_elems: usize, n: usize) -> Result<Vec<u32>> {
+        let bytes = self.read_bytes(buffer, offset_elems as u64 * 4, n as u64 * 4)?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    /// A human-readable report of the adapter, its features and its limits (`quill info`).
+    pub fn describe(&self) -> String {
+        let i = &self.info;
+        let l = &self.limits;
+        let mut s = String::new();
+        s += &format!("adapter:  {}\n", i.name);
+        s += &format!("backend:  {:?}\n", i.backend);
+        s += &format!("type:     {:?}\n", i.device_type);
+        s += &format!("driver:   {} {}\n", i.driver, i.driver_info);
+        s += &format!("vendor:   {:#06x}  device: {:#06x}\n", i.vendor, i.device);
+        let mut feats: Vec<String> = self.features.iter_names().map(|(n, _)| n.to_string()).collect();
+        if feats.is_empty() {
+            feats.push("none".into());
+        }
+        s += &format!("features used: {}\n", feats.join(", "));
+        s += "limits:\n";
+        s += &format!("  max_buffer_size                      {}\n", l.max_buffer_size);
+        s += &format!("  max_storage_buffer_binding_size      {}\n", l.max_storage_buffer_binding_size);
+        s += &format!("  max_storage_buffers_per_shader_stage {}\n", l.max_storage_buffers_per_shader_stage);
+        s += &format!("  max_compute_workgroup_storage_size   {}\n", l.max_compute_workgroup_storage_size);
+        s += &format!("  max_compute_invocations_per_workgroup {}\n", l.max_compute_invocations_per_workgroup);
+        s += &format!("  max_compute_workgroups_per_dimension {}\n", l.max_compute_workgroups_per_dimension);
+        s += &format!("  min_uniform_buffer_offset_alignment  {}\n", l.min_uniform_buffer_offset_alignment);
+        s += &format!("  subgroup size                        {}..{}\n", i.subgroup_min_size, i.subgroup_max_size);
+        s
+    }
+}
+
+/// A WGSL source embedded in the binary. Every shader gets `common.wgsl` prepended.
+pub struct Shader {
+    pub name: &'static str,
+    pub body: &'static str,
+}
+
+pub const COMMON_WGSL: &str = include_str!("../../shaders/common.wgsl");
+
+impl Shader {
+    pub fn source(&self) -> String {
+        format!("{COMMON_WGSL}\n{}", self.body)
+    }
+}

@@ -1,0 +1,198 @@
+//! Sampling settings, their validation, and the CPU reference sampler that the GPU kernel
+//! (shaders/sample.wgsl) is tested against. Both apply, in this order: repetition penalty,
+//! temperature, top-k, top-p, min-p, then a seeded draw.
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SamplingParams {
+    /// 0 = greedy.
+    pub temperature: f32,
+    /// 0 = off.
+    pub top_k: usize,
+    /// 1 = off.
+    pub top_p: f32,
+    /// 0 = off.
+    pub min_p: f32,
+    /// 1 = off; > 1 discourages tokens already in the window.
+    pub repeat_penalty: f32,
+    /// How many of the latest tokens the penalty looks at.
+    pub repeat_last_n: usize,
+    pub seed: u64,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05, repeat_penalty: 1.1, repeat_last_n: 64, seed: 0 }
+    }
+}
+
+impl SamplingParams {
+    pub fn greedy() -> Self {
+        SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0, repeat_penalty: 1.0, repeat_last_n: 0, seed: 0 }
+    }
+
+    /// Refuses values that have no meaning, naming the option.
+    pub fn validate(&self) -> Result<()> {
+        let t = self.temperature;
+        if !t.is_finite() || t < 0.0 {
+            return Err(Error::arg("--temperature", format!("{t} must be a finite number >= 0 (0 = greedy)")));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(Error::arg("--top-p", format!("{} must be in (0, 1] (1 = off)", self.top_p)));
+        }
+        if !(self.min_p >= 0.0 && self.min_p < 1.0) {
+            return Err(Error::arg("--min-p", format!("{} must be in [0, 1) (0 = off)", self.min_p)));
+        }
+        let r = self.repeat_penalty;
+        if !r.is_finite() || r <= 0.0 {
+            return Err(Error::arg("--repeat-penalty", format!("{r} must be a finite number > 0 (1 = off)")));
+        }
+        Ok(())
+    }
+}
+
+fn pcg(v: u32) -> u32 {
+    let state = v.wrapping_mul(747796405).wrapping_add(2891336453);
+    let word = ((state >> ((state >> 28) + 4)) ^ state).wrapping_mul(277803737);
+    (word >> 22) ^ word
+}
+
+/// The uniform number in [0, 1) of draw `draw` under `seed`; the GPU computes the same.
+pub fn uniform01(seed: u64, draw: u32) -> f32 {
+    let h = pcg((seed as u32) ^ pcg(((seed >> 32) as u32) ^ pcg(draw)));
+    (h >> 8) as f32 / 16777216.0
+}
+
+/// Applies the repetition penalty once per distinct id of `history`.
+pub fn apply_penalty(logits: &mut [f32], history: &[u32], penalty: f32) {
+    if penalty == 1.0 {
+        return;
+    }
+    let mut seen = std::collections::HashSet::new();
+    for &id in history {
+        if (id as usize) < logits.len() && seen.insert(id) {
+            let v = &mut logits[id as usize];
+            *v = if *v > 0.0 { *v / penalty } else { *v * penalty };
+        }
+    }
+}
+
+/// The distribution the sampler draws from: probabilities per id after penalty,
+/// temperature, top-k, top-p and min-p (computed in f64). Greedy gives a one-hot vector.
+pub fn distribution(logits: &[f32], history: &[u32], s: &SamplingParams) -> Vec<f64> {
+    let mut l = logits.to_vec();
+    apply_penalty(&mut l, history, s.repeat_penalty);
+    let n = l.len();
+    let best = (0..n).fold(0, |b, i| if l[i] > l[b] { i } else { b });
+    if s.temperature <= 0.0 {
+        let mut p = vec![0.0; n];
+        p[best] = 1.0;
+        return p;
+    }
+    let v: Vec<f64> = l.iter().map(|&x| (x * (1.0 / s.temperature)) as f64).collect();
+    let m = v[best];
+    let mut sorted: Vec<f64> = v.clone();
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    let mut thr = f64::NEG_INFINITY;
+    if s.top_k > 0 && s.top_k < n {
+        thr = sorted[s.top_k - 1];
+    }
+    if s.top_p < 1.0 {
+        let kept: Vec<f64> = sorted.iter().copied().filter(|&x| x >= thr).collect();
+        let z: f64 = kept.iter().map(|x| (x - m).exp()).sum();
+        // Smallest top set (ties included) whose mass reaches top_p.
+        let mut mass = 0.0;
+        for (i, &x) in kept.iter().enumerate() {
+            mass += (x - m).exp();
+            let tie_next = kept.get(i + 1).is_some_and(|&y| y == x);
+            if mass >= s.top_p as f64 * z && !tie_next {
+                thr = thr.max(x);
+                break;
+            }
+        }
+    }
+    if s.min_p > 0.0 {
+        thr = thr.max(m + (s.min_p as f64).ln());
+    }
+    thr = thr.min(m);
+    let w: Vec<f64> = v.iter().map(|&x| if x >= thr { (x - m).exp() } else { 0.0 }).collect();
+    let z: f64 = w.iter().sum();
+    w.iter().map(|x| x / z).collect()
+}
+
+/// CPU reference sampler: draws from `distribution` with the same random number as the GPU.
+pub fn sample_reference(logits: &[f32], history: &[u32], s: &SamplingParams, draw: u32) -> u32 {
+    let p = distribution(logits, history, s);
+    let u = uniform01(s.seed, draw) as f64;
+    let mut run = 0.0;
+    let mut last = 0;
+    for (i, &pi) in p.iter().enumerate() {
+        if pi > 0.0 {
+            run += pi;
+            last = i;
+            if u < run {
+                return i as u32;
+            }
+        }
+    }
+    last as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distribution_by_hand() {
+        let logits = [1.0f32, 3.0, 2.0, 0.0];
+        let e = |x: f64| x.exp();
+        let s = SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, repeat_penalty: 1.0, repeat_last_n: 0, seed: 0 };
+        let p = distribution(&logits, &[], &s);
+        let z = e(1.0) + e(3.0) + e(2.0) + e(0.0);
+        assert!((p[1] - e(3.0) / z).abs() < 1e-12);
+        // top-k 2 keeps ids 1 and 2.
+        let p = distribution(&logits, &[], &SamplingParams { top_k: 2, ..s.clone() });
+        assert!((p[1] - e(3.0) / (e(3.0) + e(2.0))).abs() < 1e-12 && p[0] == 0.0 && p[3] == 0.0);
+        // top-p 0.6: p(1) = 0.64 alone reaches it.
+        let p = distribution(&logits, &[], &SamplingParams { top_p: 0.6, ..s.clone() });
+        assert_eq!(p[1], 1.0);
+        // min-p 0.3: keeps p >= 0.3 * p_max, i.e. logits >= 3 + ln 0.3 = 1.796: ids 1, 2.
+        let p = distribution(&logits, &[], &SamplingParams { min_p: 0.3, ..s.clone() });
+        assert!(p[0] == 0.0 && p[2] > 0.0 && p[3] == 0.0);
+        // penalty 2 on id 1 (positive: divided) and id 3 (zero: multiplied, stays 0).
+        let p = distribution(&logits, &[1, 1, 3], &SamplingParams { repeat_penalty: 2.0, ..s.clone() });
+        let z = e(1.0) + e(1.5) + e(2.0) + e(0.0);
+        assert!((p[1] - e(1.5) / z).abs() < 1e-12);
+        // temperature 0.5 doubles the logits.
+        let p = distribution(&logits, &[], &SamplingParams { temperature: 0.5, ..s.clone() });
+        let z = e(2.0) + e(6.0) + e(4.0) + e(0.0);
+        assert!((p[2] - e(4.0) / z).abs() < 1e-12);
+    }
+
+    #[test]
+    fn validation_names_the_option() {
+        let bad = [
+            (SamplingParams { temperature: -1.0, ..Default::default() }, "--temperature"),
+            (SamplingParams { temperature: f32::NAN, ..Default::default() }, "--temperature"),
+            (SamplingParams { top_p: 0.0, ..Default::default() }, "--top-p"),
+            (SamplingParams { top_p: 1.5, ..Default::default() }, "--top-p"),
+            (SamplingParams { min_p: 1.0, ..Default::default() }, "--min-p"),
+            (SamplingParams { repeat_penalty: 0.0, ..Default::default() }, "--repeat-penalty"),
+        ];
+        for (s, name) in bad {
+            let e = s.validate().unwrap_err().to_string();
+            assert!(e.contains(name), "{e}");
+        }
+        SamplingParams::default().validate().unwrap();
+        SamplingParams::greedy().validate().unwrap();
+    }
+
+    #[test]
+    fn uniform_numbers_look_uniform() {
+        let n = 100_000;
+        let mean: f64 = (0..n).map(|i| uniform01(42, i) as f64).sum::<f64>() / n as f64;
+        assert!((mean - 0.5).abs() < 0.005, "mean {mean}");
+        assert_ne!(uniform01(1, 0), uniform01(2, 0));
+    }
+}

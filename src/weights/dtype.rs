@@ -1,0 +1,225 @@
+//! Storage types of weights in files, their block layouts, and dequantization to f32 on the CPU.
+//! These loops are the reference that the GPU's dequantizing kernels are tested against.
+
+use crate::error::{Error, Result};
+
+/// A tensor's storage type as a file holds it. Quantized types are stored in blocks of
+/// `block_len()` weights taking `block_bytes()` bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    F16,
+    BF16,
+    /// 32 weights: f16 scale `d`, 32 × i8; w = d·q.
+    Q8_0,
+    /// 32 weights: f16 scale `d`, 16 bytes of nibbles; w = d·(q − 8).
+    Q4_0,
+    /// 32 weights: f16 `d`, f16 `m`, 16 bytes of nibbles; w = d·q + m.
+    Q4_1,
+}
+
+impl DType {
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "F32",
+            DType::F16 => "F16",
+            DType::BF16 => "BF16",
+            DType::Q8_0 => "Q8_0",
+            DType::Q4_0 => "Q4_0",
+            DType::Q4_1 => "Q4_1",
+        }
+    }
+    /// Weights per block (1 for plain floats).
+    pub fn block_len(self) -> usize {
+        match self {
+            DType::F32 | DType::F16 | DType::BF16 => 1,
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => 32,
+        }
+    }
+    pub fn block_bytes(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F16 | DType::BF16 => 2,
+            DType::Q8_0 => 34,
+            DType::Q4_0 => 18,
+            DType::Q4_1 => 20,
+        }
+    }
+    /// Bytes taken by `n` weights, or None when `n` is not a whole number of blocks
+    /// or the size overflows.
+    pub fn bytes_for(self, n: usize) -> Option<usize> {
+        if n % self.block_len() != 0 {
+            return None;
+        }
+        (n / self.block_len()).checked_mul(self.block_bytes())
+    }
+}
+
+/// IEEE half to f32, exact for every input (subnormals, infinities, NaN).
+pub fn f16_to_f32(h: u16) -> f32 {
+    let sign = ((h as u32) & 0x8000) << 16;
+    let exp = ((h >> 10) & 0x1f) as u32;
+    let mant = (h & 0x3ff) as u32;
+    let bits = match (exp, mant) {
+        (0, 0) => sign,
+        (0, m) => {
+            // subnormal: value = m · 2^-24
+            let v = m as f32 * f32::from_bits(0x3380_0000); // 2^-24
+            return if sign != 0 { -v } else { v };
+        }
+        (0x1f, m) => sign | 0x7f80_0000 | (m << 13),
+        (e, m) => sign | ((e + 127 - 15) << 23) | (m << 13),
+    };
+    f32::from_bits(bits)
+}
+
+/// f32 to IEEE half, rounding to nearest even (used by tests and by f16 uploads).
+pub fn f32_to_f16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    let sign = ((bits >> 16) & 0x8000) as u16;
+    let exp = ((bits >> 23) & 0xff) as i32;
+    let mant = bits & 0x7f_ffff;
+    if exp == 0xff {
+        return sign | 0x7c00 | if mant != 0 { 0x200 } else { 0 };
+    }
+    let e = exp - 127 + 15;
+    if e >= 0x1f {
+        return sign | 0x7c00;
+    }
+    if e <= 0 {
+        if e < -10 {
+            return sign;
+        }
+        let m = mant | 0x80_0000;
+        let shift = (14 - e) as u32;
+        let half = 1u32 << (shift - 1);
+        let rest = m & ((1 << shift) - 1);
+        let mut r = m >> shift;
+        if rest > half || (rest == half && (r & 1) == 1) {
+            r += 1;
+        }
+        return sign | r as u16;
+    }
+    let mut r = ((e as u32) << 10) | (mant >> 13);
+    let rest = mant & 0x1fff;
+    if rest > 0x1000 || (rest == 0x1000 && (r & 1) == 1) {
+        r += 1; // may carry into the exponent, which is the right rounding
+    }
+    sign | r as u16
+}
+
+pub fn bf16_to_f32(h: u16) -> f32 {
+    f32::from_bits((h as u32) << 16)
+}
+
+fn le_u16(b: &[u8], i: usize) -> u16 {
+    u16::from_le_bytes([b[i], b[i + 1]])
+}
+
+/// Dequantizes `n` weights of type `dtype` from `bytes` (which must hold exactly
+/// `dtype.bytes_for(n)` bytes) into f32.
+pub fn dequantize(dtype: DType, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
+    let need = dtype.bytes_for(n).ok_or_else(|| Error::Shape {
+        op: "dequantize",
+        msg: format!("{n} weights is not a whole number of {} blocks", dtype.name()),
+    })?;
+    if bytes.len() != need {
+        return Err(Error::Shape {
+            op: "dequantize",
+            msg: format!("{n} {} weights need {need} bytes, got {}", dtype.name(), bytes.len()),
+        });
+    }
+    let mut out = Vec::with_capacity(n);
+    match dtype {
+        DType::F32 => out.extend(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+        DType::F16 => out.extend(bytes.chunks_exact(2).map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])))),
+        DType::BF16 => out.extend(bytes.chunks_exact(2).map(|c| bf16_to_f32(u16::from_le_bytes([c[0], c[1]])))),
+        DType::Q8_0 => {
+            for b in bytes.chunks_exact(34) {
+                let d = f16_to_f32(le_u16(b, 0));
+                out.extend(b[2..34].iter().map(|&q| d * (q as i8) as f32));
+            }
+        }
+        DType::Q4_0 => {
+            for b in bytes.chunks_exact(18) {
+                let d = f16_to_f32(le_u16(b, 0));
+                let qs = &b[2..18];
+                out.extend(qs.iter().map(|&q| d * ((q & 0xf) as i32 - 8) as f32));
+                out.extend(qs.iter().map(|&q| d * ((q >> 4) as i32 - 8) as f32));
+            }
+        }
+        DType::Q4_1 => {
+            for b in bytes.chunks_exact(20) {
+                let d = f16_to_f32(le_u16(b, 0));
+                let m = f16_to_f32(le_u16(b, 2));
+                let qs = &b[4..20];
+                out.extend(qs.iter().map(|&q| d * (q & 0xf) as f32 + m));
+                out.extend(qs.iter().map(|&q| d * (q >> 4) as f32 + m));
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f16_round_trips_every_finite_half() {
+        for h in 0u16..=0xffff {
+            let x = f16_to_f32(h);
+            if x.is_nan() {
+                assert!(f16_to_f32(f32_to_f16(x)).is_nan());
+                continue;
+            }
+            assert_eq!(f32_to_f16(x), h, "half {h:#06x} -> {x} did not round-trip");
+        }
+        assert_eq!(f16_to_f32(0x3c00), 1.0);
+        assert_eq!(f16_to_f32(0xc000), -2.0);
+        assert_eq!(f16_to_f32(0x0001), 2f32.powi(-24));
+        assert_eq!(f32_to_f16(1.0 + 2f32.powi(-11)), 0x3c00); // tie rounds to even
+    }
+
+    #[test]
+    fn q4_1_block_layout() {
+        // d = 0.5, m = -1: low nibble of byte j is weight j, high nibble is weight j+16.
+        let mut b = vec![0u8; 20];
+        b[0..2].copy_from_slice(&f32_to_f16(0.5).to_le_bytes());
+        b[2..4].copy_from_slice(&f32_to_f16(-1.0).to_le_bytes());
+        for j in 0..16 {
+            b[4 + j] = (j as u8) | (((15 - j) as u8) << 4);
+        }
+        let w = dequantize(DType::Q4_1, &b, 32).unwrap();
+        for j in 0..16 {
+            assert_eq!(w[j], 0.5 * j as f32 - 1.0);
+            assert_eq!(w[j + 16], 0.5 * (15 - j) as f32 - 1.0);
+        }
+    }
+
+    #[test]
+    fn q8_0_and_q4_0_blocks() {
+        let mut b = vec![0u8; 34];
+        b[0..2].copy_from_slice(&f32_to_f16(0.25).to_le_bytes());
+        for j in 0..32 {
+            b[2 + j] = (j as i8 - 16) as u8;
+        }
+        let w = dequantize(DType::Q8_0, &b, 32).unwrap();
+        assert!(w.iter().enumerate().all(|(j, &x)| x == 0.25 * (j as f32 - 16.0)));
+
+        let mut b = vec![0u8; 18];
+        b[0..2].copy_from_slice(&f32_to_f16(2.0).to_le_bytes());
+        b[2] = 0x1f; // weight 0 = 15-8, weight 16 = 1-8
+        let w = dequantize(DType::Q4_0, &b, 32).unwrap();
+        assert_eq!(w[0], 14.0);
+        assert_eq!(w[16], -14.0);
+        assert_eq!(w[1], -16.0);
+    }
+
+    #[test]
+    fn wrong_sizes_are_errors() {
+        assert!(dequantize(DType::Q4_1, &[0u8; 20], 31).is_err());
+        assert!(dequantize(DType::Q4_1, &[0u8; 19], 32).is_err());
+        assert!(dequantize(DType::F32, &[0u8; 7], 2).is_err());
+    }
+}

@@ -1,0 +1,454 @@
+//! GGUF reader (versions 2 and 3), from bytes. Every count, length and offset is checked
+//! against the bytes that are really there before anything is allocated, so a truncated or
+//! hostile file gives an error naming the file and the field, never a panic or a huge
+//! allocation.
+//!
+//! Layout: magic "GGUF", u32 version, u64 tensor count, u64 metadata count, metadata
+//! key/value pairs, tensor infos (name, n_dims, dims innermost-first, type, offset), padding
+//! to `general.alignment` (default 32), then the tensor data.
+
+use std::collections::BTreeMap;
+
+use super::{DType, TensorView};
+use crate::error::{Error, Result};
+
+/// One metadata value, of any of GGUF's 13 value types.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    U8(u8),
+    I8(i8),
+    U16(u16),
+    I16(i16),
+    U32(u32),
+    I32(i32),
+    F32(f32),
+    Bool(bool),
+    String(String),
+    Array(Vec<Value>),
+    U64(u64),
+    I64(i64),
+    F64(f64),
+}
+
+impl Value {
+    /// Any integer value that fits in u64 (negative values do not).
+    pub fn as_u64(&self) -> Option<u64> {
+        match *self {
+            Value::U8(v) => Some(v as u64),
+            Value::U16(v) => Some(v as u64),
+            Value::U32(v) => Some(v as u64),
+            Value::U64(v) => Some(v),
+            Value::I8(v) => u64::try_from(v).ok(),
+            Value::I16(v) => u64::try_from(v).ok(),
+            Value::I32(v) => u64::try_from(v).ok(),
+            Value::I64(v) => u64::try_from(v).ok(),
+            Value::Bool(v) => Some(v as u64),
+            _ => None,
+        }
+    }
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            Value::F32(v) => Some(v as f64),
+            Value::F64(v) => Some(v),
+            _ => self.as_u64().map(|v| v as f64).or(match *self {
+                Value::I8(v) => Some(v as f64),
+                Value::I16(v) => Some(v as f64),
+                Value::I32(v) => Some(v as f64),
+                Value::I64(v) => Some(v as f64),
+                _ => None,
+            }),
+        }
+    }
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::String(s) => Some(s),
+            _ => None,
+        }
+    }
+    pub fn as_array(&self) -> Option<&[Value]> {
+        match self {
+            Value::Array(a) => Some(a),
+            _ => None,
+        }
+    }
+    pub fn as_bool(&self) -> Option<bool> {
+        match *self {
+            Value::Bool(b) => Some(b),
+            _ => None,
+        }
+    }
+}
+
+/// GGML tensor types by their GGUF code. Types quill does not read are kept by code so the
+/// error can name them.
+fn ggml_type(code: u32) -> std::result::Result<DType, String> {
+    Ok(match code {
+        0 => DType::F32,
+        1 => DType::F16,
+        2 => DType::Q4_0,
+        3 => DType::Q4_1,
+        8 => DType::Q8_0,
+        30 => DType::BF16,
+        6 => return Err("Q5_0".into()),
+        7 => return Err("Q5_1".into()),
+        9 => return Err("Q8_1".into()),
+        10 => return Err("Q2_K".into()),
+        11 => return Err("Q3_K".into()),
+        12 => return Err("Q4_K".into()),
+        13 => return Err("Q5_K".into()),
+        14 => return Err("Q6_K".into()),
+        15 => return Err("Q8_K".into()),
+        c => return Err(format!("ggml type {c}")),
+    })
+}
+
+#[derive(Clone, Debug)]
+pub struct TensorInfo {
+    pub name: String,
+    /// Row-major shape, outermost first (GGUF's `ne` reversed): a linear weight is [out, in].
+    pub shape: Vec<usize>,
+    pub dtype: DType,
+    /// Offset from the start of the data section.
+    pub offset: usize,
+    pub n_bytes: usize,
+}
+
+/// A parsed GGUF file borrowing its bytes.
+pub struct Gguf<'a> {
+    pub file: String,
+    pub version: u32,
+    pub metadata: BTreeMap<String, Value>,
+    pub tensors: Vec<TensorInfo>,
+    data: &'a [u8],
+}
+
+/// Nested arrays deeper than this are refused (the format uses at most one level).
+const MAX_ARRAY_DEPTH: usize = 4;
+const MAX_DIMS: usize = 8;
+
+struct Reader<'a> {
+    file: &'a str,
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn err(&self, what: &str) -> Error {
+        Error::format(self.file, format!("{what} (at byte {} of {})", self.pos, self.bytes.len()))
+    }
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len());
+        match end {
+            Some(end) => {
+                let s = &self.bytes[self.pos..end];
+                self.pos = end;
+                Ok(s)
+            }
+            None => Err(self.err(&format!("truncated: {what} needs {n} more bytes"))),
+        }
+    }
+    fn remaining(&self) -> usize {
+        self.bytes.len() - self.pos
+    }
+    fn u8(&mut self, what: &str) -> Result<u8> {
+        Ok(self.take(1, what)?[0])
+    }
+    fn u16(&mut self, what: &str) -> Result<u16> {
+        Ok(u16::from_le_bytes(self.take(2, what)?.try_into().unwrap_or_default()))
+    }
+    fn u32(&mut self, what: &str) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.take(4, what)?.try_into().unwrap_or_default()))
+    }
+    fn u64(&mut self, what: &str) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.take(8, what)?.try_into().unwrap_or_default()))
+    }
+    /// A count that must be backed by at least `min_each` bytes per item still in the file.
+    fn count(&mut self, min_each: usize, what: &str) -> Result<usize> {
+        let n = self.u64(what)?;
+        let fits = usize::try_from(n).ok().filter(|&n| n.checked_mul(min_each.max(1)).is_some_and(|b| b <= self.remaining()));
+        fits.ok_or_else(|| self.err(&format!("{what} = {n} cannot fit in the {} bytes left", self.remaining())))
+    }
+    fn string(&mut self, what: &str) -> Result<String> {
+        let n = self.count(1, &format!("length of {what}"))?;
+        let b = self.take(n, what)?;
+        String::from_utf8(b.to_vec()).map_err(|_| self.err(&format!("{what} is not valid UTF-8")))
+    }
+    fn value(&mut self, ty: u32, depth: usize, what: &str) -> Result<Value> {
+        Ok(match ty {
+            0 => Value::U8(self.u8(what)?),
+            1 => Value::I8(self.u8(what)? as i8),
+            2 => Value::U16(self.u16(what)?),
+            3 => Value::I16(self.u16(what)? as i16),
+            4 => Value::U32(self.u32(what)?),
+            5 => Value::I32(self.u32(what)? as i32),
+            6 => Value::F32(f32::from_bits(self.u32(what)?)),
+            7 => match self.u8(what)? {
+                0 => Value::Bool(false),
+                1 => Value::Bool(true),
+                b => return Err(self.err(&format!("{what}: bool byte {b} is neither 0 nor 1"))),
+            },
+            8 => Value::String(self.string(what)?),
+            9 => {
+                if depth >= MAX_ARRAY_DEPTH {
+                    return Err(self.err(&format!("{what}: arrays nested deeper than {MAX_ARRAY_DEPTH}")));
+                }
+                let elem = self.u32(what)?;
+                let min_each = match elem {
+                    0 | 1 | 7 => 1,
+                    2 | 3 => 2,
+                    4 | 5 | 6 => 4,
+                    8 | 9 | 10 | 11 | 12 => 8,
+                    t => return Err(self.err(&format!("{what}: unknown array element type {t}"))),
+                };
+                let n = self.count(min_each, &format!("element count of {what}"))?;
+                let mut items = Vec::with_capacity(n);
+                for _ in 0..n {
+                    items.push(self.value(elem, depth + 1, what)?);
+                }
+                Value::Array(items)
+            }
+            10 => Value::U64(self.u64(what)?),
+            11 => Value::I64(self.u64(what)? as i64),
+            12 => Value::F64(f64::from_bits(self.u64(what)?)),
+            t => return Err(self.err(&format!("{what}: unknown value type {t}"))),
+        })
+    }
+}
+
+impl<'a> Gguf<'a> {
+    /// Parses a GGUF file held in `bytes`; `file` names it in errors.
+    pub fn parse(file: &str, bytes: &'a [u8]) -> Result<Self> {
+        let mut r = Reader { file, bytes, pos: 0 };
+        if bytes.is_empty() {
+            return Err(Error::format(file, "empty file, not a GGUF model"));
+        }
+        let magic = r.take(4, "magic").map_err(|_| Error::format(file, "too short to be a GGUF file"))?;
+        if magic != b"GGUF" {
+            return Err(Error::format(file, format!("not a GGUF file (starts with {magic:02x?}, expected \"GGUF\")")));
+        }
+        let version = r.u32("version")?;
+        if !(2..=3).contains(&version) {
+            return Err(Error::format(file, format!("GGUF version {version} is not supported (2 and 3 are)")));
+        }
+        // A tensor info takes at least 8 (name len) + 4 (n_dims) + 4 (type) + 8 (offset) bytes;
+        // a key/value at least 8 + 4 + 1.
+        let n_tensors = r.count(24, "tensor count")?;
+        let n_kv = r.count(13, "metadata count")?;
+        let mut metadata = BTreeMap::new();
+        for i in 0..n_kv {
+            let key = r.string(&format!("metadata key #{i}"))?;
+            let ty = r.u32(&format!("type of metadata '{key}'"))?;
+            let v = r.value(ty, 0, &format!("metadata '{key}'"))?;
+            metadata.insert(key, v);
+        }
+        let alignment = match metadata.get("general.alignment") {
+            None => 32,
+            Some(v) => match v.as_u64() {
+                Some(a) if a.is_power_of_two() && a <= 1 << 16 => a as usize,
+                _ => return Err(Error::format(file, format!("general.alignment {v:?} is not a power of two up to 65536"))),
+            },
+        };
+        let mut infos = Vec::with_capacity(n_tensors);
+        for i in 0..n_tensors {
+            let name = r.string(&format!("name of tensor #{i}"))?;
+            let n_dims = r.u32(&format!("dims of tensor '{name}'"))? as usize;
+            if n_dims == 0 || n_dims > MAX_DIMS {
+                return Err(Error::tensor(file, &name, format!("{n_dims} dimensions (1 to {MAX_DIMS} allowed)")));
+            }
+            let mut ne = Vec::with_capacity(n_dims);
+            for _ in 0..n_dims {
+                ne.push(r.u64(&format!("dims of tensor '{name}'"))?);
+            }
+            let code = r.u32(&format!("type of tensor '{name}'"))?;
+            let offset = r.u64(&format!("offset of tensor '{name}'"))?;
+            infos.push((name, ne, code, offset));
+        }
+        let data_start = r.pos.div_ceil(alignment) * alignment;
+        let data = bytes.get(data_start..).unwrap_or(&[]);
+
+        let mut tensors = Vec::with_capacity(infos.len());
+        for (name, ne, code, offset) in infos {
+            let dtype = ggml_type(code).map_err(|t| Error::tensor(file, &name, format!("type {t} is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1 are)")))?;
+            let n = ne.iter().try_fold(1usize, |acc, &d| usize::try_from(d).ok().and_then(|d| acc.checked_mul(d)));
+            let n_bytes = n.and_then(|n| dtype.bytes_for(n)).ok_or_else(|| {
+                Error::tensor(file, &name, format!("dims {ne:?} overflow or are not whole {} blocks", dtype.name()))
+            })?;
+            if ne[0] as usize % dtype.block_len() != 0 {
+                return Err(Error::tensor(file, &name, format!("row length {} is not a multiple of the {} block of {}", ne[0], dtype.name(), dtype.block_len())));
+            }
+            let offset = usize::try_from(offset).ok().filter(|o| o % alignment == 0);
+            let end = offset.and_then(|o| o.checked_add(n_bytes)).filter(|&e| e <= data.len());
+            let Some(end) = end else {
+                return Err(Error::tensor(file, &name, format!(
+                    "data ({n_bytes} bytes at offset {offset:?}) lies outside the file's {} data bytes or is misaligned; the file may be truncated", data.len())));
+            };
+            let shape = ne.iter().rev().map(|&d| d as usize).collect();
+            tensors.push(TensorInfo { name, shape, dtype, offset: end - n_bytes, n_bytes });
+        }
+        Ok(Gguf { file: file.to_string(), version, metadata, tensors, data })
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.metadata.get(key)
+    }
+    fn missing(&self, key: &str, what: &str) -> Error {
+        Error::format(&self.file, format!("metadata '{key}' is missing or not {what}"))
+    }
+    pub fn str(&self, key: &str) -> Result<&str> {
+        self.get(key).and_then(Value::as_str).ok_or_else(|| self.missing(key, "a string"))
+    }
+    pub fn u64(&self, key: &str) -> Result<u64> {
+        self.get(key).and_then(Value::as_u64).ok_or_else(|| self.missing(key, "an unsigned integer"))
+    }
+    pub fn usize(&self, key: &str) -> Result<usize> {
+        let v = self.u64(key)?;
+        usize::try_from(v).map_err(|_| self.missing(key, "a size that fits in memory"))
+    }
+    pub fn f64(&self, key: &str) -> Result<f64> {
+        self.get(key).and_then(Value::as_f64).ok_or_else(|| self.missing(key, "a number"))
+    }
+    pub fn strings(&self, key: &str) -> Result<Vec<&str>> {
+        let arr = self.get(key).and_then(Value::as_array).ok_or_else(|| self.missing(key, "an array"))?;
+        arr.iter().map(|v| v.as_str().ok_or_else(|| self.missing(key, "an array of strings"))).collect()
+    }
+
+    pub fn tensor(&self, name: &str) -> Option<TensorView<'a>> {
+        let t = self.tensors.iter().find(|t| t.name == name)?;
+        Some(TensorView { name: t.name.clone(), shape: t.shape.clone(), dtype: t.dtype, data: &self.data[t.offset..t.offset + t.n_bytes] })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Builds a small GGUF file in memory: metadata given as raw (key, type, payload).
+    pub fn build(version: u32, kv: &[(&str, u32, Vec<u8>)], tensors: &[(&str, &[u64], u32, Vec<u8>)]) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(b"GGUF");
+        b.extend_from_slice(&version.to_le_bytes());
+        b.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+        b.extend_from_slice(&(kv.len() as u64).to_le_bytes());
+        for (k, ty, payload) in kv {
+            b.extend_from_slice(&(k.len() as u64).to_le_bytes());
+            b.extend_from_slice(k.as_bytes());
+            b.extend_from_slice(&ty.to_le_bytes());
+            b.extend_from_slice(payload);
+        }
+        let mut offset = 0u64;
+        for (name, dims, ty, data) in tensors {
+            b.extend_from_slice(&(name.len() as u64).to_le_bytes());
+            b.extend_from_slice(name.as_bytes());
+            b.extend_from_slice(&(dims.len() as u32).to_le_bytes());
+            for d in *dims {
+                b.extend_from_slice(&d.to_le_bytes());
+            }
+            b.extend_from_slice(&ty.to_le_bytes());
+            b.extend_from_slice(&offset.to_le_bytes());
+            offset += (data.len() as u64).div_ceil(32) * 32;
+        }
+        while b.len() % 32 != 0 {
+            b.push(0);
+        }
+        for (_, _, _, data) in tensors {
+            b.extend_from_slice(data);
+            while b.len() % 32 != 0 {
+                b.push(0);
+            }
+        }
+        b
+    }
+
+    pub fn gguf_string(s: &str) -> Vec<u8> {
+        let mut v = (s.len() as u64).to_le_bytes().to_vec();
+        v.extend_from_slice(s.as_bytes());
+        v
+    }
+
+    fn sample() -> Vec<u8> {
+        let mut arr = 8u32.to_le_bytes().to_vec(); // array of strings
+        arr.extend_from_slice(&2u64.to_le_bytes());
+        arr.extend(gguf_string("a"));
+        arr.extend(gguf_string("bc"));
+        let w: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0].iter().flat_map(|x| x.to_le_bytes()).collect();
+        build(
+            3,
+            &[
+                ("general.architecture", 8, gguf_string("llama")),
+                ("llama.block_count", 4, 2u32.to_le_bytes().to_vec()),
+                ("x.f", 6, 0.5f32.to_le_bytes().to_vec()),
+                ("x.b", 7, vec![1]),
+                ("x.i64", 11, (-3i64).to_le_bytes().to_vec()),
+                ("x.f64", 12, 2.5f64.to_le_bytes().to_vec()),
+                ("x.u8", 0, vec![7]),
+                ("x.i16", 3, (-2i16).to_le_bytes().to_vec()),
+                ("tokens", 9, arr),
+            ],
+            &[("w", &[3, 2], 0, w)],
+        )
+    }
+
+    #[test]
+    fn parses_metadata_and_tensors() {
+        let bytes = sample();
+        let g = Gguf::parse("t.gguf", &bytes).unwrap();
+        assert_eq!(g.str("general.architecture").unwrap(), "llama");
+        assert_eq!(g.u64("llama.block_count").unwrap(), 2);
+        assert_eq!(g.f64("x.f").unwrap(), 0.5);
+        assert_eq!(g.get("x.b"), Some(&Value::Bool(true)));
+        assert_eq!(g.get("x.i64"), Some(&Value::I64(-3)));
+        assert_eq!(g.f64("x.f64").unwrap(), 2.5);
+        assert_eq!(g.get("x.u8"), Some(&Value::U8(7)));
+        assert_eq!(g.get("x.i16"), Some(&Value::I16(-2)));
+        assert_eq!(g.strings("tokens").unwrap(), vec!["a", "bc"]);
+        let t = g.tensor("w").unwrap();
+        assert_eq!(t.shape, vec![2, 3]); // ne = [3, 2] innermost first
+        assert_eq!(t.to_f32().unwrap(), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    }
+
+    #[test]
+    fn every_truncation_is_an_error_not_a_panic() {
+        let bytes = sample();
+        for len in 0..bytes.len() - 1 {
+            // Cutting into the trailing padding of the last tensor still leaves its data whole.
+            let cut = &bytes[..len];
+            if let Ok(g) = Gguf::parse("t.gguf", cut) {
+                assert!(g.tensor("w").is_some(), "a file cut at {len} parsed without its tensor");
+                assert!(len >= bytes.len() - 8, "a file cut at {len} of {} parsed", bytes.len());
+            }
+        }
+    }
+
+    #[test]
+    fn hostile_counts_are_refused_without_allocating() {
+        let mut bytes = sample();
+        bytes[8..16].copy_from_slice(&u64::MAX.to_le_bytes()); // tensor count
+        let e = Gguf::parse("t.gguf", &bytes).err().unwrap().to_string();
+        assert!(e.contains("tensor count"), "{e}");
+
+        let mut bytes = sample();
+        bytes[16..24].copy_from_slice(&(1u64 << 40).to_le_bytes()); // metadata count
+        assert!(Gguf::parse("t.gguf", &bytes).is_err());
+
+        // A string length far beyond the file.
+        let mut bytes = sample();
+        bytes[24..32].copy_from_slice(&(1u64 << 62).to_le_bytes());
+        let e = Gguf::parse("t.gguf", &bytes).err().unwrap().to_string();
+        assert!(e.contains("t.gguf") && e.contains("length"), "{e}");
+    }
+
+    #[test]
+    fn bad_magic_version_and_types() {
+        let e = Gguf::parse("x.bin", b"PK\x03\x04 not a gguf at all").err().unwrap().to_string();
+        assert!(e.contains("not a GGUF"), "{e}");
+        let mut bytes = sample();
+        bytes[4..8].copy_from_slice(&9u32.to_le_bytes());
+        assert!(Gguf::parse("t.gguf", &bytes).err().unwrap().to_string().contains("version 9"));
+        let q4k = build(3, &[], &[("w", &[256], 12, vec![0; 144])]);
+        let e = Gguf::parse("t.gguf", &q4k).err().unwrap().to_string();
+        assert!(e.contains("'w'") && e.contains("Q4_K"), "{e}");
+        let lie = build(3, &[], &[("w", &[1 << 20, 1 << 20], 0, vec![0; 16])]);
+        let e = Gguf::parse("t.gguf", &lie).err().unwrap().to_string();
+        assert!(e.contains("'w'") && e.contains("outside"), "{e}");
+    }
+}
