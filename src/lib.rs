@@ -1,9 +1,14 @@
 //! quill: Transformer language models whose math runs in WGSL compute shaders through wgpu.
 
 pub mod error;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod files;
+pub mod generate;
 pub mod gpu;
+pub mod models;
 pub mod ops;
 pub mod sampling;
+pub mod tokenizer;
 pub mod weights;
 
 pub use error::{Error, Result};

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Sets up a machine to run quill: a Vulkan driver (Mesa's lavapipe works without a GPU) and
+# the default model. Safe to run again: it installs and downloads only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+if command -v dpkg >/dev/null; then
+  for pkg in mesa-vulkan-drivers libvulkan1; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]} ..." >&2
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+
+command -v cargo >/dev/null || { echo "setup: Rust's cargo is needed (https://rustup.rs)" >&2; exit 1; }
+bash scripts/fetch-model.sh

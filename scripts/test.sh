@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Runs quill's whole test suite in release mode (the CPU references are slow in debug).
+# GPU tests run on whatever adapter wgpu finds (lavapipe without a GPU); with CI set, a
+# missing adapter or model fails the run instead of skipping.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+exec cargo test --release "$@"

@@ -1,0 +1,230 @@
+//! Command-line options and the commands behind them.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::{Args, Parser, Subcommand};
+
+use quill::error::{Error, Result};
+use quill::generate::{Session, Stop};
+use quill::gpu::Context;
+use quill::models::LoadedModel;
+use quill::sampling::SamplingParams;
+use quill::tokenizer::StreamDecoder;
+
+#[derive(Parser)]
+#[command(name = "quill", version, about = "Write text with Transformer language models on any GPU (WGSL compute shaders through wgpu)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the GPU adapter (backend, driver, features, limits) and, with --model, the model.
+    Info {
+        /// GGUF file or Hugging Face model directory.
+        #[arg(long)]
+        model: Option<PathBuf>,
+    },
+    /// Continue a prompt, streaming only the generated text to stdout.
+    Write(WriteArgs),
+}
+
+#[derive(Args)]
+struct WriteArgs {
+    /// The prompt (or use --prompt-file).
+    prompt: Option<String>,
+    /// GGUF file or Hugging Face model directory [default: SmolLM2-135M-Instruct from scripts/fetch-model.sh].
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Read the prompt from a UTF-8 file.
+    #[arg(long, conflicts_with = "prompt")]
+    prompt_file: Option<PathBuf>,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// Keep going past the end-of-sequence token.
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Softmax temperature; 0 = greedy.
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f32,
+    /// Keep only the k most likely tokens; 0 = off.
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches p; 1 = off.
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// Drop tokens less likely than min-p times the most likely; 0 = off.
+    #[arg(long, default_value_t = 0.05)]
+    min_p: f32,
+    /// Penalise tokens among the last --repeat-last-n; 1 = off.
+    #[arg(long, default_value_t = 1.1)]
+    repeat_penalty: f32,
+    /// How many recent tokens the repetition penalty looks at.
+    #[arg(long, default_value_t = 64)]
+    repeat_last_n: usize,
+    /// Random seed; the same seed, prompt and options give the same text [default: from the clock].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Wrap the prompt in the model's chat template as a user message.
+    #[arg(long)]
+    chat: bool,
+    /// System message for --chat.
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
+    /// Also print the prompt before the generated text.
+    #[arg(long)]
+    echo: bool,
+    /// Context length (KV cache positions) [default: the model's, at most 2048].
+    #[arg(long)]
+    ctx: Option<usize>,
+}
+
+pub fn run() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Info { model } => info(model),
+        Command::Write(args) => write(args),
+    }
+}
+
+fn model_path(arg: Option<PathBuf>) -> Result<PathBuf> {
+    match arg {
+        Some(p) => Ok(p),
+        None => quill::files::default_model(),
+    }
+}
+
+/// Loads a model, showing progress on stderr.
+fn load(ctx: &Context, path: &std::path::Path) -> Result<LoadedModel> {
+    let tty = std::io::stderr().is_terminal();
+    let start = Instant::now();
+    let mut last_pct = u64::MAX;
+    let model = quill::files::load_model(ctx, path, &mut |done, total| {
+        let pct = done * 100 / total.max(1);
+        if pct != last_pct && (tty || pct % 25 == 0) {
+            last_pct = pct;
+            let end = if tty { "\r" } else { "\n" };
+            eprint!("loading {}: {pct:3}% ({} / {} MB){end}", path.display(), done >> 20, total >> 20);
+        }
+    })?;
+    if tty {
+        eprintln!();
+    }
+    let c = model.config();
+    eprintln!(
+        "loaded {} in {:.1} s: {} layers, dim {}, vocab {} on {} ({:?})",
+        path.display(),
+        start.elapsed().as_secs_f64(),
+        c.n_layers,
+        c.dim,
+        c.vocab,
+        ctx.adapter_name(),
+        ctx.info.backend
+    );
+    Ok(model)
+}
+
+fn info(model: Option<PathBuf>) -> Result<()> {
+    let ctx = Context::new_blocking()?;
+    print!("{}", ctx.describe());
+    if let Some(path) = model {
+        let m = load(&ctx, &path)?;
+        let c = m.config();
+        println!("model:    {}", m.source);
+        println!("architecture: {}", c.arch.name());
+        println!("layers: {}  dim: {}  heads: {}  kv heads: {}  head dim: {}  ffn: {}", c.n_layers, c.dim, c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_dim);
+        println!("vocab: {}  context: {}  rope theta: {}  tied embeddings: {}", c.vocab, c.max_ctx, c.rope_theta, c.tied_embeddings);
+        println!("file dtypes: {}", m.file_dtypes);
+        let ctx_len = c.max_ctx.min(2048);
+        println!(
+            "GPU memory: weights {:.1} MB (f32) + KV cache {:.1} MB for {ctx_len} positions",
+            c.weight_bytes() as f64 / 1e6,
+            c.kv_bytes(ctx_len) as f64 / 1e6
+        );
+    }
+    Ok(())
+}
+
+fn read_prompt(args: &WriteArgs) -> Result<String> {
+    if let Some(path) = &args.prompt_file {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        return String::from_utf8(bytes).map_err(|e| {
+            Error::arg("--prompt-file", format!("{} is not valid UTF-8 (first bad byte at offset {})", path.display(), e.utf8_error().valid_up_to()))
+        });
+    }
+    args.prompt.clone().ok_or_else(|| Error::arg("PROMPT", "give a prompt as an argument or with --prompt-file"))
+}
+
+fn write(args: WriteArgs) -> Result<()> {
+    let seed = args.seed.unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0));
+    let sampling = SamplingParams {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        min_p: args.min_p,
+        repeat_penalty: args.repeat_penalty,
+        repeat_last_n: args.repeat_last_n,
+        seed,
+    };
+    // Check everything the user typed before the slow parts.
+    sampling.validate()?;
+    if args.max_tokens == 0 {
+        return Err(Error::arg("--max-tokens", "must be at least 1"));
+    }
+    let prompt = read_prompt(&args)?;
+    let path = model_path(args.model.clone())?;
+    let ctx = Context::new_blocking()?;
+    let model = load(&ctx, &path)?;
+    let text = if args.chat {
+        let mut messages = Vec::new();
+        if let Some(sys) = &args.system {
+            messages.push(("system".to_string(), sys.clone()));
+        }
+        messages.push(("user".to_string(), prompt.clone()));
+        model.tokenizer.apply_chat_template(&messages, true)?
+    } else {
+        prompt.clone()
+    };
+    let ids = model.tokenizer.encode(&text)?;
+    let ctx_len = args.ctx.unwrap_or(model.config().max_ctx.min(2048));
+    let mut session = Session::new(&ctx, &model, ctx_len)?;
+
+    let mut out = std::io::stdout().lock();
+    if args.echo {
+        let _ = write!(out, "{prompt}");
+        let _ = out.flush();
+    }
+    let mut decoder = StreamDecoder::new();
+    let mut write_failed = false;
+    let (stop, stats) = session.generate(&ids, &sampling, args.max_tokens, args.ignore_eos, |id| {
+        if let Ok(Some(piece)) = decoder.step(&model.tokenizer, id) {
+            // A closed pipe (`quill write ... | head`) ends generation quietly.
+            write_failed = write!(out, "{piece}").and_then(|_| out.flush()).is_err();
+        }
+        !write_failed
+    })?;
+    if let Ok(Some(rest)) = decoder.finish(&model.tokenizer) {
+        let _ = write!(out, "{rest}");
+    }
+    let _ = writeln!(out);
+    let _ = out.flush();
+    let why = match stop {
+        Stop::Eos => "end of sequence",
+        Stop::MaxTokens => "--max-tokens reached",
+        Stop::ContextFull => "context full (raise --ctx)",
+        Stop::Cancelled => "output closed",
+    };
+    eprintln!(
+        "prompt tokens: {} | time to first token: {:.0} ms | prefill: {:.1} tok/s | decode: {:.1} tok/s over {} tokens | stopped: {why} | seed: {seed}",
+        stats.prompt_tokens,
+        stats.time_to_first_token.as_secs_f64() * 1e3,
+        stats.prefill_tok_s(),
+        stats.decode_tok_s(),
+        stats.generated,
+    );
+    Ok(())
+}

@@ -1,0 +1,108 @@
+//! Native model files: finds the default model, memory-maps GGUF and safetensors files and
+//! hands their bytes to the shared loaders in `models::load`.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::gpu::Context;
+use crate::models::load::{load_gguf, load_hf, HfFiles};
+use crate::models::LoadedModel;
+
+pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+pub const FETCH_COMMAND: &str = "scripts/fetch-model.sh";
+
+/// Where `scripts/fetch-model.sh` stores models: $QUILL_MODELS, else
+/// $XDG_CACHE_HOME/quill/models, else ~/.cache/quill/models.
+pub fn models_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("QUILL_MODELS").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache"));
+    cache.join("quill").join("models")
+}
+
+pub fn default_model_path() -> PathBuf {
+    models_dir().join(DEFAULT_MODEL_FILE)
+}
+
+/// The default model, or an error saying how to fetch it.
+pub fn default_model() -> Result<PathBuf> {
+    let p = default_model_path();
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(Error::arg(
+            "--model",
+            format!("no model given and the default model is not at {}; fetch it with `{FETCH_COMMAND}` or pass --model <file.gguf | hf-dir>", p.display()),
+        ))
+    }
+}
+
+fn map(path: &Path) -> Result<memmap2::Mmap> {
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // Safety: the map is read-only and quill does not expect the file to change while loaded;
+    // a file truncated under us would fault, as with any reader of a mapped file.
+    unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io(path, e))
+}
+
+fn read_opt(path: &Path) -> Result<Option<Vec<u8>>> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// The safetensors files of a Hugging Face directory: the shards of
+/// model.safetensors.index.json, or model.safetensors.
+fn shard_paths(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index = dir.join("model.safetensors.index.json");
+    if let Some(bytes) = read_opt(&index)? {
+        let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| Error::format(index.display().to_string(), e.to_string()))?;
+        let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::format(index.display().to_string(), "no weight_map object"))?;
+        let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(str::to_string)).collect();
+        files.sort();
+        files.dedup();
+        for f in &files {
+            if f.contains('/') || f.contains("..") {
+                return Err(Error::format(index.display().to_string(), format!("shard name '{f}' leaves the directory")));
+            }
+        }
+        return Ok(files.into_iter().map(|f| dir.join(f)).collect());
+    }
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    Err(Error::format(dir.display().to_string(), "no model.safetensors or model.safetensors.index.json in the directory"))
+}
+
+/// Loads a model from a GGUF file or a Hugging Face directory.
+pub fn load_model(ctx: &Context, path: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<LoadedModel> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    let label = path.display().to_string();
+    if meta.is_file() {
+        let m = map(path)?;
+        return load_gguf(ctx, &label, &m, progress);
+    }
+    let config = std::fs::read(path.join("config.json")).map_err(|e| Error::io(path.join("config.json"), e))?;
+    let shards = shard_paths(path)?;
+    let maps: Vec<memmap2::Mmap> = shards.iter().map(|p| map(p)).collect::<Result<_>>()?;
+    let tokenizer_json = read_opt(&path.join("tokenizer.json"))?;
+    let tokenizer_config = read_opt(&path.join("tokenizer_config.json"))?;
+    let template = read_opt(&path.join("chat_template.jinja"))?.map(|b| String::from_utf8_lossy(&b).into_owned());
+    let generation = read_opt(&path.join("generation_config.json"))?;
+    let files = HfFiles {
+        dir: label,
+        config_json: &config,
+        safetensors: shards.iter().zip(&maps).map(|(p, m)| (p.display().to_string(), &m[..])).collect(),
+        tokenizer_json: tokenizer_json.as_deref(),
+        tokenizer_config_json: tokenizer_config.as_deref(),
+        chat_template: template.as_deref(),
+        generation_config_json: generation.as_deref(),
+    };
+    load_hf(ctx, &files, progress)
+}

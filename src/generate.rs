@@ -1,0 +1,204 @@
+//! A generation session: one sequence, its KV cache and token ids on the GPU. Prompts are
+//! prefilled in chunks of matrix-matrix passes; every decode step is one command buffer
+//! (forward pass + sampling), and only the sampled id (4 bytes) comes back.
+
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::gpu::{Context, Recorder};
+use crate::models::{LoadedModel, LogitRows, State};
+use crate::ops::sample::sample;
+use crate::sampling::SamplingParams;
+
+/// Most tokens one prefill pass takes.
+pub const DEFAULT_MAX_BATCH: usize = 128;
+
+pub struct Session<'a> {
+    pub ctx: &'a Context,
+    pub model: &'a LoadedModel,
+    pub state: State,
+    /// Every id of the sequence; ids[..processed] are in the KV cache, and ids[processed..]
+    /// are on the GPU waiting for a forward pass.
+    ids: Vec<u32>,
+    processed: usize,
+    /// Draws so far, mixed into the sampler's random numbers.
+    draws: u32,
+}
+
+/// Timings of a generation, for the summary line.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub prompt_tokens: usize,
+    pub generated: usize,
+    pub prefill: Duration,
+    pub time_to_first_token: Duration,
+    pub decode: Duration,
+}
+
+impl Stats {
+    pub fn prefill_tok_s(&self) -> f64 {
+        self.prompt_tokens as f64 / self.prefill.as_secs_f64().max(1e-9)
+    }
+    /// Decode speed over the tokens after the first (the first comes from the prefill pass).
+    pub fn decode_tok_s(&self) -> f64 {
+        (self.generated.saturating_sub(1)) as f64 / self.decode.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Why generation stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    Eos,
+    MaxTokens,
+    ContextFull,
+    Cancelled,
+}
+
+impl<'a> Session<'a> {
+    /// A session whose KV cache holds `ctx_len` positions (at most the model's context).
+    pub fn new(ctx: &'a Context, model: &'a LoadedModel, ctx_len: usize) -> Result<Self> {
+        let cfg = model.config();
+        if ctx_len == 0 || ctx_len > cfg.max_ctx {
+            return Err(Error::arg("--ctx", format!("{ctx_len} must be between 1 and the model's context of {}", cfg.max_ctx)));
+        }
+        let state = State::new(ctx, cfg, ctx_len, DEFAULT_MAX_BATCH.min(ctx_len))?;
+        Ok(Session { ctx, model, state, ids: Vec::new(), processed: 0, draws: 0 })
+    }
+
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+    pub fn ctx_len(&self) -> usize {
+        self.state.ctx_len
+    }
+
+    /// Appends ids to the sequence (uploaded now; run by the next forward pass).
+    pub fn push(&mut self, ids: &[u32]) -> Result<()> {
+        let vocab = self.model.config().vocab;
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(Error::arg("token id", format!("{bad} is outside the vocabulary of {vocab}")));
+        }
+        if self.ids.len() + ids.len() > self.state.ctx_len {
+            return Err(Error::Context(format!(
+                "{} tokens do not fit the context of {} positions (already {} in use); shorten the prompt or raise --ctx (the model allows {})",
+                ids.len(),
+                self.state.ctx_len,
+                self.ids.len(),
+                self.model.config().max_ctx
+            )));
+        }
+        self.ctx.queue.write_buffer(&self.state.tokens.buf, (self.ids.len() * 4) as u64, bytemuck::cast_slice(ids));
+        self.ids.extend_from_slice(ids);
+        Ok(())
+    }
+
+    /// Records forward passes over the pending ids; all but the last chunk are submitted.
+    /// Returns the recorder of the last chunk (its logits in row 0, or all rows when `All`).
+    fn run_pending(&mut self, rows: LogitRows, mut on_chunk: impl FnMut(&Context, &State, usize, usize) -> Result<()>) -> Result<Recorder<'a>> {
+        let pending = self.ids.len() - self.processed;
+        if pending == 0 {
+            return Err(Error::Context("no token to run: push ids first".into()));
+        }
+        loop {
+            let n = (self.ids.len() - self.processed).min(self.state.max_batch);
+            let mut rec = Recorder::new(self.ctx, "forward");
+            self.model.model.forward(&mut rec, &self.state, self.processed, n, rows)?;
+            let pos0 = self.processed;
+            self.processed += n;
+            if self.processed == self.ids.len() {
+                if rows == LogitRows::All {
+                    rec.submit()?;
+                    on_chunk(self.ctx, &self.state, pos0, n)?;
+                    return Ok(Recorder::new(self.ctx, "after forward"));
+                }
+                return Ok(rec);
+            }
+            rec.submit()?;
+            if rows == LogitRows::All {
+                on_chunk(self.ctx, &self.state, pos0, n)?;
+            }
+        }
+    }
+
+    /// Runs the pending ids and samples the next token on the GPU; returns it.
+    pub fn next_token(&mut self, s: &SamplingParams) -> Result<u32> {
+        if self.ids.len() >= self.state.ctx_len {
+            return Err(Error::Context(format!("the context of {} positions is full", self.state.ctx_len)));
+        }
+        let mut rec = self.run_pending(LogitRows::Last, |_, _, _, _| Ok(()))?;
+        let out = self.ids.len();
+        let history = out.saturating_sub(s.repeat_last_n)..out;
+        sample(&mut rec, &self.state.logits, 0, &self.state.work, &self.state.tokens, out, history, s, self.draws)?;
+        rec.copy(&self.state.tokens.buf, (out * 4) as u64, &self.state.readback, 0, 4);
+        rec.submit()?;
+        let bytes = self.ctx.map_read(&self.state.readback, 4)?;
+        let id = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        self.draws = self.draws.wrapping_add(1);
+        // The id is already in the GPU's token buffer for the next step's embedding.
+        self.ids.push(id);
+        Ok(id)
+    }
+
+    /// Logits of every pending position (teacher forcing, perplexity): (n, vocab) row-major.
+    pub fn logits_all(&mut self) -> Result<Vec<f32>> {
+        let vocab = self.model.config().vocab;
+        let mut out = Vec::with_capacity((self.ids.len() - self.processed) * vocab);
+        self.run_pending(LogitRows::All, |ctx, st, _, n| {
+            out.extend(ctx.read_f32(&st.logits.buf, 0, n * vocab)?);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Logits of the last pending position: (vocab,).
+    pub fn logits_last(&mut self) -> Result<Vec<f32>> {
+        let rec = self.run_pending(LogitRows::Last, |_, _, _, _| Ok(()))?;
+        rec.submit()?;
+        self.ctx.read_f32(&self.state.logits.buf, 0, self.model.config().vocab)
+    }
+
+    /// Prefills `prompt` and generates up to `max_tokens` tokens, calling `on_token` with
+    /// each id as soon as it is known; `on_token` returns false to cancel.
+    pub fn generate(&mut self, prompt: &[u32], s: &SamplingParams, max_tokens: usize, ignore_eos: bool, mut on_token: impl FnMut(u32) -> bool) -> Result<(Stop, Stats)> {
+        s.validate()?;
+        if prompt.is_empty() {
+            return Err(Error::arg("prompt", "is empty: give some text to continue"));
+        }
+        if prompt.len() >= self.state.ctx_len {
+            return Err(Error::Context(format!(
+                "the prompt has {} tokens but the context holds {} positions (one more is needed to generate); shorten the prompt or raise --ctx (the model allows {})",
+                prompt.len(),
+                self.state.ctx_len,
+                self.model.config().max_ctx
+            )));
+        }
+        let mut stats = Stats { prompt_tokens: prompt.len(), ..Default::default() };
+        let start = Instant::now();
+        self.push(prompt)?;
+        let mut stop = Stop::MaxTokens;
+        let mut decode_start = start;
+        for i in 0..max_tokens {
+            if self.ids.len() >= self.state.ctx_len {
+                stop = Stop::ContextFull;
+                break;
+            }
+            let id = self.next_token(s)?;
+            stats.generated += 1;
+            if i == 0 {
+                stats.time_to_first_token = start.elapsed();
+                stats.prefill = stats.time_to_first_token;
+                decode_start = Instant::now();
+            }
+            if !ignore_eos && self.model.is_eos(id) {
+                stop = Stop::Eos;
+                break;
+            }
+            if !on_token(id) {
+                stop = Stop::Cancelled;
+                break;
+            }
+        }
+        stats.decode = decode_start.elapsed();
+        Ok((stop, stats))
+    }
+}

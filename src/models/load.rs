@@ -1,0 +1,159 @@
+//! From model files (as bytes) to a model on the GPU and its tokenizer. Native and web code
+//! both come through here; only how the bytes are obtained differs (see `files.rs`).
+
+use serde::Deserialize;
+
+use super::config::ModelConfig;
+use super::llama::{Llama, Naming};
+use super::Model;
+use crate::error::{Error, Result};
+use crate::gpu::Context;
+use crate::tokenizer::Tokenizer;
+use crate::weights::gguf::Gguf;
+use crate::weights::safetensors::SafetensorsSource;
+use crate::weights::TensorSource;
+
+/// Settings a model ships in `generation_config.json` (or GGUF metadata).
+#[derive(Clone, Debug, Default)]
+pub struct GenerationDefaults {
+    pub eos_ids: Vec<u32>,
+    pub temperature: Option<f32>,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+}
+
+pub struct LoadedModel {
+    pub model: Model,
+    pub tokenizer: Tokenizer,
+    pub defaults: GenerationDefaults,
+    /// Where it came from, for messages.
+    pub source: String,
+    /// Storage types in the file, e.g. "Q4_1 ×182, Q8_0 ×1, F32 ×61".
+    pub file_dtypes: String,
+}
+
+impl LoadedModel {
+    pub fn config(&self) -> &ModelConfig {
+        self.model.config()
+    }
+    /// Is `id` an end-of-sequence token (tokenizer's or generation config's)?
+    pub fn is_eos(&self, id: u32) -> bool {
+        self.defaults.eos_ids.contains(&id) || self.tokenizer.eos_ids.contains(&id)
+    }
+}
+
+/// Counts of each storage type among the tensors a model reads, for `quill info`.
+fn dtype_summary<'a>(dtypes: impl Iterator<Item = &'a str>) -> String {
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for d in dtypes {
+        match counts.iter_mut().find(|(n, _)| *n == d) {
+            Some((_, c)) => *c += 1,
+            None => counts.push((d, 1)),
+        }
+    }
+    counts.sort_by(|a, b| b.1.cmp(&a.1));
+    counts.iter().map(|(n, c)| format!("{n} ×{c}")).collect::<Vec<_>>().join(", ")
+}
+
+fn check_fits(ctx: &Context, cfg: &ModelConfig, file: &str) -> Result<()> {
+    let biggest = 4 * (cfg.vocab * cfg.dim).max(cfg.ffn_dim * cfg.dim) as u64;
+    let max = ctx.limits.max_storage_buffer_binding_size.min(ctx.limits.max_buffer_size);
+    if biggest > max {
+        return Err(Error::MissingCapability {
+            adapter: ctx.adapter_name().to_string(),
+            msg: format!("{file}: the largest weight needs {biggest} bytes in one binding, the adapter allows {max}"),
+        });
+    }
+    Ok(())
+}
+
+/// Loads a GGUF model (weights dequantized to f32 on upload) and the tokenizer it carries.
+pub fn load_gguf(ctx: &Context, file: &str, bytes: &[u8], progress: &mut dyn FnMut(u64, u64)) -> Result<LoadedModel> {
+    let g = Gguf::parse(file, bytes)?;
+    let cfg = ModelConfig::from_gguf(&g)?;
+    check_fits(ctx, &cfg, file)?;
+    let tokenizer = Tokenizer::from_gguf(&g)?;
+    let total: u64 = g.tensors.iter().map(|t| t.n_bytes as u64).sum();
+    let mut done = 0;
+    let llama = Llama::load(ctx, cfg, &g, Naming::Gguf, &mut |b| {
+        done += b;
+        progress(done, total)
+    })?;
+    let defaults = GenerationDefaults { eos_ids: tokenizer.eos_ids.clone(), ..Default::default() };
+    Ok(LoadedModel {
+        model: Model::Llama(llama),
+        tokenizer,
+        defaults,
+        source: file.to_string(),
+        file_dtypes: dtype_summary(g.tensors.iter().map(|t| t.dtype.name())),
+    })
+}
+
+/// The files of a Hugging Face model directory, as bytes.
+pub struct HfFiles<'a> {
+    /// Directory name, for messages.
+    pub dir: String,
+    pub config_json: &'a [u8],
+    /// (file name, bytes) of every safetensors shard.
+    pub safetensors: Vec<(String, &'a [u8])>,
+    pub tokenizer_json: Option<&'a [u8]>,
+    pub tokenizer_config_json: Option<&'a [u8]>,
+    pub chat_template: Option<&'a str>,
+    pub generation_config_json: Option<&'a [u8]>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+#[derive(Deserialize, Default)]
+struct HfGenerationConfig {
+    eos_token_id: Option<OneOrMany>,
+    temperature: Option<f32>,
+    top_k: Option<usize>,
+    top_p: Option<f32>,
+    repetition_penalty: Option<f32>,
+}
+
+fn generation_defaults(bytes: Option<&[u8]>, file: &str) -> Result<GenerationDefaults> {
+    let g: HfGenerationConfig = match bytes {
+        Some(b) => serde_json::from_slice(b).map_err(|e| Error::format(file, format!("malformed generation_config.json: {e}")))?,
+        None => HfGenerationConfig::default(),
+    };
+    let eos_ids = match g.eos_token_id {
+        Some(OneOrMany::One(id)) => vec![id],
+        Some(OneOrMany::Many(ids)) => ids,
+        None => Vec::new(),
+    };
+    Ok(GenerationDefaults { eos_ids, temperature: g.temperature, top_k: g.top_k, top_p: g.top_p, repetition_penalty: g.repetition_penalty })
+}
+
+/// Loads a Hugging Face model directory's files.
+pub fn load_hf(ctx: &Context, files: &HfFiles, progress: &mut dyn FnMut(u64, u64)) -> Result<LoadedModel> {
+    let dir = &files.dir;
+    let cfg = ModelConfig::from_hf_json(files.config_json, &format!("{dir}/config.json"))?;
+    check_fits(ctx, &cfg, dir)?;
+    let tokenizer_json = files
+        .tokenizer_json
+        .ok_or_else(|| Error::format(format!("{dir}/tokenizer.json"), "missing: quill needs the model's tokenizer.json"))?;
+    let tokenizer = Tokenizer::from_hf(tokenizer_json, files.tokenizer_config_json, files.chat_template, dir)?;
+    let defaults = generation_defaults(files.generation_config_json, &format!("{dir}/generation_config.json"))?;
+    let src = SafetensorsSource::parse(&files.safetensors)?;
+    let total = files.safetensors.iter().map(|(_, b)| b.len() as u64).sum();
+    let mut done = 0;
+    let llama = Llama::load(ctx, cfg, &src, Naming::HuggingFace, &mut |b| {
+        done += b;
+        progress(done, total)
+    })?;
+    let mut names = Vec::new();
+    for (_, bytes) in &files.safetensors {
+        if let Ok(st) = safetensors::SafeTensors::deserialize(bytes) {
+            names.extend(st.names().into_iter().filter_map(|n| src.tensor(n).map(|t| t.dtype.name())));
+        }
+    }
+    Ok(LoadedModel { model: Model::Llama(llama), tokenizer, defaults, source: dir.clone(), file_dtypes: dtype_summary(names.into_iter()) })
+}

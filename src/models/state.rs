@@ -1,0 +1,77 @@
+//! Per-sequence GPU state: activation buffers sized for the largest chunk of tokens, the KV
+//! cache, the logits, and the token ids on the GPU (where sampling writes the next id).
+
+use super::config::ModelConfig;
+use crate::error::Result;
+use crate::gpu::{Context, Tensor};
+
+/// Which positions of a forward pass produce logits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogitRows {
+    /// Only the last token's (generation): written to row 0.
+    Last,
+    /// Every token's (perplexity, teacher forcing): row t for token t.
+    All,
+}
+
+pub struct State {
+    /// Most tokens one forward pass takes.
+    pub max_batch: usize,
+    /// Positions the KV cache holds.
+    pub ctx_len: usize,
+    pub x: Tensor,      // (max_batch, dim) residual stream
+    pub xn: Tensor,     // (max_batch, dim) normed
+    pub x_last: Tensor, // (1, dim) last position's residual, for its logits alone
+    pub q: Tensor,      // (max_batch, n_heads * head_dim)
+    pub k: Tensor,      // (max_batch, n_kv_heads * head_dim)
+    pub v: Tensor,      // (max_batch, n_kv_heads * head_dim)
+    pub att: Tensor,    // (max_batch, n_heads * head_dim)
+    pub gate: Tensor,   // (max_batch, ffn_dim)
+    pub up: Tensor,     // (max_batch, ffn_dim)
+    pub logits: Tensor, // (max_batch, vocab)
+    pub work: Tensor,   // (vocab,) sampler scratch
+    pub tokens: Tensor, // (ctx_len,) u32 ids of the sequence
+    /// Token ids read back to the CPU.
+    pub readback: wgpu::Buffer,
+    pub k_cache: Vec<Tensor>, // per layer (n_slots = 1, n_kv_heads, ctx_len, head_dim)
+    pub v_cache: Vec<Tensor>,
+}
+
+impl State {
+    pub fn new(ctx: &Context, c: &ModelConfig, ctx_len: usize, max_batch: usize) -> Result<Self> {
+        let (q_dim, kv_dim) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
+        let z = |label: &str, shape: &[usize]| Tensor::zeros(ctx, label, shape);
+        let cache_shape = [1, c.n_kv_heads, ctx_len, c.head_dim];
+        let mut k_cache = Vec::with_capacity(c.n_layers);
+        let mut v_cache = Vec::with_capacity(c.n_layers);
+        for _ in 0..c.n_layers {
+            k_cache.push(z("k cache", &cache_shape)?);
+            v_cache.push(z("v cache", &cache_shape)?);
+        }
+        let readback = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("token read-back"),
+            size: 4,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        Ok(State {
+            max_batch,
+            ctx_len,
+            x: z("x", &[max_batch, c.dim])?,
+            xn: z("xn", &[max_batch, c.dim])?,
+            x_last: z("x_last", &[1, c.dim])?,
+            q: z("q", &[max_batch, q_dim])?,
+            k: z("k", &[max_batch, kv_dim])?,
+            v: z("v", &[max_batch, kv_dim])?,
+            att: z("att", &[max_batch, q_dim])?,
+            gate: z("gate", &[max_batch, c.ffn_dim])?,
+            up: z("up", &[max_batch, c.ffn_dim])?,
+            logits: z("logits", &[max_batch, c.vocab])?,
+            work: z("sampler work", &[c.vocab])?,
+            tokens: z("tokens", &[ctx_len])?,
+            readback,
+            k_cache,
+            v_cache,
+        })
+    }
+}

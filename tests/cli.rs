@@ -1,0 +1,192 @@
+//! The `quill` binary end to end: streaming output, reproducibility, and bad input (each a
+//! message naming the problem, a non-zero exit, no panic). Uses the llama-tiny fixture so it
+//! runs in seconds on lavapipe.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::*;
+
+fn quill(args: &[&str]) -> Output {
+    quill_env(args, &[])
+}
+
+fn quill_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_quill"));
+    c.args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run quill")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Fails with the output shown when quill panicked or succeeded where it should not.
+fn expect_error(o: &Output, needles: &[&str]) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(1), "expected exit 1, got {:?}; stderr:\n{err}", o.status);
+    assert!(!err.contains("panicked"), "quill panicked:\n{err}");
+    for n in needles {
+        assert!(err.contains(n), "stderr should mention {n:?}:\n{err}");
+    }
+}
+
+fn has_gpu() -> bool {
+    quill::gpu::test_context().is_some()
+}
+
+fn tiny() -> String {
+    fixture("llama-tiny").display().to_string()
+}
+
+#[test]
+fn writes_only_generated_text_to_stdout_and_a_summary_to_stderr() {
+    if !has_gpu() {
+        return;
+    }
+    let o = quill(&["write", "--model", &tiny(), "--temperature", "0", "--max-tokens", "12", "--ignore-eos", "The license grants"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let err = stderr(&o);
+    assert!(!out.trim().is_empty(), "no text generated");
+    assert!(!out.contains("loading") && !out.contains("tok/s"), "stdout has more than the text:\n{out}");
+    for field in ["prompt tokens:", "time to first token:", "prefill:", "decode:"] {
+        assert!(err.contains(field), "summary lacks {field}:\n{err}");
+    }
+
+    // The same text as the library produces for the same prompt.
+    let ctx = quill::gpu::test_context().unwrap();
+    let model = quill::files::load_model(ctx, &fixture("llama-tiny"), &mut no_progress).unwrap();
+    let ids = model.tokenizer.encode("The license grants").unwrap();
+    let mut s = quill::generate::Session::new(ctx, &model, 256).unwrap();
+    let mut gen = Vec::new();
+    s.generate(&ids, &quill::sampling::SamplingParams::greedy(), 12, true, |id| {
+        gen.push(id);
+        true
+    })
+    .unwrap();
+    assert_eq!(out.strip_suffix('\n').unwrap(), model.tokenizer.decode(&gen).unwrap());
+
+    let echoed = quill(&["write", "--model", &tiny(), "--temperature", "0", "--max-tokens", "12", "--ignore-eos", "--echo", "The license grants"]);
+    assert_eq!(stdout(&echoed), format!("The license grants{out}"));
+}
+
+#[test]
+fn same_seed_same_text() {
+    if !has_gpu() {
+        return;
+    }
+    let run = |seed: &str| {
+        let o = quill(&["write", "--model", &tiny(), "--seed", seed, "--temperature", "1.0", "--max-tokens", "24", "--ignore-eos", "Permission is hereby"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+    };
+    let a = run("42");
+    assert_eq!(a, run("42"), "same seed, different text");
+    assert_ne!(a, run("43"), "another seed gave the same 24 tokens");
+}
+
+#[test]
+fn info_prints_adapter_and_limits() {
+    if !has_gpu() {
+        return;
+    }
+    let o = quill(&["info", "--model", &tiny()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    for field in ["adapter:", "backend:", "driver:", "features used:", "max_storage_buffer_binding_size", "architecture: llama", "layers: 2"] {
+        assert!(out.contains(field), "info lacks {field}:\n{out}");
+    }
+}
+
+#[test]
+fn bad_model_files() {
+    let dir = std::env::temp_dir().join(format!("quill-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = |n: &str| dir.join(n).display().to_string();
+
+    expect_error(&quill(&["write", "--model", &path("missing.gguf"), "hi"]), &["missing.gguf"]);
+
+    std::fs::write(dir.join("empty.gguf"), b"").unwrap();
+    expect_error(&quill(&["write", "--model", &path("empty.gguf"), "hi"]), &["empty.gguf", "empty"]);
+
+    std::fs::write(dir.join("garbage.gguf"), b"\x89PNG\r\n\x1a\n this is not a model at all").unwrap();
+    expect_error(&quill(&["write", "--model", &path("garbage.gguf"), "hi"]), &["garbage.gguf", "not a GGUF"]);
+
+    // A real GGUF cut short: the header parses, the tensor data is gone.
+    if let Some(real) = smollm2_path() {
+        use std::io::Read;
+        let mut head = vec![0u8; 3 << 20];
+        std::fs::File::open(real).unwrap().read_exact(&mut head).unwrap();
+        std::fs::write(dir.join("truncated.gguf"), &head).unwrap();
+        expect_error(&quill(&["write", "--model", &path("truncated.gguf"), "hi"]), &["truncated.gguf", "truncated"]);
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn bad_prompts() {
+    let dir = std::env::temp_dir().join(format!("quill-prompt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.txt");
+    std::fs::write(&bad, b"Once upon a \xff\xfe time").unwrap();
+    expect_error(&quill(&["write", "--model", &tiny(), "--prompt-file", bad.to_str().unwrap()]), &["--prompt-file", "bad.txt", "UTF-8", "offset 12"]);
+    expect_error(&quill(&["write", "--model", &tiny(), "--prompt-file", dir.join("nope.txt").to_str().unwrap()]), &["nope.txt"]);
+    expect_error(&quill(&["write", "--model", &tiny()]), &["PROMPT"]);
+    std::fs::remove_dir_all(&dir).ok();
+
+    if has_gpu() {
+        // 40 words do not fit a context of 16 positions: an error, not a silent truncation.
+        let long = "the quick brown fox jumps over the lazy dog ".repeat(5);
+        expect_error(&quill(&["write", "--model", &tiny(), "--ctx", "16", &long]), &["context", "--ctx"]);
+        expect_error(&quill(&["write", "--model", &tiny(), "--ctx", "100000", "hi"]), &["--ctx", "256"]);
+    }
+}
+
+#[test]
+fn nonsensical_sampling_values() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--temperature", "-1"], "--temperature"),
+        (&["--temperature", "NaN"], "--temperature"),
+        (&["--top-p", "0"], "--top-p"),
+        (&["--top-p", "1.5"], "--top-p"),
+        (&["--min-p", "1"], "--min-p"),
+        (&["--repeat-penalty", "0"], "--repeat-penalty"),
+        (&["--max-tokens", "0"], "--max-tokens"),
+    ];
+    for (args, name) in cases {
+        let mut a = vec!["write", "--model", "does-not-matter.gguf"];
+        a.extend_from_slice(args);
+        a.push("hi");
+        expect_error(&quill(&a), &[name]);
+    }
+    // Not a number at all: clap's own message and exit code 2.
+    let o = quill(&["write", "--top-k", "many", "hi"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--top-k"));
+}
+
+#[test]
+fn no_adapter_says_how_to_get_one() {
+    // Asking for adapters by a name none has is the portable way to find none.
+    let o = quill_env(&["info"], &[("WGPU_ADAPTER_NAME", "no-such-gpu-anywhere")]);
+    expect_error(&o, &["no GPU", "no-such-gpu-anywhere"]);
+    if cfg!(target_os = "linux") {
+        // Linux builds have no DX12 backend: no adapter at all, and the lavapipe hint.
+        let o = quill_env(&["info"], &[("WGPU_BACKEND", "dx12")]);
+        expect_error(&o, &["no GPU", "mesa-vulkan-drivers"]);
+    }
+}
+
+#[test]
+fn missing_default_model_names_the_fetch_command() {
+    let o = quill_env(&["write", "hi"], &[("QUILL_MODELS", "/nonexistent/quill-models")]);
+    expect_error(&o, &["scripts/fetch-model.sh", "--model"]);
+}

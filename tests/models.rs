@@ -1,0 +1,137 @@
+//! Golden tests against Hugging Face transformers (float32, CPU). Reference data and how it
+//! was made: tests/fixtures/README.md (copied from the project's shared fixtures).
+
+mod common;
+
+use std::sync::OnceLock;
+
+use common::*;
+use quill::generate::Session;
+use quill::gpu::{test_context, Context};
+use quill::models::LoadedModel;
+use quill::sampling::SamplingParams;
+
+fn load(ctx: &Context, path: &std::path::Path) -> LoadedModel {
+    quill::files::load_model(ctx, path, &mut no_progress).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()))
+}
+
+/// llama-tiny: reference_logits.safetensors holds input_ids [1, 34] (i64) and logits [34, 1000].
+fn tiny_reference(name: &str) -> (Vec<u32>, Vec<f32>) {
+    let bytes = std::fs::read(fixture(&format!("{name}/reference_logits.safetensors"))).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let ids = st.tensor("input_ids").unwrap();
+    let ids: Vec<u32> = ids.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32).collect();
+    let logits = st.tensor("logits").unwrap();
+    (ids, logits.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
+}
+
+fn check_close(got: &[f32], want: &[f32], abs: f32, rel: f32, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!((g - w).abs() <= abs + rel * w.abs(), "{what}: index {i} (position {}, token {}): expected {w}, got {g}", i / 1000, i % 1000);
+    }
+}
+
+/// Full logits at all 34 positions within 1e-4 (abs + rel) in one prefill, then again through
+/// a 20-token prefill followed by 14 single-token KV-cache decode steps; 16 greedy tokens exact.
+fn golden_tiny(name: &str) {
+    let Some(ctx) = test_context() else { return };
+    let model = load(ctx, &fixture(name));
+    let (ids, want) = tiny_reference(name);
+    let vocab = model.config().vocab;
+    assert_eq!(ids.len(), 34);
+
+    let mut s = Session::new(ctx, &model, 64).unwrap();
+    s.push(&ids).unwrap();
+    let got = s.logits_all().unwrap();
+    check_close(&got, &want, 1e-4, 1e-4, &format!("{name} prefill logits (reference_logits.safetensors)"));
+
+    let mut s = Session::new(ctx, &model, 64).unwrap();
+    s.push(&ids[..20]).unwrap();
+    let mut got = s.logits_all().unwrap();
+    for &id in &ids[20..] {
+        s.push(&[id]).unwrap();
+        got.extend(s.logits_last().unwrap());
+    }
+    check_close(&got, &want, 1e-4, 1e-4, &format!("{name} prefill(20) + decode logits"));
+    assert_eq!(got.len(), 34 * vocab);
+
+    let reference = json(&format!("{name}/reference.json"));
+    let greedy = ids_of(&reference["greedy_ids"]);
+    let mut s = Session::new(ctx, &model, 64).unwrap();
+    let mut out = Vec::new();
+    s.generate(&ids, &SamplingParams::greedy(), 16, true, |id| {
+        out.push(id);
+        true
+    })
+    .unwrap();
+    assert_eq!(out, greedy, "{name}: 16 greedy tokens (reference.json greedy_ids)");
+}
+
+fn ids_of(v: &serde_json::Value) -> Vec<u32> {
+    ids(v)
+}
+
+#[test]
+fn golden_llama_tiny() {
+    golden_tiny("llama-tiny");
+}
+
+fn smollm2() -> Option<&'static (LoadedModel, &'static Context)> {
+    static MODEL: OnceLock<Option<(LoadedModel, &'static Context)>> = OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            let ctx = test_context()?;
+            let path = smollm2_path()?;
+            Some((load(ctx, &path), ctx))
+        })
+        .as_ref()
+}
+
+/// SmolLM2-135M-Instruct (GGUF Q4_1/Q8_0 dequantized to f32) against
+/// tests/fixtures/smollm2/reference.json, for every prompt.
+#[test]
+fn golden_smollm2() {
+    let Some((model, ctx)) = smollm2() else { return };
+    let reference = json("smollm2/reference.json");
+    for (name, p) in reference["prompts"].as_object().unwrap() {
+        let text = p["text"].as_str().unwrap();
+        let input = ids(&p["input_ids"]);
+        let greedy = ids(&p["greedy_ids"]);
+        let margins: Vec<f64> = p["greedy_steps"].as_array().unwrap().iter().map(|s| s["margin"].as_f64().unwrap()).collect();
+        let what = format!("smollm2 prompt '{name}' (reference.json)");
+
+        assert_eq!(model.tokenizer.encode(text).unwrap(), input, "{what}: prompt ids != input_ids");
+
+        // Teacher forcing: run prompt + reference tokens, check argmax where the margin allows.
+        let vocab = model.config().vocab;
+        let mut s = Session::new(ctx, model, 256).unwrap();
+        let mut forced = input.clone();
+        forced.extend(&greedy[..greedy.len() - 1]);
+        s.push(&forced).unwrap();
+        let logits = s.logits_all().unwrap();
+        let row = |pos: usize| &logits[pos * vocab..(pos + 1) * vocab];
+        for (step, (&want, &margin)) in greedy.iter().zip(&margins).enumerate() {
+            let got = argmax(row(input.len() - 1 + step));
+            if margin >= 0.02 {
+                assert_eq!(got, want, "{what}: teacher-forced step {step} (margin {margin:.4})");
+            }
+        }
+        let last = row(input.len() - 1);
+        for pair in p["last_top10"].as_array().unwrap() {
+            let (id, want) = (pair[0].as_u64().unwrap() as usize, pair[1].as_f64().unwrap() as f32);
+            assert!((last[id] - want).abs() <= 1e-2, "{what}: last prompt position logit of token {id}: expected {want}, got {}", last[id]);
+        }
+
+        // Greedy decoding through the KV cache, exact up to the first low-margin step.
+        let exact = margins.iter().position(|&m| m < 0.02).unwrap_or(greedy.len());
+        let mut s = Session::new(ctx, model, 256).unwrap();
+        let mut out = Vec::new();
+        s.generate(&input, &SamplingParams::greedy(), exact, true, |id| {
+            out.push(id);
+            true
+        })
+        .unwrap();
+        assert_eq!(out, greedy[..exact], "{what}: greedy tokens before step {exact} (first margin < 0.02)");
+    }
+}
