@@ -29,6 +29,7 @@ enum Command {
         model: Option<PathBuf>,
     },
     /// Continue a prompt, streaming only the generated text to stdout.
+    #[command(allow_negative_numbers = true)]
     Write(WriteArgs),
 }
 

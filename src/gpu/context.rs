@@ -143,6 +143,12 @@ impl Context {
     /// Returns the first GPU error seen since the last check (validation, out of memory,
     /// device lost), naming what was being done.
     pub fn check(&self, during: &str) -> Result<()> {
+        let has_error = self.faults.lock().unwrap_or_else(|p| p.into_inner()).error.is_some();
+        if has_error {
+            // A lost device shows first as validation errors; polling runs the lost callback
+            // so the message can say what really happened.
+            let _ = self.device.poll(wgpu::PollType::Poll);
+        }
         let mut f = self.faults.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(lost) = &f.lost {
             return Err(Error::gpu(during, format!("device lost ({lost})")));

@@ -1,0 +1,270 @@
+//! Tokenizer tests against SmolLM2-135M-Instruct: the tokenizer rebuilt from the GGUF's
+//! metadata and the one loaded from Hugging Face's tokenizer.json must both give the ids
+//! transformers gave (tests/fixtures/smollm2/reference.json, `tokenizer_checks` and
+//! `prompts`), and the chat template must render what transformers rendered.
+
+use std::path::PathBuf;
+
+use quill::tokenizer::{StreamDecoder, Tokenizer};
+use quill::weights::gguf::Gguf;
+use serde_json::Value;
+
+const GGUF_NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2").join(name)
+}
+
+fn read_fixture(name: &str) -> Vec<u8> {
+    let p = fixture(name);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn reference() -> Value {
+    serde_json::from_slice(&read_fixture("reference.json")).expect("reference.json is JSON")
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().expect("an array of ids").iter().map(|x| x.as_u64().expect("an id") as u32).collect()
+}
+
+/// The SmolLM2 GGUF: in $QUILL_MODELS, else $XDG_CACHE_HOME/quill/models, else
+/// ~/.cache/quill/models. Missing: a panic under CI, a skip (None) elsewhere.
+fn smollm2_gguf() -> Option<Vec<u8>> {
+    let dir = match (std::env::var_os("QUILL_MODELS"), std::env::var_os("XDG_CACHE_HOME"), std::env::var_os("HOME")) {
+        (Some(d), _, _) => PathBuf::from(d),
+        (None, Some(cache), _) => PathBuf::from(cache).join("quill/models"),
+        (None, None, Some(home)) => PathBuf::from(home).join(".cache/quill/models"),
+        (None, None, None) => PathBuf::from("models"),
+    };
+    let path = dir.join(GGUF_NAME);
+    match std::fs::read(&path) {
+        Ok(bytes) => Some(bytes),
+        Err(e) if std::env::var_os("CI").is_some() => panic!("{}: {e}; run scripts/fetch-model.sh", path.display()),
+        Err(e) => {
+            eprintln!("SKIPPING: {}: {e} (run scripts/fetch-model.sh)", path.display());
+            None
+        }
+    }
+}
+
+fn from_gguf(bytes: &[u8]) -> Tokenizer {
+    let g = Gguf::parse(GGUF_NAME, bytes).unwrap();
+    Tokenizer::from_gguf(&g).unwrap()
+}
+
+fn from_hf() -> Tokenizer {
+    let template = String::from_utf8(read_fixture("chat_template.jinja")).unwrap();
+    Tokenizer::from_hf(&read_fixture("tokenizer.json"), Some(&read_fixture("tokenizer_config.json")), Some(&template), "tests/fixtures/smollm2").unwrap()
+}
+
+/// Every `tokenizer_checks` entry encodes to its ids and decodes back to its text.
+fn check_reference_ids(t: &Tokenizer, which: &str) {
+    let r = reference();
+    let checks = r["tokenizer_checks"].as_object().expect("tokenizer_checks");
+    assert!(checks.len() >= 10, "reference.json has only {} tokenizer checks", checks.len());
+    for (text, want) in checks {
+        let want = ids(want);
+        let got = t.encode(text).unwrap();
+        assert_eq!(got, want, "{which}: encode({text:?})");
+        assert_eq!(t.decode(&got).unwrap(), *text, "{which}: decode(encode({text:?}))");
+    }
+}
+
+#[test]
+fn hf_tokenizer_matches_transformers() {
+    let t = from_hf();
+    check_reference_ids(&t, "tokenizer.json");
+    assert_eq!(t.bos_id, Some(1));
+    assert_eq!(t.eos_ids, vec![2]);
+    assert!(!t.add_bos, "SmolLM2's tokenizer adds no BOS");
+    assert_eq!(t.vocab_size(), 49152);
+    assert_eq!(t.token_to_id("<|im_end|>"), Some(2));
+}
+
+#[test]
+fn gguf_tokenizer_matches_transformers() {
+    let Some(bytes) = smollm2_gguf() else { return };
+    let t = from_gguf(&bytes);
+    check_reference_ids(&t, "GGUF");
+    // Special tokens from token_type 3 are matched inside text.
+    assert_eq!(t.encode("<|im_start|><|endoftext|><file_sep>").unwrap(), vec![1, 0, 5]);
+    assert_eq!(t.bos_id, Some(1));
+    assert_eq!(t.eos_ids, vec![2]);
+    assert!(t.is_eos(2) && !t.is_eos(1));
+    assert!(!t.add_bos);
+    assert_eq!(t.vocab_size(), 49152);
+}
+
+#[test]
+fn gguf_tokenizer_encodes_every_reference_prompt() {
+    let Some(bytes) = smollm2_gguf() else { return };
+    let t = from_gguf(&bytes);
+    let r = reference();
+    let prompts = r["prompts"].as_object().expect("prompts");
+    assert!(!prompts.is_empty());
+    for (name, p) in prompts {
+        let text = p["text"].as_str().expect("prompt text");
+        assert_eq!(t.encode(text).unwrap(), ids(&p["input_ids"]), "prompt {name}: {text:?}");
+    }
+}
+
+#[test]
+fn chat_template_renders_like_transformers() {
+    let mut tokenizers = vec![("tokenizer_config.json + chat_template.jinja", from_hf())];
+    if let Some(bytes) = smollm2_gguf() {
+        tokenizers.push(("GGUF", from_gguf(&bytes)));
+    }
+    let r = reference();
+    let reference_chat = r["prompts"]["chat_template"]["text"].as_str().expect("the chat_template prompt");
+    let system = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n";
+    for (which, t) in tokenizers {
+        let hi = t.apply_chat_template(&[("user".to_string(), "hi".to_string())], true).unwrap();
+        assert_eq!(hi, format!("{system}<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"), "{which}");
+
+        let story = t.apply_chat_template(&[("user", "Write a short story about a dragon who learns to paint.")], true).unwrap();
+        assert_eq!(story, reference_chat, "{which}");
+        assert_eq!(t.encode(&story).unwrap(), ids(&r["prompts"]["chat_template"]["input_ids"]), "{which}");
+
+        // A system message replaces the default one; no generation prompt, no assistant turn.
+        let own = t.apply_chat_template(&[("system", "Be brief."), ("user", "hi")], false).unwrap();
+        assert_eq!(own, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n", "{which}");
+    }
+}
+
+#[test]
+fn stream_decoder_never_splits_a_character() {
+    let mut tokenizers = vec![("tokenizer.json", from_hf())];
+    if let Some(bytes) = smollm2_gguf() {
+        tokenizers.push(("GGUF", from_gguf(&bytes)));
+    }
+    let text = "中文测试 🐉 héllo";
+    for (which, t) in tokenizers {
+        let ids = t.encode(text).unwrap();
+        assert!(ids.len() > text.chars().count() / 2, "{which}: {ids:?}");
+        let mut stream = StreamDecoder::new();
+        let mut pieces = Vec::new();
+        for &id in &ids {
+            if let Some(piece) = stream.step(&t, id).unwrap() {
+                pieces.push(piece);
+            }
+        }
+        if let Some(rest) = stream.finish(&t).unwrap() {
+            pieces.push(rest);
+        }
+        assert!(pieces.iter().all(|p| !p.contains('\u{FFFD}')), "{which}: a piece holds U+FFFD: {pieces:?}");
+        assert!(pieces.len() > 1, "{which}: expected several pieces, got {pieces:?}");
+        assert_eq!(pieces.concat(), text, "{which}: {pieces:?}");
+        // Plain decoding of a cut inside 🐉 (three tokens for four bytes) shows U+FFFD;
+        // that is what the stream decoder holds back.
+        let dragon = t.encode("🐉").unwrap();
+        assert!(dragon.len() > 1);
+        assert!(t.decode(&dragon[..1]).unwrap().contains('\u{FFFD}'), "{which}");
+    }
+}
+
+// --- Malformed GGUF tokenizers: an error that names the problem, never a panic. ---
+
+fn gguf_string(s: &str) -> Vec<u8> {
+    let mut v = (s.len() as u64).to_le_bytes().to_vec();
+    v.extend_from_slice(s.as_bytes());
+    v
+}
+
+fn string_array(items: &[&str]) -> Vec<u8> {
+    let mut v = 8u32.to_le_bytes().to_vec();
+    v.extend_from_slice(&(items.len() as u64).to_le_bytes());
+    for s in items {
+        v.extend(gguf_string(s));
+    }
+    v
+}
+
+/// A GGUF v3 file with metadata only: (key, value type, payload).
+fn tiny_gguf(kv: &[(&str, u32, Vec<u8>)]) -> Vec<u8> {
+    let mut b = b"GGUF".to_vec();
+    b.extend_from_slice(&3u32.to_le_bytes());
+    b.extend_from_slice(&0u64.to_le_bytes()); // tensors
+    b.extend_from_slice(&(kv.len() as u64).to_le_bytes());
+    for (key, ty, payload) in kv {
+        b.extend(gguf_string(key));
+        b.extend_from_slice(&ty.to_le_bytes());
+        b.extend_from_slice(payload);
+    }
+    b.resize(b.len().div_ceil(32) * 32, 0);
+    b
+}
+
+fn gguf_error(name: &str, kv: &[(&str, u32, Vec<u8>)]) -> String {
+    let bytes = tiny_gguf(kv);
+    let g = Gguf::parse(name, &bytes).expect("the test file parses as GGUF");
+    match Tokenizer::from_gguf(&g) {
+        Ok(_) => panic!("{name}: a tokenizer was built"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn bad_gguf_tokenizers_are_errors() {
+    let tokens = || (9, string_array(&["a", "b", "ab"]));
+    let merges = || (9, string_array(&["a b"]));
+
+    let (tt, tp) = tokens();
+    let e = gguf_error("sp.gguf", &[("tokenizer.ggml.model", 8, gguf_string("llama")), ("tokenizer.ggml.tokens", tt, tp)]);
+    assert!(e.contains("sp.gguf") && e.contains("SentencePiece") && e.contains("tokenizer.json"), "{e}");
+
+    let e = gguf_error("wpm.gguf", &[("tokenizer.ggml.model", 8, gguf_string("bert"))]);
+    assert!(e.contains("\"bert\""), "{e}");
+
+    let e = gguf_error("none.gguf", &[("general.architecture", 8, gguf_string("llama"))]);
+    assert!(e.contains("none.gguf") && e.contains("tokenizer.ggml.model"), "{e}");
+
+    let (mt, mp) = merges();
+    let e = gguf_error("notokens.gguf", &[("tokenizer.ggml.model", 8, gguf_string("gpt2")), ("tokenizer.ggml.merges", mt, mp)]);
+    assert!(e.contains("tokenizer.ggml.tokens") && e.contains("missing"), "{e}");
+
+    let (mt, mp) = merges();
+    let e = gguf_error("empty.gguf", &[("tokenizer.ggml.model", 8, gguf_string("gpt2")), ("tokenizer.ggml.tokens", 9, string_array(&[])), ("tokenizer.ggml.merges", mt, mp)]);
+    assert!(e.contains("tokenizer.ggml.tokens") && e.contains("empty"), "{e}");
+
+    let (tt, tp) = tokens();
+    let e = gguf_error("nomerges.gguf", &[("tokenizer.ggml.model", 8, gguf_string("gpt2")), ("tokenizer.ggml.tokens", tt, tp)]);
+    assert!(e.contains("tokenizer.ggml.merges"), "{e}");
+
+    let (tt, tp) = tokens();
+    let (mt, mp) = merges();
+    let e = gguf_error(
+        "eos.gguf",
+        &[
+            ("tokenizer.ggml.model", 8, gguf_string("gpt2")),
+            ("tokenizer.ggml.tokens", tt, tp),
+            ("tokenizer.ggml.merges", mt, mp),
+            ("tokenizer.ggml.eos_token_id", 4, 99u32.to_le_bytes().to_vec()),
+        ],
+    );
+    assert!(e.contains("eos_token_id") && e.contains("below 3"), "{e}");
+
+    // The same three tokens with a good merge build a working tokenizer.
+    let (tt, tp) = tokens();
+    let (mt, mp) = merges();
+    let bytes = tiny_gguf(&[("tokenizer.ggml.model", 8, gguf_string("gpt2")), ("tokenizer.ggml.tokens", tt, tp), ("tokenizer.ggml.merges", mt, mp)]);
+    let t = Tokenizer::from_gguf(&Gguf::parse("ok.gguf", &bytes).unwrap()).unwrap();
+    assert_eq!(t.encode("abab").unwrap(), vec![2, 2]);
+    assert!(t.apply_chat_template(&[("user", "x")], true).unwrap_err().to_string().contains("no chat template"));
+}
+
+#[test]
+fn bad_hf_files_are_errors() {
+    let e = Tokenizer::from_hf(b"{ not json", None, None, "models/x").unwrap_err().to_string();
+    assert!(e.contains("models/x/tokenizer.json"), "{e}");
+    let e = Tokenizer::from_hf(&read_fixture("tokenizer.json"), Some(b"[1, 2"), None, "models/x").unwrap_err().to_string();
+    assert!(e.contains("models/x/tokenizer_config.json"), "{e}");
+    // Without tokenizer_config.json: no special tokens known, no template.
+    let t = Tokenizer::from_hf(&read_fixture("tokenizer.json"), None, None, "models/x").unwrap();
+    assert_eq!((t.bos_id, t.eos_ids.len(), t.chat_template.is_none()), (None, 0, true));
+    // The template from tokenizer_config.json is used when there is no chat_template.jinja.
+    let config = br#"{"bos_token": {"content": "<|im_start|>"}, "eos_token": "<|im_end|>", "chat_template": "{{ bos_token }}{{ messages[0].content }}{{ eos_token }}"}"#;
+    let t = Tokenizer::from_hf(&read_fixture("tokenizer.json"), Some(config), None, "models/x").unwrap();
+    assert_eq!(t.apply_chat_template(&[("user", "hi")], false).unwrap(), "<|im_start|>hi<|im_end|>");
+    assert_eq!((t.bos_id, t.eos_ids.clone()), (Some(1), vec![2]));
+}
