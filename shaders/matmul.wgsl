@@ -86,12 +86,16 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
     }
 }
 
-// ---- matrix-vector: 8 output rows per workgroup, 32 threads per row ----
+// ---- matrix-vector: 8 output rows per workgroup, 8 lanes per row ----
+// Each lane reads every 8th element of its row, so a row's lanes read 8 neighbouring
+// elements (with vec4: 128 contiguous bytes) per step; few lanes per row keep the work per
+// invocation high, which matters as much on software rasterizers as on GPUs.
 const MV_ROWS: u32 = 8u;
-const MV_LANES: u32 = 32u;
-var<workgroup> partial: array<f32, 256>;
+const MV_LANES: u32 = 8u;
+const MV_WG: u32 = 64u;
+var<workgroup> partial: array<f32, MV_WG>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(MV_WG)
 fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) li: u32) {
     let blocks_per_token = (p.n + MV_ROWS - 1u) / MV_ROWS;
@@ -120,5 +124,103 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     }
     if (lane == 0u && col < p.n) {
         store(tok, col, partial[li]);
+    }
+}
+
+// ---- vec4 variants, for k % 4 == 0 (every real model): 16-byte loads, 4 FMAs per load ----
+@group(0) @binding(0) var<storage, read> x4: array<vec4<f32>>;   // (t, k/4)
+@group(0) @binding(1) var<storage, read> w4: array<vec4<f32>>;   // (n, k/4)
+
+// matvec4: 8 rows per workgroup, 8 lanes per row reading consecutive vec4s (coalesced).
+@compute @workgroup_size(MV_WG)
+fn matvec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) li: u32) {
+    let blocks_per_token = (p.n + MV_ROWS - 1u) / MV_ROWS;
+    let g = linear_workgroup(wid, nwg);
+    let tok = g / blocks_per_token;
+    let col = (g % blocks_per_token) * MV_ROWS + li / MV_LANES;
+    let lane = li % MV_LANES;
+    if (tok >= p.t) {
+        return; // whole workgroup
+    }
+    let k4 = p.k / 4u;
+    var acc = vec4<f32>(0.0);
+    if (col < p.n) {
+        let xb = tok * k4;
+        let wb = col * k4;
+        for (var i = lane; i < k4; i += MV_LANES) {
+            acc += x4[xb + i] * w4[wb + i];
+        }
+    }
+    partial[li] = acc.x + acc.y + acc.z + acc.w;
+    workgroupBarrier();
+    for (var s = MV_LANES / 2u; s > 0u; s >>= 1u) {
+        if (lane < s) {
+            partial[li] += partial[li + s];
+        }
+        workgroupBarrier();
+    }
+    if (lane == 0u && col < p.n) {
+        store(tok, col, partial[li]);
+    }
+}
+
+// matmul4: a 64 x 64 output tile per workgroup, 4 x 4 outputs per thread, k in steps of 16.
+const T4: u32 = 64u;
+var<workgroup> xs4: array<vec4<f32>, 256>;  // (64 rows, 4 vec4)
+var<workgroup> ws4: array<vec4<f32>, 256>;  // (64 cols, 4 vec4)
+
+@compute @workgroup_size(16, 16)
+fn matmul4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+           @builtin(local_invocation_index) li: u32) {
+    let row0 = wid.y * T4;
+    let col0 = wid.x * T4;
+    let k4 = p.k / 4u;
+    var acc: array<vec4<f32>, 4>; // acc[i][j]: row lid.y*4+i, column lid.x*4+j
+    for (var i = 0u; i < 4u; i++) {
+        acc[i] = vec4<f32>(0.0);
+    }
+    // Each thread stages one vec4 of x and one of w per k step.
+    let lr = li / 4u;
+    let lq = li % 4u;
+    for (var q0 = 0u; q0 < k4; q0 += 4u) {
+        let gq = q0 + lq;
+        let xr = row0 + lr;
+        let wr = col0 + lr;
+        var xv = vec4<f32>(0.0);
+        if (xr < p.t && gq < k4) {
+            xv = x4[xr * k4 + gq];
+        }
+        var wv = vec4<f32>(0.0);
+        if (wr < p.n && gq < k4) {
+            wv = w4[wr * k4 + gq];
+        }
+        xs4[li] = xv;
+        ws4[li] = wv;
+        workgroupBarrier();
+        for (var q = 0u; q < 4u; q++) {
+            let a0 = xs4[(lid.y * 4u + 0u) * 4u + q];
+            let a1 = xs4[(lid.y * 4u + 1u) * 4u + q];
+            let a2 = xs4[(lid.y * 4u + 2u) * 4u + q];
+            let a3 = xs4[(lid.y * 4u + 3u) * 4u + q];
+            let b0 = ws4[(lid.x * 4u + 0u) * 4u + q];
+            let b1 = ws4[(lid.x * 4u + 1u) * 4u + q];
+            let b2 = ws4[(lid.x * 4u + 2u) * 4u + q];
+            let b3 = ws4[(lid.x * 4u + 3u) * 4u + q];
+            acc[0] += vec4<f32>(dot(a0, b0), dot(a0, b1), dot(a0, b2), dot(a0, b3));
+            acc[1] += vec4<f32>(dot(a1, b0), dot(a1, b1), dot(a1, b2), dot(a1, b3));
+            acc[2] += vec4<f32>(dot(a2, b0), dot(a2, b1), dot(a2, b2), dot(a2, b3));
+            acc[3] += vec4<f32>(dot(a3, b0), dot(a3, b1), dot(a3, b2), dot(a3, b3));
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 4u; i++) {
+        let row = row0 + lid.y * 4u + i;
+        for (var j = 0u; j < 4u; j++) {
+            let col = col0 + lid.x * 4u + j;
+            if (row < p.t && col < p.n) {
+                store(row, col, acc[i][j]);
+            }
+        }
     }
 }

@@ -106,8 +106,11 @@ fn load(ctx: &Context, path: &std::path::Path) -> Result<LoadedModel> {
     let mut last_pct = u64::MAX;
     let model = quill::files::load_model(ctx, path, &mut |done, total| {
         let pct = done * 100 / total.max(1);
-        if pct != last_pct && (tty || pct % 25 == 0) {
-            last_pct = pct;
+        // On a terminal every percent (redrawn in place); in a log, every quarter.
+        let step = if tty { pct } else { pct / 25 * 25 };
+        if step != last_pct {
+            last_pct = step;
+            let pct = step;
             let end = if tty { "\r" } else { "\n" };
             eprint!("loading {}: {pct:3}% ({} / {} MB){end}", path.display(), done >> 20, total >> 20);
         }
@@ -201,14 +204,20 @@ fn write(args: WriteArgs) -> Result<()> {
     }
     let mut decoder = StreamDecoder::new();
     let mut write_failed = false;
+    let mut decode_error = None;
     let (stop, stats) = session.generate(&ids, &sampling, args.max_tokens, args.ignore_eos, |id| {
-        if let Ok(Some(piece)) = decoder.step(&model.tokenizer, id) {
+        match decoder.step(&model.tokenizer, id) {
             // A closed pipe (`quill write ... | head`) ends generation quietly.
-            write_failed = write!(out, "{piece}").and_then(|_| out.flush()).is_err();
+            Ok(Some(piece)) => write_failed = write!(out, "{piece}").and_then(|_| out.flush()).is_err(),
+            Ok(None) => {}
+            Err(e) => decode_error = Some(e),
         }
-        !write_failed
+        !write_failed && decode_error.is_none()
     })?;
-    if let Ok(Some(rest)) = decoder.finish(&model.tokenizer) {
+    if let Some(e) = decode_error {
+        return Err(e);
+    }
+    if let Some(rest) = decoder.finish(&model.tokenizer)? {
         let _ = write!(out, "{rest}");
     }
     let _ = writeln!(out);

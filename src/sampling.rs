@@ -4,6 +4,9 @@
 
 use crate::error::{Error, Result};
 
+/// Below this, 1/temperature overflows the logits' range; use 0 (greedy) instead.
+pub const MIN_TEMPERATURE: f32 = 1e-3;
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct SamplingParams {
     /// 0 = greedy.
@@ -35,8 +38,8 @@ impl SamplingParams {
     /// Refuses values that have no meaning, naming the option.
     pub fn validate(&self) -> Result<()> {
         let t = self.temperature;
-        if !t.is_finite() || t < 0.0 {
-            return Err(Error::arg("--temperature", format!("{t} must be a finite number >= 0 (0 = greedy)")));
+        if !t.is_finite() || t < 0.0 || (t > 0.0 && t < MIN_TEMPERATURE) {
+            return Err(Error::arg("--temperature", format!("{t} must be 0 (greedy) or a finite number >= {MIN_TEMPERATURE}")));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return Err(Error::arg("--top-p", format!("{} must be in (0, 1] (1 = off)", self.top_p)));
@@ -175,6 +178,7 @@ mod tests {
         let bad = [
             (SamplingParams { temperature: -1.0, ..Default::default() }, "--temperature"),
             (SamplingParams { temperature: f32::NAN, ..Default::default() }, "--temperature"),
+            (SamplingParams { temperature: 1e-30, ..Default::default() }, "--temperature"),
             (SamplingParams { top_p: 0.0, ..Default::default() }, "--top-p"),
             (SamplingParams { top_p: 1.5, ..Default::default() }, "--top-p"),
             (SamplingParams { min_p: 1.0, ..Default::default() }, "--min-p"),

@@ -39,7 +39,7 @@ fn expect_error(o: &Output, needles: &[&str]) {
 }
 
 fn has_gpu() -> bool {
-    quill::gpu::test_context().is_some()
+    quill::gpu::context::test_context().is_some()
 }
 
 fn tiny() -> String {
@@ -62,7 +62,7 @@ fn writes_only_generated_text_to_stdout_and_a_summary_to_stderr() {
     }
 
     // The same text as the library produces for the same prompt.
-    let ctx = quill::gpu::test_context().unwrap();
+    let ctx = quill::gpu::context::test_context().unwrap();
     let model = quill::files::load_model(ctx, &fixture("llama-tiny"), &mut no_progress).unwrap();
     let ids = model.tokenizer.encode("The license grants").unwrap();
     let mut s = quill::generate::Session::new(ctx, &model, 256).unwrap();

@@ -7,7 +7,8 @@ use std::sync::OnceLock;
 
 use common::*;
 use quill::generate::Session;
-use quill::gpu::{test_context, Context};
+use quill::gpu::context::test_context;
+use quill::gpu::Context;
 use quill::models::LoadedModel;
 use quill::sampling::SamplingParams;
 

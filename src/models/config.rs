@@ -45,6 +45,8 @@ pub struct ModelConfig {
     /// The LM head is the embedding matrix.
     pub tied_embeddings: bool,
     pub qkv_bias: bool,
+    /// The attention output projection has a bias (Hugging Face llama with attention_bias).
+    pub o_bias: bool,
 }
 
 impl ModelConfig {
@@ -52,6 +54,21 @@ impl ModelConfig {
         let bad = |msg: String| Err(Error::format(file, msg));
         if self.dim == 0 || self.n_layers == 0 || self.n_heads == 0 || self.vocab == 0 || self.ffn_dim == 0 {
             return bad(format!("dims must be positive: dim {}, layers {}, heads {}, vocab {}, ffn {}", self.dim, self.n_layers, self.n_heads, self.vocab, self.ffn_dim));
+        }
+        // Bounds far above any real model, so hostile metadata cannot make sizes overflow or
+        // ask for absurd allocations before the tensors themselves are checked.
+        let limits = [
+            ("layers", self.n_layers, 4096),
+            ("dim", self.dim, 1 << 17),
+            ("heads", self.n_heads, 4096),
+            ("ffn", self.ffn_dim, 1 << 19),
+            ("vocab", self.vocab, 1 << 22),
+            ("context", self.max_ctx, 1 << 24),
+        ];
+        for (name, v, max) in limits {
+            if v > max {
+                return bad(format!("{name} = {v} exceeds {max}; the file's metadata is not credible"));
+            }
         }
         if self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
             return bad(format!("{} attention heads cannot be grouped over {} KV heads", self.n_heads, self.n_kv_heads));
@@ -97,6 +114,9 @@ impl ModelConfig {
             Some(_) => g.f64(&key("rope.freq_base"))? as f32,
             None => 10000.0,
         };
+        if g.tensors.iter().any(|t| t.name == "rope_freqs.weight") {
+            return Err(Error::Unsupported(format!("{}: per-frequency RoPE scaling (rope_freqs.weight, Llama 3.1+)", g.file)));
+        }
         if g.get(&key("rope.scaling.type")).and_then(|v| v.as_str()).is_some_and(|t| t != "none") {
             return Err(Error::Unsupported(format!("{}: RoPE scaling '{}'", g.file, g.str(&key("rope.scaling.type"))?)));
         }
@@ -117,6 +137,7 @@ impl ModelConfig {
             rope_style: if arch == Arch::Llama { RopeStyle::Adjacent } else { RopeStyle::Neox },
             tied_embeddings: !g.tensors.iter().any(|t| t.name == "output.weight"),
             qkv_bias: arch == Arch::Qwen2,
+            o_bias: false,
         }
         .check(&g.file)
     }
@@ -139,6 +160,9 @@ impl ModelConfig {
             }
         }
         let rope_theta = c.rope_theta.or(rope.and_then(|r| r.rope_theta)).unwrap_or(10000.0);
+        if c.mlp_bias.unwrap_or(false) {
+            return Err(Error::Unsupported(format!("{file}: mlp_bias = true")));
+        }
         ModelConfig {
             arch,
             dim,
@@ -154,6 +178,8 @@ impl ModelConfig {
             rope_style: RopeStyle::Neox,
             tied_embeddings: c.tie_word_embeddings.unwrap_or(arch == Arch::Qwen2),
             qkv_bias: arch == Arch::Qwen2 || c.attention_bias.unwrap_or(false),
+            // Qwen2 has Q/K/V biases only; llama's attention_bias covers the output projection too.
+            o_bias: arch == Arch::Llama && c.attention_bias.unwrap_or(false),
         }
         .check(file)
     }
@@ -198,4 +224,50 @@ struct HfConfig {
     rope_scaling: Option<HfRope>,
     tie_word_embeddings: Option<bool>,
     attention_bias: Option<bool>,
+    mlp_bias: Option<bool>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TINY: &str = r#"{"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "intermediate_size": 128, "vocab_size": 1000, "max_position_embeddings": 256,
+        "rms_norm_eps": 1e-5, "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"}}"#;
+
+    fn with(field: &str, value: &str) -> String {
+        let mut v: serde_json::Value = serde_json::from_str(TINY).unwrap();
+        v[field] = serde_json::from_str(value).unwrap();
+        v.to_string()
+    }
+
+    #[test]
+    fn reads_a_llama_config() {
+        let c = ModelConfig::from_hf_json(TINY.as_bytes(), "config.json").unwrap();
+        assert_eq!((c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.vocab), (64, 2, 4, 2, 16, 1000));
+        assert_eq!(c.rope_theta, 10000.0);
+        assert_eq!(c.rope_style, RopeStyle::Neox);
+    }
+
+    #[test]
+    fn bad_configs_name_the_field() {
+        let cases = [
+            (with("num_hidden_layers", "4294967296"), "layers"),
+            (with("hidden_size", "0"), "dim"),
+            (with("num_key_value_heads", "3"), "KV heads"),
+            (with("model_type", "\"mamba\""), "mamba"),
+            (with("mlp_bias", "true"), "mlp_bias"),
+            (with("rope_parameters", r#"{"rope_theta": 5e5, "rope_type": "llama3"}"#), "llama3"),
+            (with("vocab_size", "\"many\""), "config.json"),
+            ("{not json".to_string(), "malformed"),
+        ];
+        for (json, needle) in cases {
+            let e = ModelConfig::from_hf_json(json.as_bytes(), "dir/config.json").unwrap_err().to_string();
+            assert!(e.contains(needle), "{needle}: {e}");
+        }
+        let mut v: serde_json::Value = serde_json::from_str(TINY).unwrap();
+        v.as_object_mut().unwrap().remove("intermediate_size");
+        let e = ModelConfig::from_hf_json(v.to_string().as_bytes(), "dir/config.json").unwrap_err().to_string();
+        assert!(e.contains("intermediate_size"), "{e}");
+    }
 }

@@ -39,6 +39,7 @@ fn layer_name(n: Naming, i: usize, ours: &str) -> String {
         "bq" => ("attn_q.bias", "self_attn.q_proj.bias"),
         "bk" => ("attn_k.bias", "self_attn.k_proj.bias"),
         "bv" => ("attn_v.bias", "self_attn.v_proj.bias"),
+        "bo" => ("attn_output.bias", "self_attn.o_proj.bias"),
         "wo" => ("attn_output.weight", "self_attn.o_proj.weight"),
         "ffn_norm" => ("ffn_norm.weight", "post_attention_layernorm.weight"),
         "w_gate" => ("ffn_gate.weight", "mlp.gate_proj.weight"),
@@ -61,6 +62,7 @@ pub struct Layer {
     pub bk: Option<Tensor>, // (n_kv_heads * head_dim,)
     pub bv: Option<Tensor>, // (n_kv_heads * head_dim,)
     pub wo: Tensor,        // (dim, n_heads * head_dim)
+    pub bo: Option<Tensor>, // (dim,) llama with attention_bias
     pub ffn_norm: Tensor,  // (dim,)
     pub w_gate: Tensor,    // (ffn_dim, dim)
     pub w_up: Tensor,      // (ffn_dim, dim)
@@ -95,7 +97,8 @@ impl Llama {
         for i in 0..c.n_layers {
             let n = |ours: &str| layer_name(naming, i, ours);
             let bias = |get: &mut dyn FnMut(&str, &[usize]) -> Result<Tensor>, ours: &str, len: usize| -> Result<Option<Tensor>> {
-                if c.qkv_bias {
+                let wanted = if ours == "bo" { c.o_bias } else { c.qkv_bias };
+                if wanted {
                     Ok(Some(get(&n(ours), &[len])?))
                 } else {
                     Ok(None)
@@ -110,6 +113,7 @@ impl Llama {
                 bk: bias(&mut get, "bk", kv_dim)?,
                 bv: bias(&mut get, "bv", kv_dim)?,
                 wo: get(&n("wo"), &[c.dim, q_dim])?,
+                bo: bias(&mut get, "bo", c.dim)?,
                 ffn_norm: get(&n("ffn_norm"), &[c.dim])?,
                 w_gate: get(&n("w_gate"), &[c.ffn_dim, c.dim])?,
                 w_up: get(&n("w_up"), &[c.ffn_dim, c.dim])?,
@@ -145,7 +149,7 @@ impl Llama {
             rope::rope(rec, &st.k, n, c.n_kv_heads, c.head_dim, pos0, c.rope_theta, c.rope_style, i)?;
             attention::kv_write(rec, &st.k, &st.v, &st.k_cache[i], &st.v_cache[i], attn, i)?;
             attention::attention(rec, &st.q, &st.k_cache[i], &st.v_cache[i], &st.att, attn, i)?;
-            linear(rec, "o_proj", Some(i), &st.att, &l.wo, None, &st.x, n, Store::Accumulate)?;
+            linear(rec, "o_proj", Some(i), &st.att, &l.wo, l.bo.as_ref(), &st.x, n, Store::Accumulate)?;
             // MLP block: x += W_down · (silu(W_gate·norm(x)) * W_up·norm(x))
             norm::rms_norm(rec, &st.x, &l.ffn_norm, &st.xn, n, c.norm_eps, Some(i))?;
             linear(rec, "gate_proj", Some(i), &st.xn, &l.w_gate, None, &st.gate, n, Store::Write)?;

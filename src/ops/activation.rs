@@ -34,7 +34,7 @@ mod tests {
 
     #[test]
     fn swiglu_matches_reference_on_odd_sizes() {
-        let Some(ctx) = crate::gpu::test_context() else { return };
+        let Some(ctx) = crate::gpu::context::test_context() else { return };
         for &n in &[1usize, 255, 257, 4099] {
             let gate: Vec<f32> = test_values(n, 5).iter().map(|v| v * 12.0).collect();
             let up = test_values(n, 6);

@@ -129,7 +129,7 @@ mod tests {
     /// Prefills `pre` tokens, then runs `n_tokens` more in a second call, as generation does,
     /// and compares the second call's output with the reference.
     fn run(n_heads: usize, n_kv_heads: usize, head_dim: usize, pre: usize, n_tokens: usize, slot: usize) {
-        let Some(ctx) = crate::gpu::test_context() else { return };
+        let Some(ctx) = crate::gpu::context::test_context() else { return };
         let ctx_len = pre + n_tokens + 3;
         let n_slots = slot + 1;
         let total = pre + n_tokens;

@@ -43,7 +43,7 @@ mod tests {
 
     #[test]
     fn embed_matches_reference_on_odd_sizes() {
-        let Some(ctx) = crate::gpu::test_context() else { return };
+        let Some(ctx) = crate::gpu::context::test_context() else { return };
         for &(vocab, dim, n) in &[(1usize, 1usize, 1usize), (37, 13, 5), (301, 67, 19)] {
             let table = test_values(vocab * dim, 3);
             let ids: Vec<u32> = (0..n + 2).map(|i| ((i * 7 + 3) % vocab) as u32).collect();

@@ -50,7 +50,7 @@ mod tests {
 
     #[test]
     fn rms_norm_matches_reference_on_odd_sizes() {
-        let Some(ctx) = crate::gpu::test_context() else { return };
+        let Some(ctx) = crate::gpu::context::test_context() else { return };
         for &(rows, dim) in &[(1usize, 1usize), (3, 7), (5, 576), (2, 1001)] {
             let x = test_values(rows * dim, 11);
             let w: Vec<f32> = test_values(dim, 12).iter().map(|v| 1.0 + v).collect();

@@ -80,7 +80,7 @@ mod tests {
 
     #[test]
     fn rope_matches_reference_both_styles_odd_sizes() {
-        let Some(ctx) = crate::gpu::test_context() else { return };
+        let Some(ctx) = crate::gpu::context::test_context() else { return };
         for &(t, h, d, pos0) in &[(1usize, 1usize, 2usize, 0usize), (3, 5, 6, 7), (7, 9, 64, 1000), (2, 3, 130, 4095)] {
             for style in [RopeStyle::Neox, RopeStyle::Adjacent] {
                 let x = test_values(t * h * d, 31);

@@ -66,7 +66,7 @@ mod tests {
 
     /// Runs `draws` samples of one logits row in one command buffer; returns the ids.
     fn draw_many(logits: &[f32], history: &[u32], s: &SamplingParams, draws: usize) -> Option<Vec<u32>> {
-        let ctx = crate::gpu::test_context()?;
+        let ctx = crate::gpu::context::test_context()?;
         let vocab = logits.len();
         let lt = Tensor::upload_f32(ctx, "logits", &[1, vocab], logits).unwrap();
         let work = Tensor::zeros(ctx, "work", &[vocab]).unwrap();

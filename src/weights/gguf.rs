@@ -126,10 +126,17 @@ pub struct Gguf<'a> {
 const MAX_ARRAY_DEPTH: usize = 4;
 const MAX_DIMS: usize = 8;
 
+/// Metadata array elements allowed in one file (all arrays together). A `Value` takes more
+/// memory than its bytes in the file, so this bounds what a hostile file can make us allocate;
+/// real vocabularies and merge lists have a few hundred thousand entries.
+const MAX_ARRAY_ELEMENTS: usize = 8 << 20;
+
 struct Reader<'a> {
     file: &'a str,
     bytes: &'a [u8],
     pos: usize,
+    /// Array elements still allowed (see MAX_ARRAY_ELEMENTS).
+    element_budget: usize,
 }
 
 impl<'a> Reader<'a> {
@@ -201,6 +208,10 @@ impl<'a> Reader<'a> {
                     t => return Err(self.err(&format!("{what}: unknown array element type {t}"))),
                 };
                 let n = self.count(min_each, &format!("element count of {what}"))?;
+                self.element_budget = self
+                    .element_budget
+                    .checked_sub(n)
+                    .ok_or_else(|| self.err(&format!("{what}: more than {MAX_ARRAY_ELEMENTS} metadata array elements in all")))?;
                 let mut items = Vec::with_capacity(n);
                 for _ in 0..n {
                     items.push(self.value(elem, depth + 1, what)?);
@@ -218,7 +229,7 @@ impl<'a> Reader<'a> {
 impl<'a> Gguf<'a> {
     /// Parses a GGUF file held in `bytes`; `file` names it in errors.
     pub fn parse(file: &str, bytes: &'a [u8]) -> Result<Self> {
-        let mut r = Reader { file, bytes, pos: 0 };
+        let mut r = Reader { file, bytes, pos: 0, element_budget: MAX_ARRAY_ELEMENTS };
         if bytes.is_empty() {
             return Err(Error::format(file, "empty file, not a GGUF model"));
         }
