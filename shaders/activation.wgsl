@@ -1,5 +1,7 @@
-// activation.wgsl: gated MLP activations, elementwise.
-//   swiglu: gate = silu(gate) * up, in place on gate (Llama's MLP).
+// activation.wgsl: MLP activations, elementwise.
+//   swiglu:    gate = silu(gate) * up, in place on gate (Llama's MLP).
+//   gelu_tanh: x = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), in place (GPT-2's gelu_new).
+//   gelu_erf:  x = 0.5 x (1 + erf(x / sqrt(2))) = 0.5 x erfc(-x / sqrt(2)), in place (exact GELU).
 
 struct Params {
     n: u32,
@@ -12,6 +14,10 @@ struct Params {
 @group(0) @binding(1) var<storage, read_write> gate: array<f32>;  // (n,) in: gate projection, out: silu(gate) * up
 @group(0) @binding(2) var<uniform> p: Params;
 
+// gelu_tanh and gelu_erf bind only these (an entry point's bindings are numbered 0..n).
+@group(0) @binding(0) var<storage, read_write> x: array<f32>;     // (n,)
+@group(0) @binding(1) var<uniform> px: Params;
+
 @compute @workgroup_size(256)
 fn swiglu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) lid: u32) {
@@ -21,4 +27,41 @@ fn swiglu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     }
     let g = gate[i];
     gate[i] = g / (1.0 + exp(-g)) * up[i];
+}
+
+@compute @workgroup_size(256)
+fn gelu_tanh(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {
+    let i = linear_workgroup(wid, nwg) * 256u + lid;
+    if (i >= px.n) {
+        return;
+    }
+    let v = x[i];
+    // 0.5 (1 + tanh(u)) = 1 / (1 + e^(-2u)): no cancellation for negative x, and e^(-2u)
+    // overflowing to infinity gives the right limit, -0.
+    let u = 0.7978845608028654 * (v + 0.044715 * v * v * v);
+    x[i] = v / (1.0 + exp(-2.0 * u));
+}
+
+// erfc(z) with a relative error below 1.2e-7 for every z (Numerical Recipes' erfcc, a
+// Chebyshev fit): small where GELU is small, so 0.5 x erfc(-x/sqrt 2) keeps its relative
+// precision for negative x, where 1 + erf(x) would cancel. WGSL has no erf.
+fn erfc_precise(z: f32) -> f32 {
+    let a = abs(z);
+    let t = 1.0 / (1.0 + 0.5 * a);
+    let r = t * exp(-a * a - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 +
+            t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 +
+            t * (-0.82215223 + t * 0.17087277)))))))));
+    return select(r, 2.0 - r, z < 0.0);
+}
+
+@compute @workgroup_size(256)
+fn gelu_erf(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+    let i = linear_workgroup(wid, nwg) * 256u + lid;
+    if (i >= px.n) {
+        return;
+    }
+    let v = x[i];
+    x[i] = 0.5 * v * erfc_precise(-0.7071067811865476 * v);
 }

@@ -131,37 +131,59 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
 @group(0) @binding(0) var<storage, read> x4: array<vec4<f32>>;   // (t, k/4)
 @group(0) @binding(1) var<storage, read> w4: array<vec4<f32>>;   // (n, k/4)
 
-// matvec4: 8 rows per workgroup, 8 lanes per row reading consecutive vec4s (coalesced).
+// matvec4: 32 rows per workgroup; 8 groups of 8 lanes, each group 4 rows. A lane reads one
+// vec4 of x and the same vec4 position of its 4 rows per step, so a row's 8 lanes read 128
+// contiguous bytes (coalesced) and every x load serves 4 rows.
+const MV4_ROWS_PER_GROUP: u32 = 4u;
+const MV4_ROWS: u32 = 32u;
+var<workgroup> partial4: array<vec4<f32>, MV_WG>;
+
 @compute @workgroup_size(MV_WG)
 fn matvec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) li: u32) {
-    let blocks_per_token = (p.n + MV_ROWS - 1u) / MV_ROWS;
+    let blocks_per_token = (p.n + MV4_ROWS - 1u) / MV4_ROWS;
     let g = linear_workgroup(wid, nwg);
     let tok = g / blocks_per_token;
-    let col = (g % blocks_per_token) * MV_ROWS + li / MV_LANES;
+    let row0 = (g % blocks_per_token) * MV4_ROWS + (li / MV_LANES) * MV4_ROWS_PER_GROUP;
     let lane = li % MV_LANES;
     if (tok >= p.t) {
         return; // whole workgroup
     }
     let k4 = p.k / 4u;
-    var acc = vec4<f32>(0.0);
-    if (col < p.n) {
-        let xb = tok * k4;
-        let wb = col * k4;
-        for (var i = lane; i < k4; i += MV_LANES) {
-            acc += x4[xb + i] * w4[wb + i];
-        }
+    let xb = tok * k4;
+    // Rows past the end read the last row (valid memory) and are not stored.
+    let last = p.n - 1u;
+    let w0 = min(row0, last) * k4;
+    let w1 = min(row0 + 1u, last) * k4;
+    let w2 = min(row0 + 2u, last) * k4;
+    let w3 = min(row0 + 3u, last) * k4;
+    var a0 = vec4<f32>(0.0);
+    var a1 = vec4<f32>(0.0);
+    var a2 = vec4<f32>(0.0);
+    var a3 = vec4<f32>(0.0);
+    for (var i = lane; i < k4; i += MV_LANES) {
+        let xv = x4[xb + i];
+        a0 += xv * w4[w0 + i];
+        a1 += xv * w4[w1 + i];
+        a2 += xv * w4[w2 + i];
+        a3 += xv * w4[w3 + i];
     }
-    partial[li] = acc.x + acc.y + acc.z + acc.w;
+    partial4[li] = vec4<f32>(a0.x + a0.y + a0.z + a0.w, a1.x + a1.y + a1.z + a1.w,
+                             a2.x + a2.y + a2.z + a2.w, a3.x + a3.y + a3.z + a3.w);
     workgroupBarrier();
     for (var s = MV_LANES / 2u; s > 0u; s >>= 1u) {
         if (lane < s) {
-            partial[li] += partial[li + s];
+            partial4[li] += partial4[li + s];
         }
         workgroupBarrier();
     }
-    if (lane == 0u && col < p.n) {
-        store(tok, col, partial[li]);
+    if (lane == 0u) {
+        let sums = partial4[li];
+        for (var j = 0u; j < MV4_ROWS_PER_GROUP; j++) {
+            if (row0 + j < p.n) {
+                store(tok, row0 + j, sums[j]);
+            }
+        }
     }
 }
 

@@ -31,6 +31,62 @@ enum Command {
     /// Continue a prompt, streaming only the generated text to stdout.
     #[command(allow_negative_numbers = true)]
     Write(WriteArgs),
+    /// Time every shader pass of a prefill and some decode steps; print a per-op table.
+    Profile(ProfileArgs),
+    /// Perplexity of a text: exp(mean over tokens i >= 1 of -log p(t_i | t_<i)).
+    Perplexity(PerplexityArgs),
+    /// Measure this adapter's peak memory bandwidth and FLOP rate (cached for `profile`).
+    BenchDevice {
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct PerplexityArgs {
+    /// The text (or use --file).
+    text: Option<String>,
+    /// GGUF file or Hugging Face model directory [default: the fetched SmolLM2].
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Read the text from a UTF-8 file.
+    #[arg(long, conflicts_with = "text")]
+    file: Option<PathBuf>,
+    /// Window: positions of context per pass [default: the model's, at most 2048].
+    #[arg(long)]
+    ctx: Option<usize>,
+    /// Tokens between the starts of overlapping windows, for texts longer than --ctx [default: half the window].
+    #[arg(long)]
+    stride: Option<usize>,
+    /// Print one JSON object {"n_tokens", "mean_nll", "perplexity"} on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct ProfileArgs {
+    /// GGUF file or Hugging Face model directory [default: the fetched SmolLM2].
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Prompt to prefill.
+    #[arg(long, default_value = "Once upon a time, in a lighthouse at the edge of the world,")]
+    prompt: String,
+    /// Decode steps to time after the prefill.
+    #[arg(long, default_value_t = 8)]
+    tokens: usize,
+    /// One row per op and layer instead of per op.
+    #[arg(long)]
+    by_layer: bool,
+    /// Write a Chrome trace-event JSON file (open in Perfetto or chrome://tracing).
+    #[arg(long)]
+    trace: Option<PathBuf>,
+    /// Write an SVG chart of the GPU time per command buffer and op.
+    #[arg(long)]
+    svg: Option<PathBuf>,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -82,6 +138,9 @@ struct WriteArgs {
     /// Context length (KV cache positions) [default: the model's, at most 2048].
     #[arg(long)]
     ctx: Option<usize>,
+    /// Time every shader pass and print the per-op table on stderr at the end.
+    #[arg(long)]
+    profile: bool,
 }
 
 pub fn run() -> Result<()> {
@@ -89,11 +148,16 @@ pub fn run() -> Result<()> {
     match cli.command {
         Command::Info { model } => info(model),
         Command::Write(args) => write(args),
+        Command::Profile(args) => profile(args),
+        Command::Perplexity(args) => perplexity(args),
+        Command::BenchDevice { json } => bench_device(json),
     }
 }
 
 fn model_path(arg: Option<PathBuf>) -> Result<PathBuf> {
     match arg {
+        // `org/name` that is not a local path: a Hugging Face hub repository.
+        Some(p) if p.to_str().is_some_and(quill::hub::is_repo_id) => quill::hub::model_dir(p.to_str().unwrap_or_default()),
         Some(p) => Ok(p),
         None => quill::files::default_model(),
     }
@@ -136,12 +200,14 @@ fn info(model: Option<PathBuf>) -> Result<()> {
     let ctx = Context::new_blocking()?;
     print!("{}", ctx.describe());
     if let Some(path) = model {
+        let path = model_path(Some(path))?;
         let m = load(&ctx, &path)?;
         let c = m.config();
         println!("model:    {}", m.source);
         println!("architecture: {}", c.arch.name());
         println!("layers: {}  dim: {}  heads: {}  kv heads: {}  head dim: {}  ffn: {}", c.n_layers, c.dim, c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_dim);
-        println!("vocab: {}  context: {}  rope theta: {}  tied embeddings: {}", c.vocab, c.max_ctx, c.rope_theta, c.tied_embeddings);
+        println!("vocab: {}  context: {}  tied embeddings: {}", c.vocab, c.max_ctx, c.tied_embeddings);
+        println!("{}", c.describe_blocks());
         println!("file dtypes: {}", m.file_dtypes);
         let ctx_len = c.max_ctx.min(2048);
         println!(
@@ -161,6 +227,33 @@ fn read_prompt(args: &WriteArgs) -> Result<String> {
         });
     }
     args.prompt.clone().ok_or_else(|| Error::arg("PROMPT", "give a prompt as an argument or with --prompt-file"))
+}
+
+fn perplexity(args: PerplexityArgs) -> Result<()> {
+    let text = match (&args.file, &args.text) {
+        (Some(path), _) => {
+            let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+            String::from_utf8(bytes).map_err(|e| Error::arg("--file", format!("{} is not valid UTF-8 (first bad byte at offset {})", path.display(), e.utf8_error().valid_up_to())))?
+        }
+        (None, Some(t)) => t.clone(),
+        (None, None) => return Err(Error::arg("TEXT", "give the text as an argument or with --file")),
+    };
+    let path = model_path(args.model.clone())?;
+    let ctx = Context::new_blocking()?;
+    let model = load(&ctx, &path)?;
+    let ids = model.tokenizer.encode(&text)?;
+    let window = args.ctx.unwrap_or(model.config().max_ctx.min(2048));
+    let stride = args.stride.unwrap_or(window.div_ceil(2));
+    let start = Instant::now();
+    let p = quill::perplexity::perplexity(&ctx, &model, &ids, window, stride)?;
+    let windows = if p.n_tokens <= window { "one window".to_string() } else { format!("windows of {window} tokens, stride {stride}") };
+    eprintln!("scored {} of {} tokens in {windows} in {:.1} s", p.n_scored, p.n_tokens, start.elapsed().as_secs_f64());
+    if args.json {
+        println!("{}", serde_json::json!({"n_tokens": p.n_tokens, "mean_nll": p.mean_nll, "perplexity": p.perplexity}));
+    } else {
+        println!("perplexity {:.4} (mean NLL {:.6} nats over {} tokens)", p.perplexity, p.mean_nll, p.n_tokens);
+    }
+    Ok(())
 }
 
 fn write(args: WriteArgs) -> Result<()> {
@@ -196,6 +289,9 @@ fn write(args: WriteArgs) -> Result<()> {
     let ids = model.tokenizer.encode(&text)?;
     let ctx_len = args.ctx.unwrap_or(model.config().max_ctx.min(2048));
     let mut session = Session::new(&ctx, &model, ctx_len)?;
+    if args.profile {
+        session.enable_profiling();
+    }
 
     let mut out = std::io::stdout().lock();
     if args.echo {
@@ -236,5 +332,60 @@ fn write(args: WriteArgs) -> Result<()> {
         stats.decode_tok_s(),
         stats.generated,
     );
+    if let Some(p) = session.profile() {
+        eprint!("{}", p.table(false, quill::files::cached_peak(&ctx)));
+    }
+    Ok(())
+}
+
+fn write_file(path: &std::path::Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).map_err(|e| Error::io(path, e))
+}
+
+fn profile(args: ProfileArgs) -> Result<()> {
+    if args.tokens == 0 {
+        return Err(Error::arg("--tokens", "must be at least 1"));
+    }
+    let path = model_path(args.model.clone())?;
+    let ctx = Context::new_blocking()?;
+    let model = load(&ctx, &path)?;
+    let ids = model.tokenizer.encode(&args.prompt)?;
+    let ctx_len = (ids.len() + args.tokens + 1).min(model.config().max_ctx);
+    let mut session = Session::new(&ctx, &model, ctx_len)?;
+    session.enable_profiling();
+    let (_, stats) = session.generate(&ids, &SamplingParams::greedy(), args.tokens, true, |_| true)?;
+    let Some(p) = session.profile() else { return Err(Error::gpu("profile", "profiling was not enabled")) };
+    let peak = quill::files::cached_peak(&ctx);
+    if args.json {
+        let mut v = p.json(args.by_layer, peak);
+        v["prompt_tokens"] = stats.prompt_tokens.into();
+        v["decode_steps"] = stats.generated.into();
+        println!("{v}");
+    } else {
+        print!("{}", p.table(args.by_layer, peak));
+    }
+    if let Some(t) = &args.trace {
+        write_file(t, &p.chrome_trace().to_string())?;
+        eprintln!("trace: {} (open in https://ui.perfetto.dev or chrome://tracing)", t.display());
+    }
+    if let Some(s) = &args.svg {
+        write_file(s, &p.svg())?;
+        eprintln!("chart: {}", s.display());
+    }
+    Ok(())
+}
+
+fn bench_device(json: bool) -> Result<()> {
+    let ctx = Context::new_blocking()?;
+    let peak = quill::ops::peak::measure(&ctx)?;
+    let path = quill::files::store_peak(&ctx, peak)?;
+    if json {
+        println!("{}", serde_json::json!({"adapter": ctx.adapter_name(), "bandwidth_gbs": peak.bandwidth_gbs, "gflops": peak.gflops}));
+    } else {
+        println!("adapter: {} ({:?})", ctx.adapter_name(), ctx.info.backend);
+        println!("peak read bandwidth: {:.2} GB/s", peak.bandwidth_gbs);
+        println!("peak FMA rate:       {:.2} GFLOP/s", peak.gflops);
+    }
+    eprintln!("cached in {}", path.display());
     Ok(())
 }

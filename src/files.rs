@@ -106,3 +106,34 @@ pub fn load_model(ctx: &Context, path: &Path, progress: &mut dyn FnMut(u64, u64)
     };
     load_hf(ctx, &files, progress)
 }
+
+/// Where `quill bench-device` keeps each adapter's measured peak.
+fn peak_cache_path() -> PathBuf {
+    models_dir().parent().map(Path::to_path_buf).unwrap_or_else(models_dir).join("device-peak.json")
+}
+
+fn adapter_key(ctx: &Context) -> String {
+    let i = &ctx.info;
+    format!("{} | {:?} | {} {}", i.name, i.backend, i.driver, i.driver_info)
+}
+
+/// The peak `quill bench-device` measured on this adapter, if any.
+pub fn cached_peak(ctx: &Context) -> Option<crate::gpu::profiler::DevicePeak> {
+    let bytes = std::fs::read(peak_cache_path()).ok()?;
+    let map: std::collections::BTreeMap<String, crate::gpu::profiler::DevicePeak> = serde_json::from_slice(&bytes).ok()?;
+    map.get(&adapter_key(ctx)).copied()
+}
+
+/// Stores this adapter's measured peak beside the others.
+pub fn store_peak(ctx: &Context, peak: crate::gpu::profiler::DevicePeak) -> Result<PathBuf> {
+    let path = peak_cache_path();
+    let mut map: std::collections::BTreeMap<String, crate::gpu::profiler::DevicePeak> =
+        std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+    map.insert(adapter_key(ctx), peak);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let text = serde_json::to_string_pretty(&map).map_err(|e| Error::format(path.display().to_string(), e.to_string()))?;
+    std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
+    Ok(path)
+}

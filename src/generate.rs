@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+use crate::gpu::profiler::Profile;
 use crate::gpu::{Context, Recorder};
 use crate::models::{LoadedModel, LogitRows, State};
 use crate::ops::sample::sample;
@@ -23,6 +24,8 @@ pub struct Session<'a> {
     processed: usize,
     /// Draws so far, mixed into the sampler's random numbers.
     draws: u32,
+    /// Timings of every command buffer, when profiling.
+    profile: Option<Profile>,
 }
 
 /// Timings of a generation, for the summary line.
@@ -62,7 +65,37 @@ impl<'a> Session<'a> {
             return Err(Error::arg("--ctx", format!("{ctx_len} must be between 1 and the model's context of {}", cfg.max_ctx)));
         }
         let state = State::new(ctx, cfg, ctx_len, DEFAULT_MAX_BATCH.min(ctx_len))?;
-        Ok(Session { ctx, model, state, ids: Vec::new(), processed: 0, draws: 0 })
+        Ok(Session { ctx, model, state, ids: Vec::new(), processed: 0, draws: 0, profile: None })
+    }
+
+    /// Times every pass of every later command buffer (GPU timestamps where the adapter has
+    /// them). Without this, no query sets are created and nothing is timed.
+    pub fn enable_profiling(&mut self) {
+        self.profile = Some(Profile::new(self.ctx.adapter_name(), self.ctx.gpu_timestamps()));
+    }
+    pub fn profile(&self) -> Option<&Profile> {
+        self.profile.as_ref()
+    }
+
+    fn recorder(&self, label: &str) -> Recorder<'a> {
+        if self.profile.is_some() {
+            Recorder::profiled(self.ctx, label)
+        } else {
+            Recorder::new(self.ctx, label)
+        }
+    }
+
+    /// Submits; when profiling, waits for the GPU and keeps the command buffer's timings.
+    fn submit(&mut self, rec: Recorder<'a>, label: &'static str) -> Result<()> {
+        let submitted = rec.submit()?;
+        if self.profile.is_some() {
+            if let Some(step) = submitted.profile(self.ctx, label)? {
+                if let Some(p) = &mut self.profile {
+                    p.push(step);
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn ids(&self) -> &[u32] {
@@ -93,29 +126,30 @@ impl<'a> Session<'a> {
     }
 
     /// Records forward passes over the pending ids; all but the last chunk are submitted.
-    /// Returns the recorder of the last chunk (its logits in row 0, or all rows when `All`).
-    fn run_pending(&mut self, rows: LogitRows, mut on_chunk: impl FnMut(&Context, &State, usize, usize) -> Result<()>) -> Result<Recorder<'a>> {
-        let pending = self.ids.len() - self.processed;
-        if pending == 0 {
+    /// Returns the recorder of the last chunk (its logits in row 0) and whether it is a
+    /// prefill ("prefill") or a single decode step ("decode"). With `All`, every chunk is
+    /// submitted and `on_chunk` reads its logits; the recorder returned is then empty.
+    fn run_pending(&mut self, rows: LogitRows, mut on_chunk: impl FnMut(&Context, &State, usize, usize) -> Result<()>) -> Result<(Recorder<'a>, &'static str)> {
+        if self.ids.len() == self.processed {
             return Err(Error::Context("no token to run: push ids first".into()));
         }
         loop {
             let n = (self.ids.len() - self.processed).min(self.state.max_batch);
-            let mut rec = Recorder::new(self.ctx, "forward");
+            let label = if n == 1 && self.processed > 0 { "decode" } else { "prefill" };
+            let mut rec = self.recorder(label);
             self.model.model.forward(&mut rec, &self.state, self.processed, n, rows)?;
             let pos0 = self.processed;
             self.processed += n;
-            if self.processed == self.ids.len() {
-                if rows == LogitRows::All {
-                    rec.submit()?;
-                    on_chunk(self.ctx, &self.state, pos0, n)?;
-                    return Ok(Recorder::new(self.ctx, "after forward"));
-                }
-                return Ok(rec);
+            let last = self.processed == self.ids.len();
+            if last && rows == LogitRows::Last {
+                return Ok((rec, label));
             }
-            rec.submit()?;
+            self.submit(rec, label)?;
             if rows == LogitRows::All {
                 on_chunk(self.ctx, &self.state, pos0, n)?;
+            }
+            if last {
+                return Ok((Recorder::new(self.ctx, "empty"), label));
             }
         }
     }
@@ -125,12 +159,12 @@ impl<'a> Session<'a> {
         if self.ids.len() >= self.state.ctx_len {
             return Err(Error::Context(format!("the context of {} positions is full", self.state.ctx_len)));
         }
-        let mut rec = self.run_pending(LogitRows::Last, |_, _, _, _| Ok(()))?;
+        let (mut rec, label) = self.run_pending(LogitRows::Last, |_, _, _, _| Ok(()))?;
         let out = self.ids.len();
         let history = out.saturating_sub(s.repeat_last_n)..out;
         sample(&mut rec, &self.state.logits, 0, &self.state.work, &self.state.tokens, out, history, s, self.draws)?;
         rec.copy(&self.state.tokens.buf, (out * 4) as u64, &self.state.readback, 0, 4);
-        rec.submit()?;
+        self.submit(rec, label)?;
         let bytes = self.ctx.map_read(&self.state.readback, 4)?;
         let id = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
         self.draws = self.draws.wrapping_add(1);
@@ -152,8 +186,8 @@ impl<'a> Session<'a> {
 
     /// Logits of the last pending position: (vocab,).
     pub fn logits_last(&mut self) -> Result<Vec<f32>> {
-        let rec = self.run_pending(LogitRows::Last, |_, _, _, _| Ok(()))?;
-        rec.submit()?;
+        let (rec, label) = self.run_pending(LogitRows::Last, |_, _, _, _| Ok(()))?;
+        self.submit(rec, label)?;
         self.ctx.read_f32(&self.state.logits.buf, 0, self.model.config().vocab)
     }
 

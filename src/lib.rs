@@ -5,8 +5,11 @@ pub mod error;
 pub mod files;
 pub mod generate;
 pub mod gpu;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod hub;
 pub mod models;
 pub mod ops;
+pub mod perplexity;
 pub mod sampling;
 pub mod tokenizer;
 pub mod weights;

@@ -16,7 +16,7 @@ fn load(ctx: &Context, path: &std::path::Path) -> LoadedModel {
     quill::files::load_model(ctx, path, &mut no_progress).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()))
 }
 
-/// llama-tiny: reference_logits.safetensors holds input_ids [1, 34] (i64) and logits [34, 1000].
+/// {llama,qwen2,gpt2,xglm}-tiny: reference_logits.safetensors holds input_ids [1, 34] (i64) and logits [34, 1000].
 fn tiny_reference(name: &str) -> (Vec<u32>, Vec<f32>) {
     let bytes = std::fs::read(fixture(&format!("{name}/reference_logits.safetensors"))).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -76,6 +76,21 @@ fn ids_of(v: &serde_json::Value) -> Vec<u32> {
 #[test]
 fn golden_llama_tiny() {
     golden_tiny("llama-tiny");
+}
+
+#[test]
+fn golden_qwen2_tiny() {
+    golden_tiny("qwen2-tiny");
+}
+
+#[test]
+fn golden_gpt2_tiny() {
+    golden_tiny("gpt2-tiny");
+}
+
+#[test]
+fn golden_xglm_tiny() {
+    golden_tiny("xglm-tiny");
 }
 
 fn smollm2() -> Option<&'static (LoadedModel, &'static Context)> {

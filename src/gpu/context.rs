@@ -37,6 +37,7 @@ pub struct Context {
     modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
     faults: Arc<Mutex<Faults>>,
     arenas: Mutex<Vec<wgpu::Buffer>>,
+    query_sets_created: std::sync::atomic::AtomicUsize,
 }
 
 /// How to reach a GPU on this platform, for the error shown when there is none.
@@ -128,6 +129,7 @@ impl Context {
             modules: Mutex::new(HashMap::new()),
             faults,
             arenas: Mutex::new(Vec::new()),
+            query_sets_created: Default::default(),
         })
     }
 
@@ -212,6 +214,34 @@ impl Context {
 
     pub(crate) fn give_back_arenas(&self, buffers: impl IntoIterator<Item = wgpu::Buffer>) {
         self.arenas.lock().unwrap_or_else(|p| p.into_inner()).extend(buffers);
+    }
+
+    /// Are GPU timestamps used for profiles? (The adapter has them, and QUILL_PROFILE_CPU
+    /// does not ask for CPU timing instead.)
+    pub fn gpu_timestamps(&self) -> bool {
+        let forced_off = !cfg!(target_arch = "wasm32") && std::env::var_os("QUILL_PROFILE_CPU").is_some();
+        self.features.contains(wgpu::Features::TIMESTAMP_QUERY) && !forced_off
+    }
+
+    /// A timestamp query set of `count` queries (profiling only).
+    pub(crate) fn query_set(&self, count: u32) -> wgpu::QuerySet {
+        self.query_sets_created.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.device.create_query_set(&wgpu::QuerySetDescriptor { label: Some("pass timestamps"), ty: wgpu::QueryType::Timestamp, count })
+    }
+
+    /// How many query sets this context has created: zero unless something was profiled.
+    pub fn query_sets_created(&self) -> usize {
+        self.query_sets_created.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A buffer that timestamps resolve into (`map_read` false) or are read back from.
+    pub(crate) fn query_buffer(&self, size: u64, map_read: bool) -> wgpu::Buffer {
+        let usage = if map_read {
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST
+        } else {
+            wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC
+        };
+        self.device.create_buffer(&wgpu::BufferDescriptor { label: Some("timestamps"), size, usage, mapped_at_creation: false })
     }
 
     /// A device-local storage buffer initialised from `data`.

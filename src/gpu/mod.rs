@@ -2,6 +2,7 @@
 //! recorder every op dispatches through.
 
 pub mod context;
+pub mod profiler;
 pub mod recorder;
 pub mod tensor;
 

@@ -1,16 +1,20 @@
 //! The recorder wraps a command encoder. Every op encodes through `Recorder::dispatch`, which
-//! names the op (and layer) and carries its FLOP and byte counts: the single point where a
-//! profiler can add timestamps and where a roofline gets its numbers.
+//! names the op (and layer) and carries its FLOP and byte counts: the single point where the
+//! profiler adds timestamps and where a roofline gets its numbers.
 //!
 //! Uniform parameters of all dispatches of one command buffer go into 256-byte slots of
 //! pooled arena buffers and are uploaded with one `write_buffer` per arena when the command
-//! buffer is finished, so a step allocates no buffers.
+//! buffer is finished, so a step allocates no buffers. Without profiling, a recorder creates
+//! no query sets and writes no timestamps.
+
+use std::time::{Duration, Instant};
 
 use super::context::{Context, Pipeline};
-use crate::error::Result;
+use super::profiler::{CpuTimes, StepProfile};
+use crate::error::{Error, Result};
 
 /// What a dispatch is, for profiles and rooflines.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct OpInfo {
     pub op: &'static str,
     pub layer: Option<u32>,
@@ -31,6 +35,15 @@ impl OpInfo {
 /// Bytes per parameter slot: the largest `min_uniform_buffer_offset_alignment` allowed.
 pub const PARAM_SLOT: u64 = 256;
 const SLOTS_PER_ARENA: u64 = 1024;
+/// Passes timed per query set (two timestamps each).
+const PASSES_PER_SET: u32 = wgpu::QUERY_SET_MAX_QUERIES / 2;
+
+/// Timestamp queries of a profiled recorder: two per pass, plus two around the whole
+/// command buffer when the adapter allows timestamps outside passes.
+struct Timing {
+    pass_sets: Vec<wgpu::QuerySet>,
+    encoder_set: Option<wgpu::QuerySet>,
+}
 
 pub struct Recorder<'c> {
     pub ctx: &'c Context,
@@ -38,12 +51,30 @@ pub struct Recorder<'c> {
     arenas: Vec<(wgpu::Buffer, Vec<u8>)>,
     /// Every dispatch recorded, in order.
     pub ops: Vec<OpInfo>,
+    /// Some when profiling; its timing is None when the adapter has no timestamps.
+    profiling: Option<Option<Timing>>,
+    created: Instant,
 }
 
 impl<'c> Recorder<'c> {
     pub fn new(ctx: &'c Context, label: &str) -> Self {
         let encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
-        Recorder { ctx, encoder, arenas: Vec::new(), ops: Vec::new() }
+        Recorder { ctx, encoder, arenas: Vec::new(), ops: Vec::new(), profiling: None, created: Instant::now() }
+    }
+
+    /// A recorder that times every pass with GPU timestamps (when the adapter has them and
+    /// `QUILL_PROFILE_CPU` is unset) and the submit with CPU clocks.
+    pub fn profiled(ctx: &'c Context, label: &str) -> Self {
+        let mut rec = Self::new(ctx, label);
+        let timing = ctx.gpu_timestamps().then(|| {
+            let encoder_set = ctx.features.contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS).then(|| ctx.query_set(2));
+            if let Some(set) = &encoder_set {
+                rec.encoder.write_timestamp(set, 0);
+            }
+            Timing { pass_sets: Vec::new(), encoder_set }
+        });
+        rec.profiling = Some(timing);
+        rec
     }
 
     /// Stages `params` in a fresh slot; returns (arena buffer index, byte offset).
@@ -84,8 +115,23 @@ impl<'c> Recorder<'c> {
             layout: &pipeline.layout,
             entries: &entries,
         });
+        let index = self.ops.len() as u32;
+        let timestamp_writes = match &mut self.profiling {
+            Some(Some(t)) => {
+                if index % PASSES_PER_SET == 0 {
+                    t.pass_sets.push(self.ctx.query_set(2 * PASSES_PER_SET));
+                }
+                let i = index % PASSES_PER_SET;
+                Some(wgpu::ComputePassTimestampWrites {
+                    query_set: &t.pass_sets[(index / PASSES_PER_SET) as usize],
+                    beginning_of_pass_write_index: Some(2 * i),
+                    end_of_pass_write_index: Some(2 * i + 1),
+                })
+            }
+            _ => None,
+        };
         {
-            let mut pass = self.encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(op.op), timestamp_writes: None });
+            let mut pass = self.encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(op.op), timestamp_writes });
             pass.set_pipeline(&pipeline.pipeline);
             pass.set_bind_group(0, &bind_group, &[]);
             pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
@@ -97,15 +143,89 @@ impl<'c> Recorder<'c> {
         self.encoder.copy_buffer_to_buffer(src, src_offset, dst, dst_offset, size);
     }
 
-    /// Uploads the staged parameters and submits the command buffer.
-    pub fn submit(self) -> Result<wgpu::SubmissionIndex> {
+    /// Uploads the staged parameters and submits the command buffer. A profiled recorder
+    /// also resolves its timestamps into a read-back buffer; `Submitted::profile` reads them.
+    pub fn submit(mut self) -> Result<Submitted> {
+        let mut readback = None;
+        if let Some(Some(t)) = &self.profiling {
+            let n_pass = self.ops.len() as u64;
+            let pass_bytes = (16 * n_pass).max(8);
+            let resolve = self.ctx.query_buffer(pass_bytes.next_multiple_of(wgpu::QUERY_RESOLVE_BUFFER_ALIGNMENT), false);
+            for (s, set) in t.pass_sets.iter().enumerate() {
+                let first = s as u64 * PASSES_PER_SET as u64;
+                let count = (n_pass - first).min(PASSES_PER_SET as u64) as u32;
+                // first * 16 is a multiple of 2048 * 16, so aligned as resolving requires.
+                self.encoder.resolve_query_set(set, 0..2 * count, &resolve, first * 16);
+            }
+            let read = self.ctx.query_buffer(pass_bytes, true);
+            self.encoder.copy_buffer_to_buffer(&resolve, 0, &read, 0, pass_bytes);
+            let total = t.encoder_set.as_ref().map(|set| {
+                self.encoder.write_timestamp(set, 1);
+                let resolve = self.ctx.query_buffer(wgpu::QUERY_RESOLVE_BUFFER_ALIGNMENT, false);
+                self.encoder.resolve_query_set(set, 0..2, &resolve, 0);
+                let read = self.ctx.query_buffer(16, true);
+                self.encoder.copy_buffer_to_buffer(&resolve, 0, &read, 0, 16);
+                read
+            });
+            readback = Some((read, total));
+        }
         for (buffer, data) in &self.arenas {
             self.ctx.queue.write_buffer(buffer, 0, data);
         }
-        let index = self.ctx.queue.submit([self.encoder.finish()]);
+        let encode = self.created.elapsed();
+        let t0 = Instant::now();
+        self.ctx.queue.submit([self.encoder.finish()]);
+        let submit = t0.elapsed();
         self.ctx.give_back_arenas(self.arenas.into_iter().map(|(b, _)| b));
         self.ctx.check("submitting GPU work")?;
-        Ok(index)
+        Ok(Submitted { ops: self.ops, profiled: self.profiling.is_some(), readback, encode, submit, submitted: Instant::now() })
+    }
+}
+
+/// A submitted command buffer, with what is needed to read its profile.
+pub struct Submitted {
+    pub ops: Vec<OpInfo>,
+    profiled: bool,
+    /// (pass timestamps, whole-buffer timestamps) read-back buffers.
+    readback: Option<(wgpu::Buffer, Option<wgpu::Buffer>)>,
+    encode: Duration,
+    submit: Duration,
+    submitted: Instant,
+}
+
+impl Submitted {
+    /// Waits for the GPU and returns this command buffer's timings (None when not profiled).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn profile(self, ctx: &Context, label: &'static str) -> Result<Option<StepProfile>> {
+        if !self.profiled {
+            return Ok(None);
+        }
+        ctx.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::gpu("waiting for the GPU", e.to_string()))?;
+        let wait = self.submitted.elapsed();
+        let t0 = Instant::now();
+        let period = ctx.queue.get_timestamp_period() as f64;
+        let ticks = |bytes: &[u8]| -> Vec<u64> { bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default())).collect() };
+        let (pass_ns, gpu_total_ns) = match &self.readback {
+            Some((passes, total)) => {
+                let n = self.ops.len() as u64;
+                let t = ticks(&ctx.map_read(passes, (16 * n).max(8))?);
+                let pass_ns: Vec<f64> = (0..self.ops.len()).map(|i| t[2 * i + 1].wrapping_sub(t[2 * i]) as f64 * period).collect();
+                let first = t.first().copied().unwrap_or(0);
+                let starts: Vec<f64> = (0..self.ops.len()).map(|i| t[2 * i].wrapping_sub(first) as f64 * period).collect();
+                let total = match total {
+                    Some(b) => {
+                        let e = ticks(&ctx.map_read(b, 16)?);
+                        Some(e[1].wrapping_sub(e[0]) as f64 * period)
+                    }
+                    None => None,
+                };
+                (Some((pass_ns, starts)), total)
+            }
+            None => (None, None),
+        };
+        let readback = t0.elapsed();
+        let cpu = CpuTimes { encode: self.encode, submit: self.submit, wait, readback };
+        Ok(Some(StepProfile::new(label, self.ops, pass_ns, gpu_total_ns, cpu)))
     }
 }
 

@@ -3,6 +3,8 @@
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::ops::activation::Gelu;
+use crate::ops::posenc::SinusoidalLayout;
 use crate::ops::rope::RopeStyle;
 use crate::weights::gguf::Gguf;
 
@@ -13,6 +15,40 @@ pub enum Arch {
     Llama,
     /// Qwen2: Llama plus Q/K/V biases.
     Qwen2,
+    /// GPT-2: learned positions, LayerNorm, tanh GELU, biases everywhere.
+    Gpt2,
+    /// XGLM: sinusoidal positions, pre-LayerNorm, exact GELU, biases everywhere.
+    Xglm,
+}
+
+/// How token positions enter the model.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Positions {
+    /// Rotary, on Q and K (`rope_theta`, `rope_style`).
+    Rope,
+    /// A learned table of `max_ctx` rows added to the embeddings (GPT-2's `wpe`).
+    Learned,
+    /// The fixed sin/cos code of position + `offset` added to the embeddings, which are first
+    /// multiplied by `embed_scale` (√dim when a model scales its embeddings, else 1).
+    Sinusoidal { offset: usize, layout: SinusoidalLayout, embed_scale: f32 },
+}
+
+/// The normalization of every block and of the final hidden state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Norm {
+    /// x / rms(x) · w
+    Rms,
+    /// (x - mean) / std · w + b
+    Layer,
+}
+
+/// The MLP's shape and activation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mlp {
+    /// down(silu(gate(x)) · up(x)), no biases.
+    SwiGlu,
+    /// fc2(gelu(fc1(x))), with biases.
+    Gelu(Gelu),
 }
 
 impl Arch {
@@ -20,6 +56,8 @@ impl Arch {
         match self {
             Arch::Llama => "llama",
             Arch::Qwen2 => "qwen2",
+            Arch::Gpt2 => "gpt2",
+            Arch::Xglm => "xglm",
         }
     }
 }
@@ -47,10 +85,13 @@ pub struct ModelConfig {
     pub qkv_bias: bool,
     /// The attention output projection has a bias (Hugging Face llama with attention_bias).
     pub o_bias: bool,
+    pub positions: Positions,
+    pub norm: Norm,
+    pub mlp: Mlp,
 }
 
 impl ModelConfig {
-    fn check(self, file: &str) -> Result<Self> {
+    pub(crate) fn check(self, file: &str) -> Result<Self> {
         let bad = |msg: String| Err(Error::format(file, msg));
         if self.dim == 0 || self.n_layers == 0 || self.n_heads == 0 || self.vocab == 0 || self.ffn_dim == 0 {
             return bad(format!("dims must be positive: dim {}, layers {}, heads {}, vocab {}, ffn {}", self.dim, self.n_layers, self.n_heads, self.vocab, self.ffn_dim));
@@ -85,14 +126,26 @@ impl ModelConfig {
         Ok(self)
     }
 
+    /// Multi-head attention over the whole width, as GPT-style models have: heads split `dim`.
+    pub(crate) fn check_mha(self, file: &str) -> Result<Self> {
+        if self.n_heads * self.head_dim != self.dim {
+            return Err(Error::format(file, format!("{} heads do not divide the width {}", self.n_heads, self.dim)));
+        }
+        Ok(self)
+    }
+
     /// From GGUF metadata (`general.architecture` = llama or qwen2).
     pub fn from_gguf(g: &Gguf) -> Result<Self> {
-        let arch_name = g.str("general.architecture")?;
-        let arch = match arch_name {
-            "llama" => Arch::Llama,
-            "qwen2" => Arch::Qwen2,
-            other => return Err(Error::Unsupported(format!("{}: architecture '{other}' (quill runs llama and qwen2 GGUF files)", g.file))),
-        };
+        match g.str("general.architecture")? {
+            "llama" => Self::llama_family_gguf(g, "llama")?.check(&g.file),
+            "qwen2" => super::qwen2::gguf_config(g),
+            other => Err(Error::Unsupported(format!("{}: architecture '{other}' (quill runs llama and qwen2 GGUF files)", g.file))),
+        }
+    }
+
+    /// The `{arch_name}.…` keys that llama.cpp writes alike for the Llama family (llama, qwen2),
+    /// read as a Llama config; not yet checked, so that an architecture can adjust it first.
+    pub(super) fn llama_family_gguf(g: &Gguf, arch_name: &str) -> Result<Self> {
         let key = |k: &str| format!("{arch_name}.{k}");
         let dim = g.usize(&key("embedding_length"))?;
         let n_heads = g.usize(&key("attention.head_count"))?;
@@ -120,8 +173,8 @@ impl ModelConfig {
         if g.get(&key("rope.scaling.type")).and_then(|v| v.as_str()).is_some_and(|t| t != "none") {
             return Err(Error::Unsupported(format!("{}: RoPE scaling '{}'", g.file, g.str(&key("rope.scaling.type"))?)));
         }
-        ModelConfig {
-            arch,
+        Ok(ModelConfig {
+            arch: Arch::Llama,
             dim,
             n_layers: g.usize(&key("block_count"))?,
             n_heads,
@@ -132,39 +185,45 @@ impl ModelConfig {
             max_ctx: g.usize(&key("context_length"))?,
             norm_eps: g.f64(&key("attention.layer_norm_rms_epsilon"))? as f32,
             rope_theta,
-            // llama.cpp's converter permutes Q/K rows so that adjacent pairs rotate together;
-            // qwen2 GGUF files keep Hugging Face's rotate-half order.
-            rope_style: if arch == Arch::Llama { RopeStyle::Adjacent } else { RopeStyle::Neox },
+            // llama.cpp's converter permutes llama's Q/K rows so that adjacent pairs rotate together.
+            rope_style: RopeStyle::Adjacent,
             tied_embeddings: !g.tensors.iter().any(|t| t.name == "output.weight"),
-            qkv_bias: arch == Arch::Qwen2,
+            qkv_bias: false,
             o_bias: false,
-        }
-        .check(&g.file)
+            positions: Positions::Rope,
+            norm: Norm::Rms,
+            mlp: Mlp::SwiGlu,
+        })
     }
 
-    /// From a Hugging Face `config.json`.
+    /// From a Hugging Face `config.json`, by its `model_type`.
     pub fn from_hf_json(bytes: &[u8], file: &str) -> Result<Self> {
-        let c: HfConfig = serde_json::from_slice(bytes).map_err(|e| Error::format(file, format!("malformed config.json: {e}")))?;
-        let arch = match c.model_type.as_str() {
-            "llama" => Arch::Llama,
-            "qwen2" => Arch::Qwen2,
-            other => return Err(Error::Unsupported(format!("{file}: model_type '{other}' (quill runs llama and qwen2)"))),
-        };
+        #[derive(Deserialize)]
+        struct ModelType {
+            model_type: String,
+        }
+        let t: ModelType = parse_json(bytes, file)?;
+        match t.model_type.as_str() {
+            "llama" => Self::from_llama_json(bytes, file),
+            "qwen2" => super::qwen2::config(bytes, file),
+            "gpt2" => super::gpt2::config(bytes, file),
+            "xglm" => super::xglm::config(bytes, file),
+            other => Err(Error::Unsupported(format!("{file}: model_type '{other}' (quill runs llama, qwen2, gpt2 and xglm)"))),
+        }
+    }
+
+    /// From the `config.json` of a llama model.
+    fn from_llama_json(bytes: &[u8], file: &str) -> Result<Self> {
+        let c: HfConfig = parse_json(bytes, file)?;
         let need = |v: Option<usize>, name: &str| v.ok_or_else(|| Error::format(file, format!("field '{name}' is missing")));
         let dim = need(c.hidden_size, "hidden_size")?;
         let n_heads = need(c.num_attention_heads, "num_attention_heads")?;
-        let rope = c.rope_parameters.as_ref().or(c.rope_scaling.as_ref());
-        if let Some(kind) = rope.and_then(|r| r.rope_type.as_deref().or(r.kind.as_deref())) {
-            if kind != "default" {
-                return Err(Error::Unsupported(format!("{file}: rope_type '{kind}' (only the default RoPE is implemented)")));
-            }
-        }
-        let rope_theta = c.rope_theta.or(rope.and_then(|r| r.rope_theta)).unwrap_or(10000.0);
+        let rope_theta = HfRope::theta(c.rope_theta, c.rope_parameters.as_ref(), c.rope_scaling.as_ref(), file)?;
         if c.mlp_bias.unwrap_or(false) {
             return Err(Error::Unsupported(format!("{file}: mlp_bias = true")));
         }
         ModelConfig {
-            arch,
+            arch: Arch::Llama,
             dim,
             n_layers: need(c.num_hidden_layers, "num_hidden_layers")?,
             n_heads,
@@ -174,23 +233,53 @@ impl ModelConfig {
             vocab: need(c.vocab_size, "vocab_size")?,
             max_ctx: need(c.max_position_embeddings, "max_position_embeddings")?,
             norm_eps: c.rms_norm_eps.unwrap_or(1e-6) as f32,
-            rope_theta: rope_theta as f32,
+            rope_theta,
             rope_style: RopeStyle::Neox,
-            tied_embeddings: c.tie_word_embeddings.unwrap_or(arch == Arch::Qwen2),
-            qkv_bias: arch == Arch::Qwen2 || c.attention_bias.unwrap_or(false),
-            // Qwen2 has Q/K/V biases only; llama's attention_bias covers the output projection too.
-            o_bias: arch == Arch::Llama && c.attention_bias.unwrap_or(false),
+            tied_embeddings: c.tie_word_embeddings.unwrap_or(false),
+            // attention_bias covers Q, K, V and the output projection.
+            qkv_bias: c.attention_bias.unwrap_or(false),
+            o_bias: c.attention_bias.unwrap_or(false),
+            positions: Positions::Rope,
+            norm: Norm::Rms,
+            mlp: Mlp::SwiGlu,
         }
         .check(file)
+    }
+
+    /// "positions: … norm: … mlp: …", for `quill info`.
+    pub fn describe_blocks(&self) -> String {
+        let positions = match self.positions {
+            Positions::Rope => {
+                let pairs = if self.rope_style == RopeStyle::Neox { "rotate-half" } else { "adjacent pairs" };
+                format!("RoPE (theta {}, {pairs})", self.rope_theta)
+            }
+            Positions::Learned => format!("learned ({} rows)", self.max_ctx),
+            Positions::Sinusoidal { offset, layout, embed_scale } => format!("sinusoidal ({layout:?}, offset {offset}, embedding scale {embed_scale})"),
+        };
+        let norm = match self.norm {
+            Norm::Rms => "RMSNorm",
+            Norm::Layer => "LayerNorm",
+        };
+        let mlp = match self.mlp {
+            Mlp::SwiGlu => "SwiGLU".to_string(),
+            Mlp::Gelu(g) => format!("GELU ({g:?})"),
+        };
+        format!("positions: {positions}  norm: {norm} (eps {})  mlp: {mlp}", self.norm_eps)
     }
 
     /// Bytes of f32 weights.
     pub fn weight_bytes(&self) -> u64 {
         let (d, f, v) = (self.dim as u64, self.ffn_dim as u64, self.vocab as u64);
         let (hq, hkv) = ((self.n_heads * self.head_dim) as u64, (self.n_kv_heads * self.head_dim) as u64);
-        let per_layer = 2 * d + d * hq + 2 * d * hkv + hq * d + 3 * d * f;
+        let norm = if self.norm == Norm::Layer { 2 * d } else { d };
+        let attn = d * hq + 2 * d * hkv + hq * d + if self.qkv_bias { hq + 2 * hkv } else { 0 } + if self.o_bias { d } else { 0 };
+        let mlp = match self.mlp {
+            Mlp::SwiGlu => 3 * d * f,
+            Mlp::Gelu(_) => 2 * d * f + f + d,
+        };
         let head = if self.tied_embeddings { 0 } else { v * d };
-        4 * (v * d + self.n_layers as u64 * per_layer + d + head)
+        let positions = if self.positions == Positions::Learned { self.max_ctx as u64 * d } else { 0 };
+        4 * (v * d + positions + self.n_layers as u64 * (2 * norm + attn + mlp) + norm + head)
     }
 
     /// Bytes of the KV cache for `ctx` positions of one sequence.
@@ -199,17 +288,53 @@ impl ModelConfig {
     }
 }
 
+/// Parses a config file; a type error names the field it is in (serde_json says only where).
+pub(crate) fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8], file: &str) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        // "missing field `x`" names it already, and happens at the end, after the last key.
+        let located = e.is_data() && !e.to_string().starts_with("missing field");
+        let field = located.then(|| field_at(bytes, e.line(), e.column())).flatten().map(|f| format!(" (field '{f}')")).unwrap_or_default();
+        Error::format(file, format!("malformed config.json{field}: {e}"))
+    })
+}
+
+/// The last `"key":` before (line, column) of a JSON text: the field a parse error is in.
+fn field_at(bytes: &[u8], line: usize, column: usize) -> Option<String> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let start: usize = text.split_inclusive('\n').take(line.saturating_sub(1)).map(str::len).sum();
+    let end = (start + column).min(text.len());
+    let before = text.get(..end)?;
+    let colon = before.rfind(':')?;
+    let key_end = before[..colon].trim_end().strip_suffix('"')?;
+    let key_start = key_end.rfind('"')?;
+    Some(key_end[key_start + 1..].to_string())
+}
+
+/// `rope_parameters` (transformers 5) or `rope_scaling` (4.x) of a Hugging Face config.
 #[derive(Deserialize)]
-struct HfRope {
+pub(super) struct HfRope {
     rope_theta: Option<f64>,
     rope_type: Option<String>,
     #[serde(rename = "type")]
     kind: Option<String>,
 }
 
+impl HfRope {
+    /// The RoPE base from a config's top-level `rope_theta` or its RoPE parameters (default
+    /// 10000), refusing any RoPE type but the default.
+    pub(super) fn theta(top_level: Option<f64>, parameters: Option<&HfRope>, scaling: Option<&HfRope>, file: &str) -> Result<f32> {
+        let rope = parameters.or(scaling);
+        if let Some(kind) = rope.and_then(|r| r.rope_type.as_deref().or(r.kind.as_deref())) {
+            if kind != "default" {
+                return Err(Error::Unsupported(format!("{file}: rope_type '{kind}' (only the default RoPE is implemented)")));
+            }
+        }
+        Ok(top_level.or(rope.and_then(|r| r.rope_theta)).unwrap_or(10000.0) as f32)
+    }
+}
+
 #[derive(Deserialize)]
 struct HfConfig {
-    model_type: String,
     hidden_size: Option<usize>,
     num_hidden_layers: Option<usize>,
     num_attention_heads: Option<usize>,
@@ -258,7 +383,7 @@ mod tests {
             (with("model_type", "\"mamba\""), "mamba"),
             (with("mlp_bias", "true"), "mlp_bias"),
             (with("rope_parameters", r#"{"rope_theta": 5e5, "rope_type": "llama3"}"#), "llama3"),
-            (with("vocab_size", "\"many\""), "config.json"),
+            (with("vocab_size", "\"many\""), "field 'vocab_size'"),
             ("{not json".to_string(), "malformed"),
         ];
         for (json, needle) in cases {

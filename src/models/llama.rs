@@ -1,5 +1,7 @@
-//! The Llama family (Llama 2/3, SmolLM2, TinyLlama; Qwen2 adds Q/K/V biases):
-//! RMSNorm, rotary positions, grouped-query attention, SwiGLU MLP, pre-norm residuals.
+//! The Llama family (Llama 2/3, SmolLM2, TinyLlama): RMSNorm, rotary positions,
+//! grouped-query attention, SwiGLU MLP, pre-norm residuals, optional attention biases.
+//! The forward pass here is shared: Qwen2 (`qwen2.rs`, Llama plus Q/K/V biases) keeps only
+//! its config and tensor-name table and builds this struct.
 //! Model code only calls ops; it never touches wgpu.
 
 use super::config::ModelConfig;
@@ -10,32 +12,25 @@ use crate::ops::matmul::{linear, Store};
 use crate::ops::{activation, attention, embed, norm, rope};
 use crate::weights::TensorSource;
 
-/// File tensor names, GGUF and Hugging Face, for one weight.
+/// Which of a table's two spellings a file uses: llama.cpp's GGUF names or Hugging Face's.
 #[derive(Clone, Copy)]
 pub enum Naming {
     Gguf,
     HuggingFace,
 }
 
-fn global_name(n: Naming, ours: &str) -> &'static str {
-    match (n, ours) {
-        (Naming::Gguf, "embed") => "token_embd.weight",
-        (Naming::Gguf, "norm") => "output_norm.weight",
-        (Naming::Gguf, "lm_head") => "output.weight",
-        (Naming::HuggingFace, "embed") => "model.embed_tokens.weight",
-        (Naming::HuggingFace, "norm") => "model.norm.weight",
-        (Naming::HuggingFace, "lm_head") => "lm_head.weight",
-        _ => unreachable!("no global tensor named {ours}"),
-    }
-}
-
-/// The table from our per-layer names to the file's.
-fn layer_name(n: Naming, i: usize, ours: &str) -> String {
+/// The table from our names to the file's for Llama: `layer` is None for the tensors outside
+/// the blocks. Architectures that share this forward pass keep their own table (`qwen2.rs`).
+pub fn name(n: Naming, ours: &str, layer: Option<usize>) -> String {
     let (gguf, hf) = match ours {
+        "embed" => ("token_embd.weight", "model.embed_tokens.weight"),
+        "norm" => ("output_norm.weight", "model.norm.weight"),
+        "lm_head" => ("output.weight", "lm_head.weight"),
         "attn_norm" => ("attn_norm.weight", "input_layernorm.weight"),
         "wq" => ("attn_q.weight", "self_attn.q_proj.weight"),
         "wk" => ("attn_k.weight", "self_attn.k_proj.weight"),
         "wv" => ("attn_v.weight", "self_attn.v_proj.weight"),
+        // Present with attention_bias = true.
         "bq" => ("attn_q.bias", "self_attn.q_proj.bias"),
         "bk" => ("attn_k.bias", "self_attn.k_proj.bias"),
         "bv" => ("attn_v.bias", "self_attn.v_proj.bias"),
@@ -45,12 +40,24 @@ fn layer_name(n: Naming, i: usize, ours: &str) -> String {
         "w_gate" => ("ffn_gate.weight", "mlp.gate_proj.weight"),
         "w_up" => ("ffn_up.weight", "mlp.up_proj.weight"),
         "w_down" => ("ffn_down.weight", "mlp.down_proj.weight"),
-        _ => unreachable!("no layer tensor named {ours}"),
+        _ => unreachable!("no Llama tensor named {ours}"),
     };
-    match n {
-        Naming::Gguf => format!("blk.{i}.{gguf}"),
-        Naming::HuggingFace => format!("model.layers.{i}.{hf}"),
+    file_name(n, gguf, hf, layer)
+}
+
+/// A name of either spelling, inside block `layer` or outside the blocks.
+pub(super) fn file_name(n: Naming, gguf: &str, hf: &str, layer: Option<usize>) -> String {
+    match (n, layer) {
+        (Naming::Gguf, Some(i)) => format!("blk.{i}.{gguf}"),
+        (Naming::HuggingFace, Some(i)) => format!("model.layers.{i}.{hf}"),
+        (Naming::Gguf, None) => gguf.to_string(),
+        (Naming::HuggingFace, None) => hf.to_string(),
     }
+}
+
+/// Loads a Llama model whose file names its tensors as `naming` says.
+pub fn load(ctx: &Context, cfg: ModelConfig, src: &dyn TensorSource, naming: Naming, progress: &mut dyn FnMut(u64)) -> Result<Llama> {
+    Llama::load(ctx, cfg, src, &|ours, layer| name(naming, ours, layer), progress)
 }
 
 pub struct Layer {
@@ -58,7 +65,7 @@ pub struct Layer {
     pub wq: Tensor,        // (n_heads * head_dim, dim)
     pub wk: Tensor,        // (n_kv_heads * head_dim, dim)
     pub wv: Tensor,        // (n_kv_heads * head_dim, dim)
-    pub bq: Option<Tensor>, // (n_heads * head_dim,)  qwen2
+    pub bq: Option<Tensor>, // (n_heads * head_dim,)  qwen2, or llama with attention_bias
     pub bk: Option<Tensor>, // (n_kv_heads * head_dim,)
     pub bv: Option<Tensor>, // (n_kv_heads * head_dim,)
     pub wo: Tensor,        // (dim, n_heads * head_dim)
@@ -77,25 +84,32 @@ pub struct Llama {
     pub lm_head: Option<Tensor>, // (vocab, dim); None: tied to `embed`
 }
 
-/// Reads a tensor of the expected shape, dequantizes it to f32 and uploads it.
-fn upload(ctx: &Context, src: &dyn TensorSource, name: &str, shape: &[usize], progress: &mut dyn FnMut(u64)) -> Result<Tensor> {
+/// Reads a tensor of the expected shape and dequantizes it to f32, counting its file bytes.
+pub(super) fn read_f32(src: &dyn TensorSource, name: &str, shape: &[usize], progress: &mut dyn FnMut(u64)) -> Result<Vec<f32>> {
     let t = src.expect(name, shape)?;
     let data = t.to_f32().map_err(|e| crate::Error::tensor(src.file_name(), name, e.to_string()))?;
-    let out = Tensor::upload_f32(ctx, name, shape, &data)?;
     progress(t.data.len() as u64);
-    Ok(out)
+    Ok(data)
+}
+
+/// Reads a tensor of the expected shape, dequantizes it to f32 and uploads it.
+pub(super) fn upload(ctx: &Context, src: &dyn TensorSource, name: &str, shape: &[usize], progress: &mut dyn FnMut(u64)) -> Result<Tensor> {
+    let data = read_f32(src, name, shape, progress)?;
+    Tensor::upload_f32(ctx, name, shape, &data)
 }
 
 impl Llama {
-    /// Uploads every weight once. `progress` is called with the bytes of each tensor read.
-    pub fn load(ctx: &Context, cfg: ModelConfig, src: &dyn TensorSource, naming: Naming, progress: &mut dyn FnMut(u64)) -> Result<Self> {
+    /// Uploads every weight once, finding each in the file by `names(ours, layer)`, the
+    /// architecture's table. The biases read are those `cfg.qkv_bias` and `cfg.o_bias` ask for.
+    /// `progress` is called with the bytes of each tensor read.
+    pub fn load(ctx: &Context, cfg: ModelConfig, src: &dyn TensorSource, names: &dyn Fn(&str, Option<usize>) -> String, progress: &mut dyn FnMut(u64)) -> Result<Self> {
         let c = &cfg;
         let (q_dim, kv_dim) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
         let mut get = |name: &str, shape: &[usize]| upload(ctx, src, name, shape, progress);
-        let embed = get(global_name(naming, "embed"), &[c.vocab, c.dim])?;
+        let embed = get(&names("embed", None), &[c.vocab, c.dim])?;
         let mut layers = Vec::with_capacity(c.n_layers);
         for i in 0..c.n_layers {
-            let n = |ours: &str| layer_name(naming, i, ours);
+            let n = |ours: &str| names(ours, Some(i));
             let bias = |get: &mut dyn FnMut(&str, &[usize]) -> Result<Tensor>, ours: &str, len: usize| -> Result<Option<Tensor>> {
                 let wanted = if ours == "bo" { c.o_bias } else { c.qkv_bias };
                 if wanted {
@@ -120,8 +134,8 @@ impl Llama {
                 w_down: get(&n("w_down"), &[c.dim, c.ffn_dim])?,
             });
         }
-        let norm = get(global_name(naming, "norm"), &[c.dim])?;
-        let lm_head = if c.tied_embeddings { None } else { Some(get(global_name(naming, "lm_head"), &[c.vocab, c.dim])?) };
+        let norm = get(&names("norm", None), &[c.dim])?;
+        let lm_head = if c.tied_embeddings { None } else { Some(get(&names("lm_head", None), &[c.vocab, c.dim])?) };
         Ok(Llama { cfg, embed, layers, norm, lm_head })
     }
 
@@ -158,13 +172,7 @@ impl Llama {
             linear(rec, "down_proj", Some(i), &st.gate, &l.w_down, None, &st.x, n, Store::Accumulate)?;
         }
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        let (src, n_rows) = match rows {
-            LogitRows::All => (&st.x, n),
-            LogitRows::Last => {
-                rec.copy(&st.x.buf, ((n - 1) * c.dim * 4) as u64, &st.x_last.buf, 0, (c.dim * 4) as u64);
-                (&st.x_last, 1)
-            }
-        };
+        let (src, n_rows) = st.logit_rows(rec, rows, n, c.dim);
         norm::rms_norm(rec, src, &self.norm, &st.xn, n_rows, c.norm_eps, None)?;
         linear(rec, "lm_head", None, &st.xn, head, None, &st.logits, n_rows, Store::Write)
     }

@@ -3,9 +3,9 @@
 
 use serde::Deserialize;
 
-use super::config::ModelConfig;
-use super::llama::{Llama, Naming};
-use super::Model;
+use super::config::{Arch, ModelConfig};
+use super::llama::Naming;
+use super::{gpt2, llama, qwen2, xglm, Model};
 use crate::error::{Error, Result};
 use crate::gpu::Context;
 use crate::tokenizer::Tokenizer;
@@ -76,10 +76,15 @@ pub fn load_gguf(ctx: &Context, file: &str, bytes: &[u8], progress: &mut dyn FnM
     let tokenizer = Tokenizer::from_gguf(&g)?;
     let total: u64 = g.tensors.iter().map(|t| t.n_bytes as u64).sum();
     let mut done = 0;
-    let llama = Llama::load(ctx, cfg, &g, Naming::Gguf, &mut |b| {
+    let mut count = |b| {
         done += b;
         progress(done, total)
-    })?;
+    };
+    let llama = match cfg.arch {
+        Arch::Qwen2 => qwen2::load(ctx, cfg, &g, Naming::Gguf, &mut count)?,
+        Arch::Llama => llama::load(ctx, cfg, &g, Naming::Gguf, &mut count)?,
+        other => return Err(Error::Unsupported(format!("{file}: {} in a GGUF file", other.name()))),
+    };
     let defaults = GenerationDefaults { eos_ids: tokenizer.eos_ids.clone(), ..Default::default() };
     Ok(LoadedModel {
         model: Model::Llama(llama),
@@ -145,15 +150,21 @@ pub fn load_hf(ctx: &Context, files: &HfFiles, progress: &mut dyn FnMut(u64, u64
     let src = SafetensorsSource::parse(&files.safetensors)?;
     let total = files.safetensors.iter().map(|(_, b)| b.len() as u64).sum();
     let mut done = 0;
-    let llama = Llama::load(ctx, cfg, &src, Naming::HuggingFace, &mut |b| {
+    let mut count = |b| {
         done += b;
         progress(done, total)
-    })?;
+    };
+    let model = match cfg.arch {
+        Arch::Llama => Model::Llama(llama::load(ctx, cfg, &src, Naming::HuggingFace, &mut count)?),
+        Arch::Qwen2 => Model::Llama(qwen2::load(ctx, cfg, &src, Naming::HuggingFace, &mut count)?),
+        Arch::Gpt2 => Model::Gpt(gpt2::load(ctx, cfg, &src, &mut count)?),
+        Arch::Xglm => Model::Gpt(xglm::load(ctx, cfg, &src, &mut count)?),
+    };
     let mut names = Vec::new();
     for (_, bytes) in &files.safetensors {
         if let Ok(st) = safetensors::SafeTensors::deserialize(bytes) {
             names.extend(st.names().into_iter().filter_map(|n| src.tensor(n).map(|t| t.dtype.name())));
         }
     }
-    Ok(LoadedModel { model: Model::Llama(llama), tokenizer, defaults, source: dir.clone(), file_dtypes: dtype_summary(names.into_iter()) })
+    Ok(LoadedModel { model, tokenizer, defaults, source: dir.clone(), file_dtypes: dtype_summary(names.into_iter()) })
 }

@@ -2,28 +2,36 @@
 //! that turn files (as bytes) into a model and its tokenizer.
 
 pub mod config;
+pub mod gpt;
+pub mod gpt2;
 pub mod llama;
 pub mod load;
+pub mod qwen2;
 pub mod state;
+pub mod xglm;
 
 pub use config::{Arch, ModelConfig};
 pub use load::{GenerationDefaults, LoadedModel};
 pub use state::{LogitRows, State};
 
-/// A model on the GPU. Every architecture quill runs is one variant.
+/// A model on the GPU, one variant per forward pass: llama and qwen2 share `Llama`'s,
+/// gpt2 and xglm share `Gpt`'s.
 pub enum Model {
     Llama(llama::Llama),
+    Gpt(gpt::Gpt),
 }
 
 impl Model {
     pub fn config(&self) -> &ModelConfig {
         match self {
             Model::Llama(m) => &m.cfg,
+            Model::Gpt(m) => &m.cfg,
         }
     }
     pub fn forward(&self, rec: &mut crate::gpu::Recorder, st: &State, pos0: usize, n: usize, rows: LogitRows) -> crate::Result<()> {
         match self {
             Model::Llama(m) => m.forward(rec, st, pos0, n, rows),
+            Model::Gpt(m) => m.forward(rec, st, pos0, n, rows),
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use super::config::ModelConfig;
 use crate::error::Result;
-use crate::gpu::{Context, Tensor};
+use crate::gpu::{Context, Recorder, Tensor};
 
 /// Which positions of a forward pass produce logits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,5 +73,19 @@ impl State {
             k_cache,
             v_cache,
         })
+    }
+}
+
+impl State {
+    /// The rows of the final residual stream (`x`, `n` tokens of width `dim`) that get logits:
+    /// all of them, or the last one copied into `x_last`. Returns the tensor and its row count.
+    pub fn logit_rows(&self, rec: &mut Recorder, rows: LogitRows, n: usize, dim: usize) -> (&Tensor, usize) {
+        match rows {
+            LogitRows::All => (&self.x, n),
+            LogitRows::Last => {
+                rec.copy(&self.x.buf, ((n - 1) * dim * 4) as u64, &self.x_last.buf, 0, (dim * 4) as u64);
+                (&self.x_last, 1)
+            }
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! Gated MLP activations.
+//! MLP activations: SwiGLU (Llama family), tanh-approximated GELU (GPT-2's `gelu_new`) and
+//! exact GELU (XGLM's `gelu`).
 
 use crate::error::Result;
 use crate::gpu::{grid, OpInfo, Recorder, Shader, Tensor};
@@ -12,14 +13,88 @@ struct Params {
     _pad: [u32; 3],
 }
 
+/// FLOPs and bytes of swiglu over n elements: exp, add, divide, two multiplies (~6 FLOPs);
+/// reads gate and up, writes gate.
+pub fn swiglu_cost(n: usize) -> (u64, u64) {
+    (6 * n as u64, 12 * n as u64)
+}
+
 /// gate[i] = silu(gate[i]) * up[i] for i < n.
 pub fn swiglu(rec: &mut Recorder, up: &Tensor, gate: &Tensor, n: usize, layer: usize) -> Result<()> {
     up.holds("swiglu", "up", n)?;
     gate.holds("swiglu", "gate", n)?;
     let pipe = rec.ctx.pipeline(&SHADER, "swiglu", &[])?;
-    let info = OpInfo::new("swiglu", 6 * n as u64, 12 * n as u64).layer(layer);
+    let (flops, bytes) = swiglu_cost(n);
+    let info = OpInfo::new("swiglu", flops, bytes).layer(layer);
     rec.dispatch(info, &pipe, &[&up.buf, &gate.buf], &Params { n: n as u32, _pad: [0; 3] }, grid(rec.ctx, n.div_ceil(256) as u32));
     Ok(())
+}
+
+/// Which GELU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gelu {
+    /// 0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³))): GPT-2's `gelu_new`, `gelu_pytorch_tanh`.
+    Tanh,
+    /// 0.5 x (1 + erf(x / √2)): `gelu` in Hugging Face and PyTorch.
+    Erf,
+}
+
+/// FLOPs and bytes of gelu over n elements: a polynomial, an exp and a division (~20 FLOPs);
+/// reads and writes x.
+pub fn gelu_cost(n: usize) -> (u64, u64) {
+    (20 * n as u64, 8 * n as u64)
+}
+
+/// x[i] = gelu(x[i]) for i < n, in place.
+pub fn gelu(rec: &mut Recorder, x: &Tensor, n: usize, kind: Gelu, layer: usize) -> Result<()> {
+    x.holds("gelu", "x", n)?;
+    let entry = match kind {
+        Gelu::Tanh => "gelu_tanh",
+        Gelu::Erf => "gelu_erf",
+    };
+    let pipe = rec.ctx.pipeline(&SHADER, entry, &[])?;
+    let (flops, bytes) = gelu_cost(n);
+    let info = OpInfo::new("gelu", flops, bytes).layer(layer);
+    rec.dispatch(info, &pipe, &[&x.buf], &Params { n: n as u32, _pad: [0; 3] }, grid(rec.ctx, n.div_ceil(256) as u32));
+    Ok(())
+}
+
+/// erf in f64 to ~1e-15: its Maclaurin series for |z| < 3, else 1 - erfc from the continued
+/// fraction (Lentz). Independent of the kernel's Chebyshev fit, so the test checks that fit.
+fn erf_f64(z: f64) -> f64 {
+    let a = z.abs();
+    let r = if a < 3.0 {
+        // erf(z) = 2/√π Σ (-1)^n z^(2n+1) / (n! (2n+1))
+        let (mut term, mut sum, mut n) = (a, a, 0.0);
+        while term.abs() > 1e-17 * sum.abs() {
+            n += 1.0;
+            term *= -a * a / n;
+            sum += term / (2.0 * n + 1.0);
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
+    } else {
+        // erfc(z) = e^(-z²)/√π · 1/(z + (1/2)/(z + 1/(z + (3/2)/(z + …))))
+        let mut f = a;
+        for k in (1..60).rev() {
+            f = a + (k as f64 / 2.0) / f;
+        }
+        1.0 - (-a * a).exp() / (std::f64::consts::PI.sqrt() * f)
+    };
+    r.copysign(z)
+}
+
+/// CPU reference of `gelu`, in f64.
+pub fn gelu_reference(x: &[f32], kind: Gelu) -> Vec<f32> {
+    x.iter()
+        .map(|&v| {
+            let v = v as f64;
+            let y = match kind {
+                Gelu::Tanh => 0.5 * v * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v * v * v)).tanh()),
+                Gelu::Erf => 0.5 * v * (1.0 + erf_f64(v / std::f64::consts::SQRT_2)),
+            };
+            y as f32
+        })
+        .collect()
 }
 
 /// CPU reference.
@@ -46,6 +121,33 @@ mod tests {
             let got = ctx.read_f32(&g.buf, 0, n).unwrap();
             // exp and one division in f32: a few ulp.
             compare(&got, &swiglu_reference(&gate, &up), 1e-6, 1e-5).unwrap_or_else(|e| panic!("n {n}: {e}"));
+        }
+    }
+
+    #[test]
+    fn erf_reference_is_right() {
+        // Values from Abramowitz & Stegun table 7.1 / mpmath.
+        for (z, want) in [(0.0, 0.0), (0.1, 0.1124629160182849), (1.0, 0.8427007929497149), (2.5, 0.9995930479825550), (3.5, 0.9999992569016276), (-1.0, -0.8427007929497149)] {
+            assert!((erf_f64(z) - want).abs() < 1e-14, "erf({z}) = {}, expected {want}", erf_f64(z));
+        }
+    }
+
+    #[test]
+    fn gelu_matches_reference_on_odd_sizes() {
+        let Some(ctx) = crate::gpu::context::test_context() else { return };
+        for kind in [Gelu::Tanh, Gelu::Erf] {
+            for &n in &[1usize, 255, 257, 4099] {
+                // [-12, 12): both tails and the curved middle.
+                let x: Vec<f32> = test_values(n, 7).iter().map(|v| v * 12.0).collect();
+                let t = Tensor::upload_f32(ctx, "x", &[n], &x).unwrap();
+                let mut rec = Recorder::new(ctx, "test");
+                gelu(&mut rec, &t, n, kind, 0).unwrap();
+                rec.submit().unwrap();
+                let got = ctx.read_f32(&t.buf, 0, n).unwrap();
+                // erfc's fit is good to 1.2e-7 relative, exp and the divisions add a few ulp:
+                // 1e-6 relative; 1e-7 absolute for the tails that round towards zero.
+                compare(&got, &gelu_reference(&x, kind), 1e-7, 1e-6).unwrap_or_else(|e| panic!("{kind:?} n {n}: {e}"));
+            }
         }
     }
 }

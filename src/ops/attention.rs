@@ -63,6 +63,21 @@ impl AttnShape {
     }
 }
 
+/// FLOPs and bytes of kv_write: reads K and V rows, writes them into the cache.
+pub fn kv_write_cost(s: &AttnShape) -> (u64, u64) {
+    (0, 16 * (s.n_tokens * s.n_kv_heads * s.head_dim) as u64)
+}
+
+/// FLOPs and bytes of attention: per visited key and head, a dot product and a weighted add
+/// over head_dim (4 FLOPs per element); reads q, writes out, reads K and V of every visited
+/// key once per query head (what the kernel does).
+pub fn attention_cost(s: &AttnShape) -> (u64, u64) {
+    let keys: u64 = (0..s.n_tokens).map(|t| (s.pos0 + t + 1) as u64).sum();
+    let hd = (s.n_heads * s.head_dim) as u64;
+    let n = (s.n_tokens * s.n_heads * s.head_dim) as u64;
+    (4 * keys * hd, 4 * (2 * n + 2 * keys * hd))
+}
+
 /// Writes this call's K and V rows (n_tokens, n_kv_heads, head_dim) into the layer's cache.
 pub fn kv_write(rec: &mut Recorder, k: &Tensor, v: &Tensor, k_cache: &Tensor, v_cache: &Tensor, s: AttnShape, layer: usize) -> Result<()> {
     s.check(k_cache)?;
@@ -70,7 +85,8 @@ pub fn kv_write(rec: &mut Recorder, k: &Tensor, v: &Tensor, k_cache: &Tensor, v_
     k.holds("kv_write", "k", n)?;
     v.holds("kv_write", "v", n)?;
     let pipe = rec.ctx.pipeline(&SHADER, "kv_write", &[])?;
-    let info = OpInfo::new("kv_write", 0, 16 * n as u64).layer(layer);
+    let (flops, bytes) = kv_write_cost(&s);
+    let info = OpInfo::new("kv_write", flops, bytes).layer(layer);
     rec.dispatch(info, &pipe, &[&k.buf, &v.buf, &k_cache.buf, &v_cache.buf], &s.params(), grid(rec.ctx, n.div_ceil(256) as u32));
     Ok(())
 }
@@ -83,10 +99,7 @@ pub fn attention(rec: &mut Recorder, q: &Tensor, k_cache: &Tensor, v_cache: &Ten
     q.holds("attention", "q", n)?;
     out.holds("attention", "out", n)?;
     let pipe = rec.ctx.pipeline(&SHADER, "attention", &[])?;
-    // Keys visited: sum over tokens of (pos0 + t + 1).
-    let keys: u64 = (0..s.n_tokens).map(|t| (s.pos0 + t + 1) as u64).sum();
-    let flops = 4 * keys * (s.n_heads * s.head_dim) as u64;
-    let bytes = 4 * (2 * n as u64 + 2 * keys * (s.n_heads * s.head_dim) as u64);
+    let (flops, bytes) = attention_cost(&s);
     let info = OpInfo::new("attention", flops, bytes).layer(layer);
     rec.dispatch(info, &pipe, &[&q.buf, &k_cache.buf, &v_cache.buf, &out.buf], &s.params(), grid(rec.ctx, (s.n_tokens * s.n_heads) as u32));
     Ok(())

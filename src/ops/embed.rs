@@ -14,6 +14,11 @@ struct Params {
     vocab: u32,
 }
 
+/// FLOPs and bytes of embed: reads n_tokens ids and rows of dim floats, writes them.
+pub fn cost(n_tokens: usize, dim: usize) -> (u64, u64) {
+    (0, 8 * (n_tokens * dim) as u64 + 4 * n_tokens as u64)
+}
+
 /// out[t, :] = table[ids[id_offset + t], :] for t < n_tokens.
 /// table: (vocab, dim); ids: u32 on the GPU; out: (>= n_tokens, dim).
 pub fn embed(rec: &mut Recorder, table: &Tensor, ids: &Tensor, id_offset: usize, n_tokens: usize, out: &Tensor) -> Result<()> {
@@ -24,8 +29,8 @@ pub fn embed(rec: &mut Recorder, table: &Tensor, ids: &Tensor, id_offset: usize,
     out.holds("embed", "out", n_tokens * dim)?;
     let pipe = rec.ctx.pipeline(&SHADER, "embed", &[])?;
     let p = Params { n_tokens: n_tokens as u32, dim: dim as u32, id_offset: id_offset as u32, vocab: vocab as u32 };
-    let n = (n_tokens * dim) as u64;
-    let info = OpInfo::new("embed", 0, 8 * n + 4 * n_tokens as u64);
+    let (flops, bytes) = cost(n_tokens, dim);
+    let info = OpInfo::new("embed", flops, bytes);
     let wg = grid(rec.ctx, (n_tokens * dim).div_ceil(256) as u32);
     rec.dispatch(info, &pipe, &[&table.buf, &ids.buf, &out.buf], &p, wg);
     Ok(())

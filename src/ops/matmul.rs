@@ -63,7 +63,8 @@ pub fn linear(rec: &mut Recorder, op: &'static str, layer: Option<usize>, x: &Te
     let vec4 = k % 4 == 0;
     if t <= MATVEC_MAX_TOKENS {
         let pipe = rec.ctx.pipeline(&SHADER, if vec4 { "matvec4" } else { "matvec" }, &[])?;
-        let blocks = (n.div_ceil(8) * t) as u32;
+        let rows_per_workgroup = if vec4 { 32 } else { 8 };
+        let blocks = (n.div_ceil(rows_per_workgroup) * t) as u32;
         rec.dispatch(info, &pipe, &buffers, &p, grid(rec.ctx, blocks));
     } else if vec4 {
         let pipe = rec.ctx.pipeline(&SHADER, "matmul4", &[])?;

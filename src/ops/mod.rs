@@ -6,6 +6,8 @@ pub mod attention;
 pub mod embed;
 pub mod matmul;
 pub mod norm;
+pub mod peak;
+pub mod posenc;
 pub mod rope;
 pub mod sample;
 
@@ -18,6 +20,8 @@ pub const SHADERS: &[&Shader] = &[
     &embed::SHADER,
     &matmul::SHADER,
     &norm::SHADER,
+    &peak::SHADER,
+    &posenc::SHADER,
     &rope::SHADER,
     &sample::SHADER,
 ];

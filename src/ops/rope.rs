@@ -27,6 +27,13 @@ pub enum RopeStyle {
     Adjacent,
 }
 
+/// FLOPs and bytes of rope over n = n_tokens * n_heads * head_dim elements: per pair two
+/// multiplies and an add per output (3 per element); reads and writes x.
+pub fn cost(n_tokens: usize, n_heads: usize, head_dim: usize) -> (u64, u64) {
+    let n = (n_tokens * n_heads * head_dim) as u64;
+    (3 * n, 8 * n)
+}
+
 /// Rotates x: (n_tokens, n_heads, head_dim) in place; token t is at position pos0 + t.
 #[allow(clippy::too_many_arguments)]
 pub fn rope(rec: &mut Recorder, x: &Tensor, n_tokens: usize, n_heads: usize, head_dim: usize, pos0: usize, theta: f32, style: RopeStyle, layer: usize) -> Result<()> {
@@ -45,9 +52,10 @@ pub fn rope(rec: &mut Recorder, x: &Tensor, n_tokens: usize, n_heads: usize, hea
         theta,
         _pad: 0,
     };
-    let n = (n_tokens * n_heads * head_dim) as u64;
-    let info = OpInfo::new("rope", 3 * n, 8 * n).layer(layer);
-    rec.dispatch(info, &pipe, &[&x.buf], &p, grid(rec.ctx, (n as usize / 2).div_ceil(256) as u32));
+    let (flops, bytes) = cost(n_tokens, n_heads, head_dim);
+    let info = OpInfo::new("rope", flops, bytes).layer(layer);
+    let pairs = n_tokens * n_heads * head_dim / 2;
+    rec.dispatch(info, &pipe, &[&x.buf], &p, grid(rec.ctx, pairs.div_ceil(256) as u32));
     Ok(())
 }
 

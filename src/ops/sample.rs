@@ -28,6 +28,13 @@ struct Params {
     _pad: [u32; 3],
 }
 
+/// FLOPs and bytes of one sampling pass over the vocabulary: the greedy path reads the
+/// logits, writes and re-reads the scratch (12 bytes, ~4 FLOPs per id); top-k/top-p searches
+/// read the scratch again per step, which this lower bound leaves out.
+pub fn cost(vocab: usize) -> (u64, u64) {
+    (4 * vocab as u64, 12 * vocab as u64)
+}
+
 /// Samples from row `row` of `logits` (rows, vocab) and writes the id to
 /// `tokens[out_index]`. The penalty looks at `tokens[history]`. `work` is a (vocab,) scratch.
 #[allow(clippy::too_many_arguments)]
@@ -53,7 +60,8 @@ pub fn sample(rec: &mut Recorder, logits: &Tensor, row: usize, work: &Tensor, to
         repeat_penalty: s.repeat_penalty,
         _pad: [0; 3],
     };
-    let info = OpInfo::new("sample", 4 * vocab as u64, 12 * vocab as u64);
+    let (flops, bytes) = cost(vocab);
+    let info = OpInfo::new("sample", flops, bytes);
     rec.dispatch(info, &pipe, &[&logits.buf, &work.buf, &tokens.buf], &p, [1, 1, 1]);
     Ok(())
 }

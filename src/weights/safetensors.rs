@@ -16,12 +16,43 @@ impl<'a> SafetensorsSource<'a> {
     pub fn parse(files: &[(String, &'a [u8])]) -> Result<Self> {
         let mut shards = Vec::new();
         for (name, bytes) in files {
-            let st = SafeTensors::deserialize(bytes).map_err(|e| Error::format(name, format!("not a valid safetensors file: {e}")))?;
+            let st = SafeTensors::deserialize(bytes).map_err(|e| {
+                let detail = offending_tensor(bytes).map(|t| format!(" ({t})")).unwrap_or_default();
+                Error::format(name, format!("not a valid safetensors file: {e}{detail}"))
+            })?;
             shards.push((name.clone(), st));
         }
         let label = files.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ");
         Ok(SafetensorsSource { label, shards })
     }
+}
+
+/// For a file the crate refused: the first tensor whose `data_offsets` leave the data section
+/// or disagree with its shape and dtype, so the message names it (the crate's "file not fully
+/// covered" does not). Reads only the header; None when nothing specific is found.
+fn offending_tensor(bytes: &[u8]) -> Option<String> {
+    let n = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?) as usize;
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(bytes.get(8..8usize.checked_add(n)?)?).ok()?;
+    let data_len = (bytes.len() - 8 - n) as u64;
+    for (name, info) in header.iter().filter(|(k, _)| *k != "__metadata__") {
+        let offsets = info.get("data_offsets")?.as_array()?;
+        let (start, end) = (offsets.first()?.as_u64()?, offsets.get(1)?.as_u64()?);
+        if end > data_len || start > end {
+            return Some(format!("tensor '{name}': data_offsets [{start}, {end}] but the data section has {data_len} bytes"));
+        }
+        let elems = info.get("shape")?.as_array()?.iter().try_fold(1u64, |a, d| a.checked_mul(d.as_u64()?))?;
+        let width = match info.get("dtype")?.as_str()? {
+            "F64" | "I64" | "U64" => 8,
+            "F32" | "I32" | "U32" => 4,
+            "F16" | "BF16" | "I16" | "U16" => 2,
+            "I8" | "U8" | "BOOL" | "F8_E4M3" | "F8_E5M2" => 1,
+            _ => continue,
+        };
+        if elems.checked_mul(width) != Some(end - start) {
+            return Some(format!("tensor '{name}': data_offsets [{start}, {end}] do not hold its shape and dtype"));
+        }
+    }
+    None
 }
 
 fn dtype_of(file: &str, name: &str, t: &StView<'_>) -> Option<Result<DType>> {

@@ -1,0 +1,122 @@
+//! The profiler: `quill profile` on SmolLM2 (every op kind timed, pass times consistent with
+//! the whole command buffers, a trace with one event per pass, an SVG that parses), the FLOP
+//! and byte table against hand-computed values, and no cost when profiling is off.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use quill::ops::attention::{attention_cost, kv_write_cost, AttnShape};
+use quill::ops::matmul::{self, Store};
+use quill::ops::{activation, embed, norm, rope, sample};
+
+#[test]
+fn op_costs_match_hand_counts() {
+    // linear: t=3 tokens, k=4 in, n=5 out: 2*3*4*5 FLOPs; W 20 + x 12 + y 15 floats.
+    assert_eq!(matmul::cost(3, 4, 5, Store::Write), (120, 4 * (20 + 12 + 15)));
+    // Accumulating also reads y: 15 more floats.
+    assert_eq!(matmul::cost(3, 4, 5, Store::Accumulate), (120, 4 * (20 + 12 + 30)));
+    // rms_norm over 2 rows of 3: 4 FLOPs per element; x and out (6 + 6) + weight 3 floats.
+    assert_eq!(norm::rms_norm_cost(2, 3), (24, 4 * 15));
+    // swiglu over 10: 6 FLOPs each; gate read+write and up read: 3 floats each.
+    assert_eq!(activation::swiglu_cost(10), (60, 120));
+    // embed 2 tokens of dim 3: 2 ids + 6 floats read + 6 written.
+    assert_eq!(embed::cost(2, 3), (0, 8 + 48));
+    // rope 1 token, 2 heads, dim 4: 8 elements, 3 FLOPs each, read + write.
+    assert_eq!(rope::cost(1, 2, 4), (24, 64));
+    // attention: 2 tokens at positions 1 and 2 (pos0 = 1) see 2 + 3 = 5 keys; 2 heads of dim 4:
+    // 4 FLOPs per key per element: 4 * 5 * 8; q and out 16 floats each; K and V 2 * 5 * 8.
+    let s = AttnShape { n_tokens: 2, n_heads: 2, n_kv_heads: 1, head_dim: 4, ctx_len: 8, pos0: 1, slot: 0 };
+    assert_eq!(attention_cost(&s), (160, 4 * (32 + 80)));
+    // kv_write: 2 tokens x 1 kv head x 4: K and V read and written.
+    assert_eq!(kv_write_cost(&s), (0, 16 * 8));
+    // sample over 7 ids.
+    assert_eq!(sample::cost(7), (28, 84));
+}
+
+#[test]
+fn profiling_off_creates_no_query_sets() {
+    let Some(ctx) = quill::gpu::context::test_context() else { return };
+    let model = quill::files::load_model(ctx, &fixture("llama-tiny"), &mut no_progress).unwrap();
+    let before = ctx.query_sets_created();
+    let mut s = quill::generate::Session::new(ctx, &model, 64).unwrap();
+    s.generate(&[5, 6, 7], &quill::sampling::SamplingParams::greedy(), 3, true, |_| true).unwrap();
+    assert!(s.profile().is_none());
+    // Other tests of this binary may profile concurrently on the shared context, so compare
+    // against a profiled run of this session's own.
+    let after_plain = ctx.query_sets_created();
+    let mut p = quill::generate::Session::new(ctx, &model, 64).unwrap();
+    p.enable_profiling();
+    p.generate(&[5, 6, 7], &quill::sampling::SamplingParams::greedy(), 3, true, |_| true).unwrap();
+    let prof = p.profile().unwrap();
+    assert_eq!(prof.steps.len(), 3, "one prefill + two decode command buffers");
+    if ctx.gpu_timestamps() {
+        assert!(ctx.query_sets_created() > after_plain);
+    }
+    assert_eq!(after_plain, before, "an unprofiled generation created query sets");
+}
+
+#[test]
+fn quill_profile_on_smollm2() {
+    if quill::gpu::context::test_context().is_none() {
+        return;
+    }
+    let Some(model) = smollm2_path() else { return };
+    let dir = std::env::temp_dir().join(format!("quill-profile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (trace, svg) = (dir.join("trace.json"), dir.join("profile.svg"));
+    let out = Command::new(env!("CARGO_BIN_EXE_quill"))
+        .args(["profile", "--model", model.to_str().unwrap(), "--prompt", "Once upon a time", "--tokens", "2", "--json"])
+        .args(["--trace", trace.to_str().unwrap(), "--svg", svg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("--json output: {e}"));
+    assert_eq!(report["gpu_timestamps"], true, "lavapipe has timestamps: {report}");
+
+    // Every op kind of the forward pass, with a positive time.
+    let ops = report["ops"].as_array().unwrap();
+    for kind in ["embed", "rms_norm", "q_proj", "k_proj", "v_proj", "rope", "kv_write", "attention", "o_proj", "gate_proj", "up_proj", "swiglu", "down_proj", "lm_head", "sample"] {
+        let row = ops.iter().find(|r| r["op"] == kind).unwrap_or_else(|| panic!("no row for {kind}: {report}"));
+        assert!(row["total_ms"].as_f64().unwrap() > 0.0, "{kind} has no time: {row}");
+        assert!(row["calls"].as_u64().unwrap() > 0);
+    }
+    // Passes cover 50–100% of the GPU time around the command buffers.
+    let passes = report["pass_total_ms"].as_f64().unwrap();
+    let whole = report["command_buffer_total_ms"].as_f64().unwrap();
+    let cover = passes / whole;
+    assert!((0.5..=1.0).contains(&cover), "passes {passes} ms of {whole} ms ({}): {cover:.3}", report["command_buffer_timing"]);
+
+    // The trace is JSON with one GPU event per pass.
+    let t: serde_json::Value = serde_json::from_slice(&std::fs::read(&trace).unwrap()).unwrap();
+    let events = t["traceEvents"].as_array().unwrap();
+    let gpu_events = events.iter().filter(|e| e["ph"] == "X" && e["tid"] == 1).count();
+    assert_eq!(gpu_events as u64, report["passes"].as_u64().unwrap());
+    assert!(events.iter().any(|e| e["name"] == "q_proj L0"), "events are named by op and layer");
+    assert!(events.iter().any(|e| e["tid"] == 2 && e["name"] == "wait"), "a CPU track");
+
+    // The SVG parses as XML and has a bar segment per op kind of the first step.
+    let text = std::fs::read_to_string(&svg).unwrap();
+    let doc = roxmltree::Document::parse(&text).unwrap_or_else(|e| panic!("SVG is not XML: {e}"));
+    assert_eq!(doc.root_element().tag_name().name(), "svg");
+    let rects = doc.descendants().filter(|n| n.has_tag_name("rect")).count();
+    assert!(rects > 15, "only {rects} rects in the chart");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn without_timestamps_the_profile_says_so() {
+    if quill::gpu::context::test_context().is_none() {
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_quill"))
+        .args(["profile", "--model", fixture("llama-tiny").to_str().unwrap(), "--prompt", "Permission is", "--tokens", "2"])
+        .env("QUILL_PROFILE_CPU", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("no GPU timestamps") && stdout.contains("GPU wait"), "{stdout}");
+}
