@@ -9,8 +9,8 @@ use clap::{Args, Parser, Subcommand};
 use quill::error::{Error, Result};
 use quill::generate::{Session, Stop};
 use quill::gpu::Context;
-use quill::models::LoadedModel;
-use quill::sampling::SamplingParams;
+use quill::models::{GenerationDefaults, LoadedModel};
+use quill::sampling::{SamplingFlags, SamplingParams};
 use quill::tokenizer::StreamDecoder;
 
 #[derive(Parser)]
@@ -105,21 +105,22 @@ struct WriteArgs {
     /// Keep going past the end-of-sequence token.
     #[arg(long)]
     ignore_eos: bool,
-    /// Softmax temperature; 0 = greedy.
-    #[arg(long, default_value_t = 0.8)]
-    temperature: f32,
-    /// Keep only the k most likely tokens; 0 = off.
-    #[arg(long, default_value_t = 40)]
-    top_k: usize,
-    /// Keep the smallest set of tokens whose probability reaches p; 1 = off.
-    #[arg(long, default_value_t = 0.95)]
-    top_p: f32,
-    /// Drop tokens less likely than min-p times the most likely; 0 = off.
-    #[arg(long, default_value_t = 0.05)]
-    min_p: f32,
-    /// Penalise tokens among the last --repeat-last-n; 1 = off.
-    #[arg(long, default_value_t = 1.1)]
-    repeat_penalty: f32,
+    // The defaults in these help texts are `SamplingParams::default()`'s (tests/cli.rs checks).
+    /// Softmax temperature; 0 = greedy [default: the model's generation_config.json (0 where it says do_sample: false), else 0.8].
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Keep only the k most likely tokens; 0 = off [default: the model's generation_config.json, else 40].
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Keep the smallest set of tokens whose probability reaches p; 1 = off [default: the model's generation_config.json, else 0.95].
+    #[arg(long)]
+    top_p: Option<f32>,
+    /// Drop tokens less likely than min-p times the most likely; 0 = off [default: the model's generation_config.json, else 0.05].
+    #[arg(long)]
+    min_p: Option<f32>,
+    /// Penalise tokens among the last --repeat-last-n; 1 = off [default: the model's generation_config.json (repetition_penalty), else 1.1].
+    #[arg(long)]
+    repeat_penalty: Option<f32>,
     /// How many recent tokens the repetition penalty looks at.
     #[arg(long, default_value_t = 64)]
     repeat_last_n: usize,
@@ -258,17 +259,15 @@ fn perplexity(args: PerplexityArgs) -> Result<()> {
 
 fn write(args: WriteArgs) -> Result<()> {
     let seed = args.seed.unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0));
-    let sampling = SamplingParams {
+    let flags = SamplingFlags {
         temperature: args.temperature,
         top_k: args.top_k,
         top_p: args.top_p,
         min_p: args.min_p,
         repeat_penalty: args.repeat_penalty,
-        repeat_last_n: args.repeat_last_n,
-        seed,
     };
-    // Check everything the user typed before the slow parts.
-    sampling.validate()?;
+    // Check everything the user typed before the slow parts (the rest are quill's defaults).
+    SamplingParams::resolve(&flags, &GenerationDefaults::default()).0.validate()?;
     if args.max_tokens == 0 {
         return Err(Error::arg("--max-tokens", "must be at least 1"));
     }
@@ -276,6 +275,12 @@ fn write(args: WriteArgs) -> Result<()> {
     let path = model_path(args.model.clone())?;
     let ctx = Context::new_blocking()?;
     let model = load(&ctx, &path)?;
+    let (sampling, from_model) = SamplingParams::resolve(&flags, &model.defaults);
+    let sampling = SamplingParams { repeat_last_n: args.repeat_last_n, seed, ..sampling };
+    let from_model = if from_model.is_empty() { String::new() } else { format!(" ({} from generation_config.json)", from_model.join(", ")) };
+    // The flags were checked above, so a refusal here is of the model's value.
+    sampling.validate().map_err(|e| Error::format(format!("{}/generation_config.json", model.source), format!("{e}; give the option to override it")))?;
+    eprintln!("sampling: {}{from_model}", sampling.describe());
     let text = if args.chat {
         let mut messages = Vec::new();
         if let Some(sys) = &args.system {

@@ -3,6 +3,7 @@
 //! temperature, top-k, top-p, min-p, then a seeded draw.
 
 use crate::error::{Error, Result};
+use crate::models::GenerationDefaults;
 
 /// Below this, 1/temperature overflows the logits' range; use 0 (greedy) instead.
 pub const MIN_TEMPERATURE: f32 = 1e-3;
@@ -24,6 +25,18 @@ pub struct SamplingParams {
     pub seed: u64,
 }
 
+/// The sampling options a user gave, each None where not given.
+#[derive(Clone, Debug, Default)]
+pub struct SamplingFlags {
+    pub temperature: Option<f32>,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f32>,
+    pub min_p: Option<f32>,
+    pub repeat_penalty: Option<f32>,
+}
+
+/// quill's own defaults, used where neither a flag nor the model's generation_config.json
+/// sets a value; `quill write --help` states the same numbers.
 impl Default for SamplingParams {
     fn default() -> Self {
         SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05, repeat_penalty: 1.1, repeat_last_n: 64, seed: 0 }
@@ -33,6 +46,47 @@ impl Default for SamplingParams {
 impl SamplingParams {
     pub fn greedy() -> Self {
         SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0, repeat_penalty: 1.0, repeat_last_n: 0, seed: 0 }
+    }
+
+    /// Each setting from the user's flag if given, else from the model's generation config,
+    /// else quill's default; `repeat_last_n` and `seed` are the defaults', for the caller to set.
+    /// `do_sample: false` in the model's config means greedy unless a temperature was given.
+    /// Also returns the Hugging Face names of the settings taken from the model.
+    pub fn resolve(flags: &SamplingFlags, model: &GenerationDefaults) -> (Self, Vec<&'static str>) {
+        let d = SamplingParams::default();
+        let model_temperature = if model.do_sample == Some(false) { Some(0.0) } else { model.temperature };
+        let mut from_model = Vec::new();
+        let mut pick = |flag: Option<f32>, model: Option<f32>, name: &'static str, default: f32| match (flag, model) {
+            (Some(v), _) => v,
+            (None, Some(v)) => {
+                from_model.push(name);
+                v
+            }
+            (None, None) => default,
+        };
+        let temperature = pick(flags.temperature, model_temperature, if model.do_sample == Some(false) { "do_sample" } else { "temperature" }, d.temperature);
+        let top_p = pick(flags.top_p, model.top_p, "top_p", d.top_p);
+        let min_p = pick(flags.min_p, model.min_p, "min_p", d.min_p);
+        let repeat_penalty = pick(flags.repeat_penalty, model.repetition_penalty, "repetition_penalty", d.repeat_penalty);
+        let top_k = match (flags.top_k, model.top_k) {
+            (Some(k), _) => k,
+            (None, Some(k)) => {
+                from_model.push("top_k");
+                k
+            }
+            (None, None) => d.top_k,
+        };
+        (SamplingParams { temperature, top_k, top_p, min_p, repeat_penalty, ..d }, from_model)
+    }
+
+    /// One line for humans: "temperature 0.8, top-k 40, …", or "greedy, …" at temperature 0.
+    pub fn describe(&self) -> String {
+        let penalty = if self.repeat_penalty == 1.0 { "no repeat penalty".to_string() } else { format!("repeat penalty {} over {} tokens", self.repeat_penalty, self.repeat_last_n) };
+        if self.temperature == 0.0 {
+            format!("greedy (temperature 0), {penalty}")
+        } else {
+            format!("temperature {}, top-k {}, top-p {}, min-p {}, {penalty}", self.temperature, self.top_k, self.top_p, self.min_p)
+        }
     }
 
     /// Refuses values that have no meaning, naming the option.
@@ -190,6 +244,28 @@ mod tests {
         }
         SamplingParams::default().validate().unwrap();
         SamplingParams::greedy().validate().unwrap();
+    }
+
+    #[test]
+    fn flags_then_the_model_then_quill() {
+        let none = GenerationDefaults::default();
+        let (s, from) = SamplingParams::resolve(&SamplingFlags::default(), &none);
+        assert_eq!((s, from), (SamplingParams::default(), vec![]));
+
+        let model = GenerationDefaults { temperature: Some(0.7), top_k: Some(20), repetition_penalty: Some(1.05), ..Default::default() };
+        let flags = SamplingFlags { top_k: Some(5), min_p: Some(0.0), ..Default::default() };
+        let (s, from) = SamplingParams::resolve(&flags, &model);
+        assert_eq!((s.temperature, s.top_k, s.top_p, s.min_p, s.repeat_penalty), (0.7, 5, 0.95, 0.0, 1.05));
+        assert_eq!(from, vec!["temperature", "repetition_penalty"]);
+
+        // do_sample: false is greedy, over the model's own temperature, but not over the flag.
+        let greedy = GenerationDefaults { do_sample: Some(false), temperature: Some(0.7), ..Default::default() };
+        let (s, from) = SamplingParams::resolve(&SamplingFlags::default(), &greedy);
+        assert_eq!((s.temperature, from), (0.0, vec!["do_sample"]));
+        let (s, _) = SamplingParams::resolve(&SamplingFlags { temperature: Some(1.0), ..Default::default() }, &greedy);
+        assert_eq!(s.temperature, 1.0);
+        let sampled = GenerationDefaults { do_sample: Some(true), ..Default::default() };
+        assert_eq!(SamplingParams::resolve(&SamplingFlags::default(), &sampled).0.temperature, 0.8);
     }
 
     #[test]

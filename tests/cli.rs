@@ -93,6 +93,80 @@ fn same_seed_same_text() {
     assert_ne!(a, run("43"), "another seed gave the same 24 tokens");
 }
 
+/// llama-tiny in a temporary directory, with `generation_config` as its generation_config.json.
+fn tiny_with_generation_config(name: &str, generation_config: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("quill-genconfig-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(fixture("llama-tiny").join(f), dir.join(f)).unwrap();
+    }
+    std::fs::write(dir.join("generation_config.json"), generation_config).unwrap();
+    dir
+}
+
+#[test]
+fn sampling_defaults_come_from_generation_config() {
+    if !has_gpu() {
+        return;
+    }
+    let write = |model: &str, extra: &[&str]| {
+        let mut a = vec!["write", "--model", model, "--max-tokens", "8", "--ignore-eos"];
+        a.extend_from_slice(extra);
+        a.push("Permission is");
+        let o = quill(&a);
+        assert!(o.status.success(), "{}", stderr(&o));
+        o
+    };
+    let greedy = write(&tiny(), &["--temperature", "0"]);
+    assert!(stderr(&greedy).contains("sampling: greedy"), "{}", stderr(&greedy));
+
+    // do_sample: false is greedy without --temperature (whatever the seed).
+    let dir = tiny_with_generation_config("greedy", r#"{"do_sample": false, "eos_token_id": 0}"#);
+    let model = dir.display().to_string();
+    for seed in ["1", "2"] {
+        let o = write(&model, &["--seed", seed]);
+        assert_eq!(stdout(&o), stdout(&greedy), "do_sample: false should decode greedily");
+        assert!(stderr(&o).contains("sampling: greedy (temperature 0), repeat penalty 1.1 over 64 tokens (do_sample from generation_config.json)"), "{}", stderr(&o));
+    }
+    // An explicit --temperature wins over the model's do_sample: false.
+    let o = write(&model, &["--temperature", "1.0", "--seed", "3"]);
+    let err = stderr(&o);
+    assert!(err.contains("sampling: temperature 1, top-k 40,") && !err.contains("from generation_config.json"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+
+    // Sampling settings the model gives apply where no flag is given.
+    let dir = tiny_with_generation_config("sampled", r#"{"do_sample": true, "temperature": 0.5, "top_k": 7, "repetition_penalty": 1.0}"#);
+    let o = write(&dir.display().to_string(), &["--seed", "3", "--top-k", "9"]);
+    let err = stderr(&o);
+    assert!(
+        err.contains("sampling: temperature 0.5, top-k 9, top-p 0.95, min-p 0.05, no repeat penalty (temperature, repetition_penalty from generation_config.json)"),
+        "{err}"
+    );
+    // A value quill cannot use names the file and the way out.
+    std::fs::write(dir.join("generation_config.json"), r#"{"top_p": 0.0}"#).unwrap();
+    let o = quill(&["write", "--model", &dir.display().to_string(), "--max-tokens", "2", "hi"]);
+    expect_error(&o, &["generation_config.json", "--top-p"]);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn help_states_the_sampling_defaults() {
+    let o = quill(&["write", "--help"]);
+    let help = stdout(&o);
+    let d = quill::sampling::SamplingParams::default();
+    for (flag, default) in [
+        ("--temperature", d.temperature.to_string()),
+        ("--top-k", d.top_k.to_string()),
+        ("--top-p", d.top_p.to_string()),
+        ("--min-p", d.min_p.to_string()),
+        ("--repeat-penalty", d.repeat_penalty.to_string()),
+    ] {
+        let text = help.split(&format!("{flag} <")).nth(1).unwrap_or_else(|| panic!("{flag} missing from help:\n{help}"));
+        let text = &text[..text.find("\n      --").unwrap_or(text.len())];
+        assert!(text.contains("generation_config.json") && text.contains(&format!("else {default}]")), "{flag}: {text}");
+    }
+}
+
 #[test]
 fn info_prints_adapter_and_limits() {
     if !has_gpu() {

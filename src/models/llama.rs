@@ -143,15 +143,7 @@ impl Llama {
     /// at positions pos0.., writing logits for the rows `rows` asks for into `st.logits`.
     pub fn forward(&self, rec: &mut Recorder, st: &State, pos0: usize, n: usize, rows: LogitRows) -> Result<()> {
         let c = &self.cfg;
-        let attn = attention::AttnShape {
-            n_tokens: n,
-            n_heads: c.n_heads,
-            n_kv_heads: c.n_kv_heads,
-            head_dim: c.head_dim,
-            ctx_len: st.ctx_len,
-            pos0,
-            slot: 0,
-        };
+        let attn = st.attn_shape(c, pos0, n);
         embed::embed(rec, &self.embed, &st.tokens, pos0, n, &st.x)?;
         for (i, l) in self.layers.iter().enumerate() {
             // attention block: x += Wo · attention(rope(Wq·norm(x)), rope(Wk·norm(x)), Wv·norm(x))

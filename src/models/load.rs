@@ -13,13 +13,17 @@ use crate::weights::gguf::Gguf;
 use crate::weights::safetensors::SafetensorsSource;
 use crate::weights::TensorSource;
 
-/// Settings a model ships in `generation_config.json` (or GGUF metadata).
+/// Settings a model ships in `generation_config.json` (or GGUF metadata); `quill write` uses
+/// the sampling ones where no flag is given (`SamplingParams::resolve`).
 #[derive(Clone, Debug, Default)]
 pub struct GenerationDefaults {
     pub eos_ids: Vec<u32>,
+    /// false: greedy decoding, whatever the other sampling settings say.
+    pub do_sample: Option<bool>,
     pub temperature: Option<f32>,
     pub top_k: Option<usize>,
     pub top_p: Option<f32>,
+    pub min_p: Option<f32>,
     pub repetition_penalty: Option<f32>,
 }
 
@@ -118,9 +122,11 @@ enum OneOrMany {
 #[derive(Deserialize, Default)]
 struct HfGenerationConfig {
     eos_token_id: Option<OneOrMany>,
+    do_sample: Option<bool>,
     temperature: Option<f32>,
     top_k: Option<usize>,
     top_p: Option<f32>,
+    min_p: Option<f32>,
     repetition_penalty: Option<f32>,
 }
 
@@ -134,7 +140,15 @@ fn generation_defaults(bytes: Option<&[u8]>, file: &str) -> Result<GenerationDef
         Some(OneOrMany::Many(ids)) => ids,
         None => Vec::new(),
     };
-    Ok(GenerationDefaults { eos_ids, temperature: g.temperature, top_k: g.top_k, top_p: g.top_p, repetition_penalty: g.repetition_penalty })
+    Ok(GenerationDefaults {
+        eos_ids,
+        do_sample: g.do_sample,
+        temperature: g.temperature,
+        top_k: g.top_k,
+        top_p: g.top_p,
+        min_p: g.min_p,
+        repetition_penalty: g.repetition_penalty,
+    })
 }
 
 /// Loads a Hugging Face model directory's files.

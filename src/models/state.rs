@@ -38,6 +38,19 @@ pub struct State {
 }
 
 impl State {
+    /// The attention shape of `n` tokens at positions pos0.. of this state's one sequence.
+    pub fn attn_shape(&self, c: &ModelConfig, pos0: usize, n: usize) -> crate::ops::attention::AttnShape {
+        crate::ops::attention::AttnShape {
+            n_tokens: n,
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+            ctx_len: self.ctx_len,
+            pos0,
+            slot: 0,
+        }
+    }
+
     pub fn new(ctx: &Context, c: &ModelConfig, ctx_len: usize, max_batch: usize) -> Result<Self> {
         let (q_dim, kv_dim) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
         let z = |label: &str, shape: &[usize]| Tensor::zeros(ctx, label, shape);
