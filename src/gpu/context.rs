@@ -287,7 +287,6 @@ impl Context {
     }
 
     /// Copies `size` bytes at `offset` of `buffer` back to the CPU (waits for the GPU).
-    #[cfg(not(target_arch = "wasm32"))]
     pub fn read_bytes(&self, buffer: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("read-back"),
@@ -302,7 +301,8 @@ impl Context {
     }
 
     /// Maps a MAP_READ buffer that a submitted command buffer fills, and returns its bytes.
-    #[cfg(not(target_arch = "wasm32"))]
+    /// Blocks until the GPU is done: natively through `poll`; in a browser the device is
+    /// polled by the event loop, so the web entry point must await the map instead.
     pub fn map_read(&self, staging: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
         let (tx, rx) = std::sync::mpsc::channel();
         staging.map_async(wgpu::MapMode::Read, 0..size, move |r| {
@@ -325,13 +325,11 @@ impl Context {
         Ok(bytes)
     }
 
-    #[cfg(not(target_arch = "wasm32"))]
     pub fn read_f32(&self, buffer: &wgpu::Buffer, offset_elems: usize, n: usize) -> Result<Vec<f32>> {
         let bytes = self.read_bytes(buffer, offset_elems as u64 * 4, n as u64 * 4)?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 
-    #[cfg(not(target_arch = "wasm32"))]
     pub fn read_u32(&self, buffer: &wgpu::Buffer, offset_elems: usize, n: usize) -> Result<Vec<u32>> {
         let bytes = self.read_bytes(buffer, offset_elems as u64 * 4, n as u64 * 4)?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))

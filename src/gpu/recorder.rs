@@ -195,8 +195,7 @@ pub struct Submitted {
 
 impl Submitted {
     /// Waits for the GPU and returns this command buffer's timings (None when not profiled).
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn profile(self, ctx: &Context, label: &'static str) -> Result<Option<StepProfile>> {
+        pub fn profile(self, ctx: &Context, label: &'static str) -> Result<Option<StepProfile>> {
         if !self.profiled {
             return Ok(None);
         }

@@ -62,7 +62,6 @@ pub fn fma_reference(t: usize, iters: usize) -> f32 {
 }
 
 /// Times `record` `reps` times; returns the best rate of `OpInfo` bytes and FLOPs per second.
-#[cfg(not(target_arch = "wasm32"))]
 fn best_rate(ctx: &Context, reps: usize, mut record: impl FnMut(&mut Recorder) -> Result<()>) -> Result<(f64, f64)> {
     let (mut best_bytes, mut best_flops) = (0.0f64, 0.0f64);
     for rep in 0..=reps {
@@ -89,7 +88,6 @@ fn best_rate(ctx: &Context, reps: usize, mut record: impl FnMut(&mut Recorder) -
 
 /// Measures the adapter's peak read bandwidth (a 64 MiB read, or what one binding allows)
 /// and FMA rate.
-#[cfg(not(target_arch = "wasm32"))]
 pub fn measure(ctx: &Context) -> Result<DevicePeak> {
     let max = ctx.limits.max_storage_buffer_binding_size.min(ctx.limits.max_buffer_size) as usize;
     let bytes = (64usize << 20).min(max / 2);
