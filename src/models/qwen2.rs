@@ -72,7 +72,8 @@ pub fn config(bytes: &[u8], file: &str) -> Result<ModelConfig> {
         norm_eps: c.rms_norm_eps.unwrap_or(1e-6) as f32,
         rope_theta: HfRope::theta(c.rope_theta, c.rope_parameters.as_ref(), c.rope_scaling.as_ref(), file)?,
         rope_style: RopeStyle::Neox,
-        tied_embeddings: c.tie_word_embeddings.unwrap_or(true),
+        // transformers' Qwen2Config defaults to an untied head; released Qwen2 checkpoints say true.
+        tied_embeddings: c.tie_word_embeddings.unwrap_or(false),
         qkv_bias: true,
         o_bias: false,
         positions: Positions::Rope,
@@ -139,9 +140,10 @@ mod tests {
         assert_eq!(c.arch, Arch::Qwen2);
         assert_eq!((c.dim, c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_dim, c.max_ctx), (64, 4, 2, 16, 160, 256));
         assert_eq!((c.rope_theta, c.rope_style), (1e6, RopeStyle::Neox));
-        assert!(c.qkv_bias && !c.o_bias && c.tied_embeddings);
-        let c = config(with("tie_word_embeddings", "false").as_bytes(), "config.json").unwrap();
-        assert!(!c.tied_embeddings);
+        // Without the field, an untied head as in transformers' Qwen2Config.
+        assert!(c.qkv_bias && !c.o_bias && !c.tied_embeddings);
+        let c = config(with("tie_word_embeddings", "true").as_bytes(), "config.json").unwrap();
+        assert!(c.tied_embeddings);
         // transformers 5 keeps the base in rope_parameters.
         let mut v: serde_json::Value = serde_json::from_str(TINY).unwrap();
         v.as_object_mut().unwrap().remove("rope_theta");
