@@ -52,15 +52,7 @@ fn rms_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         let v = x[base + i];
         ss += v * v;
     }
-    partial[lid] = ss;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) {
-            partial[lid] += partial[lid + s];
-        }
-        workgroupBarrier();
-    }
-    let scale = inverseSqrt(partial[0] / f32(p.dim) + p.eps);
+    let scale = inverseSqrt(workgroup_sum(lid, ss) / f32(p.dim) + p.eps);
     for (var i = lid; i < p.dim; i += WG) {
         out[base + i] = x[base + i] * scale * weight[i];
     }

@@ -6,7 +6,7 @@
 use serde::Deserialize;
 
 use super::config::{parse_json, Arch, HfRope, Mlp, ModelConfig, Norm, Positions};
-use super::llama::{file_name, Llama, Naming};
+use super::llama::{Llama, Naming};
 use crate::error::{Error, Result};
 use crate::gpu::Context;
 use crate::ops::rope::RopeStyle;
@@ -90,28 +90,13 @@ pub fn gguf_config(g: &Gguf) -> Result<ModelConfig> {
     ModelConfig { arch: Arch::Qwen2, rope_style: RopeStyle::Neox, qkv_bias: true, o_bias: false, ..base }.check(&g.file)
 }
 
-/// The table from our names to the file's: `layer` is None for the tensors outside the blocks.
+/// The table from our names to the file's: Qwen2 names its tensors as Llama does (both
+/// spellings), except that its o_proj has no bias.
 pub fn name(n: Naming, ours: &str, layer: Option<usize>) -> String {
-    let (gguf, hf) = match ours {
-        "embed" => ("token_embd.weight", "model.embed_tokens.weight"),
-        "norm" => ("output_norm.weight", "model.norm.weight"),
-        "lm_head" => ("output.weight", "lm_head.weight"),
-        "attn_norm" => ("attn_norm.weight", "input_layernorm.weight"),
-        "wq" => ("attn_q.weight", "self_attn.q_proj.weight"),
-        "bq" => ("attn_q.bias", "self_attn.q_proj.bias"),
-        "wk" => ("attn_k.weight", "self_attn.k_proj.weight"),
-        "bk" => ("attn_k.bias", "self_attn.k_proj.bias"),
-        "wv" => ("attn_v.weight", "self_attn.v_proj.weight"),
-        "bv" => ("attn_v.bias", "self_attn.v_proj.bias"),
-        "wo" => ("attn_output.weight", "self_attn.o_proj.weight"),
-        "ffn_norm" => ("ffn_norm.weight", "post_attention_layernorm.weight"),
-        "w_gate" => ("ffn_gate.weight", "mlp.gate_proj.weight"),
-        "w_up" => ("ffn_up.weight", "mlp.up_proj.weight"),
-        "w_down" => ("ffn_down.weight", "mlp.down_proj.weight"),
-        // No "bo": Qwen2's o_proj has no bias.
-        _ => unreachable!("no Qwen2 tensor named {ours}"),
-    };
-    file_name(n, gguf, hf, layer)
+    if ours == "bo" {
+        unreachable!("no Qwen2 tensor named {ours}");
+    }
+    super::llama::name(n, ours, layer)
 }
 
 /// Uploads every weight once. `progress` is called with the bytes of each tensor read.
