@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use quill::error::{Error, Result};
 use quill::generate::{Session, Stop};
 use quill::gpu::Context;
+use quill::models::load::{LoadOptions, WeightType};
 use quill::models::{GenerationDefaults, LoadedModel};
 use quill::sampling::{SamplingFlags, SamplingParams};
 use quill::tokenizer::StreamDecoder;
@@ -18,7 +19,14 @@ use quill::tokenizer::StreamDecoder;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Storage of weight matrices on the GPU: native (as the file has them: GGUF stays
+    /// quantized), f32, f16 or q8_0.
+    #[arg(long, global = true, default_value = "native")]
+    dtype: String,
 }
+
+/// The `--dtype` given, for every model loaded.
+static LOAD_OPTIONS: std::sync::OnceLock<LoadOptions> = std::sync::OnceLock::new();
 
 #[derive(Subcommand)]
 enum Command {
@@ -146,6 +154,7 @@ struct WriteArgs {
 
 pub fn run() -> Result<()> {
     let cli = Cli::parse();
+    let _ = LOAD_OPTIONS.set(LoadOptions { dtype: WeightType::parse(&cli.dtype)? });
     match cli.command {
         Command::Info { model } => info(model),
         Command::Write(args) => write(args),
@@ -169,7 +178,8 @@ fn load(ctx: &Context, path: &std::path::Path) -> Result<LoadedModel> {
     let tty = std::io::stderr().is_terminal();
     let start = Instant::now();
     let mut last_pct = u64::MAX;
-    let model = quill::files::load_model(ctx, path, &mut |done, total| {
+    let opts = LOAD_OPTIONS.get().copied().unwrap_or_default();
+    let model = quill::files::load_model_with(ctx, path, &opts, &mut |done, total| {
         let pct = done * 100 / total.max(1);
         // On a terminal every percent (redrawn in place); in a log, every quarter.
         let step = if tty { pct } else { pct / 25 * 25 };
@@ -185,12 +195,14 @@ fn load(ctx: &Context, path: &std::path::Path) -> Result<LoadedModel> {
     }
     let c = model.config();
     eprintln!(
-        "loaded {} in {:.1} s: {} layers, dim {}, vocab {} on {} ({:?})",
+        "loaded {} in {:.1} s: {} layers, dim {}, vocab {}, weights {} ({:.1} MB on the GPU) on {} ({:?})",
         path.display(),
         start.elapsed().as_secs_f64(),
         c.n_layers,
         c.dim,
         c.vocab,
+        model.model.weight_types(),
+        model.model.weight_bytes() as f64 / 1e6,
         ctx.adapter_name(),
         ctx.info.backend
     );

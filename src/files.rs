@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::gpu::Context;
-use crate::models::load::{load_gguf, load_hf, HfFiles};
+use crate::models::load::{load_gguf_with, load_hf_with, HfFiles, LoadOptions};
 use crate::models::LoadedModel;
 
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -82,11 +82,16 @@ fn shard_paths(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// Loads a model from a GGUF file or a Hugging Face directory.
 pub fn load_model(ctx: &Context, path: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<LoadedModel> {
+    load_model_with(ctx, path, &LoadOptions::default(), progress)
+}
+
+/// Loads a model with weights stored as `opts` says.
+pub fn load_model_with(ctx: &Context, path: &Path, opts: &LoadOptions, progress: &mut dyn FnMut(u64, u64)) -> Result<LoadedModel> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     let label = path.display().to_string();
     if meta.is_file() {
         let m = map(path)?;
-        return load_gguf(ctx, &label, &m, progress);
+        return load_gguf_with(ctx, &label, &m, opts, progress);
     }
     let config = std::fs::read(path.join("config.json")).map_err(|e| Error::io(path.join("config.json"), e))?;
     let shards = shard_paths(path)?;
@@ -104,7 +109,7 @@ pub fn load_model(ctx: &Context, path: &Path, progress: &mut dyn FnMut(u64, u64)
         chat_template: template.as_deref(),
         generation_config_json: generation.as_deref(),
     };
-    load_hf(ctx, &files, progress)
+    load_hf_with(ctx, &files, opts, progress)
 }
 
 /// Where `quill bench-device` keeps each adapter's measured peak.

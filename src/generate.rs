@@ -13,6 +13,11 @@ use crate::sampling::SamplingParams;
 
 /// Most tokens one prefill pass takes.
 pub const DEFAULT_MAX_BATCH: usize = 128;
+/// Most decode steps encoded into one command buffer (`Session::next_tokens`).
+pub const MAX_DECODE_STEPS: usize = 16;
+/// `generate` grows its decode batches while a batch takes less than this, so text streams
+/// at least this often on any GPU.
+const STREAM_INTERVAL: Duration = Duration::from_millis(150);
 
 pub struct Session<'a> {
     pub ctx: &'a Context,
@@ -173,6 +178,45 @@ impl<'a> Session<'a> {
         Ok(id)
     }
 
+    /// Runs up to `n` decode steps in one command buffer: each step's sampled id stays on the
+    /// GPU and is the next step's input, and the ids come back together at the end. Needs
+    /// exactly one pending id (after `next_token`). Returns the ids (fewer than `n` when the
+    /// context fills). Draws are the same as `n` calls of `next_token`.
+    pub fn next_tokens(&mut self, s: &SamplingParams, n: usize) -> Result<Vec<u32>> {
+        if self.ids.len() != self.processed + 1 {
+            return Err(Error::Context("next_tokens continues a decode: run next_token first".into()));
+        }
+        let n = n.min(MAX_DECODE_STEPS).min(self.state.ctx_len.saturating_sub(self.ids.len()));
+        if n == 0 {
+            return Err(Error::Context(format!("the context of {} positions is full", self.state.ctx_len)));
+        }
+        let first_out = self.ids.len();
+        let mut rec = self.recorder("decode");
+        for i in 0..n {
+            let out = first_out + i;
+            self.model.model.forward(&mut rec, &self.state, self.processed + i, 1, LogitRows::Last)?;
+            let history = out.saturating_sub(s.repeat_last_n)..out;
+            sample(&mut rec, &self.state.logits, 0, &self.state.work, &self.state.tokens, out, history, s, self.draws.wrapping_add(i as u32))?;
+        }
+        rec.copy(&self.state.tokens.buf, (first_out * 4) as u64, &self.state.readback, 0, (n * 4) as u64);
+        self.submit(rec, "decode")?;
+        let bytes = self.ctx.map_read(&self.state.readback, (n * 4) as u64)?;
+        let new: Vec<u32> = bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        self.draws = self.draws.wrapping_add(n as u32);
+        self.processed += n;
+        self.ids.extend_from_slice(&new);
+        Ok(new)
+    }
+
+    /// Forgets every id after the first `len` (ids a decode batch produced past a stop). Their
+    /// KV-cache rows are overwritten by whatever runs next.
+    pub fn truncate(&mut self, len: usize) {
+        if len < self.ids.len() {
+            self.ids.truncate(len);
+            self.processed = self.processed.min(len.saturating_sub(1));
+        }
+    }
+
     /// Logits of every pending position (teacher forcing, perplexity): (n, vocab) row-major.
     pub fn logits_all(&mut self) -> Result<Vec<f32>> {
         let vocab = self.model.config().vocab;
@@ -210,27 +254,45 @@ impl<'a> Session<'a> {
         let start = Instant::now();
         self.push(prompt)?;
         let mut stop = Stop::MaxTokens;
-        let mut decode_start = start;
-        for i in 0..max_tokens {
+        if max_tokens == 0 {
+            return Ok((stop, stats));
+        }
+        // The first token comes from the prefill's command buffer.
+        let id = self.next_token(s)?;
+        stats.generated = 1;
+        stats.time_to_first_token = start.elapsed();
+        stats.prefill = stats.time_to_first_token;
+        let decode_start = Instant::now();
+        let mut pending = vec![id];
+        let mut batch = 1;
+        'outer: loop {
+            for (j, &id) in pending.iter().enumerate() {
+                if !ignore_eos && self.model.is_eos(id) {
+                    stop = Stop::Eos;
+                } else if !on_token(id) {
+                    stop = Stop::Cancelled;
+                }
+                if stop != Stop::MaxTokens {
+                    // Ids sampled after the stop are not part of the sequence.
+                    let extra = pending.len() - 1 - j;
+                    stats.generated -= extra;
+                    self.truncate(self.ids.len() - extra);
+                    break 'outer;
+                }
+            }
+            if stats.generated >= max_tokens {
+                break;
+            }
             if self.ids.len() >= self.state.ctx_len {
                 stop = Stop::ContextFull;
                 break;
             }
-            let id = self.next_token(s)?;
-            stats.generated += 1;
-            if i == 0 {
-                stats.time_to_first_token = start.elapsed();
-                stats.prefill = stats.time_to_first_token;
-                decode_start = Instant::now();
-            }
-            if !ignore_eos && self.model.is_eos(id) {
-                stop = Stop::Eos;
-                break;
-            }
-            if !on_token(id) {
-                stop = Stop::Cancelled;
-                break;
-            }
+            // Several steps per submit, as many as keep text streaming every STREAM_INTERVAL.
+            let t = Instant::now();
+            pending = self.next_tokens(s, batch.min(max_tokens - stats.generated))?;
+            stats.generated += pending.len();
+            let per_step = t.elapsed() / pending.len() as u32;
+            batch = if per_step * (2 * batch as u32) <= STREAM_INTERVAL { (2 * batch).min(MAX_DECODE_STEPS) } else { batch };
         }
         stats.decode = decode_start.elapsed();
         Ok((stop, stats))

@@ -13,16 +13,18 @@ use quill::ops::{activation, embed, norm, rope, sample};
 
 #[test]
 fn op_costs_match_hand_counts() {
-    // linear: t=3 tokens, k=4 in, n=5 out: 2*3*4*5 FLOPs; W 20 + x 12 + y 15 floats.
-    assert_eq!(matmul::cost(3, 4, 5, Store::Write), (120, 4 * (20 + 12 + 15)));
+    // linear: t=3 tokens, k=4 in, n=5 out: 2*3*4*5 FLOPs; W (80 bytes as f32) + x 12 + y 15 floats.
+    assert_eq!(matmul::cost(3, 4, 5, 80, Store::Write), (120, 80 + 4 * (12 + 15)));
     // Accumulating also reads y: 15 more floats.
-    assert_eq!(matmul::cost(3, 4, 5, Store::Accumulate), (120, 4 * (20 + 12 + 30)));
+    assert_eq!(matmul::cost(3, 4, 5, 80, Store::Accumulate), (120, 80 + 4 * (12 + 30)));
+    // Q4_1 weights of k=64, n=5: 5 rows of 2 blocks of 20 bytes, as the GPU holds them.
+    assert_eq!(matmul::cost(1, 64, 5, 200, Store::Write), (640, 200 + 4 * (64 + 5)));
     // rms_norm over 2 rows of 3: 4 FLOPs per element; x and out (6 + 6) + weight 3 floats.
     assert_eq!(norm::rms_norm_cost(2, 3), (24, 4 * 15));
     // swiglu over 10: 6 FLOPs each; gate read+write and up read: 3 floats each.
     assert_eq!(activation::swiglu_cost(10), (60, 120));
-    // embed 2 tokens of dim 3: 2 ids + 6 floats read + 6 written.
-    assert_eq!(embed::cost(2, 3), (0, 8 + 48));
+    // embed 2 tokens of dim 3 from an f32 table (12-byte rows): 2 ids + 2 rows read + 6 floats written.
+    assert_eq!(embed::cost(2, 3, 12), (0, 8 + 24 + 24));
     // rope 1 token, 2 heads, dim 4: 8 elements, 3 FLOPs each, read + write.
     assert_eq!(rope::cost(1, 2, 4), (24, 64));
     // attention: 2 tokens at positions 1 and 2 (pos0 = 1) see 2 + 3 = 5 keys; 2 heads of dim 4:

@@ -12,7 +12,11 @@ fn every_shader_validates_with_naga() {
                 continue;
             }
         };
-        let mut validator = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::default());
+        // unpack2x16float (f16 scales read from u32 words) is core WGSL; naga gates it behind
+        // the capability wgpu grants from the downlevel flag SHADER_F16_IN_F32, which every
+        // WebGPU-compliant adapter has. No shader needs the `shader-f16` feature.
+        let caps = naga::valid::Capabilities::default() | naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32;
+        let mut validator = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps);
         if let Err(e) = validator.validate(&module) {
             failures.push(format!("{}.wgsl: validation error:\n{}", shader.name, e.emit_to_string(&source)));
         }
@@ -31,6 +35,14 @@ fn every_shader_file_is_embedded() {
         if stem == "common" {
             continue;
         }
-        assert!(quill::ops::SHADERS.iter().any(|s| s.name == stem), "shaders/{name} is not in ops::SHADERS");
+        // quant.wgsl is embedded once per storage format, as quant_<format>.
+        let embedded = quill::ops::SHADERS.iter().any(|s| s.name == stem || s.name.strip_prefix(stem).is_some_and(|r| r.starts_with('_')));
+        assert!(embedded, "shaders/{name} is not in ops::SHADERS");
+    }
+    let formats = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders/formats");
+    for entry in std::fs::read_dir(formats).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        let stem = name.strip_suffix(".wgsl").unwrap();
+        assert!(quill::ops::SHADERS.iter().any(|s| s.name == format!("quant_{stem}")), "shaders/formats/{name} is not in ops::SHADERS");
     }
 }

@@ -38,6 +38,12 @@ pub struct Context {
     faults: Arc<Mutex<Faults>>,
     arenas: Mutex<Vec<wgpu::Buffer>>,
     query_sets_created: std::sync::atomic::AtomicUsize,
+    /// Bytes of all storage buffers created (none is freed while a model is loaded, so this is
+    /// also the peak).
+    allocated: std::sync::atomic::AtomicU64,
+    /// Two small storage buffers bound where a kernel's optional outputs are unused (writable
+    /// bindings of one dispatch must not alias).
+    pub(crate) spare: [wgpu::Buffer; 2],
 }
 
 /// How to reach a GPU on this platform, for the error shown when there is none.
@@ -119,6 +125,14 @@ impl Context {
             let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
             f.lost.get_or_insert_with(|| format!("{reason:?}: {msg}"));
         });
+        let spare = [0, 1].map(|i| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(["spare output 0", "spare output 1"][i]),
+                size: 16,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            })
+        });
         Ok(Context {
             device,
             queue,
@@ -130,6 +144,8 @@ impl Context {
             faults,
             arenas: Mutex::new(Vec::new()),
             query_sets_created: Default::default(),
+            allocated: Default::default(),
+            spare,
         })
     }
 
@@ -275,14 +291,25 @@ impl Context {
         Ok(buffer)
     }
 
+    /// The most bytes one storage binding (and one buffer) may hold on this adapter.
+    pub fn binding_limit(&self) -> u64 {
+        self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size)
+    }
+
+    /// Bytes of GPU storage allocated so far.
+    pub fn allocated_bytes(&self) -> u64 {
+        self.allocated.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn check_size(&self, label: &str, size: u64) -> Result<()> {
-        let max = self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size);
+        let max = self.binding_limit();
         if size > max {
             return Err(Error::MissingCapability {
                 adapter: self.info.name.clone(),
                 msg: format!("buffer '{label}' needs {size} bytes but one binding holds at most {max}"),
             });
         }
+        self.allocated.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 

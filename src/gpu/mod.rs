@@ -8,4 +8,4 @@ pub mod tensor;
 
 pub use context::{Context, Pipeline, Shader};
 pub use recorder::{grid, OpInfo, Recorder};
-pub use tensor::Tensor;
+pub use tensor::{Tensor, Weight, WeightChunk};

@@ -4,6 +4,7 @@
 
 use super::Context;
 use crate::error::{Error, Result};
+use crate::weights::{repack, DType};
 
 pub struct Tensor {
     pub buf: wgpu::Buffer,
@@ -31,5 +32,86 @@ impl Tensor {
             return Err(Error::Shape { op, msg: format!("{what} holds {} elements, needs {n}", self.buf.size() / 4) });
         }
         Ok(())
+    }
+}
+
+/// A weight matrix [rows, cols] in a storage format the kernels read directly (f32, f16 or a
+/// GGML block type), laid out as `weights::repack` describes. A matrix larger than one storage
+/// binding is held as several chunks of whole rows; the kernels take one chunk per dispatch,
+/// so model code never sees the split.
+pub struct Weight {
+    pub name: String,
+    pub dtype: DType,
+    pub rows: usize,
+    pub cols: usize,
+    pub chunks: Vec<WeightChunk>,
+}
+
+pub struct WeightChunk {
+    /// First row of the matrix in this chunk.
+    pub row0: usize,
+    pub rows: usize,
+    pub quants: wgpu::Buffer,
+    /// None for f32 and f16.
+    pub scales: Option<wgpu::Buffer>,
+}
+
+impl Weight {
+    /// Uploads rows given as the file's bytes of `dtype` (each `dtype.bytes_for(cols)` long),
+    /// splitting them into chunks of at most `limit` bytes per binding.
+    pub fn from_rows(ctx: &Context, name: &str, dtype: DType, cols: usize, rows: &[&[u8]], limit: u64) -> Result<Self> {
+        let err = |msg: String| Error::Shape { op: "upload", msg: format!("{name}: {msg}") };
+        if !repack::gpu_readable(dtype) {
+            return Err(err(format!("{} weights must be converted before upload", dtype.name())));
+        }
+        let row_bytes = dtype.bytes_for(cols).ok_or_else(|| err(format!("{cols} columns are not whole {} blocks", dtype.name())))?;
+        if let Some(bad) = rows.iter().position(|r| r.len() != row_bytes) {
+            return Err(err(format!("row {bad} has {} bytes, expected {row_bytes}", rows[bad].len())));
+        }
+        let (qb, sb) = (repack::quant_bytes_per_row(dtype, cols), repack::scale_bytes_per_row(dtype, cols));
+        let widest = qb.max(sb).max(1) as u64;
+        let mut per_chunk = (limit / widest) as usize;
+        if per_chunk == 0 {
+            return Err(Error::MissingCapability {
+                adapter: ctx.adapter_name().to_string(),
+                msg: format!("one row of {name} needs {widest} bytes but one binding holds at most {limit}"),
+            });
+        }
+        if per_chunk < rows.len() && per_chunk >= 32 {
+            per_chunk -= per_chunk % 32; // chunks start at even rows (fused gate/up pairs)
+        }
+        let mut chunks = Vec::new();
+        for (c, part) in rows.chunks(per_chunk).enumerate() {
+            let (mut q, mut s) = (Vec::with_capacity(qb * part.len()), Vec::with_capacity(sb * part.len()));
+            for r in part {
+                repack::repack_row(dtype, r, &mut q, &mut s);
+            }
+            let label = format!("{name} [{c}]");
+            chunks.push(WeightChunk {
+                row0: c * per_chunk,
+                rows: part.len(),
+                quants: ctx.upload(&label, &q)?,
+                scales: if s.is_empty() { None } else { Some(ctx.upload(&label, &s)?) },
+            });
+        }
+        Ok(Weight { name: name.to_string(), dtype, rows: rows.len(), cols, chunks })
+    }
+
+    /// An f32 matrix [rows, cols] from values.
+    pub fn from_f32(ctx: &Context, name: &str, shape: &[usize], data: &[f32]) -> Result<Self> {
+        let [rows, cols] = shape[..] else {
+            return Err(Error::Shape { op: "upload", msg: format!("{name}: a weight must be 2-D, is {shape:?}") });
+        };
+        if rows * cols != data.len() {
+            return Err(Error::Shape { op: "upload", msg: format!("{name}: shape {shape:?} holds {} values, got {}", rows * cols, data.len()) });
+        }
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        let row_list: Vec<&[u8]> = bytes.chunks(4 * cols.max(1)).collect();
+        Self::from_rows(ctx, name, DType::F32, cols, &row_list, ctx.binding_limit())
+    }
+
+    /// Bytes the kernels read for the whole matrix.
+    pub fn bytes(&self) -> u64 {
+        self.chunks.iter().map(|c| c.quants.size() + c.scales.as_ref().map_or(0, |s| s.size())).sum()
     }
 }

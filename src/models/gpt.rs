@@ -7,7 +7,7 @@
 use super::config::{Mlp, ModelConfig, Positions};
 use super::state::{LogitRows, State};
 use crate::error::{Error, Result};
-use crate::gpu::{Recorder, Tensor};
+use crate::gpu::{Recorder, Tensor, Weight};
 use crate::ops::activation::{self, Gelu};
 use crate::ops::matmul::{linear, Store};
 use crate::ops::{attention, embed, norm, posenc};
@@ -15,19 +15,19 @@ use crate::ops::{attention, embed, norm, posenc};
 pub struct Layer {
     pub attn_norm: Tensor,   // (dim,)
     pub attn_norm_b: Tensor, // (dim,)
-    pub wq: Tensor,          // (n_heads * head_dim, dim)
+    pub wq: Weight,          // (n_heads * head_dim, dim)
     pub bq: Tensor,          // (n_heads * head_dim,)
-    pub wk: Tensor,          // (n_kv_heads * head_dim, dim)
+    pub wk: Weight,          // (n_kv_heads * head_dim, dim)
     pub bk: Tensor,          // (n_kv_heads * head_dim,)
-    pub wv: Tensor,          // (n_kv_heads * head_dim, dim)
+    pub wv: Weight,          // (n_kv_heads * head_dim, dim)
     pub bv: Tensor,          // (n_kv_heads * head_dim,)
-    pub wo: Tensor,          // (dim, n_heads * head_dim)
+    pub wo: Weight,          // (dim, n_heads * head_dim)
     pub bo: Tensor,          // (dim,)
     pub ffn_norm: Tensor,    // (dim,)
     pub ffn_norm_b: Tensor,  // (dim,)
-    pub w_up: Tensor,        // (ffn_dim, dim)   GPT-2 mlp.c_fc, XGLM fc1
+    pub w_up: Weight,        // (ffn_dim, dim)   GPT-2 mlp.c_fc, XGLM fc1
     pub b_up: Tensor,        // (ffn_dim,)
-    pub w_down: Tensor,      // (dim, ffn_dim)   GPT-2 mlp.c_proj, XGLM fc2
+    pub w_down: Weight,      // (dim, ffn_dim)   GPT-2 mlp.c_proj, XGLM fc2
     pub b_down: Tensor,      // (dim,)
 }
 
@@ -41,18 +41,18 @@ pub enum PositionTable {
 
 pub struct Gpt {
     pub cfg: ModelConfig,
-    pub embed: Tensor, // (vocab, dim)
+    pub embed: Weight, // (vocab, dim)
     pub positions: PositionTable,
     pub layers: Vec<Layer>,
     pub norm: Tensor,            // (dim,)
     pub norm_b: Tensor,          // (dim,)
-    pub lm_head: Option<Tensor>, // (vocab, dim); None: tied to `embed`
+    pub lm_head: Option<Weight>, // (vocab, dim); None: tied to `embed`
     gelu: Gelu,
 }
 
 impl Gpt {
     /// Checks that the config describes this block (LayerNorm, GELU MLP, absolute positions).
-    pub fn new(cfg: ModelConfig, embed: Tensor, positions: PositionTable, layers: Vec<Layer>, norm: Tensor, norm_b: Tensor, lm_head: Option<Tensor>) -> Result<Self> {
+    pub fn new(cfg: ModelConfig, embed: Weight, positions: PositionTable, layers: Vec<Layer>, norm: Tensor, norm_b: Tensor, lm_head: Option<Weight>) -> Result<Self> {
         let gelu = match cfg.mlp {
             Mlp::Gelu(g) => g,
             Mlp::SwiGlu => return Err(Error::Unsupported(format!("{}: a SwiGLU MLP in a GPT-style block", cfg.arch.name()))),
@@ -62,6 +62,15 @@ impl Gpt {
             return Err(Error::Unsupported(format!("{}: positions {:?} in a GPT-style block", cfg.arch.name(), cfg.positions)));
         }
         Ok(Gpt { cfg, embed, positions, layers, norm, norm_b, lm_head, gelu })
+    }
+
+    pub fn weights(&self) -> Vec<&Weight> {
+        let mut v = vec![&self.embed];
+        for l in &self.layers {
+            v.extend([&l.wq, &l.wk, &l.wv, &l.wo, &l.w_up, &l.w_down]);
+        }
+        v.extend(self.lm_head.as_ref());
+        v
     }
 
     /// Records the forward pass of `n` tokens whose ids sit in `st.tokens[pos0..pos0 + n]`,

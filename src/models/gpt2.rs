@@ -9,7 +9,7 @@ use super::config::{parse_json, Arch, Mlp, ModelConfig, Norm, Positions};
 use super::gpt::{Gpt, Layer, PositionTable};
 use super::llama::{read_f32, upload};
 use crate::error::{Error, Result};
-use crate::gpu::{Context, Tensor};
+use crate::gpu::{Context, Tensor, Weight};
 use crate::ops::activation::Gelu;
 use crate::weights::TensorSource;
 
@@ -126,13 +126,13 @@ pub fn load(ctx: &Context, cfg: ModelConfig, src: &dyn TensorSource, progress: &
             full
         }
     };
-    let mut get = |name: &str, shape: &[usize]| upload(ctx, src, name, shape, progress);
-    let embed = get(&n("embed", None), &[cfg.vocab, d])?;
-    let positions = PositionTable::Learned(get(&n("positions", None), &[cfg.max_ctx, d])?);
+    let embed = Weight::from_f32(ctx, "embed", &[cfg.vocab, d], &read_f32(src, &n("embed", None), &[cfg.vocab, d], progress)?)?;
+    let positions = PositionTable::Learned(upload(ctx, src, &n("positions", None), &[cfg.max_ctx, d], progress)?);
     let mut layers = Vec::with_capacity(cfg.n_layers);
     for i in 0..cfg.n_layers {
         let l = Some(i);
         let up = |name: &str, shape: &[usize], data: &[f32]| Tensor::upload_f32(ctx, name, shape, data);
+        let upw = |name: &str, shape: &[usize], data: &[f32]| Weight::from_f32(ctx, name, shape, data);
         // Conv1D: y = x · W + b with W (in, out); the fused c_attn's out is [q | k | v].
         let wqkv = transpose(&read_f32(src, &n("wqkv", l), &[d, 3 * d], progress)?, d, 3 * d);
         let bqkv = read_f32(src, &n("bqkv", l), &[3 * d], progress)?;
@@ -143,26 +143,26 @@ pub fn load(ctx: &Context, cfg: ModelConfig, src: &dyn TensorSource, progress: &
         layers.push(Layer {
             attn_norm: upload(ctx, src, &n("attn_norm", l), &[d], progress)?,
             attn_norm_b: upload(ctx, src, &n("attn_norm_b", l), &[d], progress)?,
-            wq: up("wq", &[d, d], &wqkv[rows(0)])?,
-            wk: up("wk", &[d, d], &wqkv[rows(1)])?,
-            wv: up("wv", &[d, d], &wqkv[rows(2)])?,
+            wq: upw("wq", &[d, d], &wqkv[rows(0)])?,
+            wk: upw("wk", &[d, d], &wqkv[rows(1)])?,
+            wv: upw("wv", &[d, d], &wqkv[rows(2)])?,
             bq: up("bq", &[d], &bqkv[..d])?,
             bk: up("bk", &[d], &bqkv[d..2 * d])?,
             bv: up("bv", &[d], &bqkv[2 * d..])?,
-            wo: up("wo", &[d, d], &wo)?,
+            wo: upw("wo", &[d, d], &wo)?,
             bo: upload(ctx, src, &n("bo", l), &[d], progress)?,
             ffn_norm: upload(ctx, src, &n("ffn_norm", l), &[d], progress)?,
             ffn_norm_b: upload(ctx, src, &n("ffn_norm_b", l), &[d], progress)?,
-            w_up: up("w_up", &[f, d], &w_up)?,
+            w_up: upw("w_up", &[f, d], &w_up)?,
             b_up: upload(ctx, src, &n("b_up", l), &[f], progress)?,
-            w_down: up("w_down", &[d, f], &w_down)?,
+            w_down: upw("w_down", &[d, f], &w_down)?,
             b_down: upload(ctx, src, &n("b_down", l), &[d], progress)?,
         });
     }
     let mut get = |name: &str, shape: &[usize]| upload(ctx, src, name, shape, progress);
     let norm = get(&n("norm", None), &[d])?;
     let norm_b = get(&n("norm_b", None), &[d])?;
-    let lm_head = if cfg.tied_embeddings { None } else { Some(get(&n("lm_head", None), &[cfg.vocab, d])?) };
+    let lm_head = if cfg.tied_embeddings { None } else { Some(Weight::from_f32(ctx, "lm_head", &[cfg.vocab, d], &read_f32(src, &n("lm_head", None), &[cfg.vocab, d], progress)?)?) };
     Gpt::new(cfg, embed, positions, layers, norm, norm_b, lm_head)
 }
 

@@ -11,7 +11,7 @@ use crate::gpu::Context;
 use crate::tokenizer::Tokenizer;
 use crate::weights::gguf::Gguf;
 use crate::weights::safetensors::SafetensorsSource;
-use crate::weights::TensorSource;
+use crate::weights::{DType, TensorSource};
 
 /// Settings a model ships in `generation_config.json` (or GGUF metadata); `quill write` uses
 /// the sampling ones where no flag is given (`SamplingParams::resolve`).
@@ -60,23 +60,64 @@ fn dtype_summary<'a>(dtypes: impl Iterator<Item = &'a str>) -> String {
     counts.iter().map(|(n, c)| format!("{n} ×{c}")).collect::<Vec<_>>().join(", ")
 }
 
-fn check_fits(ctx: &Context, cfg: &ModelConfig, file: &str) -> Result<()> {
-    let biggest = 4 * (cfg.vocab * cfg.dim).max(cfg.ffn_dim * cfg.dim) as u64;
-    let max = ctx.limits.max_storage_buffer_binding_size.min(ctx.limits.max_buffer_size);
-    if biggest > max {
-        return Err(Error::MissingCapability {
-            adapter: ctx.adapter_name().to_string(),
-            msg: format!("{file}: the largest weight needs {biggest} bytes in one binding, the adapter allows {max}"),
-        });
-    }
-    Ok(())
+/// Which storage type weight matrices get on the GPU (`--dtype`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum WeightType {
+    /// As the file stores them (BF16 becomes f32): GGUF stays quantized.
+    #[default]
+    Native,
+    F32,
+    F16,
+    /// Quantized to Q8_0 at load.
+    Q8_0,
 }
 
-/// Loads a GGUF model (weights dequantized to f32 on upload) and the tokenizer it carries.
+impl WeightType {
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "native" | "auto" => WeightType::Native,
+            "f32" => WeightType::F32,
+            "f16" => WeightType::F16,
+            "q8_0" | "q8" => WeightType::Q8_0,
+            _ => return Err(Error::arg("--dtype", format!("'{s}' is not one of native, f32, f16, q8_0"))),
+        })
+    }
+}
+
+/// How to load a model.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadOptions {
+    pub dtype: WeightType,
+}
+
+impl LoadOptions {
+    /// The GPU storage type of a matrix the file stores as `file`, with rows of `cols`: f32
+    /// where the wanted type's blocks (or the kernels' 32-weight units) do not divide a row.
+    pub fn storage(&self, file: DType, cols: usize) -> DType {
+        let want = match self.dtype {
+            WeightType::Native if file == DType::BF16 => DType::F32,
+            WeightType::Native => file,
+            WeightType::F32 => DType::F32,
+            WeightType::F16 => DType::F16,
+            WeightType::Q8_0 => DType::Q8_0,
+        };
+        if want == DType::F32 || (cols % 32 == 0 && cols % want.block_len() == 0) {
+            want
+        } else {
+            DType::F32
+        }
+    }
+}
+
+/// Loads a GGUF model (weights kept in the file's storage types) and the tokenizer it carries.
 pub fn load_gguf(ctx: &Context, file: &str, bytes: &[u8], progress: &mut dyn FnMut(u64, u64)) -> Result<LoadedModel> {
+    load_gguf_with(ctx, file, bytes, &LoadOptions::default(), progress)
+}
+
+/// Loads a GGUF model with weights stored as `opts` says.
+pub fn load_gguf_with(ctx: &Context, file: &str, bytes: &[u8], opts: &LoadOptions, progress: &mut dyn FnMut(u64, u64)) -> Result<LoadedModel> {
     let g = Gguf::parse(file, bytes)?;
     let cfg = ModelConfig::from_gguf(&g)?;
-    check_fits(ctx, &cfg, file)?;
     let tokenizer = Tokenizer::from_gguf(&g)?;
     let total: u64 = g.tensors.iter().map(|t| t.n_bytes as u64).sum();
     let mut done = 0;
@@ -85,8 +126,8 @@ pub fn load_gguf(ctx: &Context, file: &str, bytes: &[u8], progress: &mut dyn FnM
         progress(done, total)
     };
     let llama = match cfg.arch {
-        Arch::Qwen2 => qwen2::load(ctx, cfg, &g, Naming::Gguf, &mut count)?,
-        Arch::Llama => llama::load(ctx, cfg, &g, Naming::Gguf, &mut count)?,
+        Arch::Qwen2 => qwen2::load(ctx, cfg, &g, Naming::Gguf, opts, &mut count)?,
+        Arch::Llama => llama::load(ctx, cfg, &g, Naming::Gguf, opts, &mut count)?,
         other => return Err(Error::Unsupported(format!("{file}: {} in a GGUF file", other.name()))),
     };
     let defaults = GenerationDefaults { eos_ids: tokenizer.eos_ids.clone(), ..Default::default() };
@@ -153,9 +194,14 @@ fn generation_defaults(bytes: Option<&[u8]>, file: &str) -> Result<GenerationDef
 
 /// Loads a Hugging Face model directory's files.
 pub fn load_hf(ctx: &Context, files: &HfFiles, progress: &mut dyn FnMut(u64, u64)) -> Result<LoadedModel> {
+    load_hf_with(ctx, files, &LoadOptions::default(), progress)
+}
+
+/// Loads a Hugging Face model directory's files with weights stored as `opts` says (Llama and
+/// Qwen2; GPT-2 and XGLM weights are f32).
+pub fn load_hf_with(ctx: &Context, files: &HfFiles, opts: &LoadOptions, progress: &mut dyn FnMut(u64, u64)) -> Result<LoadedModel> {
     let dir = &files.dir;
     let cfg = ModelConfig::from_hf_json(files.config_json, &format!("{dir}/config.json"))?;
-    check_fits(ctx, &cfg, dir)?;
     let tokenizer_json = files
         .tokenizer_json
         .ok_or_else(|| Error::format(format!("{dir}/tokenizer.json"), "missing: quill needs the model's tokenizer.json"))?;
@@ -169,8 +215,8 @@ pub fn load_hf(ctx: &Context, files: &HfFiles, progress: &mut dyn FnMut(u64, u64
         progress(done, total)
     };
     let model = match cfg.arch {
-        Arch::Llama => Model::Llama(llama::load(ctx, cfg, &src, Naming::HuggingFace, &mut count)?),
-        Arch::Qwen2 => Model::Llama(qwen2::load(ctx, cfg, &src, Naming::HuggingFace, &mut count)?),
+        Arch::Llama => Model::Llama(llama::load(ctx, cfg, &src, Naming::HuggingFace, opts, &mut count)?),
+        Arch::Qwen2 => Model::Llama(qwen2::load(ctx, cfg, &src, Naming::HuggingFace, opts, &mut count)?),
         Arch::Gpt2 => Model::Gpt(gpt2::load(ctx, cfg, &src, &mut count)?),
         Arch::Xglm => Model::Gpt(xglm::load(ctx, cfg, &src, &mut count)?),
     };

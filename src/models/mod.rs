@@ -28,6 +28,28 @@ impl Model {
             Model::Gpt(m) => &m.cfg,
         }
     }
+    /// Every weight matrix, for memory and storage-type summaries.
+    pub fn weights(&self) -> Vec<&crate::gpu::Weight> {
+        match self {
+            Model::Llama(m) => m.weights(),
+            Model::Gpt(m) => m.weights(),
+        }
+    }
+    /// Bytes of weight matrices on the GPU.
+    pub fn weight_bytes(&self) -> u64 {
+        self.weights().iter().map(|w| w.bytes()).sum()
+    }
+    /// The storage types of the weight matrices, e.g. "Q4_1 ×90, Q8_0 ×1".
+    pub fn weight_types(&self) -> String {
+        let mut counts: Vec<(&str, usize)> = Vec::new();
+        for w in self.weights() {
+            match counts.iter_mut().find(|(n, _)| *n == w.dtype.name()) {
+                Some((_, c)) => *c += 1,
+                None => counts.push((w.dtype.name(), 1)),
+            }
+        }
+        counts.iter().map(|(n, c)| format!("{n} ×{c}")).collect::<Vec<_>>().join(", ")
+    }
     pub fn forward(&self, rec: &mut crate::gpu::Recorder, st: &State, pos0: usize, n: usize, rows: LogitRows) -> crate::Result<()> {
         match self {
             Model::Llama(m) => m.forward(rec, st, pos0, n, rows),

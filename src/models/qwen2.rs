@@ -100,8 +100,8 @@ pub fn name(n: Naming, ours: &str, layer: Option<usize>) -> String {
 }
 
 /// Uploads every weight once. `progress` is called with the bytes of each tensor read.
-pub fn load(ctx: &Context, cfg: ModelConfig, src: &dyn TensorSource, naming: Naming, progress: &mut dyn FnMut(u64)) -> Result<Llama> {
-    Llama::load(ctx, cfg, src, &|ours, layer| name(naming, ours, layer), progress)
+pub fn load(ctx: &Context, cfg: ModelConfig, src: &dyn TensorSource, naming: Naming, opts: &super::load::LoadOptions, progress: &mut dyn FnMut(u64)) -> Result<Llama> {
+    Llama::load(ctx, cfg, src, &|ours, layer| name(naming, ours, layer), opts, progress)
 }
 
 #[cfg(test)]

@@ -8,9 +8,9 @@ use serde::Deserialize;
 use super::config::{parse_json, Arch, Mlp, ModelConfig, Norm, Positions};
 use super::gpt::{Gpt, Layer, PositionTable};
 use super::gpt2::gelu_named;
-use super::llama::upload;
+use super::llama::{read_f32, upload};
 use crate::error::{Error, Result};
-use crate::gpu::Context;
+use crate::gpu::{Context, Weight};
 use crate::ops::posenc::SinusoidalLayout;
 use crate::weights::TensorSource;
 
@@ -95,36 +95,40 @@ fn name(ours: &str, layer: Option<usize>) -> String {
     }
 }
 
+/// Reads an f32 weight matrix and uploads it.
+fn weight(ctx: &Context, src: &dyn TensorSource, name: &str, shape: &[usize], progress: &mut dyn FnMut(u64)) -> Result<Weight> {
+    Weight::from_f32(ctx, name, shape, &read_f32(src, name, shape, progress)?)
+}
+
 /// Uploads every weight once. `progress` is called with the bytes of each tensor read.
 pub fn load(ctx: &Context, cfg: ModelConfig, src: &dyn TensorSource, progress: &mut dyn FnMut(u64)) -> Result<Gpt> {
     let (d, f) = (cfg.dim, cfg.ffn_dim);
-    let mut get = |ours: &str, layer: Option<usize>, shape: &[usize]| upload(ctx, src, &name(ours, layer), shape, progress);
-    let embed = get("embed", None, &[cfg.vocab, d])?;
+    let embed = Weight::from_f32(ctx, "embed", &[cfg.vocab, d], &read_f32(src, &name("embed", None), &[cfg.vocab, d], progress)?)?;
     let Positions::Sinusoidal { offset, layout, embed_scale } = cfg.positions else { unreachable!("xglm positions are sinusoidal") };
     let mut layers = Vec::with_capacity(cfg.n_layers);
     for i in 0..cfg.n_layers {
         let l = Some(i);
         layers.push(Layer {
-            attn_norm: get("attn_norm", l, &[d])?,
-            attn_norm_b: get("attn_norm_b", l, &[d])?,
-            wq: get("wq", l, &[d, d])?,
-            bq: get("bq", l, &[d])?,
-            wk: get("wk", l, &[d, d])?,
-            bk: get("bk", l, &[d])?,
-            wv: get("wv", l, &[d, d])?,
-            bv: get("bv", l, &[d])?,
-            wo: get("wo", l, &[d, d])?,
-            bo: get("bo", l, &[d])?,
-            ffn_norm: get("ffn_norm", l, &[d])?,
-            ffn_norm_b: get("ffn_norm_b", l, &[d])?,
-            w_up: get("w_up", l, &[f, d])?,
-            b_up: get("b_up", l, &[f])?,
-            w_down: get("w_down", l, &[d, f])?,
-            b_down: get("b_down", l, &[d])?,
+            attn_norm: upload(ctx, src, &name("attn_norm", l), &[d], progress)?,
+            attn_norm_b: upload(ctx, src, &name("attn_norm_b", l), &[d], progress)?,
+            wq: weight(ctx, src, &name("wq", l), &[d, d], progress)?,
+            bq: upload(ctx, src, &name("bq", l), &[d], progress)?,
+            wk: weight(ctx, src, &name("wk", l), &[d, d], progress)?,
+            bk: upload(ctx, src, &name("bk", l), &[d], progress)?,
+            wv: weight(ctx, src, &name("wv", l), &[d, d], progress)?,
+            bv: upload(ctx, src, &name("bv", l), &[d], progress)?,
+            wo: weight(ctx, src, &name("wo", l), &[d, d], progress)?,
+            bo: upload(ctx, src, &name("bo", l), &[d], progress)?,
+            ffn_norm: upload(ctx, src, &name("ffn_norm", l), &[d], progress)?,
+            ffn_norm_b: upload(ctx, src, &name("ffn_norm_b", l), &[d], progress)?,
+            w_up: weight(ctx, src, &name("w_up", l), &[f, d], progress)?,
+            b_up: upload(ctx, src, &name("b_up", l), &[f], progress)?,
+            w_down: weight(ctx, src, &name("w_down", l), &[d, f], progress)?,
+            b_down: upload(ctx, src, &name("b_down", l), &[d], progress)?,
         });
     }
-    let norm = get("norm", None, &[d])?;
-    let norm_b = get("norm_b", None, &[d])?;
-    let lm_head = if cfg.tied_embeddings { None } else { Some(get("lm_head", None, &[cfg.vocab, d])?) };
+    let norm = upload(ctx, src, &name("norm", None), &[d], progress)?;
+    let norm_b = upload(ctx, src, &name("norm_b", None), &[d], progress)?;
+    let lm_head = if cfg.tied_embeddings { None } else { Some(weight(ctx, src, &name("lm_head", None), &[cfg.vocab, d], progress)?) };
     Gpt::new(cfg, embed, PositionTable::Sinusoidal { offset, layout, embed_scale }, layers, norm, norm_b, lm_head)
 }

@@ -1,7 +1,9 @@
-//! Token embedding gather.
+//! Token embedding gather from a table in any storage format (dequantized on the GPU).
 
+use super::matmul::{quant_shader, QuantParams};
 use crate::error::{Error, Result};
-use crate::gpu::{grid, OpInfo, Recorder, Shader, Tensor};
+use crate::gpu::{grid, OpInfo, Recorder, Shader, Tensor, Weight};
+use crate::weights::DType;
 
 pub const SHADER: Shader = Shader { name: "embed", body: include_str!("../../shaders/embed.wgsl") };
 
@@ -14,25 +16,49 @@ struct Params {
     vocab: u32,
 }
 
-/// FLOPs and bytes of embed: reads n_tokens ids and rows of dim floats, writes them.
-pub fn cost(n_tokens: usize, dim: usize) -> (u64, u64) {
-    (0, 8 * (n_tokens * dim) as u64 + 4 * n_tokens as u64)
+/// FLOPs and bytes of embed: reads n_tokens ids and rows of `row_bytes`, writes f32 rows.
+pub fn cost(n_tokens: usize, dim: usize, row_bytes: u64) -> (u64, u64) {
+    (0, n_tokens as u64 * (row_bytes + 4 * dim as u64 + 4))
 }
 
 /// out[t, :] = table[ids[id_offset + t], :] for t < n_tokens.
 /// table: (vocab, dim); ids: u32 on the GPU; out: (>= n_tokens, dim).
-pub fn embed(rec: &mut Recorder, table: &Tensor, ids: &Tensor, id_offset: usize, n_tokens: usize, out: &Tensor) -> Result<()> {
-    let [vocab, dim] = table.shape[..] else {
-        return Err(Error::Shape { op: "embed", msg: format!("table must be 2-D, is {:?}", table.shape) });
-    };
+pub fn embed(rec: &mut Recorder, table: &Weight, ids: &Tensor, id_offset: usize, n_tokens: usize, out: &Tensor) -> Result<()> {
+    let (vocab, dim) = (table.rows, table.cols);
     ids.holds("embed", "ids", id_offset + n_tokens)?;
     out.holds("embed", "out", n_tokens * dim)?;
-    let pipe = rec.ctx.pipeline(&SHADER, "embed", &[])?;
-    let p = Params { n_tokens: n_tokens as u32, dim: dim as u32, id_offset: id_offset as u32, vocab: vocab as u32 };
-    let (flops, bytes) = cost(n_tokens, dim);
+    let (flops, bytes) = cost(n_tokens, dim, table.bytes() / vocab.max(1) as u64);
     let info = OpInfo::new("embed", flops, bytes);
-    let wg = grid(rec.ctx, (n_tokens * dim).div_ceil(256) as u32);
-    rec.dispatch(info, &pipe, &[&table.buf, &ids.buf, &out.buf], &p, wg);
+    if dim % 4 != 0 || dim % table.dtype.block_len() != 0 {
+        // Plain f32 gather for tables of odd widths.
+        if table.dtype != DType::F32 || table.chunks.len() != 1 {
+            return Err(Error::Shape { op: "embed", msg: format!("a {} table of width {dim} must be f32 in one binding", table.dtype.name()) });
+        }
+        let pipe = rec.ctx.pipeline(&SHADER, "embed", &[])?;
+        let p = Params { n_tokens: n_tokens as u32, dim: dim as u32, id_offset: id_offset as u32, vocab: vocab as u32 };
+        let wg = grid(rec.ctx, (n_tokens * dim).div_ceil(256) as u32);
+        rec.dispatch(info, &pipe, &[&table.chunks[0].quants, &ids.buf, &out.buf], &p, wg);
+        return Ok(());
+    }
+    let shader = quant_shader(table.dtype).ok_or_else(|| Error::Shape { op: "embed", msg: format!("{} tables must be converted at load", table.dtype.name()) })?;
+    let pipe = rec.ctx.pipeline(shader, "embed", &[])?;
+    let [spare0, spare1] = &rec.ctx.spare;
+    for (i, c) in table.chunks.iter().enumerate() {
+        let p = QuantParams {
+            t: n_tokens as u32,
+            k: dim as u32,
+            n: c.rows as u32,
+            row0: c.row0 as u32,
+            n_total: vocab as u32,
+            id_offset: id_offset as u32,
+            vocab: vocab as u32,
+            ..Default::default()
+        };
+        let scales = c.scales.as_ref().unwrap_or(&c.quants);
+        let buffers = [&ids.buf, &c.quants, scales, &c.quants, &out.buf, spare0, spare1];
+        let info = if i == 0 { info } else { OpInfo { flops: 0, bytes: 0, ..info } };
+        rec.dispatch(info, &pipe, &buffers, &p, grid(rec.ctx, (n_tokens * dim / 4).div_ceil(64) as u32));
+    }
     Ok(())
 }
 
@@ -49,10 +75,10 @@ mod tests {
     #[test]
     fn embed_matches_reference_on_odd_sizes() {
         let Some(ctx) = crate::gpu::context::test_context() else { return };
-        for &(vocab, dim, n) in &[(1usize, 1usize, 1usize), (37, 13, 5), (301, 67, 19)] {
+        for &(vocab, dim, n) in &[(1usize, 1usize, 1usize), (37, 13, 5), (301, 67, 19), (301, 68, 19)] {
             let table = test_values(vocab * dim, 3);
             let ids: Vec<u32> = (0..n + 2).map(|i| ((i * 7 + 3) % vocab) as u32).collect();
-            let t = Tensor::upload_f32(ctx, "table", &[vocab, dim], &table).unwrap();
+            let t = Weight::from_f32(ctx, "table", &[vocab, dim], &table).unwrap();
             let id_buf = Tensor { buf: ctx.upload("ids", &ids).unwrap(), shape: vec![ids.len()] };
             let out = Tensor::zeros(ctx, "out", &[n, dim]).unwrap();
             let mut rec = Recorder::new(ctx, "test");
@@ -61,6 +87,31 @@ mod tests {
             let got = ctx.read_f32(&out.buf, 0, n * dim).unwrap();
             // A gather copies bits: exact.
             compare(&got, &reference(&table, dim, &ids[2..]), 0.0, 0.0).unwrap_or_else(|e| panic!("vocab {vocab} dim {dim}: {e}"));
+        }
+    }
+
+    #[test]
+    fn quantized_tables_and_split_bindings_dequantize_exactly() {
+        let Some(ctx) = crate::gpu::context::test_context() else { return };
+        let (vocab, n) = (77usize, 9usize);
+        let ids: Vec<u32> = (0..n).map(|i| ((i * 13 + 5) % vocab) as u32).chain([76, 0]).collect();
+        let id_buf = Tensor { buf: ctx.upload("ids", &ids).unwrap(), shape: vec![ids.len()] };
+        for dtype in [DType::F32, DType::F16, DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q4_K, DType::Q5_K, DType::Q6_K] {
+            let dim = if dtype.block_len() == 256 { 512 } else { 96 };
+            let bytes = super::super::matmul::tests::random_rows(dtype, vocab, dim, 5);
+            let rows: Vec<&[u8]> = bytes.chunks(dtype.bytes_for(dim).unwrap()).collect();
+            let want_table = crate::weights::dtype::dequantize(dtype, &bytes, vocab * dim).unwrap();
+            let row = crate::weights::repack::quant_bytes_per_row(dtype, dim) as u64;
+            for limit in [u64::MAX, 32 * row] {
+                let t = Weight::from_rows(ctx, "table", dtype, dim, &rows, limit).unwrap();
+                let out = Tensor::zeros(ctx, "out", &[ids.len(), dim]).unwrap();
+                let mut rec = Recorder::new(ctx, "test");
+                embed(&mut rec, &t, &id_buf, 0, ids.len(), &out).unwrap();
+                rec.submit().unwrap();
+                let got = ctx.read_f32(&out.buf, 0, ids.len() * dim).unwrap();
+                // The same products of an f16 scale and a small integer in f32: within an ulp or two.
+                compare(&got, &reference(&want_table, dim, &ids), 1e-7, 1e-6).unwrap_or_else(|e| panic!("{dtype:?} chunks {}: {e}", t.chunks.len()));
+            }
         }
     }
 }

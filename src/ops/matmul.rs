@@ -1,12 +1,70 @@
-//! Linear layers: y = x · Wᵀ (+ bias) (+ y), W row-major [n, k].
-//! Prefill (many tokens) uses the tiled matrix-matrix kernel; decode uses the mat-vec kernel,
-//! which reads each weight row once per token with coalesced loads.
+//! Linear layers: y = x · Wᵀ (+ bias) (+ y), W row-major [n, k] in any storage format.
+//! Weights whose rows are whole 32-weight units (every real model) go through `quant.wgsl`
+//! with one small file per format (`shaders/formats/`), dequantizing in registers and
+//! accumulating in f32: a mat-vec kernel for decode, a tiled matrix-matrix kernel for prefill.
+//! f32 weights of other widths (tiny test models) take the plain f32 kernels of `matmul.wgsl`.
+//! What follows a projection is fused into its store: bias, residual add, the Q/K/V split and
+//! SwiGLU over interleaved gate/up rows (`Out`).
 
 use crate::error::{Error, Result};
-use crate::gpu::{grid, OpInfo, Recorder, Shader, Tensor};
+use crate::gpu::{grid, OpInfo, Recorder, Shader, Tensor, Weight};
+use crate::weights::DType;
 
 pub const SHADER: Shader = Shader { name: "matmul", body: include_str!("../../shaders/matmul.wgsl") };
 
+macro_rules! quant_shader {
+    ($name:literal, $file:literal) => {
+        Shader { name: $name, body: concat!(include_str!(concat!("../../shaders/formats/", $file)), "\n", include_str!("../../shaders/quant.wgsl")) }
+    };
+}
+
+/// The quantized-weight kernels, one shader per storage format.
+pub const QUANT_SHADERS: [Shader; 8] = [
+    quant_shader!("quant_f32", "f32.wgsl"),
+    quant_shader!("quant_f16", "f16.wgsl"),
+    quant_shader!("quant_q8_0", "q8_0.wgsl"),
+    quant_shader!("quant_q4_0", "q4_0.wgsl"),
+    quant_shader!("quant_q4_1", "q4_1.wgsl"),
+    quant_shader!("quant_q4_k", "q4_k.wgsl"),
+    quant_shader!("quant_q5_k", "q5_k.wgsl"),
+    quant_shader!("quant_q6_k", "q6_k.wgsl"),
+];
+
+/// The `quant.wgsl` shader for weights of `dtype`.
+pub fn quant_shader(dtype: DType) -> Option<&'static Shader> {
+    let i = match dtype {
+        DType::F32 => 0,
+        DType::F16 => 1,
+        DType::Q8_0 => 2,
+        DType::Q4_0 => 3,
+        DType::Q4_1 => 4,
+        DType::Q4_K => 5,
+        DType::Q5_K => 6,
+        DType::Q6_K => 7,
+        DType::BF16 => return None,
+    };
+    Some(&QUANT_SHADERS[i])
+}
+
+/// Uniforms of `quant.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct QuantParams {
+    pub t: u32,
+    pub k: u32,
+    pub n: u32,
+    pub row0: u32,
+    pub n_total: u32,
+    pub mode: u32,
+    pub split1: u32,
+    pub split2: u32,
+    pub has_bias: u32,
+    pub id_offset: u32,
+    pub vocab: u32,
+    pub _pad: u32,
+}
+
+/// Uniforms of the f32 kernels of `matmul.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
@@ -30,48 +88,122 @@ pub enum Store {
     Accumulate,
 }
 
-/// FLOPs and bytes of one linear layer over `t` tokens.
-pub fn cost(t: usize, k: usize, n: usize, store: Store) -> (u64, u64) {
-    let (t, k, n) = (t as u64, k as u64, n as u64);
-    let y_bytes = if store == Store::Accumulate { 8 * t * n } else { 4 * t * n };
-    (2 * t * k * n, 4 * (n * k + t * k) + y_bytes)
+/// Where a linear layer's rows go.
+#[derive(Clone, Copy)]
+pub enum Out<'a> {
+    /// All rows into one tensor (t, n).
+    One(&'a Tensor, Store),
+    /// A fused Q/K/V projection: rows [0, s1) into the first tensor, [s1, s2) into the second,
+    /// [s2, n) into the third, each (t, its rows).
+    Split3(&'a Tensor, &'a Tensor, &'a Tensor, usize, usize),
+    /// A fused gate/up projection whose rows interleave gate and up (gate r at 2r, up r at
+    /// 2r + 1): silu(gate) · up into (t, n / 2).
+    SwiGlu(&'a Tensor),
 }
 
-/// y[:t] = x[:t] · Wᵀ (+ bias); x: (>= t, k), w: (n, k), bias: (n,), y: (>= t, n).
-/// `bias` is bound even when None (any buffer will do; it is not read).
+/// FLOPs and bytes of one linear layer over `t` tokens with `w_bytes` of weights.
+pub fn cost(t: usize, k: usize, n: usize, w_bytes: u64, store: Store) -> (u64, u64) {
+    let (t, k, n) = (t as u64, k as u64, n as u64);
+    let y_bytes = if store == Store::Accumulate { 8 * t * n } else { 4 * t * n };
+    (2 * t * k * n, w_bytes + 4 * t * k + y_bytes)
+}
+
+/// y[:t] = x[:t] · Wᵀ (+ bias) stored as `store` says; x: (>= t, k), w: (n, k), bias: (n,),
+/// y: (>= t, n).
 #[allow(clippy::too_many_arguments)]
-pub fn linear(rec: &mut Recorder, op: &'static str, layer: Option<usize>, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &Tensor, t: usize, store: Store) -> Result<()> {
-    let [n, k] = w.shape[..] else {
-        return Err(Error::Shape { op, msg: format!("weight must be 2-D [out, in], is {:?}", w.shape) });
-    };
+pub fn linear(rec: &mut Recorder, op: &'static str, layer: Option<usize>, x: &Tensor, w: &Weight, bias: Option<&Tensor>, y: &Tensor, t: usize, store: Store) -> Result<()> {
+    linear_out(rec, op, layer, x, w, bias, Out::One(y, store), t)
+}
+
+/// A linear layer whose rows go where `out` says.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_out(rec: &mut Recorder, op: &'static str, layer: Option<usize>, x: &Tensor, w: &Weight, bias: Option<&Tensor>, out: Out, t: usize) -> Result<()> {
+    let (n, k) = (w.rows, w.cols);
     if x.shape.last() != Some(&k) {
         return Err(Error::Shape { op, msg: format!("input {:?} does not end in the weight's in-features {k}", x.shape) });
     }
     x.holds(op, "input", t * k)?;
-    y.holds(op, "output", t * n)?;
     if let Some(b) = bias {
         if b.numel() != n {
             return Err(Error::Shape { op, msg: format!("bias has {} values, expected {n}", b.numel()) });
         }
     }
-    let p = Params { t: t as u32, k: k as u32, n: n as u32, has_bias: bias.is_some() as u32, accumulate: (store == Store::Accumulate) as u32, _pad: [0; 3] };
-    let (flops, bytes) = cost(t, k, n, store);
+    let (mode, split1, split2, y0, y1, y2, store) = match out {
+        Out::One(y, store) => {
+            y.holds(op, "output", t * n)?;
+            (if store == Store::Accumulate { 1 } else { 0 }, 0, 0, y, None, None, store)
+        }
+        Out::Split3(a, b, c, s1, s2) => {
+            if !(s1 <= s2 && s2 <= n) {
+                return Err(Error::Shape { op, msg: format!("split rows {s1}, {s2} outside {n}") });
+            }
+            a.holds(op, "first output", t * s1)?;
+            b.holds(op, "second output", t * (s2 - s1))?;
+            c.holds(op, "third output", t * (n - s2))?;
+            (2, s1, s2, a, Some(b), Some(c), Store::Write)
+        }
+        Out::SwiGlu(y) => {
+            if n % 2 != 0 {
+                return Err(Error::Shape { op, msg: format!("SwiGLU needs interleaved gate/up rows, got {n} rows") });
+            }
+            y.holds(op, "output", t * n / 2)?;
+            (3, 0, 0, y, None, None, Store::Write)
+        }
+    };
+    let (flops, bytes) = cost(t, k, n, w.bytes(), store);
     let info = OpInfo { op, layer: layer.map(|l| l as u32), flops, bytes };
-    let bias_buf = bias.map(|b| &b.buf).unwrap_or(&w.buf);
-    let buffers = [&x.buf, &w.buf, bias_buf, &y.buf];
-    // The vec4 kernels need rows of whole vec4s; odd widths take the scalar ones.
-    let vec4 = k % 4 == 0;
-    if t <= MATVEC_MAX_TOKENS {
-        let pipe = rec.ctx.pipeline(&SHADER, if vec4 { "matvec4" } else { "matvec" }, &[])?;
-        let rows_per_workgroup = if vec4 { 32 } else { 8 };
-        let blocks = (n.div_ceil(rows_per_workgroup) * t) as u32;
-        rec.dispatch(info, &pipe, &buffers, &p, grid(rec.ctx, blocks));
-    } else if vec4 {
-        let pipe = rec.ctx.pipeline(&SHADER, "matmul4", &[])?;
-        rec.dispatch(info, &pipe, &buffers, &p, [n.div_ceil(64) as u32, t.div_ceil(64) as u32, 1]);
-    } else {
-        let pipe = rec.ctx.pipeline(&SHADER, "matmul", &[])?;
-        rec.dispatch(info, &pipe, &buffers, &p, [n.div_ceil(64) as u32, t.div_ceil(32) as u32, 1]);
+
+    if k % 32 != 0 {
+        // Plain f32 kernels: any width, one chunk, one output.
+        if w.dtype != DType::F32 || w.chunks.len() != 1 || mode > 1 {
+            return Err(Error::Shape { op, msg: format!("{} weights with {k} columns (not whole 32-weight units) need f32 storage in one binding and a plain output", w.dtype.name()) });
+        }
+        let wbuf = &w.chunks[0].quants;
+        let p = Params { t: t as u32, k: k as u32, n: n as u32, has_bias: bias.is_some() as u32, accumulate: mode, _pad: [0; 3] };
+        let buffers = [&x.buf, wbuf, bias.map(|b| &b.buf).unwrap_or(wbuf), &y0.buf];
+        if t <= MATVEC_MAX_TOKENS {
+            let pipe = rec.ctx.pipeline(&SHADER, "matvec", &[])?;
+            rec.dispatch(info, &pipe, &buffers, &p, grid(rec.ctx, (n.div_ceil(8) * t) as u32));
+        } else {
+            let pipe = rec.ctx.pipeline(&SHADER, "matmul", &[])?;
+            rec.dispatch(info, &pipe, &buffers, &p, [n.div_ceil(64) as u32, t.div_ceil(32) as u32, 1]);
+        }
+        return Ok(());
+    }
+
+    if k % w.dtype.block_len() != 0 {
+        return Err(Error::Shape { op, msg: format!("{k} columns are not whole {} blocks", w.dtype.name()) });
+    }
+    let shader = quant_shader(w.dtype).ok_or_else(|| Error::Shape { op, msg: format!("{} weights must be converted at load", w.dtype.name()) })?;
+    let entry = if t <= MATVEC_MAX_TOKENS { "matvec" } else { "matmul" };
+    let pipe = rec.ctx.pipeline(shader, entry, &[])?;
+    let [spare0, spare1] = &rec.ctx.spare;
+    for (i, c) in w.chunks.iter().enumerate() {
+        let p = QuantParams {
+            t: t as u32,
+            k: k as u32,
+            n: c.rows as u32,
+            row0: c.row0 as u32,
+            n_total: n as u32,
+            mode,
+            split1: split1 as u32,
+            split2: split2 as u32,
+            has_bias: bias.is_some() as u32,
+            ..Default::default()
+        };
+        let buffers = [
+            &x.buf,
+            &c.quants,
+            c.scales.as_ref().unwrap_or(&c.quants),
+            bias.map(|b| &b.buf).unwrap_or(&c.quants),
+            &y0.buf,
+            y1.map(|b| &b.buf).unwrap_or(spare0),
+            y2.map(|b| &b.buf).unwrap_or(spare1),
+        ];
+        // The cost is counted once, on the first chunk's dispatch.
+        let info = if i == 0 { info } else { OpInfo { flops: 0, bytes: 0, ..info } };
+        let wg = if t <= MATVEC_MAX_TOKENS { grid(rec.ctx, (c.rows.div_ceil(32) * t) as u32) } else { [c.rows.div_ceil(64) as u32, t.div_ceil(64) as u32, 1] };
+        rec.dispatch(info, &pipe, &buffers, &p, wg);
     }
     Ok(())
 }
@@ -91,7 +223,7 @@ pub fn reference(x: &[f32], w: &[f32], bias: Option<&[f32]>, y0: Option<&[f32]>,
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::ops::{compare, test_values};
 
@@ -102,7 +234,7 @@ mod tests {
         let b = test_values(n, 23);
         let y0 = test_values(t * n, 24);
         let xt = Tensor::upload_f32(ctx, "x", &[t, k], &x).unwrap();
-        let wt = Tensor::upload_f32(ctx, "w", &[n, k], &w).unwrap();
+        let wt = Weight::from_f32(ctx, "w", &[n, k], &w).unwrap();
         let bt = Tensor::upload_f32(ctx, "b", &[n], &b).unwrap();
         let yt = Tensor::upload_f32(ctx, "y", &[t, n], &y0).unwrap();
         let mut rec = Recorder::new(ctx, "test");
@@ -115,9 +247,139 @@ mod tests {
         compare(&got, &want, 2e-6 * k as f32, 1e-4).unwrap_or_else(|e| panic!("t {t} k {k} n {n} bias {with_bias} {store:?}: {e}"));
     }
 
+    /// `rows` rows of `cols` random weights of `dtype` as a file stores them: random quants
+    /// with scales set to small positive f16 values (minimums of either sign).
+    pub(crate) fn random_rows(dtype: DType, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
+        use crate::weights::dtype::f32_to_f16;
+        let n = rows * cols;
+        let noise = test_values(dtype.bytes_for(n).unwrap(), seed);
+        let mut bytes: Vec<u8> = noise.iter().map(|v| ((v + 1.0) * 127.9) as u8).collect();
+        let half = |v: f32| f32_to_f16(v).to_le_bytes();
+        match dtype {
+            DType::F32 => bytes = bytemuck::cast_slice(&test_values(n, seed)).to_vec(),
+            DType::F16 => bytes = test_values(n, seed).iter().flat_map(|&v| half(v)).collect(),
+            _ => {
+                let scale_at: &[usize] = match dtype {
+                    DType::Q8_0 | DType::Q4_0 => &[0],
+                    DType::Q4_1 | DType::Q4_K | DType::Q5_K => &[0, 2],
+                    DType::Q6_K => &[208],
+                    _ => unreachable!(),
+                };
+                let size = dtype.block_bytes();
+                for (b, block) in bytes.chunks_exact_mut(size).enumerate() {
+                    for (j, &at) in scale_at.iter().enumerate() {
+                        let v = 0.002 + 0.02 * noise[b % noise.len()].abs();
+                        block[at..at + 2].copy_from_slice(&half(if j == 1 && b % 2 == 1 { -v } else { v }));
+                    }
+                }
+            }
+        }
+        bytes
+    }
+
+    /// Runs one quantized linear layer on the GPU and checks it against dequantize-then-f32.
+    fn run_quant(dtype: DType, t: usize, k: usize, n: usize, out: &str, limit: u64) {
+        let Some(ctx) = crate::gpu::context::test_context() else { return };
+        let bytes = random_rows(dtype, n, k, (n * 31 + k) as u64);
+        let row_bytes = dtype.bytes_for(k).unwrap();
+        let rows: Vec<&[u8]> = bytes.chunks(row_bytes).collect();
+        let w = Weight::from_rows(ctx, "w", dtype, k, &rows, limit).unwrap();
+        let wf = crate::weights::dtype::dequantize(dtype, &bytes, n * k).unwrap();
+        let x = test_values(t * k, 41 + t as u64);
+        let b = test_values(n, 43);
+        let y0 = test_values(t * n, 44);
+        let xt = Tensor::upload_f32(ctx, "x", &[t, k], &x).unwrap();
+        let bt = Tensor::upload_f32(ctx, "b", &[n], &b).unwrap();
+        let wmax = wf.iter().fold(0f32, |m, v| m.max(v.abs()));
+        // f32 accumulation of k products bounded by wmax (x in [-1, 1]), as in the f32 tests.
+        let (abs, rel) = (2e-6 * k as f32 * wmax.max(1.0), 1e-4);
+        let label = format!("{dtype:?} t {t} k {k} n {n} {out} chunks {}", w.chunks.len());
+        let mut rec = Recorder::new(ctx, "test");
+        let (got, want) = match out {
+            "accumulate" => {
+                let yt = Tensor::upload_f32(ctx, "y", &[t, n], &y0).unwrap();
+                linear(&mut rec, "test", None, &xt, &w, Some(&bt), &yt, t, Store::Accumulate).unwrap();
+                rec.submit().unwrap();
+                (ctx.read_f32(&yt.buf, 0, t * n).unwrap(), reference(&x, &wf, Some(&b), Some(&y0), t, k, n))
+            }
+            "split3" => {
+                let (s1, s2) = (n / 2, n / 2 + n / 4);
+                let ys: Vec<Tensor> = [s1, s2 - s1, n - s2].iter().map(|&r| Tensor::zeros(ctx, "y", &[t, r.max(1)]).unwrap()).collect();
+                linear_out(&mut rec, "test", None, &xt, &w, Some(&bt), Out::Split3(&ys[0], &ys[1], &ys[2], s1, s2), t).unwrap();
+                rec.submit().unwrap();
+                let full = reference(&x, &wf, Some(&b), None, t, k, n);
+                let mut got = Vec::new();
+                let mut want = Vec::new();
+                for (y, (lo, hi)) in ys.iter().zip([(0, s1), (s1, s2), (s2, n)]) {
+                    got.extend(ctx.read_f32(&y.buf, 0, t * (hi - lo)).unwrap());
+                    for r in 0..t {
+                        want.extend_from_slice(&full[r * n + lo..r * n + hi]);
+                    }
+                }
+                (got, want)
+            }
+            "swiglu" => {
+                let yt = Tensor::zeros(ctx, "y", &[t, n / 2]).unwrap();
+                linear_out(&mut rec, "test", None, &xt, &w, None, Out::SwiGlu(&yt), t).unwrap();
+                rec.submit().unwrap();
+                let full = reference(&x, &wf, None, None, t, k, n);
+                let want = full.chunks(2).map(|gu| gu[0] / (1.0 + (-gu[0]).exp()) * gu[1]).collect();
+                (ctx.read_f32(&yt.buf, 0, t * n / 2).unwrap(), want)
+            }
+            _ => {
+                let yt = Tensor::zeros(ctx, "y", &[t, n]).unwrap();
+                linear(&mut rec, "test", None, &xt, &w, None, &yt, t, Store::Write).unwrap();
+                rec.submit().unwrap();
+                (ctx.read_f32(&yt.buf, 0, t * n).unwrap(), reference(&x, &wf, None, None, t, k, n))
+            }
+        };
+        compare(&got, &want, abs, rel).unwrap_or_else(|e| panic!("{label}: {e}"));
+    }
+
+    const ALL: [DType; 8] = [DType::F32, DType::F16, DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q4_K, DType::Q5_K, DType::Q6_K];
+
+    #[test]
+    fn quantized_matvec_matches_dequantized_reference() {
+        for dtype in ALL {
+            let k = if dtype.block_len() == 256 { 512 } else { 96 };
+            run_quant(dtype, 1, k, 37, "write", u64::MAX);
+            run_quant(dtype, 3, k, 131, "accumulate", u64::MAX);
+        }
+        // 18 units per row (SmolLM2's 576 columns), and one lane with more units than others.
+        run_quant(DType::Q4_1, 1, 576, 65, "write", u64::MAX);
+        run_quant(DType::Q8_0, 2, 576, 33, "write", u64::MAX);
+        run_quant(DType::Q6_K, 1, 768, 9, "write", u64::MAX);
+    }
+
+    #[test]
+    fn quantized_matmul_matches_dequantized_reference() {
+        for dtype in ALL {
+            let k = if dtype.block_len() == 256 { 256 } else { 160 };
+            run_quant(dtype, 5, k, 37, "write", u64::MAX);
+            run_quant(dtype, 70, k, 67, "accumulate", u64::MAX);
+        }
+    }
+
+    #[test]
+    fn fused_outputs_and_split_bindings() {
+        for dtype in [DType::Q4_1, DType::Q8_0, DType::Q4_K, DType::F32] {
+            let k = if dtype.block_len() == 256 { 256 } else { 64 };
+            for t in [1, 2, 9] {
+                run_quant(dtype, t, k, 75, "split3", u64::MAX);
+                run_quant(dtype, t, k, 66, "swiglu", u64::MAX);
+            }
+            // A binding limit that holds 32 rows: the weight is split into chunks of rows.
+            let row = crate::weights::repack::quant_bytes_per_row(dtype, k) as u64;
+            for out in ["write", "split3", "swiglu", "accumulate"] {
+                run_quant(dtype, 1, k, 130, out, 32 * row + 5);
+                run_quant(dtype, 7, k, 130, out, 32 * row + 5);
+            }
+        }
+    }
+
     #[test]
     fn matvec_matches_reference_on_odd_sizes() {
-        // k % 4 == 0 takes the vec4 kernel, other k the scalar one.
+        // k % 32 == 0 takes quant.wgsl's f32 format, other k the plain f32 kernels.
         for &(t, k, n) in &[(1, 1, 1), (1, 7, 3), (1, 577, 131), (3, 64, 1001), (4, 129, 9), (1, 4, 5), (1, 576, 193), (2, 1536, 77)] {
             run(t, k, n, false, Store::Write);
         }
@@ -132,7 +394,7 @@ mod tests {
         }
         run(37, 50, 70, true, Store::Accumulate);
         run(6, 31, 5, true, Store::Write);
-        // The vec4 kernel with bias and a fused residual add, as prefill's o_proj/down_proj use it.
+        // Bias and a fused residual add, as prefill's o_proj/down_proj use them.
         run(37, 52, 70, true, Store::Accumulate);
         run(70, 576, 131, false, Store::Accumulate);
     }

@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 /// A tensor's storage type as a file holds it. Quantized types are stored in blocks of
 /// `block_len()` weights taking `block_bytes()` bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[allow(non_camel_case_types)] // GGML's names
 pub enum DType {
     F32,
     F16,
@@ -16,6 +17,14 @@ pub enum DType {
     Q4_0,
     /// 32 weights: f16 `d`, f16 `m`, 16 bytes of nibbles; w = d·q + m.
     Q4_1,
+    /// 256 weights: f16 `d`, f16 `dmin`, 12 bytes of 6-bit scales and minimums for 8 groups of
+    /// 32, 128 bytes of nibbles; w = d·sc·q − dmin·m.
+    Q4_K,
+    /// Q4_K with a fifth bit per weight (32 bytes of high bits before the nibbles).
+    Q5_K,
+    /// 256 weights: 128 bytes of low nibbles, 64 bytes of 2-bit highs, 16 i8 scales (one per
+    /// 16 weights), f16 `d`; w = d·sc·(q − 32).
+    Q6_K,
 }
 
 impl DType {
@@ -27,6 +36,9 @@ impl DType {
             DType::Q8_0 => "Q8_0",
             DType::Q4_0 => "Q4_0",
             DType::Q4_1 => "Q4_1",
+            DType::Q4_K => "Q4_K",
+            DType::Q5_K => "Q5_K",
+            DType::Q6_K => "Q6_K",
         }
     }
     /// Weights per block (1 for plain floats).
@@ -34,6 +46,7 @@ impl DType {
         match self {
             DType::F32 | DType::F16 | DType::BF16 => 1,
             DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => 32,
+            DType::Q4_K | DType::Q5_K | DType::Q6_K => 256,
         }
     }
     pub fn block_bytes(self) -> usize {
@@ -43,6 +56,9 @@ impl DType {
             DType::Q8_0 => 34,
             DType::Q4_0 => 18,
             DType::Q4_1 => 20,
+            DType::Q4_K => 144,
+            DType::Q5_K => 176,
+            DType::Q6_K => 210,
         }
     }
     /// Bytes taken by `n` weights, or None when `n` is not a whole number of blocks
@@ -148,6 +164,50 @@ pub fn dequantize(dtype: DType, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
                 out.extend(qs.iter().map(|&q| d * ((q >> 4) as i32 - 8) as f32));
             }
         }
+        DType::Q4_K | DType::Q5_K => {
+            let five = dtype == DType::Q5_K;
+            for b in bytes.chunks_exact(dtype.block_bytes()) {
+                let d = f16_to_f32(le_u16(b, 0));
+                let dmin = f16_to_f32(le_u16(b, 2));
+                let scales = &b[4..16];
+                let (qh, qs) = if five { (&b[16..48], &b[48..176]) } else { (&b[0..0], &b[16..144]) };
+                for j in 0..8 {
+                    let (sc, m) = k_scale_min(scales, j);
+                    let (d1, m1) = (d * sc as f32, dmin * m as f32);
+                    let bytes = &qs[32 * (j / 2)..][..32];
+                    for l in 0..32 {
+                        let mut q = if j % 2 == 0 { bytes[l] & 0xf } else { bytes[l] >> 4 } as u32;
+                        if five && qh[l] & (1 << j) != 0 {
+                            q += 16;
+                        }
+                        out.push(d1 * q as f32 - m1);
+                    }
+                }
+            }
+        }
+        DType::Q6_K => {
+            for b in bytes.chunks_exact(210) {
+                let (ql, qh) = (&b[0..128], &b[128..192]);
+                let sc = |i: usize| b[192 + i] as i8 as f32;
+                let d = f16_to_f32(le_u16(b, 208));
+                for n in 0..2 {
+                    let mut y = [0f32; 128];
+                    for l in 0..32 {
+                        let (a, c, h) = (ql[64 * n + l], ql[64 * n + l + 32], qh[32 * n + l]);
+                        let q1 = ((a & 0xf) | ((h & 3) << 4)) as i32 - 32;
+                        let q2 = ((c & 0xf) | (((h >> 2) & 3) << 4)) as i32 - 32;
+                        let q3 = ((a >> 4) | (((h >> 4) & 3) << 4)) as i32 - 32;
+                        let q4 = ((c >> 4) | (((h >> 6) & 3) << 4)) as i32 - 32;
+                        let is = 8 * n + l / 16;
+                        y[l] = d * sc(is) * q1 as f32;
+                        y[l + 32] = d * sc(is + 2) * q2 as f32;
+                        y[l + 64] = d * sc(is + 4) * q3 as f32;
+                        y[l + 96] = d * sc(is + 6) * q4 as f32;
+                    }
+                    out.extend_from_slice(&y);
+                }
+            }
+        }
         DType::Q4_1 => {
             for b in bytes.chunks_exact(20) {
                 let d = f16_to_f32(le_u16(b, 0));
@@ -159,6 +219,30 @@ pub fn dequantize(dtype: DType, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
         }
     }
     Ok(out)
+}
+
+/// The 6-bit (scale, min) of group j (0..8) from a K-quant block's 12 packed bytes (GGML's
+/// get_scale_min_k4).
+fn k_scale_min(q: &[u8], j: usize) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        ((q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+    }
+}
+
+/// Quantizes f32 weights to Q8_0 (GGML's rounding: d = max|x| / 127, q = round(x / d)); `x.len()`
+/// must be a multiple of 32. Used when a safetensors model is loaded with `--dtype q8_0`.
+pub fn quantize_q8_0(x: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(x.len() / 32 * 34);
+    for b in x.chunks_exact(32) {
+        let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+        out.extend_from_slice(&f32_to_f16(d).to_le_bytes());
+        out.extend(b.iter().map(|v| (v * id).round().clamp(-127.0, 127.0) as i8 as u8));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -214,6 +298,41 @@ mod tests {
         assert_eq!(w[0], 14.0);
         assert_eq!(w[16], -14.0);
         assert_eq!(w[1], -16.0);
+    }
+
+    #[test]
+    fn every_block_type_matches_gguf_py() {
+        // tests/fixtures/quants.json: random blocks of each type (sane f16 scales) and their
+        // dequantization by gguf-py, the Python reference shipped with llama.cpp.
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/quants.json")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let mut seen = Vec::new();
+        for case in v["cases"].as_array().unwrap() {
+            let name = case["dtype"].as_str().unwrap();
+            let dtype = [DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::Q8_0, DType::Q4_0, DType::Q4_1].into_iter().find(|d| d.name() == name).unwrap();
+            let hex = case["bytes_hex"].as_str().unwrap();
+            let bytes: Vec<u8> = (0..hex.len() / 2).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap()).collect();
+            let want: Vec<f32> = case["values"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+            let got = dequantize(dtype, &bytes, want.len()).unwrap();
+            // Same products in f32, possibly grouped differently: a few ulps.
+            crate::ops::compare(&got, &want, 1e-7, 1e-6).unwrap_or_else(|e| panic!("{name}: {e}"));
+            seen.push(name);
+        }
+        assert_eq!(seen.len(), 6, "{seen:?}");
+    }
+
+    #[test]
+    fn q8_0_quantization_round_trips_within_half_a_step() {
+        let x = crate::ops::test_values(96, 3);
+        let q = quantize_q8_0(&x);
+        let y = dequantize(DType::Q8_0, &q, 96).unwrap();
+        for (b, (xs, ys)) in x.chunks(32).zip(y.chunks(32)).enumerate() {
+            let d = xs.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+            for (a, c) in xs.iter().zip(ys) {
+                // half a step, plus the f16 rounding of d (2^-11 relative) times 127 steps
+                assert!((a - c).abs() <= d * (0.5 + 127.0 / 2048.0), "block {b}: {a} vs {c}");
+            }
+        }
     }
 
     #[test]

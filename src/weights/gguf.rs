@@ -94,9 +94,9 @@ fn ggml_type(code: u32) -> std::result::Result<DType, String> {
         9 => return Err("Q8_1".into()),
         10 => return Err("Q2_K".into()),
         11 => return Err("Q3_K".into()),
-        12 => return Err("Q4_K".into()),
-        13 => return Err("Q5_K".into()),
-        14 => return Err("Q6_K".into()),
+        12 => DType::Q4_K,
+        13 => DType::Q5_K,
+        14 => DType::Q6_K,
         15 => return Err("Q8_K".into()),
         c => return Err(format!("ggml type {c}")),
     })
@@ -455,9 +455,9 @@ pub(crate) mod tests {
         let mut bytes = sample();
         bytes[4..8].copy_from_slice(&9u32.to_le_bytes());
         assert!(Gguf::parse("t.gguf", &bytes).err().unwrap().to_string().contains("version 9"));
-        let q4k = build(3, &[], &[("w", &[256], 12, vec![0; 144])]);
-        let e = Gguf::parse("t.gguf", &q4k).err().unwrap().to_string();
-        assert!(e.contains("'w'") && e.contains("Q4_K"), "{e}");
+        let q2k = build(3, &[], &[("w", &[256], 10, vec![0; 84])]);
+        let e = Gguf::parse("t.gguf", &q2k).err().unwrap().to_string();
+        assert!(e.contains("'w'") && e.contains("Q2_K"), "{e}");
         let lie = build(3, &[], &[("w", &[1 << 20, 1 << 20], 0, vec![0; 16])]);
         let e = Gguf::parse("t.gguf", &lie).err().unwrap().to_string();
         assert!(e.contains("'w'") && e.contains("outside"), "{e}");

@@ -3,6 +3,7 @@
 
 pub mod dtype;
 pub mod gguf;
+pub mod repack;
 pub mod safetensors;
 
 pub use dtype::DType;

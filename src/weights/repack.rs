@@ -1,0 +1,102 @@
+//! How weights are laid out on the GPU. The shaders read every format as 32-weight units: the
+//! quants of a unit as whole 16-byte vectors (`wq`) and its scales as 32-bit words (`ws`), so the
+//! GGUF blocks (34 or 18 bytes for Q8_0/Q4_0, 210 for Q6_K) are split at load into a quants
+//! array and a scales array, row by row. The bits are unchanged: a GPU weight dequantizes to
+//! exactly what `dtype::dequantize` gives for the file's block. Rows are independent (each
+//! row's scales are padded to whole words), so rows of several tensors can be stacked or
+//! interleaved into one fused weight.
+
+use super::dtype::DType;
+
+/// Can the GPU kernels read this type? (BF16 is converted at load.)
+pub fn gpu_readable(dtype: DType) -> bool {
+    !matches!(dtype, DType::BF16)
+}
+
+/// Bytes of quants (`wq`) per row of `cols` weights.
+pub fn quant_bytes_per_row(dtype: DType, cols: usize) -> usize {
+    let units = cols / 32;
+    match dtype {
+        DType::F32 => 4 * cols,
+        DType::F16 | DType::BF16 => 2 * cols,
+        DType::Q8_0 => 32 * units,
+        DType::Q4_0 | DType::Q4_1 => 16 * units,
+        DType::Q4_K => 128 * (cols / 256),
+        DType::Q5_K => 160 * (cols / 256),
+        DType::Q6_K => 192 * (cols / 256),
+    }
+}
+
+/// Bytes of scales (`ws`) per row of `cols` weights; a whole number of 4-byte words.
+pub fn scale_bytes_per_row(dtype: DType, cols: usize) -> usize {
+    let units = cols / 32;
+    match dtype {
+        DType::F32 | DType::F16 | DType::BF16 => 0,
+        // f16 d per unit, two per word, the row padded to an even count
+        DType::Q8_0 | DType::Q4_0 => 2 * units.next_multiple_of(2),
+        DType::Q4_1 => 4 * units,
+        DType::Q4_K | DType::Q5_K => 16 * (cols / 256),
+        DType::Q6_K => 20 * (cols / 256),
+    }
+}
+
+/// Appends the GPU layout of one row (`row`: the file's bytes of `cols` weights) to `quants`
+/// and `scales`.
+pub fn repack_row(dtype: DType, row: &[u8], quants: &mut Vec<u8>, scales: &mut Vec<u8>) {
+    match dtype {
+        DType::F32 | DType::F16 | DType::BF16 => quants.extend_from_slice(row),
+        DType::Q8_0 | DType::Q4_0 => {
+            let size = dtype.block_bytes();
+            let start = scales.len();
+            for b in row.chunks_exact(size) {
+                scales.extend_from_slice(&b[0..2]);
+                quants.extend_from_slice(&b[2..]);
+            }
+            if (scales.len() - start) % 4 != 0 {
+                scales.extend_from_slice(&[0, 0]);
+            }
+        }
+        DType::Q4_1 => {
+            for b in row.chunks_exact(20) {
+                scales.extend_from_slice(&b[0..4]);
+                quants.extend_from_slice(&b[4..]);
+            }
+        }
+        DType::Q4_K | DType::Q5_K => {
+            for b in row.chunks_exact(dtype.block_bytes()) {
+                scales.extend_from_slice(&b[0..16]);
+                quants.extend_from_slice(&b[16..]);
+            }
+        }
+        DType::Q6_K => {
+            for b in row.chunks_exact(210) {
+                scales.extend_from_slice(&b[192..210]);
+                scales.extend_from_slice(&[0, 0]);
+                quants.extend_from_slice(&b[0..192]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_sizes_match_what_repack_writes() {
+        for dtype in [DType::F32, DType::F16, DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q4_K, DType::Q5_K, DType::Q6_K] {
+            for cols in [256usize, 512, 32 * 9, 256 * 3] {
+                if cols % dtype.block_len() != 0 {
+                    continue;
+                }
+                let row = vec![7u8; dtype.bytes_for(cols).unwrap()];
+                let (mut q, mut s) = (Vec::new(), Vec::new());
+                repack_row(dtype, &row, &mut q, &mut s);
+                assert_eq!(q.len(), quant_bytes_per_row(dtype, cols), "{dtype:?} {cols}");
+                assert_eq!(s.len(), scale_bytes_per_row(dtype, cols), "{dtype:?} {cols}");
+                assert_eq!(q.len() % 16, 0, "{dtype:?} {cols}: quants must be whole vec4<u32>");
+                assert_eq!(s.len() % 4, 0, "{dtype:?} {cols}");
+            }
+        }
+    }
+}
