@@ -1,14 +1,18 @@
 //! Per-kernel throughput at SmolLM2-135M shapes: time per dispatch, GB/s and GFLOP/s from
-//! each op's own byte and FLOP counts. Run: `cargo bench --bench ops` (QUILL_BENCH_ITERS
-//! sets the repetitions).
+//! each op's own byte and FLOP counts, and the share of the device's peak read bandwidth
+//! (`quill bench-device`, measured here when not cached). Linear layers run for every weight
+//! storage type the model can use (f32, f16, q8_0, q4_0, q4_1, and the K-quants where the
+//! width allows), with SmolLM2's fused shapes. Run: `cargo bench --bench ops`
+//! (QUILL_BENCH_ITERS sets the repetitions).
 
 use std::time::Instant;
 
-use quill::gpu::{Context, Recorder, Tensor};
+use quill::gpu::{Context, Recorder, Tensor, Weight};
+use quill::weights::DType;
 use quill::ops::matmul::{linear, Store};
 use quill::ops::{attention, norm, test_values};
 
-fn time(ctx: &Context, name: &str, iters: usize, mut record: impl FnMut(&mut Recorder)) {
+fn time(ctx: &Context, name: &str, iters: usize, mut record: impl FnMut(&mut Recorder)) -> f64 {
     // Warm-up (pipeline creation, first-touch of buffers).
     let mut rec = Recorder::new(ctx, "warm-up");
     record(&mut rec);
@@ -25,31 +29,72 @@ fn time(ctx: &Context, name: &str, iters: usize, mut record: impl FnMut(&mut Rec
     rec.submit().unwrap();
     ctx.device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
     let secs = start.elapsed().as_secs_f64();
+    let gbs = bytes as f64 / secs / 1e9;
+    let peak = PEAK.get().copied().unwrap_or(f64::NAN);
     println!(
-        "{name:<44} {:>9.1} µs/dispatch {:>8.2} GB/s {:>8.2} GFLOP/s",
+        "{name:<48} {:>9.1} µs/dispatch {:>8.2} GB/s {:>5.0}% of peak {:>8.2} GFLOP/s",
         secs * 1e6 / n_dispatch as f64,
-        bytes as f64 / secs / 1e9,
+        gbs,
+        100.0 * gbs / peak,
         flops as f64 / secs / 1e9
     );
+    gbs
+}
+
+static PEAK: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+
+/// A weight of `dtype` with random blocks (as `ops::matmul`'s tests make them).
+fn weight(ctx: &Context, dtype: DType, n: usize, k: usize) -> Weight {
+    let vals = test_values(n * k, 1);
+    let bytes: Vec<u8> = match dtype {
+        DType::F32 => bytemuck::cast_slice(&vals).to_vec(),
+        DType::F16 => vals.iter().flat_map(|&v| quill::weights::dtype::f32_to_f16(v).to_le_bytes()).collect(),
+        DType::Q8_0 => quill::weights::dtype::quantize_q8_0(&vals),
+        // Speed does not depend on the values: any bytes of the right size will do.
+        other => (0..other.bytes_for(n * k).unwrap()).map(|i| (i * 7 % 251) as u8).collect(),
+    };
+    let row = dtype.bytes_for(k).unwrap();
+    let rows: Vec<&[u8]> = bytes.chunks(row).collect();
+    Weight::from_rows(ctx, "w", dtype, k, &rows, ctx.binding_limit()).unwrap()
 }
 
 fn main() {
     let ctx = Context::new_blocking().expect("a GPU adapter");
     let iters: usize = std::env::var("QUILL_BENCH_ITERS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
     println!("adapter: {} ({:?})", ctx.adapter_name(), ctx.info.backend);
+    let peak = quill::files::cached_peak(&ctx).map(|p| p.bandwidth_gbs).unwrap_or_else(|| quill::ops::peak::measure(&ctx).unwrap().bandwidth_gbs);
+    let _ = PEAK.set(peak);
+    println!("device peak read bandwidth: {peak:.2} GB/s");
     let (dim, ffn, vocab) = (576usize, 1536usize, 49152usize);
     let t = |shape: &[usize], seed| Tensor::upload_f32(&ctx, "t", shape, &test_values(shape.iter().product(), seed)).unwrap();
-
-    for &(n, k, label) in &[(dim, dim, "q/o proj"), (192, dim, "k/v proj"), (ffn, dim, "gate/up"), (dim, ffn, "down"), (vocab, dim, "lm head")] {
-        let w = t(&[n, k], 1);
-        for &tokens in &[1usize, 128] {
-            let x = t(&[tokens, k], 2);
-            let y = t(&[tokens, n], 3);
-            time(&ctx, &format!("linear {label} [{n}x{k}] t={tokens}"), if tokens > 1 { iters.div_ceil(4) } else { iters }, |rec| {
-                linear(rec, "linear", None, &x, &w, None, &y, tokens, Store::Write).unwrap()
-            });
+    let mut best: f64 = 0.0;
+    // SmolLM2's decode shapes: fused Q/K/V (576 + 2 x 192 rows), o_proj, fused gate/up, down, lm head.
+    let shapes = [(dim + 2 * 192, dim, "qkv"), (dim, dim, "o proj"), (2 * ffn, dim, "gate/up"), (dim, ffn, "down"), (vocab, dim, "lm head")];
+    for dtype in [DType::Q4_1, DType::Q8_0, DType::Q4_0, DType::F16, DType::F32] {
+        for &(n, k, label) in &shapes {
+            let w = weight(&ctx, dtype, n, k);
+            for &tokens in &[1usize, 128] {
+                let x = t(&[tokens, k], 2);
+                let y = t(&[tokens, n], 3);
+                let its = if tokens > 1 { iters.div_ceil(4) } else { iters };
+                let gbs = time(&ctx, &format!("linear {} {label} [{n}x{k}] t={tokens}", dtype.name()), its, |rec| {
+                    linear(rec, "linear", None, &x, &w, None, &y, tokens, Store::Write).unwrap()
+                });
+                if tokens == 1 {
+                    best = best.max(gbs);
+                }
+            }
         }
     }
+    // K-quants need rows of whole 256-weight super-blocks: SmolLM2's ffn width (1536).
+    for dtype in [DType::Q4_K, DType::Q5_K, DType::Q6_K] {
+        let w = weight(&ctx, dtype, dim, ffn);
+        let x = t(&[1, ffn], 2);
+        let y = t(&[1, dim], 3);
+        let gbs = time(&ctx, &format!("linear {} down [{dim}x{ffn}] t=1", dtype.name()), iters, |rec| linear(rec, "linear", None, &x, &w, None, &y, 1, Store::Write).unwrap());
+        best = best.max(gbs);
+    }
+    println!("best mat-vec rate: {best:.2} GB/s ({:.0}% of the device's peak read bandwidth)", 100.0 * best / peak);
     let x = t(&[128, dim], 4);
     let w = t(&[dim], 5);
     let out = t(&[128, dim], 6);

@@ -43,12 +43,31 @@ enum Command {
     Profile(ProfileArgs),
     /// Perplexity of a text: exp(mean over tokens i >= 1 of -log p(t_i | t_<i)).
     Perplexity(PerplexityArgs),
+    /// Measure prefill and decode speed, time to first token, load time and GPU memory, in the
+    /// manner of llama-bench (greedy, end of text ignored).
+    Bench(BenchArgs),
     /// Measure this adapter's peak memory bandwidth and FLOP rate (cached for `profile`).
     BenchDevice {
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// GGUF file or Hugging Face model directory [default: the fetched SmolLM2].
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Prompt length (tokens of a fixed English text, repeated as needed).
+    #[arg(long, default_value_t = 128)]
+    prompt_tokens: usize,
+    /// Tokens to generate.
+    #[arg(long, default_value_t = 64)]
+    gen_tokens: usize,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -160,6 +179,7 @@ pub fn run() -> Result<()> {
         Command::Write(args) => write(args),
         Command::Profile(args) => profile(args),
         Command::Perplexity(args) => perplexity(args),
+        Command::Bench(args) => bench(args),
         Command::BenchDevice { json } => bench_device(json),
     }
 }
@@ -389,6 +409,68 @@ fn profile(args: ProfileArgs) -> Result<()> {
         write_file(s, &p.svg())?;
         eprintln!("chart: {}", s.display());
     }
+    Ok(())
+}
+
+const BENCH_TEXT: &str = "The lighthouse keeper climbed the spiral stairs each evening, counting the steps as his father had taught him, and lit the great lamp so that the fishing boats could find their way home through the fog. ";
+
+fn bench(args: BenchArgs) -> Result<()> {
+    if args.prompt_tokens == 0 || args.gen_tokens == 0 {
+        return Err(Error::arg(if args.prompt_tokens == 0 { "--prompt-tokens" } else { "--gen-tokens" }, "must be at least 1"));
+    }
+    let path = model_path(args.model.clone())?;
+    let ctx = Context::new_blocking()?;
+    let start = Instant::now();
+    let model = load(&ctx, &path)?;
+    let load_s = start.elapsed().as_secs_f64();
+    let ctx_len = args.prompt_tokens + args.gen_tokens;
+    if ctx_len > model.config().max_ctx {
+        return Err(Error::arg("--prompt-tokens", format!("{} + {} tokens exceed the model's context of {}", args.prompt_tokens, args.gen_tokens, model.config().max_ctx)));
+    }
+    let piece = model.tokenizer.encode(BENCH_TEXT)?;
+    let prompt: Vec<u32> = piece.iter().copied().cycle().take(args.prompt_tokens).collect();
+    let greedy = SamplingParams::greedy();
+    // Warm-up: compiles every pipeline (prefill and decode) outside the timings.
+    let mut warm = Session::new(&ctx, &model, 16.min(model.config().max_ctx))?;
+    warm.generate(&prompt[..prompt.len().min(8)], &greedy, 3, true, |_| true)?;
+    drop(warm);
+    let mut session = Session::new(&ctx, &model, ctx_len)?;
+    let (_, stats) = session.generate(&prompt, &greedy, args.gen_tokens, true, |_| true)?;
+    let weights = model.model.weight_bytes();
+    let decode = stats.decode_tok_s();
+    let peak = quill::files::cached_peak(&ctx);
+    let weight_gbs = weights as f64 * decode / 1e9;
+    let result = serde_json::json!({
+        "model": model.source,
+        "adapter": ctx.adapter_name(),
+        "backend": format!("{:?}", ctx.info.backend),
+        "weights": model.model.weight_types(),
+        "weight_bytes": weights,
+        "prompt_tokens": args.prompt_tokens,
+        "gen_tokens": stats.generated,
+        "load_s": load_s,
+        "prefill_tok_s": stats.prefill_tok_s(),
+        "decode_tok_s": decode,
+        "time_to_first_token_ms": stats.time_to_first_token.as_secs_f64() * 1e3,
+        "peak_gpu_bytes": ctx.allocated_bytes(),
+        "decode_weight_gbs": weight_gbs,
+        "device_peak_gbs": peak.map(|p| p.bandwidth_gbs),
+        "decode_fraction_of_peak": peak.map(|p| weight_gbs / p.bandwidth_gbs),
+    });
+    if args.json {
+        println!("{result}");
+        return Ok(());
+    }
+    println!("model:   {} ({}; {:.1} MB of weights)", model.source, model.model.weight_types(), weights as f64 / 1e6);
+    println!("adapter: {} ({:?})", ctx.adapter_name(), ctx.info.backend);
+    println!("load:    {load_s:.2} s");
+    println!("prefill: {:8.2} tok/s  ({} tokens; time to first token {:.0} ms)", stats.prefill_tok_s(), args.prompt_tokens, stats.time_to_first_token.as_secs_f64() * 1e3);
+    println!("decode:  {decode:8.2} tok/s  ({} tokens; weights read at {weight_gbs:.2} GB/s)", stats.generated);
+    match peak {
+        Some(p) => println!("         {:.0}% of the device's measured read bandwidth ({:.2} GB/s)", 100.0 * weight_gbs / p.bandwidth_gbs, p.bandwidth_gbs),
+        None => println!("         (run `quill bench-device` to compare with the device's peak bandwidth)"),
+    }
+    println!("GPU memory: {:.1} MB (weights, KV cache for {ctx_len} positions, activations)", ctx.allocated_bytes() as f64 / 1e6);
     Ok(())
 }
 
