@@ -9,7 +9,7 @@
 //
 //   matvec: decode (a few tokens): 8 lanes per group of 4 rows, lanes stride over the units of
 //           their rows (so a group reads contiguous memory), x read once per unit for 4 rows.
-//   matmul: prefill: a 64 x 64 output tile per workgroup, 4 x 4 outputs per thread.
+//   matmul: prefill: a (16 to 64 tokens) x 64 rows output tile per workgroup.
 //   embed:  out[t, :] = dequantized row ids[t] of the table, for ids inside this chunk.
 //
 // Results go through store(), which fuses what follows a projection: a bias, the residual add,
@@ -186,17 +186,21 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     }
 }
 
+// Tokens per thread in a matmul tile (1 to 4): a tile is 16 * TOKENS_PER_THREAD tokens by 64 rows,
+// so short prompts do not pay for a 64-token tile.
+override TOKENS_PER_THREAD: u32 = 4u;
 const T4: u32 = 64u;
-var<workgroup> xs4: array<vec4<f32>, 256>;  // (64 tokens, 4 vec4)
+var<workgroup> xs4: array<vec4<f32>, 256>;  // (up to 64 tokens, 4 vec4)
 var<workgroup> ws4: array<vec4<f32>, 256>;  // (64 rows, 4 vec4)
 
 @compute @workgroup_size(16, 16)
 fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
           @builtin(local_invocation_index) li: u32) {
-    let tok0 = wid.y * T4;
+    let tm = 16u * TOKENS_PER_THREAD;
+    let tok0 = wid.y * tm;
     let row0 = wid.x * T4;
     let k4 = p.k / 4u;
-    var acc: array<vec4<f32>, 4>; // acc[i][j]: token lid.y*4+i, row lid.x*4+j
+    var acc: array<vec4<f32>, 4>; // acc[i][j]: token lid.y * TOKENS_PER_THREAD + i, row lid.x*4+j
     for (var i = 0u; i < 4u; i++) {
         acc[i] = vec4<f32>(0.0);
     }
@@ -208,7 +212,7 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
     for (var q0 = 0u; q0 < k4; q0 += 4u) {
         let gq = q0 + lq; // k4 is a multiple of 8, so gq < k4
         var xv = vec4<f32>(0.0);
-        if (xr < p.t) {
+        if (lr < tm && xr < p.t) {
             xv = x4[xr * k4 + gq];
         }
         var wv = vec4<f32>(0.0);
@@ -219,23 +223,19 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
         ws4[li] = wv;
         workgroupBarrier();
         for (var q = 0u; q < 4u; q++) {
-            let a0 = xs4[(lid.y * 4u + 0u) * 4u + q];
-            let a1 = xs4[(lid.y * 4u + 1u) * 4u + q];
-            let a2 = xs4[(lid.y * 4u + 2u) * 4u + q];
-            let a3 = xs4[(lid.y * 4u + 3u) * 4u + q];
             let b0 = ws4[(lid.x * 4u + 0u) * 4u + q];
             let b1 = ws4[(lid.x * 4u + 1u) * 4u + q];
             let b2 = ws4[(lid.x * 4u + 2u) * 4u + q];
             let b3 = ws4[(lid.x * 4u + 3u) * 4u + q];
-            acc[0] += vec4<f32>(dot(a0, b0), dot(a0, b1), dot(a0, b2), dot(a0, b3));
-            acc[1] += vec4<f32>(dot(a1, b0), dot(a1, b1), dot(a1, b2), dot(a1, b3));
-            acc[2] += vec4<f32>(dot(a2, b0), dot(a2, b1), dot(a2, b2), dot(a2, b3));
-            acc[3] += vec4<f32>(dot(a3, b0), dot(a3, b1), dot(a3, b2), dot(a3, b3));
+            for (var i = 0u; i < TOKENS_PER_THREAD; i++) {
+                let a = xs4[(lid.y * TOKENS_PER_THREAD + i) * 4u + q];
+                acc[i] += vec4<f32>(dot(a, b0), dot(a, b1), dot(a, b2), dot(a, b3));
+            }
         }
         workgroupBarrier();
     }
-    for (var i = 0u; i < 4u; i++) {
-        let tok = tok0 + lid.y * 4u + i;
+    for (var i = 0u; i < TOKENS_PER_THREAD; i++) {
+        let tok = tok0 + lid.y * TOKENS_PER_THREAD + i;
         if (tok < p.t) {
             store4(tok, p.row0 + row0 + lid.x * 4u, acc[i], p.row0 + p.n);
         }

@@ -243,8 +243,10 @@ fn info(model: Option<PathBuf>) -> Result<()> {
         println!("{}", c.describe_blocks());
         println!("file dtypes: {}", m.file_dtypes);
         let ctx_len = c.max_ctx.min(2048);
+        println!("weights on the GPU: {} (--dtype {})", m.model.weight_types(), LOAD_OPTIONS.get().copied().unwrap_or_default().dtype.name());
         println!(
-            "GPU memory: weights {:.1} MB (f32) + KV cache {:.1} MB for {ctx_len} positions",
+            "GPU memory: weights {:.1} MB ({:.1} MB as f32) + KV cache {:.1} MB for {ctx_len} positions",
+            m.model.weight_bytes() as f64 / 1e6,
             c.weight_bytes() as f64 / 1e6,
             c.kv_bytes(ctx_len) as f64 / 1e6
         );

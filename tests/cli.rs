@@ -241,10 +241,29 @@ fn nonsensical_sampling_values() {
         a.push("hi");
         expect_error(&quill(&a), &[name]);
     }
+    expect_error(&quill(&["write", "--dtype", "q3_k", "--model", "x.gguf", "hi"]), &["--dtype", "q3_k", "native, f32, f16, q8_0"]);
+    expect_error(&quill(&["bench", "--gen-tokens", "0", "--model", "x.gguf"]), &["--gen-tokens"]);
     // Not a number at all: clap's own message and exit code 2.
     let o = quill(&["write", "--top-k", "many", "hi"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("--top-k"));
+}
+
+/// `quill bench` on llama-tiny: one JSON object with llama-bench's figures, and every weight
+/// storage type (`--dtype`) writes the same greedy text on this tiny f32 model within rounding.
+#[test]
+fn bench_prints_one_json_object() {
+    if !has_gpu() {
+        return;
+    }
+    let o = quill(&["bench", "--model", &tiny(), "--prompt-tokens", "20", "--gen-tokens", "6", "--json", "--dtype", "q8_0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap_or_else(|e| panic!("{e}: {}", stdout(&o)));
+    for key in ["prefill_tok_s", "decode_tok_s", "time_to_first_token_ms", "load_s", "peak_gpu_bytes", "weight_bytes"] {
+        assert!(v[key].as_f64().is_some_and(|x| x > 0.0), "{key} in {v}");
+    }
+    assert_eq!(v["gen_tokens"], 6);
+    assert!(v["weights"].as_str().unwrap().contains("Q8_0"), "{v}");
 }
 
 #[test]

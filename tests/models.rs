@@ -150,6 +150,28 @@ fn batched_decode_matches_single_steps() {
     assert_eq!(all, single, "generate() vs next_token steps");
 }
 
+/// llama-tiny's safetensors loaded as f16 or quantized to Q8_0 at load (`--dtype`): all 34
+/// positions' logits stay within a share of the largest logit of the f32 reference (measured:
+/// 3.2e-4 and 7.7e-3 against a largest logit of 0.67).
+#[test]
+fn hf_weights_stored_as_f16_or_q8_0() {
+    let Some(ctx) = test_context() else { return };
+    let (ids, want) = tiny_reference("llama-tiny");
+    for (dtype, name, tolerance) in [(WeightType::F16, "F16", 2e-3f32), (WeightType::Q8_0, "Q8_0", 2e-2)] {
+        let path = fixture("llama-tiny");
+        let model = quill::files::load_model_with(ctx, &path, &LoadOptions { dtype }, &mut no_progress).unwrap();
+        assert!(model.model.weight_types().starts_with(name), "{}", model.model.weight_types());
+        let mut s = Session::new(ctx, &model, 64).unwrap();
+        s.push(&ids).unwrap();
+        let got = s.logits_all().unwrap();
+        let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max);
+        let spread = want.iter().fold(0f32, |m, w| m.max(w.abs()));
+        eprintln!("llama-tiny as {name}: largest logit difference {worst:.2e} (largest logit {spread:.2})");
+        // f16 keeps 11 bits of each weight, Q8_0 about 8 (a step of max|w|/127 per block).
+        assert!(worst <= tolerance * spread, "llama-tiny as {name}: logits differ by up to {worst} from reference_logits.safetensors");
+    }
+}
+
 fn smollm2(opts: LoadOptions) -> Option<(LoadedModel, &'static Context)> {
     let ctx = test_context()?;
     let path = smollm2_path()?;

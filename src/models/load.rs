@@ -73,6 +73,14 @@ pub enum WeightType {
 }
 
 impl WeightType {
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightType::Native => "native",
+            WeightType::F32 => "f32",
+            WeightType::F16 => "f16",
+            WeightType::Q8_0 => "q8_0",
+        }
+    }
     pub fn parse(s: &str) -> Result<Self> {
         Ok(match s.to_ascii_lowercase().as_str() {
             "native" | "auto" => WeightType::Native,

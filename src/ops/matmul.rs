@@ -175,8 +175,13 @@ pub fn linear_out(rec: &mut Recorder, op: &'static str, layer: Option<usize>, x:
         return Err(Error::Shape { op, msg: format!("{k} columns are not whole {} blocks", w.dtype.name()) });
     }
     let shader = quant_shader(w.dtype).ok_or_else(|| Error::Shape { op, msg: format!("{} weights must be converted at load", w.dtype.name()) })?;
-    let entry = if t <= MATVEC_MAX_TOKENS { "matvec" } else { "matmul" };
-    let pipe = rec.ctx.pipeline(shader, entry, &[])?;
+    // Prefill tiles are 16, 32, 48 or 64 tokens tall, the least that covers t (up to 64).
+    let tokens_per_thread = t.div_ceil(16).clamp(1, 4);
+    let pipe = if t <= MATVEC_MAX_TOKENS {
+        rec.ctx.pipeline(shader, "matvec", &[])?
+    } else {
+        rec.ctx.pipeline(shader, "matmul", &[("TOKENS_PER_THREAD", tokens_per_thread as f64)])?
+    };
     let [spare0, spare1] = &rec.ctx.spare;
     for (i, c) in w.chunks.iter().enumerate() {
         let p = QuantParams {
@@ -202,7 +207,7 @@ pub fn linear_out(rec: &mut Recorder, op: &'static str, layer: Option<usize>, x:
         ];
         // The cost is counted once, on the first chunk's dispatch.
         let info = if i == 0 { info } else { OpInfo { flops: 0, bytes: 0, ..info } };
-        let wg = if t <= MATVEC_MAX_TOKENS { grid(rec.ctx, (c.rows.div_ceil(32) * t) as u32) } else { [c.rows.div_ceil(64) as u32, t.div_ceil(64) as u32, 1] };
+        let wg = if t <= MATVEC_MAX_TOKENS { grid(rec.ctx, (c.rows.div_ceil(32) * t) as u32) } else { [c.rows.div_ceil(64) as u32, t.div_ceil(16 * tokens_per_thread) as u32, 1] };
         rec.dispatch(info, &pipe, &buffers, &p, wg);
     }
     Ok(())
@@ -355,7 +360,9 @@ pub(crate) mod tests {
     fn quantized_matmul_matches_dequantized_reference() {
         for dtype in ALL {
             let k = if dtype.block_len() == 256 { 256 } else { 160 };
+            // Tiles of 16 (t = 5), 48 (t = 40) and 64 tokens (t = 70: two tiles).
             run_quant(dtype, 5, k, 37, "write", u64::MAX);
+            run_quant(dtype, 40, k, 37, "write", u64::MAX);
             run_quant(dtype, 70, k, 67, "accumulate", u64::MAX);
         }
     }
