@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::gpu::profiler::Profile;
-use crate::gpu::{Context, Recorder};
+use crate::gpu::{BindCache, Context, Recorder};
 use crate::models::{LoadedModel, LogitRows, State};
 use crate::ops::sample::sample;
 use crate::sampling::SamplingParams;
@@ -31,6 +31,8 @@ pub struct Session<'a> {
     draws: u32,
     /// Timings of every command buffer, when profiling.
     profile: Option<Profile>,
+    /// Bind groups of earlier steps, reused: decode creates none after its first step.
+    binds: BindCache,
 }
 
 /// Timings of a generation, for the summary line.
@@ -70,7 +72,7 @@ impl<'a> Session<'a> {
             return Err(Error::arg("--ctx", format!("{ctx_len} must be between 1 and the model's context of {}", cfg.max_ctx)));
         }
         let state = State::new(ctx, cfg, ctx_len, DEFAULT_MAX_BATCH.min(ctx_len))?;
-        Ok(Session { ctx, model, state, ids: Vec::new(), processed: 0, draws: 0, profile: None })
+        Ok(Session { ctx, model, state, ids: Vec::new(), processed: 0, draws: 0, profile: None, binds: BindCache::default() })
     }
 
     /// Times every pass of every later command buffer (GPU timestamps where the adapter has
@@ -83,11 +85,13 @@ impl<'a> Session<'a> {
     }
 
     fn recorder(&self, label: &str) -> Recorder<'a> {
-        if self.profile.is_some() {
-            Recorder::profiled(self.ctx, label)
-        } else {
-            Recorder::new(self.ctx, label)
-        }
+        let rec = if self.profile.is_some() { Recorder::profiled(self.ctx, label) } else { Recorder::new(self.ctx, label) };
+        rec.with_bind_cache(&self.binds)
+    }
+
+    /// Bind groups kept for reuse so far.
+    pub fn cached_bind_groups(&self) -> usize {
+        self.binds.len()
     }
 
     /// Submits; when profiling, waits for the GPU and keeps the command buffer's timings.

@@ -107,6 +107,12 @@ fn batched_decode_matches_single_steps() {
     one.push(prompt).unwrap();
     let single: Vec<u32> = (0..30).map(|_| one.next_token(&s).unwrap()).collect();
 
+    // After the first decode step, steps reuse the bind groups they made (no GPU objects are
+    // created per token).
+    let cached = one.cached_bind_groups();
+    one.next_token(&s).unwrap();
+    assert_eq!(one.cached_bind_groups(), cached, "a decode step created bind groups");
+
     let mut batched = Session::new(ctx, &model, 64).unwrap();
     let first = batched.next_tokens(&s, 4).err().expect("next_tokens needs a decode in progress");
     assert!(first.to_string().contains("next_token first"), "{first}");

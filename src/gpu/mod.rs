@@ -7,5 +7,5 @@ pub mod recorder;
 pub mod tensor;
 
 pub use context::{Context, Pipeline, Shader};
-pub use recorder::{grid, OpInfo, Recorder};
+pub use recorder::{grid, BindCache, OpInfo, Recorder};
 pub use tensor::{Tensor, Weight, WeightChunk};

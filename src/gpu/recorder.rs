@@ -45,8 +45,35 @@ struct Timing {
     encoder_set: Option<wgpu::QuerySet>,
 }
 
+/// Bind groups made by earlier command buffers, for reuse: a decode step binds the same
+/// buffers at the same parameter slots as the step before, so after the first step no bind
+/// group is created. Keyed by pipeline, buffers and parameter slot; a `Session` owns one, so
+/// its buffers are released with it.
+#[derive(Clone, Default)]
+pub struct BindCache(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<BindKey, wgpu::BindGroup>>>);
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct BindKey {
+    pipeline: usize,
+    buffers: [Option<wgpu::Buffer>; MAX_CACHED_BINDINGS],
+    params: wgpu::Buffer,
+    offset: u64,
+}
+
+const MAX_CACHED_BINDINGS: usize = 8;
+
+impl BindCache {
+    pub fn len(&self) -> usize {
+        self.0.lock().map(|m| m.len()).unwrap_or(0)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 pub struct Recorder<'c> {
     pub ctx: &'c Context,
+    bind_cache: Option<BindCache>,
     encoder: wgpu::CommandEncoder,
     arenas: Vec<(wgpu::Buffer, Vec<u8>)>,
     /// Every dispatch recorded, in order.
@@ -59,7 +86,13 @@ pub struct Recorder<'c> {
 impl<'c> Recorder<'c> {
     pub fn new(ctx: &'c Context, label: &str) -> Self {
         let encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
-        Recorder { ctx, encoder, arenas: Vec::new(), ops: Vec::new(), profiling: None, created: Instant::now() }
+        Recorder { ctx, encoder, bind_cache: None, arenas: Vec::new(), ops: Vec::new(), profiling: None, created: Instant::now() }
+    }
+
+    /// Reuses bind groups from `cache` (and adds the new ones to it).
+    pub fn with_bind_cache(mut self, cache: &BindCache) -> Self {
+        self.bind_cache = Some(cache.clone());
+        self
     }
 
     /// A recorder that times every pass with GPU timestamps (when the adapter has them and
@@ -97,24 +130,28 @@ impl<'c> Recorder<'c> {
     /// `params` uniform binds to n.
     pub fn dispatch<P: bytemuck::Pod>(&mut self, op: OpInfo, pipeline: &Pipeline, buffers: &[&wgpu::Buffer], params: &P, workgroups: [u32; 3]) {
         let (arena, offset) = self.stage_params(bytemuck::bytes_of(params));
-        let mut entries: Vec<wgpu::BindGroupEntry> = buffers
-            .iter()
-            .enumerate()
-            .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() })
-            .collect();
-        entries.push(wgpu::BindGroupEntry {
-            binding: buffers.len() as u32,
-            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                buffer: &self.arenas[arena].0,
-                offset,
-                size: wgpu::BufferSize::new(std::mem::size_of::<P>() as u64),
-            }),
+        let key = (buffers.len() <= MAX_CACHED_BINDINGS && self.bind_cache.is_some()).then(|| BindKey {
+            pipeline: pipeline as *const Pipeline as usize,
+            buffers: std::array::from_fn(|i| buffers.get(i).map(|b| (*b).clone())),
+            params: self.arenas[arena].0.clone(),
+            offset,
         });
-        let bind_group = self.ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(&pipeline.label),
-            layout: &pipeline.layout,
-            entries: &entries,
-        });
+        let cached = match (&self.bind_cache, &key) {
+            (Some(cache), Some(key)) => cache.0.lock().ok().and_then(|m| m.get(key).cloned()),
+            _ => None,
+        };
+        let bind_group = match cached {
+            Some(bg) => bg,
+            None => {
+                let bg = self.bind_group(pipeline, buffers, arena, offset, std::mem::size_of::<P>() as u64);
+                if let (Some(cache), Some(key)) = (&self.bind_cache, key) {
+                    if let Ok(mut m) = cache.0.lock() {
+                        m.insert(key, bg.clone());
+                    }
+                }
+                bg
+            }
+        };
         let index = self.ops.len() as u32;
         let timestamp_writes = match &mut self.profiling {
             Some(Some(t)) => {
@@ -137,6 +174,19 @@ impl<'c> Recorder<'c> {
             pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
         }
         self.ops.push(op);
+    }
+
+    fn bind_group(&self, pipeline: &Pipeline, buffers: &[&wgpu::Buffer], arena: usize, offset: u64, size: u64) -> wgpu::BindGroup {
+        let mut entries: Vec<wgpu::BindGroupEntry> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() })
+            .collect();
+        entries.push(wgpu::BindGroupEntry {
+            binding: buffers.len() as u32,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: &self.arenas[arena].0, offset, size: wgpu::BufferSize::new(size) }),
+        });
+        self.ctx.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(&pipeline.label), layout: &pipeline.layout, entries: &entries })
     }
 
     pub fn copy(&mut self, src: &wgpu::Buffer, src_offset: u64, dst: &wgpu::Buffer, dst_offset: u64, size: u64) {
