@@ -14,6 +14,10 @@ struct Params {
     pos0: u32,
     slot: u32,
     scale: f32,
+    n_splits: u32,  // attention: key ranges per (token, head); > 1 writes partial results
+    split_len: u32, // keys per range (a multiple of TILE)
+    _pad0: u32,
+    _pad1: u32,
 }
 
 // ---- kv_write: copy this call's K and V rows into the cache ----
@@ -42,12 +46,16 @@ fn kv_write(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     v_cache[c] = v_new[i];
 }
 
-// ---- attention: one workgroup per (token, head), keys in tiles of 64 with online softmax ----
+// ---- attention: one workgroup per (token, head, key range), keys in tiles of 64 with online
+// softmax. With one range the workgroup writes the output; with several (split-K, for a decode
+// step over a long context, so that enough workgroups run) each writes its running max, sum
+// and unnormalised output into `part`, and attention_combine merges them.
 @group(0) @binding(0) var<storage, read> q: array<f32>;              // (n_tokens, n_heads, head_dim)
 @group(0) @binding(1) var<storage, read> k_all: array<f32>;          // cache, as above
 @group(0) @binding(2) var<storage, read> v_all: array<f32>;          // cache, as above
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;      // (n_tokens, n_heads, head_dim)
-@group(0) @binding(4) var<uniform> pa: Params;
+@group(0) @binding(4) var<storage, read_write> part: array<f32>;     // (n_tokens, n_heads, n_splits, head_dim + 2)
+@group(0) @binding(5) var<uniform> pa: Params;
 
 const TILE: u32 = 64u;
 const MAX_HEAD_DIM: u32 = 256u;
@@ -62,10 +70,12 @@ fn kv_index(kvh: u32, pos: u32, d: u32) -> u32 {
 @compute @workgroup_size(64)
 fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_index) lid: u32) {
-    let g = linear_workgroup(wid, nwg);
-    if (g >= pa.n_tokens * pa.n_heads) {
+    let gs = linear_workgroup(wid, nwg);
+    if (gs >= pa.n_tokens * pa.n_heads * pa.n_splits) {
         return; // whole workgroup
     }
+    let g = gs / pa.n_splits;  // (token, head)
+    let sp = gs % pa.n_splits;
     let t = g / pa.n_heads;
     let h = g % pa.n_heads;
     let kvh = h / (pa.n_heads / pa.n_kv_heads);
@@ -76,17 +86,17 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     }
     workgroupBarrier();
 
-    let kv_len = pa.pos0 + t + 1u;
+    let kv_end = min(pa.pos0 + t + 1u, (sp + 1u) * pa.split_len);
     var m = NEG_BIG;       // running max (same in every thread)
     var l = 0.0;           // running sum of exp
     var acc: array<f32, 4>; // output dims lid, lid+64, lid+128, lid+192
     for (var j = 0u; j < 4u; j++) {
         acc[j] = 0.0;
     }
-    for (var tile = 0u; tile < kv_len; tile += TILE) {
+    for (var tile = sp * pa.split_len; tile < kv_end; tile += TILE) {
         let key = tile + lid;
         var s = NEG_BIG;
-        if (key < kv_len) {
+        if (key < kv_end) {
             var dot = 0.0;
             for (var d = 0u; d < hd; d++) {
                 dot += qs[d] * k_all[kv_index(kvh, key, d)];
@@ -104,7 +114,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         let m_new = max(m, red[0]);
         workgroupBarrier();
         var e = 0.0;
-        if (key < kv_len) {
+        if (key < kv_end) {
             e = exp(s - m_new);
         }
         probs[lid] = e;
@@ -119,7 +129,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         let corr = exp(m - m_new);
         l = l * corr + red[0];
         m = m_new;
-        let n_keys = min(TILE, kv_len - tile);
+        let n_keys = min(TILE, kv_end - tile);
         for (var j = 0u; j < 4u; j++) {
             let d = lid + j * TILE;
             if (d < hd) {
@@ -132,10 +142,53 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         }
         workgroupBarrier();
     }
+    if (pa.n_splits == 1u) {
+        for (var j = 0u; j < 4u; j++) {
+            let d = lid + j * TILE;
+            if (d < hd) {
+                out[qbase + d] = acc[j] / l;
+            }
+        }
+        return;
+    }
+    let pbase = gs * (hd + 2u);
     for (var j = 0u; j < 4u; j++) {
         let d = lid + j * TILE;
         if (d < hd) {
-            out[qbase + d] = acc[j] / l;
+            part[pbase + 2u + d] = acc[j];
         }
+    }
+    if (lid == 0u) {
+        part[pbase] = m;      // NEG_BIG with l = 0 for a range past the last key
+        part[pbase + 1u] = l;
+    }
+}
+
+// attention_combine: one workgroup per (token, head), one thread per output dimension.
+@compute @workgroup_size(64)
+fn attention_combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+    let g = linear_workgroup(wid, nwg);
+    if (g >= pa.n_tokens * pa.n_heads) {
+        return;
+    }
+    let hd = pa.head_dim;
+    var mx = NEG_BIG;
+    for (var sp = 0u; sp < pa.n_splits; sp++) {
+        mx = max(mx, part[(g * pa.n_splits + sp) * (hd + 2u)]);
+    }
+    for (var d = lid; d < hd; d += 64u) {
+        var num = 0.0;
+        var den = 0.0;
+        for (var sp = 0u; sp < pa.n_splits; sp++) {
+            let b = (g * pa.n_splits + sp) * (hd + 2u);
+            let w = exp(part[b] - mx);
+            num += w * part[b + 2u + d];
+            den += w * part[b + 1u];
+        }
+        out[g * hd + d] = num / den;
+    }
+    if (pa.n_splits == 0u) {
+        out[0] = q[0] + k_all[0] + v_all[0]; // never runs: keeps every binding in the layout
     }
 }

@@ -90,7 +90,7 @@ impl Gpt {
             linear(rec, "k_proj", Some(i), &st.xn, &l.wk, Some(&l.bk), &st.k, n, Store::Write)?;
             linear(rec, "v_proj", Some(i), &st.xn, &l.wv, Some(&l.bv), &st.v, n, Store::Write)?;
             attention::kv_write(rec, &st.k, &st.v, &st.k_cache[i], &st.v_cache[i], attn, i)?;
-            attention::attention(rec, &st.q, &st.k_cache[i], &st.v_cache[i], &st.att, attn, i)?;
+            attention::attention(rec, &st.q, &st.k_cache[i], &st.v_cache[i], &st.att, &st.att_partials, attn, i)?;
             linear(rec, "o_proj", Some(i), &st.att, &l.wo, Some(&l.bo), &st.x, n, Store::Accumulate)?;
             // MLP block: x += W_down · gelu(W_up·ln(x) + b_up) + b_down
             norm::layer_norm(rec, &st.x, &l.ffn_norm, &l.ffn_norm_b, &st.xn, n, c.norm_eps, Some(i))?;

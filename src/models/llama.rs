@@ -251,7 +251,7 @@ impl Llama {
             rope::rope(rec, &st.q, n, c.n_heads, c.head_dim, pos0, c.rope_theta, c.rope_style, i)?;
             rope::rope(rec, &st.k, n, c.n_kv_heads, c.head_dim, pos0, c.rope_theta, c.rope_style, i)?;
             attention::kv_write(rec, &st.k, &st.v, &st.k_cache[i], &st.v_cache[i], attn, i)?;
-            attention::attention(rec, &st.q, &st.k_cache[i], &st.v_cache[i], &st.att, attn, i)?;
+            attention::attention(rec, &st.q, &st.k_cache[i], &st.v_cache[i], &st.att, &st.att_partials, attn, i)?;
             linear(rec, "o_proj", Some(i), &st.att, &l.wo, l.bo.as_ref(), &st.x, n, Store::Accumulate)?;
             // MLP block: x += W_down · (silu(W_gate·norm(x)) * W_up·norm(x))
             norm::rms_norm(rec, &st.x, &l.ffn_norm, &st.xn, n, c.norm_eps, Some(i))?;

@@ -26,6 +26,7 @@ pub struct State {
     pub k: Tensor,      // (max_batch, n_kv_heads * head_dim)
     pub v: Tensor,      // (max_batch, n_kv_heads * head_dim)
     pub att: Tensor,    // (max_batch, n_heads * head_dim)
+    pub att_partials: Tensor, // split attention's partial results (ops::attention::partials_len)
     pub gate: Tensor,   // (max_batch, ffn_dim)
     pub up: Tensor,     // (max_batch, ffn_dim)
     pub logits: Tensor, // (max_batch, vocab)
@@ -77,6 +78,7 @@ impl State {
             k: z("k", &[max_batch, kv_dim])?,
             v: z("v", &[max_batch, kv_dim])?,
             att: z("att", &[max_batch, q_dim])?,
+            att_partials: z("attention partials", &[crate::ops::attention::partials_len(c.n_heads, c.head_dim)])?,
             gate: z("gate", &[max_batch, c.ffn_dim])?,
             up: z("up", &[max_batch, c.ffn_dim])?,
             logits: z("logits", &[max_batch, c.vocab])?,
