@@ -76,8 +76,10 @@ struct Params {
     _pad: [u32; 3],
 }
 
-/// Up to this many tokens, the mat-vec kernel is used.
-pub const MATVEC_MAX_TOKENS: usize = 4;
+/// Up to this many tokens, the mat-vec kernel is used (one workgroup row per token; the
+/// weights are read once per token, from cache after the first), as llama.cpp does for
+/// batches of up to 8.
+pub const MATVEC_MAX_TOKENS: usize = 8;
 
 /// How the result is stored.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -349,6 +351,7 @@ pub(crate) mod tests {
             let k = if dtype.block_len() == 256 { 512 } else { 96 };
             run_quant(dtype, 1, k, 37, "write", u64::MAX);
             run_quant(dtype, 3, k, 131, "accumulate", u64::MAX);
+            run_quant(dtype, MATVEC_MAX_TOKENS, k, 33, "write", u64::MAX);
         }
         // 18 units per row (SmolLM2's 576 columns), and one lane with more units than others.
         run_quant(DType::Q4_1, 1, 576, 65, "write", u64::MAX);
@@ -360,8 +363,8 @@ pub(crate) mod tests {
     fn quantized_matmul_matches_dequantized_reference() {
         for dtype in ALL {
             let k = if dtype.block_len() == 256 { 256 } else { 160 };
-            // Tiles of 16 (t = 5), 48 (t = 40) and 64 tokens (t = 70: two tiles).
-            run_quant(dtype, 5, k, 37, "write", u64::MAX);
+            // Tiles of 16 (t = 12), 48 (t = 40) and 64 tokens (t = 70: two tiles).
+            run_quant(dtype, 12, k, 37, "write", u64::MAX);
             run_quant(dtype, 40, k, 37, "write", u64::MAX);
             run_quant(dtype, 70, k, 67, "accumulate", u64::MAX);
         }
@@ -396,11 +399,11 @@ pub(crate) mod tests {
 
     #[test]
     fn matmul_matches_reference_on_odd_sizes() {
-        for &(t, k, n) in &[(5, 1, 1), (5, 17, 3), (33, 65, 129), (70, 200, 67), (9, 576, 100), (5, 4, 3), (65, 68, 129), (130, 1536, 61)] {
+        for &(t, k, n) in &[(9, 1, 1), (12, 17, 3), (33, 65, 129), (70, 200, 67), (9, 576, 100), (10, 4, 3), (65, 68, 129), (130, 1536, 61)] {
             run(t, k, n, false, Store::Write);
         }
         run(37, 50, 70, true, Store::Accumulate);
-        run(6, 31, 5, true, Store::Write);
+        run(11, 31, 5, true, Store::Write);
         // Bias and a fused residual add, as prefill's o_proj/down_proj use them.
         run(37, 52, 70, true, Store::Accumulate);
         run(70, 576, 131, false, Store::Accumulate);
