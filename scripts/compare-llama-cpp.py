@@ -47,6 +47,13 @@ def run_llama_cpp(args):
     llm = llama_cpp.Llama(model_path=args.model, n_ctx=args.prompt_tokens + args.gen_tokens + 8,
                           n_threads=args.threads, n_batch=512, verbose=False)
     load_s = time.perf_counter() - start
+    n_vocab = llm.n_vocab()
+
+    def greedy():
+        # The last evaluated token's logits (the binding keeps them in `scores` only with
+        # logits_all, which would copy every position's).
+        return int(np.argmax(np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(n_vocab,))))
+
     piece = llm.tokenize(BENCH_TEXT.encode(), add_bos=False)
     prompt = [piece[i % len(piece)] for i in range(args.prompt_tokens)]
     # Warm-up, as quill bench does.
@@ -55,11 +62,13 @@ def run_llama_cpp(args):
     llm.reset()
     t0 = time.perf_counter()
     llm.eval(prompt)
-    tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    tok = greedy()
     t1 = time.perf_counter()
+    text = [tok]
     for _ in range(args.gen_tokens - 1):
         llm.eval([tok])
-        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        tok = greedy()
+        text.append(tok)
     t2 = time.perf_counter()
     return {
         "adapter": f"llama.cpp {getattr(llama_cpp, '__version__', '?')} CPU, {args.threads} threads",
@@ -67,6 +76,7 @@ def run_llama_cpp(args):
         "prefill_tok_s": args.prompt_tokens / (t1 - t0),
         "decode_tok_s": (args.gen_tokens - 1) / (t2 - t1),
         "time_to_first_token_ms": (t1 - t0) * 1e3,
+        "text": llm.detokenize(text).decode(errors="replace"),
     }
 
 
