@@ -44,11 +44,10 @@ pub fn reference(table: &[f32], dim: usize, ids: &[u32]) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gpu::context::gpu_test;
     use crate::ops::{compare, test_values};
 
-    #[test]
-    fn embed_matches_reference_on_odd_sizes() {
-        let Some(ctx) = crate::gpu::context::test_context() else { return };
+    gpu_test!(fn embed_matches_reference_on_odd_sizes(ctx) {
         for &(vocab, dim, n) in &[(1usize, 1usize, 1usize), (37, 13, 5), (301, 67, 19)] {
             let table = test_values(vocab * dim, 3);
             let ids: Vec<u32> = (0..n + 2).map(|i| ((i * 7 + 3) % vocab) as u32).collect();
@@ -58,9 +57,9 @@ mod tests {
             let mut rec = Recorder::new(ctx, "test");
             embed(&mut rec, &t, &id_buf, 2, n, &out).unwrap();
             rec.submit().unwrap();
-            let got = ctx.read_f32(&out.buf, 0, n * dim).unwrap();
+            let got = ctx.read_f32_async(&out.buf, 0, n * dim).await.unwrap();
             // A gather copies bits: exact.
             compare(&got, &reference(&table, dim, &ids[2..]), 0.0, 0.0).unwrap_or_else(|e| panic!("vocab {vocab} dim {dim}: {e}"));
         }
-    }
+    });
 }
