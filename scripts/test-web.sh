@@ -15,7 +15,7 @@ export WASM_BINDGEN_TEST_WEBDRIVER_JSON="$PWD/tests/web/webdriver.json"
 export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner
 # SwiftShader runs a shader on the CPU: the golden test takes minutes, not seconds.
 export WASM_BINDGEN_TEST_TIMEOUT="${WASM_BINDGEN_TEST_TIMEOUT:-900}"
-cargo test --release --target wasm32-unknown-unknown --lib --test web
+cargo test --release --target wasm32-unknown-unknown --no-default-features --lib --test web
 
 bash scripts/web.sh --build
 node tests/web/e2e.mjs llama-tiny

@@ -165,7 +165,7 @@ mod tests {
                     // The angle pos·inv_freq is rounded to f32 (an error of ulp(pos) ≈ pos·6e-8
                     // radians), then reduced to [0, 2π) (one more ulp); sin and cos of the
                     // reduced angle add a few ulp. Values are at most |x|·scale + 1 ≤ 9.
-                    let abs = 2e-6 + 2.5e-7 * (pos0 + n) as f32;
+                    let abs = 2e-6 + 2.5e-7 * (pos0 + n) as f32 + crate::ops::sin_cos_tolerance(ctx);
                     compare(&got, &sinusoidal_reference(&x, dim, pos0, scale, layout), abs, 1e-6)
                         .unwrap_or_else(|e| panic!("dim {dim} pos0 {pos0} n {n} {layout:?} scale {scale}: {e}"));
                 }
