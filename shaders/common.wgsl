@@ -1,7 +1,8 @@
 // common.wgsl: prepended to every shader of quill.
 
-// Largest finite f32, used where -infinity is meant (WGSL has no infinity literal).
-const NEG_BIG: f32 = -3.4028235e38;
+// Largest finite f32, used where -infinity is meant (WGSL has no infinity literal). Written
+// out exactly: browsers' WGSL compilers refuse 3.4028235e38, which rounds past f32's range.
+const NEG_BIG: f32 = -3.4028234663852886e38;
 
 // Dispatches wider than the per-dimension limit are split into a 2-D grid by the host
 // (`gpu::grid`); this recovers the linear workgroup index.

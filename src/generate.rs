@@ -1,8 +1,11 @@
 //! A generation session: one sequence, its KV cache and token ids on the GPU. Prompts are
 //! prefilled in chunks of matrix-matrix passes; every decode step is one command buffer
 //! (forward pass + sampling), and only the sampled id (4 bytes) comes back.
+//!
+//! Reading from the GPU is async underneath (`*_async`), because a browser must not block;
+//! the plain methods wait natively with `pollster::block_on`.
 
-use std::time::{Duration, Instant};
+use web_time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::gpu::profiler::Profile;
@@ -95,10 +98,10 @@ impl<'a> Session<'a> {
     }
 
     /// Submits; when profiling, waits for the GPU and keeps the command buffer's timings.
-    fn submit(&mut self, rec: Recorder<'a>, label: &'static str) -> Result<()> {
+    async fn submit(&mut self, rec: Recorder<'a>, label: &'static str) -> Result<()> {
         let submitted = rec.submit()?;
         if self.profile.is_some() {
-            if let Some(step) = submitted.profile(self.ctx, label)? {
+            if let Some(step) = submitted.profile_async(self.ctx, label).await? {
                 if let Some(p) = &mut self.profile {
                     p.push(step);
                 }
@@ -137,8 +140,8 @@ impl<'a> Session<'a> {
     /// Records forward passes over the pending ids; all but the last chunk are submitted.
     /// Returns the recorder of the last chunk (its logits in row 0) and whether it is a
     /// prefill ("prefill") or a single decode step ("decode"). With `All`, every chunk is
-    /// submitted and `on_chunk` reads its logits; the recorder returned is then empty.
-    fn run_pending(&mut self, rows: LogitRows, mut on_chunk: impl FnMut(&Context, &State, usize, usize) -> Result<()>) -> Result<(Recorder<'a>, &'static str)> {
+    /// submitted and its logits appended to `all_logits`; the recorder returned is then empty.
+    async fn run_pending(&mut self, rows: LogitRows, all_logits: &mut Vec<f32>) -> Result<(Recorder<'a>, &'static str)> {
         if self.ids.len() == self.processed {
             return Err(Error::Context("no token to run: push ids first".into()));
         }
@@ -147,15 +150,15 @@ impl<'a> Session<'a> {
             let label = if n == 1 && self.processed > 0 { "decode" } else { "prefill" };
             let mut rec = self.recorder(label);
             self.model.model.forward(&mut rec, &self.state, self.processed, n, rows)?;
-            let pos0 = self.processed;
             self.processed += n;
             let last = self.processed == self.ids.len();
             if last && rows == LogitRows::Last {
                 return Ok((rec, label));
             }
-            self.submit(rec, label)?;
+            self.submit(rec, label).await?;
             if rows == LogitRows::All {
-                on_chunk(self.ctx, &self.state, pos0, n)?;
+                let vocab = self.model.config().vocab;
+                all_logits.extend(self.ctx.read_f32_async(&self.state.logits.buf, 0, n * vocab).await?);
             }
             if last {
                 return Ok((Recorder::new(self.ctx, "empty"), label));
@@ -165,16 +168,20 @@ impl<'a> Session<'a> {
 
     /// Runs the pending ids and samples the next token on the GPU; returns it.
     pub fn next_token(&mut self, s: &SamplingParams) -> Result<u32> {
+        pollster::block_on(self.next_token_async(s))
+    }
+
+    pub async fn next_token_async(&mut self, s: &SamplingParams) -> Result<u32> {
         if self.ids.len() >= self.state.ctx_len {
             return Err(Error::Context(format!("the context of {} positions is full", self.state.ctx_len)));
         }
-        let (mut rec, label) = self.run_pending(LogitRows::Last, |_, _, _, _| Ok(()))?;
+        let (mut rec, label) = self.run_pending(LogitRows::Last, &mut Vec::new()).await?;
         let out = self.ids.len();
         let history = out.saturating_sub(s.repeat_last_n)..out;
         sample(&mut rec, &self.state.logits, 0, &self.state.work, &self.state.tokens, out, history, s, self.draws)?;
         rec.copy(&self.state.tokens.buf, (out * 4) as u64, &self.state.readback, 0, 4);
-        self.submit(rec, label)?;
-        let bytes = self.ctx.map_read(&self.state.readback, 4)?;
+        self.submit(rec, label).await?;
+        let bytes = self.ctx.map_read_async(&self.state.readback, 4).await?;
         let id = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
         self.draws = self.draws.wrapping_add(1);
         // The id is already in the GPU's token buffer for the next step's embedding.
@@ -187,6 +194,10 @@ impl<'a> Session<'a> {
     /// exactly one pending id (after `next_token`). Returns the ids (fewer than `n` when the
     /// context fills). Draws are the same as `n` calls of `next_token`.
     pub fn next_tokens(&mut self, s: &SamplingParams, n: usize) -> Result<Vec<u32>> {
+        pollster::block_on(self.next_tokens_async(s, n))
+    }
+
+    pub async fn next_tokens_async(&mut self, s: &SamplingParams, n: usize) -> Result<Vec<u32>> {
         if self.ids.len() != self.processed + 1 {
             return Err(Error::Context("next_tokens continues a decode: run next_token first".into()));
         }
@@ -203,8 +214,8 @@ impl<'a> Session<'a> {
             sample(&mut rec, &self.state.logits, 0, &self.state.work, &self.state.tokens, out, history, s, self.draws.wrapping_add(i as u32))?;
         }
         rec.copy(&self.state.tokens.buf, (first_out * 4) as u64, &self.state.readback, 0, (n * 4) as u64);
-        self.submit(rec, "decode")?;
-        let bytes = self.ctx.map_read(&self.state.readback, (n * 4) as u64)?;
+        self.submit(rec, "decode").await?;
+        let bytes = self.ctx.map_read_async(&self.state.readback, (n * 4) as u64).await?;
         let new: Vec<u32> = bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
         self.draws = self.draws.wrapping_add(n as u32);
         self.processed += n;
@@ -223,25 +234,36 @@ impl<'a> Session<'a> {
 
     /// Logits of every pending position (teacher forcing, perplexity): (n, vocab) row-major.
     pub fn logits_all(&mut self) -> Result<Vec<f32>> {
+        pollster::block_on(self.logits_all_async())
+    }
+
+    pub async fn logits_all_async(&mut self) -> Result<Vec<f32>> {
         let vocab = self.model.config().vocab;
         let mut out = Vec::with_capacity((self.ids.len() - self.processed) * vocab);
-        self.run_pending(LogitRows::All, |ctx, st, _, n| {
-            out.extend(ctx.read_f32(&st.logits.buf, 0, n * vocab)?);
-            Ok(())
-        })?;
+        self.run_pending(LogitRows::All, &mut out).await?;
         Ok(out)
     }
 
     /// Logits of the last pending position: (vocab,).
     pub fn logits_last(&mut self) -> Result<Vec<f32>> {
-        let (rec, label) = self.run_pending(LogitRows::Last, |_, _, _, _| Ok(()))?;
-        self.submit(rec, label)?;
-        self.ctx.read_f32(&self.state.logits.buf, 0, self.model.config().vocab)
+        pollster::block_on(self.logits_last_async())
+    }
+
+    pub async fn logits_last_async(&mut self) -> Result<Vec<f32>> {
+        let (rec, label) = self.run_pending(LogitRows::Last, &mut Vec::new()).await?;
+        self.submit(rec, label).await?;
+        self.ctx.read_f32_async(&self.state.logits.buf, 0, self.model.config().vocab).await
     }
 
     /// Prefills `prompt` and generates up to `max_tokens` tokens, calling `on_token` with
     /// each id as soon as it is known; `on_token` returns false to cancel.
-    pub fn generate(&mut self, prompt: &[u32], s: &SamplingParams, max_tokens: usize, ignore_eos: bool, mut on_token: impl FnMut(u32) -> bool) -> Result<(Stop, Stats)> {
+    pub fn generate(&mut self, prompt: &[u32], s: &SamplingParams, max_tokens: usize, ignore_eos: bool, on_token: impl FnMut(u32) -> bool) -> Result<(Stop, Stats)> {
+        pollster::block_on(self.generate_async(prompt, s, max_tokens, ignore_eos, on_token))
+    }
+
+    /// `generate` for callers that must not block (the browser). `on_token` runs between GPU
+    /// steps, so whatever it does (stream text, check a cancel flag) shows at once.
+    pub async fn generate_async(&mut self, prompt: &[u32], s: &SamplingParams, max_tokens: usize, ignore_eos: bool, mut on_token: impl FnMut(u32) -> bool) -> Result<(Stop, Stats)> {
         s.validate()?;
         if prompt.is_empty() {
             return Err(Error::arg("prompt", "is empty: give some text to continue"));
@@ -262,7 +284,7 @@ impl<'a> Session<'a> {
             return Ok((stop, stats));
         }
         // The first token comes from the prefill's command buffer.
-        let id = self.next_token(s)?;
+        let id = self.next_token_async(s).await?;
         stats.generated = 1;
         stats.time_to_first_token = start.elapsed();
         stats.prefill = stats.time_to_first_token;
@@ -293,7 +315,7 @@ impl<'a> Session<'a> {
             }
             // Several steps per submit, as many as keep text streaming every STREAM_INTERVAL.
             let t = Instant::now();
-            pending = self.next_tokens(s, batch.min(max_tokens - stats.generated))?;
+            pending = self.next_tokens_async(s, batch.min(max_tokens - stats.generated)).await?;
             stats.generated += pending.len();
             let per_step = t.elapsed() / pending.len() as u32;
             batch = if per_step * (2 * batch as u32) <= STREAM_INTERVAL { (2 * batch).min(MAX_DECODE_STEPS) } else { batch };

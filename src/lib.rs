@@ -13,5 +13,7 @@ pub mod perplexity;
 pub mod sampling;
 pub mod tokenizer;
 pub mod weights;
+#[cfg(target_arch = "wasm32")]
+pub mod web;
 
 pub use error::{Error, Result};

@@ -2,6 +2,8 @@
 //! was made: tests/fixtures/README.md (copied from the project's shared fixtures).
 
 mod common;
+#[path = "common/golden.rs"]
+mod golden;
 
 use common::*;
 use quill::generate::Session;
@@ -15,62 +17,18 @@ fn load(ctx: &Context, path: &std::path::Path) -> LoadedModel {
     quill::files::load_model(ctx, path, &mut no_progress).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()))
 }
 
-/// {llama,qwen2,gpt2,xglm}-tiny: reference_logits.safetensors holds input_ids [1, 34] (i64) and logits [34, 1000].
-fn tiny_reference(name: &str) -> (Vec<u32>, Vec<f32>) {
-    let bytes = std::fs::read(fixture(&format!("{name}/reference_logits.safetensors"))).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let ids = st.tensor("input_ids").unwrap();
-    let ids: Vec<u32> = ids.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32).collect();
-    let logits = st.tensor("logits").unwrap();
-    (ids, logits.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
-}
-
-fn check_close(got: &[f32], want: &[f32], abs: f32, rel: f32, what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        assert!((g - w).abs() <= abs + rel * w.abs(), "{what}: index {i} (position {}, token {}): expected {w}, got {g}", i / 1000, i % 1000);
-    }
-}
-
-/// Full logits at all 34 positions within 1e-4 (abs + rel) in one prefill, then again through
-/// a 20-token prefill followed by 14 single-token KV-cache decode steps; 16 greedy tokens exact.
 fn golden_tiny(name: &str) {
     let Some(ctx) = test_context() else { return };
     let model = load(ctx, &fixture(name));
-    let (ids, want) = tiny_reference(name);
-    let vocab = model.config().vocab;
-    assert_eq!(ids.len(), 34);
-
-    let mut s = Session::new(ctx, &model, 64).unwrap();
-    s.push(&ids).unwrap();
-    let got = s.logits_all().unwrap();
-    check_close(&got, &want, 1e-4, 1e-4, &format!("{name} prefill logits (reference_logits.safetensors)"));
-
-    let mut s = Session::new(ctx, &model, 64).unwrap();
-    s.push(&ids[..20]).unwrap();
-    let mut got = s.logits_all().unwrap();
-    for &id in &ids[20..] {
-        s.push(&[id]).unwrap();
-        got.extend(s.logits_last().unwrap());
-    }
-    check_close(&got, &want, 1e-4, 1e-4, &format!("{name} prefill(20) + decode logits"));
-    assert_eq!(got.len(), 34 * vocab);
-
-    let reference = json(&format!("{name}/reference.json"));
-    let greedy = ids_of(&reference["greedy_ids"]);
-    let mut s = Session::new(ctx, &model, 64).unwrap();
-    let mut out = Vec::new();
-    s.generate(&ids, &SamplingParams::greedy(), 16, true, |id| {
-        out.push(id);
-        true
-    })
-    .unwrap();
-    assert_eq!(out, greedy, "{name}: 16 greedy tokens (reference.json greedy_ids)");
+    let read = |file: &str| std::fs::read(fixture(&format!("{name}/{file}"))).unwrap();
+    pollster::block_on(golden::golden_tiny(ctx, &model, name, &read("reference_logits.safetensors"), &read("reference.json")));
 }
 
-fn ids_of(v: &serde_json::Value) -> Vec<u32> {
-    ids(v)
+/// A tiny model's fixture reference (input ids, logits).
+fn tiny_reference(name: &str) -> (Vec<u32>, Vec<f32>) {
+    golden::tiny_reference(&std::fs::read(fixture(&format!("{name}/reference_logits.safetensors"))).unwrap())
 }
+use golden::check_close;
 
 #[test]
 fn golden_llama_tiny() {

@@ -154,8 +154,13 @@ impl Context {
         pollster::block_on(Self::new())
     }
 
+    /// The adapter's name; browsers may keep it to themselves.
     pub fn adapter_name(&self) -> &str {
-        &self.info.name
+        if self.info.name.is_empty() {
+            "unnamed WebGPU adapter"
+        } else {
+            &self.info.name
+        }
     }
 
     /// Returns the first GPU error seen since the last check (validation, out of memory,
@@ -314,7 +319,7 @@ impl Context {
     }
 
     /// Copies `size` bytes at `offset` of `buffer` back to the CPU (waits for the GPU).
-    pub fn read_bytes(&self, buffer: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
+    pub async fn read_bytes_async(&self, buffer: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("read-back"),
             size,
@@ -324,25 +329,24 @@ impl Context {
         let mut enc = self.device.create_command_encoder(&Default::default());
         enc.copy_buffer_to_buffer(buffer, offset, &staging, 0, size);
         self.queue.submit([enc.finish()]);
-        self.map_read(&staging, size)
+        self.map_read_async(&staging, size).await
     }
 
-    /// Maps a MAP_READ buffer that a submitted command buffer fills, and returns its bytes.
-    /// Blocks until the GPU is done: natively through `poll`; in a browser the device is
-    /// polled by the event loop, so the web entry point must await the map instead.
-    pub fn map_read(&self, staging: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        staging.map_async(wgpu::MapMode::Read, 0..size, move |r| {
-            let _ = tx.send(r);
-        });
+    /// Maps a MAP_READ buffer that a submitted command buffer fills, and returns its bytes
+    /// once the GPU is done. Natively `poll` waits for the GPU here; in a browser `poll` does
+    /// nothing and the event loop runs the map callback while the caller awaits.
+    pub async fn map_read_async(&self, staging: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
+        let (tx, rx) = oneshot();
+        staging.map_async(wgpu::MapMode::Read, 0..size, move |r| tx.send(r));
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| Error::gpu("waiting for the GPU", e.to_string()))?;
+        let mapped = rx.await;
         self.check("reading results back")?;
-        match rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(Error::gpu("mapping a read-back buffer", e.to_string())),
-            Err(_) => return Err(Error::gpu("mapping a read-back buffer", "the map callback never ran")),
+        match mapped {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(Error::gpu("mapping a read-back buffer", e.to_string())),
+            None => return Err(Error::gpu("mapping a read-back buffer", "the map callback never ran")),
         }
         let bytes = staging
             .get_mapped_range(0..size)
@@ -352,14 +356,44 @@ impl Context {
         Ok(bytes)
     }
 
-    pub fn read_f32(&self, buffer: &wgpu::Buffer, offset_elems: usize, n: usize) -> Result<Vec<f32>> {
-        let bytes = self.read_bytes(buffer, offset_elems as u64 * 4, n as u64 * 4)?;
+    /// Resolves when the GPU has finished every command buffer submitted so far.
+    pub async fn finished(&self) -> Result<()> {
+        let (tx, rx) = oneshot();
+        self.queue.on_submitted_work_done(move || tx.send(()));
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::gpu("waiting for the GPU", e.to_string()))?;
+        rx.await.ok_or_else(|| Error::gpu("waiting for the GPU", "the work-done callback never ran"))?;
+        self.check("waiting for the GPU")
+    }
+
+    pub async fn read_f32_async(&self, buffer: &wgpu::Buffer, offset_elems: usize, n: usize) -> Result<Vec<f32>> {
+        let bytes = self.read_bytes_async(buffer, offset_elems as u64 * 4, n as u64 * 4).await?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 
-    pub fn read_u32(&self, buffer: &wgpu::Buffer, offset_elems: usize, n: usize) -> Result<Vec<u32>> {
-        let bytes = self.read_bytes(buffer, offset_elems as u64 * 4, n as u64 * 4)?;
+    pub async fn read_u32_async(&self, buffer: &wgpu::Buffer, offset_elems: usize, n: usize) -> Result<Vec<u32>> {
+        let bytes = self.read_bytes_async(buffer, offset_elems as u64 * 4, n as u64 * 4).await?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    // Blocking forms of the read-backs above, for native code. In a browser nothing may block
+    // (the map callback needs the event loop): the web entry point awaits the async forms.
+
+    pub fn read_bytes(&self, buffer: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
+        pollster::block_on(self.read_bytes_async(buffer, offset, size))
+    }
+
+    pub fn map_read(&self, staging: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
+        pollster::block_on(self.map_read_async(staging, size))
+    }
+
+    pub fn read_f32(&self, buffer: &wgpu::Buffer, offset_elems: usize, n: usize) -> Result<Vec<f32>> {
+        pollster::block_on(self.read_f32_async(buffer, offset_elems, n))
+    }
+
+    pub fn read_u32(&self, buffer: &wgpu::Buffer, offset_elems: usize, n: usize) -> Result<Vec<u32>> {
+        pollster::block_on(self.read_u32_async(buffer, offset_elems, n))
     }
 
     /// A human-readable report of the adapter, its features and its limits (`quill info`).
@@ -406,6 +440,100 @@ pub fn test_context() -> Option<&'static Context> {
         }
     })
     .as_ref()
+}
+
+/// Blocking tests cannot run in a browser (nothing may wait there); this keeps them compiling
+/// for wasm32, where the runner skips plain `#[test]`s. GPU tests written with `gpu_test!`
+/// run in the browser on `test_context_async()`.
+#[cfg(target_arch = "wasm32")]
+pub fn test_context() -> Option<&'static Context> {
+    None
+}
+
+/// The GPU context shared by the tests of one browser test binary (WebGPU; the page's
+/// adapter). Panics without one: the browser tests exist to run on the GPU.
+#[cfg(target_arch = "wasm32")]
+pub async fn test_context_async() -> &'static Context {
+    thread_local!(static CTX: std::cell::OnceCell<&'static Context> = const { std::cell::OnceCell::new() });
+    if let Some(ctx) = CTX.with(|c| c.get().copied()) {
+        return ctx;
+    }
+    let ctx: &'static Context = Box::leak(Box::new(Context::new().await.unwrap_or_else(|e| panic!("no WebGPU adapter: {e}"))));
+    CTX.with(|c| *c.get_or_init(|| ctx))
+}
+
+/// Declares a GPU test whose body awaits the `*_async` read-backs, so one body runs in both
+/// places: natively a `#[test]` on `test_context()` (blocking on the body), in a browser a
+/// `wasm_bindgen_test` on `test_context_async()`.
+///
+/// ```ignore
+/// gpu_test!(fn swiglu_matches_reference(ctx) { ... ctx.read_f32_async(&buf, 0, n).await ... });
+/// ```
+#[cfg(test)]
+macro_rules! gpu_test {
+    ($(#[$meta:meta])* fn $name:ident($ctx:ident) $body:block) => {
+        #[cfg(not(target_arch = "wasm32"))]
+        #[test]
+        $(#[$meta])*
+        fn $name() {
+            let Some($ctx) = $crate::gpu::context::test_context() else { return };
+            pollster::block_on(async move $body)
+        }
+        #[cfg(target_arch = "wasm32")]
+        #[wasm_bindgen_test::wasm_bindgen_test]
+        $(#[$meta])*
+        async fn $name() {
+            let $ctx = $crate::gpu::context::test_context_async().await;
+            $body
+        }
+    };
+}
+#[cfg(test)]
+pub(crate) use gpu_test;
+
+/// A one-value channel whose receiver is a future: wgpu's callbacks (buffer mapped, work
+/// done) send, and the reader awaits. The receiver gets None when the callback was dropped
+/// without running.
+fn oneshot<T>() -> (Sender<T>, Receiver<T>) {
+    let slot = Arc::new(Mutex::new(Slot { value: None, closed: false, waker: None }));
+    (Sender(slot.clone()), Receiver(slot))
+}
+
+struct Slot<T> {
+    value: Option<T>,
+    closed: bool,
+    waker: Option<std::task::Waker>,
+}
+
+struct Sender<T>(Arc<Mutex<Slot<T>>>);
+struct Receiver<T>(Arc<Mutex<Slot<T>>>);
+
+impl<T> Sender<T> {
+    fn send(self, value: T) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).value = Some(value);
+    }
+}
+
+impl<T> Drop for Sender<T> {
+    fn drop(&mut self) {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        slot.closed = true;
+        if let Some(w) = slot.waker.take() {
+            w.wake();
+        }
+    }
+}
+
+impl<T> std::future::Future for Receiver<T> {
+    type Output = Option<T>;
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<T>> {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.value.is_some() || slot.closed {
+            return std::task::Poll::Ready(slot.value.take());
+        }
+        slot.waker = Some(cx.waker().clone());
+        std::task::Poll::Pending
+    }
 }
 
 /// A WGSL source embedded in the binary. Every shader gets `common.wgsl` prepended.

@@ -7,11 +7,11 @@
 //! buffer is finished, so a step allocates no buffers. Without profiling, a recorder creates
 //! no query sets and writes no timestamps.
 
-use std::time::{Duration, Instant};
+use web_time::{Duration, Instant};
 
 use super::context::{Context, Pipeline};
 use super::profiler::{CpuTimes, StepProfile};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// What a dispatch is, for profiles and rooflines.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -245,11 +245,16 @@ pub struct Submitted {
 
 impl Submitted {
     /// Waits for the GPU and returns this command buffer's timings (None when not profiled).
-        pub fn profile(self, ctx: &Context, label: &'static str) -> Result<Option<StepProfile>> {
+    pub fn profile(self, ctx: &Context, label: &'static str) -> Result<Option<StepProfile>> {
+        pollster::block_on(self.profile_async(ctx, label))
+    }
+
+    /// `profile` for callers that must not block (the browser).
+    pub async fn profile_async(self, ctx: &Context, label: &'static str) -> Result<Option<StepProfile>> {
         if !self.profiled {
             return Ok(None);
         }
-        ctx.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::gpu("waiting for the GPU", e.to_string()))?;
+        ctx.finished().await?;
         let wait = self.submitted.elapsed();
         let t0 = Instant::now();
         let period = ctx.queue.get_timestamp_period() as f64;
@@ -257,13 +262,13 @@ impl Submitted {
         let (pass_ns, gpu_total_ns) = match &self.readback {
             Some((passes, total)) => {
                 let n = self.ops.len() as u64;
-                let t = ticks(&ctx.map_read(passes, (16 * n).max(8))?);
+                let t = ticks(&ctx.map_read_async(passes, (16 * n).max(8)).await?);
                 let pass_ns: Vec<f64> = (0..self.ops.len()).map(|i| t[2 * i + 1].wrapping_sub(t[2 * i]) as f64 * period).collect();
                 let first = t.first().copied().unwrap_or(0);
                 let starts: Vec<f64> = (0..self.ops.len()).map(|i| t[2 * i].wrapping_sub(first) as f64 * period).collect();
                 let total = match total {
                     Some(b) => {
-                        let e = ticks(&ctx.map_read(b, 16)?);
+                        let e = ticks(&ctx.map_read_async(b, 16).await?);
                         Some(e[1].wrapping_sub(e[0]) as f64 * period)
                     }
                     None => None,

@@ -105,11 +105,10 @@ pub fn swiglu_reference(gate: &[f32], up: &[f32]) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gpu::context::gpu_test;
     use crate::ops::{compare, test_values};
 
-    #[test]
-    fn swiglu_matches_reference_on_odd_sizes() {
-        let Some(ctx) = crate::gpu::context::test_context() else { return };
+    gpu_test!(fn swiglu_matches_reference_on_odd_sizes(ctx) {
         for &n in &[1usize, 255, 257, 4099] {
             let gate: Vec<f32> = test_values(n, 5).iter().map(|v| v * 12.0).collect();
             let up = test_values(n, 6);
@@ -118,11 +117,11 @@ mod tests {
             let mut rec = Recorder::new(ctx, "test");
             swiglu(&mut rec, &u, &g, n, 0).unwrap();
             rec.submit().unwrap();
-            let got = ctx.read_f32(&g.buf, 0, n).unwrap();
+            let got = ctx.read_f32_async(&g.buf, 0, n).await.unwrap();
             // exp and one division in f32: a few ulp.
             compare(&got, &swiglu_reference(&gate, &up), 1e-6, 1e-5).unwrap_or_else(|e| panic!("n {n}: {e}"));
         }
-    }
+    });
 
     #[test]
     fn erf_reference_is_right() {
@@ -132,9 +131,7 @@ mod tests {
         }
     }
 
-    #[test]
-    fn gelu_matches_reference_on_odd_sizes() {
-        let Some(ctx) = crate::gpu::context::test_context() else { return };
+    gpu_test!(fn gelu_matches_reference_on_odd_sizes(ctx) {
         for kind in [Gelu::Tanh, Gelu::Erf] {
             for &n in &[1usize, 255, 257, 4099] {
                 // [-12, 12): both tails and the curved middle.
@@ -143,11 +140,11 @@ mod tests {
                 let mut rec = Recorder::new(ctx, "test");
                 gelu(&mut rec, &t, n, kind, 0).unwrap();
                 rec.submit().unwrap();
-                let got = ctx.read_f32(&t.buf, 0, n).unwrap();
+                let got = ctx.read_f32_async(&t.buf, 0, n).await.unwrap();
                 // erfc's fit is good to 1.2e-7 relative, exp and the divisions add a few ulp:
                 // 1e-6 relative; 1e-7 absolute for the tails that round towards zero.
                 compare(&got, &gelu_reference(&x, kind), 1e-7, 1e-6).unwrap_or_else(|e| panic!("{kind:?} n {n}: {e}"));
             }
         }
-    }
+    });
 }

@@ -172,12 +172,13 @@ pub fn reference(q: &[f32], k: &[f32], v: &[f32], s: AttnShape, positions: usize
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gpu::context::gpu_test;
+    use crate::gpu::Context;
     use crate::ops::{compare, test_values};
 
     /// Prefills `pre` tokens, then runs `n_tokens` more in a second call, as generation does,
     /// and compares the second call's output with the reference.
-    fn run(n_heads: usize, n_kv_heads: usize, head_dim: usize, pre: usize, n_tokens: usize, slot: usize) {
-        let Some(ctx) = crate::gpu::context::test_context() else { return };
+    async fn run(ctx: &Context, n_heads: usize, n_kv_heads: usize, head_dim: usize, pre: usize, n_tokens: usize, slot: usize) {
         let ctx_len = pre + n_tokens + 3;
         let n_slots = slot + 1;
         let total = pre + n_tokens;
@@ -206,7 +207,7 @@ mod tests {
         let mut rec = Recorder::new(ctx, "test");
         attention(&mut rec, &qt, &kc, &vc, &out, &partials, s, 0).unwrap();
         rec.submit().unwrap();
-        let got = ctx.read_f32(&out.buf, 0, n_tokens * n_heads * head_dim).unwrap();
+        let got = ctx.read_f32_async(&out.buf, 0, n_tokens * n_heads * head_dim).await.unwrap();
         // Reference layout: (kv_head, position, d).
         let to_heads = |x: &[f32]| -> Vec<f32> {
             let mut o = vec![0f32; x.len()];
@@ -225,27 +226,24 @@ mod tests {
         compare(&got, &want, 2e-5, 1e-4).unwrap_or_else(|e| panic!("heads {n_heads}/{n_kv_heads} d {head_dim} pre {pre} t {n_tokens}: {e}"));
     }
 
-    #[test]
-    fn attention_prefill_matches_reference() {
-        run(1, 1, 2, 0, 1, 0);
-        run(4, 2, 16, 0, 34, 0);
-        run(3, 1, 7 * 2, 0, 5, 1);
-        run(9, 3, 64, 0, 70, 0); // more keys than one tile
-    }
+    gpu_test!(fn attention_prefill_matches_reference(ctx) {
+        run(ctx, 1, 1, 2, 0, 1, 0).await;
+        run(ctx, 4, 2, 16, 0, 34, 0).await;
+        run(ctx, 3, 1, 7 * 2, 0, 5, 1).await;
+        run(ctx, 9, 3, 64, 0, 70, 0).await; // more keys than one tile
+    });
 
-    #[test]
-    fn attention_decode_over_cache_matches_reference() {
-        run(9, 3, 64, 130, 1, 0);
-        run(2, 2, 130, 63, 2, 1); // head_dim > 128 uses the third accumulator
-        run(4, 1, 8, 64, 1, 0); // exactly one full tile before
-    }
+    gpu_test!(fn attention_decode_over_cache_matches_reference(ctx) {
+        run(ctx, 9, 3, 64, 130, 1, 0).await;
+        run(ctx, 2, 2, 130, 63, 2, 1).await; // head_dim > 128 uses the third accumulator
+        run(ctx, 4, 1, 8, 64, 1, 0).await; // exactly one full tile before
+    });
 
-    #[test]
-    fn split_key_ranges_combine_to_the_reference() {
+    gpu_test!(fn split_key_ranges_combine_to_the_reference(ctx) {
         // A decode step over more than 256 keys is split into ranges of whole tiles.
-        run(9, 3, 64, 300, 1, 0); // 2 ranges, the second partly filled
-        run(2, 1, 130, 1000, 1, 1); // 4 ranges, head_dim > 128
-        run(3, 3, 16, 3 * 256 + 1, 1, 0); // 4 ranges: the last holds one key
-        run(2, 2, 8, 40 * 256, 1, 0); // more than MAX_SPLITS ranges' worth: 32 ranges of 320
-    }
+        run(ctx, 9, 3, 64, 300, 1, 0).await; // 2 ranges, the second partly filled
+        run(ctx, 2, 1, 130, 1000, 1, 1).await; // 4 ranges, head_dim > 128
+        run(ctx, 3, 3, 16, 3 * 256 + 1, 1, 0).await; // 4 ranges: the last holds one key
+        run(ctx, 2, 2, 8, 40 * 256, 1, 0).await; // more than MAX_SPLITS ranges' worth: 32 ranges of 320
+    });
 }

@@ -70,11 +70,10 @@ pub fn reference(table: &[f32], dim: usize, ids: &[u32]) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gpu::context::gpu_test;
     use crate::ops::{compare, test_values};
 
-    #[test]
-    fn embed_matches_reference_on_odd_sizes() {
-        let Some(ctx) = crate::gpu::context::test_context() else { return };
+    gpu_test!(fn embed_matches_reference_on_odd_sizes(ctx) {
         for &(vocab, dim, n) in &[(1usize, 1usize, 1usize), (37, 13, 5), (301, 67, 19), (301, 68, 19)] {
             let table = test_values(vocab * dim, 3);
             let ids: Vec<u32> = (0..n + 2).map(|i| ((i * 7 + 3) % vocab) as u32).collect();
@@ -84,15 +83,13 @@ mod tests {
             let mut rec = Recorder::new(ctx, "test");
             embed(&mut rec, &t, &id_buf, 2, n, &out).unwrap();
             rec.submit().unwrap();
-            let got = ctx.read_f32(&out.buf, 0, n * dim).unwrap();
+            let got = ctx.read_f32_async(&out.buf, 0, n * dim).await.unwrap();
             // A gather copies bits: exact.
             compare(&got, &reference(&table, dim, &ids[2..]), 0.0, 0.0).unwrap_or_else(|e| panic!("vocab {vocab} dim {dim}: {e}"));
         }
-    }
+    });
 
-    #[test]
-    fn quantized_tables_and_split_bindings_dequantize_exactly() {
-        let Some(ctx) = crate::gpu::context::test_context() else { return };
+    gpu_test!(fn quantized_tables_and_split_bindings_dequantize_exactly(ctx) {
         let (vocab, n) = (77usize, 9usize);
         let ids: Vec<u32> = (0..n).map(|i| ((i * 13 + 5) % vocab) as u32).chain([76, 0]).collect();
         let id_buf = Tensor { buf: ctx.upload("ids", &ids).unwrap(), shape: vec![ids.len()] };
@@ -108,10 +105,10 @@ mod tests {
                 let mut rec = Recorder::new(ctx, "test");
                 embed(&mut rec, &t, &id_buf, 0, ids.len(), &out).unwrap();
                 rec.submit().unwrap();
-                let got = ctx.read_f32(&out.buf, 0, ids.len() * dim).unwrap();
+                let got = ctx.read_f32_async(&out.buf, 0, ids.len() * dim).await.unwrap();
                 // The same products of an f16 scale and a small integer in f32: within an ulp or two.
                 compare(&got, &reference(&want_table, dim, &ids), 1e-7, 1e-6).unwrap_or_else(|e| panic!("{dtype:?} chunks {}: {e}", t.chunks.len()));
             }
         }
-    }
+    });
 }

@@ -232,10 +232,11 @@ pub fn reference(x: &[f32], w: &[f32], bias: Option<&[f32]>, y0: Option<&[f32]>,
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::gpu::context::gpu_test;
+    use crate::gpu::Context;
     use crate::ops::{compare, test_values};
 
-    fn run(t: usize, k: usize, n: usize, with_bias: bool, store: Store) {
-        let Some(ctx) = crate::gpu::context::test_context() else { return };
+    async fn run(ctx: &Context, t: usize, k: usize, n: usize, with_bias: bool, store: Store) {
         let x = test_values(t * k, 21 + t as u64);
         let w = test_values(n * k, 22 + n as u64);
         let b = test_values(n, 23);
@@ -247,7 +248,7 @@ pub(crate) mod tests {
         let mut rec = Recorder::new(ctx, "test");
         linear(&mut rec, "test", None, &xt, &wt, with_bias.then_some(&bt), &yt, t, store).unwrap();
         rec.submit().unwrap();
-        let got = ctx.read_f32(&yt.buf, 0, t * n).unwrap();
+        let got = ctx.read_f32_async(&yt.buf, 0, t * n).await.unwrap();
         let want = reference(&x, &w, with_bias.then_some(&b[..]), (store == Store::Accumulate).then_some(&y0[..]), t, k, n);
         // f32 accumulation of k products of values in [-1, 1]: a typical error of
         // 2^-24 * sqrt(k) * |sum|; 2e-6 * k absolute covers the worst orders with margin.
@@ -285,8 +286,7 @@ pub(crate) mod tests {
     }
 
     /// Runs one quantized linear layer on the GPU and checks it against dequantize-then-f32.
-    fn run_quant(dtype: DType, t: usize, k: usize, n: usize, out: &str, limit: u64) {
-        let Some(ctx) = crate::gpu::context::test_context() else { return };
+    async fn run_quant(ctx: &Context, dtype: DType, t: usize, k: usize, n: usize, out: &str, limit: u64) {
         let bytes = random_rows(dtype, n, k, (n * 31 + k) as u64);
         let row_bytes = dtype.bytes_for(k).unwrap();
         let rows: Vec<&[u8]> = bytes.chunks(row_bytes).collect();
@@ -307,7 +307,7 @@ pub(crate) mod tests {
                 let yt = Tensor::upload_f32(ctx, "y", &[t, n], &y0).unwrap();
                 linear(&mut rec, "test", None, &xt, &w, Some(&bt), &yt, t, Store::Accumulate).unwrap();
                 rec.submit().unwrap();
-                (ctx.read_f32(&yt.buf, 0, t * n).unwrap(), reference(&x, &wf, Some(&b), Some(&y0), t, k, n))
+                (ctx.read_f32_async(&yt.buf, 0, t * n).await.unwrap(), reference(&x, &wf, Some(&b), Some(&y0), t, k, n))
             }
             "split3" => {
                 let (s1, s2) = (n / 2, n / 2 + n / 4);
@@ -318,7 +318,7 @@ pub(crate) mod tests {
                 let mut got = Vec::new();
                 let mut want = Vec::new();
                 for (y, (lo, hi)) in ys.iter().zip([(0, s1), (s1, s2), (s2, n)]) {
-                    got.extend(ctx.read_f32(&y.buf, 0, t * (hi - lo)).unwrap());
+                    got.extend(ctx.read_f32_async(&y.buf, 0, t * (hi - lo)).await.unwrap());
                     for r in 0..t {
                         want.extend_from_slice(&full[r * n + lo..r * n + hi]);
                     }
@@ -331,13 +331,13 @@ pub(crate) mod tests {
                 rec.submit().unwrap();
                 let full = reference(&x, &wf, None, None, t, k, n);
                 let want = full.chunks(2).map(|gu| gu[0] / (1.0 + (-gu[0]).exp()) * gu[1]).collect();
-                (ctx.read_f32(&yt.buf, 0, t * n / 2).unwrap(), want)
+                (ctx.read_f32_async(&yt.buf, 0, t * n / 2).await.unwrap(), want)
             }
             _ => {
                 let yt = Tensor::zeros(ctx, "y", &[t, n]).unwrap();
                 linear(&mut rec, "test", None, &xt, &w, None, &yt, t, Store::Write).unwrap();
                 rec.submit().unwrap();
-                (ctx.read_f32(&yt.buf, 0, t * n).unwrap(), reference(&x, &wf, None, None, t, k, n))
+                (ctx.read_f32_async(&yt.buf, 0, t * n).await.unwrap(), reference(&x, &wf, None, None, t, k, n))
             }
         };
         compare(&got, &want, abs, rel).unwrap_or_else(|e| panic!("{label}: {e}"));
@@ -345,67 +345,62 @@ pub(crate) mod tests {
 
     const ALL: [DType; 8] = [DType::F32, DType::F16, DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q4_K, DType::Q5_K, DType::Q6_K];
 
-    #[test]
-    fn quantized_matvec_matches_dequantized_reference() {
+    gpu_test!(fn quantized_matvec_matches_dequantized_reference(ctx) {
         for dtype in ALL {
             let k = if dtype.block_len() == 256 { 512 } else { 96 };
-            run_quant(dtype, 1, k, 37, "write", u64::MAX);
-            run_quant(dtype, 3, k, 131, "accumulate", u64::MAX);
-            run_quant(dtype, MATVEC_MAX_TOKENS, k, 33, "write", u64::MAX);
+            run_quant(ctx, dtype, 1, k, 37, "write", u64::MAX).await;
+            run_quant(ctx, dtype, 3, k, 131, "accumulate", u64::MAX).await;
+            run_quant(ctx, dtype, MATVEC_MAX_TOKENS, k, 33, "write", u64::MAX).await;
         }
         // 18 units per row (SmolLM2's 576 columns), and one lane with more units than others.
-        run_quant(DType::Q4_1, 1, 576, 65, "write", u64::MAX);
-        run_quant(DType::Q8_0, 2, 576, 33, "write", u64::MAX);
-        run_quant(DType::Q6_K, 1, 768, 9, "write", u64::MAX);
-    }
+        run_quant(ctx, DType::Q4_1, 1, 576, 65, "write", u64::MAX).await;
+        run_quant(ctx, DType::Q8_0, 2, 576, 33, "write", u64::MAX).await;
+        run_quant(ctx, DType::Q6_K, 1, 768, 9, "write", u64::MAX).await;
+    });
 
-    #[test]
-    fn quantized_matmul_matches_dequantized_reference() {
+    gpu_test!(fn quantized_matmul_matches_dequantized_reference(ctx) {
         for dtype in ALL {
             let k = if dtype.block_len() == 256 { 256 } else { 160 };
             // Tiles of 16 (t = 12), 48 (t = 40) and 64 tokens (t = 70: two tiles).
-            run_quant(dtype, 12, k, 37, "write", u64::MAX);
-            run_quant(dtype, 40, k, 37, "write", u64::MAX);
-            run_quant(dtype, 70, k, 67, "accumulate", u64::MAX);
+            run_quant(ctx, dtype, 12, k, 37, "write", u64::MAX).await;
+            run_quant(ctx, dtype, 40, k, 37, "write", u64::MAX).await;
+            run_quant(ctx, dtype, 70, k, 67, "accumulate", u64::MAX).await;
         }
-    }
+    });
 
-    #[test]
-    fn fused_outputs_and_split_bindings() {
+    gpu_test!(fn fused_outputs_and_split_bindings(ctx) {
         for dtype in [DType::Q4_1, DType::Q8_0, DType::Q4_K, DType::F32] {
             let k = if dtype.block_len() == 256 { 256 } else { 64 };
             for t in [1, 2, 9] {
-                run_quant(dtype, t, k, 75, "split3", u64::MAX);
-                run_quant(dtype, t, k, 66, "swiglu", u64::MAX);
+                run_quant(ctx, dtype, t, k, 75, "split3", u64::MAX).await;
+                run_quant(ctx, dtype, t, k, 66, "swiglu", u64::MAX).await;
             }
             // A binding limit that holds 32 rows: the weight is split into chunks of rows.
             let row = crate::weights::repack::quant_bytes_per_row(dtype, k) as u64;
             for out in ["write", "split3", "swiglu", "accumulate"] {
-                run_quant(dtype, 1, k, 130, out, 32 * row + 5);
-                run_quant(dtype, 7, k, 130, out, 32 * row + 5);
+                run_quant(ctx, dtype, 1, k, 130, out, 32 * row + 5).await;
+                run_quant(ctx, dtype, 7, k, 130, out, 32 * row + 5).await;
             }
         }
-    }
+    });
 
-    #[test]
-    fn matvec_matches_reference_on_odd_sizes() {
+    gpu_test!(fn matvec_matches_reference_on_odd_sizes(ctx) {
         // k % 32 == 0 takes quant.wgsl's f32 format, other k the plain f32 kernels.
         for &(t, k, n) in &[(1, 1, 1), (1, 7, 3), (1, 577, 131), (3, 64, 1001), (4, 129, 9), (1, 4, 5), (1, 576, 193), (2, 1536, 77)] {
-            run(t, k, n, false, Store::Write);
+            run(ctx, t, k, n, false, Store::Write).await;
         }
-        run(1, 100, 37, true, Store::Accumulate);
-        run(2, 33, 65, true, Store::Write);
-    }
+        run(ctx, 1, 100, 37, true, Store::Accumulate).await;
+        run(ctx, 2, 33, 65, true, Store::Write).await;
+    });
 
-    #[test]
-    fn matmul_matches_reference_on_odd_sizes() {
+    gpu_test!(fn matmul_matches_reference_on_odd_sizes(ctx) {
         for &(t, k, n) in &[(9, 1, 1), (12, 17, 3), (33, 65, 129), (70, 200, 67), (9, 576, 100), (10, 4, 3), (65, 68, 129), (130, 1536, 61)] {
-            run(t, k, n, false, Store::Write);
+            run(ctx, t, k, n, false, Store::Write).await;
         }
-        run(37, 50, 70, true, Store::Accumulate);
-        run(11, 31, 5, true, Store::Write);
+        run(ctx, 37, 50, 70, true, Store::Accumulate).await;
+        run(ctx, 11, 31, 5, true, Store::Write).await;
         // Bias and a fused residual add, as prefill's o_proj/down_proj use them.
-        run(37, 52, 70, true, Store::Accumulate);
-        run(70, 576, 131, false, Store::Accumulate);
-    }
+        run(ctx, 37, 52, 70, true, Store::Accumulate).await;
+        run(ctx, 70, 576, 131, false, Store::Accumulate).await;
+    });
 }

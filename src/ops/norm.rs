@@ -91,11 +91,10 @@ pub fn reference(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gpu::context::gpu_test;
     use crate::ops::{compare, test_values};
 
-    #[test]
-    fn rms_norm_matches_reference_on_odd_sizes() {
-        let Some(ctx) = crate::gpu::context::test_context() else { return };
+    gpu_test!(fn rms_norm_matches_reference_on_odd_sizes(ctx) {
         for &(rows, dim) in &[(1usize, 1usize), (3, 7), (5, 576), (2, 1001)] {
             let x = test_values(rows * dim, 11);
             let w: Vec<f32> = test_values(dim, 12).iter().map(|v| 1.0 + v).collect();
@@ -105,15 +104,13 @@ mod tests {
             let mut rec = Recorder::new(ctx, "test");
             rms_norm(&mut rec, &xt, &wt, &out, rows, 1e-5, None).unwrap();
             rec.submit().unwrap();
-            let got = ctx.read_f32(&out.buf, 0, rows * dim).unwrap();
+            let got = ctx.read_f32_async(&out.buf, 0, rows * dim).await.unwrap();
             // f32 sum of squares over <= 1001 terms: relative error ~ dim * 2^-24.
             compare(&got, &reference(&x, &w, 1e-5), 1e-5, 1e-4).unwrap_or_else(|e| panic!("rows {rows} dim {dim}: {e}"));
         }
-    }
+    });
 
-    #[test]
-    fn layer_norm_matches_reference_on_odd_sizes() {
-        let Some(ctx) = crate::gpu::context::test_context() else { return };
+    gpu_test!(fn layer_norm_matches_reference_on_odd_sizes(ctx) {
         for &(rows, dim) in &[(1usize, 1usize), (3, 7), (34, 64), (2, 1001), (3, 257)] {
             // An offset mean, as residual streams have, so a one-pass E[x²] - mean² would show.
             let x: Vec<f32> = test_values(rows * dim, 13).iter().map(|v| 3.0 + v).collect();
@@ -126,10 +123,10 @@ mod tests {
             let mut rec = Recorder::new(ctx, "test");
             layer_norm(&mut rec, &xt, &wt, &bt, &out, rows, 1e-5, None).unwrap();
             rec.submit().unwrap();
-            let got = ctx.read_f32(&out.buf, 0, rows * dim).unwrap();
+            let got = ctx.read_f32_async(&out.buf, 0, rows * dim).await.unwrap();
             // f32 sums over <= 1001 terms (relative error ~ dim * 2^-24 on mean and variance);
             // outputs are O(2), so 2e-5 absolute.
             compare(&got, &layer_norm_reference(&x, &w, &b, 1e-5), 2e-5, 1e-4).unwrap_or_else(|e| panic!("rows {rows} dim {dim}: {e}"));
         }
-    }
+    });
 }

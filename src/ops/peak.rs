@@ -108,11 +108,10 @@ pub fn measure(ctx: &Context) -> Result<DevicePeak> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gpu::context::gpu_test;
     use crate::ops::{compare, test_values};
 
-    #[test]
-    fn peak_kernels_match_reference() {
-        let Some(ctx) = crate::gpu::context::test_context() else { return };
+    gpu_test!(fn peak_kernels_match_reference(ctx) {
         let (n, per) = (300usize, 5usize);
         let src = test_values(4 * n * per, 51);
         let st = Tensor::upload_f32(ctx, "src", &[4 * n * per], &src).unwrap();
@@ -123,9 +122,9 @@ mod tests {
         fma(&mut rec, &out, n, 37).unwrap();
         rec.submit().unwrap();
         // Sums of 20 values in [-1, 1] in another order: a few ulp.
-        compare(&ctx.read_f32(&sums.buf, 0, n).unwrap(), &read_bw_reference(&src, n, per), 1e-5, 1e-5).unwrap();
+        compare(&ctx.read_f32_async(&sums.buf, 0, n).await.unwrap(), &read_bw_reference(&src, n, per), 1e-5, 1e-5).unwrap();
         let want: Vec<f32> = (0..n).map(|t| fma_reference(t, 37)).collect();
         // FMA is exact per step; only the final 32-term sum's order differs.
-        compare(&ctx.read_f32(&out.buf, 0, n).unwrap(), &want, 1e-4, 1e-5).unwrap();
-    }
+        compare(&ctx.read_f32_async(&out.buf, 0, n).await.unwrap(), &want, 1e-4, 1e-5).unwrap();
+    });
 }

@@ -126,11 +126,10 @@ pub fn sinusoidal_reference(x: &[f32], dim: usize, pos0: usize, scale: f32, layo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gpu::context::gpu_test;
     use crate::ops::{compare, test_values};
 
-    #[test]
-    fn learned_matches_reference_on_odd_sizes() {
-        let Some(ctx) = crate::gpu::context::test_context() else { return };
+    gpu_test!(fn learned_matches_reference_on_odd_sizes(ctx) {
         for &(n_positions, dim, pos0, n) in &[(1usize, 1usize, 0usize, 1usize), (40, 13, 7, 5), (300, 67, 250, 50)] {
             let table = test_values(n_positions * dim, 51);
             let x = test_values(n * dim, 52);
@@ -139,25 +138,21 @@ mod tests {
             let mut rec = Recorder::new(ctx, "test");
             learned(&mut rec, &xt, &tt, pos0, n).unwrap();
             rec.submit().unwrap();
-            let got = ctx.read_f32(&xt.buf, 0, n * dim).unwrap();
+            let got = ctx.read_f32_async(&xt.buf, 0, n * dim).await.unwrap();
             // One f32 addition, the same one the reference does: exact.
             compare(&got, &learned_reference(&x, &table, dim, pos0), 0.0, 0.0).unwrap_or_else(|e| panic!("positions {n_positions} dim {dim} pos0 {pos0}: {e}"));
         }
-    }
+    });
 
-    #[test]
-    fn learned_refuses_positions_past_the_table() {
-        let Some(ctx) = crate::gpu::context::test_context() else { return };
+    gpu_test!(fn learned_refuses_positions_past_the_table(ctx) {
         let tt = Tensor::zeros(ctx, "table", &[8, 4]).unwrap();
         let xt = Tensor::zeros(ctx, "x", &[4, 4]).unwrap();
         let mut rec = Recorder::new(ctx, "test");
         let e = learned(&mut rec, &xt, &tt, 6, 3).unwrap_err().to_string();
         assert!(e.contains("9") && e.contains("8 learned positions"), "{e}");
-    }
+    });
 
-    #[test]
-    fn sinusoidal_matches_reference_both_layouts_odd_sizes() {
-        let Some(ctx) = crate::gpu::context::test_context() else { return };
+    gpu_test!(fn sinusoidal_matches_reference_both_layouts_odd_sizes(ctx) {
         for &(dim, pos0, n) in &[(2usize, 0usize, 1usize), (6, 3, 7), (64, 2, 34), (130, 1000, 5), (1026, 2047, 3)] {
             for layout in [SinusoidalLayout::Interleaved, SinusoidalLayout::SplitHalves] {
                 for scale in [1.0f32, 8.0] {
@@ -166,17 +161,17 @@ mod tests {
                     let mut rec = Recorder::new(ctx, "test");
                     sinusoidal(&mut rec, &xt, dim, pos0, n, scale, layout).unwrap();
                     rec.submit().unwrap();
-                    let got = ctx.read_f32(&xt.buf, 0, n * dim).unwrap();
+                    let got = ctx.read_f32_async(&xt.buf, 0, n * dim).await.unwrap();
                     // The angle pos·inv_freq is rounded to f32 (an error of ulp(pos) ≈ pos·6e-8
                     // radians), then reduced to [0, 2π) (one more ulp); sin and cos of the
                     // reduced angle add a few ulp. Values are at most |x|·scale + 1 ≤ 9.
-                    let abs = 2e-6 + 2.5e-7 * (pos0 + n) as f32;
+                    let abs = 2e-6 + 2.5e-7 * (pos0 + n) as f32 + crate::ops::sin_cos_tolerance(ctx);
                     compare(&got, &sinusoidal_reference(&x, dim, pos0, scale, layout), abs, 1e-6)
                         .unwrap_or_else(|e| panic!("dim {dim} pos0 {pos0} n {n} {layout:?} scale {scale}: {e}"));
                 }
             }
         }
-    }
+    });
 
     #[test]
     fn interleaved_is_the_original_transformer_formula() {

@@ -69,12 +69,13 @@ pub fn sample(rec: &mut Recorder, logits: &Tensor, row: usize, work: &Tensor, to
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gpu::context::gpu_test;
+    use crate::gpu::Context;
     use crate::ops::test_values;
     use crate::sampling::{distribution, sample_reference};
 
     /// Runs `draws` samples of one logits row in one command buffer; returns the ids.
-    fn draw_many(logits: &[f32], history: &[u32], s: &SamplingParams, draws: usize) -> Option<Vec<u32>> {
-        let ctx = crate::gpu::context::test_context()?;
+    async fn draw_many(ctx: &Context, logits: &[f32], history: &[u32], s: &SamplingParams, draws: usize) -> Vec<u32> {
         let vocab = logits.len();
         let lt = Tensor::upload_f32(ctx, "logits", &[1, vocab], logits).unwrap();
         let work = Tensor::zeros(ctx, "work", &[vocab]).unwrap();
@@ -86,7 +87,7 @@ mod tests {
             sample(&mut rec, &lt, 0, &work, &tokens, history.len() + i, 0..history.len(), s, i as u32).unwrap();
         }
         rec.submit().unwrap();
-        Some(ctx.read_u32(&tokens.buf, history.len(), draws).unwrap())
+        ctx.read_u32_async(&tokens.buf, history.len(), draws).await.unwrap()
     }
 
     /// Chi-square bound at p = 0.001 (Wilson–Hilferty).
@@ -96,8 +97,8 @@ mod tests {
         k * (1.0 - 2.0 / (9.0 * k) + z * (2.0 / (9.0 * k)).sqrt()).powi(3)
     }
 
-    fn check_frequencies(logits: &[f32], history: &[u32], s: &SamplingParams, draws: usize) {
-        let Some(got) = draw_many(logits, history, s, draws) else { return };
+    async fn check_frequencies(ctx: &Context, logits: &[f32], history: &[u32], s: &SamplingParams, draws: usize) {
+        let got = draw_many(ctx, logits, history, s, draws).await;
         let p = distribution(logits, history, s);
         let mut counts = vec![0usize; p.len()];
         for &id in &got {
@@ -133,55 +134,51 @@ mod tests {
         SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, repeat_penalty: 1.0, repeat_last_n: 0, seed: 7 }
     }
 
-    #[test]
-    fn greedy_is_argmax_with_lowest_id_on_ties() {
+    gpu_test!(fn greedy_is_argmax_with_lowest_id_on_ties(ctx) {
         let mut logits = test_values(1003, 9);
         logits[500] = 5.0;
         logits[777] = 5.0;
-        let Some(got) = draw_many(&logits, &[], &SamplingParams::greedy(), 3) else { return };
+        let got = draw_many(ctx, &logits, &[], &SamplingParams::greedy(), 3).await;
         assert_eq!(got, vec![500, 500, 500]);
         // With a penalty on 500 the runner-up wins.
         let s = SamplingParams { repeat_penalty: 2.0, ..SamplingParams::greedy() };
-        assert_eq!(draw_many(&logits, &[500, 500, 3], &s, 1).unwrap(), vec![777]);
-    }
+        assert_eq!(draw_many(ctx, &logits, &[500, 500, 3], &s, 1).await, vec![777]);
+    });
 
-    #[test]
-    fn sampler_frequencies_match_the_intended_distribution() {
+    gpu_test!(fn sampler_frequencies_match_the_intended_distribution(ctx) {
         let logits: Vec<f32> = test_values(61, 3).iter().map(|v| v * 3.0).collect();
         let n = 6000;
-        check_frequencies(&logits, &[], &base(), n);
-        check_frequencies(&logits, &[], &SamplingParams { temperature: 0.5, ..base() }, n);
-        check_frequencies(&logits, &[], &SamplingParams { temperature: 1.7, top_k: 10, ..base() }, n);
-        check_frequencies(&logits, &[], &SamplingParams { top_p: 0.7, ..base() }, n);
-        check_frequencies(&logits, &[], &SamplingParams { min_p: 0.1, seed: 99, ..base() }, n);
-        check_frequencies(&logits, &[], &SamplingParams { top_k: 20, top_p: 0.9, min_p: 0.02, temperature: 0.8, ..base() }, n);
+        check_frequencies(ctx, &logits, &[], &base(), n).await;
+        check_frequencies(ctx, &logits, &[], &SamplingParams { temperature: 0.5, ..base() }, n).await;
+        check_frequencies(ctx, &logits, &[], &SamplingParams { temperature: 1.7, top_k: 10, ..base() }, n).await;
+        check_frequencies(ctx, &logits, &[], &SamplingParams { top_p: 0.7, ..base() }, n).await;
+        check_frequencies(ctx, &logits, &[], &SamplingParams { min_p: 0.1, seed: 99, ..base() }, n).await;
+        check_frequencies(ctx, &logits, &[], &SamplingParams { top_k: 20, top_p: 0.9, min_p: 0.02, temperature: 0.8, ..base() }, n).await;
         let hist = [3u32, 10, 10, 40];
-        check_frequencies(&logits, &hist, &SamplingParams { repeat_penalty: 1.5, ..base() }, n);
-    }
+        check_frequencies(ctx, &logits, &hist, &SamplingParams { repeat_penalty: 1.5, ..base() }, n).await;
+    });
 
-    #[test]
-    fn ties_at_the_top_k_boundary_are_kept() {
+    gpu_test!(fn ties_at_the_top_k_boundary_are_kept(ctx) {
         let mut logits = vec![0.0f32; 40];
         logits[5] = 2.0;
         logits[9] = 1.0;
         logits[20] = 1.0;
         let s = SamplingParams { top_k: 2, ..base() };
         assert!(distribution(&logits, &[], &s)[20] > 0.0);
-        check_frequencies(&logits, &[], &s, 3000);
-    }
+        check_frequencies(ctx, &logits, &[], &s, 3000).await;
+    });
 
-    #[test]
-    fn same_seed_same_draws_and_agreement_with_cpu_reference() {
+    gpu_test!(fn same_seed_same_draws_and_agreement_with_cpu_reference(ctx) {
         let logits: Vec<f32> = test_values(997, 17).iter().map(|v| v * 4.0).collect();
         let s = SamplingParams { temperature: 0.9, top_k: 50, top_p: 0.95, min_p: 0.01, seed: 1234, ..base() };
-        let Some(a) = draw_many(&logits, &[], &s, 300) else { return };
-        let b = draw_many(&logits, &[], &s, 300).unwrap();
+        let a = draw_many(ctx, &logits, &[], &s, 300).await;
+        let b = draw_many(ctx, &logits, &[], &s, 300).await;
         assert_eq!(a, b, "same seed must give the same ids");
-        let c = draw_many(&logits, &[], &SamplingParams { seed: 4321, ..s.clone() }, 300).unwrap();
+        let c = draw_many(ctx, &logits, &[], &SamplingParams { seed: 4321, ..s.clone() }, 300).await;
         assert_ne!(a, c, "another seed should give other ids");
         // The CPU reference uses the same random numbers; only draws landing within float
         // rounding of a boundary may differ.
         let agree = (0..300).filter(|&i| sample_reference(&logits, &[], &s, i as u32) == a[i]).count();
         assert!(agree >= 297, "GPU and CPU reference agree on only {agree} of 300 draws");
-    }
+    });
 }

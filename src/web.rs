@@ -1,0 +1,278 @@
+//! The browser entry point (wasm-bindgen). The page's worker (assets/web/worker.js) drives
+//! it: open WebGPU, load a model from bytes through the same loaders as the command line
+//! (`models::load`), generate with a callback per text piece, cancel, read the profile.
+//! Everything that waits on the GPU awaits, so the worker's event loop keeps running and a
+//! cancel message is seen between two tokens.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use serde::Deserialize;
+use wasm_bindgen::prelude::*;
+
+use crate::error::Error;
+use crate::generate::{Session, Stop};
+use crate::gpu::Context;
+use crate::models::load::{load_gguf, load_hf, HfFiles};
+use crate::models::LoadedModel;
+use crate::sampling::{SamplingFlags, SamplingParams};
+use crate::tokenizer::StreamDecoder;
+
+#[wasm_bindgen]
+extern "C" {
+    #[wasm_bindgen(js_namespace = console, js_name = error)]
+    fn console_error(s: &str);
+}
+
+#[wasm_bindgen(start)]
+fn start() {
+    // A panic shows in the console with its message instead of "unreachable executed".
+    std::panic::set_hook(Box::new(|info| console_error(&format!("quill panicked: {info}"))));
+}
+
+fn js_error(e: Error) -> JsError {
+    JsError::new(&e.to_string())
+}
+
+/// Most KV cache positions a page session asks for (as `quill write`'s default).
+const MAX_CTX: usize = 2048;
+
+/// One model on one WebGPU device.
+#[wasm_bindgen]
+pub struct Quill {
+    ctx: Rc<Context>,
+    model: Option<Rc<LoadedModel>>,
+    cancelled: Rc<Cell<bool>>,
+    /// The per-op table of the last profiled generation.
+    profile: Rc<RefCell<Option<String>>>,
+}
+
+/// What the page asks `generate` for; absent sampling settings come from the model's
+/// generation_config.json, else quill's defaults (as on the command line).
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct WriteOptions {
+    prompt: String,
+    chat: bool,
+    system: Option<String>,
+    max_tokens: Option<usize>,
+    ignore_eos: bool,
+    temperature: Option<f32>,
+    top_k: Option<usize>,
+    top_p: Option<f32>,
+    min_p: Option<f32>,
+    repeat_penalty: Option<f32>,
+    seed: Option<u64>,
+    profile: bool,
+}
+
+#[wasm_bindgen]
+impl Quill {
+    /// Opens the browser's WebGPU adapter with the features and limits it offers.
+    pub async fn create() -> Result<Quill, JsError> {
+        let ctx = Context::new().await.map_err(js_error)?;
+        Ok(Quill { ctx: Rc::new(ctx), model: None, cancelled: Rc::default(), profile: Rc::default() })
+    }
+
+    /// The adapter and the limits that decide which models fit, as JSON.
+    pub fn adapter(&self) -> String {
+        let l = &self.ctx.limits;
+        serde_json::json!({
+            "name": self.ctx.adapter_name(),
+            "description": self.ctx.describe(),
+            "shader_f16": self.ctx.features.contains(wgpu::Features::SHADER_F16),
+            "timestamps": self.ctx.gpu_timestamps(),
+            "max_storage_buffer_binding_size": l.max_storage_buffer_binding_size,
+            "max_buffer_size": l.max_buffer_size,
+        })
+        .to_string()
+    }
+
+    /// Loads a GGUF file; `progress(done, total)` is called with bytes uploaded. Returns
+    /// the model's description as JSON.
+    pub fn load_gguf(&mut self, name: &str, bytes: &[u8], progress: &js_sys::Function) -> Result<String, JsError> {
+        self.model = None;
+        let model = load_gguf(&self.ctx, name, bytes, &mut |done, total| report(progress, done, total)).map_err(js_error)?;
+        self.loaded(model)
+    }
+
+    /// Loads the files of a Hugging Face model directory: `names[i]` is the file name of
+    /// `files[i]` (a Uint8Array); config.json, tokenizer.json and the safetensors are needed.
+    pub fn load_hf(&mut self, dir: &str, names: Vec<String>, files: js_sys::Array, progress: &js_sys::Function) -> Result<String, JsError> {
+        self.model = None;
+        let bytes: Vec<Vec<u8>> = files.iter().map(|f| js_sys::Uint8Array::new(&f).to_vec()).collect();
+        let file = |name: &str| names.iter().position(|n| n == name).map(|i| &bytes[i][..]);
+        let config_json = file("config.json").ok_or_else(|| JsError::new(&format!("{dir}: no config.json among the files given")))?;
+        let safetensors: Vec<(String, &[u8])> =
+            names.iter().zip(&bytes).filter(|(n, _)| n.ends_with(".safetensors")).map(|(n, b)| (format!("{dir}/{n}"), &b[..])).collect();
+        if safetensors.is_empty() {
+            return Err(JsError::new(&format!("{dir}: no .safetensors file among the files given")));
+        }
+        let template = file("chat_template.jinja").map(String::from_utf8_lossy);
+        let files = HfFiles {
+            dir: dir.to_string(),
+            config_json,
+            safetensors,
+            tokenizer_json: file("tokenizer.json"),
+            tokenizer_config_json: file("tokenizer_config.json"),
+            chat_template: template.as_deref(),
+            generation_config_json: file("generation_config.json"),
+        };
+        let model = load_hf(&self.ctx, &files, &mut |done, total| report(progress, done, total)).map_err(js_error)?;
+        self.loaded(model)
+    }
+
+    fn loaded(&mut self, model: LoadedModel) -> Result<String, JsError> {
+        let c = model.config();
+        let info = serde_json::json!({
+            "source": model.source,
+            "architecture": c.arch.name(),
+            "layers": c.n_layers,
+            "dim": c.dim,
+            "vocab": c.vocab,
+            "context": c.max_ctx,
+            "file_dtypes": model.file_dtypes,
+            "weight_bytes": c.weight_bytes(),
+            "has_chat_template": model.tokenizer.apply_chat_template(&[("user", "hi")], true).is_ok(),
+        });
+        self.model = Some(Rc::new(model));
+        Ok(info.to_string())
+    }
+
+    /// Writes a continuation of `options.prompt` (JSON, see `WriteOptions`), calling
+    /// `on_piece(text, tokens_so_far)` with each piece of text as soon as it is decoded.
+    /// Resolves to a JSON summary (tokens, speeds, why it stopped, the profile table).
+    pub fn generate(&self, options: &str, on_piece: js_sys::Function) -> js_sys::Promise {
+        let ctx = self.ctx.clone();
+        let model = self.model.clone();
+        let cancelled = self.cancelled.clone();
+        let profile = self.profile.clone();
+        let options: Result<WriteOptions, _> = serde_json::from_str(options);
+        cancelled.set(false);
+        wasm_bindgen_futures::future_to_promise(async move {
+            let model = model.ok_or_else(|| JsError::new("no model loaded"))?;
+            let options = options.map_err(|e| JsError::new(&format!("generate options: {e}")))?;
+            write(&ctx, &model, options, &on_piece, &cancelled, &profile).await.map(JsValue::from).map_err(|e| js_error(e).into())
+        })
+    }
+
+    /// Stops the running generation after the token in flight.
+    pub fn cancel(&self) {
+        self.cancelled.set(true);
+    }
+
+    /// The per-op GPU time table of the last generation run with `profile: true`.
+    pub fn profile_table(&self) -> Option<String> {
+        self.profile.borrow().clone()
+    }
+}
+
+fn report(progress: &js_sys::Function, done: u64, total: u64) {
+    let _ = progress.call2(&JsValue::NULL, &(done as f64).into(), &(total as f64).into());
+}
+
+async fn write(ctx: &Context, model: &LoadedModel, o: WriteOptions, on_piece: &js_sys::Function, cancelled: &Cell<bool>, profile: &RefCell<Option<String>>) -> crate::Result<String> {
+    let flags = SamplingFlags { temperature: o.temperature, top_k: o.top_k, top_p: o.top_p, min_p: o.min_p, repeat_penalty: o.repeat_penalty };
+    let seed = o.seed.unwrap_or_else(|| js_sys::Date::now() as u64);
+    let (sampling, _) = SamplingParams::resolve(&flags, &model.defaults);
+    let sampling = SamplingParams { seed, ..sampling };
+    sampling.validate()?;
+    let max_tokens = o.max_tokens.unwrap_or(256);
+    if max_tokens == 0 {
+        return Err(Error::arg("max tokens", "must be at least 1"));
+    }
+    let text = if o.chat {
+        let mut messages = Vec::new();
+        if let Some(system) = o.system.filter(|s| !s.trim().is_empty()) {
+            messages.push(("system".to_string(), system));
+        }
+        messages.push(("user".to_string(), o.prompt.clone()));
+        model.tokenizer.apply_chat_template(&messages, true)?
+    } else {
+        o.prompt.clone()
+    };
+    let ids = model.tokenizer.encode(&text)?;
+    let mut session = Session::new(ctx, model, model.config().max_ctx.min(MAX_CTX))?;
+    if o.profile {
+        session.enable_profiling();
+    }
+    let mut decoder = StreamDecoder::new();
+    let mut generated = 0u32;
+    let mut failed = None;
+    let (stop, stats) = session
+        .generate_async(&ids, &sampling, max_tokens, o.ignore_eos, |id| {
+            generated += 1;
+            match decoder.step(&model.tokenizer, id) {
+                Ok(Some(piece)) => {
+                    let _ = on_piece.call2(&JsValue::NULL, &piece.into(), &generated.into());
+                }
+                Ok(None) => {}
+                Err(e) => failed = Some(e),
+            }
+            failed.is_none() && !cancelled.get()
+        })
+        .await?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    if let Some(rest) = decoder.finish(&model.tokenizer)? {
+        let _ = on_piece.call2(&JsValue::NULL, &rest.into(), &generated.into());
+    }
+    let table = session.profile().map(|p| p.table(false, None));
+    *profile.borrow_mut() = table.clone();
+    let stop = match stop {
+        Stop::Eos => "end of sequence",
+        Stop::MaxTokens => "max tokens reached",
+        Stop::ContextFull => "context full",
+        Stop::Cancelled => "cancelled",
+    };
+    Ok(serde_json::json!({
+        "prompt_tokens": stats.prompt_tokens,
+        "generated": stats.generated,
+        "time_to_first_token_ms": stats.time_to_first_token.as_secs_f64() * 1e3,
+        "prefill_tok_s": stats.prefill_tok_s(),
+        "decode_tok_s": stats.decode_tok_s(),
+        "stop": stop,
+        "seed": seed,
+        "sampling": sampling.describe(),
+        "profile": table,
+        "gpu_timestamps": ctx.gpu_timestamps(),
+    })
+    .to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The kernel tests run here too (each op's `gpu_test!`s, on the page's WebGPU adapter);
+    //! this adds what has no `gpu_test!` yet.
+    use wasm_bindgen_test::wasm_bindgen_test;
+
+    use crate::gpu::context::test_context_async;
+    use crate::gpu::{Recorder, Tensor};
+    use crate::ops::matmul::{linear, reference, Store};
+    use crate::ops::{compare, test_values};
+
+    wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_browser);
+
+    /// matmul.rs's own tests block on the GPU, so they do not run in a browser; until they
+    /// are written with `gpu_test!`, this checks the same kernels (vec4 and scalar mat-vec,
+    /// tiled matmul, bias, accumulate) against `matmul::reference` with the same tolerance.
+    #[wasm_bindgen_test]
+    async fn matmul_matches_reference_in_the_browser() {
+        let ctx = test_context_async().await;
+        let cases = [(1, 7, 3, false, Store::Write), (1, 576, 193, false, Store::Write), (1, 100, 37, true, Store::Accumulate), (33, 65, 129, false, Store::Write), (37, 52, 70, true, Store::Accumulate)];
+        for (t, k, n, with_bias, store) in cases {
+            let (x, w, b, y0) = (test_values(t * k, 21 + t as u64), test_values(n * k, 22 + n as u64), test_values(n, 23), test_values(t * n, 24));
+            let xt = Tensor::upload_f32(ctx, "x", &[t, k], &x).unwrap();
+            let wt = Tensor::upload_f32(ctx, "w", &[n, k], &w).unwrap();
+            let bt = Tensor::upload_f32(ctx, "b", &[n], &b).unwrap();
+            let yt = Tensor::upload_f32(ctx, "y", &[t, n], &y0).unwrap();
+            let mut rec = Recorder::new(ctx, "test");
+            linear(&mut rec, "test", None, &xt, &wt, with_bias.then_some(&bt), &yt, t, store).unwrap();
+            rec.submit().unwrap();
+            let got = ctx.read_f32_async(&yt.buf, 0, t * n).await.unwrap();
+            let want = reference(&x, &w, with_bias.then_some(&b[..]), (store == Store::Accumulate).then_some(&y0[..]), t, k, n);
+            compare(&got, &want, 2e-6 * k as f32, 1e-4).unwrap_or_else(|e| panic!("t {t} k {k} n {n} bias {with_bias} {store:?}: {e}"));
+        }
+    }
+}

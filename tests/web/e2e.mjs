@@ -1,0 +1,141 @@
+// End-to-end test of quill's page (target/web, built by scripts/web.sh --build) in headless
+// Chromium on WebGPU (SwiftShader without a GPU). Serves the page on 127.0.0.1, loads a
+// model from the page's list, presses Write, checks that the text streams in piece by piece,
+// and saves a screenshot under target/web-screenshots/.
+//
+//   node tests/web/e2e.mjs llama-tiny   the tiny test model: also checks the weights cache
+//                                       (a reload loads without a second download) and the
+//                                       per-pass profile where the browser has timestamps
+//   node tests/web/e2e.mjs smollm2      SmolLM2-135M for a few tokens; prints tokens/s
+import { chromium } from 'playwright-core';
+import http from 'node:http';
+import fs from 'node:fs';
+import path from 'node:path';
+
+const root = path.resolve(new URL('../..', import.meta.url).pathname);
+const site = path.join(root, 'target/web');
+const shots = path.join(root, 'target/web-screenshots');
+const which = process.argv[2] || 'llama-tiny';
+const runs = {
+  'llama-tiny': { option: 'llama-tiny', maxTokens: 24, loadTimeout: 120e3, writeTimeout: 180e3 },
+  smollm2: { option: 'SmolLM2', maxTokens: 6, loadTimeout: 600e3, writeTimeout: 600e3 },
+};
+const run = runs[which];
+if (!run) throw new Error(`unknown run ${which}: one of ${Object.keys(runs).join(', ')}`);
+
+// A static file server for target/web that counts requests per path.
+const requests = new Map();
+const types = { '.html': 'text/html', '.js': 'text/javascript', '.css': 'text/css', '.wasm': 'application/wasm', '.json': 'application/json' };
+const server = http.createServer((req, res) => {
+  const url = decodeURIComponent(new URL(req.url, 'http://x').pathname);
+  requests.set(url, (requests.get(url) || 0) + 1);
+  const file = path.join(site, url.endsWith('/') ? url + 'index.html' : url);
+  if (!file.startsWith(site) || !fs.existsSync(file) || !fs.statSync(file).isFile()) {
+    res.writeHead(404).end('not found');
+    return;
+  }
+  res.writeHead(200, { 'content-type': types[path.extname(file)] || 'application/octet-stream', 'content-length': fs.statSync(file).size });
+  fs.createReadStream(file).pipe(res);
+});
+await new Promise((ok) => server.listen(0, '127.0.0.1', ok));
+const base = `http://127.0.0.1:${server.address().port}/`;
+
+const userDir = fs.mkdtempSync('/tmp/quill-chromium-');
+const browser = await chromium.launchPersistentContext(userDir, {
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  headless: true,
+  args: ['--headless=new', '--no-sandbox', '--disable-gpu-sandbox', '--enable-unsafe-webgpu', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic'],
+  viewport: { width: 1100, height: 1300 },
+});
+const fail = async (page, why) => {
+  fs.mkdirSync(shots, { recursive: true });
+  if (page) await page.screenshot({ path: path.join(shots, `${which}-failed.png`), fullPage: true }).catch(() => {});
+  console.error(`FAIL (${which}): ${why}`);
+  await browser.close();
+  server.close();
+  process.exit(1);
+};
+
+try {
+  const page = browser.pages()[0] || await browser.newPage();
+  const log = [];
+  page.on('console', (m) => log.push(`console.${m.type()}: ${m.text()}`));
+  page.on('pageerror', (e) => log.push(`page error: ${e.message}`));
+
+  const openAndLoad = async () => {
+    await page.goto(base);
+    await page.waitForFunction(() => /^GPU:|cannot run|no WebGPU/.test(document.getElementById('gpu').textContent), null, { timeout: 120e3 });
+    const gpu = await page.textContent('#gpu');
+    if (!gpu.startsWith('GPU:')) await fail(page, `no WebGPU: ${gpu}\n${log.join('\n')}`);
+    const option = await page.$$eval('#served option', (os, want) => os.find((o) => o.textContent.includes(want))?.value, run.option);
+    if (!option) await fail(page, `the page lists no ${run.option} model (is it in target/web/models.json?)`);
+    await page.selectOption('#served', option);
+    const t0 = Date.now();
+    await page.click('#load-served');
+    await page.waitForFunction(() => /^Loaded|Error|does not fit/.test(document.getElementById('model-status').textContent), null, { timeout: run.loadTimeout });
+    const status = await page.textContent('#model-status');
+    if (!status.startsWith('Loaded')) await fail(page, `loading: ${status}\n${log.join('\n')}`);
+    return { gpu, status, loadSeconds: (Date.now() - t0) / 1000 };
+  };
+
+  const first = await openAndLoad();
+  console.log(first.gpu);
+  console.log(`${first.status} (${first.loadSeconds.toFixed(1)} s)`);
+  if (which === 'llama-tiny') {
+    // The weights are in the Cache API now: a reload must load them without a download.
+    const before = requests.get('/models/llama-tiny/model.safetensors');
+    const again = await openAndLoad();
+    const after = requests.get('/models/llama-tiny/model.safetensors');
+    if (before !== 1 || after !== 1) await fail(page, `model.safetensors was downloaded ${before} time(s) before the reload and ${after} after: the cache was not used`);
+    console.log(`reload: loaded again from the browser cache in ${again.loadSeconds.toFixed(1)} s without a download`);
+  }
+
+  await page.fill('#prompt', 'Once upon a time, in a lighthouse at the edge of the world,');
+  if (!(await page.isVisible('#max_tokens'))) await page.click('#sampling summary');
+  await page.fill('#max_tokens', String(run.maxTokens));
+  await page.fill('#temperature', '0');
+  await page.check('#ignore_eos');
+  const profiled = which === 'llama-tiny' && await page.isEnabled('#profile');
+  if (profiled) await page.check('#profile');
+  // Note every piece of text as it arrives, with the time.
+  await page.evaluate(() => {
+    window.pieces = [];
+    new MutationObserver((ms) => {
+      for (const m of ms) for (const n of m.addedNodes) if (n.nodeType === 3) window.pieces.push({ t: performance.now(), text: n.textContent });
+    }).observe(document.getElementById('output'), { childList: true });
+  });
+  await page.click('#write');
+  await page.waitForFunction(() => document.getElementById('output').dataset.done === 'true' || /Error/.test(document.getElementById('summary').textContent),
+    null, { timeout: run.writeTimeout });
+  const summary = await page.textContent('#summary');
+  if (/Error/.test(summary)) await fail(page, `writing: ${summary}\n${log.join('\n')}`);
+  const pieces = await page.evaluate(() => window.pieces);
+  const text = pieces.map((p) => p.text).join('');
+  const times = new Set(pieces.map((p) => Math.round(p.t)));
+  if (text.trim().length === 0) await fail(page, 'no text was written');
+  if (pieces.length < 2 || times.size < 2) await fail(page, `the text did not stream: ${pieces.length} piece(s) at ${times.size} distinct time(s)`);
+  if (profiled && !(await page.isVisible('#profile-table'))) await fail(page, 'profiling was asked for but no per-pass table was shown');
+
+  fs.mkdirSync(shots, { recursive: true });
+  const shot = path.join(shots, `${which}.png`);
+  await page.screenshot({ path: shot, fullPage: true });
+  const speed = /writing ([\d.]+) tokens\/s/.exec(summary)?.[1];
+  console.log(`streamed ${pieces.length} pieces: ${JSON.stringify(text)}`);
+  console.log(summary);
+  if (profiled) console.log((await page.textContent('#profile-table')).split('\n').slice(0, 6).join('\n'));
+  if (which === 'llama-tiny') {
+    // A browser without WebGPU gets told so in words.
+    const bare = await browser.newPage();
+    await bare.addInitScript(() => { delete Navigator.prototype.gpu; });
+    await bare.goto(base);
+    const said = await bare.textContent('#gpu');
+    if (!/no WebGPU/.test(said) || !(await bare.$('#gpu.error'))) await fail(bare, `without WebGPU the page says: ${said}`);
+    console.log(`without WebGPU: ${said}`);
+  }
+  console.log(`RESULT ${which}: decode ${speed} tokens/s in headless Chromium; screenshot ${path.relative(root, shot)}`);
+  await browser.close();
+  server.close();
+} catch (e) {
+  await fail(null, e.stack || String(e));
+}
