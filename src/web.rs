@@ -241,38 +241,6 @@ async fn write(ctx: &Context, model: &LoadedModel, o: WriteOptions, on_piece: &j
     .to_string())
 }
 
+// The library's tests (every kernel's `gpu_test!`s) run in a browser.
 #[cfg(test)]
-mod tests {
-    //! The kernel tests run here too (each op's `gpu_test!`s, on the page's WebGPU adapter);
-    //! this adds what has no `gpu_test!` yet.
-    use wasm_bindgen_test::wasm_bindgen_test;
-
-    use crate::gpu::context::test_context_async;
-    use crate::gpu::{Recorder, Tensor};
-    use crate::ops::matmul::{linear, reference, Store};
-    use crate::ops::{compare, test_values};
-
-    wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_browser);
-
-    /// matmul.rs's own tests block on the GPU, so they do not run in a browser; until they
-    /// are written with `gpu_test!`, this checks the same kernels (vec4 and scalar mat-vec,
-    /// tiled matmul, bias, accumulate) against `matmul::reference` with the same tolerance.
-    #[wasm_bindgen_test]
-    async fn matmul_matches_reference_in_the_browser() {
-        let ctx = test_context_async().await;
-        let cases = [(1, 7, 3, false, Store::Write), (1, 576, 193, false, Store::Write), (1, 100, 37, true, Store::Accumulate), (33, 65, 129, false, Store::Write), (37, 52, 70, true, Store::Accumulate)];
-        for (t, k, n, with_bias, store) in cases {
-            let (x, w, b, y0) = (test_values(t * k, 21 + t as u64), test_values(n * k, 22 + n as u64), test_values(n, 23), test_values(t * n, 24));
-            let xt = Tensor::upload_f32(ctx, "x", &[t, k], &x).unwrap();
-            let wt = Tensor::upload_f32(ctx, "w", &[n, k], &w).unwrap();
-            let bt = Tensor::upload_f32(ctx, "b", &[n], &b).unwrap();
-            let yt = Tensor::upload_f32(ctx, "y", &[t, n], &y0).unwrap();
-            let mut rec = Recorder::new(ctx, "test");
-            linear(&mut rec, "test", None, &xt, &wt, with_bias.then_some(&bt), &yt, t, store).unwrap();
-            rec.submit().unwrap();
-            let got = ctx.read_f32_async(&yt.buf, 0, t * n).await.unwrap();
-            let want = reference(&x, &w, with_bias.then_some(&b[..]), (store == Store::Accumulate).then_some(&y0[..]), t, k, n);
-            compare(&got, &want, 2e-6 * k as f32, 1e-4).unwrap_or_else(|e| panic!("t {t} k {k} n {n} bias {with_bias} {store:?}: {e}"));
-        }
-    }
-}
+wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_browser);
