@@ -84,6 +84,7 @@ function generateOptions() {
 function write() {
   const options = generateOptions();
   ui.output.textContent = '';
+  delete ui.output.dataset.done;
   if (!options.chat) {
     const p = document.createElement('span');
     p.className = 'prompt';
