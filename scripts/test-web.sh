@@ -10,13 +10,27 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# As with the GPU tests: without the tools, skip and say so, unless CI is set.
+for tool in chromium chromedriver wasm-bindgen node; do
+  if ! command -v "$tool" >/dev/null; then
+    [ -n "${CI:-}" ] && { echo "test-web: CI is set but $tool is missing: run scripts/setup.sh" >&2; exit 1; }
+    echo "SKIPPING THE BROWSER TESTS: $tool is missing (scripts/setup.sh installs it)" >&2
+    exit 0
+  fi
+done
+
 export CHROMEDRIVER="${CHROMEDRIVER:-/usr/bin/chromedriver}"
 export WASM_BINDGEN_TEST_WEBDRIVER_JSON="$PWD/tests/web/webdriver.json"
 export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner
-# SwiftShader runs a shader on the CPU: the golden test takes minutes, not seconds.
+# SwiftShader runs shaders on the CPU: the kernel tests take minutes there, not seconds.
 export WASM_BINDGEN_TEST_TIMEOUT="${WASM_BINDGEN_TEST_TIMEOUT:-900}"
 cargo test --release --target wasm32-unknown-unknown --no-default-features --lib --test web
 
 bash scripts/web.sh --build
 node tests/web/e2e.mjs llama-tiny
-node tests/web/e2e.mjs smollm2
+smollm2="${QUILL_MODELS:-${XDG_CACHE_HOME:-$HOME/.cache}/quill/models}/SmolLM2-135M-Instruct.Q4_1.gguf"
+if [ -f "$smollm2" ] || [ -n "${CI:-}" ]; then
+  node tests/web/e2e.mjs smollm2
+else
+  echo "SKIPPING the SmolLM2 page test: $smollm2 is missing (run scripts/fetch-model.sh)" >&2
+fi

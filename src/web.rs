@@ -69,8 +69,14 @@ struct WriteOptions {
 #[wasm_bindgen]
 impl Quill {
     /// Opens the browser's WebGPU adapter with the features and limits it offers.
-    pub async fn create() -> Result<Quill, JsError> {
-        let ctx = Context::new().await.map_err(js_error)?;
+    /// `max_binding` pretends one binding holds at most that many bytes, to see what a
+    /// smaller GPU would say (the page's `?max_binding=` parameter).
+    pub async fn create(max_binding: Option<u32>) -> Result<Quill, JsError> {
+        let mut ctx = Context::new().await.map_err(js_error)?;
+        if let Some(max) = max_binding {
+            let l = &mut ctx.limits;
+            l.max_storage_buffer_binding_size = l.max_storage_buffer_binding_size.min(max as u64);
+        }
         Ok(Quill { ctx: Rc::new(ctx), model: None, cancelled: Rc::default(), profile: Rc::default() })
     }
 

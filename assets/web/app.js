@@ -84,6 +84,7 @@ function generateOptions() {
 function write() {
   const options = generateOptions();
   ui.output.textContent = '';
+  delete ui.output.dataset.done;
   if (!options.chat) {
     const p = document.createElement('span');
     p.className = 'prompt';
@@ -164,7 +165,9 @@ function start() {
   worker = new Worker('worker.js', { type: 'module' });
   worker.onmessage = ({ data }) => handlers[data.type](data);
   worker.onerror = (e) => say(ui.gpu, `The worker failed: ${e.message}`, true);
-  worker.postMessage({ type: 'init' });
+  // ?max_binding=N pretends the GPU binds at most N bytes, to see what a smaller GPU says.
+  const maxBinding = parseInt(new URLSearchParams(location.search).get('max_binding'), 10);
+  worker.postMessage({ type: 'init', maxBinding: Number.isFinite(maxBinding) ? maxBinding : undefined });
   setBusy(true);
 
   ui.loadServed.onclick = () => ui.served.value && load(JSON.parse(ui.served.value));

@@ -145,7 +145,7 @@ onmessage = async ({ data: msg }) => {
     if (msg.type === 'init') {
       await init();
       if (!navigator.gpu) throw new Error('this browser offers no WebGPU in workers: use Chrome or Edge 113 or later (or chromium --enable-unsafe-webgpu)');
-      quill = await Quill.create();
+      quill = await Quill.create(msg.maxBinding);
       post('ready', { adapter: JSON.parse(quill.adapter()), cached: await cachedLocalModels() });
     } else if (msg.type === 'load') {
       const info = await load(msg.source);

@@ -147,7 +147,9 @@ mod tests {
 
     gpu_test!(fn sampler_frequencies_match_the_intended_distribution(ctx) {
         let logits: Vec<f32> = test_values(61, 3).iter().map(|v| v * 3.0).collect();
-        let n = 6000;
+        // A browser's software WebGPU (SwiftShader) takes ~8 ms a draw: 1500 draws there keep
+        // the run near a minute and still hold each setting to its distribution.
+        let n = if ctx.info.backend == wgpu::Backend::BrowserWebGpu { 1500 } else { 6000 };
         check_frequencies(ctx, &logits, &[], &base(), n).await;
         check_frequencies(ctx, &logits, &[], &SamplingParams { temperature: 0.5, ..base() }, n).await;
         check_frequencies(ctx, &logits, &[], &SamplingParams { temperature: 1.7, top_k: 10, ..base() }, n).await;

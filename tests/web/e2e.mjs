@@ -6,7 +6,11 @@
 //   node tests/web/e2e.mjs llama-tiny   the tiny test model: also checks the weights cache
 //                                       (a reload loads without a second download) and the
 //                                       per-pass profile where the browser has timestamps
-//   node tests/web/e2e.mjs smollm2      SmolLM2-135M for a few tokens; prints tokens/s
+//                                       and that Cancel stops it; then loads the same model
+//                                       through the folder picker
+//   node tests/web/e2e.mjs smollm2      SmolLM2-135M for a few greedy tokens, which must be
+//                                       those of Hugging Face transformers
+//                                       (tests/fixtures/smollm2/reference.json); prints tokens/s
 import { chromium } from 'playwright-core';
 import http from 'node:http';
 import fs from 'node:fs';
@@ -16,9 +20,11 @@ const root = path.resolve(new URL('../..', import.meta.url).pathname);
 const site = path.join(root, 'target/web');
 const shots = path.join(root, 'target/web-screenshots');
 const which = process.argv[2] || 'llama-tiny';
+const smollm2Reference = JSON.parse(fs.readFileSync(path.join(root, 'tests/fixtures/smollm2/reference.json'))).prompts.once_upon;
 const runs = {
-  'llama-tiny': { option: 'llama-tiny', maxTokens: 24, loadTimeout: 120e3, writeTimeout: 180e3 },
-  smollm2: { option: 'SmolLM2', maxTokens: 6, loadTimeout: 600e3, writeTimeout: 600e3 },
+  'llama-tiny': { option: 'llama-tiny', prompt: 'Once upon a time, in a lighthouse at the edge of the world,', maxTokens: 24, loadTimeout: 120e3, writeTimeout: 180e3 },
+  // Greedy without a repetition penalty, as transformers' reference; 6 tokens whose margins are >= 0.15.
+  smollm2: { option: 'SmolLM2', prompt: smollm2Reference.text, expect: smollm2Reference.greedy_text, maxTokens: 6, loadTimeout: 600e3, writeTimeout: 600e3 },
 };
 const run = runs[which];
 if (!run) throw new Error(`unknown run ${which}: one of ${Object.keys(runs).join(', ')}`);
@@ -91,10 +97,11 @@ try {
     console.log(`reload: loaded again from the browser cache in ${again.loadSeconds.toFixed(1)} s without a download`);
   }
 
-  await page.fill('#prompt', 'Once upon a time, in a lighthouse at the edge of the world,');
+  await page.fill('#prompt', run.prompt);
   if (!(await page.isVisible('#max_tokens'))) await page.click('#sampling summary');
   await page.fill('#max_tokens', String(run.maxTokens));
   await page.fill('#temperature', '0');
+  await page.fill('#repeat_penalty', '1');
   await page.check('#ignore_eos');
   const profiled = which === 'llama-tiny' && await page.isEnabled('#profile');
   if (profiled) await page.check('#profile');
@@ -116,6 +123,7 @@ try {
   if (text.trim().length === 0) await fail(page, 'no text was written');
   if (pieces.length < 2 || times.size < 2) await fail(page, `the text did not stream: ${pieces.length} piece(s) at ${times.size} distinct time(s)`);
   if (profiled && !(await page.isVisible('#profile-table'))) await fail(page, 'profiling was asked for but no per-pass table was shown');
+  if (run.expect && !run.expect.startsWith(text)) await fail(page, `greedy text ${JSON.stringify(text)} is not the start of transformers' ${JSON.stringify(run.expect)}`);
 
   fs.mkdirSync(shots, { recursive: true });
   const shot = path.join(shots, `${which}.png`);
@@ -125,6 +133,46 @@ try {
   console.log(summary);
   if (profiled) console.log((await page.textContent('#profile-table')).split('\n').slice(0, 6).join('\n'));
   if (which === 'llama-tiny') {
+    // Cancel stops a long run after the token in flight.
+    await page.fill('#max_tokens', '2000');
+    await page.uncheck('#profile').catch(() => {});
+    await page.click('#write');
+    await page.waitForFunction(() => document.getElementById('output').childNodes.length > 3, null, { timeout: 60e3 });
+    await page.click('#cancel');
+    await page.waitForFunction(() => document.getElementById('output').dataset.done === 'true' || /Error/.test(document.getElementById('summary').textContent), null, { timeout: 60e3 });
+    const cancelled = await page.textContent('#summary');
+    if (!/stopped: cancelled/.test(cancelled)) await fail(page, `after Cancel: ${cancelled}`);
+    console.log(`cancel: ${cancelled.split(';')[0]}`);
+
+    // The same model through the folder picker; afterwards the picker lists it as cached.
+    const dir = path.join(root, 'tests/fixtures/llama-tiny');
+    await page.setInputFiles('#hf-dir', dir);
+    await page.waitForFunction(() => /^Loaded|Error|does not fit/.test(document.getElementById('model-status').textContent), null, { timeout: run.loadTimeout });
+    const picked = await page.textContent('#model-status');
+    if (!picked.startsWith('Loaded')) await fail(page, `loading through the folder picker: ${picked}`);
+    await page.reload();
+    await page.waitForFunction(() => [...document.querySelectorAll('#served option')].some((o) => o.textContent.includes('cached in this browser')), null, { timeout: 120e3 })
+      .catch(() => {});
+    const listed = await page.$$eval('#served option', (os) => os.map((o) => o.textContent));
+    if (!listed.some((o) => o.includes('cached in this browser'))) await fail(page, `after a reload the picker lists ${JSON.stringify(listed)}, no cached local model`);
+    await page.selectOption('#served', { label: listed.find((o) => o.includes('cached in this browser')) });
+    await page.click('#load-served');
+    await page.waitForFunction(() => /^Loaded|Error|does not fit/.test(document.getElementById('model-status').textContent), null, { timeout: run.loadTimeout });
+    const fromCache = await page.textContent('#model-status');
+    if (!fromCache.startsWith('Loaded')) await fail(page, `loading the cached local model: ${fromCache}`);
+    console.log(`folder picker, then after a reload from the cache: ${fromCache.split(':')[0]}`);
+
+    // A model too big for the GPU's bindings is refused in words (here a GPU that pretends
+    // to bind 100 kB; llama-tiny's embedding takes 256 kB).
+    await page.goto(base + '?max_binding=100000');
+    await page.waitForFunction(() => [...document.querySelectorAll('#served option')].some((o) => o.textContent.includes('llama-tiny')), null, { timeout: 120e3 });
+    await page.selectOption('#served', { label: (await page.$$eval('#served option', (os) => os.map((o) => o.textContent))).find((o) => o.includes('llama-tiny')) });
+    await page.click('#load-served');
+    await page.waitForFunction(() => /^Loaded|Error|does not fit/.test(document.getElementById('model-status').textContent), null, { timeout: run.loadTimeout });
+    const refused = await page.textContent('#model-status');
+    if (!/does not fit this GPU's limits/.test(refused) || !(await page.$('#model-status.error'))) await fail(page, `with a 100 kB binding limit: ${refused}`);
+    console.log(`too big: ${refused}`);
+
     // A browser without WebGPU gets told so in words.
     const bare = await browser.newPage();
     await bare.addInitScript(() => { delete Navigator.prototype.gpu; });
