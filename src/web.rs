@@ -138,7 +138,8 @@ impl Quill {
             "vocab": c.vocab,
             "context": c.max_ctx,
             "file_dtypes": model.file_dtypes,
-            "weight_bytes": c.weight_bytes(),
+            "weights": model.model.weight_types(),
+            "weight_bytes": model.model.weight_bytes(),
             "has_chat_template": model.tokenizer.apply_chat_template(&[("user", "hi")], true).is_ok(),
         });
         self.model = Some(Rc::new(model));

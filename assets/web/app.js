@@ -118,7 +118,7 @@ const handlers = {
   loaded({ info }) {
     model = info;
     ui.progress.hidden = true;
-    say(ui.modelStatus, `Loaded ${info.source}: ${info.architecture}, ${info.layers} layers, dim ${info.dim}, vocab ${info.vocab}, context ${info.context}; ${info.file_dtypes}; ${mb(info.weight_bytes)} on the GPU.`);
+    say(ui.modelStatus, `Loaded ${info.source}: ${info.architecture}, ${info.layers} layers, dim ${info.dim}, vocab ${info.vocab}, context ${info.context}; weights ${info.weights}, ${mb(info.weight_bytes)} on the GPU.`);
     ui.chat.disabled = !info.has_chat_template;
     if (!info.has_chat_template) ui.chat.checked = false;
     ui.systemLabel.hidden = !ui.chat.checked;

@@ -164,13 +164,13 @@ try {
 
     // A model too big for the GPU's bindings is refused in words (here a GPU that pretends
     // to bind 100 kB; llama-tiny's embedding takes 256 kB).
-    await page.goto(base + '?max_binding=100000');
+    await page.goto(base + '?max_binding=200'); // less than one 64-float row of llama-tiny
     await page.waitForFunction(() => [...document.querySelectorAll('#served option')].some((o) => o.textContent.includes('llama-tiny')), null, { timeout: 120e3 });
     await page.selectOption('#served', { label: (await page.$$eval('#served option', (os) => os.map((o) => o.textContent))).find((o) => o.includes('llama-tiny')) });
     await page.click('#load-served');
     await page.waitForFunction(() => /^Loaded|Error|does not fit/.test(document.getElementById('model-status').textContent), null, { timeout: run.loadTimeout });
     const refused = await page.textContent('#model-status');
-    if (!/does not fit this GPU's limits/.test(refused) || !(await page.$('#model-status.error'))) await fail(page, `with a 100 kB binding limit: ${refused}`);
+    if (!/does not fit this GPU's limits/.test(refused) || !(await page.$('#model-status.error'))) await fail(page, `with a 200-byte binding limit: ${refused}`);
     console.log(`too big: ${refused}`);
 
     // A browser without WebGPU gets told so in words.
