@@ -105,7 +105,7 @@ const handlers = {
     adapter = a;
     const f16 = a.shader_f16 ? 'shader-f16' : 'no shader-f16 (not needed)';
     const ts = a.timestamps ? 'timestamp-query' : 'no timestamp-query (no per-pass profile)';
-    say(ui.gpu, `GPU: ${a.name || 'WebGPU adapter'} — ${f16}, ${ts}; largest binding ${mb(a.max_storage_buffer_binding_size)}, largest buffer ${mb(a.max_buffer_size)}.`);
+    say(ui.gpu, `GPU: ${a.named || a.name} — ${f16}, ${ts}; largest binding ${mb(a.max_storage_buffer_binding_size)}, largest buffer ${mb(a.max_buffer_size)}.`);
     ui.profile.disabled = !a.timestamps;
     fillServed(cached);
     setBusy(false);

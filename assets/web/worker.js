@@ -146,7 +146,10 @@ onmessage = async ({ data: msg }) => {
       await init();
       if (!navigator.gpu) throw new Error('this browser offers no WebGPU in workers: use Chrome or Edge 113 or later (or chromium --enable-unsafe-webgpu)');
       quill = await Quill.create(msg.maxBinding);
-      post('ready', { adapter: JSON.parse(quill.adapter()), cached: await cachedLocalModels() });
+      // wgpu does not pass on what the browser tells of the adapter; ask WebGPU directly.
+      const info = (await navigator.gpu.requestAdapter())?.info || {};
+      const named = [info.vendor, info.architecture, info.description].filter(Boolean).join(' ');
+      post('ready', { adapter: { ...JSON.parse(quill.adapter()), named }, cached: await cachedLocalModels() });
     } else if (msg.type === 'load') {
       const info = await load(msg.source);
       post('loaded', { info });
