@@ -166,6 +166,13 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// Records sampling from row 0 of the logits into the token buffer at position `out`, with
+    /// the repetition penalty over the ids before it.
+    fn sample_into(&self, rec: &mut Recorder<'a>, s: &SamplingParams, out: usize, draw: u32) -> Result<()> {
+        let history = out.saturating_sub(s.repeat_last_n)..out;
+        sample(rec, &self.state.logits, 0, &self.state.work, &self.state.tokens, out, history, s, draw)
+    }
+
     /// Runs the pending ids and samples the next token on the GPU; returns it.
     pub fn next_token(&mut self, s: &SamplingParams) -> Result<u32> {
         pollster::block_on(self.next_token_async(s))
@@ -177,8 +184,7 @@ impl<'a> Session<'a> {
         }
         let (mut rec, label) = self.run_pending(LogitRows::Last, &mut Vec::new()).await?;
         let out = self.ids.len();
-        let history = out.saturating_sub(s.repeat_last_n)..out;
-        sample(&mut rec, &self.state.logits, 0, &self.state.work, &self.state.tokens, out, history, s, self.draws)?;
+        self.sample_into(&mut rec, s, out, self.draws)?;
         rec.copy(&self.state.tokens.buf, (out * 4) as u64, &self.state.readback, 0, 4);
         self.submit(rec, label).await?;
         let bytes = self.ctx.map_read_async(&self.state.readback, 4).await?;
@@ -210,8 +216,7 @@ impl<'a> Session<'a> {
         for i in 0..n {
             let out = first_out + i;
             self.model.model.forward(&mut rec, &self.state, self.processed + i, 1, LogitRows::Last)?;
-            let history = out.saturating_sub(s.repeat_last_n)..out;
-            sample(&mut rec, &self.state.logits, 0, &self.state.work, &self.state.tokens, out, history, s, self.draws.wrapping_add(i as u32))?;
+            self.sample_into(&mut rec, s, out, self.draws.wrapping_add(i as u32))?;
         }
         rec.copy(&self.state.tokens.buf, (first_out * 4) as u64, &self.state.readback, 0, (n * 4) as u64);
         self.submit(rec, "decode").await?;

@@ -194,15 +194,13 @@ impl Llama {
             let qkv = match fused(ctx, src, &qkv_names, &qkv_shapes, false, opts, progress)? {
                 Some(w) if c.dim % 32 == 0 => Qkv::Fused(w, biases.map(|b| Tensor::upload_f32(ctx, &n("bq"), &[q_dim + 2 * kv_dim], &b.concat())).transpose()?),
                 _ => {
-                    let mut w = Vec::with_capacity(3);
-                    for j in 0..3 {
-                        w.push(weight(ctx, src, &qkv_names[j], qkv_shapes[j], opts, progress)?);
-                    }
+                    let mut one = |j: usize| weight(ctx, src, &qkv_names[j], qkv_shapes[j], opts, progress);
+                    let w = [one(0)?, one(1)?, one(2)?];
                     let b = match biases {
                         Some([bq, bk, bv]) => Some([Tensor::upload_f32(ctx, &n("bq"), &[q_dim], &bq)?, Tensor::upload_f32(ctx, &n("bk"), &[kv_dim], &bk)?, Tensor::upload_f32(ctx, &n("bv"), &[kv_dim], &bv)?]),
                         None => None,
                     };
-                    Qkv::Split(w.try_into().ok().expect("three weights"), b)
+                    Qkv::Split(w, b)
                 }
             };
             let gu_names = [n("w_gate"), n("w_up")];
