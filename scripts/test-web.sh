@@ -5,7 +5,7 @@
 #      wasm-bindgen-test-runner through chromedriver;
 #   2. the page end to end (tests/web/e2e.mjs): the tiny model, then SmolLM2 for a few tokens,
 #      each leaving a screenshot in target/web-screenshots/.
-# scripts/setup.sh installs what it needs (chromium, chromium-driver, node, the wasm32 target,
+# scripts/setup-dev.sh installs what it needs (chromium, chromium-driver, node, the wasm32 target,
 # wasm-bindgen-cli, playwright-core).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,8 +13,8 @@ cd "$(dirname "$0")/.."
 # As with the GPU tests: without the tools, skip and say so, unless CI is set.
 for tool in chromium chromedriver wasm-bindgen node; do
   if ! command -v "$tool" >/dev/null; then
-    [ -n "${CI:-}" ] && { echo "test-web: CI is set but $tool is missing: run scripts/setup.sh" >&2; exit 1; }
-    echo "SKIPPING THE BROWSER TESTS: $tool is missing (scripts/setup.sh installs it)" >&2
+    [ -n "${CI:-}" ] && { echo "test-web: CI is set but $tool is missing: run scripts/setup-dev.sh" >&2; exit 1; }
+    echo "SKIPPING THE BROWSER TESTS: $tool is missing (scripts/setup-dev.sh installs it)" >&2
     exit 0
   fi
 done

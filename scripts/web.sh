@@ -7,7 +7,7 @@
 #
 # Beside the page, models/ holds the default model (when scripts/fetch-model.sh fetched it)
 # and the tiny test model, listed in models.json for the page's picker. Needs the
-# wasm32-unknown-unknown target and wasm-bindgen-cli (scripts/setup.sh installs both).
+# wasm32-unknown-unknown target and wasm-bindgen-cli (scripts/setup-dev.sh installs both).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=target/web

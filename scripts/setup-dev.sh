@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Sets up a machine to run quill's tests and build its browser page: everything scripts/setup.sh
+# installs for writing, then headless Chromium and chromedriver (WebGPU through SwiftShader),
+# Node.js with playwright-core, Rust's wasm32 target and wasm-bindgen-cli. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+source scripts/lib-apt.sh
+
+missing=()
+if command -v dpkg >/dev/null; then
+  for pkg in chromium chromium-driver; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  command -v npm >/dev/null || missing+=(nodejs npm)
+fi
+apt_install "${missing[@]}"
+
+# WebAssembly: the target, and wasm-bindgen-cli at the version Cargo.lock pins for the crate.
+if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+  rustup target add wasm32-unknown-unknown >&2
+fi
+wb_version="$(grep -A1 '^name = "wasm-bindgen"$' Cargo.lock | sed -n 's/^version = "\(.*\)"/\1/p')"
+if [ "$(wasm-bindgen --version 2>/dev/null | cut -d' ' -f2)" != "$wb_version" ]; then
+  echo "installing wasm-bindgen-cli $wb_version ..." >&2
+  cargo install --quiet wasm-bindgen-cli --version "$wb_version" >&2
+fi
+[ -d tests/web/node_modules/playwright-core ] || (cd tests/web && npm ci --no-audit --no-fund --loglevel=error >&2)
