@@ -78,6 +78,41 @@ fn byte_of(w: u32, b: u32) -> u32 {
     return (w >> (8u * b)) & 255u;
 }
 
+// Bits s .. s + 3 of h, one per lane (s + 3 < 32): Q5_0/Q5_1's fifth bits of 4 weights.
+fn bits4(h: u32, s: u32) -> vec4<f32> {
+    return vec4<f32>((vec4<u32>(h) >> (vec4<u32>(0u, 1u, 2u, 3u) + vec4<u32>(s))) & vec4<u32>(1u));
+}
+// Bit s of each of the 4 bytes of w (s < 8): Q3_K's high bits.
+fn bit_of_bytes(w: u32, s: u32) -> vec4<f32> {
+    return vec4<f32>((vec4<u32>(w, w >> 8u, w >> 16u, w >> 24u) >> vec4<u32>(s)) & vec4<u32>(1u));
+}
+// The 2-bit fields at bit s of each of the 4 bytes of w (s < 8): Q2_K's and Q3_K's quants.
+fn crumbs(w: u32, s: u32) -> vec4<f32> {
+    return vec4<f32>((vec4<u32>(w, w >> 8u, w >> 16u, w >> 24u) >> vec4<u32>(s)) & vec4<u32>(3u));
+}
+// The sum over a unit of q * x for 5-bit quants q: nibbles in q (byte j: weight j low, j + 16
+// high), fifth bits in h (bit i: weight i); Q5_0 and Q5_1.
+fn q5_dot(q: vec4<u32>, h: u32, x: X32) -> f32 {
+    return dot(nib_lo(q.x) + 16.0 * bits4(h, 0u), x.v0) + dot(nib_lo(q.y) + 16.0 * bits4(h, 4u), x.v1)
+         + dot(nib_lo(q.z) + 16.0 * bits4(h, 8u), x.v2) + dot(nib_lo(q.w) + 16.0 * bits4(h, 12u), x.v3)
+         + dot(nib_hi(q.x) + 16.0 * bits4(h, 16u), x.v4) + dot(nib_hi(q.y) + 16.0 * bits4(h, 20u), x.v5)
+         + dot(nib_hi(q.z) + 16.0 * bits4(h, 24u), x.v6) + dot(nib_hi(q.w) + 16.0 * bits4(h, 28u), x.v7);
+}
+// IQ4_NL's (and IQ4_XS's) non-linear quant values (GGML's kvalues_iq4nl), indexed by a nibble.
+var<private> IQ4_VALUES: array<f32, 16> = array<f32, 16>(-127.0, -104.0, -83.0, -65.0, -49.0, -35.0, -22.0, -10.0,
+                                                          1.0, 13.0, 25.0, 38.0, 53.0, 69.0, 89.0, 113.0);
+// The table values of the low (high = false) or high nibbles of the 4 bytes of w.
+fn iq4x4(w: u32, high: bool) -> vec4<f32> {
+    let q = (vec4<u32>(w, w >> 8u, w >> 16u, w >> 24u) >> vec4<u32>(select(0u, 4u, high))) & vec4<u32>(15u);
+    return vec4<f32>(IQ4_VALUES[q.x], IQ4_VALUES[q.y], IQ4_VALUES[q.z], IQ4_VALUES[q.w]);
+}
+// The sum over a unit of T[q] * x for IQ4 nibbles laid out as Q4_0's.
+fn iq4_dot(q: vec4<u32>, x: X32) -> f32 {
+    return dot(iq4x4(q.x, false), x.v0) + dot(iq4x4(q.y, false), x.v1) + dot(iq4x4(q.z, false), x.v2)
+         + dot(iq4x4(q.w, false), x.v3) + dot(iq4x4(q.x, true), x.v4) + dot(iq4x4(q.y, true), x.v5)
+         + dot(iq4x4(q.z, true), x.v6) + dot(iq4x4(q.w, true), x.v7);
+}
+
 // K-quants (Q4_K, Q5_K): super-block s's header is ws[4s] = f16 (d, dmin) and 12 bytes of packed
 // 6-bit scales and minimums (GGML's get_scale_min_k4). Returns (d * scale, dmin * min) of unit j.
 fn k_unit_scale(s: u32, j: u32) -> vec2<f32> {
