@@ -82,13 +82,14 @@ fn byte_of(w: u32, b: u32) -> u32 {
 fn bits4(h: u32, s: u32) -> vec4<f32> {
     return vec4<f32>((vec4<u32>(h) >> (vec4<u32>(0u, 1u, 2u, 3u) + vec4<u32>(s))) & vec4<u32>(1u));
 }
-// Bit s of each of the 4 bytes of w (s < 8): Q3_K's high bits.
-fn bit_of_bytes(w: u32, s: u32) -> vec4<f32> {
-    return vec4<f32>((vec4<u32>(w, w >> 8u, w >> 16u, w >> 24u) >> vec4<u32>(s)) & vec4<u32>(1u));
+// The bit field at bit s (s < 8) of each of the 4 bytes of w, masked by m: 2-bit quants (m = 3),
+// nibbles (15) and high bits (1) of the K-quants, whose unit picks its field by a shift.
+fn byte_bits(w: u32, s: u32, m: u32) -> vec4<f32> {
+    return vec4<f32>((vec4<u32>(w, w >> 8u, w >> 16u, w >> 24u) >> vec4<u32>(s)) & vec4<u32>(m));
 }
-// The 2-bit fields at bit s of each of the 4 bytes of w (s < 8): Q2_K's and Q3_K's quants.
-fn crumbs(w: u32, s: u32) -> vec4<f32> {
-    return vec4<f32>((vec4<u32>(w, w >> 8u, w >> 16u, w >> 24u) >> vec4<u32>(s)) & vec4<u32>(3u));
+// The sums of x over the first and the second 16 weights of a unit (K-quants with 16-weight groups).
+fn x_halves(x: X32) -> vec2<f32> {
+    return vec2<f32>(dot(x.v0 + x.v1 + x.v2 + x.v3, vec4<f32>(1.0)), dot(x.v4 + x.v5 + x.v6 + x.v7, vec4<f32>(1.0)));
 }
 // The sum over a unit of q * x for 5-bit quants q: nibbles in q (byte j: weight j low, j + 16
 // high), fifth bits in h (bit i: weight i); Q5_0 and Q5_1.

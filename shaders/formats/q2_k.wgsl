@@ -7,7 +7,7 @@
 fn deq4(row: u32, u: u32, i: u32) -> vec4<f32> {
     let s = row * (p.k / 256u) + u / 8u;
     let j = u % 8u;
-    let q = crumbs(wq[4u * s + 2u * (j / 4u) + i / 4u][i & 3u], 2u * (j % 4u));
+    let q = byte_bits(wq[4u * s + 2u * (j / 4u) + i / 4u][i & 3u], 2u * (j % 4u), 3u);
     let g = 2u * j + i / 4u;
     let sm = byte_of(ws[5u * s + g / 4u], g % 4u);
     let dm = unpack2x16float(ws[5u * s + 4u]);
@@ -19,14 +19,15 @@ fn unit_dot(row: u32, u: u32, x: X32) -> f32 {
     let sh = 2u * (j % 4u);
     let a = wq[4u * s + 2u * (j / 4u)];
     let c = wq[4u * s + 2u * (j / 4u) + 1u];
-    let s0 = dot(crumbs(a.x, sh), x.v0) + dot(crumbs(a.y, sh), x.v1) + dot(crumbs(a.z, sh), x.v2) + dot(crumbs(a.w, sh), x.v3);
-    let s1 = dot(crumbs(c.x, sh), x.v4) + dot(crumbs(c.y, sh), x.v5) + dot(crumbs(c.z, sh), x.v6) + dot(crumbs(c.w, sh), x.v7);
-    let sum0 = dot(x.v0 + x.v1 + x.v2 + x.v3, vec4<f32>(1.0));
-    let sum1 = dot(x.v4 + x.v5 + x.v6 + x.v7, vec4<f32>(1.0));
+    let s0 = dot(byte_bits(a.x, sh, 3u), x.v0) + dot(byte_bits(a.y, sh, 3u), x.v1)
+           + dot(byte_bits(a.z, sh, 3u), x.v2) + dot(byte_bits(a.w, sh, 3u), x.v3);
+    let s1 = dot(byte_bits(c.x, sh, 3u), x.v4) + dot(byte_bits(c.y, sh, 3u), x.v5)
+           + dot(byte_bits(c.z, sh, 3u), x.v6) + dot(byte_bits(c.w, sh, 3u), x.v7);
+    let xs = x_halves(x);
     // groups 2j and 2j + 1 are bytes 2 (j % 2) and 2 (j % 2) + 1 of word j / 2
     let w = ws[5u * s + j / 2u];
     let g0 = byte_of(w, 2u * (j % 2u));
     let g1 = byte_of(w, 2u * (j % 2u) + 1u);
     let dm = unpack2x16float(ws[5u * s + 4u]);
-    return dm.x * (f32(g0 & 15u) * s0 + f32(g1 & 15u) * s1) - dm.y * (f32(g0 >> 4u) * sum0 + f32(g1 >> 4u) * sum1);
+    return dm.x * (f32(g0 & 15u) * s0 + f32(g1 & 15u) * s1) - dm.y * (f32(g0 >> 4u) * xs.x + f32(g1 >> 4u) * xs.y);
 }

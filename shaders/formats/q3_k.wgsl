@@ -9,13 +9,16 @@ fn q3_k_scale(s: u32, g: u32) -> f32 {
     let hi = (byte_of(ws[4u * s + 2u], g % 4u) >> (2u * (g / 4u))) & 3u;
     return f32(i32(lo | (hi << 4u)) - 32);
 }
+// q + 4h of 4 weights: the 2-bit quants at bit sh of ql's bytes, the high bits at bit j of hm's.
+fn q3_k_quant4(ql: u32, hm: u32, sh: u32, j: u32) -> vec4<f32> {
+    return byte_bits(ql, sh, 3u) + 4.0 * byte_bits(hm, j, 1u);
+}
 fn deq4(row: u32, u: u32, i: u32) -> vec4<f32> {
     let s = row * (p.k / 256u) + u / 8u;
     let j = u % 8u;
-    let low = crumbs(wq[6u * s + 2u + 2u * (j / 4u) + i / 4u][i & 3u], 2u * (j % 4u));
-    let high = bit_of_bytes(wq[6u * s + i / 4u][i & 3u], j);
+    let q = q3_k_quant4(wq[6u * s + 2u + 2u * (j / 4u) + i / 4u][i & 3u], wq[6u * s + i / 4u][i & 3u], 2u * (j % 4u), j);
     let d = unpack2x16float(ws[4u * s + 3u]).x;
-    return d * q3_k_scale(s, 2u * j + i / 4u) * (low + 4.0 * high - vec4<f32>(4.0));
+    return d * q3_k_scale(s, 2u * j + i / 4u) * (q - vec4<f32>(4.0));
 }
 fn unit_dot(row: u32, u: u32, x: X32) -> f32 {
     let s = row * (p.k / 256u) + u / 8u;
@@ -25,12 +28,11 @@ fn unit_dot(row: u32, u: u32, x: X32) -> f32 {
     let c = wq[6u * s + 3u + 2u * (j / 4u)];
     let m = wq[6u * s];
     let n = wq[6u * s + 1u];
-    let s0 = dot(crumbs(a.x, sh) + 4.0 * bit_of_bytes(m.x, j), x.v0) + dot(crumbs(a.y, sh) + 4.0 * bit_of_bytes(m.y, j), x.v1)
-           + dot(crumbs(a.z, sh) + 4.0 * bit_of_bytes(m.z, j), x.v2) + dot(crumbs(a.w, sh) + 4.0 * bit_of_bytes(m.w, j), x.v3);
-    let s1 = dot(crumbs(c.x, sh) + 4.0 * bit_of_bytes(n.x, j), x.v4) + dot(crumbs(c.y, sh) + 4.0 * bit_of_bytes(n.y, j), x.v5)
-           + dot(crumbs(c.z, sh) + 4.0 * bit_of_bytes(n.z, j), x.v6) + dot(crumbs(c.w, sh) + 4.0 * bit_of_bytes(n.w, j), x.v7);
-    let sum0 = dot(x.v0 + x.v1 + x.v2 + x.v3, vec4<f32>(1.0));
-    let sum1 = dot(x.v4 + x.v5 + x.v6 + x.v7, vec4<f32>(1.0));
+    let s0 = dot(q3_k_quant4(a.x, m.x, sh, j), x.v0) + dot(q3_k_quant4(a.y, m.y, sh, j), x.v1)
+           + dot(q3_k_quant4(a.z, m.z, sh, j), x.v2) + dot(q3_k_quant4(a.w, m.w, sh, j), x.v3);
+    let s1 = dot(q3_k_quant4(c.x, n.x, sh, j), x.v4) + dot(q3_k_quant4(c.y, n.y, sh, j), x.v5)
+           + dot(q3_k_quant4(c.z, n.z, sh, j), x.v6) + dot(q3_k_quant4(c.w, n.w, sh, j), x.v7);
+    let xs = x_halves(x);
     let d = unpack2x16float(ws[4u * s + 3u]).x;
-    return d * (q3_k_scale(s, 2u * j) * (s0 - 4.0 * sum0) + q3_k_scale(s, 2u * j + 1u) * (s1 - 4.0 * sum1));
+    return d * (q3_k_scale(s, 2u * j) * (s0 - 4.0 * xs.x) + q3_k_scale(s, 2u * j + 1u) * (s1 - 4.0 * xs.y));
 }
