@@ -99,13 +99,18 @@ fn q5_dot(q: vec4<u32>, h: u32, x: X32) -> f32 {
          + dot(nib_hi(q.x) + 16.0 * bits4(h, 16u), x.v4) + dot(nib_hi(q.y) + 16.0 * bits4(h, 20u), x.v5)
          + dot(nib_hi(q.z) + 16.0 * bits4(h, 24u), x.v6) + dot(nib_hi(q.w) + 16.0 * bits4(h, 28u), x.v7);
 }
-// IQ4_NL's (and IQ4_XS's) non-linear quant values (GGML's kvalues_iq4nl), indexed by a nibble.
-var<private> IQ4_VALUES: array<f32, 16> = array<f32, 16>(-127.0, -104.0, -83.0, -65.0, -49.0, -35.0, -22.0, -10.0,
-                                                          1.0, 13.0, 25.0, 38.0, 53.0, 69.0, 89.0, 113.0);
+// IQ4_NL's (and IQ4_XS's) non-linear quant values (GGML's kvalues_iq4nl: -127, -104, -83, …, 113)
+// as 16 i8 packed in 4 words, so a lookup is a vector select and a shift, in registers (an array
+// indexed at run time would live in slower private memory).
+const IQ4_VALUES = vec4<u32>(0xbfad9881u, 0xf6eaddcfu, 0x26190d01u, 0x71594535u);
+fn iq4_value(q: u32) -> f32 {
+    let w = IQ4_VALUES[q >> 2u];
+    return f32(bitcast<i32>(w << (24u - 8u * (q & 3u))) >> 24u);
+}
 // The table values of the low (high = false) or high nibbles of the 4 bytes of w.
 fn iq4x4(w: u32, high: bool) -> vec4<f32> {
     let q = (vec4<u32>(w, w >> 8u, w >> 16u, w >> 24u) >> vec4<u32>(select(0u, 4u, high))) & vec4<u32>(15u);
-    return vec4<f32>(IQ4_VALUES[q.x], IQ4_VALUES[q.y], IQ4_VALUES[q.z], IQ4_VALUES[q.w]);
+    return vec4<f32>(iq4_value(q.x), iq4_value(q.y), iq4_value(q.z), iq4_value(q.w));
 }
 // The sum over a unit of T[q] * x for IQ4 nibbles laid out as Q4_0's.
 fn iq4_dot(q: vec4<u32>, x: X32) -> f32 {
