@@ -426,8 +426,8 @@ mod tests {
             let bytes: Vec<u8> = (0..hex.len() / 2).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap()).collect();
             let want: Vec<f32> = case["values"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
             let got = dequantize(dtype, &bytes, want.len()).unwrap();
-            // Same products in f32, possibly grouped differently: a few ulps.
-            crate::ops::compare(&got, &want, 1e-7, 1e-6).unwrap_or_else(|e| panic!("{name}: {e}"));
+            // The same f32 products in the same order as gguf-py's numpy code: bit-exact.
+            crate::ops::compare(&got, &want, 0.0, 0.0).unwrap_or_else(|e| panic!("{name}: {e}"));
             seen.push(name);
         }
         // Every type but F32 (whose bytes are its values).
