@@ -3,7 +3,7 @@
 //! (`quill bench-device`, measured here when not cached). Linear layers run for every weight
 //! storage type the model can use (f32, f16, bf16 and the 32-weight block types; the 256-weight
 //! K-quants and IQ4_XS where the width allows), with SmolLM2's fused shapes. Run: `cargo bench --bench ops`
-//! (QUILL_BENCH_ITERS sets the repetitions).
+//! (QUILL_BENCH_ITERS sets the repetitions, QUILL_BENCH_ONLY=TEXT keeps the labels containing TEXT).
 
 use std::time::Instant;
 
@@ -13,6 +13,10 @@ use quill::ops::matmul::{linear, Store};
 use quill::ops::{attention, norm, test_values};
 
 fn time(ctx: &Context, name: &str, iters: usize, mut record: impl FnMut(&mut Recorder)) -> f64 {
+    // QUILL_BENCH_ONLY=TEXT runs only the kernels whose label contains TEXT.
+    if std::env::var("QUILL_BENCH_ONLY").is_ok_and(|only| !name.contains(&only)) {
+        return 0.0;
+    }
     // Warm-up (pipeline creation, first-touch of buffers).
     let mut rec = Recorder::new(ctx, "warm-up");
     record(&mut rec);
