@@ -98,7 +98,11 @@ impl DType {
     }
     /// "F32, F16, …, IQ4_XS": the supported types, for error messages.
     pub fn supported_list() -> String {
-        TABLE.iter().map(|r| r.2).collect::<Vec<_>>().join(", ")
+        Self::names_where(|_| true)
+    }
+    /// The names of the types `keep` selects, comma-separated (safetensors has only the floats).
+    pub fn names_where(keep: impl Fn(DType) -> bool) -> String {
+        TABLE.iter().filter(|r| keep(r.0)).map(|r| r.2).collect::<Vec<_>>().join(", ")
     }
     /// Bytes taken by `n` weights, or None when `n` is not a whole number of blocks
     /// or the size overflows.
@@ -456,6 +460,7 @@ mod tests {
             assert_eq!((DType::from_ggml(code), d.block_len(), d.block_bytes()), (Some(d), len, bytes), "{d:?}");
         }
         assert_eq!(DType::from_ggml(16), None); // IQ2_XXS
+        assert_eq!(DType::names_where(|d| d.block_len() == 1), "F32, F16, BF16");
         assert_eq!(DType::supported_list(), "F32, F16, BF16, Q8_0, Q5_0, Q5_1, Q4_0, Q4_1, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS");
     }
 
