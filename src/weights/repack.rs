@@ -59,13 +59,8 @@ pub fn repack_row(dtype: DType, row: &[u8], quants: &mut Vec<u8>, scales: &mut V
         }
         DType::Q4_1 => split_blocks(row, 20, 4, scales, quants),
         DType::Q4_K | DType::Q5_K => split_blocks(row, dtype.block_bytes(), 16, scales, quants),
-        DType::Q6_K => {
-            for b in row.chunks_exact(210) {
-                scales.extend_from_slice(&b[192..210]);
-                scales.extend_from_slice(&[0, 0]);
-                quants.extend_from_slice(&b[0..192]);
-            }
-        }
+        // ql and qh as the file has them; the 16 scale bytes and f16 d
+        DType::Q6_K => split_tail(row, 210, 192, scales, quants),
         DType::Q5_0 => {
             for b in row.chunks_exact(22) {
                 scales.extend_from_slice(&[b[0], b[1], 0, 0]);
@@ -83,16 +78,20 @@ pub fn repack_row(dtype: DType, row: &[u8], quants: &mut Vec<u8>, scales: &mut V
                 quants.extend_from_slice(&b[16..80]);
             }
         }
-        // high bits and low bits stay in the file's order; the 12 scale bytes, f16 d, padding
-        DType::Q3_K => {
-            for b in row.chunks_exact(110) {
-                scales.extend_from_slice(&b[96..110]);
-                scales.extend_from_slice(&[0, 0]);
-                quants.extend_from_slice(&b[0..96]);
-            }
-        }
+        // high bits and 2-bit quants as the file has them; the 12 scale bytes and f16 d
+        DType::Q3_K => split_tail(row, 110, 96, scales, quants),
         // f16 d, the u16 of high scale bits, the 4 bytes of low scale bits
         DType::IQ4_XS => split_blocks(row, 136, 8, scales, quants),
+    }
+}
+
+/// Splits each `size`-byte block of `row` whose first `q_len` bytes are quants and the rest
+/// scales, padding each block's scales to whole words.
+fn split_tail(row: &[u8], size: usize, q_len: usize, scales: &mut Vec<u8>, quants: &mut Vec<u8>) {
+    for b in row.chunks_exact(size) {
+        quants.extend_from_slice(&b[..q_len]);
+        scales.extend_from_slice(&b[q_len..]);
+        scales.extend(std::iter::repeat_n(0, (size - q_len).next_multiple_of(4) - (size - q_len)));
     }
 }
 
