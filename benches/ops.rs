@@ -1,9 +1,9 @@
 //! Per-kernel throughput at SmolLM2-135M shapes: time per dispatch, GB/s and GFLOP/s from
 //! each op's own byte and FLOP counts, and the share of the device's peak read bandwidth
 //! (`quill bench-device`, measured here when not cached). Linear layers run for every weight
-//! storage type the model can use (f32, f16, q8_0, q4_0, q4_1, and the K-quants where the
-//! width allows), with SmolLM2's fused shapes. Run: `cargo bench --bench ops`
-//! (QUILL_BENCH_ITERS sets the repetitions).
+//! storage type the model can use (f32, f16, bf16 and the 32-weight block types; the 256-weight
+//! K-quants and IQ4_XS where the width allows), with SmolLM2's fused shapes. Run: `cargo bench --bench ops`
+//! (QUILL_BENCH_ITERS sets the repetitions, QUILL_BENCH_ONLY=TEXT keeps the labels containing TEXT).
 
 use std::time::Instant;
 
@@ -13,6 +13,10 @@ use quill::ops::matmul::{linear, Store};
 use quill::ops::{attention, norm, test_values};
 
 fn time(ctx: &Context, name: &str, iters: usize, mut record: impl FnMut(&mut Recorder)) -> f64 {
+    // QUILL_BENCH_ONLY=TEXT runs only the kernels whose label contains TEXT.
+    if std::env::var("QUILL_BENCH_ONLY").is_ok_and(|only| !name.contains(&only)) {
+        return 0.0;
+    }
     // Warm-up (pipeline creation, first-touch of buffers).
     let mut rec = Recorder::new(ctx, "warm-up");
     record(&mut rec);
@@ -49,6 +53,7 @@ fn weight(ctx: &Context, dtype: DType, n: usize, k: usize) -> Weight {
     let bytes: Vec<u8> = match dtype {
         DType::F32 => bytemuck::cast_slice(&vals).to_vec(),
         DType::F16 => vals.iter().flat_map(|&v| quill::weights::dtype::f32_to_f16(v).to_le_bytes()).collect(),
+        DType::BF16 => vals.iter().flat_map(|&v| ((v.to_bits() >> 16) as u16).to_le_bytes()).collect(),
         DType::Q8_0 => quill::weights::dtype::quantize_q8_0(&vals),
         // Speed does not depend on the values: any bytes of the right size will do.
         other => (0..other.bytes_for(n * k).unwrap()).map(|i| (i * 7 % 251) as u8).collect(),
@@ -70,7 +75,7 @@ fn main() {
     let mut best: f64 = 0.0;
     // SmolLM2's decode shapes: fused Q/K/V (576 + 2 x 192 rows), o_proj, fused gate/up, down, lm head.
     let shapes = [(dim + 2 * 192, dim, "qkv"), (dim, dim, "o proj"), (2 * ffn, dim, "gate/up"), (dim, ffn, "down"), (vocab, dim, "lm head")];
-    for dtype in [DType::Q4_1, DType::Q8_0, DType::Q4_0, DType::F16, DType::F32] {
+    for dtype in DType::ALL.into_iter().filter(|d| d.block_len() < 256) {
         for &(n, k, label) in &shapes {
             let w = weight(&ctx, dtype, n, k);
             for &tokens in &[1usize, 128] {
@@ -86,8 +91,8 @@ fn main() {
             }
         }
     }
-    // K-quants need rows of whole 256-weight super-blocks: SmolLM2's ffn width (1536).
-    for dtype in [DType::Q4_K, DType::Q5_K, DType::Q6_K] {
+    // K-quants and IQ4_XS need rows of whole 256-weight super-blocks: SmolLM2's ffn width (1536).
+    for dtype in DType::ALL.into_iter().filter(|d| d.block_len() == 256) {
         let w = weight(&ctx, dtype, dim, ffn);
         let x = t(&[1, ffn], 2);
         let y = t(&[1, dim], 3);

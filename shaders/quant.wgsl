@@ -78,6 +78,47 @@ fn byte_of(w: u32, b: u32) -> u32 {
     return (w >> (8u * b)) & 255u;
 }
 
+// Bits s .. s + 3 of h, one per lane (s + 3 < 32): Q5_0/Q5_1's fifth bits of 4 weights.
+fn bits4(h: u32, s: u32) -> vec4<f32> {
+    return vec4<f32>((vec4<u32>(h) >> (vec4<u32>(0u, 1u, 2u, 3u) + vec4<u32>(s))) & vec4<u32>(1u));
+}
+// The bit field at bit s (s < 8) of each of the 4 bytes of w, masked by m: 2-bit quants (m = 3),
+// nibbles (15) and high bits (1) of the K-quants, whose unit picks its field by a shift.
+fn byte_bits(w: u32, s: u32, m: u32) -> vec4<f32> {
+    return vec4<f32>((vec4<u32>(w, w >> 8u, w >> 16u, w >> 24u) >> vec4<u32>(s)) & vec4<u32>(m));
+}
+// The sums of x over the first and the second 16 weights of a unit (K-quants with 16-weight groups).
+fn x_halves(x: X32) -> vec2<f32> {
+    return vec2<f32>(dot(x.v0 + x.v1 + x.v2 + x.v3, vec4<f32>(1.0)), dot(x.v4 + x.v5 + x.v6 + x.v7, vec4<f32>(1.0)));
+}
+// The sum over a unit of q * x for 5-bit quants q: nibbles in q (byte j: weight j low, j + 16
+// high), fifth bits in h (bit i: weight i); Q5_0 and Q5_1.
+fn q5_dot(q: vec4<u32>, h: u32, x: X32) -> f32 {
+    return dot(nib_lo(q.x) + 16.0 * bits4(h, 0u), x.v0) + dot(nib_lo(q.y) + 16.0 * bits4(h, 4u), x.v1)
+         + dot(nib_lo(q.z) + 16.0 * bits4(h, 8u), x.v2) + dot(nib_lo(q.w) + 16.0 * bits4(h, 12u), x.v3)
+         + dot(nib_hi(q.x) + 16.0 * bits4(h, 16u), x.v4) + dot(nib_hi(q.y) + 16.0 * bits4(h, 20u), x.v5)
+         + dot(nib_hi(q.z) + 16.0 * bits4(h, 24u), x.v6) + dot(nib_hi(q.w) + 16.0 * bits4(h, 28u), x.v7);
+}
+// IQ4_NL's (and IQ4_XS's) non-linear quant values (GGML's kvalues_iq4nl: -127, -104, -83, …, 113)
+// as 16 i8 packed in 4 words, so a lookup is a vector select and a shift, in registers (an array
+// indexed at run time would live in slower private memory).
+const IQ4_VALUES = vec4<u32>(0xbfad9881u, 0xf6eaddcfu, 0x26190d01u, 0x71594535u);
+fn iq4_value(q: u32) -> f32 {
+    let w = IQ4_VALUES[q >> 2u];
+    return f32(bitcast<i32>(w << (24u - 8u * (q & 3u))) >> 24u);
+}
+// The table values of the low (high = false) or high nibbles of the 4 bytes of w.
+fn iq4x4(w: u32, high: bool) -> vec4<f32> {
+    let q = (vec4<u32>(w, w >> 8u, w >> 16u, w >> 24u) >> vec4<u32>(select(0u, 4u, high))) & vec4<u32>(15u);
+    return vec4<f32>(iq4_value(q.x), iq4_value(q.y), iq4_value(q.z), iq4_value(q.w));
+}
+// The sum over a unit of T[q] * x for IQ4 nibbles laid out as Q4_0's.
+fn iq4_dot(q: vec4<u32>, x: X32) -> f32 {
+    return dot(iq4x4(q.x, false), x.v0) + dot(iq4x4(q.y, false), x.v1) + dot(iq4x4(q.z, false), x.v2)
+         + dot(iq4x4(q.w, false), x.v3) + dot(iq4x4(q.x, true), x.v4) + dot(iq4x4(q.y, true), x.v5)
+         + dot(iq4x4(q.z, true), x.v6) + dot(iq4x4(q.w, true), x.v7);
+}
+
 // K-quants (Q4_K, Q5_K): super-block s's header is ws[4s] = f16 (d, dmin) and 12 bytes of packed
 // 6-bit scales and minimums (GGML's get_scale_min_k4). Returns (d * scale, dmin * min) of unit j.
 fn k_unit_scale(s: u32, j: u32) -> vec2<f32> {

@@ -12,5 +12,15 @@ fn deq4(row: u32, u: u32, i: u32) -> vec4<f32> {
     return sm.x * q - vec4<f32>(sm.y);
 }
 fn unit_dot(row: u32, u: u32, x: X32) -> f32 {
-    return unit_dot_deq4(row, u, x);
+    let s = row * (p.k / 256u) + u / 8u;
+    let j = u % 8u;
+    let sh = 4u * (j & 1u);
+    let a = wq[8u * s + 2u * (j / 2u)];
+    let c = wq[8u * s + 2u * (j / 2u) + 1u];
+    let q = dot(byte_bits(a.x, sh, 15u), x.v0) + dot(byte_bits(a.y, sh, 15u), x.v1)
+          + dot(byte_bits(a.z, sh, 15u), x.v2) + dot(byte_bits(a.w, sh, 15u), x.v3)
+          + dot(byte_bits(c.x, sh, 15u), x.v4) + dot(byte_bits(c.y, sh, 15u), x.v5)
+          + dot(byte_bits(c.z, sh, 15u), x.v6) + dot(byte_bits(c.w, sh, 15u), x.v7);
+    let sm = k_unit_scale(s, j);
+    return sm.x * q - sm.y * x.sum;
 }

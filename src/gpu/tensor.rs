@@ -35,7 +35,7 @@ impl Tensor {
     }
 }
 
-/// A weight matrix [rows, cols] in a storage format the kernels read directly (f32, f16 or a
+/// A weight matrix [rows, cols] in a storage format the kernels read directly (f32, f16, bf16 or a
 /// GGML block type), laid out as `weights::repack` describes. A matrix larger than one storage
 /// binding is held as several chunks of whole rows; the kernels take one chunk per dispatch,
 /// so model code never sees the split.
@@ -61,9 +61,6 @@ impl Weight {
     /// splitting them into chunks of at most `limit` bytes per binding.
     pub fn from_rows(ctx: &Context, name: &str, dtype: DType, cols: usize, rows: &[&[u8]], limit: u64) -> Result<Self> {
         let err = |msg: String| Error::Shape { op: "upload", msg: format!("{name}: {msg}") };
-        if !repack::gpu_readable(dtype) {
-            return Err(err(format!("{} weights must be converted before upload", dtype.name())));
-        }
         let row_bytes = dtype.bytes_for(cols).ok_or_else(|| err(format!("{cols} columns are not whole {} blocks", dtype.name())))?;
         if let Some(bad) = rows.iter().position(|r| r.len() != row_bytes) {
             return Err(err(format!("row {bad} has {} bytes, expected {row_bytes}", rows[bad].len())));

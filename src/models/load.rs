@@ -63,7 +63,7 @@ fn dtype_summary<'a>(dtypes: impl Iterator<Item = &'a str>) -> String {
 /// Which storage type weight matrices get on the GPU (`--dtype`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum WeightType {
-    /// As the file stores them (BF16 becomes f32): GGUF stays quantized.
+    /// As the file stores them: GGUF stays quantized, BF16 stays bf16.
     #[default]
     Native,
     F32,
@@ -103,7 +103,6 @@ impl LoadOptions {
     /// where the wanted type's blocks (or the kernels' 32-weight units) do not divide a row.
     pub fn storage(&self, file: DType, cols: usize) -> DType {
         let want = match self.dtype {
-            WeightType::Native if file == DType::BF16 => DType::F32,
             WeightType::Native => file,
             WeightType::F32 => DType::F32,
             WeightType::F16 => DType::F16,

@@ -40,7 +40,7 @@ pub fn embed(rec: &mut Recorder, table: &Weight, ids: &Tensor, id_offset: usize,
         rec.dispatch(info, &pipe, &[&table.chunks[0].quants, &ids.buf, &out.buf], &p, wg);
         return Ok(());
     }
-    let shader = quant_shader(table.dtype).ok_or_else(|| Error::Shape { op: "embed", msg: format!("{} tables must be converted at load", table.dtype.name()) })?;
+    let shader = quant_shader(table.dtype);
     let pipe = rec.ctx.pipeline(shader, "embed", &[])?;
     let [spare0, spare1] = &rec.ctx.spare;
     for (i, c) in table.chunks.iter().enumerate() {
@@ -93,7 +93,7 @@ mod tests {
         let (vocab, n) = (77usize, 9usize);
         let ids: Vec<u32> = (0..n).map(|i| ((i * 13 + 5) % vocab) as u32).chain([76, 0]).collect();
         let id_buf = Tensor { buf: ctx.upload("ids", &ids).unwrap(), shape: vec![ids.len()] };
-        for dtype in [DType::F32, DType::F16, DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q4_K, DType::Q5_K, DType::Q6_K] {
+        for dtype in DType::ALL {
             let dim = if dtype.block_len() == 256 { 512 } else { 96 };
             let bytes = super::super::matmul::tests::random_rows(dtype, vocab, dim, 5);
             let rows: Vec<&[u8]> = bytes.chunks(dtype.bytes_for(dim).unwrap()).collect();

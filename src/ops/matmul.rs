@@ -18,32 +18,28 @@ macro_rules! quant_shader {
     };
 }
 
-/// The quantized-weight kernels, one shader per storage format.
-pub const QUANT_SHADERS: [Shader; 8] = [
+/// The quantized-weight kernels, one shader per storage format, in `DType::ALL`'s order.
+pub const QUANT_SHADERS: [Shader; DType::ALL.len()] = [
     quant_shader!("quant_f32", "f32.wgsl"),
     quant_shader!("quant_f16", "f16.wgsl"),
+    quant_shader!("quant_bf16", "bf16.wgsl"),
     quant_shader!("quant_q8_0", "q8_0.wgsl"),
+    quant_shader!("quant_q5_0", "q5_0.wgsl"),
+    quant_shader!("quant_q5_1", "q5_1.wgsl"),
     quant_shader!("quant_q4_0", "q4_0.wgsl"),
     quant_shader!("quant_q4_1", "q4_1.wgsl"),
+    quant_shader!("quant_iq4_nl", "iq4_nl.wgsl"),
+    quant_shader!("quant_q2_k", "q2_k.wgsl"),
+    quant_shader!("quant_q3_k", "q3_k.wgsl"),
     quant_shader!("quant_q4_k", "q4_k.wgsl"),
     quant_shader!("quant_q5_k", "q5_k.wgsl"),
     quant_shader!("quant_q6_k", "q6_k.wgsl"),
+    quant_shader!("quant_iq4_xs", "iq4_xs.wgsl"),
 ];
 
-/// The `quant.wgsl` shader for weights of `dtype`.
-pub fn quant_shader(dtype: DType) -> Option<&'static Shader> {
-    let i = match dtype {
-        DType::F32 => 0,
-        DType::F16 => 1,
-        DType::Q8_0 => 2,
-        DType::Q4_0 => 3,
-        DType::Q4_1 => 4,
-        DType::Q4_K => 5,
-        DType::Q5_K => 6,
-        DType::Q6_K => 7,
-        DType::BF16 => return None,
-    };
-    Some(&QUANT_SHADERS[i])
+/// The `quant.wgsl` shader for weights of `dtype` (the test below checks the order).
+pub fn quant_shader(dtype: DType) -> &'static Shader {
+    &QUANT_SHADERS[dtype as usize]
 }
 
 /// Uniforms of `quant.wgsl`.
@@ -176,7 +172,7 @@ pub fn linear_out(rec: &mut Recorder, op: &'static str, layer: Option<usize>, x:
     if k % w.dtype.block_len() != 0 {
         return Err(Error::Shape { op, msg: format!("{k} columns are not whole {} blocks", w.dtype.name()) });
     }
-    let shader = quant_shader(w.dtype).ok_or_else(|| Error::Shape { op, msg: format!("{} weights must be converted at load", w.dtype.name()) })?;
+    let shader = quant_shader(w.dtype);
     // Prefill tiles are 16, 32, 48 or 64 tokens tall, the least that covers t (up to 64).
     let tokens_per_thread = t.div_ceil(16).clamp(1, 4);
     let pipe = if t <= MATVEC_MAX_TOKENS {
@@ -266,12 +262,16 @@ pub(crate) mod tests {
         match dtype {
             DType::F32 => bytes = bytemuck::cast_slice(&test_values(n, seed)).to_vec(),
             DType::F16 => bytes = test_values(n, seed).iter().flat_map(|&v| half(v)).collect(),
+            DType::BF16 => bytes = test_values(n, seed).iter().flat_map(|&v| ((v.to_bits() >> 16) as u16).to_le_bytes()).collect(),
             _ => {
+                // Where each block keeps its f16 scales (d, then a minimum where it has one).
                 let scale_at: &[usize] = match dtype {
-                    DType::Q8_0 | DType::Q4_0 => &[0],
-                    DType::Q4_1 | DType::Q4_K | DType::Q5_K => &[0, 2],
+                    DType::Q8_0 | DType::Q4_0 | DType::Q5_0 | DType::IQ4_NL | DType::IQ4_XS => &[0],
+                    DType::Q4_1 | DType::Q5_1 | DType::Q4_K | DType::Q5_K => &[0, 2],
+                    DType::Q2_K => &[80, 82],
+                    DType::Q3_K => &[108],
                     DType::Q6_K => &[208],
-                    _ => unreachable!(),
+                    DType::F32 | DType::F16 | DType::BF16 => &[],
                 };
                 let size = dtype.block_bytes();
                 for (b, block) in bytes.chunks_exact_mut(size).enumerate() {
@@ -343,7 +343,14 @@ pub(crate) mod tests {
         compare(&got, &want, abs, rel).unwrap_or_else(|e| panic!("{label}: {e}"));
     }
 
-    const ALL: [DType; 8] = [DType::F32, DType::F16, DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q4_K, DType::Q5_K, DType::Q6_K];
+    const ALL: [DType; DType::ALL.len()] = DType::ALL;
+
+    #[test]
+    fn each_type_has_its_own_shader() {
+        for dtype in DType::ALL {
+            assert_eq!(quant_shader(dtype).name, format!("quant_{}", dtype.name().to_lowercase()));
+        }
+    }
 
     gpu_test!(fn quantized_matvec_matches_dequantized_reference(ctx) {
         for dtype in ALL {
@@ -360,7 +367,8 @@ pub(crate) mod tests {
 
     gpu_test!(fn quantized_matmul_matches_dequantized_reference(ctx) {
         for dtype in ALL {
-            let k = if dtype.block_len() == 256 { 256 } else { 160 };
+            // Two super-blocks per row for the K-quants.
+            let k = if dtype.block_len() == 256 { 512 } else { 160 };
             // Tiles of 16 (t = 12), 48 (t = 40) and 64 tokens (t = 70: two tiles).
             run_quant(ctx, dtype, 12, k, 37, "write", u64::MAX).await;
             run_quant(ctx, dtype, 40, k, 37, "write", u64::MAX).await;
@@ -369,7 +377,7 @@ pub(crate) mod tests {
     });
 
     gpu_test!(fn fused_outputs_and_split_bindings(ctx) {
-        for dtype in [DType::Q4_1, DType::Q8_0, DType::Q4_K, DType::F32] {
+        for dtype in DType::ALL {
             let k = if dtype.block_len() == 256 { 256 } else { 64 };
             for t in [1, 2, 9] {
                 run_quant(ctx, dtype, t, k, 75, "split3", u64::MAX).await;

@@ -13,10 +13,22 @@ pub enum DType {
     BF16,
     /// 32 weights: f16 scale `d`, 32 × i8; w = d·q.
     Q8_0,
+    /// 32 weights: f16 `d`, 4 bytes of fifth bits, 16 bytes of nibbles; w = d·(q − 16).
+    Q5_0,
+    /// 32 weights: f16 `d`, f16 `m`, 4 bytes of fifth bits, 16 bytes of nibbles; w = d·q + m.
+    Q5_1,
     /// 32 weights: f16 scale `d`, 16 bytes of nibbles; w = d·(q − 8).
     Q4_0,
     /// 32 weights: f16 `d`, f16 `m`, 16 bytes of nibbles; w = d·q + m.
     Q4_1,
+    /// 32 weights: f16 `d`, 16 bytes of nibbles indexing a fixed non-linear table; w = d·T[q].
+    IQ4_NL,
+    /// 256 weights: 16 bytes of 4-bit (scale, min) pairs (one per 16 weights), 64 bytes of 2-bit
+    /// quants, f16 `d`, f16 `dmin`; w = d·sc·q − dmin·m.
+    Q2_K,
+    /// 256 weights: 32 bytes of high bits, 64 bytes of 2-bit lows, 12 bytes of 6-bit scales (one
+    /// per 16 weights), f16 `d`; w = d·(sc − 32)·(q − 4·(1 − h)).
+    Q3_K,
     /// 256 weights: f16 `d`, f16 `dmin`, 12 bytes of 6-bit scales and minimums for 8 groups of
     /// 32, 128 bytes of nibbles; w = d·sc·q − dmin·m.
     Q4_K,
@@ -25,41 +37,72 @@ pub enum DType {
     /// 256 weights: 128 bytes of low nibbles, 64 bytes of 2-bit highs, 16 i8 scales (one per
     /// 16 weights), f16 `d`; w = d·sc·(q − 32).
     Q6_K,
+    /// 256 weights: f16 `d`, 6-bit scales (2 high bits in a u16, 4 low bits in 4 bytes) for 8
+    /// groups of 32, 128 bytes of nibbles into IQ4_NL's table; w = d·(sc − 32)·T[q].
+    IQ4_XS,
 }
 
+/// IQ4_NL's (and IQ4_XS's) 16 non-linear quant values (GGML's kvalues_iq4nl).
+pub const IQ4_VALUES: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
+
+/// Every storage type quill reads, in the enum's order, with its GGML type code, name, weights
+/// per block and bytes per block. The one table that messages listing the supported types use.
+const TABLE: [(DType, u32, &str, usize, usize); 15] = [
+    (DType::F32, 0, "F32", 1, 4),
+    (DType::F16, 1, "F16", 1, 2),
+    (DType::BF16, 30, "BF16", 1, 2),
+    (DType::Q8_0, 8, "Q8_0", 32, 34),
+    (DType::Q5_0, 6, "Q5_0", 32, 22),
+    (DType::Q5_1, 7, "Q5_1", 32, 24),
+    (DType::Q4_0, 2, "Q4_0", 32, 18),
+    (DType::Q4_1, 3, "Q4_1", 32, 20),
+    (DType::IQ4_NL, 20, "IQ4_NL", 32, 18),
+    (DType::Q2_K, 10, "Q2_K", 256, 84),
+    (DType::Q3_K, 11, "Q3_K", 256, 110),
+    (DType::Q4_K, 12, "Q4_K", 256, 144),
+    (DType::Q5_K, 13, "Q5_K", 256, 176),
+    (DType::Q6_K, 14, "Q6_K", 256, 210),
+    (DType::IQ4_XS, 23, "IQ4_XS", 256, 136),
+];
+
 impl DType {
-    pub fn name(self) -> &'static str {
-        match self {
-            DType::F32 => "F32",
-            DType::F16 => "F16",
-            DType::BF16 => "BF16",
-            DType::Q8_0 => "Q8_0",
-            DType::Q4_0 => "Q4_0",
-            DType::Q4_1 => "Q4_1",
-            DType::Q4_K => "Q4_K",
-            DType::Q5_K => "Q5_K",
-            DType::Q6_K => "Q6_K",
+    /// Every type, in the table's order.
+    pub const ALL: [DType; TABLE.len()] = {
+        let mut all = [DType::F32; TABLE.len()];
+        let mut i = 0;
+        while i < TABLE.len() {
+            // A row out of the enum's order fails the build, so `row` can index by variant.
+            assert!(TABLE[i].0 as usize == i, "dtype::TABLE must list the variants in order");
+            all[i] = TABLE[i].0;
+            i += 1;
         }
+        all
+    };
+
+    fn row(self) -> &'static (DType, u32, &'static str, usize, usize) {
+        &TABLE[self as usize]
+    }
+    pub fn name(self) -> &'static str {
+        self.row().2
     }
     /// Weights per block (1 for plain floats).
     pub fn block_len(self) -> usize {
-        match self {
-            DType::F32 | DType::F16 | DType::BF16 => 1,
-            DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => 32,
-            DType::Q4_K | DType::Q5_K | DType::Q6_K => 256,
-        }
+        self.row().3
     }
     pub fn block_bytes(self) -> usize {
-        match self {
-            DType::F32 => 4,
-            DType::F16 | DType::BF16 => 2,
-            DType::Q8_0 => 34,
-            DType::Q4_0 => 18,
-            DType::Q4_1 => 20,
-            DType::Q4_K => 144,
-            DType::Q5_K => 176,
-            DType::Q6_K => 210,
-        }
+        self.row().4
+    }
+    /// The type of GGML type code `code` (as GGUF stores it).
+    pub fn from_ggml(code: u32) -> Option<DType> {
+        TABLE.iter().find(|r| r.1 == code).map(|r| r.0)
+    }
+    /// "F32, F16, …, IQ4_XS": the supported types, for error messages.
+    pub fn supported_list() -> String {
+        Self::names_where(|_| true)
+    }
+    /// The names of the types `keep` selects, comma-separated (safetensors has only the floats).
+    pub fn names_where(keep: impl Fn(DType) -> bool) -> String {
+        TABLE.iter().filter(|r| keep(r.0)).map(|r| r.2).collect::<Vec<_>>().join(", ")
     }
     /// Bytes taken by `n` weights, or None when `n` is not a whole number of blocks
     /// or the size overflows.
@@ -208,6 +251,70 @@ pub fn dequantize(dtype: DType, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
                 }
             }
         }
+        DType::Q5_0 | DType::Q5_1 => {
+            // Byte j of the nibbles holds weights j (low) and j + 16 (high); bit i of the u32
+            // `qh` is weight i's fifth bit.
+            let one = dtype == DType::Q5_1;
+            for b in bytes.chunks_exact(dtype.block_bytes()) {
+                let d = f16_to_f32(le_u16(b, 0));
+                let (m, rest) = if one { (f16_to_f32(le_u16(b, 2)), &b[4..]) } else { (0.0, &b[2..]) };
+                let qh = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
+                let qs = &rest[4..20];
+                let q = |i: usize| ((qs[i % 16] >> (4 * (i / 16))) & 0xf) as u32 | (((qh >> i) & 1) << 4);
+                if one {
+                    out.extend((0..32).map(|i| d * q(i) as f32 + m));
+                } else {
+                    out.extend((0..32).map(|i| d * (q(i) as i32 - 16) as f32));
+                }
+            }
+        }
+        DType::Q2_K => {
+            for b in bytes.chunks_exact(84) {
+                let (scales, qs) = (&b[0..16], &b[16..80]);
+                let (d, dmin) = (f16_to_f32(le_u16(b, 80)), f16_to_f32(le_u16(b, 82)));
+                // Weight 128h + 32s + l is bits 2s, 2s + 1 of byte 32h + l; group of 16: i / 16.
+                for i in 0..256 {
+                    let (h, s, l) = (i / 128, (i / 32) % 4, i % 32);
+                    let q = (qs[32 * h + l] >> (2 * s)) & 3;
+                    let sc = scales[i / 16];
+                    out.push(d * (sc & 0xf) as f32 * q as f32 - dmin * (sc >> 4) as f32);
+                }
+            }
+        }
+        DType::Q3_K => {
+            for b in bytes.chunks_exact(110) {
+                let (hmask, qs, scales) = (&b[0..32], &b[32..96], &b[96..108]);
+                let d = f16_to_f32(le_u16(b, 108));
+                for i in 0..256 {
+                    let (h, s, l) = (i / 128, (i / 32) % 4, i % 32);
+                    let low = ((qs[32 * h + l] >> (2 * s)) & 3) as i32;
+                    // A clear high bit subtracts 4 (GGML's hmask).
+                    let high = if hmask[l] & (1 << (i / 32)) != 0 { 0 } else { 4 };
+                    out.push(d * q3_k_scale(scales, i / 16) as f32 * (low - high) as f32);
+                }
+            }
+        }
+        DType::IQ4_NL => {
+            for b in bytes.chunks_exact(18) {
+                let d = f16_to_f32(le_u16(b, 0));
+                let qs = &b[2..18];
+                out.extend(qs.iter().map(|&q| d * IQ4_VALUES[(q & 0xf) as usize] as f32));
+                out.extend(qs.iter().map(|&q| d * IQ4_VALUES[(q >> 4) as usize] as f32));
+            }
+        }
+        DType::IQ4_XS => {
+            for b in bytes.chunks_exact(136) {
+                let d = f16_to_f32(le_u16(b, 0));
+                let (scales_h, scales_l, qs) = (le_u16(b, 2), &b[4..8], &b[8..136]);
+                for j in 0..8 {
+                    let ls = ((scales_l[j / 2] >> (4 * (j % 2))) & 0xf) as i32 | ((((scales_h >> (2 * j)) & 3) as i32) << 4);
+                    let dl = d * (ls - 32) as f32;
+                    let group = &qs[16 * j..16 * j + 16];
+                    out.extend(group.iter().map(|&q| dl * IQ4_VALUES[(q & 0xf) as usize] as f32));
+                    out.extend(group.iter().map(|&q| dl * IQ4_VALUES[(q >> 4) as usize] as f32));
+                }
+            }
+        }
         DType::Q4_1 => {
             for b in bytes.chunks_exact(20) {
                 let d = f16_to_f32(le_u16(b, 0));
@@ -229,6 +336,14 @@ fn k_scale_min(q: &[u8], j: usize) -> (u8, u8) {
     } else {
         ((q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
     }
+}
+
+/// The signed 6-bit scale of group i (0..16) from a Q3_K block's 12 packed bytes: 4 low bits
+/// from byte i % 8 (low nibble for i < 8), 2 high bits from byte 8 + i % 4 (bits 2·(i / 4)).
+fn q3_k_scale(q: &[u8], i: usize) -> i32 {
+    let low = (q[i % 8] >> (4 * (i / 8))) & 0xf;
+    let high = (q[8 + i % 4] >> (2 * (i / 4))) & 3;
+    (low | (high << 4)) as i32 - 32
 }
 
 /// Quantizes f32 weights to Q8_0 (GGML's rounding: d = max|x| / 127, q = round(x / d)); `x.len()`
@@ -302,23 +417,25 @@ mod tests {
 
     #[test]
     fn every_block_type_matches_gguf_py() {
-        // tests/fixtures/quants.json: random blocks of each type (sane f16 scales) and their
-        // dequantization by gguf-py, the Python reference shipped with llama.cpp.
+        // tests/fixtures/quants.json (tests/fixtures/make_quants.py): random blocks of each type
+        // (sane f16 scales) and their dequantization by gguf-py, the Python reference shipped
+        // with llama.cpp.
         let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/quants.json")).unwrap();
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         let mut seen = Vec::new();
         for case in v["cases"].as_array().unwrap() {
             let name = case["dtype"].as_str().unwrap();
-            let dtype = [DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::Q8_0, DType::Q4_0, DType::Q4_1].into_iter().find(|d| d.name() == name).unwrap();
+            let dtype = DType::ALL.into_iter().find(|d| d.name() == name).unwrap();
             let hex = case["bytes_hex"].as_str().unwrap();
             let bytes: Vec<u8> = (0..hex.len() / 2).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap()).collect();
             let want: Vec<f32> = case["values"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
             let got = dequantize(dtype, &bytes, want.len()).unwrap();
-            // Same products in f32, possibly grouped differently: a few ulps.
-            crate::ops::compare(&got, &want, 1e-7, 1e-6).unwrap_or_else(|e| panic!("{name}: {e}"));
+            // The same f32 products in the same order as gguf-py's numpy code: bit-exact.
+            crate::ops::compare(&got, &want, 0.0, 0.0).unwrap_or_else(|e| panic!("{name}: {e}"));
             seen.push(name);
         }
-        assert_eq!(seen.len(), 6, "{seen:?}");
+        // Every type but F32 (whose bytes are its values).
+        assert_eq!(seen.len(), DType::ALL.len() - 1, "{seen:?}");
     }
 
     #[test]
@@ -333,6 +450,18 @@ mod tests {
                 assert!((a - c).abs() <= d * (0.5 + 127.0 / 2048.0), "block {b}: {a} vs {c}");
             }
         }
+    }
+
+    #[test]
+    fn table_codes_and_sizes_are_ggml_s() {
+        // GGML's type codes and block sizes (ggml-common.h), and the list errors print.
+        let want = [(DType::Q5_0, 6, 32, 22), (DType::Q5_1, 7, 32, 24), (DType::Q2_K, 10, 256, 84), (DType::Q3_K, 11, 256, 110), (DType::IQ4_NL, 20, 32, 18), (DType::IQ4_XS, 23, 256, 136), (DType::BF16, 30, 1, 2)];
+        for (d, code, len, bytes) in want {
+            assert_eq!((DType::from_ggml(code), d.block_len(), d.block_bytes()), (Some(d), len, bytes), "{d:?}");
+        }
+        assert_eq!(DType::from_ggml(16), None); // IQ2_XXS
+        assert_eq!(DType::names_where(|d| d.block_len() == 1), "F32, F16, BF16");
+        assert_eq!(DType::supported_list(), "F32, F16, BF16, Q8_0, Q5_0, Q5_1, Q4_0, Q4_1, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS");
     }
 
     #[test]

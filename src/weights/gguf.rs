@@ -79,27 +79,17 @@ impl Value {
     }
 }
 
-/// GGML tensor types by their GGUF code. Types quill does not read are kept by code so the
-/// error can name them.
+/// GGML tensor types by their GGUF code. Types quill does not read are named (from gguf-py's
+/// list) so the error can say which one a file has.
 fn ggml_type(code: u32) -> std::result::Result<DType, String> {
-    Ok(match code {
-        0 => DType::F32,
-        1 => DType::F16,
-        2 => DType::Q4_0,
-        3 => DType::Q4_1,
-        8 => DType::Q8_0,
-        30 => DType::BF16,
-        6 => return Err("Q5_0".into()),
-        7 => return Err("Q5_1".into()),
-        9 => return Err("Q8_1".into()),
-        10 => return Err("Q2_K".into()),
-        11 => return Err("Q3_K".into()),
-        12 => DType::Q4_K,
-        13 => DType::Q5_K,
-        14 => DType::Q6_K,
-        15 => return Err("Q8_K".into()),
-        c => return Err(format!("ggml type {c}")),
-    })
+    if let Some(d) = DType::from_ggml(code) {
+        return Ok(d);
+    }
+    const OTHERS: [(u32, &str); 12] = [
+        (9, "Q8_1"), (15, "Q8_K"), (16, "IQ2_XXS"), (17, "IQ2_XS"), (18, "IQ3_XXS"), (19, "IQ1_S"),
+        (21, "IQ3_S"), (22, "IQ2_S"), (29, "IQ1_M"), (34, "TQ1_0"), (35, "TQ2_0"), (39, "MXFP4"),
+    ];
+    Err(OTHERS.iter().find(|o| o.0 == code).map_or_else(|| format!("ggml type {code}"), |o| o.1.to_string()))
 }
 
 #[derive(Clone, Debug)]
@@ -279,7 +269,7 @@ impl<'a> Gguf<'a> {
 
         let mut tensors = Vec::with_capacity(infos.len());
         for (name, ne, code, offset) in infos {
-            let dtype = ggml_type(code).map_err(|t| Error::tensor(file, &name, format!("type {t} is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1 are)")))?;
+            let dtype = ggml_type(code).map_err(|t| Error::tensor(file, &name, format!("type {t} is not supported ({} are)", DType::supported_list())))?;
             let n = ne.iter().try_fold(1usize, |acc, &d| usize::try_from(d).ok().and_then(|d| acc.checked_mul(d)));
             let n_bytes = n.and_then(|n| dtype.bytes_for(n)).ok_or_else(|| {
                 Error::tensor(file, &name, format!("dims {ne:?} overflow or are not whole {} blocks", dtype.name()))
@@ -455,9 +445,11 @@ pub(crate) mod tests {
         let mut bytes = sample();
         bytes[4..8].copy_from_slice(&9u32.to_le_bytes());
         assert!(Gguf::parse("t.gguf", &bytes).err().unwrap().to_string().contains("version 9"));
-        let q2k = build(3, &[], &[("w", &[256], 10, vec![0; 84])]);
-        let e = Gguf::parse("t.gguf", &q2k).err().unwrap().to_string();
-        assert!(e.contains("'w'") && e.contains("Q2_K"), "{e}");
+        // IQ2_XXS (code 16) is not read: the message names it and lists what is, from the table.
+        let iq2 = build(3, &[], &[("w", &[256], 16, vec![0; 66])]);
+        let e = Gguf::parse("t.gguf", &iq2).err().unwrap().to_string();
+        assert!(e.contains("'w'") && e.contains("IQ2_XXS") && e.contains(&DType::supported_list()), "{e}");
+        assert!(e.contains("Q5_0") && e.contains("IQ4_XS"), "{e}");
         let lie = build(3, &[], &[("w", &[1 << 20, 1 << 20], 0, vec![0; 16])]);
         let e = Gguf::parse("t.gguf", &lie).err().unwrap().to_string();
         assert!(e.contains("'w'") && e.contains("outside"), "{e}");

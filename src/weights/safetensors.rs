@@ -60,7 +60,7 @@ fn dtype_of(file: &str, name: &str, t: &StView<'_>) -> Option<Result<DType>> {
         Dtype::F32 => Ok(DType::F32),
         Dtype::F16 => Ok(DType::F16),
         Dtype::BF16 => Ok(DType::BF16),
-        other => Err(Error::tensor(file, name, format!("dtype {other:?} is not supported (F32, F16, BF16 are)"))),
+        other => Err(Error::tensor(file, name, format!("dtype {other:?} is not supported ({} are)", DType::names_where(|d| d.block_len() == 1)))),
     })
 }
 

@@ -1,0 +1,13 @@
+// Q5_0 (GGML): w = d * (q - 16), q 5 bits: a nibble (byte j holds weight j low, j + 16 high)
+// and bit i of the block's u32 `qh` for weight i. Repacked at load: the nibbles as one
+// vec4<u32> per unit in `wq`; two words per unit in `ws`: f16 d (low half), then qh.
+fn deq4(row: u32, u: u32, i: u32) -> vec4<f32> {
+    let b = row * (p.k / 32u) + u;
+    let w = wq[b][i & 3u];
+    let q = select(nib_lo(w), nib_hi(w), i >= 4u) + 16.0 * bits4(ws[2u * b + 1u], 4u * i);
+    return unpack2x16float(ws[2u * b]).x * (q - vec4<f32>(16.0));
+}
+fn unit_dot(row: u32, u: u32, x: X32) -> f32 {
+    let b = row * (p.k / 32u) + u;
+    return unpack2x16float(ws[2u * b]).x * (q5_dot(wq[b], ws[2u * b + 1u], x) - 16.0 * x.sum);
+}
