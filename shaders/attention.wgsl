@@ -73,11 +73,6 @@ fn kv_row(kvh: u32, pos: u32) -> u32 {
     return ((pa.slot * pa.n_kv_heads + kvh) * pa.ctx_len + pos % pa.ctx_len) * pa.head_dim;
 }
 
-// tanh(x) without overflow for any x, and exact sign (WGSL's tanh leaves large |x| to the driver).
-fn tanh_stable(x: f32) -> f32 {
-    let e = exp(-2.0 * abs(x));
-    return sign(x) * (1.0 - e) / (1.0 + e);
-}
 
 @compute @workgroup_size(64)
 fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
