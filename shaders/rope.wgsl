@@ -6,7 +6,8 @@
 //   neox = 0: adjacent pairs (x[2i], x[2i+1])                (GGUF llama: Q/K rows are permuted)
 // rope_freqs reads pair i's inverse frequency from a table the host computes (every RoPE
 // scaling is CPU code: llama3, linear, dynamic NTK, GGUF rope_freqs); rot_dim = 2 * its length,
-// and dimensions past rot_dim stay as they are (partial rotary).
+// and dimensions past rot_dim stay as they are (partial rotary). amp scales cos and sin
+// (Phi-3's longrope attention factor; 1 otherwise).
 
 struct Params {
     n_tokens: u32,
@@ -16,7 +17,7 @@ struct Params {
     pos0: u32,
     neox: u32,
     theta: f32,
-    _pad: u32,
+    amp: f32,    // multiplies cos and sin: longrope's attention factor, else 1
 }
 
 @group(0) @binding(0) var<storage, read_write> x: array<f32>;   // (n_tokens, n_heads, head_dim)
@@ -59,8 +60,8 @@ fn rotate_pair(q: Params, idx: u32, inv_freq: f32) {
     let t = th / q.n_heads;
     var angle = f32(q.pos0 + t) * inv_freq;
     angle -= TWO_PI * floor(angle / TWO_PI); // keep sin/cos in their accurate range
-    let c = cos(angle);
-    let s = sin(angle);
+    let c = cos(angle) * q.amp;
+    let s = sin(angle) * q.amp;
     let base = th * q.head_dim;
     var a = base + 2u * i;
     var b = a + 1u;

@@ -18,7 +18,7 @@ struct Params {
     pos0: u32,
     neox: u32,
     theta: f32,
-    _pad: u32,
+    amp: f32,
 }
 
 /// Which elements form a rotated pair.
@@ -58,7 +58,7 @@ impl Params {
             pos0: pos0 as u32,
             neox: (style == RopeStyle::Neox) as u32,
             theta: 0.0,
-            _pad: 0,
+            amp: 1.0,
         }
     }
 }
@@ -78,12 +78,20 @@ fn launch(rec: &mut Recorder, entry: &str, buffers: &[&wgpu::Buffer], p: &Params
 /// `RopeFreqs::inv_freq`.
 #[allow(clippy::too_many_arguments)]
 pub fn rope_freqs(rec: &mut Recorder, x: &Tensor, inv_freq: &Tensor, n_tokens: usize, n_heads: usize, head_dim: usize, pos0: usize, style: RopeStyle, layer: usize) -> Result<()> {
+    rope_freqs_scaled(rec, x, inv_freq, n_tokens, n_heads, head_dim, pos0, style, 1.0, layer)
+}
+
+/// `rope_freqs` with cos and sin multiplied by `attention_factor`
+/// (`RopeFreqs::attention_factor`: Phi-3's longrope).
+#[allow(clippy::too_many_arguments)]
+pub fn rope_freqs_scaled(rec: &mut Recorder, x: &Tensor, inv_freq: &Tensor, n_tokens: usize, n_heads: usize, head_dim: usize, pos0: usize, style: RopeStyle, attention_factor: f32, layer: usize) -> Result<()> {
     let rot_dim = 2 * inv_freq.numel();
-    if rot_dim == 0 || rot_dim > head_dim {
-        return Err(Error::Shape { op: "rope_freqs", msg: format!("{} frequencies rotate {rot_dim} dimensions of heads of {head_dim}", inv_freq.numel()) });
+    if rot_dim == 0 || rot_dim > head_dim || !(attention_factor > 0.0 && attention_factor.is_finite()) {
+        return Err(Error::Shape { op: "rope_freqs", msg: format!("{} frequencies rotate {rot_dim} dimensions of heads of {head_dim} (attention factor {attention_factor})", inv_freq.numel()) });
     }
     x.holds("rope_freqs", "x", n_tokens * n_heads * head_dim)?;
-    launch(rec, "rope_freqs", &[&x.buf, &inv_freq.buf], &Params::new(n_tokens, n_heads, head_dim, rot_dim, pos0, style), layer)
+    let p = Params { amp: attention_factor, ..Params::new(n_tokens, n_heads, head_dim, rot_dim, pos0, style) };
+    launch(rec, "rope_freqs", &[&x.buf, &inv_freq.buf], &p, layer)
 }
 
 /// How RoPE's frequencies are scaled: transformers' `rope_scaling` / `rope_parameters` types,
@@ -103,6 +111,11 @@ pub enum RopeScaling {
     Dynamic { factor: f32, max_position_embeddings: usize },
     /// GGUF `rope_freqs.weight`: frequency i divided by factors[i] (llama.cpp's freq_factors).
     FreqFactors(Vec<f32>),
+    /// `longrope` (Phi-3's 128k variants, transformers' `_compute_longrope_parameters`):
+    /// frequency i divided by short_factor[i], or long_factor[i] once the sequence is longer
+    /// than original_max_position_embeddings; cos and sin scaled by `attention_factor`
+    /// (given, or √(1 + ln(max/original) / ln(original)) when max > original).
+    LongRope { short_factor: Vec<f32>, long_factor: Vec<f32>, original_max_position_embeddings: usize, max_position_embeddings: usize, attention_factor: Option<f32> },
 }
 
 /// RoPE's frequencies for one model: base, rotated width (head_dim, or less for partial
@@ -159,7 +172,28 @@ impl RopeFreqs {
                 }
                 default(self.theta).iter().zip(factors).map(|(f, ff)| f / ff).collect()
             }
+            RopeScaling::LongRope { short_factor, long_factor, original_max_position_embeddings, .. } => {
+                let factors = if seq_len > *original_max_position_embeddings { long_factor } else { short_factor };
+                let name = if seq_len > *original_max_position_embeddings { "long_factor" } else { "short_factor" };
+                if factors.len() != d / 2 || factors.iter().any(|&f| !(f > 0.0 && f.is_finite())) {
+                    return bad(format!("longrope {name} has {} values, expected {} positive ones", factors.len(), d / 2));
+                }
+                // 1 / (ext · base^(2i/d)), with base^(2i/d) as the default table's.
+                (0..d / 2).map(|i| 1.0 / (factors[i] * self.theta.powf((2 * i) as f32 / d as f32))).collect()
+            }
         })
+    }
+
+    /// What cos and sin are multiplied by (`rope_freqs_scaled`): 1 except for longrope.
+    pub fn attention_factor(&self) -> f32 {
+        match &self.scaling {
+            RopeScaling::LongRope { attention_factor: Some(a), .. } => *a,
+            RopeScaling::LongRope { original_max_position_embeddings: orig, max_position_embeddings: max, .. } if max > orig && *orig > 1 => {
+                let factor = *max as f64 / *orig as f64;
+                (1.0 + factor.ln() / (*orig as f64).ln()).sqrt() as f32
+            }
+            _ => 1.0,
+        }
     }
 
     /// `inv_freq` uploaded for `rope_freqs`.
@@ -199,6 +233,11 @@ pub fn reference(x: &[f32], n_heads: usize, head_dim: usize, pos0: usize, theta:
 
 /// CPU reference of `rope_freqs`: the first 2 * inv_freq.len() dimensions of each head turn.
 pub fn reference_freqs(x: &[f32], n_heads: usize, head_dim: usize, pos0: usize, inv_freq: &[f32], style: RopeStyle) -> Vec<f32> {
+    reference_freqs_scaled(x, n_heads, head_dim, pos0, inv_freq, style, 1.0)
+}
+
+/// CPU reference of `rope_freqs_scaled`.
+pub fn reference_freqs_scaled(x: &[f32], n_heads: usize, head_dim: usize, pos0: usize, inv_freq: &[f32], style: RopeStyle, attention_factor: f32) -> Vec<f32> {
     let mut out = x.to_vec();
     let half = inv_freq.len();
     for (row, chunk) in out.chunks_mut(head_dim).enumerate() {
@@ -206,6 +245,7 @@ pub fn reference_freqs(x: &[f32], n_heads: usize, head_dim: usize, pos0: usize, 
         for (i, &inv_freq) in inv_freq.iter().enumerate() {
             let angle = (pos as f32 * inv_freq) as f64;
             let (s, c) = angle.sin_cos();
+            let (s, c) = (s * attention_factor as f64, c * attention_factor as f64);
             let (a, b) = match style {
                 RopeStyle::Neox => (i, i + half),
                 RopeStyle::Adjacent => (2 * i, 2 * i + 1),
@@ -323,4 +363,47 @@ mod tests {
         assert!(with(64, RopeScaling::Linear { factor: 0.0 }).contains("factor"));
         assert!(with(64, RopeScaling::Llama3 { factor: 8.0, low_freq_factor: 4.0, high_freq_factor: 1.0, original_max_position_embeddings: 8192 }).contains("high_freq_factor"));
     }
+
+    fn longrope(rot_dim: usize) -> RopeFreqs {
+        // Phi-3-mini-128k's contexts; factors that differ per frequency.
+        let short_factor = (0..rot_dim / 2).map(|i| 1.0 + i as f32 / 64.0).collect();
+        let long_factor = (0..rot_dim / 2).map(|i| 1.0 + i as f32).collect();
+        RopeFreqs { theta: 10000.0, rot_dim, scaling: RopeScaling::LongRope { short_factor, long_factor, original_max_position_embeddings: 4096, max_position_embeddings: 131072, attention_factor: None } }
+    }
+
+    #[test]
+    fn longrope_picks_its_factors_by_length_and_scales_attention() {
+        let f = longrope(96);
+        let base = RopeFreqs { theta: 10000.0, rot_dim: 96, scaling: RopeScaling::None }.inv_freq(1).unwrap();
+        let (short, long) = (f.inv_freq(4096).unwrap(), f.inv_freq(4097).unwrap());
+        for i in 0..48 {
+            // 1 / (factor · base^(2i/d)) against (1 / base^(2i/d)) / factor: an ulp or two apart.
+            assert!((short[i] - base[i] / (1.0 + i as f32 / 64.0)).abs() <= 3e-7 * base[i], "short {i}");
+            assert!((long[i] - base[i] / (1.0 + i as f32)).abs() <= 3e-7 * base[i], "long {i}");
+        }
+        // √(1 + ln(131072 / 4096) / ln(4096)) = √(1 + 5 ln 2 / (12 ln 2)) = √(17/12).
+        assert!((f.attention_factor() - (17f32 / 12.0).sqrt()).abs() < 1e-6, "{}", f.attention_factor());
+        let given = RopeFreqs { scaling: RopeScaling::LongRope { short_factor: vec![1.0; 48], long_factor: vec![1.0; 48], original_max_position_embeddings: 4096, max_position_embeddings: 131072, attention_factor: Some(1.5) }, ..f.clone() };
+        assert_eq!(given.attention_factor(), 1.5);
+        let short_list = RopeFreqs { scaling: RopeScaling::LongRope { short_factor: vec![1.0; 47], long_factor: vec![1.0; 48], original_max_position_embeddings: 4096, max_position_embeddings: 131072, attention_factor: None }, ..f };
+        assert!(short_list.inv_freq(10).unwrap_err().to_string().contains("short_factor has 47"));
+    }
+
+    gpu_test!(fn rope_with_an_attention_factor_matches_reference(ctx) {
+        let (t, h, d, pos0) = (3usize, 5usize, 96usize, 4095usize);
+        let f = longrope(d);
+        for style in [RopeStyle::Neox, RopeStyle::Adjacent] {
+            let x = test_values(t * h * d, 34);
+            let xt = Tensor::upload_f32(ctx, "x", &[t, h, d], &x).unwrap();
+            let ft = f.upload(ctx, pos0 + t).unwrap();
+            let mut rec = Recorder::new(ctx, "test");
+            rope_freqs_scaled(&mut rec, &xt, &ft, t, h, d, pos0, style, f.attention_factor(), 0).unwrap();
+            rec.submit().unwrap();
+            let got = ctx.read_f32_async(&xt.buf, 0, t * h * d).await.unwrap();
+            let want = reference_freqs_scaled(&x, h, d, pos0, &f.inv_freq(pos0 + t).unwrap(), style, f.attention_factor());
+            // As the other kernels at positions near 4100, times the factor (1.19).
+            let abs = 1.2e-3 + 2.4 * crate::ops::sin_cos_tolerance(ctx);
+            compare(&got, &want, abs, 1e-4).unwrap_or_else(|e| panic!("{style:?}: {e}"));
+        }
+    });
 }
