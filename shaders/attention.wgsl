@@ -2,8 +2,19 @@
 //
 // KV cache of one layer: (n_slots, n_kv_heads, ctx_len, head_dim). A sequence is a slot, so
 // several sequences can later share a forward pass. Token t of this call sits at position
-// pos0 + t and attends to cache positions 0 ..= pos0 + t. Query head h reads KV head
-// h / (n_heads / n_kv_heads) (grouped-query attention).
+// pos0 + t and attends to positions 0 ..= pos0 + t, or with a sliding window only to
+// (pos0 + t - window, pos0 + t]. Position j lives at cache row j % ctx_len: a full cache never
+// wraps, and a sliding-window layer's cache is a ring of window + tokens - 1 rows (the host
+// checks), so its memory does not grow with the context. Query head h reads KV head
+// h / (n_heads / n_kv_heads) (grouped-query attention). Scores are q·k * scale, then
+// softcap * tanh(score / softcap) when softcap > 0 (Gemma 2).
+//
+// The cache holds u32 words: f32 bits, or with KV_F16 two f16 values per word (element i in
+// word i / 2, the even one in the low half): half the memory, without the shader-f16 feature.
+
+// Pipelines for an f16 cache set this (kv_write then runs one thread per pair of values; head_dim
+// is even, so a pair never straddles two positions).
+override KV_F16: bool = false;
 
 struct Params {
     n_tokens: u32,
@@ -16,15 +27,15 @@ struct Params {
     scale: f32,
     n_splits: u32,  // attention: key ranges per (token, head); > 1 writes partial results
     split_len: u32, // keys per range (a multiple of TILE)
-    _pad0: u32,
-    _pad1: u32,
+    window: u32,    // 0: every earlier position; else the last `window` positions
+    softcap: f32,   // 0: none
 }
 
 // ---- kv_write: copy this call's K and V rows into the cache ----
 @group(0) @binding(0) var<storage, read> k_new: array<f32>;          // (n_tokens, n_kv_heads, head_dim)
 @group(0) @binding(1) var<storage, read> v_new: array<f32>;          // (n_tokens, n_kv_heads, head_dim)
-@group(0) @binding(2) var<storage, read_write> k_cache: array<f32>;  // (n_slots, n_kv_heads, ctx_len, head_dim)
-@group(0) @binding(3) var<storage, read_write> v_cache: array<f32>;  // (n_slots, n_kv_heads, ctx_len, head_dim)
+@group(0) @binding(2) var<storage, read_write> k_cache: array<u32>;  // (n_slots, n_kv_heads, ctx_len, head_dim) f32 or f16 pairs
+@group(0) @binding(3) var<storage, read_write> v_cache: array<u32>;  // (n_slots, n_kv_heads, ctx_len, head_dim) f32 or f16 pairs
 @group(0) @binding(4) var<uniform> p: Params;
 
 fn cache_index(kvh: u32, pos: u32, d: u32) -> u32 {
@@ -34,16 +45,24 @@ fn cache_index(kvh: u32, pos: u32, d: u32) -> u32 {
 @compute @workgroup_size(256)
 fn kv_write(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
-    let i = linear_workgroup(wid, nwg) * 256u + lid;
+    var i = linear_workgroup(wid, nwg) * 256u + lid;
+    if (KV_F16) {
+        i *= 2u; // the first of this thread's pair
+    }
     if (i >= p.n_tokens * p.n_kv_heads * p.head_dim) {
         return;
     }
     let d = i % p.head_dim;
     let kvh = (i / p.head_dim) % p.n_kv_heads;
     let t = i / (p.head_dim * p.n_kv_heads);
-    let c = cache_index(kvh, p.pos0 + t, d);
-    k_cache[c] = k_new[i];
-    v_cache[c] = v_new[i];
+    let c = cache_index(kvh, (p.pos0 + t) % p.ctx_len, d);
+    if (KV_F16) {
+        k_cache[c / 2u] = pack2x16float(vec2<f32>(k_new[i], k_new[i + 1u]));
+        v_cache[c / 2u] = pack2x16float(vec2<f32>(v_new[i], v_new[i + 1u]));
+        return;
+    }
+    k_cache[c] = bitcast<u32>(k_new[i]);
+    v_cache[c] = bitcast<u32>(v_new[i]);
 }
 
 // ---- attention: one workgroup per (token, head, key range), keys in tiles of 64 with online
@@ -51,8 +70,8 @@ fn kv_write(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
 // step over a long context, so that enough workgroups run) each writes its running max, sum
 // and unnormalised output into `part`, and attention_combine merges them.
 @group(0) @binding(0) var<storage, read> q: array<f32>;              // (n_tokens, n_heads, head_dim)
-@group(0) @binding(1) var<storage, read> k_all: array<f32>;          // cache, as above
-@group(0) @binding(2) var<storage, read> v_all: array<f32>;          // cache, as above
+@group(0) @binding(1) var<storage, read> k_all: array<u32>;          // cache, as above
+@group(0) @binding(2) var<storage, read> v_all: array<u32>;          // cache, as above
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;      // (n_tokens, n_heads, head_dim)
 @group(0) @binding(4) var<storage, read_write> part: array<f32>;     // (n_tokens, n_heads, n_splits, head_dim + 2)
 @group(0) @binding(5) var<uniform> pa: Params;
@@ -62,10 +81,27 @@ const MAX_HEAD_DIM: u32 = 256u;
 var<workgroup> qs: array<f32, MAX_HEAD_DIM>;
 var<workgroup> probs: array<f32, TILE>;
 var<workgroup> red: array<f32, TILE>;
+var<workgroup> rows: array<u32, TILE>; // cache offset of each key of the tile
 
-fn kv_index(kvh: u32, pos: u32, d: u32) -> u32 {
-    return ((pa.slot * pa.n_kv_heads + kvh) * pa.ctx_len + pos) * pa.head_dim + d;
+// Element i of the K or V cache.
+fn k_at(i: u32) -> f32 {
+    if (KV_F16) {
+        return unpack2x16float(k_all[i / 2u])[i % 2u];
+    }
+    return bitcast<f32>(k_all[i]);
 }
+fn v_at(i: u32) -> f32 {
+    if (KV_F16) {
+        return unpack2x16float(v_all[i / 2u])[i % 2u];
+    }
+    return bitcast<f32>(v_all[i]);
+}
+
+// Offset of position pos's row in the cache (a ring when the window is shorter than the context).
+fn kv_row(kvh: u32, pos: u32) -> u32 {
+    return ((pa.slot * pa.n_kv_heads + kvh) * pa.ctx_len + pos % pa.ctx_len) * pa.head_dim;
+}
+
 
 @compute @workgroup_size(64)
 fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -86,22 +122,32 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     }
     workgroupBarrier();
 
-    let kv_end = min(pa.pos0 + t + 1u, (sp + 1u) * pa.split_len);
+    let pos = pa.pos0 + t;
+    var first = 0u; // the first key this query sees
+    if (pa.window > 0u && pos + 1u > pa.window) {
+        first = pos + 1u - pa.window;
+    }
+    let kv_end = min(pos + 1u, first + (sp + 1u) * pa.split_len);
     var m = NEG_BIG;       // running max (same in every thread)
     var l = 0.0;           // running sum of exp
     var acc: array<f32, 4>; // output dims lid, lid+64, lid+128, lid+192
     for (var j = 0u; j < 4u; j++) {
         acc[j] = 0.0;
     }
-    for (var tile = sp * pa.split_len; tile < kv_end; tile += TILE) {
+    for (var tile = first + sp * pa.split_len; tile < kv_end; tile += TILE) {
         let key = tile + lid;
         var s = NEG_BIG;
         if (key < kv_end) {
+            let kb = kv_row(kvh, key);
+            rows[lid] = kb;
             var dot = 0.0;
             for (var d = 0u; d < hd; d++) {
-                dot += qs[d] * k_all[kv_index(kvh, key, d)];
+                dot += qs[d] * k_at(kb + d);
             }
             s = dot;
+            if (pa.softcap > 0.0) {
+                s = pa.softcap * tanh_stable(dot / pa.softcap);
+            }
         }
         red[lid] = s;
         workgroupBarrier();
@@ -135,7 +181,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
             if (d < hd) {
                 var a = acc[j] * corr;
                 for (var kk = 0u; kk < n_keys; kk++) {
-                    a += probs[kk] * v_all[kv_index(kvh, tile + kk, d)];
+                    a += probs[kk] * v_at(rows[kk] + d);
                 }
                 acc[j] = a;
             }
@@ -189,6 +235,6 @@ fn attention_combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
         out[g * hd + d] = num / den;
     }
     if (pa.n_splits == 0u) {
-        out[0] = q[0] + k_all[0] + v_all[0]; // never runs: keeps every binding in the layout
+        out[0] = q[0] + k_at(0u) + v_at(0u); // never runs: keeps every binding in the layout
     }
 }

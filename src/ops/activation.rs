@@ -1,7 +1,7 @@
 //! MLP activations: SwiGLU (Llama family), tanh-approximated GELU (GPT-2's `gelu_new`) and
-//! exact GELU (XGLM's `gelu`).
+//! exact GELU (XGLM's `gelu`); soft-capping, cap·tanh(x/cap) (Gemma 2's final logits).
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::{grid, OpInfo, Recorder, Shader, Tensor};
 
 pub const SHADER: Shader = Shader { name: "activation", body: include_str!("../../shaders/activation.wgsl") };
@@ -10,7 +10,14 @@ pub const SHADER: Shader = Shader { name: "activation", body: include_str!("../.
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
     n: u32,
-    _pad: [u32; 3],
+    cap: f32,
+    _pad: [u32; 2],
+}
+
+impl Params {
+    fn n(n: usize) -> Self {
+        Params { n: n as u32, cap: 0.0, _pad: [0; 2] }
+    }
 }
 
 /// FLOPs and bytes of swiglu over n elements: exp, add, divide, two multiplies (~6 FLOPs);
@@ -21,13 +28,50 @@ pub fn swiglu_cost(n: usize) -> (u64, u64) {
 
 /// gate[i] = silu(gate[i]) * up[i] for i < n.
 pub fn swiglu(rec: &mut Recorder, up: &Tensor, gate: &Tensor, n: usize, layer: usize) -> Result<()> {
-    up.holds("swiglu", "up", n)?;
-    gate.holds("swiglu", "gate", n)?;
-    let pipe = rec.ctx.pipeline(&SHADER, "swiglu", &[])?;
+    gated(rec, "swiglu", up, gate, n, layer)
+}
+
+/// gate[i] = gelu_tanh(gate[i]) * up[i] for i < n (Gemma's MLP when gate and up are not one
+/// fused projection; fused, `matmul::Out::GeGlu` does this in the store).
+pub fn geglu(rec: &mut Recorder, up: &Tensor, gate: &Tensor, n: usize, layer: usize) -> Result<()> {
+    gated(rec, "geglu", up, gate, n, layer)
+}
+
+/// A gated activation (`entry`: swiglu or geglu) in place on gate.
+fn gated(rec: &mut Recorder, entry: &'static str, up: &Tensor, gate: &Tensor, n: usize, layer: usize) -> Result<()> {
+    up.holds(entry, "up", n)?;
+    gate.holds(entry, "gate", n)?;
+    let pipe = rec.ctx.pipeline(&SHADER, entry, &[])?;
+    // gelu_tanh costs a few more FLOPs than silu; the count stays an estimate of the same order.
     let (flops, bytes) = swiglu_cost(n);
-    let info = OpInfo::new("swiglu", flops, bytes).layer(layer);
-    rec.dispatch(info, &pipe, &[&up.buf, &gate.buf], &Params { n: n as u32, _pad: [0; 3] }, grid(rec.ctx, n.div_ceil(256) as u32));
+    let info = OpInfo::new(entry, flops, bytes).layer(layer);
+    rec.dispatch(info, &pipe, &[&up.buf, &gate.buf], &Params::n(n), grid(rec.ctx, n.div_ceil(256) as u32));
     Ok(())
+}
+
+/// FLOPs and bytes of softcap over n elements: a divide, an exp, a divide, a multiply (~8
+/// FLOPs); reads and writes x.
+pub fn softcap_cost(n: usize) -> (u64, u64) {
+    (8 * n as u64, 8 * n as u64)
+}
+
+/// x[i] = cap · tanh(x[i] / cap) for i < n, in place (Gemma 2's final logits: cap 30).
+pub fn softcap(rec: &mut Recorder, x: &Tensor, n: usize, cap: f32, layer: Option<usize>) -> Result<()> {
+    if !(cap > 0.0 && cap.is_finite()) {
+        return Err(Error::Shape { op: "softcap", msg: format!("cap {cap} must be positive and finite") });
+    }
+    x.holds("softcap", "x", n)?;
+    let pipe = rec.ctx.pipeline(&SHADER, "softcap", &[])?;
+    let (flops, bytes) = softcap_cost(n);
+    let mut info = OpInfo::new("softcap", flops, bytes);
+    info.layer = layer.map(|l| l as u32);
+    rec.dispatch(info, &pipe, &[&x.buf], &Params { cap, ..Params::n(n) }, grid(rec.ctx, n.div_ceil(256) as u32));
+    Ok(())
+}
+
+/// CPU reference of `softcap`, in f64.
+pub fn softcap_reference(x: &[f32], cap: f32) -> Vec<f32> {
+    x.iter().map(|&v| (cap as f64 * (v as f64 / cap as f64).tanh()) as f32).collect()
 }
 
 /// Which GELU.
@@ -55,7 +99,7 @@ pub fn gelu(rec: &mut Recorder, x: &Tensor, n: usize, kind: Gelu, layer: usize) 
     let pipe = rec.ctx.pipeline(&SHADER, entry, &[])?;
     let (flops, bytes) = gelu_cost(n);
     let info = OpInfo::new("gelu", flops, bytes).layer(layer);
-    rec.dispatch(info, &pipe, &[&x.buf], &Params { n: n as u32, _pad: [0; 3] }, grid(rec.ctx, n.div_ceil(256) as u32));
+    rec.dispatch(info, &pipe, &[&x.buf], &Params::n(n), grid(rec.ctx, n.div_ceil(256) as u32));
     Ok(())
 }
 
@@ -97,6 +141,11 @@ pub fn gelu_reference(x: &[f32], kind: Gelu) -> Vec<f32> {
         .collect()
 }
 
+/// CPU reference of `geglu`, in f64.
+pub fn geglu_reference(gate: &[f32], up: &[f32]) -> Vec<f32> {
+    gelu_reference(gate, Gelu::Tanh).iter().zip(up).map(|(&g, &u)| (g as f64 * u as f64) as f32).collect()
+}
+
 /// CPU reference.
 pub fn swiglu_reference(gate: &[f32], up: &[f32]) -> Vec<f32> {
     gate.iter().zip(up).map(|(&g, &u)| (g as f64 / (1.0 + (-g as f64).exp()) * u as f64) as f32).collect()
@@ -120,6 +169,38 @@ mod tests {
             let got = ctx.read_f32_async(&g.buf, 0, n).await.unwrap();
             // exp and one division in f32: a few ulp.
             compare(&got, &swiglu_reference(&gate, &up), 1e-6, 1e-5).unwrap_or_else(|e| panic!("n {n}: {e}"));
+        }
+    });
+
+    gpu_test!(fn softcap_matches_reference_on_odd_sizes(ctx) {
+        for &(n, cap) in &[(1usize, 30.0f32), (257, 30.0), (4099, 30.0), (1001, 0.5)] {
+            // Logits in [-120, 120): past the cap (saturating), around it and near zero.
+            let x: Vec<f32> = test_values(n, 8).iter().map(|v| v * 120.0).collect();
+            let t = Tensor::upload_f32(ctx, "x", &[n], &x).unwrap();
+            let mut rec = Recorder::new(ctx, "test");
+            softcap(&mut rec, &t, n, cap, None).unwrap();
+            rec.submit().unwrap();
+            let got = ctx.read_f32_async(&t.buf, 0, n).await.unwrap();
+            // (1 - e) / (1 + e) loses a few ulp of 1 near tanh's zero: absolute 4 ulp of the cap.
+            compare(&got, &softcap_reference(&x, cap), cap * 5e-7, 1e-6).unwrap_or_else(|e| panic!("n {n} cap {cap}: {e}"));
+        }
+        let mut rec = Recorder::new(ctx, "test");
+        let t = Tensor::zeros(ctx, "x", &[4]).unwrap();
+        assert!(softcap(&mut rec, &t, 4, 0.0, None).unwrap_err().to_string().contains("cap 0"));
+    });
+
+    gpu_test!(fn geglu_matches_reference_on_odd_sizes(ctx) {
+        for &n in &[1usize, 255, 257, 4099] {
+            let gate: Vec<f32> = test_values(n, 9).iter().map(|v| v * 12.0).collect();
+            let up = test_values(n, 10);
+            let g = Tensor::upload_f32(ctx, "gate", &[n], &gate).unwrap();
+            let u = Tensor::upload_f32(ctx, "up", &[n], &up).unwrap();
+            let mut rec = Recorder::new(ctx, "test");
+            geglu(&mut rec, &u, &g, n, 0).unwrap();
+            rec.submit().unwrap();
+            let got = ctx.read_f32_async(&g.buf, 0, n).await.unwrap();
+            // gelu_tanh's exp and division and one multiply in f32: a few ulp (as gelu's test).
+            compare(&got, &geglu_reference(&gate, &up), 1e-7, 2e-6).unwrap_or_else(|e| panic!("n {n}: {e}"));
         }
     });
 

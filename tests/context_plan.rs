@@ -1,0 +1,29 @@
+//! The memory planner against what a session really allocates (its own test binary, so no
+//! other test allocates on the shared GPU context meanwhile).
+
+mod common;
+
+use common::*;
+use quill::generate::{Session, DEFAULT_MAX_BATCH};
+use quill::gpu::context::test_context;
+use quill::plan::{plan_session, SessionShape};
+
+#[test]
+fn the_plan_covers_what_a_session_allocates() {
+    let Some(ctx) = test_context() else { return };
+    let model = quill::files::load_model(ctx, &fixture("llama-tiny"), &mut no_progress).unwrap();
+    for ctx_len in [1usize, 100, 256] {
+        let plan = plan_session(ctx, &model, Some(ctx_len), DEFAULT_MAX_BATCH).unwrap();
+        let before = ctx.allocated_bytes();
+        let session = Session::new(ctx, &model, ctx_len).unwrap();
+        let allocated = ctx.allocated_bytes() - before;
+        let planned = plan.kv_bytes + plan.activation_bytes;
+        eprintln!("llama-tiny, {ctx_len} positions: planned {planned} bytes (KV {}), allocated {allocated}", plan.kv_bytes);
+        // The KV cache is counted exactly; activations with some room for buffers architectures
+        // add, but not more than twice what a session takes.
+        assert_eq!(plan.kv_bytes, SessionShape::new(model.config(), DEFAULT_MAX_BATCH).kv_bytes(ctx_len));
+        assert!(allocated <= planned, "{ctx_len} positions: a session allocated {allocated} bytes, the plan counted {planned}");
+        assert!(planned <= 2 * allocated, "{ctx_len} positions: the plan counted {planned} bytes for {allocated} allocated");
+        drop(session);
+    }
+}
