@@ -25,6 +25,8 @@ pub struct State {
     pub q: Tensor,      // (max_batch, n_heads * head_dim)
     pub k: Tensor,      // (max_batch, n_kv_heads * head_dim)
     pub v: Tensor,      // (max_batch, n_kv_heads * head_dim)
+    pub q_normed: Tensor, // (max_batch, n_heads * head_dim) per-head normed Q (Qwen3, Gemma 3)
+    pub k_normed: Tensor, // (max_batch, n_kv_heads * head_dim)
     pub att: Tensor,    // (max_batch, n_heads * head_dim)
     pub att_partials: Tensor, // split attention's partial results (ops::attention::partials_len)
     pub gate: Tensor,   // (max_batch, ffn_dim)
@@ -77,6 +79,8 @@ impl State {
             q: z("q", &[max_batch, q_dim])?,
             k: z("k", &[max_batch, kv_dim])?,
             v: z("v", &[max_batch, kv_dim])?,
+            q_normed: z("q normed", &[max_batch, q_dim])?,
+            k_normed: z("k normed", &[max_batch, kv_dim])?,
             att: z("att", &[max_batch, q_dim])?,
             att_partials: z("attention partials", &[crate::ops::attention::partials_len(c.n_heads, c.head_dim)])?,
             gate: z("gate", &[max_batch, c.ffn_dim])?,
