@@ -2,10 +2,12 @@
 //   swiglu:    gate = silu(gate) * up, in place on gate (Llama's MLP).
 //   gelu_tanh: x = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), in place (GPT-2's gelu_new).
 //   gelu_erf:  x = 0.5 x (1 + erf(x / sqrt(2))) = 0.5 x erfc(-x / sqrt(2)), in place (exact GELU).
+//   softcap:   x = cap * tanh(x / cap), in place (Gemma 2's final-logit soft-capping).
 
 struct Params {
     n: u32,
-    _pad0: u32,
+    cap: f32,   // softcap
+
     _pad1: u32,
     _pad2: u32,
 }
@@ -36,11 +38,18 @@ fn gelu_tanh(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     if (i >= px.n) {
         return;
     }
-    let v = x[i];
-    // 0.5 (1 + tanh(u)) = 1 / (1 + e^(-2u)): no cancellation for negative x, and e^(-2u)
-    // overflowing to infinity gives the right limit, -0.
-    let u = 0.7978845608028654 * (v + 0.044715 * v * v * v);
-    x[i] = v / (1.0 + exp(-2.0 * u));
+    x[i] = gelu_tanh_of(x[i]);
+}
+
+// softcap: x = cap * tanh(x / cap), in place (Gemma 2's final logits, cap 30).
+@compute @workgroup_size(256)
+fn softcap(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) lid: u32) {
+    let i = linear_workgroup(wid, nwg) * 256u + lid;
+    if (i >= px.n) {
+        return;
+    }
+    x[i] = px.cap * tanh_stable(x[i] / px.cap);
 }
 
 // erfc(z) with a relative error below 1.2e-7 for every z (Numerical Recipes' erfcc, a

@@ -2,8 +2,12 @@
 //
 // KV cache of one layer: (n_slots, n_kv_heads, ctx_len, head_dim). A sequence is a slot, so
 // several sequences can later share a forward pass. Token t of this call sits at position
-// pos0 + t and attends to cache positions 0 ..= pos0 + t. Query head h reads KV head
-// h / (n_heads / n_kv_heads) (grouped-query attention).
+// pos0 + t and attends to positions 0 ..= pos0 + t, or with a sliding window only to
+// (pos0 + t - window, pos0 + t]. Position j lives at cache row j % ctx_len: a full cache never
+// wraps, and a sliding-window layer's cache is a ring of window + tokens - 1 rows (the host
+// checks), so its memory does not grow with the context. Query head h reads KV head
+// h / (n_heads / n_kv_heads) (grouped-query attention). Scores are q·k * scale, then
+// softcap * tanh(score / softcap) when softcap > 0 (Gemma 2).
 
 struct Params {
     n_tokens: u32,
@@ -16,8 +20,8 @@ struct Params {
     scale: f32,
     n_splits: u32,  // attention: key ranges per (token, head); > 1 writes partial results
     split_len: u32, // keys per range (a multiple of TILE)
-    _pad0: u32,
-    _pad1: u32,
+    window: u32,    // 0: every earlier position; else the last `window` positions
+    softcap: f32,   // 0: none
 }
 
 // ---- kv_write: copy this call's K and V rows into the cache ----
@@ -41,7 +45,7 @@ fn kv_write(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     let d = i % p.head_dim;
     let kvh = (i / p.head_dim) % p.n_kv_heads;
     let t = i / (p.head_dim * p.n_kv_heads);
-    let c = cache_index(kvh, p.pos0 + t, d);
+    let c = cache_index(kvh, (p.pos0 + t) % p.ctx_len, d);
     k_cache[c] = k_new[i];
     v_cache[c] = v_new[i];
 }
@@ -62,10 +66,13 @@ const MAX_HEAD_DIM: u32 = 256u;
 var<workgroup> qs: array<f32, MAX_HEAD_DIM>;
 var<workgroup> probs: array<f32, TILE>;
 var<workgroup> red: array<f32, TILE>;
+var<workgroup> rows: array<u32, TILE>; // cache offset of each key of the tile
 
-fn kv_index(kvh: u32, pos: u32, d: u32) -> u32 {
-    return ((pa.slot * pa.n_kv_heads + kvh) * pa.ctx_len + pos) * pa.head_dim + d;
+// Offset of position pos's row in the cache (a ring when the window is shorter than the context).
+fn kv_row(kvh: u32, pos: u32) -> u32 {
+    return ((pa.slot * pa.n_kv_heads + kvh) * pa.ctx_len + pos % pa.ctx_len) * pa.head_dim;
 }
+
 
 @compute @workgroup_size(64)
 fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -86,22 +93,32 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     }
     workgroupBarrier();
 
-    let kv_end = min(pa.pos0 + t + 1u, (sp + 1u) * pa.split_len);
+    let pos = pa.pos0 + t;
+    var first = 0u; // the first key this query sees
+    if (pa.window > 0u && pos + 1u > pa.window) {
+        first = pos + 1u - pa.window;
+    }
+    let kv_end = min(pos + 1u, first + (sp + 1u) * pa.split_len);
     var m = NEG_BIG;       // running max (same in every thread)
     var l = 0.0;           // running sum of exp
     var acc: array<f32, 4>; // output dims lid, lid+64, lid+128, lid+192
     for (var j = 0u; j < 4u; j++) {
         acc[j] = 0.0;
     }
-    for (var tile = sp * pa.split_len; tile < kv_end; tile += TILE) {
+    for (var tile = first + sp * pa.split_len; tile < kv_end; tile += TILE) {
         let key = tile + lid;
         var s = NEG_BIG;
         if (key < kv_end) {
+            let kb = kv_row(kvh, key);
+            rows[lid] = kb;
             var dot = 0.0;
             for (var d = 0u; d < hd; d++) {
-                dot += qs[d] * k_all[kv_index(kvh, key, d)];
+                dot += qs[d] * k_all[kb + d];
             }
             s = dot;
+            if (pa.softcap > 0.0) {
+                s = pa.softcap * tanh_stable(dot / pa.softcap);
+            }
         }
         red[lid] = s;
         workgroupBarrier();
@@ -135,7 +152,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
             if (d < hd) {
                 var a = acc[j] * corr;
                 for (var kk = 0u; kk < n_keys; kk++) {
-                    a += probs[kk] * v_all[kv_index(kvh, tile + kk, d)];
+                    a += probs[kk] * v_all[rows[kk] + d];
                 }
                 acc[j] = a;
             }

@@ -1,4 +1,4 @@
-// embed.wgsl: token embedding gather. out[t, :] = table[ids[id_offset + t], :]
+// embed.wgsl: token embedding gather. out[t, :] = table[ids[id_offset + t], :] * scale
 // The ids live on the GPU, so a sampled token can feed the next step without a round trip.
 
 struct Params {
@@ -6,6 +6,10 @@ struct Params {
     dim: u32,
     id_offset: u32,
     vocab: u32,
+    scale: f32,  // multiplies every value (Gemma's sqrt(dim)); 1 otherwise
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<storage, read> table: array<f32>;       // (vocab, dim)
@@ -24,5 +28,5 @@ fn embed(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     let d = i % p.dim;
     // Out-of-range ids are refused on the host; clamp so a bad id can never read out of bounds.
     let id = min(ids[p.id_offset + t], p.vocab - 1u);
-    out[i] = table[id * p.dim + d];
+    out[i] = table[id * p.dim + d] * p.scale;
 }

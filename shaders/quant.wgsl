@@ -13,7 +13,7 @@
 //   embed:  out[t, :] = dequantized row ids[t] of the table, for ids inside this chunk.
 //
 // Results go through store(), which fuses what follows a projection: a bias, the residual add,
-// the split of a fused Q/K/V projection into three tensors, or SwiGLU over interleaved
+// the split of a fused Q/K/V projection into three tensors, or SwiGLU / GeGLU over interleaved
 // gate/up rows.
 
 struct Params {
@@ -22,13 +22,13 @@ struct Params {
     n: u32,        // rows of this chunk
     row0: u32,     // the chunk's first row in the whole tensor
     n_total: u32,  // rows of the whole tensor
-    mode: u32,     // 0 write, 1 accumulate, 2 split into y0 | y1 | y2, 3 SwiGLU of row pairs
+    mode: u32,     // 0 write, 1 accumulate, 2 split into y0 | y1 | y2, 3 SwiGLU / 4 GeGLU of row pairs
     split1: u32,   // mode 2: first row of y1
     split2: u32,   // mode 2: first row of y2
     has_bias: u32,
     id_offset: u32, // embed: first id of the tokens
     vocab: u32,     // embed
-    _pad: u32,
+    scale: f32,     // embed: multiplies every value (Gemma's sqrt(dim)); 1 otherwise
 }
 
 @group(0) @binding(0) var<storage, read> x4: array<vec4<f32>>;    // (t, k/4); embed: the ids
@@ -121,16 +121,21 @@ fn store(tok: u32, r: u32, v: f32) {
     }
 }
 
-// Stores an interleaved gate/up pair (rows r, r + 1, r even) as silu(gate) * up.
+// Stores an interleaved gate/up pair (rows r, r + 1, r even) as silu(gate) * up (mode 3) or
+// gelu_tanh(gate) * up (mode 4, Gemma's GeGLU).
 fn store_pair(tok: u32, r: u32, g: f32, u: f32) {
     let gate = finish(r, g);
     let up = finish(r + 1u, u);
-    y0[tok * (p.n_total / 2u) + r / 2u] = gate / (1.0 + exp(-gate)) * up;
+    var act = gate / (1.0 + exp(-gate));
+    if (p.mode == 4u) {
+        act = gelu_tanh_of(gate);
+    }
+    y0[tok * (p.n_total / 2u) + r / 2u] = act * up;
 }
 
 // Stores 4 consecutive rows r..r+3 (r a multiple of 4) that exist when r + j < limit.
 fn store4(tok: u32, r: u32, v: vec4<f32>, limit: u32) {
-    if (p.mode == 3u) {
+    if (p.mode >= 3u) {
         // Chunks and tiles start at even rows, so pairs never straddle them.
         if (r + 1u < limit) { store_pair(tok, r, v.x, v.y); }
         if (r + 3u < limit) { store_pair(tok, r + 2u, v.z, v.w); }
@@ -263,7 +268,7 @@ fn embed(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     if (id < p.row0 || id >= p.row0 + p.n) {
         return; // another chunk's row
     }
-    let v = deq4(id - p.row0, q / 8u, q % 8u);
+    let v = deq4(id - p.row0, q / 8u, q % 8u) * p.scale;
     let o = t * p.k + 4u * q;
     y0[o] = v.x;
     y0[o + 1u] = v.y;

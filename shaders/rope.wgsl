@@ -4,6 +4,9 @@
 // Two pair conventions:
 //   neox = 1: rotate-half, pairs (x[i], x[i + rot_dim/2])   (Hugging Face checkpoints)
 //   neox = 0: adjacent pairs (x[2i], x[2i+1])                (GGUF llama: Q/K rows are permuted)
+// rope_freqs reads pair i's inverse frequency from a table the host computes (every RoPE
+// scaling is CPU code: llama3, linear, dynamic NTK, GGUF rope_freqs); rot_dim = 2 * its length,
+// and dimensions past rot_dim stay as they are (partial rotary).
 
 struct Params {
     n_tokens: u32,
@@ -19,6 +22,10 @@ struct Params {
 @group(0) @binding(0) var<storage, read_write> x: array<f32>;   // (n_tokens, n_heads, head_dim)
 @group(0) @binding(1) var<uniform> p: Params;
 
+// rope_freqs binds x above, then these.
+@group(0) @binding(1) var<storage, read> inv_freqs: array<f32>;  // (rot_dim / 2,)
+@group(0) @binding(2) var<uniform> pf: Params;
+
 const TWO_PI: f32 = 6.283185307179586;
 
 @compute @workgroup_size(256)
@@ -30,17 +37,34 @@ fn rope(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         return;
     }
     let i = idx % half;
+    rotate_pair(p, idx, 1.0 / pow(p.theta, f32(2u * i) / f32(p.rot_dim)));
+}
+
+@compute @workgroup_size(256)
+fn rope_freqs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let half = pf.rot_dim / 2u;
+    let idx = linear_workgroup(wid, nwg) * 256u + lid;
+    if (idx >= pf.n_tokens * pf.n_heads * half) {
+        return;
+    }
+    rotate_pair(pf, idx, inv_freqs[idx % half]);
+}
+
+// Turns pair idx % (rot_dim / 2) of row idx / (rot_dim / 2) (a (token, head)) by its angle.
+fn rotate_pair(q: Params, idx: u32, inv_freq: f32) {
+    let half = q.rot_dim / 2u;
+    let i = idx % half;
     let th = idx / half;          // t * n_heads + h
-    let t = th / p.n_heads;
-    let inv_freq = 1.0 / pow(p.theta, f32(2u * i) / f32(p.rot_dim));
-    var angle = f32(p.pos0 + t) * inv_freq;
+    let t = th / q.n_heads;
+    var angle = f32(q.pos0 + t) * inv_freq;
     angle -= TWO_PI * floor(angle / TWO_PI); // keep sin/cos in their accurate range
     let c = cos(angle);
     let s = sin(angle);
-    let base = th * p.head_dim;
+    let base = th * q.head_dim;
     var a = base + 2u * i;
     var b = a + 1u;
-    if (p.neox != 0u) {
+    if (q.neox != 0u) {
         a = base + i;
         b = base + i + half;
     }

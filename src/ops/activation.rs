@@ -1,7 +1,7 @@
 //! MLP activations: SwiGLU (Llama family), tanh-approximated GELU (GPT-2's `gelu_new`) and
-//! exact GELU (XGLM's `gelu`).
+//! exact GELU (XGLM's `gelu`); soft-capping, cap·tanh(x/cap) (Gemma 2's final logits).
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::{grid, OpInfo, Recorder, Shader, Tensor};
 
 pub const SHADER: Shader = Shader { name: "activation", body: include_str!("../../shaders/activation.wgsl") };
@@ -10,7 +10,14 @@ pub const SHADER: Shader = Shader { name: "activation", body: include_str!("../.
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
     n: u32,
-    _pad: [u32; 3],
+    cap: f32,
+    _pad: [u32; 2],
+}
+
+impl Params {
+    fn n(n: usize) -> Self {
+        Params { n: n as u32, cap: 0.0, _pad: [0; 2] }
+    }
 }
 
 /// FLOPs and bytes of swiglu over n elements: exp, add, divide, two multiplies (~6 FLOPs);
@@ -26,8 +33,33 @@ pub fn swiglu(rec: &mut Recorder, up: &Tensor, gate: &Tensor, n: usize, layer: u
     let pipe = rec.ctx.pipeline(&SHADER, "swiglu", &[])?;
     let (flops, bytes) = swiglu_cost(n);
     let info = OpInfo::new("swiglu", flops, bytes).layer(layer);
-    rec.dispatch(info, &pipe, &[&up.buf, &gate.buf], &Params { n: n as u32, _pad: [0; 3] }, grid(rec.ctx, n.div_ceil(256) as u32));
+    rec.dispatch(info, &pipe, &[&up.buf, &gate.buf], &Params::n(n), grid(rec.ctx, n.div_ceil(256) as u32));
     Ok(())
+}
+
+/// FLOPs and bytes of softcap over n elements: a divide, an exp, a divide, a multiply (~8
+/// FLOPs); reads and writes x.
+pub fn softcap_cost(n: usize) -> (u64, u64) {
+    (8 * n as u64, 8 * n as u64)
+}
+
+/// x[i] = cap · tanh(x[i] / cap) for i < n, in place (Gemma 2's final logits: cap 30).
+pub fn softcap(rec: &mut Recorder, x: &Tensor, n: usize, cap: f32, layer: Option<usize>) -> Result<()> {
+    if !(cap > 0.0 && cap.is_finite()) {
+        return Err(Error::Shape { op: "softcap", msg: format!("cap {cap} must be positive and finite") });
+    }
+    x.holds("softcap", "x", n)?;
+    let pipe = rec.ctx.pipeline(&SHADER, "softcap", &[])?;
+    let (flops, bytes) = softcap_cost(n);
+    let mut info = OpInfo::new("softcap", flops, bytes);
+    info.layer = layer.map(|l| l as u32);
+    rec.dispatch(info, &pipe, &[&x.buf], &Params { cap, ..Params::n(n) }, grid(rec.ctx, n.div_ceil(256) as u32));
+    Ok(())
+}
+
+/// CPU reference of `softcap`, in f64.
+pub fn softcap_reference(x: &[f32], cap: f32) -> Vec<f32> {
+    x.iter().map(|&v| (cap as f64 * (v as f64 / cap as f64).tanh()) as f32).collect()
 }
 
 /// Which GELU.
@@ -55,7 +87,7 @@ pub fn gelu(rec: &mut Recorder, x: &Tensor, n: usize, kind: Gelu, layer: usize) 
     let pipe = rec.ctx.pipeline(&SHADER, entry, &[])?;
     let (flops, bytes) = gelu_cost(n);
     let info = OpInfo::new("gelu", flops, bytes).layer(layer);
-    rec.dispatch(info, &pipe, &[&x.buf], &Params { n: n as u32, _pad: [0; 3] }, grid(rec.ctx, n.div_ceil(256) as u32));
+    rec.dispatch(info, &pipe, &[&x.buf], &Params::n(n), grid(rec.ctx, n.div_ceil(256) as u32));
     Ok(())
 }
 
@@ -121,6 +153,23 @@ mod tests {
             // exp and one division in f32: a few ulp.
             compare(&got, &swiglu_reference(&gate, &up), 1e-6, 1e-5).unwrap_or_else(|e| panic!("n {n}: {e}"));
         }
+    });
+
+    gpu_test!(fn softcap_matches_reference_on_odd_sizes(ctx) {
+        for &(n, cap) in &[(1usize, 30.0f32), (257, 30.0), (4099, 30.0), (1001, 0.5)] {
+            // Logits in [-120, 120): past the cap (saturating), around it and near zero.
+            let x: Vec<f32> = test_values(n, 8).iter().map(|v| v * 120.0).collect();
+            let t = Tensor::upload_f32(ctx, "x", &[n], &x).unwrap();
+            let mut rec = Recorder::new(ctx, "test");
+            softcap(&mut rec, &t, n, cap, None).unwrap();
+            rec.submit().unwrap();
+            let got = ctx.read_f32_async(&t.buf, 0, n).await.unwrap();
+            // (1 - e) / (1 + e) loses a few ulp of 1 near tanh's zero: absolute 4 ulp of the cap.
+            compare(&got, &softcap_reference(&x, cap), cap * 5e-7, 1e-6).unwrap_or_else(|e| panic!("n {n} cap {cap}: {e}"));
+        }
+        let mut rec = Recorder::new(ctx, "test");
+        let t = Tensor::zeros(ctx, "x", &[4]).unwrap();
+        assert!(softcap(&mut rec, &t, 4, 0.0, None).unwrap_err().to_string().contains("cap 0"));
     });
 
     #[test]

@@ -1,4 +1,7 @@
-//! Causal scaled dot-product attention over a GPU-resident KV cache, with grouped-query heads.
+//! Causal scaled dot-product attention over a GPU-resident KV cache, with grouped-query heads,
+//! and the variants newer models ask for (`AttnOpts`): a sliding window over a ring-buffer
+//! cache (Mistral, Gemma 2/3), logit soft-capping (Gemma 2) and an explicit scale (Gemma's
+//! query_pre_attn_scalar).
 
 use crate::error::{Error, Result};
 use crate::gpu::{grid, OpInfo, Recorder, Shader, Tensor};
@@ -21,7 +24,27 @@ struct Params {
     scale: f32,
     n_splits: u32,
     split_len: u32,
-    _pad: [u32; 2],
+    window: u32,
+    softcap: f32,
+}
+
+/// What an attention call does beyond causal softmax(q·kᵀ/√d)·v.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct AttnOpts {
+    /// Multiplies q·k before the softmax; None: 1/√head_dim.
+    pub scale: Option<f32>,
+    /// A query at position p sees only keys in (p - window, p]; None: all of 0..=p.
+    /// The layer's cache may then be a ring of `ring_len(window, tokens per call)` positions.
+    pub window: Option<usize>,
+    /// Scores become cap·tanh(score/cap) before the softmax (Gemma 2: 50).
+    pub softcap: Option<f32>,
+}
+
+/// Positions a sliding-window layer's ring cache needs so that calls of up to `max_tokens`
+/// tokens never overwrite a key one of their queries still sees. Its memory does not grow
+/// with the context.
+pub fn ring_len(window: usize, max_tokens: usize) -> usize {
+    window + max_tokens.max(1) - 1
 }
 
 /// Keys per workgroup below which a decode step's attention is not split.
@@ -51,7 +74,7 @@ pub struct AttnShape {
 }
 
 impl AttnShape {
-    fn params(&self) -> Params {
+    fn params(&self, o: &AttnOpts) -> Params {
         Params {
             n_tokens: self.n_tokens as u32,
             n_heads: self.n_heads as u32,
@@ -60,21 +83,37 @@ impl AttnShape {
             ctx_len: self.ctx_len as u32,
             pos0: self.pos0 as u32,
             slot: self.slot as u32,
-            scale: 1.0 / (self.head_dim as f32).sqrt(),
+            scale: o.scale.unwrap_or(1.0 / (self.head_dim as f32).sqrt()),
             n_splits: 1,
-            split_len: self.ctx_len.next_multiple_of(64) as u32,
-            _pad: [0; 2],
+            split_len: (self.pos0 + self.n_tokens).next_multiple_of(64) as u32,
+            window: o.window.unwrap_or(0) as u32,
+            softcap: o.softcap.unwrap_or(0.0),
         }
     }
-    fn check(&self, k_cache: &Tensor) -> Result<()> {
+    /// Keys the query at `pos` sees.
+    fn visible(&self, o: &AttnOpts, pos: usize) -> usize {
+        o.window.map_or(pos + 1, |w| w.min(pos + 1))
+    }
+    fn check(&self, k_cache: &Tensor, o: &AttnOpts) -> Result<()> {
         if self.head_dim > MAX_HEAD_DIM || self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
             return Err(Error::Shape {
                 op: "attention",
                 msg: format!("head_dim {} (max {MAX_HEAD_DIM}), heads {} / kv heads {} must divide", self.head_dim, self.n_heads, self.n_kv_heads),
             });
         }
-        if self.pos0 + self.n_tokens > self.ctx_len {
-            return Err(Error::Context(format!("positions up to {} do not fit the cache of {}", self.pos0 + self.n_tokens, self.ctx_len)));
+        match o.window {
+            Some(0) => return Err(Error::Shape { op: "attention", msg: "a sliding window of 0 positions".into() }),
+            // A cache shorter than the positions is a ring: it must hold the window and the call's tokens.
+            Some(w) if self.pos0 + self.n_tokens > self.ctx_len && self.ctx_len < ring_len(w, self.n_tokens) => {
+                return Err(Error::Context(format!("a ring cache of {} positions cannot hold a window of {w} and {} new tokens (needs {})", self.ctx_len, self.n_tokens, ring_len(w, self.n_tokens))));
+            }
+            None if self.pos0 + self.n_tokens > self.ctx_len => {
+                return Err(Error::Context(format!("positions up to {} do not fit the cache of {}", self.pos0 + self.n_tokens, self.ctx_len)));
+            }
+            _ => {}
+        }
+        if o.softcap.is_some_and(|c| !(c > 0.0 && c.is_finite())) || o.scale.is_some_and(|c| !c.is_finite()) {
+            return Err(Error::Shape { op: "attention", msg: format!("soft-cap {:?} must be positive and scale {:?} finite", o.softcap, o.scale) });
         }
         k_cache.holds("attention", "kv cache", (self.slot + 1) * self.n_kv_heads * self.ctx_len * self.head_dim)
     }
@@ -89,7 +128,12 @@ pub fn kv_write_cost(s: &AttnShape) -> (u64, u64) {
 /// over head_dim (4 FLOPs per element); reads q, writes out, reads K and V of every visited
 /// key once per query head (what the kernel does).
 pub fn attention_cost(s: &AttnShape) -> (u64, u64) {
-    let keys: u64 = (0..s.n_tokens).map(|t| (s.pos0 + t + 1) as u64).sum();
+    attention_cost_with(s, &AttnOpts::default())
+}
+
+/// `attention_cost` with a window counted.
+pub fn attention_cost_with(s: &AttnShape, o: &AttnOpts) -> (u64, u64) {
+    let keys: u64 = (0..s.n_tokens).map(|t| s.visible(o, s.pos0 + t) as u64).sum();
     let hd = (s.n_heads * s.head_dim) as u64;
     let n = (s.n_tokens * s.n_heads * s.head_dim) as u64;
     (4 * keys * hd, 4 * (2 * n + 2 * keys * hd))
@@ -97,14 +141,21 @@ pub fn attention_cost(s: &AttnShape) -> (u64, u64) {
 
 /// Writes this call's K and V rows (n_tokens, n_kv_heads, head_dim) into the layer's cache.
 pub fn kv_write(rec: &mut Recorder, k: &Tensor, v: &Tensor, k_cache: &Tensor, v_cache: &Tensor, s: AttnShape, layer: usize) -> Result<()> {
-    s.check(k_cache)?;
+    kv_write_with(rec, k, v, k_cache, v_cache, s, &AttnOpts::default(), layer)
+}
+
+/// `kv_write` into a cache that may be a ring (with a window in `o`): position p goes to row
+/// p % ctx_len.
+#[allow(clippy::too_many_arguments)]
+pub fn kv_write_with(rec: &mut Recorder, k: &Tensor, v: &Tensor, k_cache: &Tensor, v_cache: &Tensor, s: AttnShape, o: &AttnOpts, layer: usize) -> Result<()> {
+    s.check(k_cache, o)?;
     let n = s.n_tokens * s.n_kv_heads * s.head_dim;
     k.holds("kv_write", "k", n)?;
     v.holds("kv_write", "v", n)?;
     let pipe = rec.ctx.pipeline(&SHADER, "kv_write", &[])?;
     let (flops, bytes) = kv_write_cost(&s);
     let info = OpInfo::new("kv_write", flops, bytes).layer(layer);
-    rec.dispatch(info, &pipe, &[&k.buf, &v.buf, &k_cache.buf, &v_cache.buf], &s.params(), grid(rec.ctx, n.div_ceil(256) as u32));
+    rec.dispatch(info, &pipe, &[&k.buf, &v.buf, &k_cache.buf, &v_cache.buf], &s.params(o), grid(rec.ctx, n.div_ceil(256) as u32));
     Ok(())
 }
 
@@ -114,20 +165,26 @@ pub fn kv_write(rec: &mut Recorder, k: &Tensor, v: &Tensor, k_cache: &Tensor, v_
 /// (`partials_len` floats), a second pass combines.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(rec: &mut Recorder, q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, out: &Tensor, partials: &Tensor, s: AttnShape, layer: usize) -> Result<()> {
-    s.check(k_cache)?;
+    attention_with(rec, q, k_cache, v_cache, out, partials, s, &AttnOpts::default(), layer)
+}
+
+/// `attention` with a sliding window, soft-capping or an explicit scale (`AttnOpts`).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_with(rec: &mut Recorder, q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, out: &Tensor, partials: &Tensor, s: AttnShape, o: &AttnOpts, layer: usize) -> Result<()> {
+    s.check(k_cache, o)?;
     let n = s.n_tokens * s.n_heads * s.head_dim;
     q.holds("attention", "q", n)?;
     out.holds("attention", "out", n)?;
-    let keys = s.pos0 + s.n_tokens;
+    let keys = s.visible(o, (s.pos0 + s.n_tokens).max(1) - 1);
     let splits = if s.n_tokens == 1 { keys.div_ceil(MIN_SPLIT_KEYS).clamp(1, MAX_SPLITS) } else { 1 };
-    let mut p = s.params();
+    let mut p = s.params(o);
     if splits > 1 {
         partials.holds("attention", "partials", partials_len(s.n_heads, s.head_dim))?;
         p.n_splits = splits as u32;
         p.split_len = keys.div_ceil(splits).next_multiple_of(64) as u32;
     }
     let pipe = rec.ctx.pipeline(&SHADER, "attention", &[])?;
-    let (flops, bytes) = attention_cost(&s);
+    let (flops, bytes) = attention_cost_with(&s, o);
     let info = OpInfo::new("attention", flops, bytes).layer(layer);
     let buffers = [&q.buf, &k_cache.buf, &v_cache.buf, &out.buf, &partials.buf];
     rec.dispatch(info, &pipe, &buffers, &p, grid(rec.ctx, (s.n_tokens * s.n_heads * splits) as u32));
@@ -142,26 +199,33 @@ pub fn attention(rec: &mut Recorder, q: &Tensor, k_cache: &Tensor, v_cache: &Ten
 
 /// CPU reference: q (t, h, d); k, v: all positions 0..pos0+t of one slot, (kv_h, positions, d).
 pub fn reference(q: &[f32], k: &[f32], v: &[f32], s: AttnShape, positions: usize) -> Vec<f32> {
+    reference_with(q, k, v, s, positions, &AttnOpts::default())
+}
+
+/// CPU reference of `attention_with`; k, v hold every position by its own index (no ring).
+pub fn reference_with(q: &[f32], k: &[f32], v: &[f32], s: AttnShape, positions: usize, o: &AttnOpts) -> Vec<f32> {
     let d = s.head_dim;
     let group = s.n_heads / s.n_kv_heads;
-    let scale = 1.0 / (d as f64).sqrt();
+    let scale = o.scale.map_or(1.0 / (d as f64).sqrt(), |c| c as f64);
     let mut out = vec![0f32; s.n_tokens * s.n_heads * d];
     for t in 0..s.n_tokens {
         for h in 0..s.n_heads {
             let kvh = h / group;
             let qv = &q[(t * s.n_heads + h) * d..][..d];
             let len = s.pos0 + t + 1;
-            let scores: Vec<f64> = (0..len)
+            let first = len - s.visible(o, len - 1);
+            let scores: Vec<f64> = (first..len)
                 .map(|j| {
                     let kr = &k[(kvh * positions + j) * d..][..d];
-                    qv.iter().zip(kr).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() * scale
+                    let score = qv.iter().zip(kr).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() * scale;
+                    o.softcap.map_or(score, |c| c as f64 * (score / c as f64).tanh())
                 })
                 .collect();
             let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
             let z: f64 = e.iter().sum();
             for dd in 0..d {
-                let acc: f64 = (0..len).map(|j| e[j] * v[(kvh * positions + j) * d + dd] as f64).sum();
+                let acc: f64 = (first..len).map(|j| e[j - first] * v[(kvh * positions + j) * d + dd] as f64).sum();
                 out[(t * s.n_heads + h) * d + dd] = (acc / z) as f32;
             }
         }
@@ -225,6 +289,81 @@ mod tests {
         // up to a few thousand keys stay within 2e-5.
         compare(&got, &want, 2e-5, 1e-4).unwrap_or_else(|e| panic!("heads {n_heads}/{n_kv_heads} d {head_dim} pre {pre} t {n_tokens}: {e}"));
     }
+
+    /// Feeds the positions in calls of `chunks` tokens into a cache of `cache_len` positions (a
+    /// ring when shorter than the sequence), attending after each write as generation does,
+    /// and compares every call's output with the reference over the whole sequence.
+    async fn run_chunks(ctx: &Context, n_heads: usize, n_kv_heads: usize, head_dim: usize, chunks: &[usize], cache_len: usize, o: AttnOpts) {
+        let total: usize = chunks.iter().sum();
+        let row = n_kv_heads * head_dim;
+        let k_all = test_values(total * row, 51);
+        let v_all = test_values(total * row, 52);
+        let q_all: Vec<f32> = test_values(total * n_heads * head_dim, 53).iter().map(|x| x * 3.0).collect();
+        let kc = Tensor::zeros(ctx, "k cache", &[n_kv_heads * cache_len * head_dim]).unwrap();
+        let vc = Tensor::zeros(ctx, "v cache", &[n_kv_heads * cache_len * head_dim]).unwrap();
+        let partials = Tensor::zeros(ctx, "partials", &[partials_len(n_heads, head_dim)]).unwrap();
+        let heads_first = |x: &[f32]| -> Vec<f32> {
+            let mut out = vec![0f32; x.len()];
+            for p in 0..total {
+                for h in 0..n_kv_heads {
+                    out[(h * total + p) * head_dim..][..head_dim].copy_from_slice(&x[(p * n_kv_heads + h) * head_dim..][..head_dim]);
+                }
+            }
+            out
+        };
+        let (k_ref, v_ref) = (heads_first(&k_all), heads_first(&v_all));
+        let qrow = n_heads * head_dim;
+        let mut pos0 = 0;
+        for &count in chunks {
+            let s = AttnShape { n_tokens: count, n_heads, n_kv_heads, head_dim, ctx_len: cache_len, pos0, slot: 0 };
+            let kt = Tensor::upload_f32(ctx, "k", &[count, row], &k_all[pos0 * row..(pos0 + count) * row]).unwrap();
+            let vt = Tensor::upload_f32(ctx, "v", &[count, row], &v_all[pos0 * row..(pos0 + count) * row]).unwrap();
+            let q = &q_all[pos0 * qrow..(pos0 + count) * qrow];
+            let qt = Tensor::upload_f32(ctx, "q", &[count, qrow], q).unwrap();
+            let out = Tensor::zeros(ctx, "out", &[count, qrow]).unwrap();
+            let mut rec = Recorder::new(ctx, "test");
+            kv_write_with(&mut rec, &kt, &vt, &kc, &vc, s, &o, 0).unwrap();
+            attention_with(&mut rec, &qt, &kc, &vc, &out, &partials, s, &o, 0).unwrap();
+            rec.submit().unwrap();
+            let got = ctx.read_f32_async(&out.buf, 0, count * qrow).await.unwrap();
+            let want = reference_with(q, &k_ref, &v_ref, s, total, &o);
+            // As `run`: convex combinations of values in [-1, 1], f32 softmax over <= 1000 keys.
+            compare(&got, &want, 2e-5, 1e-4).unwrap_or_else(|e| panic!("heads {n_heads}/{n_kv_heads} d {head_dim} call at {pos0} of {count} cache {cache_len} {o:?}: {e}"));
+            pos0 += count;
+        }
+    }
+
+    gpu_test!(fn sliding_window_over_a_ring_cache_matches_reference(ctx) {
+        let o = AttnOpts { window: Some(7), ..Default::default() };
+        // Prefill in calls of 5 into a ring of 7 + 5 - 1 positions, then decode steps.
+        run_chunks(ctx, 4, 2, 16, &[5, 5, 5, 1, 1, 1], ring_len(7, 5), o).await;
+        // The same window in a full cache (no wrap): a prefill longer than the window.
+        run_chunks(ctx, 3, 1, 14, &[34, 1], 40, o).await;
+        // Split key ranges over a window of 300 in a ring, head_dim 256 (Gemma 3 270M).
+        let o = AttnOpts { window: Some(300), ..Default::default() };
+        run_chunks(ctx, 2, 1, 256, &[100, 100, 100, 100, 1, 1], ring_len(300, 100), o).await;
+        run_chunks(ctx, 3, 3, 64, &[9, 700, 1], ring_len(300, 700), o).await;
+    });
+
+    gpu_test!(fn soft_capping_and_explicit_scale_match_reference(ctx) {
+        // Gemma 2's cap of 50 with scores near it (q scaled by 3, scale 1 / √(0.5 · 16)), and a
+        // cap small enough to flatten every score.
+        for o in [AttnOpts { softcap: Some(50.0), scale: Some(0.5), ..Default::default() }, AttnOpts { softcap: Some(0.7), scale: Some(1.0 / 8f32.sqrt()), window: Some(20) }] {
+            run_chunks(ctx, 4, 2, 16, &[34, 1], 40, o).await;
+            run_chunks(ctx, 2, 1, 256, &[3, 1], 4, o).await;
+            run_chunks(ctx, 2, 2, 8, &[1, 600, 1], 602, o).await; // split key ranges
+        }
+    });
+
+    gpu_test!(fn attention_refuses_a_ring_too_short_for_the_call(ctx) {
+        let o = AttnOpts { window: Some(8), ..Default::default() };
+        let s = AttnShape { n_tokens: 4, n_heads: 1, n_kv_heads: 1, head_dim: 4, ctx_len: 10, pos0: 8, slot: 0 };
+        let kc = Tensor::zeros(ctx, "k cache", &[40]).unwrap();
+        let k = Tensor::zeros(ctx, "k", &[4, 4]).unwrap();
+        let mut rec = Recorder::new(ctx, "test");
+        let err = kv_write_with(&mut rec, &k, &k, &kc, &kc, s, &o, 0).unwrap_err().to_string();
+        assert!(err.contains("ring cache of 10") && err.contains("needs 11"), "{err}");
+    });
 
     gpu_test!(fn attention_prefill_matches_reference(ctx) {
         run(ctx, 1, 1, 2, 0, 1, 0).await;

@@ -4,7 +4,7 @@
 //! accumulating in f32: a mat-vec kernel for decode, a tiled matrix-matrix kernel for prefill.
 //! f32 weights of other widths (tiny test models) take the plain f32 kernels of `matmul.wgsl`.
 //! What follows a projection is fused into its store: bias, residual add, the Q/K/V split and
-//! SwiGLU over interleaved gate/up rows (`Out`).
+//! SwiGLU or GeGLU over interleaved gate/up rows (`Out`).
 
 use crate::error::{Error, Result};
 use crate::gpu::{grid, OpInfo, Recorder, Shader, Tensor, Weight};
@@ -61,7 +61,8 @@ pub(crate) struct QuantParams {
     pub has_bias: u32,
     pub id_offset: u32,
     pub vocab: u32,
-    pub _pad: u32,
+    /// embed: multiplies every value.
+    pub scale: f32,
 }
 
 /// Uniforms of the f32 kernels of `matmul.wgsl`.
@@ -101,6 +102,8 @@ pub enum Out<'a> {
     /// A fused gate/up projection whose rows interleave gate and up (gate r at 2r, up r at
     /// 2r + 1): silu(gate) · up into (t, n / 2).
     SwiGlu(&'a Tensor),
+    /// As `SwiGlu` with gelu_tanh(gate) · up (Gemma's MLP).
+    GeGlu(&'a Tensor),
 }
 
 /// FLOPs and bytes of one linear layer over `t` tokens with `w_bytes` of weights.
@@ -144,12 +147,12 @@ pub fn linear_out(rec: &mut Recorder, op: &'static str, layer: Option<usize>, x:
             c.holds(op, "third output", t * (n - s2))?;
             (2, s1, s2, a, Some(b), Some(c), Store::Write)
         }
-        Out::SwiGlu(y) => {
+        Out::SwiGlu(y) | Out::GeGlu(y) => {
             if n % 2 != 0 {
-                return Err(Error::Shape { op, msg: format!("SwiGLU needs interleaved gate/up rows, got {n} rows") });
+                return Err(Error::Shape { op, msg: format!("a gated MLP needs interleaved gate/up rows, got {n} rows") });
             }
             y.holds(op, "output", t * n / 2)?;
-            (3, 0, 0, y, None, None, Store::Write)
+            (if matches!(out, Out::GeGlu(_)) { 4 } else { 3 }, 0, 0, y, None, None, Store::Write)
         }
     };
     let (flops, bytes) = cost(t, k, n, w.bytes(), store);
@@ -325,12 +328,15 @@ pub(crate) mod tests {
                 }
                 (got, want)
             }
-            "swiglu" => {
+            "swiglu" | "geglu" => {
                 let yt = Tensor::zeros(ctx, "y", &[t, n / 2]).unwrap();
-                linear_out(&mut rec, "test", None, &xt, &w, None, Out::SwiGlu(&yt), t).unwrap();
+                let fused = if out == "swiglu" { Out::SwiGlu(&yt) } else { Out::GeGlu(&yt) };
+                linear_out(&mut rec, "test", None, &xt, &w, Some(&bt), fused, t).unwrap();
                 rec.submit().unwrap();
-                let full = reference(&x, &wf, None, None, t, k, n);
-                let want = full.chunks(2).map(|gu| gu[0] / (1.0 + (-gu[0]).exp()) * gu[1]).collect();
+                let full = reference(&x, &wf, Some(&b), None, t, k, n);
+                let (gate, up): (Vec<f32>, Vec<f32>) = full.chunks(2).map(|gu| (gu[0], gu[1])).unzip();
+                let act = if out == "swiglu" { gate.iter().map(|&g| g / (1.0 + (-g).exp())).collect() } else { crate::ops::activation::gelu_reference(&gate, crate::ops::activation::Gelu::Tanh) };
+                let want = act.iter().zip(&up).map(|(a, u)| a * u).collect();
                 (ctx.read_f32_async(&yt.buf, 0, t * n / 2).await.unwrap(), want)
             }
             _ => {
@@ -381,6 +387,18 @@ pub(crate) mod tests {
                 run_quant(ctx, dtype, 1, k, 130, out, 32 * row + 5).await;
                 run_quant(ctx, dtype, 7, k, 130, out, 32 * row + 5).await;
             }
+        }
+    });
+
+    gpu_test!(fn geglu_fused_store_matches_reference_for_every_format(ctx) {
+        for dtype in ALL {
+            let k = if dtype.block_len() == 256 { 256 } else { 64 };
+            // Mat-vec (1, 8 tokens) and mat-mat (20 tokens) stores; a bias on gate and up.
+            for t in [1, MATVEC_MAX_TOKENS, 20] {
+                run_quant(ctx, dtype, t, k, 66, "geglu", u64::MAX).await;
+            }
+            let row = crate::weights::repack::quant_bytes_per_row(dtype, k) as u64;
+            run_quant(ctx, dtype, 3, k, 130, "geglu", 32 * row + 5).await; // split bindings
         }
     });
 

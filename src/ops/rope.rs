@@ -1,4 +1,7 @@
-//! Rotary position embedding (RoPE), both pair conventions.
+//! Rotary position embedding (RoPE), both pair conventions. `rope` computes the plain
+//! frequencies theta^(-2i/d) in the kernel; `rope_freqs` reads them from a small table that
+//! `RopeFreqs` computes on the CPU, so every scaling (llama3, linear, dynamic NTK, GGUF's
+//! rope_freqs.weight) and partial rotary are host code.
 
 use crate::error::{Error, Result};
 use crate::gpu::{grid, OpInfo, Recorder, Shader, Tensor};
@@ -41,32 +44,166 @@ pub fn rope(rec: &mut Recorder, x: &Tensor, n_tokens: usize, n_heads: usize, hea
         return Err(Error::Shape { op: "rope", msg: format!("head_dim {head_dim} is odd") });
     }
     x.holds("rope", "x", n_tokens * n_heads * head_dim)?;
-    let pipe = rec.ctx.pipeline(&SHADER, "rope", &[])?;
-    let p = Params {
-        n_tokens: n_tokens as u32,
-        n_heads: n_heads as u32,
-        head_dim: head_dim as u32,
-        rot_dim: head_dim as u32,
-        pos0: pos0 as u32,
-        neox: (style == RopeStyle::Neox) as u32,
-        theta,
-        _pad: 0,
-    };
-    let (flops, bytes) = cost(n_tokens, n_heads, head_dim);
+    let p = Params { theta, ..Params::new(n_tokens, n_heads, head_dim, head_dim, pos0, style) };
+    launch(rec, "rope", &[&x.buf], &p, layer)
+}
+
+impl Params {
+    fn new(n_tokens: usize, n_heads: usize, head_dim: usize, rot_dim: usize, pos0: usize, style: RopeStyle) -> Self {
+        Params {
+            n_tokens: n_tokens as u32,
+            n_heads: n_heads as u32,
+            head_dim: head_dim as u32,
+            rot_dim: rot_dim as u32,
+            pos0: pos0 as u32,
+            neox: (style == RopeStyle::Neox) as u32,
+            theta: 0.0,
+            _pad: 0,
+        }
+    }
+}
+
+/// One thread per rotated pair.
+fn launch(rec: &mut Recorder, entry: &str, buffers: &[&wgpu::Buffer], p: &Params, layer: usize) -> Result<()> {
+    let pipe = rec.ctx.pipeline(&SHADER, entry, &[])?;
+    let (flops, bytes) = cost(p.n_tokens as usize, p.n_heads as usize, p.rot_dim as usize);
     let info = OpInfo::new("rope", flops, bytes).layer(layer);
-    let pairs = n_tokens * n_heads * head_dim / 2;
-    rec.dispatch(info, &pipe, &[&x.buf], &p, grid(rec.ctx, pairs.div_ceil(256) as u32));
+    let pairs = (p.n_tokens * p.n_heads * p.rot_dim / 2) as usize;
+    rec.dispatch(info, &pipe, buffers, p, grid(rec.ctx, pairs.div_ceil(256) as u32));
     Ok(())
+}
+
+/// Rotates the first 2 * inv_freq.len() dimensions of each head of x: (n_tokens, n_heads,
+/// head_dim) in place, pair i by (pos0 + t) * inv_freq[i]; inv_freq: (rot_dim / 2,), from
+/// `RopeFreqs::inv_freq`.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_freqs(rec: &mut Recorder, x: &Tensor, inv_freq: &Tensor, n_tokens: usize, n_heads: usize, head_dim: usize, pos0: usize, style: RopeStyle, layer: usize) -> Result<()> {
+    let rot_dim = 2 * inv_freq.numel();
+    if rot_dim == 0 || rot_dim > head_dim {
+        return Err(Error::Shape { op: "rope_freqs", msg: format!("{} frequencies rotate {rot_dim} dimensions of heads of {head_dim}", inv_freq.numel()) });
+    }
+    x.holds("rope_freqs", "x", n_tokens * n_heads * head_dim)?;
+    launch(rec, "rope_freqs", &[&x.buf, &inv_freq.buf], &Params::new(n_tokens, n_heads, head_dim, rot_dim, pos0, style), layer)
+}
+
+/// How RoPE's frequencies are scaled: transformers' `rope_scaling` / `rope_parameters` types,
+/// and GGUF's per-frequency factors.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RopeScaling {
+    /// theta^(-2i/d).
+    None,
+    /// `linear`: positions / factor, i.e. every frequency / factor.
+    Linear { factor: f32 },
+    /// `llama3`: transformers' `_compute_llama3_parameters` (low frequencies / factor, high ones
+    /// kept, a smooth blend between).
+    Llama3 { factor: f32, low_freq_factor: f32, high_freq_factor: f32, original_max_position_embeddings: usize },
+    /// `dynamic` NTK: once the sequence is longer than `max_position_embeddings`, the base grows
+    /// to theta·(factor·seq/max - (factor - 1))^(d/(d-2)) (transformers'
+    /// `_compute_dynamic_ntk_parameters`; its update only ever grows within a generation).
+    Dynamic { factor: f32, max_position_embeddings: usize },
+    /// GGUF `rope_freqs.weight`: frequency i divided by factors[i] (llama.cpp's freq_factors).
+    FreqFactors(Vec<f32>),
+}
+
+/// RoPE's frequencies for one model: base, rotated width (head_dim, or less for partial
+/// rotary) and scaling.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RopeFreqs {
+    pub theta: f32,
+    /// Dimensions rotated per head (even): head_dim · partial_rotary_factor.
+    pub rot_dim: usize,
+    pub scaling: RopeScaling,
+}
+
+impl RopeFreqs {
+    /// The inverse frequencies (rot_dim / 2) for a call whose last position is `seq_len - 1`
+    /// (only dynamic NTK depends on it). Arithmetic in f32 in transformers' order, so the table
+    /// equals its `inv_freq`.
+    pub fn inv_freq(&self, seq_len: usize) -> Result<Vec<f32>> {
+        let d = self.rot_dim;
+        let bad = |msg: String| Err(Error::Shape { op: "rope_freqs", msg });
+        if d == 0 || d % 2 != 0 {
+            return bad(format!("rotary dimensions {d} must be even and positive"));
+        }
+        if !(self.theta > 1.0 && self.theta.is_finite()) {
+            return bad(format!("rope base {} must be finite and above 1", self.theta));
+        }
+        let default = |base: f32| -> Vec<f32> { (0..d / 2).map(|i| 1.0 / base.powf((2 * i) as f32 / d as f32)).collect() };
+        let positive = |name: &str, v: f32| if v > 0.0 && v.is_finite() { Ok(()) } else { Err(Error::Shape { op: "rope_freqs", msg: format!("rope scaling {name} {v} must be positive") }) };
+        Ok(match &self.scaling {
+            RopeScaling::None => default(self.theta),
+            RopeScaling::Linear { factor } => {
+                positive("factor", *factor)?;
+                default(self.theta).iter().map(|f| f / factor).collect()
+            }
+            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
+                positive("factor", *factor)?;
+                positive("low_freq_factor", *low_freq_factor)?;
+                if !(high_freq_factor > low_freq_factor) || *original_max_position_embeddings == 0 {
+                    return bad(format!("llama3 rope scaling needs high_freq_factor {high_freq_factor} > low_freq_factor {low_freq_factor} and an original context, got {original_max_position_embeddings}"));
+                }
+                llama3(&default(self.theta), *factor, *low_freq_factor, *high_freq_factor, *original_max_position_embeddings)
+            }
+            RopeScaling::Dynamic { factor, max_position_embeddings } => {
+                positive("factor", *factor)?;
+                if *max_position_embeddings == 0 {
+                    return bad("dynamic rope scaling needs max_position_embeddings".into());
+                }
+                let seq = seq_len.max(*max_position_embeddings) as f32;
+                let grow = factor * seq / *max_position_embeddings as f32 - (factor - 1.0);
+                default(self.theta * grow.powf(d as f32 / (d - 2).max(1) as f32))
+            }
+            RopeScaling::FreqFactors(factors) => {
+                if factors.len() != d / 2 || factors.iter().any(|&f| !(f > 0.0 && f.is_finite())) {
+                    return bad(format!("rope_freqs.weight has {} factors, expected {} positive ones", factors.len(), d / 2));
+                }
+                default(self.theta).iter().zip(factors).map(|(f, ff)| f / ff).collect()
+            }
+        })
+    }
+
+    /// `inv_freq` uploaded for `rope_freqs`.
+    pub fn upload(&self, ctx: &crate::gpu::Context, seq_len: usize) -> Result<Tensor> {
+        let f = self.inv_freq(seq_len)?;
+        Tensor::upload_f32(ctx, "rope inv_freq", &[f.len()], &f)
+    }
+}
+
+/// transformers' `_compute_llama3_parameters`, step by step in f32 as torch evaluates it
+/// (`scalar / tensor` is `tensor.reciprocal() * scalar` there; Python scalars become f32).
+fn llama3(inv_freq: &[f32], factor: f32, low: f32, high: f32, old_context: usize) -> Vec<f32> {
+    let old = old_context as f32;
+    let low_freq_wavelen = (old_context as f64 / low as f64) as f32;
+    let high_freq_wavelen = (old_context as f64 / high as f64) as f32;
+    let two_pi = (2.0 * std::f64::consts::PI) as f32;
+    let span = (high as f64 - low as f64) as f32;
+    inv_freq
+        .iter()
+        .map(|&f| {
+            let wavelen = (1.0 / f) * two_pi;
+            let scaled = if wavelen > low_freq_wavelen { f / factor } else { f };
+            if wavelen < high_freq_wavelen || wavelen > low_freq_wavelen {
+                return scaled;
+            }
+            let smooth = ((1.0 / wavelen) * old - low) / span;
+            (1.0 - smooth) * scaled / factor + smooth * scaled
+        })
+        .collect()
 }
 
 /// CPU reference (angles in f64 from the same f32 inverse frequency the GPU and HF use).
 pub fn reference(x: &[f32], n_heads: usize, head_dim: usize, pos0: usize, theta: f32, style: RopeStyle) -> Vec<f32> {
+    let inv_freq: Vec<f32> = (0..head_dim / 2).map(|i| 1.0f32 / theta.powf((2 * i) as f32 / head_dim as f32)).collect();
+    reference_freqs(x, n_heads, head_dim, pos0, &inv_freq, style)
+}
+
+/// CPU reference of `rope_freqs`: the first 2 * inv_freq.len() dimensions of each head turn.
+pub fn reference_freqs(x: &[f32], n_heads: usize, head_dim: usize, pos0: usize, inv_freq: &[f32], style: RopeStyle) -> Vec<f32> {
     let mut out = x.to_vec();
-    let half = head_dim / 2;
+    let half = inv_freq.len();
     for (row, chunk) in out.chunks_mut(head_dim).enumerate() {
         let pos = pos0 + row / n_heads;
-        for i in 0..half {
-            let inv_freq = 1.0f32 / theta.powf((2 * i) as f32 / head_dim as f32);
+        for (i, &inv_freq) in inv_freq.iter().enumerate() {
             let angle = (pos as f32 * inv_freq) as f64;
             let (s, c) = angle.sin_cos();
             let (a, b) = match style {
@@ -103,4 +240,87 @@ mod tests {
             }
         }
     });
+
+    gpu_test!(fn rope_from_a_frequency_table_matches_reference(ctx) {
+        // (tokens, heads, head_dim, rotated dims, pos0): full, partial (Phi-3 style halves and
+        // GPT-NeoX quarters), head_dim 256, a late position.
+        for &(t, h, d, rot, pos0) in &[(1usize, 1usize, 2usize, 2usize, 0usize), (3, 5, 6, 6, 7), (7, 3, 64, 32, 100), (2, 4, 256, 256, 33), (5, 3, 130, 32, 4000)] {
+            let freqs = RopeFreqs { theta: 500000.0, rot_dim: rot, scaling: RopeScaling::Llama3 { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 32 } };
+            let table = freqs.inv_freq(pos0 + t).unwrap();
+            for style in [RopeStyle::Neox, RopeStyle::Adjacent] {
+                let x = test_values(t * h * d, 32);
+                let xt = Tensor::upload_f32(ctx, "x", &[t, h, d], &x).unwrap();
+                let ft = freqs.upload(ctx, pos0 + t).unwrap();
+                let mut rec = Recorder::new(ctx, "test");
+                rope_freqs(&mut rec, &xt, &ft, t, h, d, pos0, style, 0).unwrap();
+                rec.submit().unwrap();
+                let got = ctx.read_f32_async(&xt.buf, 0, t * h * d).await.unwrap();
+                // As the plain kernel: the range reduction of angles up to ~4000 rad dominates.
+                let abs = if pos0 > 100 { 1e-3 } else { 1e-5 } + 2.0 * crate::ops::sin_cos_tolerance(ctx);
+                let want = reference_freqs(&x, h, d, pos0, &table, style);
+                compare(&got, &want, abs, 1e-4).unwrap_or_else(|e| panic!("t {t} h {h} d {d} rot {rot} pos0 {pos0} {style:?}: {e}"));
+                // Dimensions past the rotated ones are untouched.
+                assert!(got.chunks(d).zip(x.chunks(d)).all(|(g, x)| g[rot..] == x[rot..]), "t {t} d {d} rot {rot}: unrotated dims changed");
+            }
+        }
+    });
+
+    gpu_test!(fn the_default_table_reproduces_the_plain_kernel(ctx) {
+        let (t, h, d, pos0) = (4usize, 3usize, 64usize, 9usize);
+        let x = test_values(t * h * d, 33);
+        let freqs = RopeFreqs { theta: 10000.0, rot_dim: d, scaling: RopeScaling::None };
+        let a = Tensor::upload_f32(ctx, "a", &[t, h, d], &x).unwrap();
+        let b = Tensor::upload_f32(ctx, "b", &[t, h, d], &x).unwrap();
+        let ft = freqs.upload(ctx, pos0 + t).unwrap();
+        let mut rec = Recorder::new(ctx, "test");
+        rope(&mut rec, &a, t, h, d, pos0, 10000.0, RopeStyle::Neox, 0).unwrap();
+        rope_freqs(&mut rec, &b, &ft, t, h, d, pos0, RopeStyle::Neox, 0).unwrap();
+        rec.submit().unwrap();
+        let (ga, gb) = (ctx.read_f32_async(&a.buf, 0, x.len()).await.unwrap(), ctx.read_f32_async(&b.buf, 0, x.len()).await.unwrap());
+        // The kernel's pow and the host's powf may differ by an ulp of the frequency.
+        compare(&gb, &ga, 1e-5, 1e-5).unwrap();
+    });
+
+    /// Values from transformers' `_compute_llama3_parameters` replayed in numpy float32 by
+    /// scripts/rope-freqs-reference.py: theta 5e5, head_dim 128, factor 8, low 1, high 4,
+    /// original context 8192 (Llama 3.1's).
+    #[test]
+    fn llama3_frequencies_match_transformers() {
+        let freqs = RopeFreqs { theta: 500000.0, rot_dim: 128, scaling: RopeScaling::Llama3 { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 8192 } };
+        let got = freqs.inv_freq(1).unwrap();
+        // 0-28: high frequencies, kept; 29-34: blended; 35-63: divided by 8.
+        for (i, want) in [(0, 1.0), (20, 0.016560440883040428), (28, 0.0032114461064338684), (29, 0.0021665706299245358), (31, 0.0008567514596506953), (34, 0.0001785077911335975), (35, 9.556212899042293e-05), (63, 3.068925877869333e-07)] {
+            // An ulp or two of f32 powf against numpy's.
+            assert!((got[i] as f64 - want).abs() <= 3e-7 * want, "inv_freq[{i}] = {}, expected {want}", got[i]);
+        }
+    }
+
+    #[test]
+    fn linear_dynamic_and_gguf_factors_scale_the_frequencies() {
+        let base = RopeFreqs { theta: 10000.0, rot_dim: 64, scaling: RopeScaling::None }.inv_freq(1).unwrap();
+        let with = |scaling| RopeFreqs { theta: 10000.0, rot_dim: 64, scaling }.inv_freq(5000).unwrap();
+        let linear = with(RopeScaling::Linear { factor: 4.0 });
+        assert!(linear.iter().zip(&base).all(|(l, b)| *l == b / 4.0));
+        let factors: Vec<f32> = (0..32).map(|i| 1.0 + i as f32 / 8.0).collect();
+        let gguf = with(RopeScaling::FreqFactors(factors.clone()));
+        assert!(gguf.iter().zip(&base).zip(&factors).all(|((g, b), f)| *g == b / f));
+        // Dynamic NTK, scripts/rope-freqs-reference.py's replay of transformers' (factor 2, max
+        // 2048, sequence 5000): base 1e4 · (2·5000/2048 - 1)^(64/62).
+        let dynamic = with(RopeScaling::Dynamic { factor: 2.0, max_position_embeddings: 2048 });
+        for (i, want) in [(0, 1.0), (1, 0.7177864909172058), (17, 0.003563852747902274), (31, 3.4344215237069875e-05)] {
+            assert!((dynamic[i] as f64 - want).abs() <= 1e-6 * want, "dynamic inv_freq[{i}] = {}, expected {want}", dynamic[i]);
+        }
+        // Within the original context dynamic NTK is the plain table.
+        let short = RopeFreqs { theta: 10000.0, rot_dim: 64, scaling: RopeScaling::Dynamic { factor: 2.0, max_position_embeddings: 2048 } }.inv_freq(100).unwrap();
+        assert_eq!(short, base);
+    }
+
+    #[test]
+    fn bad_scalings_are_errors_naming_the_field() {
+        let with = |rot_dim, scaling| RopeFreqs { theta: 10000.0, rot_dim, scaling }.inv_freq(1).unwrap_err().to_string();
+        assert!(with(63, RopeScaling::None).contains("63"));
+        assert!(with(64, RopeScaling::FreqFactors(vec![1.0; 31])).contains("rope_freqs.weight has 31"));
+        assert!(with(64, RopeScaling::Linear { factor: 0.0 }).contains("factor"));
+        assert!(with(64, RopeScaling::Llama3 { factor: 8.0, low_freq_factor: 4.0, high_freq_factor: 1.0, original_max_position_embeddings: 8192 }).contains("high_freq_factor"));
+    }
 }
