@@ -26,12 +26,6 @@ impl Tensor {
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
-    /// The same buffer seen with another shape of as many elements (e.g. Q's rows as one row
-    /// per head, for per-head norms).
-    pub fn view(&self, shape: &[usize]) -> Tensor {
-        debug_assert_eq!(shape.iter().product::<usize>(), self.numel(), "a view keeps the element count");
-        Tensor { buf: self.buf.clone(), shape: shape.to_vec() }
-    }
     /// Checks that this tensor can hold `n` elements for `op`.
     pub fn holds(&self, op: &'static str, what: &str, n: usize) -> Result<()> {
         if (self.buf.size() as usize) < n * 4 {

@@ -83,7 +83,8 @@ impl<'a> Builder<'a> {
     pub fn ctx(&self) -> &'a Context {
         self.shared.ctx
     }
-    fn file(&self) -> &str {
+    /// The file(s) read, for messages.
+    pub fn file(&self) -> &str {
         self.shared.src.file_name()
     }
 

@@ -6,11 +6,13 @@
 //! Model code only calls ops; it never touches wgpu.
 
 use super::builder::{name, Builder, GateUp, Name, Qkv};
-use super::config::{Mlp, ModelConfig, Norm, Positions, RopeScaling};
+use super::config::{Mlp, ModelConfig, Norm, Positions, Rope, RopeScaling};
 use super::state::{LogitRows, State};
 use crate::error::{Error, Result};
 use crate::gpu::{Recorder, Tensor, Weight};
 use crate::ops::matmul::{linear, linear_out, Out, Store};
+use crate::ops::attention::AttnOpts;
+use crate::ops::norm::RmsOpts;
 use crate::ops::{activation, attention, embed, norm, posenc, rope};
 
 /// A norm's weight, and its bias for LayerNorm.
@@ -57,35 +59,45 @@ pub struct Decoder {
     pub layers: Vec<Layer>,
     pub norm: NormWeights,          // (dim,)
     pub lm_head: Option<Weight>,    // (vocab, dim); None: tied to `embed`
+    /// RoPE inverse frequencies (n_rot / 2,) of the block's attention and of the local layers'.
+    rope_tables: [Option<Tensor>; 2],
+}
+
+/// GGUF's per-frequency RoPE factors (Llama 3.1+ as llama.cpp converts it).
+const ROPE_FREQS: Name = name("rope_freqs", "");
+
+/// The inverse frequencies of `rope`, computed on the CPU (every scaling is CPU code) and
+/// uploaded once. Dynamic NTK's table is the plain one up to its original context; the forward
+/// pass refuses positions beyond it.
+fn rope_table(b: &Builder, rope: &Rope) -> Result<Tensor> {
+    let scaling = match rope.scaling {
+        RopeScaling::None => rope::RopeScaling::None,
+        RopeScaling::Linear { factor } => rope::RopeScaling::Linear { factor },
+        RopeScaling::Dynamic { factor, original_ctx } => rope::RopeScaling::Dynamic { factor, max_position_embeddings: original_ctx },
+        RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_ctx } => {
+            rope::RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings: original_ctx }
+        }
+        RopeScaling::FreqFactors => rope::RopeScaling::FreqFactors(b.f32(ROPE_FREQS, &[rope.n_rot / 2])?),
+    };
+    let freqs = rope::RopeFreqs { theta: rope.theta, rot_dim: rope.n_rot, scaling };
+    let seq_len = match rope.scaling {
+        RopeScaling::Dynamic { original_ctx, .. } => original_ctx,
+        _ => 1,
+    };
+    freqs.upload(b.ctx(), seq_len).map_err(|e| Error::format(b.file(), format!("RoPE frequencies: {e}")))
 }
 
 impl Decoder {
-    /// Checks that the forward pass can honour everything the config describes.
-    pub fn new(cfg: ModelConfig, embed: Weight, positions: Option<Tensor>, layers: Vec<Layer>, norm: NormWeights, lm_head: Option<Weight>) -> Result<Self> {
+    /// Checks that the forward pass can honour everything the config describes, and uploads
+    /// the RoPE tables (reading `rope_freqs.weight` through `b` where the config says so).
+    pub fn new(b: &Builder, cfg: ModelConfig, embed: Weight, positions: Option<Tensor>, layers: Vec<Layer>, norm: NormWeights, lm_head: Option<Weight>) -> Result<Self> {
         let arch = cfg.arch.name();
         let refuse = |what: String| Err(Error::Unsupported(format!("{arch}: {what} (not implemented in quill's forward pass)")));
-        for i in 0..cfg.n_layers {
-            let a = cfg.attention(i);
-            if let Some(r) = a.rope {
-                if r.scaling != RopeScaling::None {
-                    return refuse(format!("RoPE scaling {:?}", r.scaling));
-                }
-                if r.n_rot != cfg.head_dim {
-                    return refuse(format!("partial rotary over {} of {} dims", r.n_rot, cfg.head_dim));
-                }
-            }
-            if let Some(w) = a.window.filter(|&w| w < cfg.max_ctx) {
-                return refuse(format!("sliding-window attention (window {w} < context {})", cfg.max_ctx));
-            }
-            if a.scale.is_some() || a.softcap.is_some() {
-                return refuse("an attention scale other than head_dim^-0.5, or attention soft-capping".into());
-            }
+        if cfg.block.post_norms && cfg.block.norm != Norm::Rms {
+            return refuse("post-norms with LayerNorm".into());
         }
-        if cfg.final_softcap.is_some() || cfg.block.post_norms || cfg.block.mlp == Mlp::GeGlu {
-            return refuse("final-logit soft-capping, post-norms or GeGLU".into());
-        }
-        if cfg.embed_scale != 1.0 && !matches!(cfg.positions, Positions::Sinusoidal { .. }) {
-            return refuse(format!("embedding scale {}", cfg.embed_scale));
+        if cfg.embed_scale != 1.0 && matches!(cfg.positions, Positions::Learned) {
+            return refuse(format!("embedding scale {} with learned positions", cfg.embed_scale));
         }
         if matches!(cfg.positions, Positions::Learned) != positions.is_some() {
             return refuse(format!("positions {:?} without their table", cfg.positions));
@@ -93,7 +105,10 @@ impl Decoder {
         if layers.len() != cfg.n_layers {
             return Err(Error::format(arch, format!("{} layers loaded for {}", layers.len(), cfg.n_layers)));
         }
-        Ok(Decoder { cfg, embed, positions, layers, norm, lm_head })
+        let attentions = [Some(&cfg.block.attention), cfg.local.as_ref().map(|l| &l.attention)];
+        let [global, local] = attentions.map(|a| a.and_then(|a| a.rope.as_ref()).map(|r| rope_table(b, r)).transpose());
+        let rope_tables = [global?, local?];
+        Ok(Decoder { cfg, embed, positions, layers, norm, lm_head, rope_tables })
     }
 
     pub fn weights(&self) -> Vec<&Weight> {
@@ -114,6 +129,10 @@ impl Decoder {
         v
     }
 
+    fn rms(&self) -> RmsOpts {
+        RmsOpts::eps(self.cfg.norm_eps)
+    }
+
     /// out = norm(x) over `n_rows` rows, as the block's norm kind says.
     fn norm(&self, rec: &mut Recorder, x: &Tensor, w: &NormWeights, out: &Tensor, n_rows: usize, layer: Option<usize>) -> Result<()> {
         let eps = self.cfg.norm_eps;
@@ -124,15 +143,35 @@ impl Decoder {
         }
     }
 
+    /// `linear` of `x` into the residual `st.x`: added directly, or through a post-norm
+    /// (Gemma: x += norm(W·a)), with `st.xn` holding W·a in between.
+    #[allow(clippy::too_many_arguments)]
+    fn project_into_residual(&self, rec: &mut Recorder, op: &'static str, i: usize, st: &State, a: &Tensor, w: &Weight, bias: Option<&Tensor>, post: Option<&NormWeights>, n: usize) -> Result<()> {
+        match post {
+            None => linear(rec, op, Some(i), a, w, bias, &st.x, n, Store::Accumulate),
+            Some(p) => {
+                linear(rec, op, Some(i), a, w, bias, &st.xn, n, Store::Write)?;
+                norm::rms_norm_with(rec, &st.xn, &p.w, &st.x, n, self.rms(), Store::Accumulate, Some(i))
+            }
+        }
+    }
+
     /// Records the forward pass of `n` tokens whose ids sit in `st.tokens[pos0..pos0 + n]`,
     /// at positions pos0.., writing logits for the rows `rows` asks for into `st.logits`.
     pub fn forward(&self, rec: &mut Recorder, st: &State, pos0: usize, n: usize, rows: LogitRows) -> Result<()> {
         let c = &self.cfg;
-        embed::embed(rec, &self.embed, &st.tokens, pos0, n, &st.x)?;
         match (c.positions, &self.positions) {
-            (Positions::Learned, Some(table)) => posenc::learned(rec, &st.x, table, pos0, n)?,
-            (Positions::Sinusoidal { offset, layout }, _) => posenc::sinusoidal(rec, &st.x, c.dim, pos0 + offset, n, c.embed_scale, layout)?,
-            _ => {}
+            (Positions::Learned, Some(table)) => {
+                embed::embed(rec, &self.embed, &st.tokens, pos0, n, &st.x)?;
+                posenc::learned(rec, &st.x, table, pos0, n)?
+            }
+            // The sinusoidal op scales the embeddings as it adds the positions.
+            (Positions::Sinusoidal { offset, layout }, _) => {
+                embed::embed(rec, &self.embed, &st.tokens, pos0, n, &st.x)?;
+                posenc::sinusoidal(rec, &st.x, c.dim, pos0 + offset, n, c.embed_scale, layout)?
+            }
+            _ if c.embed_scale != 1.0 => embed::embed_scaled(rec, &self.embed, &st.tokens, pos0, n, &st.x, c.embed_scale)?,
+            _ => embed::embed(rec, &self.embed, &st.tokens, pos0, n, &st.x)?,
         }
         for (i, l) in self.layers.iter().enumerate() {
             self.attention_block(rec, st, l, i, pos0, n)?;
@@ -141,10 +180,20 @@ impl Decoder {
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         let (src, n_rows) = st.logit_rows(rec, rows, n, c.dim);
         self.norm(rec, src, &self.norm, &st.xn, n_rows, None)?;
-        linear(rec, "lm_head", None, &st.xn, head, None, &st.logits, n_rows, Store::Write)
+        linear(rec, "lm_head", None, &st.xn, head, None, &st.logits, n_rows, Store::Write)?;
+        if let Some(cap) = c.final_softcap {
+            activation::softcap(rec, &st.logits, n_rows * c.vocab, cap, None)?;
+        }
+        Ok(())
     }
 
-    /// x += Wo · attention(rope(Wq·norm(x)), rope(Wk·norm(x)), Wv·norm(x))
+    /// The RoPE table of layer `i`.
+    fn rope_table(&self, i: usize) -> Option<&Tensor> {
+        let local = self.cfg.local.as_ref().is_some_and(|l| l.is_local.get(i) == Some(&true));
+        self.rope_tables[local as usize].as_ref()
+    }
+
+    /// x += Wo · attention(rope(qn(Wq·norm(x))), rope(kn(Wk·norm(x))), Wv·norm(x))
     fn attention_block(&self, rec: &mut Recorder, st: &State, l: &Layer, i: usize, pos0: usize, n: usize) -> Result<()> {
         let c = &self.cfg;
         let a = c.attention(i);
@@ -162,48 +211,53 @@ impl Decoder {
                 linear(rec, "v_proj", Some(i), &st.xn, wv, bv, &st.v, n, Store::Write)?;
             }
         }
-        // Per-head norms read q/k and write the normed copies that RoPE and the cache take.
-        let (q, k) = match (&l.q_norm, &l.k_norm) {
-            (Some(qn), Some(kn)) => {
-                norm::rms_norm(rec, &st.q.view(&[st.max_batch * c.n_heads, c.head_dim]), qn, &st.q_normed, n * c.n_heads, c.norm_eps, Some(i))?;
-                norm::rms_norm(rec, &st.k.view(&[st.max_batch * c.n_kv_heads, c.head_dim]), kn, &st.k_normed, n * c.n_kv_heads, c.norm_eps, Some(i))?;
-                (&st.q_normed, &st.k_normed)
-            }
-            _ => (&st.q, &st.k),
-        };
-        if let Some(r) = a.rope {
-            rope::rope(rec, q, n, c.n_heads, c.head_dim, pos0, r.theta, r.style, i)?;
-            rope::rope(rec, k, n, c.n_kv_heads, c.head_dim, pos0, r.theta, r.style, i)?;
+        if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
+            norm::rms_norm_heads(rec, &st.q, qn, n, c.n_heads, self.rms(), Some(i))?;
+            norm::rms_norm_heads(rec, &st.k, kn, n, c.n_kv_heads, self.rms(), Some(i))?;
         }
-        let shape = st.attn_shape(c, pos0, n);
-        attention::kv_write(rec, k, &st.v, &st.k_cache[i], &st.v_cache[i], shape, i)?;
-        attention::attention(rec, q, &st.k_cache[i], &st.v_cache[i], &st.att, &st.att_partials, shape, i)?;
-        linear(rec, "o_proj", Some(i), &st.att, &l.wo, l.bo.as_ref(), &st.x, n, Store::Accumulate)
+        if let (Some(r), Some(table)) = (a.rope, self.rope_table(i)) {
+            if let RopeScaling::Dynamic { original_ctx, .. } = r.scaling {
+                if pos0 + n > original_ctx {
+                    return Err(Error::Unsupported(format!("{}: dynamic NTK RoPE beyond the original context of {original_ctx} positions", c.arch.name())));
+                }
+            }
+            rope::rope_freqs(rec, &st.q, table, n, c.n_heads, c.head_dim, pos0, r.style, i)?;
+            rope::rope_freqs(rec, &st.k, table, n, c.n_kv_heads, c.head_dim, pos0, r.style, i)?;
+        }
+        let shape = st.attn_shape(c, i, pos0, n);
+        let opts = AttnOpts { scale: a.scale, window: a.window, softcap: a.softcap };
+        attention::kv_write_with(rec, &st.k, &st.v, &st.k_cache[i], &st.v_cache[i], shape, &opts, i)?;
+        attention::attention_with(rec, &st.q, &st.k_cache[i], &st.v_cache[i], &st.att, &st.att_partials, shape, &opts, i)?;
+        self.project_into_residual(rec, "o_proj", i, st, &st.att, &l.wo, l.bo.as_ref(), l.post_attn_norm.as_ref(), n)
     }
 
     /// x += W_down · act(W_gate·norm(x), W_up·norm(x))
     fn mlp_block(&self, rec: &mut Recorder, st: &State, l: &Layer, i: usize, n: usize) -> Result<()> {
         let c = &self.cfg;
         self.norm(rec, &st.x, &l.ffn_norm, &st.xn, n, Some(i))?;
-        let hidden = match &l.mlp_in {
-            MlpIn::Glu(GateUp::Fused(w)) => {
+        let hidden = match (&l.mlp_in, c.block.mlp) {
+            (MlpIn::Glu(GateUp::Fused(w)), Mlp::SwiGlu) => {
                 linear_out(rec, "gate_up_proj", Some(i), &st.xn, w, None, Out::SwiGlu(&st.gate), n)?;
                 &st.gate
             }
-            MlpIn::Glu(GateUp::Split(w_gate, w_up)) => {
+            (MlpIn::Glu(GateUp::Fused(w)), Mlp::GeGlu) => {
+                linear_out(rec, "gate_up_proj", Some(i), &st.xn, w, None, Out::GeGlu(&st.gate), n)?;
+                &st.gate
+            }
+            (MlpIn::Glu(GateUp::Split(w_gate, w_up)), Mlp::SwiGlu) => {
                 linear(rec, "gate_proj", Some(i), &st.xn, w_gate, None, &st.gate, n, Store::Write)?;
                 linear(rec, "up_proj", Some(i), &st.xn, w_up, None, &st.up, n, Store::Write)?;
                 activation::swiglu(rec, &st.up, &st.gate, n * c.ffn_dim, i)?;
                 &st.gate
             }
-            MlpIn::Up(w_up, b_up) => {
-                let Mlp::Gelu(kind) = c.block.mlp else { return Err(Error::Unsupported(format!("{}: a GELU MLP's weights with {:?}", c.arch.name(), c.block.mlp))) };
+            (MlpIn::Up(w_up, b_up), Mlp::Gelu(kind)) => {
                 linear(rec, "up_proj", Some(i), &st.xn, w_up, Some(b_up), &st.up, n, Store::Write)?;
                 activation::gelu(rec, &st.up, n * c.ffn_dim, kind, i)?;
                 &st.up
             }
+            (_, mlp) => return Err(Error::Unsupported(format!("{}: {mlp:?} with these MLP weights (a GeGLU needs gate and up fused: same storage type, width a multiple of 32)", c.arch.name()))),
         };
-        linear(rec, "down_proj", Some(i), hidden, &l.w_down, l.b_down.as_ref(), &st.x, n, Store::Accumulate)
+        self.project_into_residual(rec, "down_proj", i, st, hidden, &l.w_down, l.b_down.as_ref(), l.post_ffn_norm.as_ref(), n)
     }
 }
 
@@ -297,5 +351,5 @@ pub fn load(cfg: &ModelConfig, b: &Builder, names: &Names, norm_plus_one: bool) 
     }
     let final_norm = norm(b, names.norm, c.dim)?;
     let lm_head = if c.tied_embeddings { None } else { Some(b.weight(names.lm_head, &[c.vocab, c.dim])?) };
-    Decoder::new(cfg.clone(), embed, None, layers, final_norm, lm_head)
+    Decoder::new(b, cfg.clone(), embed, None, layers, final_norm, lm_head)
 }

@@ -125,7 +125,7 @@ fn load(cfg: &ModelConfig, root: &Builder) -> Result<Decoder> {
     }
     let norm = NormWeights::layer(&b, NORM, d)?;
     let lm_head = if cfg.tied_embeddings { None } else { Some(root.weight_from_f32("lm_head", &[cfg.vocab, d], &root.f32(LM_HEAD, &[cfg.vocab, d])?)?) };
-    Decoder::new(cfg.clone(), embed, Some(positions), layers, norm, lm_head)
+    Decoder::new(root, cfg.clone(), embed, Some(positions), layers, norm, lm_head)
 }
 
 #[cfg(test)]

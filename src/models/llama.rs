@@ -8,6 +8,7 @@ use super::decoder::{self, Decoder, LLAMA_NAMES};
 use super::readers::{gguf_base, HfConfig};
 use super::arch::Architecture;
 use crate::error::Result;
+use crate::ops::rope::RopeStyle;
 use crate::weights::gguf::Gguf;
 
 pub static ARCH: Architecture = Architecture {
@@ -32,7 +33,7 @@ pub fn config(bytes: &[u8], file: &str) -> Result<ModelConfig> {
 
 /// From GGUF metadata (`llama.…` keys).
 pub fn gguf_config(g: &Gguf) -> Result<ModelConfig> {
-    gguf_base(g, Arch(ARCH.name), "llama")?.check(&g.file)
+    gguf_base(g, Arch(ARCH.name), "llama", RopeStyle::Adjacent)?.check(&g.file)
 }
 
 fn load(cfg: &ModelConfig, b: &Builder) -> Result<Decoder> {
@@ -41,8 +42,8 @@ fn load(cfg: &ModelConfig, b: &Builder) -> Result<Decoder> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     use crate::models::registry::from_hf_json;
-    use crate::ops::rope::RopeStyle;
 
     const TINY: &str = r#"{"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "intermediate_size": 128, "vocab_size": 1000, "max_position_embeddings": 256,

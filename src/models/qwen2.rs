@@ -35,20 +35,26 @@ struct Qwen2Window {
     sliding_window: Option<usize>,
 }
 
-/// From Qwen2's `config.json`.
-pub fn config(bytes: &[u8], file: &str) -> Result<ModelConfig> {
-    let c = HfConfig::parse(bytes, file)?;
+/// Refuses a window that would matter: Qwen2 and Qwen3 window only the layers from
+/// `max_window_layers` on, where `use_sliding_window` is set (off in every released
+/// checkpoint); attention limited to the last `sliding_window` positions differs from full
+/// attention once a sequence is longer, and quill runs them with full attention.
+pub(super) fn full_attention_only(bytes: &[u8], file: &str, max_ctx: usize) -> Result<()> {
     let w: Qwen2Window = parse_json(bytes, file)?;
-    let max_ctx = c.max_position_embeddings.unwrap_or(0);
-    // Qwen2 windows only the layers from `max_window_layers` on; attention limited to the last
-    // `sliding_window` positions differs from full attention once a sequence is longer.
     if let (Some(true), Some(window)) = (w.use_sliding_window, w.sliding_window) {
         if window < max_ctx {
             return Err(Error::Unsupported(format!(
-                "{file}: use_sliding_window = true (sliding_window {window} < max_position_embeddings {max_ctx}); quill runs Qwen2 with full attention"
+                "{file}: use_sliding_window = true (sliding_window {window} < max_position_embeddings {max_ctx}); quill runs Qwen2 and Qwen3 with full attention"
             )));
         }
     }
+    Ok(())
+}
+
+/// From Qwen2's `config.json`.
+pub fn config(bytes: &[u8], file: &str) -> Result<ModelConfig> {
+    let c = HfConfig::parse(bytes, file)?;
+    full_attention_only(bytes, file, c.max_position_embeddings.unwrap_or(0))?;
     c.expect_activation(&["silu"], file)?;
     // Qwen2Config has no head_dim: heads split the width.
     let c = HfConfig { head_dim: None, ..c };
@@ -60,11 +66,8 @@ pub fn config(bytes: &[u8], file: &str) -> Result<ModelConfig> {
 /// From GGUF metadata: llama.cpp writes Qwen2's hyperparameters under the same keys as
 /// llama's (`qwen2.block_count`, …) but leaves Q/K rows in Hugging Face's rotate-half order.
 pub fn gguf_config(g: &Gguf) -> Result<ModelConfig> {
-    let mut cfg = gguf_base(g, Arch(ARCH.name), "qwen2")?;
+    let mut cfg = gguf_base(g, Arch(ARCH.name), "qwen2", RopeStyle::Neox)?;
     (cfg.block.attention.qkv_bias, cfg.block.attention.o_bias) = (true, false);
-    if let Some(r) = cfg.block.attention.rope.as_mut() {
-        r.style = RopeStyle::Neox;
-    }
     cfg.check(&g.file)
 }
 

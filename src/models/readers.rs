@@ -126,9 +126,10 @@ impl HfConfig {
 }
 
 /// The `{arch}.…` keys llama.cpp writes alike for Llama-like models, read as a Llama config
-/// with RoPE over adjacent pairs (llama.cpp's converter permutes llama's Q/K rows so); not
-/// yet checked, so that an architecture can adjust it first.
-pub fn gguf_base(g: &Gguf, arch: Arch, key_arch: &str) -> Result<ModelConfig> {
+/// whose RoPE pairs rows as `style` says (llama.cpp's converter permutes llama's Q/K rows for
+/// adjacent pairs, and leaves other architectures' in rotate-half order); not yet checked, so
+/// that an architecture can adjust it first.
+pub fn gguf_base(g: &Gguf, arch: Arch, key_arch: &str, style: RopeStyle) -> Result<ModelConfig> {
     let key = |k: &str| format!("{key_arch}.{k}");
     let opt_usize = |k: &str| g.get(&key(k)).map(|_| g.usize(&key(k))).transpose();
     let opt_f64 = |k: &str| g.get(&key(k)).map(|_| g.f64(&key(k))).transpose();
@@ -157,7 +158,7 @@ pub fn gguf_base(g: &Gguf, arch: Arch, key_arch: &str) -> Result<ModelConfig> {
     };
     let theta = opt_f64("rope.freq_base")?.unwrap_or(10000.0) as f32;
     let n_rot = opt_usize("rope.dimension_count")?.unwrap_or(head_dim);
-    cfg.block.attention.rope = Some(Rope { theta, style: RopeStyle::Adjacent, scaling, n_rot });
+    cfg.block.attention.rope = Some(Rope { theta, style, scaling, n_rot });
     cfg.block.attention.window = opt_usize("attention.sliding_window")?;
     Ok(cfg)
 }

@@ -15,6 +15,11 @@ use crate::weights::gguf::Gguf;
 pub static ARCHITECTURES: &[&Architecture] = &[
     &super::llama::ARCH,
     &super::qwen2::ARCH,
+    &super::qwen3::ARCH,
+    &super::mistral::ARCH,
+    &super::phi3::ARCH,
+    &super::gemma2::ARCH,
+    &super::gemma3::ARCH,
     &super::gpt2::ARCH,
     &super::xglm::ARCH,
 ];

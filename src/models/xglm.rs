@@ -97,5 +97,5 @@ fn load(cfg: &ModelConfig, root: &Builder) -> Result<Decoder> {
     }
     let norm = NormWeights::layer(&b, NORM, d)?;
     let lm_head = if cfg.tied_embeddings { None } else { Some(weight(root, LM_HEAD, &[cfg.vocab, d])?) };
-    Decoder::new(cfg.clone(), embed, None, layers, norm, lm_head)
+    Decoder::new(root, cfg.clone(), embed, None, layers, norm, lm_head)
 }
