@@ -162,3 +162,79 @@ pub fn gguf_base(g: &Gguf, arch: Arch, key_arch: &str, style: RopeStyle) -> Resu
     cfg.block.attention.window = opt_usize("attention.sliding_window")?;
     Ok(cfg)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::registry::{from_gguf, from_hf_json};
+    use crate::weights::gguf::tests::{build, gguf_string};
+
+    const LLAMA: &str = r#"{"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "intermediate_size": 128, "vocab_size": 1000, "max_position_embeddings": 256}"#;
+
+    fn rope_of(extra: &str) -> Result<Rope> {
+        let json = LLAMA.replace("\"max_position_embeddings\": 256", &format!("\"max_position_embeddings\": 256, {extra}"));
+        Ok(from_hf_json(json.as_bytes(), "config.json")?.1.block.attention.rope.expect("rope"))
+    }
+
+    /// Both spellings of the RoPE settings: transformers 5's rope_parameters, 4.x's rope_theta
+    /// + rope_scaling (whose kind is `type` in older files, `rope_type` in newer ones).
+    #[test]
+    fn reads_rope_scalings_in_both_spellings() {
+        let r = rope_of(r#""rope_theta": 5e5, "rope_scaling": {"type": "linear", "factor": 2.0}"#).unwrap();
+        assert_eq!((r.theta, r.scaling), (5e5, RopeScaling::Linear { factor: 2.0 }));
+        let r = rope_of(r#""rope_scaling": {"rope_type": "dynamic", "factor": 4.0}"#).unwrap();
+        assert_eq!((r.theta, r.scaling), (1e4, RopeScaling::Dynamic { factor: 4.0, original_ctx: 256 }));
+        let r = rope_of(r#""rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 32}"#).unwrap();
+        assert_eq!(r.scaling, RopeScaling::Llama3 { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_ctx: 32 });
+        let r = rope_of(r#""rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "partial_rotary_factor": 0.5}"#).unwrap();
+        assert_eq!((r.theta, r.n_rot, r.scaling), (1e6, 8, RopeScaling::None));
+        let e = rope_of(r#""rope_scaling": {"type": "yarn", "factor": 4.0}"#).unwrap_err().to_string();
+        assert!(e.contains("rope_type 'yarn'"), "{e}");
+        let e = rope_of(r#""rope_scaling": {"type": "dynamic"}"#).unwrap_err().to_string();
+        assert!(e.contains("factor"), "{e}");
+    }
+
+    fn gguf(arch: &str, extra: &[(&str, u32, Vec<u8>)]) -> Vec<u8> {
+        let u32v = |v: u32| v.to_le_bytes().to_vec();
+        let key = |k: &str| format!("{arch}.{k}");
+        let keys: Vec<String> = ["embedding_length", "block_count", "attention.head_count", "feed_forward_length", "context_length", "attention.layer_norm_rms_epsilon"].iter().map(|k| key(k)).collect();
+        let mut kv = vec![
+            ("general.architecture", 8, gguf_string(arch)),
+            (keys[0].as_str(), 4, u32v(64)),
+            (keys[1].as_str(), 4, u32v(2)),
+            (keys[2].as_str(), 4, u32v(4)),
+            (keys[3].as_str(), 4, u32v(128)),
+            (keys[4].as_str(), 4, u32v(256)),
+            (keys[5].as_str(), 6, 1e-5f32.to_le_bytes().to_vec()),
+        ];
+        kv.extend(extra.iter().cloned());
+        build(3, &kv, &[("token_embd.weight", &[64, 1000], 0, vec![0; 64 * 1000 * 4])])
+    }
+
+    /// `rope.dimension_count` is read; one the forward cannot honour (odd, or wider than a
+    /// head) is an error naming it.
+    #[test]
+    fn reads_the_rope_dimension_count() {
+        let count = |n: u32| gguf("llama", &[("llama.rope.dimension_count", 4, n.to_le_bytes().to_vec())]);
+        let bytes = count(8);
+        let c = from_gguf(&Gguf::parse("m.gguf", &bytes).unwrap()).unwrap().1;
+        let r = c.block.attention.rope.unwrap();
+        assert_eq!((c.head_dim, r.n_rot, r.style), (16, 8, RopeStyle::Adjacent));
+        for bad in [7, 18, 0] {
+            let bytes = count(bad);
+            let e = from_gguf(&Gguf::parse("m.gguf", &bytes).unwrap()).unwrap_err().to_string();
+            assert!(e.contains("rope dimension count") && e.contains("m.gguf"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_gguf_architecture_lists_the_known_ones() {
+        let bytes = gguf("mamba", &[]);
+        let e = from_gguf(&Gguf::parse("m.gguf", &bytes).unwrap()).unwrap_err().to_string();
+        assert!(e.contains("architecture 'mamba'"), "{e}");
+        for known in ["llama", "qwen2", "qwen3", "phi3", "gemma2", "gemma3"] {
+            assert!(e.contains(known), "{known} missing from: {e}");
+        }
+    }
+}
