@@ -111,6 +111,55 @@ fn golden_gemma2_tiny_gguf() {
     golden_tiny_from("gemma2-tiny", "model-f32.gguf");
 }
 
+/// gemma2-tiny with its config.json edited by `edit`, from a copy of the fixture directory.
+fn gemma2_tiny_with(ctx: &Context, case: &str, edit: impl FnOnce(&mut serde_json::Value)) -> LoadedModel {
+    let dir = std::env::temp_dir().join(format!("quill-gemma2-{case}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
+        std::fs::copy(fixture(&format!("gemma2-tiny/{f}")), dir.join(f)).unwrap();
+    }
+    let mut config = json("gemma2-tiny/config.json");
+    edit(&mut config);
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let model = load(ctx, &dir);
+    std::fs::remove_dir_all(&dir).unwrap();
+    model
+}
+
+/// The tiny Gemma 2's logits stay below 0.7, where 30·tanh(l/30) is within 1e-4 of l, so its
+/// golden test cannot tell whether the soft-caps are applied. Here caps small enough to matter:
+/// a final cap of 0.3 gives exactly 0.3·tanh(l/0.3) of the uncapped logits (within f32 tanh's
+/// error), and an attention cap of 0.01 (near-uniform attention) moves the logits, as does
+/// an attention scale other than head_dim^-0.5.
+#[test]
+fn gemma2_soft_caps_are_applied() {
+    let Some(ctx) = test_context() else { return };
+    let (ids, _) = tiny_reference("gemma2-tiny");
+    let logits = |m: &LoadedModel| {
+        let mut s = Session::new(ctx, m, 64).unwrap();
+        s.push(&ids).unwrap();
+        s.logits_all().unwrap()
+    };
+    let uncapped = logits(&gemma2_tiny_with(ctx, "none", |c| c["final_logit_softcapping"] = serde_json::Value::Null));
+    let capped = logits(&gemma2_tiny_with(ctx, "final", |c| c["final_logit_softcapping"] = 0.3.into()));
+    let want: Vec<f32> = uncapped.iter().map(|&l| 0.3 * (l / 0.3).tanh()).collect();
+    check_close(&capped, &want, 1e-5, 1e-4, "gemma2-tiny with final_logit_softcapping 0.3");
+    assert!(capped.iter().zip(&uncapped).any(|(a, b)| (a - b).abs() > 0.05), "a final cap of 0.3 must change logits up to 0.65");
+    let attn = logits(&gemma2_tiny_with(ctx, "attn", |c| {
+        c["final_logit_softcapping"] = serde_json::Value::Null;
+        c["attn_logit_softcapping"] = 0.01.into();
+    }));
+    let moved = |other: &[f32]| other.iter().zip(&uncapped).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(moved(&attn) > 1e-3, "an attention cap of 0.01 moved the logits by only {}", moved(&attn));
+    // query_pre_attn_scalar equals head_dim in the fixture (and in Gemma 3 270M), so the
+    // default scale would pass the golden test too; a scalar of 2 must change the result.
+    let scaled = logits(&gemma2_tiny_with(ctx, "scale", |c| {
+        c["final_logit_softcapping"] = serde_json::Value::Null;
+        c["query_pre_attn_scalar"] = 2.into();
+    }));
+    assert!(moved(&scaled) > 1e-3, "query_pre_attn_scalar 2 moved the logits by only {}", moved(&scaled));
+}
+
 #[test]
 fn golden_gemma3_tiny() {
     golden_tiny("gemma3-tiny");
