@@ -96,6 +96,38 @@ fn golden_mistral_tiny() {
     golden_tiny("mistral-tiny");
 }
 
+/// Mistral's sliding layers keep a ring of window + chunk - 1 = 137 positions in a 256-position
+/// session, so 200 tokens wrap it. With a window of 10 over 2 layers, the logits at position p
+/// depend only on tokens p-18..=p (RoPE sees only relative positions), so the ring's logits at
+/// the end must equal those of a fresh session given just those tokens (within 1e-4 + 1e-3
+/// relative: the same rotations at other absolute positions round differently in f32).
+#[test]
+fn mistral_ring_cache_matches_a_fresh_window() {
+    let Some(ctx) = test_context() else { return };
+    let model = load(ctx, &fixture("mistral-tiny"));
+    let mut seed = 12345u64;
+    let ids: Vec<u32> = (0..200)
+        .map(|_| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 33) % 1000) as u32
+        })
+        .collect();
+    let mut ring = Session::new(ctx, &model, 256).unwrap();
+    ring.push(&ids[..150]).unwrap();
+    ring.logits_last().unwrap();
+    for &id in &ids[150..] {
+        ring.push(&[id]).unwrap();
+        ring.logits_last().unwrap();
+    }
+    ring.push(&[7]).unwrap();
+    let got = ring.logits_last().unwrap();
+    let mut tail = ids[200 - 18..].to_vec();
+    tail.push(7);
+    let mut fresh = Session::new(ctx, &model, 64).unwrap();
+    fresh.push(&tail).unwrap();
+    check_close(&got, &fresh.logits_last().unwrap(), 1e-4, 1e-3, "mistral-tiny position 200 through the ring vs a fresh 19-token window");
+}
+
 #[test]
 fn golden_phi3_tiny() {
     golden_tiny("phi3-tiny");
