@@ -266,10 +266,25 @@ impl ModelConfig {
             Mlp::Gelu(g) => format!("GELU ({g:?})"),
         };
         let mut s = format!("positions: {positions}  norm: {norm} (eps {})  mlp: {mlp}", self.norm_eps);
+        let a = &self.block.attention;
+        let extras = [
+            a.qk_norm.then(|| "Q/K norm".to_string()),
+            a.window.map(|w| format!("window {w}")),
+            a.scale.map(|v| format!("scale {v}")),
+            a.softcap.map(|v| format!("soft-cap {v}")),
+            self.block.post_norms.then(|| "post-norms".to_string()),
+            (self.embed_scale != 1.0).then(|| format!("embedding scale {}", self.embed_scale)),
+            self.final_softcap.map(|v| format!("final soft-cap {v}")),
+        ];
+        let extras: Vec<String> = extras.into_iter().flatten().collect();
+        if !extras.is_empty() {
+            s += &format!("  attention: {}", extras.join(", "));
+        }
         if let Some(l) = &self.local {
             let n = l.is_local.iter().filter(|&&b| b).count();
             let rope = l.attention.rope.as_ref().map(describe_rope).unwrap_or_default();
-            s += &format!("  local layers: {n} of {} (window {:?}, {rope})", self.n_layers, l.attention.window);
+            let window = l.attention.window.map_or("none".to_string(), |w| w.to_string());
+            s += &format!("  local layers: {n} of {} (window {window}, {rope})", self.n_layers);
         }
         s
     }
