@@ -133,6 +133,13 @@ fn golden_phi3_tiny() {
     golden_tiny("phi3-tiny");
 }
 
+/// Fused `attn_qkv` and `ffn_up` ([gate | up]) as llama.cpp names Phi-3's tensors; the file
+/// comes from scripts/make-phi3-gguf.py (llama.cpp's converter cannot write it for this vocabulary).
+#[test]
+fn golden_phi3_tiny_gguf() {
+    golden_tiny_from("phi3-tiny", "model-f32.gguf");
+}
+
 #[test]
 fn golden_gemma2_tiny() {
     golden_tiny("gemma2-tiny");
