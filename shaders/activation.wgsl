@@ -1,5 +1,7 @@
 // activation.wgsl: MLP activations, elementwise.
 //   swiglu:    gate = silu(gate) * up, in place on gate (Llama's MLP).
+//   geglu:     gate = gelu_tanh(gate) * up, in place on gate (Gemma's MLP, when gate and up
+//              are separate projections rather than fused into one store).
 //   gelu_tanh: x = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), in place (GPT-2's gelu_new).
 //   gelu_erf:  x = 0.5 x (1 + erf(x / sqrt(2))) = 0.5 x erfc(-x / sqrt(2)), in place (exact GELU).
 //   softcap:   x = cap * tanh(x / cap), in place (Gemma 2's final-logit soft-capping).
@@ -29,6 +31,16 @@ fn swiglu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     }
     let g = gate[i];
     gate[i] = g / (1.0 + exp(-g)) * up[i];
+}
+
+@compute @workgroup_size(256)
+fn geglu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+         @builtin(local_invocation_index) lid: u32) {
+    let i = linear_workgroup(wid, nwg) * 256u + lid;
+    if (i >= p.n) {
+        return;
+    }
+    gate[i] = gelu_tanh_of(gate[i]) * up[i];
 }
 
 @compute @workgroup_size(256)

@@ -8,6 +8,13 @@
 // checks), so its memory does not grow with the context. Query head h reads KV head
 // h / (n_heads / n_kv_heads) (grouped-query attention). Scores are q·k * scale, then
 // softcap * tanh(score / softcap) when softcap > 0 (Gemma 2).
+//
+// The cache holds u32 words: f32 bits, or with KV_F16 two f16 values per word (element i in
+// word i / 2, the even one in the low half): half the memory, without the shader-f16 feature.
+
+// Pipelines for an f16 cache set this (kv_write then runs one thread per pair of values; head_dim
+// is even, so a pair never straddles two positions).
+override KV_F16: bool = false;
 
 struct Params {
     n_tokens: u32,
@@ -27,8 +34,8 @@ struct Params {
 // ---- kv_write: copy this call's K and V rows into the cache ----
 @group(0) @binding(0) var<storage, read> k_new: array<f32>;          // (n_tokens, n_kv_heads, head_dim)
 @group(0) @binding(1) var<storage, read> v_new: array<f32>;          // (n_tokens, n_kv_heads, head_dim)
-@group(0) @binding(2) var<storage, read_write> k_cache: array<f32>;  // (n_slots, n_kv_heads, ctx_len, head_dim)
-@group(0) @binding(3) var<storage, read_write> v_cache: array<f32>;  // (n_slots, n_kv_heads, ctx_len, head_dim)
+@group(0) @binding(2) var<storage, read_write> k_cache: array<u32>;  // (n_slots, n_kv_heads, ctx_len, head_dim) f32 or f16 pairs
+@group(0) @binding(3) var<storage, read_write> v_cache: array<u32>;  // (n_slots, n_kv_heads, ctx_len, head_dim) f32 or f16 pairs
 @group(0) @binding(4) var<uniform> p: Params;
 
 fn cache_index(kvh: u32, pos: u32, d: u32) -> u32 {
@@ -38,7 +45,10 @@ fn cache_index(kvh: u32, pos: u32, d: u32) -> u32 {
 @compute @workgroup_size(256)
 fn kv_write(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
-    let i = linear_workgroup(wid, nwg) * 256u + lid;
+    var i = linear_workgroup(wid, nwg) * 256u + lid;
+    if (KV_F16) {
+        i *= 2u; // the first of this thread's pair
+    }
     if (i >= p.n_tokens * p.n_kv_heads * p.head_dim) {
         return;
     }
@@ -46,8 +56,13 @@ fn kv_write(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     let kvh = (i / p.head_dim) % p.n_kv_heads;
     let t = i / (p.head_dim * p.n_kv_heads);
     let c = cache_index(kvh, (p.pos0 + t) % p.ctx_len, d);
-    k_cache[c] = k_new[i];
-    v_cache[c] = v_new[i];
+    if (KV_F16) {
+        k_cache[c / 2u] = pack2x16float(vec2<f32>(k_new[i], k_new[i + 1u]));
+        v_cache[c / 2u] = pack2x16float(vec2<f32>(v_new[i], v_new[i + 1u]));
+        return;
+    }
+    k_cache[c] = bitcast<u32>(k_new[i]);
+    v_cache[c] = bitcast<u32>(v_new[i]);
 }
 
 // ---- attention: one workgroup per (token, head, key range), keys in tiles of 64 with online
@@ -55,8 +70,8 @@ fn kv_write(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
 // step over a long context, so that enough workgroups run) each writes its running max, sum
 // and unnormalised output into `part`, and attention_combine merges them.
 @group(0) @binding(0) var<storage, read> q: array<f32>;              // (n_tokens, n_heads, head_dim)
-@group(0) @binding(1) var<storage, read> k_all: array<f32>;          // cache, as above
-@group(0) @binding(2) var<storage, read> v_all: array<f32>;          // cache, as above
+@group(0) @binding(1) var<storage, read> k_all: array<u32>;          // cache, as above
+@group(0) @binding(2) var<storage, read> v_all: array<u32>;          // cache, as above
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;      // (n_tokens, n_heads, head_dim)
 @group(0) @binding(4) var<storage, read_write> part: array<f32>;     // (n_tokens, n_heads, n_splits, head_dim + 2)
 @group(0) @binding(5) var<uniform> pa: Params;
@@ -67,6 +82,20 @@ var<workgroup> qs: array<f32, MAX_HEAD_DIM>;
 var<workgroup> probs: array<f32, TILE>;
 var<workgroup> red: array<f32, TILE>;
 var<workgroup> rows: array<u32, TILE>; // cache offset of each key of the tile
+
+// Element i of the K or V cache.
+fn k_at(i: u32) -> f32 {
+    if (KV_F16) {
+        return unpack2x16float(k_all[i / 2u])[i % 2u];
+    }
+    return bitcast<f32>(k_all[i]);
+}
+fn v_at(i: u32) -> f32 {
+    if (KV_F16) {
+        return unpack2x16float(v_all[i / 2u])[i % 2u];
+    }
+    return bitcast<f32>(v_all[i]);
+}
 
 // Offset of position pos's row in the cache (a ring when the window is shorter than the context).
 fn kv_row(kvh: u32, pos: u32) -> u32 {
@@ -113,7 +142,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
             rows[lid] = kb;
             var dot = 0.0;
             for (var d = 0u; d < hd; d++) {
-                dot += qs[d] * k_all[kb + d];
+                dot += qs[d] * k_at(kb + d);
             }
             s = dot;
             if (pa.softcap > 0.0) {
@@ -152,7 +181,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
             if (d < hd) {
                 var a = acc[j] * corr;
                 for (var kk = 0u; kk < n_keys; kk++) {
-                    a += probs[kk] * v_all[rows[kk] + d];
+                    a += probs[kk] * v_at(rows[kk] + d);
                 }
                 acc[j] = a;
             }
@@ -206,6 +235,6 @@ fn attention_combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
         out[g * hd + d] = num / den;
     }
     if (pa.n_splits == 0u) {
-        out[0] = q[0] + k_all[0] + v_all[0]; // never runs: keeps every binding in the layout
+        out[0] = q[0] + k_at(0u) + v_at(0u); // never runs: keeps every binding in the layout
     }
 }

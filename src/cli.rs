@@ -80,7 +80,7 @@ struct PerplexityArgs {
     /// Read the text from a UTF-8 file.
     #[arg(long, conflicts_with = "text")]
     file: Option<PathBuf>,
-    /// Window: positions of context per pass [default: the model's, at most 2048].
+    /// Window: positions of context per pass [default: the model's, or what fits the GPU memory budget (QUILL_GPU_MEMORY)].
     #[arg(long)]
     ctx: Option<usize>,
     /// Tokens between the starts of overlapping windows, for texts longer than --ctx [default: half the window].
@@ -163,7 +163,7 @@ struct WriteArgs {
     /// Also print the prompt before the generated text.
     #[arg(long)]
     echo: bool,
-    /// Context length (KV cache positions) [default: the model's, at most 2048].
+    /// Context length (KV cache positions) [default: the model's, or what fits the GPU memory budget (QUILL_GPU_MEMORY)].
     #[arg(long)]
     ctx: Option<usize>,
     /// Time every shader pass and print the per-op table on stderr at the end.
@@ -242,7 +242,7 @@ fn info(model: Option<PathBuf>) -> Result<()> {
         println!("vocab: {}  context: {}  tied embeddings: {}", c.vocab, c.max_ctx, c.tied_embeddings);
         println!("{}", c.describe_blocks());
         println!("file dtypes: {}", m.file_dtypes);
-        let ctx_len = c.max_ctx.min(2048);
+        let ctx_len = quill::plan::plan_session(&ctx, &m, None, quill::generate::DEFAULT_MAX_BATCH).map_or(c.max_ctx, |p| p.ctx_len);
         println!("weights on the GPU: {} (--dtype {})", m.model.weight_types(), LOAD_OPTIONS.get().copied().unwrap_or_default().dtype.name());
         println!(
             "GPU memory: weights {:.1} MB ({:.1} MB as f32) + KV cache {:.1} MB for {ctx_len} positions",
@@ -277,7 +277,10 @@ fn perplexity(args: PerplexityArgs) -> Result<()> {
     let ctx = Context::new_blocking()?;
     let model = load(&ctx, &path)?;
     let ids = model.tokenizer.encode(&text)?;
-    let window = args.ctx.unwrap_or(model.config().max_ctx.min(2048));
+    let window = match args.ctx {
+        Some(n) => n,
+        None => quill::plan::plan_session(&ctx, &model, None, quill::generate::DEFAULT_MAX_BATCH)?.ctx_len,
+    };
     let stride = args.stride.unwrap_or(window.div_ceil(2));
     let start = Instant::now();
     let p = quill::perplexity::perplexity(&ctx, &model, &ids, window, stride)?;
@@ -326,8 +329,7 @@ fn write(args: WriteArgs) -> Result<()> {
         prompt.clone()
     };
     let ids = model.tokenizer.encode(&text)?;
-    let ctx_len = args.ctx.unwrap_or(model.config().max_ctx.min(2048));
-    let mut session = Session::new(&ctx, &model, ctx_len)?;
+    let mut session = Session::planned(&ctx, &model, args.ctx)?;
     if args.profile {
         session.enable_profiling();
     }

@@ -68,12 +68,18 @@ pub enum Stop {
 }
 
 impl<'a> Session<'a> {
-    /// A session whose KV cache holds `ctx_len` positions (at most the model's context).
+    /// A session whose KV cache holds `ctx_len` positions (at most the model's context, and
+    /// what fits the GPU memory budget: `plan`).
     pub fn new(ctx: &'a Context, model: &'a LoadedModel, ctx_len: usize) -> Result<Self> {
+        Self::planned(ctx, model, Some(ctx_len))
+    }
+
+    /// A session of `ctx_len` positions, or with None of the model's context or the largest
+    /// that fits the GPU memory budget, whichever is smaller (`plan::plan_session`).
+    pub fn planned(ctx: &'a Context, model: &'a LoadedModel, ctx_len: Option<usize>) -> Result<Self> {
         let cfg = model.config();
-        if ctx_len == 0 || ctx_len > cfg.max_ctx {
-            return Err(Error::arg("--ctx", format!("{ctx_len} must be between 1 and the model's context of {}", cfg.max_ctx)));
-        }
+        let plan = crate::plan::plan_session(ctx, model, ctx_len, DEFAULT_MAX_BATCH)?;
+        let ctx_len = plan.ctx_len;
         let state = State::new(ctx, cfg, ctx_len, DEFAULT_MAX_BATCH.min(ctx_len))?;
         Ok(Session { ctx, model, state, ids: Vec::new(), processed: 0, draws: 0, profile: None, binds: BindCache::default() })
     }

@@ -10,6 +10,7 @@ pub mod hub;
 pub mod models;
 pub mod ops;
 pub mod perplexity;
+pub mod plan;
 pub mod sampling;
 pub mod tokenizer;
 pub mod weights;

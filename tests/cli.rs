@@ -283,3 +283,18 @@ fn missing_default_model_names_the_fetch_command() {
     let o = quill_env(&["write", "hi"], &[("QUILL_MODELS", "/nonexistent/quill-models")]);
     expect_error(&o, &["scripts/fetch-model.sh", "--model"]);
 }
+
+#[test]
+fn a_ctx_beyond_the_memory_budget_names_the_bytes_and_what_fits() {
+    if !has_gpu() {
+        return;
+    }
+    // A 1 MiB budget holds llama-tiny's weights and a short context, not 256 positions.
+    let o = quill_env(&["write", "--model", &tiny(), "--ctx", "256", "hi"], &[("QUILL_GPU_MEMORY", "1M")]);
+    expect_error(&o, &["--ctx", "256 positions need", "bytes", "largest --ctx that fits is", "QUILL_GPU_MEMORY"]);
+    let o = quill_env(&["write", "--model", &tiny(), "hi"], &[("QUILL_GPU_MEMORY", "lots")]);
+    expect_error(&o, &["QUILL_GPU_MEMORY", "'lots'"]);
+    // Without --ctx, the largest context that fits is used rather than the model's 256.
+    let o = quill_env(&["write", "--model", &tiny(), "--max-tokens", "2", "--seed", "1", "hi"], &[("QUILL_GPU_MEMORY", "1M")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}

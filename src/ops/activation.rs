@@ -28,11 +28,23 @@ pub fn swiglu_cost(n: usize) -> (u64, u64) {
 
 /// gate[i] = silu(gate[i]) * up[i] for i < n.
 pub fn swiglu(rec: &mut Recorder, up: &Tensor, gate: &Tensor, n: usize, layer: usize) -> Result<()> {
-    up.holds("swiglu", "up", n)?;
-    gate.holds("swiglu", "gate", n)?;
-    let pipe = rec.ctx.pipeline(&SHADER, "swiglu", &[])?;
+    gated(rec, "swiglu", up, gate, n, layer)
+}
+
+/// gate[i] = gelu_tanh(gate[i]) * up[i] for i < n (Gemma's MLP when gate and up are not one
+/// fused projection; fused, `matmul::Out::GeGlu` does this in the store).
+pub fn geglu(rec: &mut Recorder, up: &Tensor, gate: &Tensor, n: usize, layer: usize) -> Result<()> {
+    gated(rec, "geglu", up, gate, n, layer)
+}
+
+/// A gated activation (`entry`: swiglu or geglu) in place on gate.
+fn gated(rec: &mut Recorder, entry: &'static str, up: &Tensor, gate: &Tensor, n: usize, layer: usize) -> Result<()> {
+    up.holds(entry, "up", n)?;
+    gate.holds(entry, "gate", n)?;
+    let pipe = rec.ctx.pipeline(&SHADER, entry, &[])?;
+    // gelu_tanh costs a few more FLOPs than silu; the count stays an estimate of the same order.
     let (flops, bytes) = swiglu_cost(n);
-    let info = OpInfo::new("swiglu", flops, bytes).layer(layer);
+    let info = OpInfo::new(entry, flops, bytes).layer(layer);
     rec.dispatch(info, &pipe, &[&up.buf, &gate.buf], &Params::n(n), grid(rec.ctx, n.div_ceil(256) as u32));
     Ok(())
 }
@@ -129,6 +141,11 @@ pub fn gelu_reference(x: &[f32], kind: Gelu) -> Vec<f32> {
         .collect()
 }
 
+/// CPU reference of `geglu`, in f64.
+pub fn geglu_reference(gate: &[f32], up: &[f32]) -> Vec<f32> {
+    gelu_reference(gate, Gelu::Tanh).iter().zip(up).map(|(&g, &u)| (g as f64 * u as f64) as f32).collect()
+}
+
 /// CPU reference.
 pub fn swiglu_reference(gate: &[f32], up: &[f32]) -> Vec<f32> {
     gate.iter().zip(up).map(|(&g, &u)| (g as f64 / (1.0 + (-g as f64).exp()) * u as f64) as f32).collect()
@@ -170,6 +187,21 @@ mod tests {
         let mut rec = Recorder::new(ctx, "test");
         let t = Tensor::zeros(ctx, "x", &[4]).unwrap();
         assert!(softcap(&mut rec, &t, 4, 0.0, None).unwrap_err().to_string().contains("cap 0"));
+    });
+
+    gpu_test!(fn geglu_matches_reference_on_odd_sizes(ctx) {
+        for &n in &[1usize, 255, 257, 4099] {
+            let gate: Vec<f32> = test_values(n, 9).iter().map(|v| v * 12.0).collect();
+            let up = test_values(n, 10);
+            let g = Tensor::upload_f32(ctx, "gate", &[n], &gate).unwrap();
+            let u = Tensor::upload_f32(ctx, "up", &[n], &up).unwrap();
+            let mut rec = Recorder::new(ctx, "test");
+            geglu(&mut rec, &u, &g, n, 0).unwrap();
+            rec.submit().unwrap();
+            let got = ctx.read_f32_async(&g.buf, 0, n).await.unwrap();
+            // gelu_tanh's exp and division and one multiply in f32: a few ulp (as gelu's test).
+            compare(&got, &geglu_reference(&gate, &up), 1e-7, 2e-6).unwrap_or_else(|e| panic!("n {n}: {e}"));
+        }
     });
 
     #[test]

@@ -40,6 +40,32 @@ pub struct AttnOpts {
     pub softcap: Option<f32>,
 }
 
+/// How the KV cache stores its values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KvFormat {
+    #[default]
+    F32,
+    /// Two f16 values per u32 word: half the memory, about 3 decimal digits per value (the
+    /// accuracy cost is measured in `f16_cache_matches_rounded_reference_and_costs_little`).
+    F16,
+}
+
+impl KvFormat {
+    /// u32 words (the cache tensor's elements) of a cache of `values` values.
+    pub fn words(self, values: usize) -> usize {
+        match self {
+            KvFormat::F32 => values,
+            KvFormat::F16 => values.div_ceil(2),
+        }
+    }
+    fn constants(self) -> &'static [(&'static str, f64)] {
+        match self {
+            KvFormat::F32 => &[],
+            KvFormat::F16 => &[("KV_F16", 1.0)],
+        }
+    }
+}
+
 /// Positions a sliding-window layer's ring cache needs so that calls of up to `max_tokens`
 /// tokens never overwrite a key one of their queries still sees. Its memory does not grow
 /// with the context.
@@ -94,7 +120,10 @@ impl AttnShape {
     fn visible(&self, o: &AttnOpts, pos: usize) -> usize {
         o.window.map_or(pos + 1, |w| w.min(pos + 1))
     }
-    fn check(&self, k_cache: &Tensor, o: &AttnOpts) -> Result<()> {
+    fn check(&self, k_cache: &Tensor, o: &AttnOpts, format: KvFormat) -> Result<()> {
+        if format == KvFormat::F16 && self.head_dim % 2 != 0 {
+            return Err(Error::Shape { op: "attention", msg: format!("an f16 KV cache needs an even head_dim, got {}", self.head_dim) });
+        }
         if self.head_dim > MAX_HEAD_DIM || self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
             return Err(Error::Shape {
                 op: "attention",
@@ -115,7 +144,7 @@ impl AttnShape {
         if o.softcap.is_some_and(|c| !(c > 0.0 && c.is_finite())) || o.scale.is_some_and(|c| !c.is_finite()) {
             return Err(Error::Shape { op: "attention", msg: format!("soft-cap {:?} must be positive and scale {:?} finite", o.softcap, o.scale) });
         }
-        k_cache.holds("attention", "kv cache", (self.slot + 1) * self.n_kv_heads * self.ctx_len * self.head_dim)
+        k_cache.holds("attention", "kv cache", format.words((self.slot + 1) * self.n_kv_heads * self.ctx_len * self.head_dim))
     }
 }
 
@@ -148,14 +177,21 @@ pub fn kv_write(rec: &mut Recorder, k: &Tensor, v: &Tensor, k_cache: &Tensor, v_
 /// p % ctx_len.
 #[allow(clippy::too_many_arguments)]
 pub fn kv_write_with(rec: &mut Recorder, k: &Tensor, v: &Tensor, k_cache: &Tensor, v_cache: &Tensor, s: AttnShape, o: &AttnOpts, layer: usize) -> Result<()> {
-    s.check(k_cache, o)?;
+    kv_write_as(rec, k, v, k_cache, v_cache, s, o, KvFormat::F32, layer)
+}
+
+/// `kv_write_with` into a cache stored as `format` (caches of `format.words(values)` elements).
+#[allow(clippy::too_many_arguments)]
+pub fn kv_write_as(rec: &mut Recorder, k: &Tensor, v: &Tensor, k_cache: &Tensor, v_cache: &Tensor, s: AttnShape, o: &AttnOpts, format: KvFormat, layer: usize) -> Result<()> {
+    s.check(k_cache, o, format)?;
     let n = s.n_tokens * s.n_kv_heads * s.head_dim;
     k.holds("kv_write", "k", n)?;
     v.holds("kv_write", "v", n)?;
-    let pipe = rec.ctx.pipeline(&SHADER, "kv_write", &[])?;
+    let pipe = rec.ctx.pipeline(&SHADER, "kv_write", format.constants())?;
     let (flops, bytes) = kv_write_cost(&s);
     let info = OpInfo::new("kv_write", flops, bytes).layer(layer);
-    rec.dispatch(info, &pipe, &[&k.buf, &v.buf, &k_cache.buf, &v_cache.buf], &s.params(o), grid(rec.ctx, n.div_ceil(256) as u32));
+    let threads = if format == KvFormat::F16 { n / 2 } else { n };
+    rec.dispatch(info, &pipe, &[&k.buf, &v.buf, &k_cache.buf, &v_cache.buf], &s.params(o), grid(rec.ctx, threads.div_ceil(256) as u32));
     Ok(())
 }
 
@@ -171,7 +207,13 @@ pub fn attention(rec: &mut Recorder, q: &Tensor, k_cache: &Tensor, v_cache: &Ten
 /// `attention` with a sliding window, soft-capping or an explicit scale (`AttnOpts`).
 #[allow(clippy::too_many_arguments)]
 pub fn attention_with(rec: &mut Recorder, q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, out: &Tensor, partials: &Tensor, s: AttnShape, o: &AttnOpts, layer: usize) -> Result<()> {
-    s.check(k_cache, o)?;
+    attention_as(rec, q, k_cache, v_cache, out, partials, s, o, KvFormat::F32, layer)
+}
+
+/// `attention_with` over a cache stored as `format`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_as(rec: &mut Recorder, q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, out: &Tensor, partials: &Tensor, s: AttnShape, o: &AttnOpts, format: KvFormat, layer: usize) -> Result<()> {
+    s.check(k_cache, o, format)?;
     let n = s.n_tokens * s.n_heads * s.head_dim;
     q.holds("attention", "q", n)?;
     out.holds("attention", "out", n)?;
@@ -183,13 +225,13 @@ pub fn attention_with(rec: &mut Recorder, q: &Tensor, k_cache: &Tensor, v_cache:
         p.n_splits = splits as u32;
         p.split_len = keys.div_ceil(splits).next_multiple_of(64) as u32;
     }
-    let pipe = rec.ctx.pipeline(&SHADER, "attention", &[])?;
+    let pipe = rec.ctx.pipeline(&SHADER, "attention", format.constants())?;
     let (flops, bytes) = attention_cost_with(&s, o);
     let info = OpInfo::new("attention", flops, bytes).layer(layer);
     let buffers = [&q.buf, &k_cache.buf, &v_cache.buf, &out.buf, &partials.buf];
     rec.dispatch(info, &pipe, &buffers, &p, grid(rec.ctx, (s.n_tokens * s.n_heads * splits) as u32));
     if splits > 1 {
-        let pipe = rec.ctx.pipeline(&SHADER, "attention_combine", &[])?;
+        let pipe = rec.ctx.pipeline(&SHADER, "attention_combine", format.constants())?;
         let bytes = 4 * (s.n_heads * splits * (s.head_dim + 2) + n) as u64;
         let info = OpInfo::new("attention_combine", 3 * (s.n_heads * splits * s.head_dim) as u64, bytes).layer(layer);
         rec.dispatch(info, &pipe, &buffers, &p, grid(rec.ctx, (s.n_tokens * s.n_heads) as u32));
@@ -292,15 +334,18 @@ mod tests {
 
     /// Feeds the positions in calls of `chunks` tokens into a cache of `cache_len` positions (a
     /// ring when shorter than the sequence), attending after each write as generation does,
-    /// and compares every call's output with the reference over the whole sequence.
-    async fn run_chunks(ctx: &Context, n_heads: usize, n_kv_heads: usize, head_dim: usize, chunks: &[usize], cache_len: usize, o: AttnOpts) {
+    /// and compares every call's output with the reference over the whole sequence (with K
+    /// and V rounded to f16 for an f16 cache). Returns the largest difference from the f32
+    /// reference: what the cache's format costs.
+    async fn run_chunks_as(ctx: &Context, n_heads: usize, n_kv_heads: usize, head_dim: usize, chunks: &[usize], cache_len: usize, o: AttnOpts, format: KvFormat) -> f32 {
         let total: usize = chunks.iter().sum();
         let row = n_kv_heads * head_dim;
         let k_all = test_values(total * row, 51);
         let v_all = test_values(total * row, 52);
         let q_all: Vec<f32> = test_values(total * n_heads * head_dim, 53).iter().map(|x| x * 3.0).collect();
-        let kc = Tensor::zeros(ctx, "k cache", &[n_kv_heads * cache_len * head_dim]).unwrap();
-        let vc = Tensor::zeros(ctx, "v cache", &[n_kv_heads * cache_len * head_dim]).unwrap();
+        let words = format.words(n_kv_heads * cache_len * head_dim);
+        let kc = Tensor::zeros(ctx, "k cache", &[words]).unwrap();
+        let vc = Tensor::zeros(ctx, "v cache", &[words]).unwrap();
         let partials = Tensor::zeros(ctx, "partials", &[partials_len(n_heads, head_dim)]).unwrap();
         let heads_first = |x: &[f32]| -> Vec<f32> {
             let mut out = vec![0f32; x.len()];
@@ -312,8 +357,14 @@ mod tests {
             out
         };
         let (k_ref, v_ref) = (heads_first(&k_all), heads_first(&v_all));
+        let as_stored = |x: &[f32]| -> Vec<f32> {
+            use crate::weights::dtype::{f16_to_f32, f32_to_f16};
+            x.iter().map(|&v| if format == KvFormat::F16 { f16_to_f32(f32_to_f16(v)) } else { v }).collect()
+        };
+        let (k_stored, v_stored) = (as_stored(&k_ref), as_stored(&v_ref));
         let qrow = n_heads * head_dim;
         let mut pos0 = 0;
+        let mut cost = 0f32;
         for &count in chunks {
             let s = AttnShape { n_tokens: count, n_heads, n_kv_heads, head_dim, ctx_len: cache_len, pos0, slot: 0 };
             let kt = Tensor::upload_f32(ctx, "k", &[count, row], &k_all[pos0 * row..(pos0 + count) * row]).unwrap();
@@ -322,16 +373,43 @@ mod tests {
             let qt = Tensor::upload_f32(ctx, "q", &[count, qrow], q).unwrap();
             let out = Tensor::zeros(ctx, "out", &[count, qrow]).unwrap();
             let mut rec = Recorder::new(ctx, "test");
-            kv_write_with(&mut rec, &kt, &vt, &kc, &vc, s, &o, 0).unwrap();
-            attention_with(&mut rec, &qt, &kc, &vc, &out, &partials, s, &o, 0).unwrap();
+            kv_write_as(&mut rec, &kt, &vt, &kc, &vc, s, &o, format, 0).unwrap();
+            attention_as(&mut rec, &qt, &kc, &vc, &out, &partials, s, &o, format, 0).unwrap();
             rec.submit().unwrap();
             let got = ctx.read_f32_async(&out.buf, 0, count * qrow).await.unwrap();
-            let want = reference_with(q, &k_ref, &v_ref, s, total, &o);
+            let want = reference_with(q, &k_stored, &v_stored, s, total, &o);
             // As `run`: convex combinations of values in [-1, 1], f32 softmax over <= 1000 keys.
-            compare(&got, &want, 2e-5, 1e-4).unwrap_or_else(|e| panic!("heads {n_heads}/{n_kv_heads} d {head_dim} call at {pos0} of {count} cache {cache_len} {o:?}: {e}"));
+            compare(&got, &want, 2e-5, 1e-4).unwrap_or_else(|e| panic!("heads {n_heads}/{n_kv_heads} d {head_dim} call at {pos0} of {count} cache {cache_len} {o:?} {format:?}: {e}"));
+            let exact = reference_with(q, &k_ref, &v_ref, s, total, &o);
+            cost = got.iter().zip(&exact).fold(cost, |m, (g, w)| m.max((g - w).abs()));
             pos0 += count;
         }
+        cost
     }
+
+    async fn run_chunks(ctx: &Context, n_heads: usize, n_kv_heads: usize, head_dim: usize, chunks: &[usize], cache_len: usize, o: AttnOpts) {
+        run_chunks_as(ctx, n_heads, n_kv_heads, head_dim, chunks, cache_len, o, KvFormat::F32).await;
+    }
+
+    gpu_test!(fn f16_cache_matches_rounded_reference_and_costs_little(ctx) {
+        // Prefill and decode (split key ranges), a ring, head_dim 256 and 64, soft-capping.
+        let window = AttnOpts { window: Some(300), ..Default::default() };
+        let capped = AttnOpts { softcap: Some(50.0), scale: Some(0.5), ..Default::default() };
+        let mut cost = 0f32;
+        cost = cost.max(run_chunks_as(ctx, 4, 2, 16, &[34, 1, 1], 40, AttnOpts::default(), KvFormat::F16).await);
+        cost = cost.max(run_chunks_as(ctx, 2, 1, 256, &[100, 100, 100, 100, 1, 1], ring_len(300, 100), window, KvFormat::F16).await);
+        cost = cost.max(run_chunks_as(ctx, 3, 3, 64, &[9, 700, 1], 710, AttnOpts::default(), KvFormat::F16).await);
+        cost = cost.max(run_chunks_as(ctx, 2, 2, 8, &[1, 600, 1], 602, capped, KvFormat::F16).await);
+        // f16 keeps 11 bits: K and V in [-1, 1] move by up to 2^-12, scores (|q| <= 3) by up to
+        // d · 3 · 2^-12 · scale; measured on these shapes, the outputs move by at most `cost`.
+        eprintln!("f16 KV cache: largest attention output error {cost:.2e} (values in [-1, 1])");
+        assert!(cost > 0.0 && cost < 2e-3, "f16 cache costs {cost} (measured 3.9e-4)");
+        let mut rec = Recorder::new(ctx, "test");
+        let s = AttnShape { n_tokens: 1, n_heads: 1, n_kv_heads: 1, head_dim: 7, ctx_len: 4, pos0: 0, slot: 0 };
+        let t = Tensor::zeros(ctx, "t", &[28]).unwrap();
+        let err = kv_write_as(&mut rec, &t, &t, &t, &t, s, &AttnOpts::default(), KvFormat::F16, 0).unwrap_err().to_string();
+        assert!(err.contains("even head_dim"), "{err}");
+    });
 
     gpu_test!(fn sliding_window_over_a_ring_cache_matches_reference(ctx) {
         let o = AttnOpts { window: Some(7), ..Default::default() };

@@ -1,0 +1,287 @@
+//! Plans a session's GPU memory before allocating it: the KV cache (per layer: the whole context,
+//! or a ring of its window for sliding-window layers) and the activations, against a memory
+//! budget and the adapter's per-buffer limits. wgpu cannot tell how much memory an adapter has,
+//! so the budget is `QUILL_GPU_MEMORY` when set, else a conservative default per adapter type
+//! (`default_budget`). A context that does not fit is an error naming the bytes it needs and
+//! the largest one that fits; with no context asked for, the model's own is used, or the
+//! largest that fits when that is smaller.
+
+use crate::error::{Error, Result};
+use crate::gpu::Context;
+use crate::models::{LoadedModel, ModelConfig};
+use crate::ops::attention::{partials_len, ring_len};
+
+/// Environment variable overriding the memory budget: bytes, or a number with K, M or G
+/// (powers of 1024), e.g. `QUILL_GPU_MEMORY=12G`.
+pub const BUDGET_ENV: &str = "QUILL_GPU_MEMORY";
+
+const GIB: u64 = 1 << 30;
+
+/// The budget when `QUILL_GPU_MEMORY` is unset. CPU adapters (lavapipe) and integrated GPUs
+/// share the host's memory with everything else: 4 GiB. Discrete GPUs: 8 GiB. Anything else
+/// (virtual adapters, browsers, which report no type): 2 GiB.
+pub fn default_budget(device_type: wgpu::DeviceType) -> u64 {
+    match device_type {
+        wgpu::DeviceType::Cpu | wgpu::DeviceType::IntegratedGpu => 4 * GIB,
+        wgpu::DeviceType::DiscreteGpu => 8 * GIB,
+        _ => 2 * GIB,
+    }
+}
+
+/// GPU memory a session may use in all (weights included), and where that figure comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Budget {
+    pub bytes: u64,
+    pub source: String,
+}
+
+impl Budget {
+    /// `QUILL_GPU_MEMORY` when set (a malformed value is an error naming it), else the default
+    /// for the adapter's type.
+    pub fn for_adapter(device_type: wgpu::DeviceType, env: Option<&str>) -> Result<Budget> {
+        match env {
+            Some(v) => Ok(Budget { bytes: parse_bytes(v).ok_or_else(|| Error::arg(BUDGET_ENV, format!("'{v}' is not a byte count such as 6000000000, 512M or 12G")))?, source: BUDGET_ENV.to_string() }),
+            None => Ok(Budget { bytes: default_budget(device_type), source: format!("the default for a {device_type:?} adapter; set {BUDGET_ENV} to change it") }),
+        }
+    }
+
+    /// The budget of this context's adapter.
+    pub fn of(ctx: &Context) -> Result<Budget> {
+        Budget::for_adapter(ctx.info.device_type, std::env::var(BUDGET_ENV).ok().as_deref())
+    }
+}
+
+/// "123", "512M", "12G", "1.5G" (K/M/G are powers of 1024) as bytes.
+fn parse_bytes(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, unit) = match s.char_indices().last()? {
+        (i, c) if c.is_ascii_alphabetic() => (&s[..i], c.to_ascii_uppercase()),
+        _ => (s, 'B'),
+    };
+    let mult = match unit {
+        'B' => 1u64,
+        'K' => 1 << 10,
+        'M' => 1 << 20,
+        'G' => GIB,
+        _ => return None,
+    };
+    let v: f64 = num.trim().parse().ok()?;
+    (v.is_finite() && v > 0.0 && v * (mult as f64) < u64::MAX as f64).then(|| (v * mult as f64) as u64)
+}
+
+/// What a session's memory depends on, taken from the model's config.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SessionShape {
+    /// Per layer: Some(window) for a sliding-window layer (its cache is a ring), None for a
+    /// layer that sees the whole context.
+    pub windows: Vec<Option<usize>>,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    /// The model's own context.
+    pub max_ctx: usize,
+    /// Most tokens one forward pass takes.
+    pub max_batch: usize,
+    /// Widths of the per-token activation buffers and the vocabulary.
+    pub dim: usize,
+    pub n_heads: usize,
+    pub ffn_dim: usize,
+    pub vocab: usize,
+}
+
+impl SessionShape {
+    /// The shape of a session of `c` prefilling up to `max_batch` tokens per pass. Every layer
+    /// sees the whole context until the model's block description gives its window.
+    pub fn new(c: &ModelConfig, max_batch: usize) -> Self {
+        SessionShape {
+            windows: vec![None; c.n_layers],
+            n_kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+            max_ctx: c.max_ctx,
+            max_batch,
+            dim: c.dim,
+            n_heads: c.n_heads,
+            ffn_dim: c.ffn_dim,
+            vocab: c.vocab,
+        }
+    }
+
+    /// Positions layer `l`'s cache holds for a context of `ctx_len`: all of them, or for a
+    /// sliding-window layer a ring of its window plus one pass's tokens (`ring_len`).
+    pub fn layer_positions(&self, ctx_len: usize) -> Vec<usize> {
+        let batch = self.max_batch.min(ctx_len);
+        self.windows.iter().map(|w| w.map_or(ctx_len, |w| ring_len(w, batch).min(ctx_len))).collect()
+    }
+
+    /// Bytes of one layer's K (or V) cache holding `positions`.
+    fn cache_bytes(&self, positions: usize) -> u64 {
+        4 * (self.n_kv_heads * positions * self.head_dim) as u64
+    }
+
+    /// Bytes of the KV caches of every layer.
+    pub fn kv_bytes(&self, ctx_len: usize) -> u64 {
+        self.layer_positions(ctx_len).iter().map(|&p| 2 * self.cache_bytes(p)).sum()
+    }
+
+    /// The activation buffers (as `models::state::State` allocates them, plus room for a few
+    /// more per-token buffers architectures add) and the token ids.
+    pub fn activation_bytes(&self, ctx_len: usize) -> u64 {
+        let b = self.max_batch.min(ctx_len) as u64;
+        let (q, kv) = ((self.n_heads * self.head_dim) as u64, (self.n_kv_heads * self.head_dim) as u64);
+        let per_token = 3 * self.dim as u64 + 4 * q + 4 * kv + 2 * self.ffn_dim as u64 + self.vocab as u64;
+        let fixed = self.dim as u64 + partials_len(self.n_heads, self.head_dim) as u64 + self.vocab as u64;
+        4 * (b * per_token + fixed + ctx_len as u64)
+    }
+
+    /// Bytes of the session's largest single buffer (each must fit one binding).
+    fn largest_buffer(&self, ctx_len: usize) -> u64 {
+        let b = self.max_batch.min(ctx_len) as u64;
+        let cache = self.layer_positions(ctx_len).iter().map(|&p| self.cache_bytes(p)).max().unwrap_or(0);
+        cache.max(4 * b * self.vocab.max(self.ffn_dim) as u64)
+    }
+}
+
+/// A context length that fits, with its memory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub ctx_len: usize,
+    /// Positions each layer's cache holds.
+    pub layer_positions: Vec<usize>,
+    pub kv_bytes: u64,
+    pub activation_bytes: u64,
+}
+
+/// The context to allocate: `requested` if it fits, else an error naming its bytes and the
+/// largest that fits; None takes the model's context or the largest that fits, the smaller.
+/// `available`: bytes of the budget not yet used (the weights are loaded); `binding_limit`: the
+/// most bytes one buffer may hold.
+pub fn plan(shape: &SessionShape, requested: Option<usize>, available: u64, binding_limit: u64, budget: &Budget) -> Result<Plan> {
+    let fits = |n: usize| shape.kv_bytes(n) + shape.activation_bytes(n) <= available && shape.largest_buffer(n) <= binding_limit;
+    // Memory grows with the context, so the contexts that fit are 1..=largest.
+    let (mut lo, mut hi) = (0usize, shape.max_ctx);
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        if fits(mid) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    let largest = lo;
+    let ctx_len = match requested {
+        Some(0) => return Err(Error::arg("--ctx", "must be at least 1")),
+        Some(n) if n > shape.max_ctx => return Err(Error::arg("--ctx", format!("{n} is more than the model's context of {}", shape.max_ctx))),
+        Some(n) if !fits(n) => return Err(Error::arg("--ctx", too_big(shape, n, largest, available, binding_limit, budget))),
+        Some(n) => n,
+        None if largest == 0 => return Err(Error::arg("--ctx", too_big(shape, 1, 0, available, binding_limit, budget))),
+        None => largest,
+    };
+    Ok(Plan { ctx_len, layer_positions: shape.layer_positions(ctx_len), kv_bytes: shape.kv_bytes(ctx_len), activation_bytes: shape.activation_bytes(ctx_len) })
+}
+
+fn too_big(shape: &SessionShape, n: usize, largest: usize, available: u64, binding_limit: u64, budget: &Budget) -> String {
+    let mb = |b: u64| b as f64 / 1e6;
+    let (kv, act) = (shape.kv_bytes(n), shape.activation_bytes(n));
+    let fit = if largest == 0 { "no context fits".to_string() } else { format!("the largest --ctx that fits is {largest}") };
+    let buffer = shape.largest_buffer(n);
+    if buffer > binding_limit {
+        return format!("{n} positions need a buffer of {buffer} bytes ({:.1} MB), above the adapter's limit of {binding_limit} bytes per buffer; {fit}", mb(buffer));
+    }
+    format!(
+        "{n} positions need {} bytes ({:.1} MB: KV cache {:.1} MB + activations {:.1} MB) but {available} bytes ({:.1} MB) of the GPU memory budget of {:.1} MB ({}) are left after the weights; {fit}",
+        kv + act,
+        mb(kv + act),
+        mb(kv),
+        mb(act),
+        mb(available),
+        mb(budget.bytes),
+        budget.source
+    )
+}
+
+/// Plans one session of `model` on `ctx`'s adapter, prefilling up to `max_batch` tokens per
+/// pass; the model's weights count against the budget (other sessions alive at the same time
+/// do not: the budget is per session).
+pub fn plan_session(ctx: &Context, model: &LoadedModel, requested: Option<usize>, max_batch: usize) -> Result<Plan> {
+    let budget = Budget::of(ctx)?;
+    let available = budget.bytes.saturating_sub(model.model.weight_bytes());
+    plan(&SessionShape::new(model.config(), max_batch), requested, available, ctx.binding_limit(), &budget)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SmolLM2-135M's shape: 30 layers, 3 KV heads of 64, context 8192.
+    fn smollm2() -> SessionShape {
+        SessionShape { windows: vec![None; 30], n_kv_heads: 3, head_dim: 64, max_ctx: 8192, max_batch: 128, dim: 576, n_heads: 9, ffn_dim: 1536, vocab: 49152 }
+    }
+    fn budget() -> Budget {
+        Budget { bytes: 4 * GIB, source: "test".into() }
+    }
+
+    #[test]
+    fn the_model_context_when_it_fits() {
+        let p = plan(&smollm2(), None, 4 * GIB, 128 << 20, &budget()).unwrap();
+        assert_eq!(p.ctx_len, 8192);
+        // 2 (K, V) · 30 layers · 3 heads · 8192 positions · 64 · 4 bytes.
+        assert_eq!(p.kv_bytes, 2 * 30 * 3 * 8192 * 64 * 4);
+        assert_eq!(plan(&smollm2(), Some(6000), 4 * GIB, 128 << 20, &budget()).unwrap().ctx_len, 6000);
+    }
+
+    #[test]
+    fn the_largest_that_fits_when_the_model_context_does_not() {
+        let s = smollm2();
+        let available = s.kv_bytes(3000) + s.activation_bytes(3000) + 1000;
+        let p = plan(&s, None, available, 128 << 20, &budget()).unwrap();
+        assert!(p.ctx_len >= 3000 && p.kv_bytes + p.activation_bytes <= available, "{p:?}");
+        assert!(s.kv_bytes(p.ctx_len + 1) + s.activation_bytes(p.ctx_len + 1) > available);
+        // Asking for more names the bytes needed and the largest that fits.
+        let err = plan(&s, Some(6000), available, 128 << 20, &budget()).unwrap_err().to_string();
+        let need = s.kv_bytes(6000) + s.activation_bytes(6000);
+        assert!(err.contains(&format!("6000 positions need {need} bytes")) && err.contains(&format!("largest --ctx that fits is {}", p.ctx_len)), "{err}");
+        assert!(err.contains("--ctx"), "{err}");
+    }
+
+    #[test]
+    fn a_cache_above_the_binding_limit_is_refused() {
+        // One layer's K cache at 8192 positions is 6.3 MB; a 4 MiB binding limit holds 5461
+        // (with a small vocabulary, so that the logits fit it).
+        let s = SessionShape { vocab: 1000, ..smollm2() };
+        let err = plan(&s, Some(8192), 4 * GIB, 4 << 20, &budget()).unwrap_err().to_string();
+        assert!(err.contains("limit of 4194304 bytes per buffer") && err.contains("largest --ctx that fits is 5461"), "{err}");
+        assert_eq!(plan(&s, None, 4 * GIB, 4 << 20, &budget()).unwrap().ctx_len, 5461);
+    }
+
+    #[test]
+    fn sliding_window_layers_keep_only_their_window() {
+        // Gemma 3 270M: 18 layers, 5 of every 6 with a window of 512, 1 KV head of 256.
+        let windows = (0..18).map(|l| if l % 6 == 5 { None } else { Some(512) }).collect();
+        let s = SessionShape { windows, n_kv_heads: 1, head_dim: 256, max_ctx: 32768, max_batch: 128, dim: 640, n_heads: 4, ffn_dim: 2048, vocab: 262144 };
+        let p = plan(&s, Some(32768), 4 * GIB, 128 << 20, &budget()).unwrap();
+        let ring = ring_len(512, 128);
+        assert_eq!(p.layer_positions.iter().filter(|&&n| n == ring).count(), 15);
+        assert_eq!(p.layer_positions.iter().filter(|&&n| n == 32768).count(), 3);
+        // Growing the context grows only the 3 global layers' caches.
+        assert_eq!(s.kv_bytes(32768) - s.kv_bytes(16384), 3 * 2 * 16384 * 256 * 4);
+        // A context shorter than the ring keeps just the context.
+        assert!(s.layer_positions(100).iter().all(|&n| n == 100));
+    }
+
+    #[test]
+    fn bad_requests_and_budgets_are_errors() {
+        let s = smollm2();
+        assert!(plan(&s, Some(0), 4 * GIB, 128 << 20, &budget()).unwrap_err().to_string().contains("at least 1"));
+        assert!(plan(&s, Some(9000), 4 * GIB, 128 << 20, &budget()).unwrap_err().to_string().contains("model's context of 8192"));
+        assert!(plan(&s, None, 1000, 128 << 20, &budget()).unwrap_err().to_string().contains("no context fits"));
+        assert_eq!(parse_bytes("12G"), Some(12 * GIB));
+        assert_eq!(parse_bytes("512m"), Some(512 << 20));
+        assert_eq!(parse_bytes("1.5K"), Some(1536));
+        assert_eq!(parse_bytes("6000000000"), Some(6_000_000_000));
+        for bad in ["", "G", "-1G", "12X", "nan", "1e30G"] {
+            assert_eq!(parse_bytes(bad), None, "{bad}");
+        }
+        let err = Budget::for_adapter(wgpu::DeviceType::Cpu, Some("lots")).unwrap_err().to_string();
+        assert!(err.contains(BUDGET_ENV) && err.contains("'lots'"), "{err}");
+        assert_eq!(Budget::for_adapter(wgpu::DeviceType::Cpu, None).unwrap().bytes, 4 * GIB);
+    }
+}
