@@ -250,12 +250,18 @@ impl Decoder {
                 activation::swiglu(rec, &st.up, &st.gate, n * c.ffn_dim, i)?;
                 &st.gate
             }
+            (MlpIn::Glu(GateUp::Split(w_gate, w_up)), Mlp::GeGlu) => {
+                linear(rec, "gate_proj", Some(i), &st.xn, w_gate, None, &st.gate, n, Store::Write)?;
+                linear(rec, "up_proj", Some(i), &st.xn, w_up, None, &st.up, n, Store::Write)?;
+                activation::geglu(rec, &st.up, &st.gate, n * c.ffn_dim, i)?;
+                &st.gate
+            }
             (MlpIn::Up(w_up, b_up), Mlp::Gelu(kind)) => {
                 linear(rec, "up_proj", Some(i), &st.xn, w_up, Some(b_up), &st.up, n, Store::Write)?;
                 activation::gelu(rec, &st.up, n * c.ffn_dim, kind, i)?;
                 &st.up
             }
-            (_, mlp) => return Err(Error::Unsupported(format!("{}: {mlp:?} with these MLP weights (a GeGLU needs gate and up fused: same storage type, width a multiple of 32)", c.arch.name()))),
+            (_, mlp) => return Err(Error::Unsupported(format!("{}: a {mlp:?} MLP with the weights of another kind", c.arch.name()))),
         };
         self.project_into_residual(rec, "down_proj", i, st, hidden, &l.w_down, l.b_down.as_ref(), l.post_ffn_norm.as_ref(), n)
     }
