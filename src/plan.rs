@@ -89,11 +89,11 @@ pub struct SessionShape {
 }
 
 impl SessionShape {
-    /// The shape of a session of `c` prefilling up to `max_batch` tokens per pass. Every layer
-    /// sees the whole context until the model's block description gives its window.
+    /// The shape of a session of `c` prefilling up to `max_batch` tokens per pass, with each
+    /// layer's window from the model's block description.
     pub fn new(c: &ModelConfig, max_batch: usize) -> Self {
         SessionShape {
-            windows: vec![None; c.n_layers],
+            windows: (0..c.n_layers).map(|i| c.attention(i).window).collect(),
             n_kv_heads: c.n_kv_heads,
             head_dim: c.head_dim,
             max_ctx: c.max_ctx,

@@ -63,6 +63,36 @@ fn perplexity_xglm_tiny() {
 }
 
 #[test]
+fn perplexity_qwen3_tiny() {
+    check("qwen3-tiny", &fixture("qwen3-tiny"), true);
+}
+
+#[test]
+fn perplexity_llama3_tiny() {
+    check("llama3-tiny", &fixture("llama3-tiny"), true);
+}
+
+#[test]
+fn perplexity_mistral_tiny() {
+    check("mistral-tiny", &fixture("mistral-tiny"), true);
+}
+
+#[test]
+fn perplexity_phi3_tiny() {
+    check("phi3-tiny", &fixture("phi3-tiny"), true);
+}
+
+#[test]
+fn perplexity_gemma2_tiny() {
+    check("gemma2-tiny", &fixture("gemma2-tiny"), true);
+}
+
+#[test]
+fn perplexity_gemma3_tiny() {
+    check("gemma3-tiny", &fixture("gemma3-tiny"), true);
+}
+
+#[test]
 fn perplexity_smollm2() {
     if let Some(path) = smollm2_path() {
         // The CLI only: loading and running the 135M model on a software GPU takes a while.

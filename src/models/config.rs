@@ -1,4 +1,6 @@
-//! Model configuration, read from GGUF metadata or a Hugging Face `config.json`.
+//! A model's configuration: its sizes, and a typed description of its blocks that the one
+//! forward pass (`decoder.rs`) reads. Each architecture's file fills it in from its
+//! `config.json` or GGUF metadata; `registry.rs` picks the architecture.
 
 use serde::Deserialize;
 
@@ -6,37 +8,67 @@ use crate::error::{Error, Result};
 use crate::ops::activation::Gelu;
 use crate::ops::posenc::SinusoidalLayout;
 use crate::ops::rope::RopeStyle;
-use crate::weights::gguf::Gguf;
-
-/// Architectures quill runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Arch {
-    /// Llama family: Llama 2/3, SmolLM2, TinyLlama (RMSNorm, RoPE, SwiGLU, GQA).
-    Llama,
-    /// Qwen2: Llama plus Q/K/V biases.
-    Qwen2,
-    /// GPT-2: learned positions, LayerNorm, tanh GELU, biases everywhere.
-    Gpt2,
-    /// XGLM: sinusoidal positions, pre-LayerNorm, exact GELU, biases everywhere.
-    Xglm,
-}
 
 /// How token positions enter the model.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Positions {
-    /// Rotary, on Q and K (`rope_theta`, `rope_style`).
+    /// Rotary, on Q and K, in every layer's attention (`Attention::rope`).
     Rope,
     /// A learned table of `max_ctx` rows added to the embeddings (GPT-2's `wpe`).
     Learned,
-    /// The fixed sin/cos code of position + `offset` added to the embeddings, which are first
-    /// multiplied by `embed_scale` (√dim when a model scales its embeddings, else 1).
-    Sinusoidal { offset: usize, layout: SinusoidalLayout, embed_scale: f32 },
+    /// The fixed sin/cos code of position + `offset` added to the embeddings (after they are
+    /// multiplied by the config's `embed_scale`).
+    Sinusoidal { offset: usize, layout: SinusoidalLayout },
+}
+
+/// How RoPE's frequencies are rescaled for contexts longer than the training one.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RopeScaling {
+    None,
+    /// Positions divided by `factor`.
+    Linear { factor: f32 },
+    /// NTK-aware: the base grows with the sequence length beyond `original_ctx`.
+    Dynamic { factor: f32, original_ctx: usize },
+    /// Llama 3.1's per-frequency scaling.
+    Llama3 { factor: f32, low_freq_factor: f32, high_freq_factor: f32, original_ctx: usize },
+    /// Frequencies divided by the GGUF tensor `rope_freqs.weight` (llama.cpp's form of Llama 3).
+    FreqFactors,
+}
+
+/// Rotary positions of one layer's attention.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rope {
+    pub theta: f32,
+    /// How Q/K rows pair up: GGUF llama weights are permuted for adjacent pairs.
+    pub style: RopeStyle,
+    pub scaling: RopeScaling,
+    /// Leading dims of each head that rotate (head_dim unless the rotary is partial).
+    pub n_rot: usize,
+}
+
+/// One layer's attention.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Attention {
+    /// None when positions are absolute (added to the embeddings).
+    pub rope: Option<Rope>,
+    /// RMSNorm over each head of Q and K before RoPE (Qwen3, Gemma 3).
+    pub qk_norm: bool,
+    /// A query at position p sees keys in (p - window, p].
+    pub window: Option<usize>,
+    /// Logits scale; None: head_dim^-0.5.
+    pub scale: Option<f32>,
+    /// Logits become cap·tanh(s / cap) before the softmax (Gemma 2).
+    pub softcap: Option<f32>,
+    pub qkv_bias: bool,
+    /// The attention output projection has a bias.
+    pub o_bias: bool,
 }
 
 /// The normalization of every block and of the final hidden state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Norm {
-    /// x / rms(x) · w
+    /// x / rms(x) · w. Gemma's `(1 + w)` is this with 1 added to w at load (as the GGUF
+    /// converter stores it), so the kernels see one form.
     Rms,
     /// (x - mean) / std · w + b
     Layer,
@@ -47,23 +79,45 @@ pub enum Norm {
 pub enum Mlp {
     /// down(silu(gate(x)) · up(x)), no biases.
     SwiGlu,
+    /// down(gelu_tanh(gate(x)) · up(x)), no biases (Gemma).
+    GeGlu,
     /// fc2(gelu(fc1(x))), with biases.
     Gelu(Gelu),
 }
 
+/// What every block is made of.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Block {
+    pub norm: Norm,
+    /// The attention of every layer, except those `LocalLayers` names.
+    pub attention: Attention,
+    pub mlp: Mlp,
+    /// Norms after attention and after the MLP too, before their residual adds (Gemma).
+    pub post_norms: bool,
+}
+
+/// Layers whose attention differs from the block's: sliding-window layers with their own RoPE
+/// base (Gemma 2 and 3).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LocalLayers {
+    pub attention: Attention,
+    /// `is_local[i]`: layer i uses `attention`.
+    pub is_local: Vec<bool>,
+}
+
+/// An architecture's name (`Architecture::name`), as a config carries it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Arch(pub &'static str);
+
 impl Arch {
     pub fn name(self) -> &'static str {
-        match self {
-            Arch::Llama => "llama",
-            Arch::Qwen2 => "qwen2",
-            Arch::Gpt2 => "gpt2",
-            Arch::Xglm => "xglm",
-        }
+        self.0
     }
 }
 
 #[derive(Clone, Debug)]
 pub struct ModelConfig {
+    /// The architecture that read this config.
     pub arch: Arch,
     /// Model width (hidden size).
     pub dim: usize,
@@ -77,20 +131,57 @@ pub struct ModelConfig {
     /// Longest context the model was trained for.
     pub max_ctx: usize,
     pub norm_eps: f32,
-    pub rope_theta: f32,
-    /// How Q/K rows pair up for RoPE: GGUF llama weights are permuted for adjacent pairs.
-    pub rope_style: RopeStyle,
     /// The LM head is the embedding matrix.
     pub tied_embeddings: bool,
-    pub qkv_bias: bool,
-    /// The attention output projection has a bias (Hugging Face llama with attention_bias).
-    pub o_bias: bool,
     pub positions: Positions,
-    pub norm: Norm,
-    pub mlp: Mlp,
+    /// Token embeddings are multiplied by this (√dim for Gemma and XGLM, else 1).
+    pub embed_scale: f32,
+    /// Final logits become cap·tanh(l / cap) (Gemma 2).
+    pub final_softcap: Option<f32>,
+    pub block: Block,
+    pub local: Option<LocalLayers>,
 }
 
 impl ModelConfig {
+    /// A config of `arch` with the fields every architecture sets and a Llama-like block
+    /// (RMSNorm, SwiGLU, default RoPE of base `theta` over whole heads, no biases).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(arch: Arch, dim: usize, n_layers: usize, n_heads: usize, n_kv_heads: usize, head_dim: usize, ffn_dim: usize, vocab: usize, max_ctx: usize, norm_eps: f32) -> Self {
+        let rope = Rope { theta: 10000.0, style: RopeStyle::Neox, scaling: RopeScaling::None, n_rot: head_dim };
+        let attention = Attention { rope: Some(rope), qk_norm: false, window: None, scale: None, softcap: None, qkv_bias: false, o_bias: false };
+        ModelConfig {
+            arch,
+            dim,
+            n_layers,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            ffn_dim,
+            vocab,
+            max_ctx,
+            norm_eps,
+            tied_embeddings: false,
+            positions: Positions::Rope,
+            embed_scale: 1.0,
+            final_softcap: None,
+            block: Block { norm: Norm::Rms, attention, mlp: Mlp::SwiGlu, post_norms: false },
+            local: None,
+        }
+    }
+
+    /// The attention of layer `i`.
+    pub fn attention(&self, i: usize) -> &Attention {
+        match &self.local {
+            Some(l) if l.is_local.get(i) == Some(&true) => &l.attention,
+            _ => &self.block.attention,
+        }
+    }
+
+    /// Every layer's attention (with its RoPE), for checks.
+    fn attentions(&self) -> impl Iterator<Item = &Attention> {
+        std::iter::once(&self.block.attention).chain(self.local.as_ref().map(|l| &l.attention))
+    }
+
     pub(crate) fn check(self, file: &str) -> Result<Self> {
         let bad = |msg: String| Err(Error::format(file, msg));
         if self.dim == 0 || self.n_layers == 0 || self.n_heads == 0 || self.vocab == 0 || self.ffn_dim == 0 {
@@ -117,8 +208,27 @@ impl ModelConfig {
         if self.head_dim == 0 || self.head_dim % 2 != 0 || self.head_dim > crate::ops::attention::MAX_HEAD_DIM {
             return bad(format!("head dim {} must be even and at most {}", self.head_dim, crate::ops::attention::MAX_HEAD_DIM));
         }
-        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) || !(self.norm_eps.is_finite() && self.norm_eps >= 0.0) {
-            return bad(format!("rope theta {} and norm eps {} must be positive numbers", self.rope_theta, self.norm_eps));
+        if !(self.norm_eps.is_finite() && self.norm_eps >= 0.0) || !(self.embed_scale.is_finite() && self.embed_scale > 0.0) {
+            return bad(format!("norm eps {} and embedding scale {} must be positive numbers", self.norm_eps, self.embed_scale));
+        }
+        for a in self.attentions() {
+            if let Some(r) = a.rope {
+                if !(r.theta.is_finite() && r.theta > 0.0) {
+                    return bad(format!("rope theta {} must be a positive number", r.theta));
+                }
+                if r.n_rot == 0 || r.n_rot % 2 != 0 || r.n_rot > self.head_dim {
+                    return bad(format!("rope dimension count {} must be even and at most the head dim {}", r.n_rot, self.head_dim));
+                }
+            }
+            let positive = |v: Option<f32>| v.is_none_or(|v| v.is_finite() && v > 0.0);
+            if a.window == Some(0) || !positive(a.scale) || !positive(a.softcap) {
+                return bad(format!("attention window {:?}, scale {:?} and soft-cap {:?} must be positive", a.window, a.scale, a.softcap));
+            }
+        }
+        if let Some(l) = &self.local {
+            if l.is_local.len() != self.n_layers {
+                return bad(format!("{} layer types for {} layers", l.is_local.len(), self.n_layers));
+            }
         }
         if self.max_ctx == 0 {
             return bad("context length 0".into());
@@ -134,147 +244,62 @@ impl ModelConfig {
         Ok(self)
     }
 
-    /// From GGUF metadata (`general.architecture` = llama or qwen2).
-    pub fn from_gguf(g: &Gguf) -> Result<Self> {
-        match g.str("general.architecture")? {
-            "llama" => Self::llama_family_gguf(g, "llama")?.check(&g.file),
-            "qwen2" => super::qwen2::gguf_config(g),
-            other => Err(Error::Unsupported(format!("{}: architecture '{other}' (quill runs llama and qwen2 GGUF files)", g.file))),
-        }
-    }
-
-    /// The `{arch_name}.…` keys that llama.cpp writes alike for the Llama family (llama, qwen2),
-    /// read as a Llama config; not yet checked, so that an architecture can adjust it first.
-    pub(super) fn llama_family_gguf(g: &Gguf, arch_name: &str) -> Result<Self> {
-        let key = |k: &str| format!("{arch_name}.{k}");
-        let dim = g.usize(&key("embedding_length"))?;
-        let n_heads = g.usize(&key("attention.head_count"))?;
-        let n_kv_heads = match g.get(&key("attention.head_count_kv")) {
-            Some(_) => g.usize(&key("attention.head_count_kv"))?,
-            None => n_heads,
-        };
-        let head_dim = match g.get(&key("attention.key_length")) {
-            Some(_) => g.usize(&key("attention.key_length"))?,
-            None => dim / n_heads.max(1),
-        };
-        let vocab = g
-            .tensors
-            .iter()
-            .find(|t| t.name == "token_embd.weight")
-            .map(|t| t.shape[0])
-            .ok_or_else(|| Error::tensor(&g.file, "token_embd.weight", "missing"))?;
-        let rope_theta = match g.get(&key("rope.freq_base")) {
-            Some(_) => g.f64(&key("rope.freq_base"))? as f32,
-            None => 10000.0,
-        };
-        if g.tensors.iter().any(|t| t.name == "rope_freqs.weight") {
-            return Err(Error::Unsupported(format!("{}: per-frequency RoPE scaling (rope_freqs.weight, Llama 3.1+)", g.file)));
-        }
-        if g.get(&key("rope.scaling.type")).and_then(|v| v.as_str()).is_some_and(|t| t != "none") {
-            return Err(Error::Unsupported(format!("{}: RoPE scaling '{}'", g.file, g.str(&key("rope.scaling.type"))?)));
-        }
-        Ok(ModelConfig {
-            arch: Arch::Llama,
-            dim,
-            n_layers: g.usize(&key("block_count"))?,
-            n_heads,
-            n_kv_heads,
-            head_dim,
-            ffn_dim: g.usize(&key("feed_forward_length"))?,
-            vocab,
-            max_ctx: g.usize(&key("context_length"))?,
-            norm_eps: g.f64(&key("attention.layer_norm_rms_epsilon"))? as f32,
-            rope_theta,
-            // llama.cpp's converter permutes llama's Q/K rows so that adjacent pairs rotate together.
-            rope_style: RopeStyle::Adjacent,
-            tied_embeddings: !g.tensors.iter().any(|t| t.name == "output.weight"),
-            qkv_bias: false,
-            o_bias: false,
-            positions: Positions::Rope,
-            norm: Norm::Rms,
-            mlp: Mlp::SwiGlu,
-        })
-    }
-
-    /// From a Hugging Face `config.json`, by its `model_type`.
-    pub fn from_hf_json(bytes: &[u8], file: &str) -> Result<Self> {
-        #[derive(Deserialize)]
-        struct ModelType {
-            model_type: String,
-        }
-        let t: ModelType = parse_json(bytes, file)?;
-        match t.model_type.as_str() {
-            "llama" => Self::from_llama_json(bytes, file),
-            "qwen2" => super::qwen2::config(bytes, file),
-            "gpt2" => super::gpt2::config(bytes, file),
-            "xglm" => super::xglm::config(bytes, file),
-            other => Err(Error::Unsupported(format!("{file}: model_type '{other}' (quill runs llama, qwen2, gpt2 and xglm)"))),
-        }
-    }
-
-    /// From the `config.json` of a llama model.
-    fn from_llama_json(bytes: &[u8], file: &str) -> Result<Self> {
-        let c: HfConfig = parse_json(bytes, file)?;
-        let need = |v: Option<usize>, name: &str| v.ok_or_else(|| Error::format(file, format!("field '{name}' is missing")));
-        let dim = need(c.hidden_size, "hidden_size")?;
-        let n_heads = need(c.num_attention_heads, "num_attention_heads")?;
-        let rope_theta = HfRope::theta(c.rope_theta, c.rope_parameters.as_ref(), c.rope_scaling.as_ref(), file)?;
-        if c.mlp_bias.unwrap_or(false) {
-            return Err(Error::Unsupported(format!("{file}: mlp_bias = true")));
-        }
-        ModelConfig {
-            arch: Arch::Llama,
-            dim,
-            n_layers: need(c.num_hidden_layers, "num_hidden_layers")?,
-            n_heads,
-            n_kv_heads: c.num_key_value_heads.unwrap_or(n_heads),
-            head_dim: c.head_dim.unwrap_or(dim / n_heads.max(1)),
-            ffn_dim: need(c.intermediate_size, "intermediate_size")?,
-            vocab: need(c.vocab_size, "vocab_size")?,
-            max_ctx: need(c.max_position_embeddings, "max_position_embeddings")?,
-            norm_eps: c.rms_norm_eps.unwrap_or(1e-6) as f32,
-            rope_theta,
-            rope_style: RopeStyle::Neox,
-            tied_embeddings: c.tie_word_embeddings.unwrap_or(false),
-            // attention_bias covers Q, K, V and the output projection.
-            qkv_bias: c.attention_bias.unwrap_or(false),
-            o_bias: c.attention_bias.unwrap_or(false),
-            positions: Positions::Rope,
-            norm: Norm::Rms,
-            mlp: Mlp::SwiGlu,
-        }
-        .check(file)
-    }
-
     /// "positions: … norm: … mlp: …", for `quill info`.
     pub fn describe_blocks(&self) -> String {
-        let positions = match self.positions {
-            Positions::Rope => {
-                let pairs = if self.rope_style == RopeStyle::Neox { "rotate-half" } else { "adjacent pairs" };
-                format!("RoPE (theta {}, {pairs})", self.rope_theta)
-            }
-            Positions::Learned => format!("learned ({} rows)", self.max_ctx),
-            Positions::Sinusoidal { offset, layout, embed_scale } => format!("sinusoidal ({layout:?}, offset {offset}, embedding scale {embed_scale})"),
+        let describe_rope = |r: &Rope| {
+            let pairs = if r.style == RopeStyle::Neox { "rotate-half" } else { "adjacent pairs" };
+            let scaling = if r.scaling == RopeScaling::None { String::new() } else { format!(", {:?}", r.scaling) };
+            format!("RoPE (theta {}, {pairs}{scaling})", r.theta)
         };
-        let norm = match self.norm {
+        let positions = match self.positions {
+            Positions::Rope => self.block.attention.rope.as_ref().map(describe_rope).unwrap_or_default(),
+            Positions::Learned => format!("learned ({} rows)", self.max_ctx),
+            Positions::Sinusoidal { offset, layout } => format!("sinusoidal ({layout:?}, offset {offset}, embedding scale {})", self.embed_scale),
+        };
+        let norm = match self.block.norm {
             Norm::Rms => "RMSNorm",
             Norm::Layer => "LayerNorm",
         };
-        let mlp = match self.mlp {
+        let mlp = match self.block.mlp {
             Mlp::SwiGlu => "SwiGLU".to_string(),
+            Mlp::GeGlu => "GeGLU (tanh)".to_string(),
             Mlp::Gelu(g) => format!("GELU ({g:?})"),
         };
-        format!("positions: {positions}  norm: {norm} (eps {})  mlp: {mlp}", self.norm_eps)
+        let mut s = format!("positions: {positions}  norm: {norm} (eps {})  mlp: {mlp}", self.norm_eps);
+        let a = &self.block.attention;
+        let extras = [
+            a.qk_norm.then(|| "Q/K norm".to_string()),
+            a.window.map(|w| format!("window {w}")),
+            a.scale.map(|v| format!("scale {v}")),
+            a.softcap.map(|v| format!("soft-cap {v}")),
+            self.block.post_norms.then(|| "post-norms".to_string()),
+            (self.embed_scale != 1.0).then(|| format!("embedding scale {}", self.embed_scale)),
+            self.final_softcap.map(|v| format!("final soft-cap {v}")),
+        ];
+        let extras: Vec<String> = extras.into_iter().flatten().collect();
+        if !extras.is_empty() {
+            s += &format!("  attention: {}", extras.join(", "));
+        }
+        if let Some(l) = &self.local {
+            let n = l.is_local.iter().filter(|&&b| b).count();
+            let rope = l.attention.rope.as_ref().map(describe_rope).unwrap_or_default();
+            let window = l.attention.window.map_or("none".to_string(), |w| w.to_string());
+            s += &format!("  local layers: {n} of {} (window {window}, {rope})", self.n_layers);
+        }
+        s
     }
 
     /// Bytes of f32 weights.
     pub fn weight_bytes(&self) -> u64 {
         let (d, f, v) = (self.dim as u64, self.ffn_dim as u64, self.vocab as u64);
         let (hq, hkv) = ((self.n_heads * self.head_dim) as u64, (self.n_kv_heads * self.head_dim) as u64);
-        let norm = if self.norm == Norm::Layer { 2 * d } else { d };
-        let attn = d * hq + 2 * d * hkv + hq * d + if self.qkv_bias { hq + 2 * hkv } else { 0 } + if self.o_bias { d } else { 0 };
-        let mlp = match self.mlp {
-            Mlp::SwiGlu => 3 * d * f,
+        let b = &self.block;
+        let norm = if b.norm == Norm::Layer { 2 * d } else { d } * if b.post_norms { 2 } else { 1 };
+        let a = &b.attention;
+        let qk_norm = if a.qk_norm { 2 * self.head_dim as u64 } else { 0 };
+        let attn = d * hq + 2 * d * hkv + hq * d + qk_norm + if a.qkv_bias { hq + 2 * hkv } else { 0 } + if a.o_bias { d } else { 0 };
+        let mlp = match b.mlp {
+            Mlp::SwiGlu | Mlp::GeGlu => 3 * d * f,
             Mlp::Gelu(_) => 2 * d * f + f + d,
         };
         let head = if self.tied_embeddings { 0 } else { v * d };
@@ -310,89 +335,7 @@ fn field_at(bytes: &[u8], line: usize, column: usize) -> Option<String> {
     Some(key_end[key_start + 1..].to_string())
 }
 
-/// `rope_parameters` (transformers 5) or `rope_scaling` (4.x) of a Hugging Face config.
-#[derive(Deserialize)]
-pub(super) struct HfRope {
-    rope_theta: Option<f64>,
-    rope_type: Option<String>,
-    #[serde(rename = "type")]
-    kind: Option<String>,
-}
-
-impl HfRope {
-    /// The RoPE base from a config's top-level `rope_theta` or its RoPE parameters (default
-    /// 10000), refusing any RoPE type but the default.
-    pub(super) fn theta(top_level: Option<f64>, parameters: Option<&HfRope>, scaling: Option<&HfRope>, file: &str) -> Result<f32> {
-        let rope = parameters.or(scaling);
-        if let Some(kind) = rope.and_then(|r| r.rope_type.as_deref().or(r.kind.as_deref())) {
-            if kind != "default" {
-                return Err(Error::Unsupported(format!("{file}: rope_type '{kind}' (only the default RoPE is implemented)")));
-            }
-        }
-        Ok(top_level.or(rope.and_then(|r| r.rope_theta)).unwrap_or(10000.0) as f32)
-    }
-}
-
-#[derive(Deserialize)]
-struct HfConfig {
-    hidden_size: Option<usize>,
-    num_hidden_layers: Option<usize>,
-    num_attention_heads: Option<usize>,
-    num_key_value_heads: Option<usize>,
-    head_dim: Option<usize>,
-    intermediate_size: Option<usize>,
-    vocab_size: Option<usize>,
-    max_position_embeddings: Option<usize>,
-    rms_norm_eps: Option<f64>,
-    rope_theta: Option<f64>,
-    rope_parameters: Option<HfRope>,
-    rope_scaling: Option<HfRope>,
-    tie_word_embeddings: Option<bool>,
-    attention_bias: Option<bool>,
-    mlp_bias: Option<bool>,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const TINY: &str = r#"{"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-        "num_key_value_heads": 2, "intermediate_size": 128, "vocab_size": 1000, "max_position_embeddings": 256,
-        "rms_norm_eps": 1e-5, "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"}}"#;
-
-    fn with(field: &str, value: &str) -> String {
-        let mut v: serde_json::Value = serde_json::from_str(TINY).unwrap();
-        v[field] = serde_json::from_str(value).unwrap();
-        v.to_string()
-    }
-
-    #[test]
-    fn reads_a_llama_config() {
-        let c = ModelConfig::from_hf_json(TINY.as_bytes(), "config.json").unwrap();
-        assert_eq!((c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.vocab), (64, 2, 4, 2, 16, 1000));
-        assert_eq!(c.rope_theta, 10000.0);
-        assert_eq!(c.rope_style, RopeStyle::Neox);
-    }
-
-    #[test]
-    fn bad_configs_name_the_field() {
-        let cases = [
-            (with("num_hidden_layers", "4294967296"), "layers"),
-            (with("hidden_size", "0"), "dim"),
-            (with("num_key_value_heads", "3"), "KV heads"),
-            (with("model_type", "\"mamba\""), "mamba"),
-            (with("mlp_bias", "true"), "mlp_bias"),
-            (with("rope_parameters", r#"{"rope_theta": 5e5, "rope_type": "llama3"}"#), "llama3"),
-            (with("vocab_size", "\"many\""), "field 'vocab_size'"),
-            ("{not json".to_string(), "malformed"),
-        ];
-        for (json, needle) in cases {
-            let e = ModelConfig::from_hf_json(json.as_bytes(), "dir/config.json").unwrap_err().to_string();
-            assert!(e.contains(needle), "{needle}: {e}");
-        }
-        let mut v: serde_json::Value = serde_json::from_str(TINY).unwrap();
-        v.as_object_mut().unwrap().remove("intermediate_size");
-        let e = ModelConfig::from_hf_json(v.to_string().as_bytes(), "dir/config.json").unwrap_err().to_string();
-        assert!(e.contains("intermediate_size"), "{e}");
-    }
+/// A required field of a config.json.
+pub(crate) fn need(v: Option<usize>, name: &str, file: &str) -> Result<usize> {
+    v.ok_or_else(|| Error::format(file, format!("field '{name}' is missing")))
 }

@@ -5,13 +5,14 @@
 
 use serde::Deserialize;
 
-use super::config::{parse_json, Arch, Mlp, ModelConfig, Norm, Positions};
-use super::gpt::{Gpt, Layer, PositionTable};
-use super::llama::{read_f32, upload};
+use super::builder::{name, Builder, Name, Qkv};
+use super::config::{need, parse_json, Arch, Mlp, ModelConfig, Norm, Positions};
+use super::decoder::{Decoder, Layer, MlpIn, NormWeights};
+use super::arch::Architecture;
 use crate::error::{Error, Result};
-use crate::gpu::{Context, Tensor, Weight};
 use crate::ops::activation::Gelu;
-use crate::weights::TensorSource;
+
+pub static ARCH: Architecture = Architecture { name: "gpt2", model_types: &["gpt2"], gguf_names: &[], hf_config: config, gguf_config: None, load };
 
 /// The fields of GPT-2's `config.json` that quill reads.
 #[derive(Deserialize)]
@@ -42,65 +43,37 @@ pub(super) fn gelu_named(name: &str, file: &str) -> Result<Gelu> {
 /// From GPT-2's `config.json`.
 pub fn config(bytes: &[u8], file: &str) -> Result<ModelConfig> {
     let c: Gpt2Config = parse_json(bytes, file)?;
-    let need = |v: Option<usize>, name: &str| v.ok_or_else(|| Error::format(file, format!("field '{name}' is missing")));
-    let dim = need(c.n_embd, "n_embd")?;
-    let n_heads = need(c.n_head, "n_head")?;
+    let dim = need(c.n_embd, "n_embd", file)?;
+    let n_heads = need(c.n_head, "n_head", file)?;
     if c.scale_attn_weights == Some(false) || c.scale_attn_by_inverse_layer_idx == Some(true) {
         return Err(Error::Unsupported(format!("{file}: scale_attn_weights = false or scale_attn_by_inverse_layer_idx = true")));
     }
     let gelu = gelu_named(c.activation_function.as_deref().unwrap_or("gelu_new"), file)?;
-    ModelConfig {
-        arch: Arch::Gpt2,
-        dim,
-        n_layers: need(c.n_layer, "n_layer")?,
-        n_heads,
-        n_kv_heads: n_heads,
-        head_dim: dim / n_heads.max(1),
-        ffn_dim: c.n_inner.unwrap_or(4 * dim),
-        vocab: need(c.vocab_size, "vocab_size")?,
-        max_ctx: need(c.n_positions, "n_positions")?,
-        norm_eps: c.layer_norm_epsilon.unwrap_or(1e-5) as f32,
-        rope_theta: 10000.0, // unused: positions are learned
-        rope_style: crate::ops::rope::RopeStyle::Neox,
-        tied_embeddings: c.tie_word_embeddings.unwrap_or(true),
-        qkv_bias: true,
-        o_bias: true,
-        positions: Positions::Learned,
-        norm: Norm::Layer,
-        mlp: Mlp::Gelu(gelu),
-    }
-    .check(file)?
-    .check_mha(file)
+    let eps = c.layer_norm_epsilon.unwrap_or(1e-5) as f32;
+    let mut cfg = ModelConfig::new(Arch(ARCH.name), dim, need(c.n_layer, "n_layer", file)?, n_heads, n_heads, dim / n_heads.max(1), c.n_inner.unwrap_or(4 * dim), need(c.vocab_size, "vocab_size", file)?, need(c.n_positions, "n_positions", file)?, eps);
+    cfg.tied_embeddings = c.tie_word_embeddings.unwrap_or(true);
+    cfg.positions = Positions::Learned;
+    cfg.block.norm = Norm::Layer;
+    cfg.block.mlp = Mlp::Gelu(gelu);
+    let a = &mut cfg.block.attention;
+    (a.rope, a.qkv_bias, a.o_bias) = (None, true, true);
+    cfg.check(file)?.check_mha(file)
 }
 
-/// The table from our names to the file's. Hugging Face saves `GPT2LMHeadModel` with the
-/// `transformer.` prefix; a bare `GPT2Model` without it (tried second).
-fn name(ours: &str, layer: Option<usize>) -> String {
-    let file = match ours {
-        "embed" => "wte.weight",
-        "positions" => "wpe.weight",
-        "norm" => "ln_f.weight",
-        "norm_b" => "ln_f.bias",
-        "attn_norm" => "ln_1.weight",
-        "attn_norm_b" => "ln_1.bias",
-        "wqkv" => "attn.c_attn.weight", // (dim, 3 · dim), Conv1D
-        "bqkv" => "attn.c_attn.bias",   // (3 · dim,)
-        "wo" => "attn.c_proj.weight",   // (dim, dim), Conv1D
-        "bo" => "attn.c_proj.bias",
-        "ffn_norm" => "ln_2.weight",
-        "ffn_norm_b" => "ln_2.bias",
-        "w_up" => "mlp.c_fc.weight", // (dim, ffn), Conv1D
-        "b_up" => "mlp.c_fc.bias",
-        "w_down" => "mlp.c_proj.weight", // (ffn, dim), Conv1D
-        "b_down" => "mlp.c_proj.bias",
-        "lm_head" => return "lm_head.weight".to_string(),
-        _ => unreachable!("no GPT-2 tensor named {ours}"),
-    };
-    match layer {
-        Some(i) => format!("transformer.h.{i}.{file}"),
-        None => format!("transformer.{file}"),
-    }
-}
+/// The table from our names to the file's (Hugging Face only). `GPT2LMHeadModel` saves them
+/// under `transformer.`; a bare `GPT2Model` without it.
+const ROOT: Name = name("", "transformer");
+const LAYERS: Name = name("", "h");
+const EMBED: Name = name("", "wte");
+const POSITIONS: Name = name("", "wpe");
+const NORM: Name = name("", "ln_f");
+const ATTN_NORM: Name = name("", "ln_1");
+const QKV: Name = name("", "attn.c_attn"); // (dim, 3 · dim), Conv1D
+const O: Name = name("", "attn.c_proj"); // (dim, dim), Conv1D
+const FFN_NORM: Name = name("", "ln_2");
+const UP: Name = name("", "mlp.c_fc"); // (dim, ffn), Conv1D
+const DOWN: Name = name("", "mlp.c_proj"); // (ffn, dim), Conv1D
+const LM_HEAD: Name = name("", "lm_head");
 
 /// A Conv1D weight stored (rows, cols) = (in, out), as our (out, in).
 fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
@@ -113,57 +86,46 @@ fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     t
 }
 
-/// Uploads every weight once. `progress` is called with the bytes of each tensor read.
-pub fn load(ctx: &Context, cfg: ModelConfig, src: &dyn TensorSource, progress: &mut dyn FnMut(u64)) -> Result<Gpt> {
+/// Conv1D `n` of (in, out) as an f32 weight (out, in).
+fn conv1d(b: &Builder, n: Name, d_in: usize, d_out: usize) -> Result<crate::gpu::Weight> {
+    b.weight_from_f32(&b.full_name(n, ".weight"), &[d_out, d_in], &transpose(&b.f32(n, &[d_in, d_out])?, d_in, d_out))
+}
+
+/// Uploads every weight once, as f32.
+fn load(cfg: &ModelConfig, root: &Builder) -> Result<Decoder> {
     let (d, f) = (cfg.dim, cfg.ffn_dim);
-    // A bare GPT2Model has no `transformer.` prefix.
-    let bare = src.tensor(&name("embed", None)).is_none() && src.tensor("wte.weight").is_some();
-    let n = |ours: &str, layer: Option<usize>| {
-        let full = name(ours, layer);
-        if bare {
-            full.strip_prefix("transformer.").map(str::to_string).unwrap_or(full)
-        } else {
-            full
-        }
-    };
-    let embed = Weight::from_f32(ctx, "embed", &[cfg.vocab, d], &read_f32(src, &n("embed", None), &[cfg.vocab, d], progress)?)?;
-    let positions = PositionTable::Learned(upload(ctx, src, &n("positions", None), &[cfg.max_ctx, d], progress)?);
+    let ctx = root.ctx();
+    let bare = !root.pp(ROOT).has(EMBED) && root.has(EMBED);
+    let b = if bare { root.clone() } else { root.pp(ROOT) };
+    let embed = b.weight_from_f32("embed", &[cfg.vocab, d], &b.f32(EMBED, &[cfg.vocab, d])?)?;
+    let positions = b.vector(POSITIONS, &[cfg.max_ctx, d])?;
     let mut layers = Vec::with_capacity(cfg.n_layers);
     for i in 0..cfg.n_layers {
-        let l = Some(i);
-        let up = |name: &str, shape: &[usize], data: &[f32]| Tensor::upload_f32(ctx, name, shape, data);
-        let upw = |name: &str, shape: &[usize], data: &[f32]| Weight::from_f32(ctx, name, shape, data);
+        let lb = b.pp(LAYERS).index(i);
         // Conv1D: y = x · W + b with W (in, out); the fused c_attn's out is [q | k | v].
-        let wqkv = transpose(&read_f32(src, &n("wqkv", l), &[d, 3 * d], progress)?, d, 3 * d);
-        let bqkv = read_f32(src, &n("bqkv", l), &[3 * d], progress)?;
-        let wo = transpose(&read_f32(src, &n("wo", l), &[d, d], progress)?, d, d);
-        let w_up = transpose(&read_f32(src, &n("w_up", l), &[d, f], progress)?, d, f);
-        let w_down = transpose(&read_f32(src, &n("w_down", l), &[f, d], progress)?, f, d);
+        let wqkv = transpose(&lb.f32(QKV, &[d, 3 * d])?, d, 3 * d);
+        let bqkv = lb.read_f32(&lb.full_name(QKV, ".bias"), &[3 * d])?;
         let rows = |k: usize| k * d * d..(k + 1) * d * d;
+        let w = |k: usize, label: &str| lb.weight_from_f32(label, &[d, d], &wqkv[rows(k)]);
+        let bias = |k: usize, label: &str| crate::gpu::Tensor::upload_f32(ctx, label, &[d], &bqkv[k * d..(k + 1) * d]);
         layers.push(Layer {
-            attn_norm: upload(ctx, src, &n("attn_norm", l), &[d], progress)?,
-            attn_norm_b: upload(ctx, src, &n("attn_norm_b", l), &[d], progress)?,
-            wq: upw("wq", &[d, d], &wqkv[rows(0)])?,
-            wk: upw("wk", &[d, d], &wqkv[rows(1)])?,
-            wv: upw("wv", &[d, d], &wqkv[rows(2)])?,
-            bq: up("bq", &[d], &bqkv[..d])?,
-            bk: up("bk", &[d], &bqkv[d..2 * d])?,
-            bv: up("bv", &[d], &bqkv[2 * d..])?,
-            wo: upw("wo", &[d, d], &wo)?,
-            bo: upload(ctx, src, &n("bo", l), &[d], progress)?,
-            ffn_norm: upload(ctx, src, &n("ffn_norm", l), &[d], progress)?,
-            ffn_norm_b: upload(ctx, src, &n("ffn_norm_b", l), &[d], progress)?,
-            w_up: upw("w_up", &[f, d], &w_up)?,
-            b_up: upload(ctx, src, &n("b_up", l), &[f], progress)?,
-            w_down: upw("w_down", &[d, f], &w_down)?,
-            b_down: upload(ctx, src, &n("b_down", l), &[d], progress)?,
+            attn_norm: NormWeights::layer(&lb, ATTN_NORM, d)?,
+            qkv: Qkv::Split([w(0, "wq")?, w(1, "wk")?, w(2, "wv")?], Some([bias(0, "bq")?, bias(1, "bk")?, bias(2, "bv")?])),
+            q_norm: None,
+            k_norm: None,
+            wo: conv1d(&lb, O, d, d)?,
+            bo: Some(lb.bias(O, &[d])?),
+            post_attn_norm: None,
+            ffn_norm: NormWeights::layer(&lb, FFN_NORM, d)?,
+            mlp_in: MlpIn::Up(conv1d(&lb, UP, d, f)?, lb.bias(UP, &[f])?),
+            w_down: conv1d(&lb, DOWN, f, d)?,
+            b_down: Some(lb.bias(DOWN, &[d])?),
+            post_ffn_norm: None,
         });
     }
-    let mut get = |name: &str, shape: &[usize]| upload(ctx, src, name, shape, progress);
-    let norm = get(&n("norm", None), &[d])?;
-    let norm_b = get(&n("norm_b", None), &[d])?;
-    let lm_head = if cfg.tied_embeddings { None } else { Some(Weight::from_f32(ctx, "lm_head", &[cfg.vocab, d], &read_f32(src, &n("lm_head", None), &[cfg.vocab, d], progress)?)?) };
-    Gpt::new(cfg, embed, positions, layers, norm, norm_b, lm_head)
+    let norm = NormWeights::layer(&b, NORM, d)?;
+    let lm_head = if cfg.tied_embeddings { None } else { Some(root.weight_from_f32("lm_head", &[cfg.vocab, d], &root.f32(LM_HEAD, &[cfg.vocab, d])?)?) };
+    Decoder::new(root, cfg.clone(), embed, Some(positions), layers, norm, lm_head)
 }
 
 #[cfg(test)]
@@ -182,7 +144,7 @@ mod tests {
             "vocab_size": 1000, "layer_norm_epsilon": 1e-5, "activation_function": "gelu_new"}"#;
         let c = config(json.as_bytes(), "config.json").unwrap();
         assert_eq!((c.dim, c.n_heads, c.head_dim, c.ffn_dim, c.max_ctx), (64, 4, 16, 256, 256));
-        assert_eq!(c.mlp, Mlp::Gelu(Gelu::Tanh));
+        assert_eq!(c.block.mlp, Mlp::Gelu(Gelu::Tanh));
         let e = config(json.replace("gelu_new", "relu").as_bytes(), "config.json").unwrap_err().to_string();
         assert!(e.contains("activation_function 'relu'"), "{e}");
         let e = config(json.replace("\"n_embd\": 64,", "").as_bytes(), "config.json").unwrap_err().to_string();

@@ -3,9 +3,9 @@
 
 use serde::Deserialize;
 
-use super::config::{Arch, ModelConfig};
-use super::llama::Naming;
-use super::{gpt2, llama, qwen2, xglm, Model};
+use super::builder::{with_builder, Naming};
+use super::config::ModelConfig;
+use super::{registry, Model};
 use crate::error::{Error, Result};
 use crate::gpu::Context;
 use crate::tokenizer::Tokenizer;
@@ -124,7 +124,7 @@ pub fn load_gguf(ctx: &Context, file: &str, bytes: &[u8], progress: &mut dyn FnM
 /// Loads a GGUF model with weights stored as `opts` says.
 pub fn load_gguf_with(ctx: &Context, file: &str, bytes: &[u8], opts: &LoadOptions, progress: &mut dyn FnMut(u64, u64)) -> Result<LoadedModel> {
     let g = Gguf::parse(file, bytes)?;
-    let cfg = ModelConfig::from_gguf(&g)?;
+    let (arch, cfg) = registry::from_gguf(&g)?;
     let tokenizer = Tokenizer::from_gguf(&g)?;
     let total: u64 = g.tensors.iter().map(|t| t.n_bytes as u64).sum();
     let mut done = 0;
@@ -132,14 +132,10 @@ pub fn load_gguf_with(ctx: &Context, file: &str, bytes: &[u8], opts: &LoadOption
         done += b;
         progress(done, total)
     };
-    let llama = match cfg.arch {
-        Arch::Qwen2 => qwen2::load(ctx, cfg, &g, Naming::Gguf, opts, &mut count)?,
-        Arch::Llama => llama::load(ctx, cfg, &g, Naming::Gguf, opts, &mut count)?,
-        other => return Err(Error::Unsupported(format!("{file}: {} in a GGUF file", other.name()))),
-    };
+    let model = with_builder(ctx, &g, Naming::Gguf, &|d, c| opts.storage(d, c), &mut count, |b| (arch.load)(&cfg, b))?;
     let defaults = GenerationDefaults { eos_ids: tokenizer.eos_ids.clone(), ..Default::default() };
     Ok(LoadedModel {
-        model: Model::Llama(llama),
+        model,
         tokenizer,
         defaults,
         source: file.to_string(),
@@ -208,7 +204,7 @@ pub fn load_hf(ctx: &Context, files: &HfFiles, progress: &mut dyn FnMut(u64, u64
 /// Qwen2; GPT-2 and XGLM weights are f32).
 pub fn load_hf_with(ctx: &Context, files: &HfFiles, opts: &LoadOptions, progress: &mut dyn FnMut(u64, u64)) -> Result<LoadedModel> {
     let dir = &files.dir;
-    let cfg = ModelConfig::from_hf_json(files.config_json, &format!("{dir}/config.json"))?;
+    let (arch, cfg) = registry::from_hf_json(files.config_json, &format!("{dir}/config.json"))?;
     let tokenizer_json = files
         .tokenizer_json
         .ok_or_else(|| Error::format(format!("{dir}/tokenizer.json"), "missing: quill needs the model's tokenizer.json"))?;
@@ -221,12 +217,7 @@ pub fn load_hf_with(ctx: &Context, files: &HfFiles, opts: &LoadOptions, progress
         done += b;
         progress(done, total)
     };
-    let model = match cfg.arch {
-        Arch::Llama => Model::Llama(llama::load(ctx, cfg, &src, Naming::HuggingFace, opts, &mut count)?),
-        Arch::Qwen2 => Model::Llama(qwen2::load(ctx, cfg, &src, Naming::HuggingFace, opts, &mut count)?),
-        Arch::Gpt2 => Model::Gpt(gpt2::load(ctx, cfg, &src, &mut count)?),
-        Arch::Xglm => Model::Gpt(xglm::load(ctx, cfg, &src, &mut count)?),
-    };
+    let model: Model = with_builder(ctx, &src, Naming::HuggingFace, &|d, c| opts.storage(d, c), &mut count, |b| (arch.load)(&cfg, b))?;
     let mut names = Vec::new();
     for (_, bytes) in &files.safetensors {
         if let Ok(st) = safetensors::SafeTensors::deserialize(bytes) {

@@ -1,39 +1,37 @@
-//! Model architectures: a config, a weights struct, `load` and `forward`, and the loaders
-//! that turn files (as bytes) into a model and its tokenizer.
+//! Model architectures and the loaders that turn files (as bytes) into a model and its
+//! tokenizer. One forward pass (`decoder.rs`) reads a typed block description (`config.rs`);
+//! each architecture is one file with its config readers and name table, listed once in
+//! `registry.rs`; `builder.rs` reads weights by scoped names.
 
+pub mod arch;
+pub mod builder;
 pub mod config;
-pub mod gpt;
+pub mod decoder;
+pub mod gemma2;
+pub mod gemma3;
 pub mod gpt2;
 pub mod llama;
 pub mod load;
+pub mod mistral;
+pub mod phi3;
 pub mod qwen2;
+pub mod qwen3;
+pub mod readers;
+pub mod registry;
 pub mod state;
 pub mod xglm;
 
 pub use config::{Arch, ModelConfig};
 pub use load::{GenerationDefaults, LoadedModel};
+pub use registry::{Architecture, ARCHITECTURES};
 pub use state::{LogitRows, State};
 
-/// A model on the GPU, one variant per forward pass: llama and qwen2 share `Llama`'s,
-/// gpt2 and xglm share `Gpt`'s.
-pub enum Model {
-    Llama(llama::Llama),
-    Gpt(gpt::Gpt),
-}
+/// A model on the GPU.
+pub type Model = decoder::Decoder;
 
 impl Model {
     pub fn config(&self) -> &ModelConfig {
-        match self {
-            Model::Llama(m) => &m.cfg,
-            Model::Gpt(m) => &m.cfg,
-        }
-    }
-    /// Every weight matrix, for memory and storage-type summaries.
-    pub fn weights(&self) -> Vec<&crate::gpu::Weight> {
-        match self {
-            Model::Llama(m) => m.weights(),
-            Model::Gpt(m) => m.weights(),
-        }
+        &self.cfg
     }
     /// Bytes of weight matrices on the GPU.
     pub fn weight_bytes(&self) -> u64 {
@@ -49,11 +47,5 @@ impl Model {
             }
         }
         counts.iter().map(|(n, c)| format!("{n} ×{c}")).collect::<Vec<_>>().join(", ")
-    }
-    pub fn forward(&self, rec: &mut crate::gpu::Recorder, st: &State, pos0: usize, n: usize, rows: LogitRows) -> crate::Result<()> {
-        match self {
-            Model::Llama(m) => m.forward(rec, st, pos0, n, rows),
-            Model::Gpt(m) => m.forward(rec, st, pos0, n, rows),
-        }
     }
 }

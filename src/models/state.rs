@@ -4,6 +4,7 @@
 use super::config::ModelConfig;
 use crate::error::Result;
 use crate::gpu::{Context, Recorder, Tensor};
+use crate::ops::attention::ring_len;
 
 /// Which positions of a forward pass produce logits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,19 +35,23 @@ pub struct State {
     pub tokens: Tensor, // (ctx_len,) u32 ids of the sequence
     /// Token ids read back to the CPU.
     pub readback: wgpu::Buffer,
-    pub k_cache: Vec<Tensor>, // per layer (n_slots = 1, n_kv_heads, ctx_len, head_dim)
+    pub k_cache: Vec<Tensor>, // per layer (n_slots = 1, n_kv_heads, cache_len[layer], head_dim)
     pub v_cache: Vec<Tensor>,
+    /// Positions each layer's cache holds: ctx_len, or for a sliding-window layer a ring of
+    /// its window plus a call's tokens (`attention::ring_len`), so its memory stays at its window.
+    pub cache_len: Vec<usize>,
 }
 
 impl State {
-    /// The attention shape of `n` tokens at positions pos0.. of this state's one sequence.
-    pub fn attn_shape(&self, c: &ModelConfig, pos0: usize, n: usize) -> crate::ops::attention::AttnShape {
+    /// The attention shape of `n` tokens at positions pos0.. of this state's one sequence, in
+    /// layer `layer`'s cache.
+    pub fn attn_shape(&self, c: &ModelConfig, layer: usize, pos0: usize, n: usize) -> crate::ops::attention::AttnShape {
         crate::ops::attention::AttnShape {
             n_tokens: n,
             n_heads: c.n_heads,
             n_kv_heads: c.n_kv_heads,
             head_dim: c.head_dim,
-            ctx_len: self.ctx_len,
+            ctx_len: self.cache_len[layer],
             pos0,
             slot: 0,
         }
@@ -55,10 +60,11 @@ impl State {
     pub fn new(ctx: &Context, c: &ModelConfig, ctx_len: usize, max_batch: usize) -> Result<Self> {
         let (q_dim, kv_dim) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
         let z = |label: &str, shape: &[usize]| Tensor::zeros(ctx, label, shape);
-        let cache_shape = [1, c.n_kv_heads, ctx_len, c.head_dim];
+        let cache_len: Vec<usize> = (0..c.n_layers).map(|i| c.attention(i).window.map_or(ctx_len, |w| ring_len(w, max_batch).min(ctx_len))).collect();
         let mut k_cache = Vec::with_capacity(c.n_layers);
         let mut v_cache = Vec::with_capacity(c.n_layers);
-        for _ in 0..c.n_layers {
+        for &len in &cache_len {
+            let cache_shape = [1, c.n_kv_heads, len, c.head_dim];
             k_cache.push(z("k cache", &cache_shape)?);
             v_cache.push(z("v cache", &cache_shape)?);
         }
@@ -87,6 +93,7 @@ impl State {
             readback,
             k_cache,
             v_cache,
+            cache_len,
         })
     }
 }

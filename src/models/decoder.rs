@@ -1,0 +1,361 @@
+//! The one decoder-only Transformer forward pass, read from the config's block description:
+//! embedding (scaled, plus absolute positions where the model has them), then per layer
+//! norm → Q/K/V → Q/K norm → RoPE → attention over the KV cache → O (→ post-norm) → +residual,
+//! norm → MLP (→ post-norm) → +residual; final norm, LM head. Every architecture loads into
+//! this struct; weights the description does not use are None.
+//! Model code only calls ops; it never touches wgpu.
+
+use super::builder::{name, Builder, GateUp, Name, Qkv};
+use super::config::{Mlp, ModelConfig, Norm, Positions, Rope, RopeScaling};
+use super::state::{LogitRows, State};
+use crate::error::{Error, Result};
+use crate::gpu::{Recorder, Tensor, Weight};
+use crate::ops::matmul::{linear, linear_out, Out, Store};
+use crate::ops::attention::AttnOpts;
+use crate::ops::norm::RmsOpts;
+use crate::ops::{activation, attention, embed, norm, posenc, rope};
+
+/// A norm's weight, and its bias for LayerNorm.
+pub struct NormWeights {
+    pub w: Tensor,         // (width,)
+    pub b: Option<Tensor>, // (width,) LayerNorm
+}
+
+impl NormWeights {
+    /// A LayerNorm's weight and bias, `n.weight` and `n.bias`.
+    pub fn layer(b: &Builder, n: Name, dim: usize) -> Result<Self> {
+        Ok(NormWeights { w: b.vector(n, &[dim])?, b: Some(b.bias(n, &[dim])?) })
+    }
+}
+
+/// The MLP's input projections.
+pub enum MlpIn {
+    /// SwiGLU / GeGLU.
+    Glu(GateUp), // (2 * ffn_dim, dim)
+    /// GELU MLP: fc1 and its bias.
+    Up(Weight, Tensor), // (ffn_dim, dim), (ffn_dim,)
+}
+
+pub struct Layer {
+    pub attn_norm: NormWeights,
+    pub qkv: Qkv,                   // (n_heads * head_dim + 2 * n_kv_heads * head_dim, dim)
+    pub q_norm: Option<Tensor>,     // (head_dim,)
+    pub k_norm: Option<Tensor>,     // (head_dim,)
+    pub wo: Weight,                 // (dim, n_heads * head_dim)
+    pub bo: Option<Tensor>,         // (dim,)
+    pub post_attn_norm: Option<NormWeights>,
+    pub ffn_norm: NormWeights,
+    pub mlp_in: MlpIn,
+    pub w_down: Weight,             // (dim, ffn_dim)
+    pub b_down: Option<Tensor>,     // (dim,)
+    pub post_ffn_norm: Option<NormWeights>,
+}
+
+pub struct Decoder {
+    pub cfg: ModelConfig,
+    pub embed: Weight,              // (vocab, dim)
+    /// Learned positions: (max_ctx, dim).
+    pub positions: Option<Tensor>,
+    pub layers: Vec<Layer>,
+    pub norm: NormWeights,          // (dim,)
+    pub lm_head: Option<Weight>,    // (vocab, dim); None: tied to `embed`
+    /// RoPE inverse frequencies (n_rot / 2,) of the block's attention and of the local layers'.
+    rope_tables: [Option<Tensor>; 2],
+}
+
+/// GGUF's per-frequency RoPE factors (Llama 3.1+ as llama.cpp converts it).
+const ROPE_FREQS: Name = name("rope_freqs", "");
+
+/// The inverse frequencies of `rope`, computed on the CPU (every scaling is CPU code) and
+/// uploaded once. Dynamic NTK's table is the plain one up to its original context; the forward
+/// pass refuses positions beyond it.
+fn rope_table(b: &Builder, rope: &Rope) -> Result<Tensor> {
+    let scaling = match rope.scaling {
+        RopeScaling::None => rope::RopeScaling::None,
+        RopeScaling::Linear { factor } => rope::RopeScaling::Linear { factor },
+        RopeScaling::Dynamic { factor, original_ctx } => rope::RopeScaling::Dynamic { factor, max_position_embeddings: original_ctx },
+        RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_ctx } => {
+            rope::RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings: original_ctx }
+        }
+        RopeScaling::FreqFactors => rope::RopeScaling::FreqFactors(b.f32(ROPE_FREQS, &[rope.n_rot / 2])?),
+    };
+    let freqs = rope::RopeFreqs { theta: rope.theta, rot_dim: rope.n_rot, scaling };
+    let seq_len = match rope.scaling {
+        RopeScaling::Dynamic { original_ctx, .. } => original_ctx,
+        _ => 1,
+    };
+    freqs.upload(b.ctx(), seq_len).map_err(|e| Error::format(b.file(), format!("RoPE frequencies: {e}")))
+}
+
+impl Decoder {
+    /// Checks that the forward pass can honour everything the config describes, and uploads
+    /// the RoPE tables (reading `rope_freqs.weight` through `b` where the config says so).
+    pub fn new(b: &Builder, cfg: ModelConfig, embed: Weight, positions: Option<Tensor>, layers: Vec<Layer>, norm: NormWeights, lm_head: Option<Weight>) -> Result<Self> {
+        let arch = cfg.arch.name();
+        let refuse = |what: String| Err(Error::Unsupported(format!("{arch}: {what} (not implemented in quill's forward pass)")));
+        if cfg.block.post_norms && cfg.block.norm != Norm::Rms {
+            return refuse("post-norms with LayerNorm".into());
+        }
+        if cfg.embed_scale != 1.0 && matches!(cfg.positions, Positions::Learned) {
+            return refuse(format!("embedding scale {} with learned positions", cfg.embed_scale));
+        }
+        if matches!(cfg.positions, Positions::Learned) != positions.is_some() {
+            return refuse(format!("positions {:?} without their table", cfg.positions));
+        }
+        if layers.len() != cfg.n_layers {
+            return Err(Error::format(arch, format!("{} layers loaded for {}", layers.len(), cfg.n_layers)));
+        }
+        let attentions = [Some(&cfg.block.attention), cfg.local.as_ref().map(|l| &l.attention)];
+        let [global, local] = attentions.map(|a| a.and_then(|a| a.rope.as_ref()).map(|r| rope_table(b, r)).transpose());
+        let rope_tables = [global?, local?];
+        Ok(Decoder { cfg, embed, positions, layers, norm, lm_head, rope_tables })
+    }
+
+    pub fn weights(&self) -> Vec<&Weight> {
+        let mut v = vec![&self.embed];
+        for l in &self.layers {
+            match &l.qkv {
+                Qkv::Fused(w, _) => v.push(w),
+                Qkv::Split(w, _) => v.extend(w.iter()),
+            }
+            v.push(&l.wo);
+            match &l.mlp_in {
+                MlpIn::Glu(GateUp::Fused(w)) | MlpIn::Up(w, _) => v.push(w),
+                MlpIn::Glu(GateUp::Split(a, b)) => v.extend([a, b]),
+            }
+            v.push(&l.w_down);
+        }
+        v.extend(self.lm_head.as_ref());
+        v
+    }
+
+    fn rms(&self) -> RmsOpts {
+        RmsOpts::eps(self.cfg.norm_eps)
+    }
+
+    /// out = norm(x) over `n_rows` rows, as the block's norm kind says.
+    fn norm(&self, rec: &mut Recorder, x: &Tensor, w: &NormWeights, out: &Tensor, n_rows: usize, layer: Option<usize>) -> Result<()> {
+        let eps = self.cfg.norm_eps;
+        match (self.cfg.block.norm, &w.b) {
+            (Norm::Rms, _) => norm::rms_norm(rec, x, &w.w, out, n_rows, eps, layer),
+            (Norm::Layer, Some(b)) => norm::layer_norm(rec, x, &w.w, b, out, n_rows, eps, layer),
+            (Norm::Layer, None) => Err(Error::Unsupported(format!("{}: LayerNorm without a bias", self.cfg.arch.name()))),
+        }
+    }
+
+    /// `linear` of `x` into the residual `st.x`: added directly, or through a post-norm
+    /// (Gemma: x += norm(W·a)), with `st.xn` holding W·a in between.
+    #[allow(clippy::too_many_arguments)]
+    fn project_into_residual(&self, rec: &mut Recorder, op: &'static str, i: usize, st: &State, a: &Tensor, w: &Weight, bias: Option<&Tensor>, post: Option<&NormWeights>, n: usize) -> Result<()> {
+        match post {
+            None => linear(rec, op, Some(i), a, w, bias, &st.x, n, Store::Accumulate),
+            Some(p) => {
+                linear(rec, op, Some(i), a, w, bias, &st.xn, n, Store::Write)?;
+                norm::rms_norm_with(rec, &st.xn, &p.w, &st.x, n, self.rms(), Store::Accumulate, Some(i))
+            }
+        }
+    }
+
+    /// Records the forward pass of `n` tokens whose ids sit in `st.tokens[pos0..pos0 + n]`,
+    /// at positions pos0.., writing logits for the rows `rows` asks for into `st.logits`.
+    pub fn forward(&self, rec: &mut Recorder, st: &State, pos0: usize, n: usize, rows: LogitRows) -> Result<()> {
+        let c = &self.cfg;
+        match (c.positions, &self.positions) {
+            (Positions::Learned, Some(table)) => {
+                embed::embed(rec, &self.embed, &st.tokens, pos0, n, &st.x)?;
+                posenc::learned(rec, &st.x, table, pos0, n)?
+            }
+            // The sinusoidal op scales the embeddings as it adds the positions.
+            (Positions::Sinusoidal { offset, layout }, _) => {
+                embed::embed(rec, &self.embed, &st.tokens, pos0, n, &st.x)?;
+                posenc::sinusoidal(rec, &st.x, c.dim, pos0 + offset, n, c.embed_scale, layout)?
+            }
+            _ if c.embed_scale != 1.0 => embed::embed_scaled(rec, &self.embed, &st.tokens, pos0, n, &st.x, c.embed_scale)?,
+            _ => embed::embed(rec, &self.embed, &st.tokens, pos0, n, &st.x)?,
+        }
+        for (i, l) in self.layers.iter().enumerate() {
+            self.attention_block(rec, st, l, i, pos0, n)?;
+            self.mlp_block(rec, st, l, i, n)?;
+        }
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        let (src, n_rows) = st.logit_rows(rec, rows, n, c.dim);
+        self.norm(rec, src, &self.norm, &st.xn, n_rows, None)?;
+        linear(rec, "lm_head", None, &st.xn, head, None, &st.logits, n_rows, Store::Write)?;
+        if let Some(cap) = c.final_softcap {
+            activation::softcap(rec, &st.logits, n_rows * c.vocab, cap, None)?;
+        }
+        Ok(())
+    }
+
+    /// The RoPE table of layer `i`.
+    fn rope_table(&self, i: usize) -> Option<&Tensor> {
+        let local = self.cfg.local.as_ref().is_some_and(|l| l.is_local.get(i) == Some(&true));
+        self.rope_tables[local as usize].as_ref()
+    }
+
+    /// x += Wo · attention(rope(qn(Wq·norm(x))), rope(kn(Wk·norm(x))), Wv·norm(x))
+    fn attention_block(&self, rec: &mut Recorder, st: &State, l: &Layer, i: usize, pos0: usize, n: usize) -> Result<()> {
+        let c = &self.cfg;
+        let a = c.attention(i);
+        self.norm(rec, &st.x, &l.attn_norm, &st.xn, n, Some(i))?;
+        let (q_dim, kv_dim) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
+        match &l.qkv {
+            Qkv::Fused(w, b) => linear_out(rec, "qkv_proj", Some(i), &st.xn, w, b.as_ref(), Out::Split3(&st.q, &st.k, &st.v, q_dim, q_dim + kv_dim), n)?,
+            Qkv::Split([wq, wk, wv], b) => {
+                let [bq, bk, bv] = match b {
+                    Some([bq, bk, bv]) => [Some(bq), Some(bk), Some(bv)],
+                    None => [None; 3],
+                };
+                linear(rec, "q_proj", Some(i), &st.xn, wq, bq, &st.q, n, Store::Write)?;
+                linear(rec, "k_proj", Some(i), &st.xn, wk, bk, &st.k, n, Store::Write)?;
+                linear(rec, "v_proj", Some(i), &st.xn, wv, bv, &st.v, n, Store::Write)?;
+            }
+        }
+        if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
+            norm::rms_norm_heads(rec, &st.q, qn, n, c.n_heads, self.rms(), Some(i))?;
+            norm::rms_norm_heads(rec, &st.k, kn, n, c.n_kv_heads, self.rms(), Some(i))?;
+        }
+        if let (Some(r), Some(table)) = (a.rope, self.rope_table(i)) {
+            if let RopeScaling::Dynamic { original_ctx, .. } = r.scaling {
+                if pos0 + n > original_ctx {
+                    return Err(Error::Unsupported(format!("{}: dynamic NTK RoPE beyond the original context of {original_ctx} positions", c.arch.name())));
+                }
+            }
+            rope::rope_freqs(rec, &st.q, table, n, c.n_heads, c.head_dim, pos0, r.style, i)?;
+            rope::rope_freqs(rec, &st.k, table, n, c.n_kv_heads, c.head_dim, pos0, r.style, i)?;
+        }
+        let shape = st.attn_shape(c, i, pos0, n);
+        let opts = AttnOpts { scale: a.scale, window: a.window, softcap: a.softcap };
+        attention::kv_write_with(rec, &st.k, &st.v, &st.k_cache[i], &st.v_cache[i], shape, &opts, i)?;
+        attention::attention_with(rec, &st.q, &st.k_cache[i], &st.v_cache[i], &st.att, &st.att_partials, shape, &opts, i)?;
+        self.project_into_residual(rec, "o_proj", i, st, &st.att, &l.wo, l.bo.as_ref(), l.post_attn_norm.as_ref(), n)
+    }
+
+    /// x += W_down · act(W_gate·norm(x), W_up·norm(x))
+    fn mlp_block(&self, rec: &mut Recorder, st: &State, l: &Layer, i: usize, n: usize) -> Result<()> {
+        let c = &self.cfg;
+        self.norm(rec, &st.x, &l.ffn_norm, &st.xn, n, Some(i))?;
+        let hidden = match (&l.mlp_in, c.block.mlp) {
+            (MlpIn::Glu(GateUp::Fused(w)), Mlp::SwiGlu) => {
+                linear_out(rec, "gate_up_proj", Some(i), &st.xn, w, None, Out::SwiGlu(&st.gate), n)?;
+                &st.gate
+            }
+            (MlpIn::Glu(GateUp::Fused(w)), Mlp::GeGlu) => {
+                linear_out(rec, "gate_up_proj", Some(i), &st.xn, w, None, Out::GeGlu(&st.gate), n)?;
+                &st.gate
+            }
+            (MlpIn::Glu(GateUp::Split(w_gate, w_up)), Mlp::SwiGlu) => {
+                linear(rec, "gate_proj", Some(i), &st.xn, w_gate, None, &st.gate, n, Store::Write)?;
+                linear(rec, "up_proj", Some(i), &st.xn, w_up, None, &st.up, n, Store::Write)?;
+                activation::swiglu(rec, &st.up, &st.gate, n * c.ffn_dim, i)?;
+                &st.gate
+            }
+            (MlpIn::Glu(GateUp::Split(w_gate, w_up)), Mlp::GeGlu) => {
+                linear(rec, "gate_proj", Some(i), &st.xn, w_gate, None, &st.gate, n, Store::Write)?;
+                linear(rec, "up_proj", Some(i), &st.xn, w_up, None, &st.up, n, Store::Write)?;
+                activation::geglu(rec, &st.up, &st.gate, n * c.ffn_dim, i)?;
+                &st.gate
+            }
+            (MlpIn::Up(w_up, b_up), Mlp::Gelu(kind)) => {
+                linear(rec, "up_proj", Some(i), &st.xn, w_up, Some(b_up), &st.up, n, Store::Write)?;
+                activation::gelu(rec, &st.up, n * c.ffn_dim, kind, i)?;
+                &st.up
+            }
+            (_, mlp) => return Err(Error::Unsupported(format!("{}: a {mlp:?} MLP with the weights of another kind", c.arch.name()))),
+        };
+        self.project_into_residual(rec, "down_proj", i, st, hidden, &l.w_down, l.b_down.as_ref(), l.post_ffn_norm.as_ref(), n)
+    }
+}
+
+/// Where a Llama-like architecture keeps its tensors, both spellings (see `builder::Name`).
+/// Tables differ by a few entries; `LLAMA_NAMES` is the base others update.
+pub struct Names {
+    /// The blocks' scope: `blk` / `model.layers`.
+    pub layers: Name,
+    pub embed: Name,
+    pub norm: Name,
+    pub lm_head: Name,
+    pub attn_norm: Name,
+    pub q: Name,
+    pub k: Name,
+    pub v: Name,
+    /// Q, K and V in one tensor of rows [q | k | v], where a file stores them so.
+    pub qkv: Name,
+    pub q_norm: Name,
+    pub k_norm: Name,
+    pub o: Name,
+    pub post_attn_norm: Name,
+    pub ffn_norm: Name,
+    pub gate: Name,
+    pub up: Name,
+    /// Gate and up in one tensor of rows [gate | up], where a file stores them so.
+    pub gate_up: Name,
+    pub down: Name,
+    pub post_ffn_norm: Name,
+}
+
+/// No such tensor in either spelling.
+pub const NONE: Name = name("", "");
+
+pub const LLAMA_NAMES: Names = Names {
+    layers: name("blk", "model.layers"),
+    embed: name("token_embd", "model.embed_tokens"),
+    norm: name("output_norm", "model.norm"),
+    lm_head: name("output", "lm_head"),
+    attn_norm: name("attn_norm", "input_layernorm"),
+    q: name("attn_q", "self_attn.q_proj"),
+    k: name("attn_k", "self_attn.k_proj"),
+    v: name("attn_v", "self_attn.v_proj"),
+    qkv: name("attn_qkv", "self_attn.qkv_proj"),
+    q_norm: name("attn_q_norm", "self_attn.q_norm"),
+    k_norm: name("attn_k_norm", "self_attn.k_norm"),
+    o: name("attn_output", "self_attn.o_proj"),
+    post_attn_norm: NONE,
+    ffn_norm: name("ffn_norm", "post_attention_layernorm"),
+    gate: name("ffn_gate", "mlp.gate_proj"),
+    up: name("ffn_up", "mlp.up_proj"),
+    gate_up: name("ffn_up", "mlp.gate_up_proj"),
+    down: name("ffn_down", "mlp.down_proj"),
+    post_ffn_norm: NONE,
+};
+
+/// Loads a Llama-like model (RMSNorm, RoPE or none, GLU MLP) whose tensors `names` locates,
+/// reading what the config's block description asks for. `norm_plus_one`: the file stores
+/// RMSNorm weights as w for (1 + w) (Hugging Face Gemma).
+pub fn load(cfg: &ModelConfig, b: &Builder, names: &Names, norm_plus_one: bool) -> Result<Decoder> {
+    let c = cfg;
+    let (q_dim, kv_dim) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
+    let norm = |b: &Builder, n: Name, width: usize| -> Result<NormWeights> {
+        let w = if norm_plus_one { b.vector_plus_one(n, &[width])? } else { b.vector(n, &[width])? };
+        Ok(NormWeights { w, b: None })
+    };
+    let embed = b.weight(names.embed, &[c.vocab, c.dim])?;
+    let mut layers = Vec::with_capacity(c.n_layers);
+    for i in 0..c.n_layers {
+        let lb = b.pp(names.layers).index(i);
+        let a = c.attention(i);
+        let shapes = [[q_dim, c.dim], [kv_dim, c.dim], [kv_dim, c.dim]];
+        let qkv = if lb.has(names.qkv) && !lb.has(names.q) { lb.qkv_fused(names.qkv, shapes)? } else { lb.qkv([names.q, names.k, names.v], shapes, a.qkv_bias)? };
+        let gu_shape = [c.ffn_dim, c.dim];
+        let gate_up = if lb.has(names.gate_up) && !lb.has(names.gate) { lb.gate_up_stacked(names.gate_up, gu_shape)? } else { lb.gate_up(names.gate, names.up, gu_shape)? };
+        let post = |n: Name| if c.block.post_norms { norm(&lb, n, c.dim).map(Some) } else { Ok(None) };
+        let qk_norm = |n: Name| if a.qk_norm { norm(&lb, n, c.head_dim).map(|w| Some(w.w)) } else { Ok(None) };
+        layers.push(Layer {
+            attn_norm: norm(&lb, names.attn_norm, c.dim)?,
+            qkv,
+            q_norm: qk_norm(names.q_norm)?,
+            k_norm: qk_norm(names.k_norm)?,
+            wo: lb.weight(names.o, &[c.dim, q_dim])?,
+            bo: if a.o_bias { Some(lb.bias(names.o, &[c.dim])?) } else { None },
+            post_attn_norm: post(names.post_attn_norm)?,
+            ffn_norm: norm(&lb, names.ffn_norm, c.dim)?,
+            mlp_in: MlpIn::Glu(gate_up),
+            w_down: lb.weight(names.down, &[c.dim, c.ffn_dim])?,
+            b_down: None,
+            post_ffn_norm: post(names.post_ffn_norm)?,
+        });
+    }
+    let final_norm = norm(b, names.norm, c.dim)?;
+    let lm_head = if c.tied_embeddings { None } else { Some(b.weight(names.lm_head, &[c.vocab, c.dim])?) };
+    Decoder::new(b, cfg.clone(), embed, None, layers, final_norm, lm_head)
+}
