@@ -10,6 +10,8 @@ use crate::models::LoadedModel;
 
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 pub const FETCH_COMMAND: &str = "scripts/fetch-model.sh";
+/// Gemma 3 270M (Q4_K_M), the second test model: `scripts/fetch-model.sh gemma3-270m`.
+pub const GEMMA3_270M_FILE: &str = "gemma-3-270m-q4_k_m.gguf";
 
 /// Where `scripts/fetch-model.sh` stores models: $QUILL_MODELS, else
 /// $XDG_CACHE_HOME/quill/models, else ~/.cache/quill/models.
@@ -26,6 +28,11 @@ pub fn models_dir() -> PathBuf {
 
 pub fn default_model_path() -> PathBuf {
     models_dir().join(DEFAULT_MODEL_FILE)
+}
+
+/// Where `scripts/fetch-model.sh gemma3-270m` stores Gemma 3 270M, beside the default model.
+pub fn gemma3_270m_path() -> PathBuf {
+    models_dir().join(GEMMA3_270M_FILE)
 }
 
 /// The default model, or an error saying how to fetch it.

@@ -1,0 +1,167 @@
+//! SentencePiece tokenizers from GGUF (`tokenizer.ggml.model = "llama"`): Llama 2, TinyLlama,
+//! Mistral, Phi-3, Gemma.
+//!
+//! A GGUF stores a SentencePiece BPE vocabulary as tokens, scores and token types, with no
+//! merges. llama.cpp tokenizes it by repeatedly joining the adjacent pair whose joined text is
+//! the best-scored token. We build the same thing as transformers' GGUF converter does
+//! (`integrations/gguf/gguf_tokenizer_mapping.py`): a `tokenizers` BPE whose merges are every
+//! way to cut each token in two, ranked best-first, with byte fallback to the `<0xNN>` tokens,
+//! and the space written as `▁`. Gemma differs in three ways the converter also handles: its
+//! merge order is the order of the tokens in the file (its scores do not follow it), its runs of
+//! spaces are stored as real spaces and must be respelled as `▁`s, and it never prepends `▁`.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use serde_json::{json, Value as Json};
+
+use super::gguf::{TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED};
+use crate::error::{Error, Result};
+use crate::weights::gguf::Gguf;
+
+/// SentencePiece's space.
+const SPACE: &str = "\u{2581}";
+
+/// How text becomes SentencePiece pieces before BPE, which depends on the family.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Spaces {
+    /// Gemma: spaces become `▁`, nothing is prepended.
+    Replace,
+    /// Phi-3: `▁` prepended to the text and spaces become `▁` (by a normalizer: text that starts
+    /// with spaces keeps one more `▁` than with Metaspace).
+    PrependAndReplace,
+    /// Llama 2, Mistral, TinyLlama: Metaspace, `▁` prepended to the first piece of text only.
+    Metaspace { prepend: bool },
+}
+
+/// The `tokenizer.json` of a GGUF's SentencePiece vocabulary (see the module comment).
+pub(super) fn sentencepiece_json(g: &Gguf, tokens: &[&str], types: &[u64]) -> Result<Json> {
+    let file = g.file.as_str();
+    let arch = g.get("general.architecture").and_then(|v| v.as_str()).unwrap_or("");
+    let gemma = matches!(arch, "gemma" | "gemma2" | "gemma3");
+    let add_space_prefix = g.get("tokenizer.ggml.add_space_prefix").and_then(|v| v.as_bool()).unwrap_or(true);
+    let spaces = match arch {
+        _ if gemma => Spaces::Replace,
+        "phi3" if add_space_prefix => Spaces::PrependAndReplace,
+        _ => Spaces::Metaspace { prepend: add_space_prefix },
+    };
+
+    // Gemma stores a token of two or more spaces as spaces; everything else spells them `▁`.
+    let spelled: Vec<Cow<str>> = tokens
+        .iter()
+        .map(|&t| if gemma && t.contains(' ') && t.trim().is_empty() { Cow::Owned(SPACE.repeat(t.chars().count())) } else { Cow::Borrowed(t) })
+        .collect();
+    let ranks: Vec<f64> = if gemma { (0..tokens.len()).map(|i| -(i as f64)).collect() } else { scores(g, tokens.len())? };
+
+    // Like a Python dict built from the list: a repeated token keeps its last id.
+    let mut vocab: HashMap<&str, u32> = HashMap::with_capacity(spelled.len());
+    for (id, tok) in spelled.iter().enumerate() {
+        vocab.insert(tok, id as u32);
+    }
+    let merges = merges_from_vocab(&spelled, &vocab, &ranks);
+
+    let unk = g
+        .get("tokenizer.ggml.unknown_token_id")
+        .and_then(|v| v.as_u64())
+        .and_then(|id| spelled.get(id as usize))
+        .map(|t| t.to_string())
+        .or_else(|| vocab.contains_key("<unk>").then(|| "<unk>".to_string()));
+
+    // Control tokens are special; user-defined ones are matched whole in the text too (llama.cpp
+    // does). A user-defined token Gemma respelled is left to BPE, as transformers does.
+    let added_tokens: Vec<Json> = types
+        .iter()
+        .enumerate()
+        .filter(|&(id, &t)| t == TOKEN_TYPE_CONTROL || (t == TOKEN_TYPE_USER_DEFINED && spelled[id] == tokens[id]))
+        .map(|(id, &t)| {
+            json!({"id": id, "content": tokens[id], "single_word": false, "lstrip": false, "rstrip": false,
+                   "normalized": false, "special": t == TOKEN_TYPE_CONTROL})
+        })
+        .collect();
+
+    let vocab_json: serde_json::Map<String, Json> = vocab.iter().map(|(t, &id)| (t.to_string(), json!(id))).collect();
+    let merges_json: Vec<Json> = merges.iter().map(|&(l, r)| json!([l, r])).collect();
+    let (normalizer, pre_tokenizer, strip_first_space) = match spaces {
+        Spaces::Replace => (replace_space(), Json::Null, false),
+        Spaces::PrependAndReplace => (json!({"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": SPACE}, replace_space()]}), Json::Null, true),
+        Spaces::Metaspace { prepend } => (
+            Json::Null,
+            json!({"type": "Metaspace", "replacement": SPACE, "prepend_scheme": if prepend { "first" } else { "never" }, "split": false}),
+            prepend,
+        ),
+    };
+    let mut decoders = vec![
+        json!({"type": "Replace", "pattern": {"String": SPACE}, "content": " "}),
+        json!({"type": "ByteFallback"}),
+        json!({"type": "Fuse"}),
+    ];
+    if strip_first_space {
+        decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+    }
+    if merges.is_empty() && tokens.len() > 1 {
+        log::warn!("{file}: no token of the SentencePiece vocabulary is two others joined; text is cut into characters");
+    }
+    Ok(json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added_tokens,
+        "normalizer": normalizer,
+        "pre_tokenizer": pre_tokenizer,
+        "post_processor": null,
+        "decoder": {"type": "Sequence", "decoders": decoders},
+        "model": {
+            "type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true,
+            "ignore_merges": false, "vocab": vocab_json, "merges": merges_json,
+        },
+    }))
+}
+
+fn replace_space() -> Json {
+    json!({"type": "Replace", "pattern": {"String": " "}, "content": SPACE})
+}
+
+/// `tokenizer.ggml.scores`, one per token.
+fn scores(g: &Gguf, n_tokens: usize) -> Result<Vec<f64>> {
+    let key = "tokenizer.ggml.scores";
+    let bad = |msg: String| Error::format(&g.file, format!("metadata '{key}': {msg}"));
+    let arr = g.get(key).ok_or_else(|| bad("missing; a SentencePiece vocabulary needs a score per token".into()))?;
+    let arr = arr.as_array().ok_or_else(|| bad("not an array".into()))?;
+    if arr.len() != n_tokens {
+        return Err(bad(format!("{} entries for {n_tokens} tokens", arr.len())));
+    }
+    arr.iter()
+        .enumerate()
+        .map(|(i, s)| s.as_f64().filter(|s| s.is_finite()).ok_or_else(|| bad(format!("entry {i} is not a finite number"))))
+        .collect()
+}
+
+/// The merges a SentencePiece vocabulary implies, best first: for each token, every cut into
+/// two tokens, ranked by the token's score (then longer left part first). This is
+/// transformers' `generate_merges`, which is what makes BPE pick the pair llama.cpp's SPM
+/// tokenizer picks.
+fn merges_from_vocab<'t>(tokens: &'t [Cow<'t, str>], vocab: &HashMap<&str, u32>, ranks: &[f64]) -> Vec<(&'t str, &'t str)> {
+    // (left, right, rank of the joined token, chars in left, chars in right)
+    let mut merges: Vec<(&str, &str, f64, usize, usize)> = Vec::new();
+    let mut seen: HashMap<&str, ()> = HashMap::with_capacity(tokens.len());
+    for (id, tok) in tokens.iter().enumerate() {
+        let tok: &str = tok;
+        // A repeated token is cut once, with the rank of its last id (a Python dict's value).
+        if seen.insert(tok, ()).is_some() {
+            continue;
+        }
+        let rank = ranks[vocab.get(tok).map_or(id, |&i| i as usize)];
+        let start = merges.len();
+        for (at, _) in tok.char_indices().skip(1) {
+            let (l, r) = tok.split_at(at);
+            if vocab.contains_key(l) && vocab.contains_key(r) {
+                merges.push((l, r, rank, l.chars().count(), r.chars().count()));
+            }
+        }
+        merges[start..].sort_by_key(|m| (vocab[m.0], vocab[m.1]));
+    }
+    // Stable, descending on (rank, left length, right length): ties keep the order above.
+    merges.sort_by(|a, b| b.2.total_cmp(&a.2).then(b.3.cmp(&a.3)).then(b.4.cmp(&a.4)));
+    merges.into_iter().map(|m| (m.0, m.1)).collect()
+}
