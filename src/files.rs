@@ -105,7 +105,8 @@ pub fn load_model_with(ctx: &Context, path: &Path, opts: &LoadOptions, progress:
     let maps: Vec<memmap2::Mmap> = shards.iter().map(|p| map(p)).collect::<Result<_>>()?;
     let tokenizer_json = read_opt(&path.join("tokenizer.json"))?;
     let tokenizer_config = read_opt(&path.join("tokenizer_config.json"))?;
-    let template = read_opt(&path.join("chat_template.jinja"))?.map(|b| String::from_utf8_lossy(&b).into_owned());
+    let template_file = path.join("chat_template.jinja");
+    let template = read_opt(&template_file)?.map(|b| crate::tokenizer::template_text(b, &template_file.display().to_string())).transpose()?;
     let generation = read_opt(&path.join("generation_config.json"))?;
     let files = HfFiles {
         dir: label,

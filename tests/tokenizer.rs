@@ -3,7 +3,11 @@
 //! transformers gave (tests/fixtures/smollm2/reference.json, `tokenizer_checks` and
 //! `prompts`), and the chat template must render what transformers rendered.
 
+mod common;
+
 use std::path::PathBuf;
+
+use common::{gguf_string, string_array, tiny_gguf};
 
 use quill::tokenizer::{StreamDecoder, Tokenizer};
 use quill::weights::gguf::Gguf;
@@ -129,6 +133,11 @@ fn gemma3_gguf_tokenizer_matches_transformers_and_llama_cpp() {
     assert_eq!((t.vocab_size(), t.bos_id, t.add_bos, t.add_eos), (262_144, Some(2), true, false));
     // <eos> and <end_of_turn>: the file names no EOT, Gemma's turns end with it.
     assert_eq!(t.eos_ids, vec![1, 106]);
+    // The file has no chat template: Gemma 3's default is used, and the tokenizer says so.
+    assert!(t.chat_template_is_default(), "{}", t.chat_template_origin());
+    let hello = t.apply_chat_template(&[("user", "Hello!")], true).unwrap();
+    assert_eq!(hello, "<bos><start_of_turn>user\nHello!<end_of_turn>\n<start_of_turn>model\n");
+    assert_eq!(&t.encode(&hello).unwrap()[..2], &[2, 105], "one BOS, then <start_of_turn>");
 
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gemma3-270m/reference.json");
     let r: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
@@ -207,36 +216,6 @@ fn stream_decoder_never_splits_a_character() {
 }
 
 // --- Malformed GGUF tokenizers: an error that names the problem, never a panic. ---
-
-fn gguf_string(s: &str) -> Vec<u8> {
-    let mut v = (s.len() as u64).to_le_bytes().to_vec();
-    v.extend_from_slice(s.as_bytes());
-    v
-}
-
-fn string_array(items: &[&str]) -> Vec<u8> {
-    let mut v = 8u32.to_le_bytes().to_vec();
-    v.extend_from_slice(&(items.len() as u64).to_le_bytes());
-    for s in items {
-        v.extend(gguf_string(s));
-    }
-    v
-}
-
-/// A GGUF v3 file with metadata only: (key, value type, payload).
-fn tiny_gguf(kv: &[(&str, u32, Vec<u8>)]) -> Vec<u8> {
-    let mut b = b"GGUF".to_vec();
-    b.extend_from_slice(&3u32.to_le_bytes());
-    b.extend_from_slice(&0u64.to_le_bytes()); // tensors
-    b.extend_from_slice(&(kv.len() as u64).to_le_bytes());
-    for (key, ty, payload) in kv {
-        b.extend(gguf_string(key));
-        b.extend_from_slice(&ty.to_le_bytes());
-        b.extend_from_slice(payload);
-    }
-    b.resize(b.len().div_ceil(32) * 32, 0);
-    b
-}
 
 fn gguf_error(name: &str, kv: &[(&str, u32, Vec<u8>)]) -> String {
     let bytes = tiny_gguf(kv);

@@ -5,6 +5,7 @@ use std::str::FromStr;
 use serde_json::{json, Value as Json};
 
 use super::spm::sentencepiece_json;
+use super::template::default_template;
 use super::{largest_id, Tokenizer};
 use crate::error::{Error, Result};
 use crate::weights::gguf::Gguf;
@@ -93,7 +94,7 @@ impl Tokenizer {
         let flag = |key: &str, default: bool| g.get(key).and_then(|v| v.as_bool()).unwrap_or(default);
         let add_bos = flag("tokenizer.ggml.add_bos_token", model == "llama");
         let add_eos = flag("tokenizer.ggml.add_eos_token", false);
-        let chat_template = g.get("tokenizer.chat_template").and_then(|v| v.as_str()).map(str::to_string);
+        let (chat_template, template_origin, template_is_default) = gguf_chat_template(g);
         let text_of = |id: Option<u32>| id.map(|id| tokens[id as usize].to_string()).unwrap_or_default();
         Ok(Tokenizer {
             bos_token: text_of(bos_id),
@@ -105,7 +106,23 @@ impl Tokenizer {
             add_bos,
             add_eos,
             chat_template,
+            template_origin,
+            template_is_default,
         })
+    }
+}
+
+/// The file's `tokenizer.chat_template`, else the architecture's default (see
+/// `template::default_template`): (template, where it came from, whether it is the default).
+fn gguf_chat_template(g: &Gguf) -> (Option<String>, String, bool) {
+    let key = "tokenizer.chat_template";
+    if let Some(t) = g.get(key).and_then(|v| v.as_str()) {
+        return (Some(t.to_string()), format!("{}: {key}", g.file), false);
+    }
+    let arch = g.get("general.architecture").and_then(|v| v.as_str()).unwrap_or("");
+    match default_template(arch) {
+        Some(t) => (Some(t.to_string()), format!("quill's default chat template for {arch} ({} has no {key})", g.file), true),
+        None => (None, format!("{}: {key}", g.file), false),
     }
 }
 

@@ -51,9 +51,9 @@ impl Tokenizer {
         };
         let add_bos = config.get("add_bos_token").and_then(Json::as_bool).unwrap_or(post_processor_adds_bos);
 
-        let chat_template = match chat_template_jinja {
-            Some(t) => Some(t.to_string()),
-            None => config_chat_template(&config, &config_file)?,
+        let (chat_template, template_origin) = match chat_template_jinja {
+            Some(t) => (Some(t.to_string()), in_folder(folder, "chat_template.jinja")),
+            None => (config_chat_template(&config, &config_file)?, format!("{config_file}: chat_template")),
         };
         Ok(Tokenizer {
             vocab_size: largest_id(&inner) + 1,
@@ -63,6 +63,8 @@ impl Tokenizer {
             add_bos,
             add_eos: false,
             chat_template,
+            template_origin,
+            template_is_default: false,
             bos_token: bos_token.unwrap_or_default(),
             eos_token: eos_token.unwrap_or_default(),
         })

@@ -23,6 +23,7 @@ mod template;
 mod tests;
 
 pub use stream::StreamDecoder;
+pub use template::{template_text, MAX_RENDERED_BYTES, MAX_TEMPLATE_BYTES, TEMPLATE_FUEL};
 
 use crate::error::{Error, Result};
 
@@ -41,6 +42,10 @@ pub struct Tokenizer {
     pub add_eos: bool,
     /// The Jinja chat template, if the model ships one.
     pub chat_template: Option<String>,
+    /// Where `chat_template` came from, for error messages (see [`Tokenizer::chat_template_origin`]).
+    template_origin: String,
+    /// Whether `chat_template` is the built-in default of the architecture.
+    template_is_default: bool,
     /// Text of the BOS/EOS tokens, as the chat template sees them (`bos_token`, `eos_token`).
     bos_token: String,
     eos_token: String,

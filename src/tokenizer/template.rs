@@ -8,15 +8,51 @@ use minijinja::{Environment, ErrorKind};
 use super::Tokenizer;
 use crate::error::{Error, Result};
 
+/// Largest template source we parse. Real templates are a few kB (tool-calling ones ~20 kB);
+/// parsing a hostile 50 MB source would take seconds and gigabytes.
+pub const MAX_TEMPLATE_BYTES: usize = 1 << 20;
+/// minijinja's instruction budget for one render (it also charges ~1 unit per 64 bytes made):
+/// a real template renders a long conversation in well under 1% of it, and a loop that never
+/// ends stops within a fraction of a second.
+pub const TEMPLATE_FUEL: u64 = 5_000_000;
+/// Nesting depth of loops, macros and includes.
+pub const TEMPLATE_RECURSION_LIMIT: usize = 100;
+/// Largest rendered prompt: far beyond any context, small enough to hold in memory.
+pub const MAX_RENDERED_BYTES: usize = 16 << 20;
+
+/// The chat templates used when a GGUF carries none, by `general.architecture`: each is the
+/// template the family's instruct models ship (Gemma folds a system message into the first
+/// user turn; Qwen uses ChatML).
+pub(super) fn default_template(arch: &str) -> Option<&'static str> {
+    match arch {
+        "gemma" | "gemma2" | "gemma3" => Some(include_str!("templates/gemma3.jinja")),
+        "phi3" => Some(include_str!("templates/phi3.jinja")),
+        "qwen2" | "qwen3" => Some(include_str!("templates/chatml.jinja")),
+        _ => None,
+    }
+}
+
 impl Tokenizer {
     /// Renders the chat template for `(role, content)` messages. With
     /// `add_generation_prompt` the text ends with the opening of the assistant's turn.
+    ///
+    /// The template is untrusted code from the model file: it runs with an instruction budget,
+    /// a recursion limit and a cap on its output and source size, and an error names where the
+    /// template came from ([`Tokenizer::chat_template_origin`]).
     pub fn apply_chat_template<R: AsRef<str>, C: AsRef<str>>(&self, messages: &[(R, C)], add_generation_prompt: bool) -> Result<String> {
         let source = self.chat_template.as_deref().ok_or_else(|| {
             Error::Template("the model has no chat template (none in its GGUF metadata or tokenizer_config.json); use a raw prompt".into())
         })?;
+        let origin = &self.template_origin;
+        if source.len() > MAX_TEMPLATE_BYTES {
+            return Err(Error::Template(format!(
+                "{origin}: the chat template is {} bytes, over the limit of {MAX_TEMPLATE_BYTES} bytes",
+                source.len()
+            )));
+        }
         let env = chat_environment();
-        let template = env.template_from_str(source).map_err(|e| Error::Template(format!("cannot parse the model's template: {}", describe(&e))))?;
+        let template =
+            env.template_from_str(source).map_err(|e| Error::Template(format!("{origin}: cannot parse the chat template: {}", describe(&e))))?;
         let messages: Vec<JValue> = messages
             .iter()
             .map(|(role, content)| JValue::from(BTreeMap::from([("role", JValue::from(role.as_ref())), ("content", JValue::from(content.as_ref()))])))
@@ -27,7 +63,63 @@ impl Tokenizer {
             ("bos_token", JValue::from(self.bos_token.as_str())),
             ("eos_token", JValue::from(self.eos_token.as_str())),
         ]);
-        template.render(ctx).map_err(|e| Error::Template(describe(&e)))
+        let mut out = CappedOutput { bytes: Vec::new(), over: false };
+        if let Err(e) = template.render_captured_to(JValue::from(ctx), &mut out) {
+            return Err(Error::Template(if out.over {
+                format!("{origin}: the chat template's output passed the limit of {MAX_RENDERED_BYTES} bytes")
+            } else if e.kind() == ErrorKind::OutOfFuel {
+                format!("{origin}: the chat template ran past its budget of {TEMPLATE_FUEL} instructions (a loop too long or endless)")
+            } else {
+                format!("{origin}: {}", describe(&e))
+            }));
+        }
+        let text = String::from_utf8(out.bytes).map_err(|_| Error::Template(format!("{origin}: the chat template wrote invalid UTF-8")))?;
+        if text.trim().is_empty() {
+            // Not the user's fault: their prompt may be fine, the template wrote nothing.
+            return Err(Error::Template(format!("{origin}: the chat template rendered nothing (or only whitespace) for this conversation")));
+        }
+        Ok(text)
+    }
+
+    /// Where the chat template came from, for messages: `model.gguf: tokenizer.chat_template`,
+    /// `dir/chat_template.jinja`, or the built-in default for the architecture.
+    pub fn chat_template_origin(&self) -> &str {
+        &self.template_origin
+    }
+
+    /// Whether the chat template is quill's built-in default for the architecture, because the
+    /// model file carries none (the CLI says so).
+    pub fn chat_template_is_default(&self) -> bool {
+        self.template_is_default
+    }
+}
+
+/// A `chat_template.jinja` file's text. Not decoded lossily: a template with U+FFFD in place
+/// of its bytes would render a prompt the model was never trained on, so invalid UTF-8 is an
+/// error naming the file.
+pub fn template_text(bytes: Vec<u8>, file: &str) -> Result<String> {
+    String::from_utf8(bytes).map_err(|e| {
+        Error::format(file, format!("the chat template is not UTF-8 text (invalid bytes at offset {})", e.utf8_error().valid_up_to()))
+    })
+}
+
+/// Collects a render and refuses to grow past [`MAX_RENDERED_BYTES`].
+struct CappedOutput {
+    bytes: Vec<u8>,
+    over: bool,
+}
+
+impl std::io::Write for CappedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > MAX_RENDERED_BYTES {
+            self.over = true;
+            return Err(std::io::Error::other("chat template output limit"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -55,6 +147,8 @@ fn chat_environment() -> Environment<'static> {
     });
     env.add_function("strftime_now", |format: String| -> String { strftime_now(&format) });
     env.set_unknown_method_callback(python_method);
+    env.set_fuel(Some(TEMPLATE_FUEL));
+    env.set_recursion_limit(TEMPLATE_RECURSION_LIMIT);
     env
 }
 
