@@ -4,6 +4,7 @@ use std::str::FromStr;
 
 use serde_json::{json, Value as Json};
 
+use super::pre::pre_tokenizer_json;
 use super::spm::sentencepiece_json;
 use super::template::default_template;
 use super::{largest_id, Tokenizer};
@@ -16,16 +17,6 @@ pub(super) const TOKEN_TYPE_USER_DEFINED: u64 = 4;
 
 /// Control tokens that end a chat turn (Gemma, Llama 3, ChatML, Phi-3).
 const END_OF_TURN: [&str; 4] = ["<end_of_turn>", "<|eot_id|>", "<|im_end|>", "<|end|>"];
-
-/// GPT-2's split: contractions, letter runs, digit runs, other runs, spaces. This is what the
-/// `ByteLevel` pre-tokenizer applies itself when `use_regex` is true.
-const GPT2_SPLIT: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
-/// Llama 3's split (from its tokenizer.json): numbers in groups of at most three digits.
-const LLAMA3_SPLIT: &str =
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-/// Qwen2's split (from its tokenizer.json): like Llama 3's but one digit per piece.
-const QWEN2_SPLIT: &str =
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 impl Tokenizer {
     /// Builds the tokenizer described by a GGUF file's `tokenizer.ggml.*` metadata: byte-level
@@ -181,7 +172,7 @@ fn byte_level_bpe_json(file: &str, tokens: &[&str], types: &[u64], merges: &[&st
         })
         .collect();
 
-    let (pre_tokenizer, ignore_merges) = pre_tokenizer_json(file, pre);
+    let (pre_tokenizer, ignore_merges) = pre_tokenizer_json(file, pre)?;
     Ok(json!({
         "version": "1.0",
         "truncation": null,
@@ -197,28 +188,4 @@ fn byte_level_bpe_json(file: &str, tokens: &[&str], types: &[u64], merges: &[&st
             "ignore_merges": ignore_merges, "vocab": vocab, "merges": merges,
         },
     }))
-}
-
-/// The pre-tokenizer for llama.cpp's `tokenizer.ggml.pre` name (the families of
-/// llama.cpp's `llama_vocab::impl::load`), and whether BPE keeps a piece that is already
-/// a token whole (`ignore_merges`, set by Llama 3).
-fn pre_tokenizer_json(file: &str, pre: &str) -> (Json, bool) {
-    let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
-    let split = |regex: &str| json!({"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false});
-    let sequence = |parts: Vec<Json>| json!({"type": "Sequence", "pretokenizers": parts});
-    match pre {
-        "default" | "gpt2" | "gpt-2" | "mpt" | "olmo" | "jais" => (byte_level(true), false),
-        // Every digit on its own first, then GPT-2's split. SmolLM's tokenizer.json has only
-        // the GPT-2 split, but its vocabulary holds no multi-digit or " 2"-like tokens, so the
-        // two agree (the tests check it).
-        "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b" => {
-            (sequence(vec![split(r"\p{N}"), byte_level(true)]), false)
-        }
-        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" => (sequence(vec![split(LLAMA3_SPLIT), byte_level(false)]), true),
-        "qwen2" | "stablelm2" => (sequence(vec![split(QWEN2_SPLIT), byte_level(false)]), false),
-        other => {
-            log::warn!("{file}: unknown tokenizer.ggml.pre \"{other}\"; splitting text like GPT-2, which may tokenize some text differently from the original model");
-            (sequence(vec![split(GPT2_SPLIT), byte_level(false)]), false)
-        }
-    }
 }

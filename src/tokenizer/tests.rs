@@ -79,13 +79,39 @@ fn merges_special_tokens_and_round_trip() {
 }
 
 #[test]
-fn every_pre_tokenizer_builds() {
-    for pre in ["smollm", "llama-bpe", "qwen2", "starcoder", "something-new"] {
+fn every_pre_tokenizer_builds_and_unknown_ones_are_errors() {
+    for &pre in super::pre::KNOWN {
         let bytes = tiny_gguf("gpt2", pre, None);
-        let t = Tokenizer::from_gguf(&Gguf::parse("tiny.gguf", &bytes).unwrap()).unwrap();
-        let text = "hello 2024 héllo\n\n  x";
+        let t = Tokenizer::from_gguf(&Gguf::parse("tiny.gguf", &bytes).unwrap()).unwrap_or_else(|e| panic!("pre = {pre}: {e}"));
+        let text = "hello 2024 héllo\n\n  x, don't 中文!";
         assert_eq!(t.decode(&t.encode(text).unwrap()).unwrap(), text, "pre = {pre}");
     }
+    let bytes = tiny_gguf("gpt2", "something-new", None);
+    let e = Tokenizer::from_gguf(&Gguf::parse("tiny.gguf", &bytes).unwrap()).unwrap_err().to_string();
+    assert!(e.contains("\"something-new\"") && e.contains("tokenizer.ggml.pre") && e.contains("llama-bpe"), "{e}");
+}
+
+/// Pieces of `text` under a pre-tokenizer name, to check the splits themselves.
+fn pieces(pre: &str, text: &str) -> Vec<String> {
+    use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
+    let (json, _) = super::pre::pre_tokenizer_json("t", pre).unwrap();
+    let pt: tokenizers::PreTokenizerWrapper = serde_json::from_value(json).unwrap();
+    let mut s = PreTokenizedString::from(text);
+    pt.pre_tokenize(&mut s).unwrap();
+    s.get_splits(OffsetReferential::Original, OffsetType::Byte).into_iter().map(|(p, _, _)| p.to_string()).collect()
+}
+
+#[test]
+fn pre_tokenizers_split_numbers_like_their_families() {
+    // Llama 3 groups digits by three, Qwen2 and SmolLM split every digit, GPT-2 keeps runs.
+    assert_eq!(pieces("llama-bpe", "12345"), ["123", "45"]);
+    assert_eq!(pieces("qwen2", "123"), ["1", "2", "3"]);
+    assert_eq!(pieces("smollm", " 123"), ["Ġ", "1", "2", "3"]);
+    assert_eq!(pieces("gpt2", " 12345"), ["Ġ12345"]);
+    // Falcon: punctuation runs, then numbers in threes.
+    assert_eq!(pieces("falcon", "a+=1234"), ["a", "+=", "123", "4"]);
+    // Tekken: "CamelCase" is two words.
+    assert_eq!(pieces("tekken", "CamelCase"), ["Camel", "Case"]);
 }
 
 #[test]
