@@ -5,7 +5,7 @@ use std::str::FromStr;
 use serde_json::{json, Value as Json};
 
 use super::pre::pre_tokenizer_json;
-use super::spm::sentencepiece_json;
+use super::spm::sentencepiece;
 use super::template::default_template;
 use super::{largest_id, Tokenizer};
 use crate::error::{Error, Result};
@@ -42,15 +42,15 @@ impl Tokenizer {
             return Err(Error::format(file, format!("{} tokens do not fit 32-bit ids", tokens.len())));
         }
         let types = token_types(g, tokens.len())?;
-        let json = if model == "llama" {
-            sentencepiece_json(g, &tokens, &types)?
+        let inner = if model == "llama" {
+            sentencepiece(g, &tokens, &types)?
         } else {
             let merges = g.strings("tokenizer.ggml.merges")?;
             let pre = g.get("tokenizer.ggml.pre").and_then(|v| v.as_str()).unwrap_or("default");
-            byte_level_bpe_json(file, &tokens, &types, &merges, pre)?
+            let json = byte_level_bpe_json(file, &tokens, &types, &merges, pre)?;
+            tokenizers::Tokenizer::from_str(&json.to_string())
+                .map_err(|e| Error::format(file, format!("tokenizer.ggml.* does not make a valid BPE tokenizer: {e}")))?
         };
-        let inner = tokenizers::Tokenizer::from_str(&json.to_string())
-            .map_err(|e| Error::format(file, format!("tokenizer.ggml.* does not make a valid BPE tokenizer: {e}")))?;
 
         let token_id = |key: &str| -> Result<Option<u32>> {
             match g.get(key) {

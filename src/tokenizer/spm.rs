@@ -14,6 +14,8 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 
 use serde_json::{json, Value as Json};
+use tokenizers::models::bpe::{Merges, Vocab, BPE};
+use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper, PreTokenizerWrapper};
 
 use super::gguf::{TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED};
 use crate::error::{Error, Result};
@@ -34,8 +36,8 @@ enum Spaces {
     Metaspace { prepend: bool },
 }
 
-/// The `tokenizer.json` of a GGUF's SentencePiece vocabulary (see the module comment).
-pub(super) fn sentencepiece_json(g: &Gguf, tokens: &[&str], types: &[u64]) -> Result<Json> {
+/// The tokenizer of a GGUF's SentencePiece vocabulary (see the module comment).
+pub(super) fn sentencepiece(g: &Gguf, tokens: &[&str], types: &[u64]) -> Result<tokenizers::Tokenizer> {
     let file = g.file.as_str();
     let arch = g.get("general.architecture").and_then(|v| v.as_str()).unwrap_or("");
     let gemma = matches!(arch, "gemma" | "gemma2" | "gemma3");
@@ -69,18 +71,15 @@ pub(super) fn sentencepiece_json(g: &Gguf, tokens: &[&str], types: &[u64]) -> Re
 
     // Control tokens are special; user-defined ones are matched whole in the text too (llama.cpp
     // does). A user-defined token Gemma respelled is left to BPE, as transformers does.
-    let added_tokens: Vec<Json> = types
-        .iter()
-        .enumerate()
-        .filter(|&(id, &t)| t == TOKEN_TYPE_CONTROL || (t == TOKEN_TYPE_USER_DEFINED && spelled[id] == tokens[id]))
-        .map(|(id, &t)| {
-            json!({"id": id, "content": tokens[id], "single_word": false, "lstrip": false, "rstrip": false,
-                   "normalized": false, "special": t == TOKEN_TYPE_CONTROL})
-        })
-        .collect();
+    let added = |kind: u64| -> Vec<AddedToken> {
+        types
+            .iter()
+            .enumerate()
+            .filter(|&(id, &t)| t == kind && spelled[id] == tokens[id])
+            .map(|(id, _)| AddedToken::from(tokens[id].to_string(), kind == TOKEN_TYPE_CONTROL).normalized(false))
+            .collect()
+    };
 
-    let vocab_json: serde_json::Map<String, Json> = vocab.iter().map(|(t, &id)| (t.to_string(), json!(id))).collect();
-    let merges_json: Vec<Json> = merges.iter().map(|&(l, r)| json!([l, r])).collect();
     let (normalizer, pre_tokenizer, strip_first_space) = match spaces {
         Spaces::Replace => (replace_space(), Json::Null, false),
         Spaces::PrependAndReplace => (json!({"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": SPACE}, replace_space()]}), Json::Null, true),
@@ -101,21 +100,27 @@ pub(super) fn sentencepiece_json(g: &Gguf, tokens: &[&str], types: &[u64]) -> Re
     if merges.is_empty() && tokens.len() > 1 {
         log::warn!("{file}: no token of the SentencePiece vocabulary is two others joined; text is cut into characters");
     }
-    Ok(json!({
-        "version": "1.0",
-        "truncation": null,
-        "padding": null,
-        "added_tokens": added_tokens,
-        "normalizer": normalizer,
-        "pre_tokenizer": pre_tokenizer,
-        "post_processor": null,
-        "decoder": {"type": "Sequence", "decoders": decoders},
-        "model": {
-            "type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
-            "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true,
-            "ignore_merges": false, "vocab": vocab_json, "merges": merges_json,
-        },
-    }))
+
+    // The model is built directly: a 262k vocabulary with 500k merges written out as JSON and
+    // parsed back would double the load time. The small parts are tokenizer.json's own forms.
+    let bad = |what: &str, e: String| Error::format(file, format!("tokenizer.ggml.* does not make a valid SentencePiece {what}: {e}"));
+    let bpe_vocab: Vocab = vocab.iter().map(|(t, &id)| (t.to_string(), id)).collect();
+    let bpe_merges: Merges = merges.iter().map(|&(l, r)| (l.to_string(), r.to_string())).collect();
+    let mut bpe = BPE::builder().vocab_and_merges(bpe_vocab, bpe_merges).byte_fallback(true).fuse_unk(true);
+    if let Some(unk) = unk {
+        bpe = bpe.unk_token(unk);
+    }
+    let mut t = tokenizers::Tokenizer::new(bpe.build().map_err(|e| bad("BPE", e.to_string()))?);
+    let normalizer: Option<NormalizerWrapper> = serde_json::from_value(normalizer).map_err(|e| bad("normalizer", e.to_string()))?;
+    let pre_tokenizer: Option<PreTokenizerWrapper> = serde_json::from_value(pre_tokenizer).map_err(|e| bad("pre-tokenizer", e.to_string()))?;
+    let decoder: DecoderWrapper =
+        serde_json::from_value(json!({"type": "Sequence", "decoders": decoders})).map_err(|e| bad("decoder", e.to_string()))?;
+    t.with_normalizer(normalizer);
+    t.with_pre_tokenizer(pre_tokenizer);
+    t.with_decoder(Some(decoder));
+    t.add_special_tokens(&added(TOKEN_TYPE_CONTROL));
+    t.add_tokens(&added(TOKEN_TYPE_USER_DEFINED));
+    Ok(t)
 }
 
 fn replace_space() -> Json {
