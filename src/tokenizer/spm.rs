@@ -24,6 +24,11 @@ use crate::weights::gguf::Gguf;
 /// SentencePiece's space.
 const SPACE: &str = "\u{2581}";
 
+/// Cutting every token in two costs about the sum of the squared token lengths in bytes (each
+/// cut hashes both halves): 2.7e7 for Gemma's 262k tokens. A vocabulary past this bound (a
+/// hostile file with megabyte-long tokens) is refused instead of taking minutes.
+const MAX_CUT_WORK: u64 = 1 << 28;
+
 /// How text becomes SentencePiece pieces before BPE, which depends on the family.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Spaces {
@@ -32,7 +37,8 @@ enum Spaces {
     /// Phi-3: `▁` prepended to the text and spaces become `▁` (by a normalizer: text that starts
     /// with spaces keeps one more `▁` than with Metaspace).
     PrependAndReplace,
-    /// Llama 2, Mistral, TinyLlama: Metaspace, `▁` prepended to the first piece of text only.
+    /// Llama 2, Mistral, TinyLlama: Metaspace, `▁` prepended to the first piece of text only
+    /// (as transformers does; llama.cpp also prepends one after each special token).
     Metaspace { prepend: bool },
 }
 
@@ -53,6 +59,13 @@ pub(super) fn sentencepiece(g: &Gguf, tokens: &[&str], types: &[u64]) -> Result<
         .iter()
         .map(|&t| if gemma && t.contains(' ') && t.trim().is_empty() { Cow::Owned(SPACE.repeat(t.chars().count())) } else { Cow::Borrowed(t) })
         .collect();
+    let work: u64 = spelled.iter().map(|t| (t.len() as u64).saturating_mul(t.len() as u64)).fold(0, u64::saturating_add);
+    if work > MAX_CUT_WORK {
+        return Err(Error::format(
+            file,
+            format!("metadata 'tokenizer.ggml.tokens': tokens too long for a SentencePiece vocabulary (sum of squared lengths {work} > {MAX_CUT_WORK})"),
+        ));
+    }
     let ranks: Vec<f64> = if gemma { (0..tokens.len()).map(|i| -(i as f64)).collect() } else { scores(g, tokens.len())? };
 
     // Like a Python dict built from the list: a repeated token keeps its last id.

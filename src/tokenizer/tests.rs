@@ -256,3 +256,19 @@ fn sentencepiece_prefix_bytes_and_specials() {
     assert_eq!(t.encode("  hello").unwrap(), vec![1, id("▁▁"), id("hello")]);
     assert_eq!(t.decode(&[id("▁▁"), id("hello")]).unwrap(), "  hello");
 }
+
+#[test]
+fn sentencepiece_with_huge_tokens_is_refused_quickly() {
+    // Two tokens of 64 kB each: cutting them would hash 2 * 65536^2 bytes.
+    let long = "x".repeat(1 << 16);
+    let kv = vec![
+        ("tokenizer.ggml.model", 8, gguf_string("llama")),
+        ("tokenizer.ggml.tokens", 9, string_array(&[&long, &long[1..]])),
+        ("tokenizer.ggml.scores", 9, f32_array(&[0.0, 0.0])),
+    ];
+    let bytes = build(3, &kv, &[]);
+    let started = std::time::Instant::now();
+    let e = Tokenizer::from_gguf(&Gguf::parse("long.gguf", &bytes).unwrap()).unwrap_err().to_string();
+    assert!(started.elapsed().as_secs() < 2, "{:?}", started.elapsed());
+    assert!(e.contains("long.gguf") && e.contains("tokenizer.ggml.tokens") && e.contains("too long"), "{e}");
+}
