@@ -3,6 +3,9 @@
 use super::Tokenizer;
 use crate::error::Result;
 
+/// Most ids held back waiting for a character to complete (see [`StreamDecoder`]).
+pub const MAX_HELD_IDS: usize = 8;
+
 /// Turns generated ids into text as they come, one piece per call, never cutting a UTF-8
 /// character that spans several tokens (CJK and emoji often take two or three byte tokens).
 ///
@@ -11,8 +14,9 @@ use crate::error::Result;
 /// `ids[prefix..]` is decoded again with it as context; what it adds is new. While that text
 /// ends in U+FFFD the last character is incomplete and we wait for more ids.
 ///
-/// A model that truly produces invalid bytes would keep the stream waiting; [`finish`]
-/// flushes what is left, U+FFFD included.
+/// A character takes at most four byte tokens, so once [`MAX_HELD_IDS`] ids are held back the
+/// bytes are truly invalid: they are printed as U+FFFD rather than held (and re-decoded) for
+/// ever. [`finish`] flushes what is left, U+FFFD included.
 ///
 /// [`finish`]: StreamDecoder::finish
 #[derive(Clone, Debug, Default)]
@@ -40,7 +44,17 @@ impl StreamDecoder {
         self.ids.push(id);
         let printed = tokenizer.decode(&self.ids[self.prefix..self.read])?;
         let text = tokenizer.decode(&self.ids[self.prefix..])?;
-        if text.len() <= printed.len() || text.ends_with('\u{FFFD}') {
+        let held = self.ids.len() - self.read;
+        if text.len() <= printed.len() {
+            // Ids that add no text (not even part of a character) need no context: drop them
+            // from the window so it does not grow.
+            if held >= MAX_HELD_IDS {
+                self.prefix = self.read;
+                self.read = self.ids.len();
+            }
+            return Ok(None);
+        }
+        if text.ends_with('\u{FFFD}') && held < MAX_HELD_IDS {
             return Ok(None);
         }
         let Some(piece) = new_part(&text, &printed) else { return Ok(None) };

@@ -272,3 +272,15 @@ fn sentencepiece_with_huge_tokens_is_refused_quickly() {
     assert!(started.elapsed().as_secs() < 2, "{:?}", started.elapsed());
     assert!(e.contains("long.gguf") && e.contains("tokenizer.ggml.tokens") && e.contains("too long"), "{e}");
 }
+
+#[test]
+fn stream_decoder_does_not_hold_invalid_bytes_for_ever() {
+    let t = tiny(None);
+    let ff = t.token_to_id(&byte_char(0xFF).to_string()).unwrap();
+    let mut stream = StreamDecoder::new();
+    let mut pieces: Vec<String> = (0..20).filter_map(|_| stream.step(&t, ff).unwrap()).collect();
+    // Printed once MAX_HELD_IDS ids were held, not only at the end.
+    assert!(!pieces.is_empty(), "everything was held back");
+    pieces.extend(stream.finish(&t).unwrap());
+    assert_eq!(pieces.concat(), "\u{FFFD}".repeat(20));
+}
