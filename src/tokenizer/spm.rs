@@ -6,7 +6,9 @@
 //! the best-scored token. We build the same thing as transformers' GGUF converter does
 //! (`integrations/gguf/gguf_tokenizer_mapping.py`): a `tokenizers` BPE whose merges are every
 //! way to cut each token in two, ranked best-first, with byte fallback to the `<0xNN>` tokens,
-//! and the space written as `▁`. Gemma differs in three ways the converter also handles: its
+//! and the space written as `▁`. Where transformers and llama.cpp differ (the `▁` in front of
+//! text that starts with a space, and after a special token) we follow llama.cpp, which
+//! agrees with SentencePiece itself. Gemma differs in three ways the converter also handles: its
 //! merge order is the order of the tokens in the file (its scores do not follow it), its runs of
 //! spaces are stored as real spaces and must be respelled as `▁`s, and it never prepends `▁`.
 
@@ -15,7 +17,7 @@ use std::collections::HashMap;
 
 use serde_json::{json, Value as Json};
 use tokenizers::models::bpe::{Merges, Vocab, BPE};
-use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper, PreTokenizerWrapper};
+use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper};
 
 use super::gguf::{TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED};
 use crate::error::{Error, Result};
@@ -29,31 +31,17 @@ const SPACE: &str = "\u{2581}";
 /// hostile file with megabyte-long tokens) is refused instead of taking minutes.
 const MAX_CUT_WORK: u64 = 1 << 28;
 
-/// How text becomes SentencePiece pieces before BPE, which depends on the family.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Spaces {
-    /// Gemma: spaces become `▁`, nothing is prepended.
-    Replace,
-    /// Phi-3: `▁` prepended to the text and spaces become `▁` (by a normalizer: text that starts
-    /// with spaces keeps one more `▁` than with Metaspace).
-    PrependAndReplace,
-    /// Llama 2, Mistral, TinyLlama: Metaspace, `▁` prepended to the first piece of text only
-    /// (as transformers does; llama.cpp also prepends one after each special token).
-    Metaspace { prepend: bool },
-}
-
 /// The tokenizer of a GGUF's SentencePiece vocabulary (see the module comment).
 pub(super) fn sentencepiece(g: &Gguf, tokens: &[&str], types: &[u64]) -> Result<tokenizers::Tokenizer> {
     let file = g.file.as_str();
     let arch = g.get("general.architecture").and_then(|v| v.as_str()).unwrap_or("");
     let gemma = matches!(arch, "gemma" | "gemma2" | "gemma3");
     let add_space_prefix = g.get("tokenizer.ggml.add_space_prefix").and_then(|v| v.as_bool()).unwrap_or(true);
-    let spaces = match arch {
-        _ if gemma => Spaces::Replace,
-        "phi3" if add_space_prefix => Spaces::PrependAndReplace,
-        _ => Spaces::Metaspace { prepend: add_space_prefix },
-    };
-
+    // llama.cpp (and SentencePiece) put "▁" in front of the text, even text that starts with a
+    // space, and again after each special token; transformers' Metaspace does neither, so this
+    // is a normalizer, which runs on each piece of text between special tokens. Gemma never
+    // prepends.
+    let prepend = add_space_prefix && !gemma;
     // Gemma stores a token of two or more spaces as spaces; everything else spells them `▁`.
     let spelled: Vec<Cow<str>> = tokens
         .iter()
@@ -93,21 +81,17 @@ pub(super) fn sentencepiece(g: &Gguf, tokens: &[&str], types: &[u64]) -> Result<
             .collect()
     };
 
-    let (normalizer, pre_tokenizer, strip_first_space) = match spaces {
-        Spaces::Replace => (replace_space(), Json::Null, false),
-        Spaces::PrependAndReplace => (json!({"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": SPACE}, replace_space()]}), Json::Null, true),
-        Spaces::Metaspace { prepend } => (
-            Json::Null,
-            json!({"type": "Metaspace", "replacement": SPACE, "prepend_scheme": if prepend { "first" } else { "never" }, "split": false}),
-            prepend,
-        ),
+    let normalizer = if prepend {
+        json!({"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": SPACE}, replace_space()]})
+    } else {
+        replace_space()
     };
     let mut decoders = vec![
         json!({"type": "Replace", "pattern": {"String": SPACE}, "content": " "}),
         json!({"type": "ByteFallback"}),
         json!({"type": "Fuse"}),
     ];
-    if strip_first_space {
+    if prepend {
         decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
     }
     if merges.is_empty() && tokens.len() > 1 {
@@ -125,11 +109,9 @@ pub(super) fn sentencepiece(g: &Gguf, tokens: &[&str], types: &[u64]) -> Result<
     }
     let mut t = tokenizers::Tokenizer::new(bpe.build().map_err(|e| bad("BPE", e.to_string()))?);
     let normalizer: Option<NormalizerWrapper> = serde_json::from_value(normalizer).map_err(|e| bad("normalizer", e.to_string()))?;
-    let pre_tokenizer: Option<PreTokenizerWrapper> = serde_json::from_value(pre_tokenizer).map_err(|e| bad("pre-tokenizer", e.to_string()))?;
     let decoder: DecoderWrapper =
         serde_json::from_value(json!({"type": "Sequence", "decoders": decoders})).map_err(|e| bad("decoder", e.to_string()))?;
     t.with_normalizer(normalizer);
-    t.with_pre_tokenizer(pre_tokenizer);
     t.with_decoder(Some(decoder));
     t.add_special_tokens(&added(TOKEN_TYPE_CONTROL));
     t.add_tokens(&added(TOKEN_TYPE_USER_DEFINED));

@@ -237,9 +237,12 @@ fn sentencepiece_prefix_bytes_and_specials() {
     // Characters with no piece fall back to their UTF-8 bytes.
     let ids = t.encode("hé").unwrap();
     assert_eq!(ids, vec![1, id("▁h"), id("<0xC3>"), id("<0xA9>")]);
-    // Control and user-defined tokens are matched whole; no "▁" is prepended after them.
-    assert_eq!(t.encode("<tool>hello</s>").unwrap(), vec![1, 3, id("hello"), 2]);
-    for text in ["hello world", "hé wörld 🐉", "x<tool>y"] {
+    // Control and user-defined tokens are matched whole; as in llama.cpp, "▁" is prepended to
+    // the text after them too.
+    assert_eq!(t.encode("<tool>hello</s>").unwrap(), vec![1, 3, id("▁hello"), 2]);
+    // Text that starts with a space gets its own "▁" in front, as in SentencePiece.
+    assert_eq!(t.encode(" hello").unwrap(), vec![1, id("▁"), id("▁hello")]);
+    for text in ["hello world", "hé wörld 🐉", "  two"] {
         let ids = t.encode(text).unwrap();
         assert_eq!(t.decode(&ids[1..]).unwrap(), text, "round trip of {text:?}");
     }
