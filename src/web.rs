@@ -114,7 +114,10 @@ impl Quill {
         if safetensors.is_empty() {
             return Err(JsError::new(&format!("{dir}: no .safetensors file among the files given")));
         }
-        let template = file("chat_template.jinja").map(String::from_utf8_lossy);
+        let template = file("chat_template.jinja")
+            .map(|b| crate::tokenizer::template_text(b.to_vec(), &format!("{dir}/chat_template.jinja")))
+            .transpose()
+            .map_err(js_error)?;
         let files = HfFiles {
             dir: dir.to_string(),
             config_json,

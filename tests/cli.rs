@@ -95,12 +95,17 @@ fn same_seed_same_text() {
 
 /// llama-tiny in a temporary directory, with `generation_config` as its generation_config.json.
 fn tiny_with_generation_config(name: &str, generation_config: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("quill-genconfig-{name}-{}", std::process::id()));
+    tiny_with(&format!("genconfig-{name}"), "generation_config.json", generation_config.as_bytes())
+}
+
+/// llama-tiny in a temporary directory, with one more file `file` holding `contents`.
+fn tiny_with(name: &str, file: &str, contents: &[u8]) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("quill-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
         std::fs::copy(fixture("llama-tiny").join(f), dir.join(f)).unwrap();
     }
-    std::fs::write(dir.join("generation_config.json"), generation_config).unwrap();
+    std::fs::write(dir.join(file), contents).unwrap();
     dir
 }
 
@@ -297,4 +302,38 @@ fn a_ctx_beyond_the_memory_budget_names_the_bytes_and_what_fits() {
     // Without --ctx, the largest context that fits is used rather than the model's 256.
     let o = quill_env(&["write", "--model", &tiny(), "--max-tokens", "2", "--seed", "1", "hi"], &[("QUILL_GPU_MEMORY", "1M")]);
     assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn chat_without_a_template_uses_the_architecture_default_and_says_so() {
+    if !has_gpu() {
+        return;
+    }
+    // qwen2-tiny's GGUF has no tokenizer.chat_template; Qwen's default is ChatML.
+    let gguf = fixture("qwen2-tiny/model-f32.gguf").display().to_string();
+    let o = quill(&["write", "--model", &gguf, "--chat", "--max-tokens", "1", "hi"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("chat template: quill's default chat template for qwen2"), "{}", stderr(&o));
+}
+
+#[test]
+fn hostile_chat_templates_fail_fast_naming_the_file() {
+    if !has_gpu() {
+        return;
+    }
+    let endless = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}x";
+    let cases: [(&str, &[u8], &[&str]); 3] = [
+        ("endless", endless.as_bytes(), &["chat_template.jinja", "budget"]),
+        ("utf8", b"{{ bos_token }}\xff user", &["chat_template.jinja", "not UTF-8"]),
+        ("empty", b"{% if false %}x{% endif %}", &["chat_template.jinja", "rendered nothing"]),
+    ];
+    for (name, template, needles) in cases {
+        let dir = tiny_with(&format!("template-{name}"), "chat_template.jinja", template);
+        let started = std::time::Instant::now();
+        let o = quill(&["write", "--model", dir.to_str().unwrap(), "--chat", "--max-tokens", "1", "a fine prompt"]);
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "{name}: took {:?}", started.elapsed());
+        expect_error(&o, needles);
+        assert!(!stderr(&o).contains("is empty"), "{name}: blames the prompt: {}", stderr(&o));
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }

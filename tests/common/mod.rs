@@ -34,3 +34,35 @@ pub fn argmax(row: &[f32]) -> u32 {
 }
 
 pub fn no_progress(_: u64, _: u64) {}
+
+// --- GGUF files built in memory (metadata only), for tokenizer and template tests. ---
+
+pub fn gguf_string(s: &str) -> Vec<u8> {
+    let mut v = (s.len() as u64).to_le_bytes().to_vec();
+    v.extend_from_slice(s.as_bytes());
+    v
+}
+
+pub fn string_array(items: &[&str]) -> Vec<u8> {
+    let mut v = 8u32.to_le_bytes().to_vec();
+    v.extend_from_slice(&(items.len() as u64).to_le_bytes());
+    for s in items {
+        v.extend(gguf_string(s));
+    }
+    v
+}
+
+/// A GGUF v3 file with metadata only: (key, value type, payload).
+pub fn tiny_gguf(kv: &[(&str, u32, Vec<u8>)]) -> Vec<u8> {
+    let mut b = b"GGUF".to_vec();
+    b.extend_from_slice(&3u32.to_le_bytes());
+    b.extend_from_slice(&0u64.to_le_bytes()); // tensors
+    b.extend_from_slice(&(kv.len() as u64).to_le_bytes());
+    for (key, ty, payload) in kv {
+        b.extend(gguf_string(key));
+        b.extend_from_slice(&ty.to_le_bytes());
+        b.extend_from_slice(payload);
+    }
+    b.resize(b.len().div_ceil(32) * 32, 0);
+    b
+}

@@ -1,0 +1,82 @@
+//! Streaming detokenization that never cuts a UTF-8 character.
+
+use super::Tokenizer;
+use crate::error::Result;
+
+/// Most ids held back waiting for a character to complete (see [`StreamDecoder`]).
+pub const MAX_HELD_IDS: usize = 8;
+
+/// Turns generated ids into text as they come, one piece per call, never cutting a UTF-8
+/// character that spans several tokens (CJK and emoji often take two or three byte tokens).
+///
+/// The text of a token depends on its neighbours (a character's bytes, or a SentencePiece
+/// leading space), so we decode a window: `ids[prefix..read]` was already printed, and
+/// `ids[prefix..]` is decoded again with it as context; what it adds is new. While that text
+/// ends in U+FFFD the last character is incomplete and we wait for more ids.
+///
+/// A character takes at most four byte tokens, so once [`MAX_HELD_IDS`] ids are held back the
+/// bytes are truly invalid: they are printed as U+FFFD rather than held (and re-decoded) for
+/// ever. [`finish`] flushes what is left, U+FFFD included.
+///
+/// [`finish`]: StreamDecoder::finish
+#[derive(Clone, Debug, Default)]
+pub struct StreamDecoder {
+    ids: Vec<u32>,
+    /// Start of the context window: ids before it are printed and no longer needed.
+    prefix: usize,
+    /// End of what has been printed.
+    read: usize,
+}
+
+impl StreamDecoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The ids pushed so far.
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+
+    /// Adds one generated id; returns the text it completes, or `None` while a character is
+    /// still incomplete.
+    pub fn step(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<Option<String>> {
+        self.ids.push(id);
+        let printed = tokenizer.decode(&self.ids[self.prefix..self.read])?;
+        let text = tokenizer.decode(&self.ids[self.prefix..])?;
+        let held = self.ids.len() - self.read;
+        if text.len() <= printed.len() {
+            // Ids that add no text (not even part of a character) need no context: drop them
+            // from the window so it does not grow.
+            if held >= MAX_HELD_IDS {
+                self.prefix = self.read;
+                self.read = self.ids.len();
+            }
+            return Ok(None);
+        }
+        if text.ends_with('\u{FFFD}') && held < MAX_HELD_IDS {
+            return Ok(None);
+        }
+        let Some(piece) = new_part(&text, &printed) else { return Ok(None) };
+        let piece = piece.to_string();
+        self.prefix = self.read;
+        self.read = self.ids.len();
+        Ok(Some(piece))
+    }
+
+    /// Returns whatever has not been printed yet, even an incomplete character (as U+FFFD);
+    /// `None` when everything was.
+    pub fn finish(&mut self, tokenizer: &Tokenizer) -> Result<Option<String>> {
+        let printed = tokenizer.decode(&self.ids[self.prefix..self.read])?;
+        let text = tokenizer.decode(&self.ids[self.prefix..])?;
+        self.prefix = self.ids.len();
+        self.read = self.ids.len();
+        let rest = new_part(&text, &printed).unwrap_or(&text);
+        Ok((!rest.is_empty()).then(|| rest.to_string()))
+    }
+}
+
+/// The part of `text` after `printed`, if `text` still starts with it.
+fn new_part<'t>(text: &'t str, printed: &str) -> Option<&'t str> {
+    text.strip_prefix(printed).or_else(|| text.get(printed.len()..))
+}
