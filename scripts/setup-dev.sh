@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up a machine to run quill's tests and build its browser page: everything scripts/setup.sh
 # installs for writing, then headless Chromium and chromedriver (WebGPU through SwiftShader),
-# Node.js with playwright-core, Rust's wasm32 target and wasm-bindgen-cli. Safe to run again.
+# Node.js with playwright-core, Rust's wasm32 target and wasm-bindgen-cli, and the second test
+# model (Gemma 3 270M). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -26,3 +27,5 @@ if [ "$(wasm-bindgen --version 2>/dev/null | cut -d' ' -f2)" != "$wb_version" ];
   cargo install --quiet wasm-bindgen-cli --version "$wb_version" >&2
 fi
 [ -d tests/web/node_modules/playwright-core ] || (cd tests/web && npm ci --no-audit --no-fund --loglevel=error >&2)
+# The second test model: Gemma 3 270M Q4_K_M (SentencePiece tokenizer, Q5_0/Q4_K/Q6_K tensors).
+bash scripts/fetch-model.sh gemma3-270m
