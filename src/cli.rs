@@ -248,7 +248,7 @@ fn info(model: Option<PathBuf>) -> Result<()> {
             "GPU memory: weights {:.1} MB ({:.1} MB as f32) + KV cache {:.1} MB for {ctx_len} positions",
             m.model.weight_bytes() as f64 / 1e6,
             c.weight_bytes() as f64 / 1e6,
-            c.kv_bytes(ctx_len) as f64 / 1e6
+            quill::plan::SessionShape::new(c, quill::generate::DEFAULT_MAX_BATCH).kv_bytes(ctx_len) as f64 / 1e6
         );
     }
     Ok(())

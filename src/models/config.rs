@@ -306,11 +306,6 @@ impl ModelConfig {
         let positions = if self.positions == Positions::Learned { self.max_ctx as u64 * d } else { 0 };
         4 * (v * d + positions + self.n_layers as u64 * (2 * norm + attn + mlp) + norm + head)
     }
-
-    /// Bytes of the KV cache for `ctx` positions of one sequence.
-    pub fn kv_bytes(&self, ctx: usize) -> u64 {
-        4 * 2 * (self.n_layers * self.n_kv_heads * self.head_dim * ctx) as u64
-    }
 }
 
 /// Parses a config file; a type error names the field it is in (serde_json says only where).
