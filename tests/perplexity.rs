@@ -125,3 +125,25 @@ fn windows_score_every_token_once() {
     assert!(perplexity(ctx, &model, &ids, 56, 57).unwrap_err().to_string().contains("--stride"));
     assert!(perplexity(ctx, &model, &ids, 100000, 1).unwrap_err().to_string().contains("--ctx"));
 }
+
+/// Gemma 3 270M Q4_K_M (`scripts/fetch-model.sh gemma3-270m`), its weights quantized on the GPU,
+/// against transformers on the same file dequantized to float32 (tests/fixtures/gemma3-270m/
+/// reference.json `perplexity`: its own text, BOS added as the file says): mean NLL within 1e-3.
+#[test]
+fn perplexity_gemma3_270m() {
+    let Some(_) = test_context() else { return };
+    let path = quill::files::gemma3_270m_path();
+    if !path.is_file() {
+        assert!(std::env::var_os("CI").is_none(), "CI is set but {} is missing: run scripts/fetch-model.sh gemma3-270m", path.display());
+        eprintln!("SKIPPING: {} is missing", path.display());
+        return;
+    }
+    let want = &json("gemma3-270m/reference.json")["perplexity"];
+    let (text, want_n, want_nll) = (want["text"].as_str().unwrap(), want["n_tokens"].as_u64().unwrap(), want["mean_nll"].as_f64().unwrap());
+    let o = Command::new(env!("CARGO_BIN_EXE_quill")).args(["perplexity", "--json", "--model", path.to_str().unwrap(), text]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let got: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}): {}", String::from_utf8_lossy(&o.stdout)));
+    assert_eq!(got["n_tokens"].as_u64(), Some(want_n), "gemma3-270m: n_tokens (reference.json perplexity)");
+    let nll = got["mean_nll"].as_f64().unwrap();
+    assert!((nll - want_nll).abs() <= 1e-3, "gemma3-270m: mean NLL {nll} vs reference.json {want_nll}");
+}
