@@ -22,6 +22,9 @@ if command -v dpkg >/dev/null; then
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
   done
   command -v npm >/dev/null || missing+=(nodejs npm)
+  # `quill serve`'s replica test runs Debian's nginx (and the script polls with curl).
+  dpkg -s nginx >/dev/null 2>&1 || missing+=(nginx)
+  command -v curl >/dev/null || missing+=(curl)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} ..." >&2
@@ -43,4 +46,6 @@ if [ "$(wasm-bindgen --version 2>/dev/null | cut -d' ' -f2)" != "$wb_version" ];
   cargo install --quiet wasm-bindgen-cli --version "$wb_version" >&2
 fi
 [ -d tests/web/node_modules/playwright-core ] || (cd tests/web && npm ci --no-audit --no-fund --loglevel=error >&2)
+# `quill serve`'s client test uses the real openai package.
+python3 -c "import openai" 2>/dev/null || python3 -m pip install --quiet openai >&2 || python3 -m pip install --quiet --break-system-packages openai >&2
 bash scripts/fetch-model.sh
