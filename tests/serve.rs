@@ -213,14 +213,21 @@ fn answers_in_openai_shapes_and_refuses_bad_requests() {
     let size = 10 << 20;
     let head = format!("POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nContent-Length: {size}\r\n\r\n");
     c.write_all(head.as_bytes()).unwrap();
+    // Read the answer while sending: the server may answer (and hang up) before the end.
+    let mut reader = c.try_clone().unwrap();
+    let replied = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let _ = reader.read_to_end(&mut got);
+        String::from_utf8_lossy(&got).into_owned()
+    });
     let chunk = vec![b' '; 1 << 16];
     for _ in 0..size / chunk.len() {
         if c.write_all(&chunk).is_err() {
             break;
         }
     }
-    let mut reply = String::new();
-    let _ = c.read_to_string(&mut reply);
+    let _ = c.shutdown(std::net::Shutdown::Write);
+    let reply = replied.join().unwrap();
     assert!(reply.starts_with("HTTP/1.1 413"), "{}", reply.lines().next().unwrap_or(""));
 
     // Slow clients: a head that never ends, and a body that never comes, time out (--timeout 3).
