@@ -238,6 +238,15 @@ fn answers_in_openai_shapes_and_refuses_bad_requests() {
     let mut sink = Vec::new();
     let _ = c.read_to_end(&mut sink);
     assert!(t.elapsed() < Duration::from_secs(15), "an unfinished head was kept {:?}", t.elapsed());
+    // An idle keep-alive connection is closed too.
+    let mut c = TcpStream::connect(&s.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    read_until(&mut c, "\"ok\"");
+    let t = Instant::now();
+    let mut sink = Vec::new();
+    let _ = c.read_to_end(&mut sink);
+    assert!(t.elapsed() < Duration::from_secs(15), "an idle connection was kept {:?}", t.elapsed());
     let mut c = TcpStream::connect(&s.addr).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     c.write_all(format!("POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Length: 100\r\n\r\n{{\"pro").as_bytes()).unwrap();
@@ -503,4 +512,35 @@ fn two_replicas_behind_nginx_survive_losing_one() {
     }
     assert!(burst(2) == vec![200, 200]);
     assert!(served(2) >= two + 10.0, "the survivor served the rest");
+}
+
+/// `Session::restart` (the server's prompt cache): a new prompt sharing a prefix with what a
+/// session already holds reuses those KV rows, and its logits and seeded draws are those of a
+/// fresh session.
+#[test]
+fn session_restart_reuses_the_prefix_and_matches_a_fresh_session() {
+    let Some(ctx) = quill::gpu::context::test_context() else { return };
+    let model = quill::files::load_model(ctx, &fixture("llama-tiny"), &mut no_progress).unwrap();
+    let r = json("llama-tiny/reference.json");
+    let prompt = ids(&r["input_ids"]);
+    let s = quill::sampling::SamplingParams { temperature: 1.0, seed: 3, ..Default::default() };
+    let mut used = quill::generate::Session::new(ctx, &model, 64).unwrap();
+    used.push(&prompt[..20]).unwrap();
+    for _ in 0..5 {
+        used.next_token(&s).unwrap();
+    }
+    // Shares the first 20 ids with the session, then differs.
+    let reused = used.restart(&prompt).unwrap();
+    assert_eq!(reused, 20);
+    let mut fresh = quill::generate::Session::new(ctx, &model, 64).unwrap();
+    fresh.push(&prompt).unwrap();
+    let (a, b) = (used.logits_last().unwrap(), fresh.logits_last().unwrap());
+    let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs() / (1e-4 + 1e-4 * y.abs())).fold(0f32, f32::max);
+    assert!(worst <= 1.0, "restarted logits differ from a fresh session's (worst error {worst} tolerances, atol 1e-4 + rtol 1e-4)");
+    // Same prompt again: all but the last id reused; same seed, same draws as a fresh session.
+    assert_eq!(used.restart(&prompt).unwrap(), prompt.len() - 1);
+    let mut fresh = quill::generate::Session::new(ctx, &model, 64).unwrap();
+    fresh.push(&prompt).unwrap();
+    let draws = |sess: &mut quill::generate::Session| (0..6).map(|_| sess.next_token(&s).unwrap()).collect::<Vec<_>>();
+    assert_eq!(draws(&mut used), draws(&mut fresh));
 }
