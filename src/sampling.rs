@@ -178,6 +178,19 @@ pub fn distribution(logits: &[f32], history: &[u32], s: &SamplingParams) -> Vec<
     w.iter().map(|x| x / z).collect()
 }
 
+/// Log-softmax (f64) of the logits after the repetition penalty and temperature: the
+/// distribution that top-k, top-p and min-p then cut down (greedy counts as temperature 1).
+/// The CPU reference of the GPU's `ops::sample::logprobs`.
+pub fn log_softmax(logits: &[f32], history: &[u32], s: &SamplingParams) -> Vec<f64> {
+    let mut l = logits.to_vec();
+    apply_penalty(&mut l, history, s.repeat_penalty);
+    let t = if s.temperature > 0.0 { s.temperature } else { 1.0 };
+    let v: Vec<f64> = l.iter().map(|&x| (x * (1.0 / t)) as f64).collect();
+    let m = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let z = v.iter().map(|x| (x - m).exp()).sum::<f64>().ln() + m;
+    v.iter().map(|x| x - z).collect()
+}
+
 /// CPU reference sampler: draws from `distribution` with the same random number as the GPU.
 pub fn sample_reference(logits: &[f32], history: &[u32], s: &SamplingParams, draw: u32) -> u32 {
     let p = distribution(logits, history, s);
@@ -225,6 +238,17 @@ mod tests {
         let p = distribution(&logits, &[], &SamplingParams { temperature: 0.5, ..s.clone() });
         let z = e(2.0) + e(6.0) + e(4.0) + e(0.0);
         assert!((p[2] - e(4.0) / z).abs() < 1e-12);
+    }
+
+    #[test]
+    fn log_softmax_by_hand() {
+        let s = SamplingParams { temperature: 0.5, repeat_penalty: 2.0, ..SamplingParams::greedy() };
+        let lp = log_softmax(&[1.0, 2.0, -1.0], &[1, 2], &s);
+        // penalty: [1, 1, -2]; temperature 0.5: [2, 2, -4].
+        let z = (2f64.exp() * 2.0 + (-4f64).exp()).ln();
+        assert!((lp[0] - (2.0 - z)).abs() < 1e-12 && (lp[2] - (-4.0 - z)).abs() < 1e-12);
+        let total: f64 = lp.iter().map(|x| x.exp()).sum();
+        assert!((total - 1.0).abs() < 1e-12);
     }
 
     #[test]

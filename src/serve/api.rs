@@ -13,7 +13,7 @@ pub const BODY_LIMIT: usize = 2 << 20;
 /// Most choices (`n`) one request may ask for.
 pub const MAX_N: u32 = 16;
 /// Most alternatives per token (`logprobs` / `top_logprobs`), as OpenAI allows.
-pub const MAX_TOP_LOGPROBS: u32 = 20;
+pub const MAX_TOP_LOGPROBS: u32 = quill::ops::sample::MAX_TOP_LOGPROBS as u32;
 
 /// An error in OpenAI's JSON shape: `{"error": {"message", "type", "param", "code"}}`.
 #[derive(Debug)]

@@ -16,8 +16,10 @@ use quill::error::Result;
 use quill::generate::Session;
 use quill::gpu::Context;
 use quill::models::LoadedModel;
-use quill::sampling::{apply_penalty, SamplingParams};
-use quill::tokenizer::{StreamDecoder, Tokenizer};
+use quill::gpu::Recorder;
+use quill::ops::sample::{logprobs, logprobs_len, parse_logprobs};
+use quill::sampling::SamplingParams;
+use quill::tokenizer::StreamDecoder;
 
 use super::api::StopScanner;
 use super::metrics::Metrics;
@@ -266,7 +268,7 @@ fn advance(session: &mut Session, a: &mut Active, model: &LoadedModel, metrics: 
         return Ok(Some(Finish::Stop));
     }
     let logprobs = match a.job.logprobs {
-        Some(top) => vec![token_logprob(session, model, &a.job.sampling, id, top)?],
+        Some(top) => vec![token_logprob(session, model, &a.job.sampling, top)?],
         None => Vec::new(),
     };
     let piece = a.decoder.step(&model.tokenizer, id)?.unwrap_or_default();
@@ -284,37 +286,19 @@ fn advance(session: &mut Session, a: &mut Active, model: &LoadedModel, metrics: 
     Ok(None)
 }
 
-/// The log-probability of `id` and the top-N alternatives at the step that sampled it, from
-/// the logits the GPU left in row 0.
-fn token_logprob(session: &Session, model: &LoadedModel, s: &SamplingParams, id: u32, top: usize) -> Result<TokenLogprob> {
-    let vocab = model.config().vocab;
-    let logits = session.ctx.read_f32(&session.state.logits.buf, 0, vocab)?;
-    let ids = session.ids();
-    let before = &ids[..ids.len() - 1];
-    let history = &before[before.len().saturating_sub(s.repeat_last_n)..];
-    let lp = log_softmax(&logits, history, s);
-    let name = |i: u32| token_text(&model.tokenizer, i);
-    let mut order: Vec<u32> = (0..lp.len() as u32).collect();
-    order.sort_by(|&a, &b| lp[b as usize].total_cmp(&lp[a as usize]).then(a.cmp(&b)));
-    let top = order.iter().take(top).map(|&i| Alt { token: name(i), logprob: lp[i as usize] }).collect();
-    Ok(TokenLogprob { token: name(id), logprob: lp.get(id as usize).copied().unwrap_or(f64::NEG_INFINITY), top })
-}
-
-/// Log-softmax (f64) of the logits after the sampler's repetition penalty and temperature:
-/// the distribution that top-k, top-p and min-p then cut down. Greedy counts as temperature 1.
-pub fn log_softmax(logits: &[f32], history: &[u32], s: &SamplingParams) -> Vec<f64> {
-    let mut l = logits.to_vec();
-    apply_penalty(&mut l, history, s.repeat_penalty);
-    let t = if s.temperature > 0.0 { s.temperature } else { 1.0 };
-    let v: Vec<f64> = l.iter().map(|&x| (x * (1.0 / t)) as f64).collect();
-    let m = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let z = v.iter().map(|x| (x - m).exp()).sum::<f64>().ln() + m;
-    v.iter().map(|x| x - z).collect()
-}
-
-/// A token's text on its own, as OpenAI's `logprobs` show it.
-fn token_text(t: &Tokenizer, id: u32) -> String {
-    t.decode(&[id]).unwrap_or_default()
+/// The log-probability of the token just sampled and the top-N alternatives, computed on
+/// the GPU from the logits the step left in row 0 (only 2 + 2N numbers come back).
+fn token_logprob(session: &Session, model: &LoadedModel, s: &SamplingParams, top: usize) -> Result<TokenLogprob> {
+    let out = session.ids().len() - 1;
+    let history = out.saturating_sub(s.repeat_last_n)..out;
+    let st = &session.state;
+    let mut rec = Recorder::new(session.ctx, "logprobs");
+    logprobs(&mut rec, &st.logits, 0, &st.work, &st.tokens, out, history, s, top)?;
+    rec.submit()?;
+    let (logprob, alts) = parse_logprobs(&session.ctx.read_f32(&st.work.buf, 0, logprobs_len(top))?);
+    let name = |i: u32| model.tokenizer.decode(&[i]).unwrap_or_default();
+    let top = alts.into_iter().map(|(i, lp)| Alt { token: name(i), logprob: lp as f64 }).collect();
+    Ok(TokenLogprob { token: name(session.ids()[out]), logprob: logprob as f64, top })
 }
 
 /// What the HTTP side holds: the job channel and the shared counters.
@@ -327,17 +311,6 @@ pub struct Handle {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn log_softmax_by_hand() {
-        let s = SamplingParams { temperature: 0.5, repeat_penalty: 2.0, ..SamplingParams::greedy() };
-        let lp = log_softmax(&[1.0, 2.0, -1.0], &[1, 2], &s);
-        // penalty: [1, 1, -2]; temperature 0.5: [2, 2, -4].
-        let z = (2f64.exp() * 2.0 + (-4f64).exp()).ln();
-        assert!((lp[0] - (2.0 - z)).abs() < 1e-12 && (lp[2] - (-4.0 - z)).abs() < 1e-12);
-        let total: f64 = lp.iter().map(|x| x.exp()).sum();
-        assert!((total - 1.0).abs() < 1e-12);
-    }
 
     #[test]
     fn admission_counts_slots_and_queue() {
