@@ -520,7 +520,7 @@ impl Streaming {
                 r.choice(true, c, Some(&text), lp, None)
             }
             Event::Done { finish, prompt_tokens, completion_tokens, cached_tokens } => {
-                self.left -= 1;
+                self.left = self.left.saturating_sub(1);
                 self.usage = (prompt_tokens, self.usage.1 + completion_tokens, self.usage.2.max(cached_tokens));
                 let text = if r.kind == Kind::Chat { None } else { Some("") };
                 r.choice(true, c, text, None, Some(finish))
