@@ -476,14 +476,17 @@ fn two_replicas_behind_nginx_survive_losing_one() {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    struct Stop(u32);
+    // Stops the script (which stops nginx and the replicas) however the test ends.
+    struct Stop(Child);
     impl Drop for Stop {
         fn drop(&mut self) {
-            let _ = Command::new("kill").args(["-TERM", &self.0.to_string()]).status();
+            let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+            let _ = self.0.wait();
         }
     }
-    let _stop = Stop(script.id());
-    let mut out = BufReader::new(script.stdout.take().unwrap());
+    let out = script.stdout.take().unwrap();
+    let _stop = Stop(script);
+    let mut out = BufReader::new(out);
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
     assert!(line.starts_with("ready on"), "replicas.sh said {line:?}");

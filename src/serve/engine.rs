@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -148,11 +148,8 @@ pub fn run(ctx: &Context, model: &LoadedModel, ctx_len: usize, rx: Receiver<Vec<
                 Err(_) => return Ok(()),
             }
         }
-        loop {
-            match rx.try_recv() {
-                Ok(jobs) => waiting.extend(jobs),
-                Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
-            }
+        while let Ok(jobs) = rx.try_recv() {
+            waiting.extend(jobs);
         }
         // A client that left while queued frees its place.
         waiting.retain(|j| {
