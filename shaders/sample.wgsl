@@ -25,9 +25,9 @@ struct Params {
     top_p: f32,          // 1 = off
     min_p: f32,          // 0 = off
     repeat_penalty: f32, // 1 = off
+    presence_penalty: f32,  // 0 = off
+    frequency_penalty: f32, // 0 = off
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<storage, read> logits: array<f32>;        // (rows, vocab)
@@ -127,8 +127,9 @@ fn argmax(lid: u32) -> u32 {
     return uniform_u(lid, red_u[0]);
 }
 
-// work[] = row `row` of the logits, with the repetition penalty applied once per distinct
-// id in the window.
+// work[] = row `row` of the logits, with the repetition penalty and then the presence and
+// frequency penalties (v -= presence + count * frequency) applied once per distinct id in
+// the window.
 fn load_penalized(lid: u32) {
     let base = p.row * p.vocab;
     for (var i = lid; i < p.vocab; i += WG) {
@@ -136,7 +137,7 @@ fn load_penalized(lid: u32) {
     }
     storageBarrier();
     workgroupBarrier();
-    if (p.repeat_penalty != 1.0) {
+    if (p.repeat_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0) {
         for (var j = p.hist_start + lid; j < p.hist_end; j += WG) {
             let id = tokens[j];
             var first = id < p.vocab;
@@ -144,8 +145,15 @@ fn load_penalized(lid: u32) {
                 first = tokens[e] != id;
             }
             if (first) {
-                let v = work[id];
-                work[id] = select(v * p.repeat_penalty, v / p.repeat_penalty, v > 0.0);
+                var count = 0u;
+                for (var e = j; e < p.hist_end; e++) {
+                    count += u32(tokens[e] == id);
+                }
+                var v = work[id];
+                if (p.repeat_penalty != 1.0) {
+                    v = select(v * p.repeat_penalty, v / p.repeat_penalty, v > 0.0);
+                }
+                work[id] = v - (p.presence_penalty + f32(count) * p.frequency_penalty);
             }
         }
         storageBarrier();

@@ -195,7 +195,8 @@ fn answers_in_openai_shapes_and_refuses_bad_requests() {
     expect_error(&post(&s, "/v1/completions", r#"{"prompt": "hi", "temperature": [1]}"#), 400, Some("temperature"), "temperature");
     expect_error(&post(&s, "/v1/completions", r#"{"prompt": "hi", "best_of": 2}"#), 400, None, "best_of");
     expect_error(&post(&s, "/v1/completions", r#"{"prompt": "hi", "max_tokens": 1000000000}"#), 400, Some("max_tokens"), "exceed the context of 128");
-    expect_error(&post(&s, "/v1/completions", r#"{"prompt": "hi", "presence_penalty": 0.5}"#), 400, Some("presence_penalty"), "not supported");
+    expect_error(&post(&s, "/v1/completions", r#"{"prompt": "hi", "presence_penalty": 2.5}"#), 400, Some("presence_penalty"), "between -2 and 2");
+    expect_error(&post(&s, "/v1/completions", r#"{"prompt": "hi", "frequency_penalty": -3}"#), 400, Some("frequency_penalty"), "between -2 and 2");
     expect_error(&post(&s, "/v1/completions", r#"{"prompt": "hi", "logit_bias": {"5": 10}}"#), 400, Some("logit_bias"), "not supported");
     expect_error(&post(&s, "/v1/completions", r#"{"prompt": "hi", "top_p": 0}"#), 400, Some("top_p"), "top_p");
     expect_error(&post(&s, "/v1/completions", r#"{"prompt": "hi", "n": 0}"#), 400, Some("n"), "n:");
@@ -293,6 +294,11 @@ fn answers_in_openai_shapes_and_refuses_bad_requests() {
     let choices = two["choices"].as_array().unwrap();
     assert_eq!((choices.len(), &choices[1]["index"]), (2, &json!(1)), "{two}");
     assert_eq!(two["usage"]["completion_tokens"], 16);
+    // OpenAI's penalties run in the GPU sampler (their distribution: ops::sample's tests).
+    let (code, pen, _) = post(&s, "/v1/completions", &format!("{{{seeded}, \"presence_penalty\": 1.5, \"frequency_penalty\": 1.0}}"));
+    assert_eq!(code, 200, "{pen}");
+    ok_completions += 1;
+    count(&pen);
 
     // Logprobs: the top 5 equal the CPU reference log-softmax (transformers' logits).
     let (prompt, want) = reference_top5();

@@ -25,7 +25,9 @@ struct Params {
     top_p: f32,
     min_p: f32,
     repeat_penalty: f32,
-    _pad: [u32; 3],
+    presence_penalty: f32,
+    frequency_penalty: f32,
+    _pad: u32,
 }
 
 /// FLOPs and bytes of one sampling pass over the vocabulary: the greedy path reads the
@@ -52,7 +54,9 @@ fn params(vocab: usize, row: usize, out_index: usize, history: &Range<usize>, s:
         top_p: s.top_p,
         min_p: s.min_p,
         repeat_penalty: s.repeat_penalty,
-        _pad: [0; 3],
+        presence_penalty: s.presence_penalty,
+        frequency_penalty: s.frequency_penalty,
+        _pad: 0,
     }
 }
 
@@ -178,7 +182,7 @@ mod tests {
     }
 
     fn base() -> SamplingParams {
-        SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, repeat_penalty: 1.0, repeat_last_n: 0, seed: 7 }
+        SamplingParams { temperature: 1.0, seed: 7, ..SamplingParams::greedy() }
     }
 
     gpu_test!(fn logprobs_match_the_cpu_log_softmax(ctx) {
@@ -195,6 +199,7 @@ mod tests {
             (SamplingParams { temperature: 0.7, repeat_penalty: 1.3, ..base() }, 5),
             (SamplingParams::greedy(), 20),
             (SamplingParams { temperature: 1.9, ..base() }, 0),
+            (SamplingParams { presence_penalty: 1.5, frequency_penalty: -0.7, repeat_penalty: 1.2, ..base() }, 3),
         ];
         for (s, top) in cases {
             let mut rec = Recorder::new(ctx, "test");
@@ -241,6 +246,7 @@ mod tests {
         check_frequencies(ctx, &logits, &[], &SamplingParams { top_k: 20, top_p: 0.9, min_p: 0.02, temperature: 0.8, ..base() }, n).await;
         let hist = [3u32, 10, 10, 40];
         check_frequencies(ctx, &logits, &hist, &SamplingParams { repeat_penalty: 1.5, ..base() }, n).await;
+        check_frequencies(ctx, &logits, &hist, &SamplingParams { presence_penalty: 0.8, frequency_penalty: 0.6, ..base() }, n).await;
     });
 
     gpu_test!(fn ties_at_the_top_k_boundary_are_kept(ctx) {

@@ -224,11 +224,6 @@ fn plan(r: &GenRequest, kind: Kind, i: &ModelInfo, capacity: usize) -> Result<Pl
         )
         .code("context_length_exceeded"));
     }
-    for (name, v) in [("presence_penalty", r.presence_penalty), ("frequency_penalty", r.frequency_penalty)] {
-        if v.is_some_and(|v| v != 0.0) {
-            return Err(ApiError::field(name, format!("{name}: not supported by quill's GPU sampler (only 0); repeat_penalty is")));
-        }
-    }
     if r.logit_bias.as_ref().is_some_and(|b| !b.is_empty()) {
         return Err(ApiError::field("logit_bias", "logit_bias: not supported by quill's GPU sampler"));
     }
@@ -264,7 +259,12 @@ fn plan(r: &GenRequest, kind: Kind, i: &ModelInfo, capacity: usize) -> Result<Pl
     let logprobs = logprobs(r, kind)?;
     let flags = SamplingFlags { temperature: r.temperature, top_k: r.top_k, top_p: r.top_p, min_p: r.min_p, repeat_penalty: r.repeat_penalty };
     let seed = r.seed.map_or_else(clock_seed, |s| s as u64);
-    let sampling = SamplingParams { seed, ..SamplingParams::resolve(&flags, &i.defaults).0 };
+    let sampling = SamplingParams {
+        seed,
+        presence_penalty: r.presence_penalty.unwrap_or(0.0),
+        frequency_penalty: r.frequency_penalty.unwrap_or(0.0),
+        ..SamplingParams::resolve(&flags, &i.defaults).0
+    };
     sampling.validate()?;
     let stream = r.stream.unwrap_or(false);
     let include_usage = r.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
