@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up a machine to run quill's tests and build its browser page: everything scripts/setup.sh
 # installs for writing, then headless Chromium and chromedriver (WebGPU through SwiftShader),
-# Node.js with playwright-core, Rust's wasm32 target and wasm-bindgen-cli, and the second test
+# Node.js with playwright-core, Rust's wasm32 target and wasm-bindgen-cli, nginx and the openai
+# package for the server tests, and the second test
 # model (Gemma 3 270M). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,9 @@ if command -v dpkg >/dev/null; then
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
   done
   command -v npm >/dev/null || missing+=(nodejs npm)
+  # `quill serve`'s replica test runs Debian's nginx (and the script polls with curl).
+  dpkg -s nginx >/dev/null 2>&1 || missing+=(nginx)
+  command -v curl >/dev/null || missing+=(curl)
 fi
 apt_install "${missing[@]}"
 
@@ -27,5 +31,7 @@ if [ "$(wasm-bindgen --version 2>/dev/null | cut -d' ' -f2)" != "$wb_version" ];
   cargo install --quiet wasm-bindgen-cli --version "$wb_version" >&2
 fi
 [ -d tests/web/node_modules/playwright-core ] || (cd tests/web && npm ci --no-audit --no-fund --loglevel=error >&2)
+# `quill serve`'s client test uses the real openai package.
+python3 -c "import openai" 2>/dev/null || python3 -m pip install --quiet openai >&2 || python3 -m pip install --quiet --break-system-packages openai >&2
 # The second test model: Gemma 3 270M Q4_K_M (SentencePiece tokenizer, Q5_0/Q4_K/Q6_K tensors).
 bash scripts/fetch-model.sh gemma3-270m

@@ -25,9 +25,9 @@ struct Params {
     top_p: f32,          // 1 = off
     min_p: f32,          // 0 = off
     repeat_penalty: f32, // 1 = off
+    presence_penalty: f32,  // 0 = off
+    frequency_penalty: f32, // 0 = off
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<storage, read> logits: array<f32>;        // (rows, vocab)
@@ -127,17 +127,17 @@ fn argmax(lid: u32) -> u32 {
     return uniform_u(lid, red_u[0]);
 }
 
-@compute @workgroup_size(WG)
-fn sample(@builtin(local_invocation_index) lid: u32) {
+// work[] = row `row` of the logits, with the repetition penalty and then the presence and
+// frequency penalties (v -= presence + count * frequency) applied once per distinct id in
+// the window.
+fn load_penalized(lid: u32) {
     let base = p.row * p.vocab;
     for (var i = lid; i < p.vocab; i += WG) {
         work[i] = logits[base + i];
     }
     storageBarrier();
     workgroupBarrier();
-
-    // Repetition penalty, once per distinct id in the window.
-    if (p.repeat_penalty != 1.0) {
+    if (p.repeat_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0) {
         for (var j = p.hist_start + lid; j < p.hist_end; j += WG) {
             let id = tokens[j];
             var first = id < p.vocab;
@@ -145,14 +145,25 @@ fn sample(@builtin(local_invocation_index) lid: u32) {
                 first = tokens[e] != id;
             }
             if (first) {
-                let v = work[id];
-                work[id] = select(v * p.repeat_penalty, v / p.repeat_penalty, v > 0.0);
+                var count = 0u;
+                for (var e = j; e < p.hist_end; e++) {
+                    count += u32(tokens[e] == id);
+                }
+                var v = work[id];
+                if (p.repeat_penalty != 1.0) {
+                    v = select(v * p.repeat_penalty, v / p.repeat_penalty, v > 0.0);
+                }
+                work[id] = v - (p.presence_penalty + f32(count) * p.frequency_penalty);
             }
         }
         storageBarrier();
         workgroupBarrier();
     }
+}
 
+@compute @workgroup_size(WG)
+fn sample(@builtin(local_invocation_index) lid: u32) {
+    load_penalized(lid);
     let best = argmax(lid);
     if (p.temperature <= 0.0) {
         if (lid == 0u) {
@@ -269,5 +280,55 @@ fn sample(@builtin(local_invocation_index) lid: u32) {
             id = best; // u fell on the very end through rounding
         }
         tokens[p.out_index] = id;
+    }
+}
+
+// logprobs: the log-softmax of row `row` after the repetition penalty and temperature
+// (greedy counts as temperature 1): the distribution top-k/top-p/min-p then cut down. Writes
+// work[0 .. 2 + 2 * top_k) = [id at tokens[out_index], its log-probability, then the top_k
+// most likely ids (lowest id first on ties) with theirs]; ids as f32 (exact below 2^24).
+// Here `top_k` is the number of alternatives, at most MAX_TOP.
+const MAX_TOP: u32 = 20u;
+var<workgroup> pick_id: array<u32, 21>;
+var<workgroup> pick_lp: array<f32, 21>;
+
+@compute @workgroup_size(WG)
+fn logprobs(@builtin(local_invocation_index) lid: u32) {
+    load_penalized(lid);
+    let inv_t = select(1.0, 1.0 / p.temperature, p.temperature > 0.0);
+    for (var i = lid; i < p.vocab; i += WG) {
+        work[i] = work[i] * inv_t;
+    }
+    storageBarrier();
+    workgroupBarrier();
+    let m = uniform_f(lid, work[argmax(lid)]);
+    var z = 0.0;
+    for (var i = lid; i < p.vocab; i += WG) {
+        z += exp(work[i] - m);
+    }
+    let lse = m + log(sum_f(lid, z));
+    let n = min(min(p.top_k, MAX_TOP), p.vocab);
+    if (lid == 0u) {
+        let id = tokens[p.out_index];
+        pick_id[0] = id;
+        pick_lp[0] = select(NEG_BIG, work[min(id, p.vocab - 1u)] - lse, id < p.vocab);
+    }
+    workgroupBarrier();
+    // The top n, one argmax at a time; each pick is then excluded.
+    for (var k = 0u; k < n; k++) {
+        let id = argmax(lid);
+        if (lid == 0u) {
+            pick_id[k + 1u] = id;
+            pick_lp[k + 1u] = work[id] - lse;
+            work[id] = NEG_BIG;
+        }
+        storageBarrier();
+        workgroupBarrier();
+    }
+    if (lid == 0u) {
+        for (var j = 0u; j <= n; j++) {
+            work[2u * j] = f32(pick_id[j]);
+            work[2u * j + 1u] = pick_lp[j];
+        }
     }
 }

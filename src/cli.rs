@@ -52,6 +52,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the model over HTTP with an OpenAI-compatible API.
+    Serve(crate::serve::ServeArgs),
 }
 
 #[derive(Args)]
@@ -181,10 +183,11 @@ pub fn run() -> Result<()> {
         Command::Perplexity(args) => perplexity(args),
         Command::Bench(args) => bench(args),
         Command::BenchDevice { json } => bench_device(json),
+        Command::Serve(args) => crate::serve::run(args),
     }
 }
 
-fn model_path(arg: Option<PathBuf>) -> Result<PathBuf> {
+pub(crate) fn model_path(arg: Option<PathBuf>) -> Result<PathBuf> {
     match arg {
         // `org/name` that is not a local path: a Hugging Face hub repository.
         Some(p) if p.to_str().is_some_and(quill::hub::is_repo_id) => quill::hub::model_dir(p.to_str().unwrap_or_default()),
@@ -194,7 +197,7 @@ fn model_path(arg: Option<PathBuf>) -> Result<PathBuf> {
 }
 
 /// Loads a model, showing progress on stderr.
-fn load(ctx: &Context, path: &std::path::Path) -> Result<LoadedModel> {
+pub(crate) fn load(ctx: &Context, path: &std::path::Path) -> Result<LoadedModel> {
     let tty = std::io::stderr().is_terminal();
     let start = Instant::now();
     let mut last_pct = u64::MAX;

@@ -243,6 +243,20 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// Starts a new sequence `prompt` in this session, keeping the KV-cache rows of the
+    /// longest common prefix of `prompt` and the current ids (a server's prompt cache). At
+    /// least the last prompt id is run again, so its logits are fresh. The draw counter
+    /// restarts, so a seed gives the same text as in a new session. Returns the ids reused.
+    pub fn restart(&mut self, prompt: &[u32]) -> Result<usize> {
+        let common = self.ids.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        let reused = common.min(self.processed).min(prompt.len().saturating_sub(1));
+        self.ids.truncate(reused);
+        self.processed = reused;
+        self.draws = 0;
+        self.push(&prompt[reused..])?;
+        Ok(reused)
+    }
+
     /// Logits of every pending position (teacher forcing, perplexity): (n, vocab) row-major.
     pub fn logits_all(&mut self) -> Result<Vec<f32>> {
         pollster::block_on(self.logits_all_async())

@@ -1,6 +1,7 @@
 //! The `quill` command line: thin; parses options, builds a session, streams text.
 
 mod cli;
+mod serve;
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).format_timestamp(None).init();

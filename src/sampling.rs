@@ -20,9 +20,13 @@ pub struct SamplingParams {
     pub min_p: f32,
     /// 1 = off; > 1 discourages tokens already in the window.
     pub repeat_penalty: f32,
-    /// How many of the latest tokens the penalty looks at.
+    /// How many of the latest tokens the penalties look at.
     pub repeat_last_n: usize,
     pub seed: u64,
+    /// OpenAI's penalties over the same window, after the repetition penalty: each distinct
+    /// id in it loses `presence_penalty + count * frequency_penalty`. 0 = off.
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
 }
 
 /// The sampling options a user gave, each None where not given.
@@ -39,13 +43,13 @@ pub struct SamplingFlags {
 /// sets a value; `quill write --help` states the same numbers.
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05, repeat_penalty: 1.1, repeat_last_n: 64, seed: 0 }
+        SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05, repeat_penalty: 1.1, repeat_last_n: 64, seed: 0, presence_penalty: 0.0, frequency_penalty: 0.0 }
     }
 }
 
 impl SamplingParams {
     pub fn greedy() -> Self {
-        SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0, repeat_penalty: 1.0, repeat_last_n: 0, seed: 0 }
+        SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0, repeat_penalty: 1.0, repeat_last_n: 0, seed: 0, presence_penalty: 0.0, frequency_penalty: 0.0 }
     }
 
     /// Each setting from the user's flag if given, else from the model's generation config,
@@ -105,6 +109,11 @@ impl SamplingParams {
         if !r.is_finite() || r <= 0.0 {
             return Err(Error::arg("--repeat-penalty", format!("{r} must be a finite number > 0 (1 = off)")));
         }
+        for (name, v) in [("--presence-penalty", self.presence_penalty), ("--frequency-penalty", self.frequency_penalty)] {
+            if !(-2.0..=2.0).contains(&v) {
+                return Err(Error::arg(name, format!("{v} must be between -2 and 2 (0 = off)")));
+            }
+        }
         Ok(())
     }
 }
@@ -123,14 +132,24 @@ pub fn uniform01(seed: u64, draw: u32) -> f32 {
 
 /// Applies the repetition penalty once per distinct id of `history`.
 pub fn apply_penalty(logits: &mut [f32], history: &[u32], penalty: f32) {
-    if penalty == 1.0 {
+    apply_penalties(logits, history, penalty, 0.0, 0.0);
+}
+
+/// The repetition penalty, then the presence and frequency penalties, once per distinct id
+/// of `history` (the GPU computes the same, in f32).
+pub fn apply_penalties(logits: &mut [f32], history: &[u32], penalty: f32, presence: f32, frequency: f32) {
+    if penalty == 1.0 && presence == 0.0 && frequency == 0.0 {
         return;
     }
     let mut seen = std::collections::HashSet::new();
     for &id in history {
         if (id as usize) < logits.len() && seen.insert(id) {
+            let count = history.iter().filter(|&&h| h == id).count() as f32;
             let v = &mut logits[id as usize];
-            *v = if *v > 0.0 { *v / penalty } else { *v * penalty };
+            if penalty != 1.0 {
+                *v = if *v > 0.0 { *v / penalty } else { *v * penalty };
+            }
+            *v -= presence + count * frequency;
         }
     }
 }
@@ -139,7 +158,7 @@ pub fn apply_penalty(logits: &mut [f32], history: &[u32], penalty: f32) {
 /// temperature, top-k, top-p and min-p (computed in f64). Greedy gives a one-hot vector.
 pub fn distribution(logits: &[f32], history: &[u32], s: &SamplingParams) -> Vec<f64> {
     let mut l = logits.to_vec();
-    apply_penalty(&mut l, history, s.repeat_penalty);
+    apply_penalties(&mut l, history, s.repeat_penalty, s.presence_penalty, s.frequency_penalty);
     let n = l.len();
     let best = (0..n).fold(0, |b, i| if l[i] > l[b] { i } else { b });
     if s.temperature <= 0.0 {
@@ -178,6 +197,19 @@ pub fn distribution(logits: &[f32], history: &[u32], s: &SamplingParams) -> Vec<
     w.iter().map(|x| x / z).collect()
 }
 
+/// Log-softmax (f64) of the logits after the repetition penalty and temperature: the
+/// distribution that top-k, top-p and min-p then cut down (greedy counts as temperature 1).
+/// The CPU reference of the GPU's `ops::sample::logprobs`.
+pub fn log_softmax(logits: &[f32], history: &[u32], s: &SamplingParams) -> Vec<f64> {
+    let mut l = logits.to_vec();
+    apply_penalties(&mut l, history, s.repeat_penalty, s.presence_penalty, s.frequency_penalty);
+    let t = if s.temperature > 0.0 { s.temperature } else { 1.0 };
+    let v: Vec<f64> = l.iter().map(|&x| (x * (1.0 / t)) as f64).collect();
+    let m = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let z = v.iter().map(|x| (x - m).exp()).sum::<f64>().ln() + m;
+    v.iter().map(|x| x - z).collect()
+}
+
 /// CPU reference sampler: draws from `distribution` with the same random number as the GPU.
 pub fn sample_reference(logits: &[f32], history: &[u32], s: &SamplingParams, draw: u32) -> u32 {
     let p = distribution(logits, history, s);
@@ -204,7 +236,7 @@ mod tests {
     fn distribution_by_hand() {
         let logits = [1.0f32, 3.0, 2.0, 0.0];
         let e = |x: f64| x.exp();
-        let s = SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, repeat_penalty: 1.0, repeat_last_n: 0, seed: 0 };
+        let s = SamplingParams { temperature: 1.0, ..SamplingParams::greedy() };
         let p = distribution(&logits, &[], &s);
         let z = e(1.0) + e(3.0) + e(2.0) + e(0.0);
         assert!((p[1] - e(3.0) / z).abs() < 1e-12);
@@ -225,6 +257,25 @@ mod tests {
         let p = distribution(&logits, &[], &SamplingParams { temperature: 0.5, ..s.clone() });
         let z = e(2.0) + e(6.0) + e(4.0) + e(0.0);
         assert!((p[2] - e(4.0) / z).abs() < 1e-12);
+    }
+
+    #[test]
+    fn presence_and_frequency_penalties_by_hand() {
+        let mut l = [1.0f32, 2.0, -1.0, 0.5];
+        // id 1 twice, id 2 once: repetition 2 first, then minus 0.5 + count * 0.25.
+        apply_penalties(&mut l, &[1, 2, 1], 2.0, 0.5, 0.25);
+        assert_eq!(l, [1.0, 1.0 - 1.0, -2.0 - 0.75, 0.5]);
+    }
+
+    #[test]
+    fn log_softmax_by_hand() {
+        let s = SamplingParams { temperature: 0.5, repeat_penalty: 2.0, ..SamplingParams::greedy() };
+        let lp = log_softmax(&[1.0, 2.0, -1.0], &[1, 2], &s);
+        // penalty: [1, 1, -2]; temperature 0.5: [2, 2, -4].
+        let z = (2f64.exp() * 2.0 + (-4f64).exp()).ln();
+        assert!((lp[0] - (2.0 - z)).abs() < 1e-12 && (lp[2] - (-4.0 - z)).abs() < 1e-12);
+        let total: f64 = lp.iter().map(|x| x.exp()).sum();
+        assert!((total - 1.0).abs() < 1e-12);
     }
 
     #[test]

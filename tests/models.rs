@@ -218,7 +218,7 @@ fn batched_decode_matches_single_steps() {
     let model = load(ctx, &fixture("llama-tiny"));
     let (ids, _) = tiny_reference("llama-tiny");
     let prompt = &ids[..10];
-    let s = SamplingParams { temperature: 0.9, top_k: 50, top_p: 0.95, min_p: 0.0, repeat_penalty: 1.3, repeat_last_n: 8, seed: 7 };
+    let s = SamplingParams { temperature: 0.9, top_k: 50, top_p: 0.95, min_p: 0.0, repeat_penalty: 1.3, repeat_last_n: 8, seed: 7, ..SamplingParams::greedy() };
 
     let mut one = Session::new(ctx, &model, 64).unwrap();
     one.push(prompt).unwrap();

@@ -25,7 +25,9 @@ struct Params {
     top_p: f32,
     min_p: f32,
     repeat_penalty: f32,
-    _pad: [u32; 3],
+    presence_penalty: f32,
+    frequency_penalty: f32,
+    _pad: u32,
 }
 
 /// FLOPs and bytes of one sampling pass over the vocabulary: the greedy path reads the
@@ -35,22 +37,16 @@ pub fn cost(vocab: usize) -> (u64, u64) {
     (4 * vocab as u64, 12 * vocab as u64)
 }
 
-/// Samples from row `row` of `logits` (rows, vocab) and writes the id to
-/// `tokens[out_index]`. The penalty looks at `tokens[history]`. `work` is a (vocab,) scratch.
-#[allow(clippy::too_many_arguments)]
-pub fn sample(rec: &mut Recorder, logits: &Tensor, row: usize, work: &Tensor, tokens: &Tensor, out_index: usize, history: Range<usize>, s: &SamplingParams, draw: u32) -> Result<()> {
-    let vocab = *logits.shape.last().ok_or(Error::Shape { op: "sample", msg: "logits have no shape".into() })?;
-    logits.holds("sample", "logits", (row + 1) * vocab)?;
-    work.holds("sample", "work", vocab)?;
-    tokens.holds("sample", "tokens", out_index.max(history.end) + 1)?;
-    let pipe = rec.ctx.pipeline(&SHADER, "sample", &[])?;
-    let p = Params {
+/// The kernels' parameters; `top_k` is the sampler's top-k, or the number of alternatives
+/// for `logprobs`.
+fn params(vocab: usize, row: usize, out_index: usize, history: &Range<usize>, s: &SamplingParams, top_k: usize, draw: u32) -> Params {
+    Params {
         vocab: vocab as u32,
         row: row as u32,
         hist_start: history.start as u32,
         hist_end: history.end as u32,
         out_index: out_index as u32,
-        top_k: s.top_k.min(u32::MAX as usize) as u32,
+        top_k: top_k.min(u32::MAX as usize) as u32,
         seed_lo: s.seed as u32,
         seed_hi: (s.seed >> 32) as u32,
         draw,
@@ -58,12 +54,67 @@ pub fn sample(rec: &mut Recorder, logits: &Tensor, row: usize, work: &Tensor, to
         top_p: s.top_p,
         min_p: s.min_p,
         repeat_penalty: s.repeat_penalty,
-        _pad: [0; 3],
-    };
+        presence_penalty: s.presence_penalty,
+        frequency_penalty: s.frequency_penalty,
+        _pad: 0,
+    }
+}
+
+/// Checks the buffers of a sampling kernel; returns the vocabulary size.
+fn check(op: &'static str, logits: &Tensor, row: usize, work: &Tensor, tokens: &Tensor, out_index: usize, history: &Range<usize>) -> Result<usize> {
+    let vocab = *logits.shape.last().ok_or(Error::Shape { op, msg: "logits have no shape".into() })?;
+    logits.holds(op, "logits", (row + 1) * vocab)?;
+    work.holds(op, "work", vocab)?;
+    tokens.holds(op, "tokens", out_index.max(history.end) + 1)?;
+    Ok(vocab)
+}
+
+/// Samples from row `row` of `logits` (rows, vocab) and writes the id to
+/// `tokens[out_index]`. The penalty looks at `tokens[history]`. `work` is a (vocab,) scratch.
+#[allow(clippy::too_many_arguments)]
+pub fn sample(rec: &mut Recorder, logits: &Tensor, row: usize, work: &Tensor, tokens: &Tensor, out_index: usize, history: Range<usize>, s: &SamplingParams, draw: u32) -> Result<()> {
+    let vocab = check("sample", logits, row, work, tokens, out_index, &history)?;
+    let pipe = rec.ctx.pipeline(&SHADER, "sample", &[])?;
+    let p = params(vocab, row, out_index, &history, s, s.top_k, draw);
     let (flops, bytes) = cost(vocab);
     let info = OpInfo::new("sample", flops, bytes);
     rec.dispatch(info, &pipe, &[&logits.buf, &work.buf, &tokens.buf], &p, [1, 1, 1]);
     Ok(())
+}
+
+/// Most alternatives `logprobs` returns per token (as OpenAI allows).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// Log-probabilities of a sampled token, on the GPU: the log-softmax of row `row` after the
+/// penalty over `tokens[history]` and the temperature (`sampling::log_softmax` is the CPU
+/// reference), for the id at `tokens[chosen_index]` and the `top` most likely ids. The results
+/// replace the start of `work`: read `logprobs_len(top)` values and pass them to
+/// [`parse_logprobs`]. Only those few values need to come back, not the logits.
+#[allow(clippy::too_many_arguments)]
+pub fn logprobs(rec: &mut Recorder, logits: &Tensor, row: usize, work: &Tensor, tokens: &Tensor, chosen_index: usize, history: Range<usize>, s: &SamplingParams, top: usize) -> Result<()> {
+    let vocab = check("logprobs", logits, row, work, tokens, chosen_index, &history)?;
+    if top > MAX_TOP_LOGPROBS || logprobs_len(top) > vocab {
+        return Err(Error::arg("top_logprobs", format!("{top} must be at most {MAX_TOP_LOGPROBS} (and fit a vocabulary of {vocab})")));
+    }
+    let pipe = rec.ctx.pipeline(&SHADER, "logprobs", &[])?;
+    let p = params(vocab, row, chosen_index, &history, s, top, 0);
+    // One pass to scale, one for the sum, then one argmax pass per alternative.
+    let (flops, bytes) = cost(vocab);
+    let info = OpInfo::new("logprobs", flops * (2 + top as u64), bytes * (2 + top as u64));
+    rec.dispatch(info, &pipe, &[&logits.buf, &work.buf, &tokens.buf], &p, [1, 1, 1]);
+    Ok(())
+}
+
+/// Values `logprobs` writes for `top` alternatives.
+pub fn logprobs_len(top: usize) -> usize {
+    2 + 2 * top
+}
+
+/// (chosen id's log-probability, [(id, log-probability)] of the top alternatives, most likely first).
+pub fn parse_logprobs(values: &[f32]) -> (f32, Vec<(u32, f32)>) {
+    let chosen = values.get(1).copied().unwrap_or(f32::NEG_INFINITY);
+    let top = values.chunks_exact(2).skip(1).map(|c| (c[0] as u32, c[1])).collect();
+    (chosen, top)
 }
 
 #[cfg(test)]
@@ -72,7 +123,7 @@ mod tests {
     use crate::gpu::context::gpu_test;
     use crate::gpu::Context;
     use crate::ops::test_values;
-    use crate::sampling::{distribution, sample_reference};
+    use crate::sampling::{distribution, log_softmax, sample_reference};
 
     /// Runs `draws` samples of one logits row in one command buffer; returns the ids.
     async fn draw_many(ctx: &Context, logits: &[f32], history: &[u32], s: &SamplingParams, draws: usize) -> Vec<u32> {
@@ -131,8 +182,45 @@ mod tests {
     }
 
     fn base() -> SamplingParams {
-        SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, repeat_penalty: 1.0, repeat_last_n: 0, seed: 7 }
+        SamplingParams { temperature: 1.0, seed: 7, ..SamplingParams::greedy() }
     }
+
+    gpu_test!(fn logprobs_match_the_cpu_log_softmax(ctx) {
+        let vocab = 1001;
+        let logits: Vec<f32> = test_values(vocab, 23).iter().map(|v| v * 6.0).collect();
+        let history = [7u32, 7, 300, 999];
+        let chosen = 300u32;
+        let mut ids = history.to_vec();
+        ids.push(chosen);
+        let lt = Tensor::upload_f32(ctx, "logits", &[1, vocab], &logits).unwrap();
+        let work = Tensor::zeros(ctx, "work", &[vocab]).unwrap();
+        let tokens = Tensor { buf: ctx.upload("tokens", &ids).unwrap(), shape: vec![ids.len()] };
+        let cases = [
+            (SamplingParams { temperature: 0.7, repeat_penalty: 1.3, ..base() }, 5),
+            (SamplingParams::greedy(), 20),
+            (SamplingParams { temperature: 1.9, ..base() }, 0),
+            (SamplingParams { presence_penalty: 1.5, frequency_penalty: -0.7, repeat_penalty: 1.2, ..base() }, 3),
+        ];
+        for (s, top) in cases {
+            let mut rec = Recorder::new(ctx, "test");
+            logprobs(&mut rec, &lt, 0, &work, &tokens, history.len(), 0..history.len(), &s, top).unwrap();
+            rec.submit().unwrap();
+            let got = ctx.read_f32_async(&work.buf, 0, logprobs_len(top)).await.unwrap();
+            let (lp, alts) = parse_logprobs(&got);
+            let want = log_softmax(&logits, &history, &s);
+            let close = |g: f32, w: f64| (g as f64 - w).abs() <= 1e-4 + 1e-5 * w.abs();
+            assert!(close(lp, want[chosen as usize]), "{s:?}: chosen {lp} vs {}", want[chosen as usize]);
+            let mut order: Vec<usize> = (0..vocab).collect();
+            order.sort_by(|&a, &b| want[b].total_cmp(&want[a]).then(a.cmp(&b)));
+            assert_eq!(alts.len(), top);
+            for (k, &(id, v)) in alts.iter().enumerate() {
+                assert_eq!(id as usize, order[k], "{s:?}: alternative {k}");
+                assert!(close(v, want[order[k]]), "{s:?}: alternative {k}: {v} vs {}", want[order[k]]);
+            }
+        }
+        let mut rec = Recorder::new(ctx, "test");
+        assert!(logprobs(&mut rec, &lt, 0, &work, &tokens, 4, 0..4, &base(), MAX_TOP_LOGPROBS + 1).is_err());
+    });
 
     gpu_test!(fn greedy_is_argmax_with_lowest_id_on_ties(ctx) {
         let mut logits = test_values(1003, 9);
@@ -158,6 +246,7 @@ mod tests {
         check_frequencies(ctx, &logits, &[], &SamplingParams { top_k: 20, top_p: 0.9, min_p: 0.02, temperature: 0.8, ..base() }, n).await;
         let hist = [3u32, 10, 10, 40];
         check_frequencies(ctx, &logits, &hist, &SamplingParams { repeat_penalty: 1.5, ..base() }, n).await;
+        check_frequencies(ctx, &logits, &hist, &SamplingParams { presence_penalty: 0.8, frequency_penalty: 0.6, ..base() }, n).await;
     });
 
     gpu_test!(fn ties_at_the_top_k_boundary_are_kept(ctx) {

@@ -1,0 +1,555 @@
+//! `quill serve` end to end on the llama-tiny fixture, all traffic on 127.0.0.1: response
+//! shapes, bad requests, faults (disconnects, a full queue, slow clients, SIGTERM under load)
+//! and the `openai` Python client (tests/serve/openai_client.py).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use common::*;
+
+const KEY: &str = "test-key";
+
+struct Server {
+    child: Child,
+    base: String,
+    addr: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
+/// Starts `quill serve` on the tiny model with an ephemeral port and waits until /health
+/// says 200; None (a skip) without a GPU adapter.
+fn start(extra: &[&str]) -> Option<Server> {
+    quill::gpu::context::test_context()?;
+    let template = fixture("serve/chat_template.jinja").display().to_string();
+    let tiny = fixture("llama-tiny").display().to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_quill"))
+        .args(["serve", "--model", &tiny, "--port", "0", "--ctx", "128", "--chat-template-file", &template])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start quill serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let log = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = mpsc::channel();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(a) = line.strip_prefix("listening on http://") {
+                let _ = tx.send(a.to_string());
+            }
+            if let Ok(mut l) = sink.lock() {
+                l.push_str(&line);
+                l.push('\n');
+            }
+        }
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(60)).expect("quill serve printed its address");
+    let server = Server { child, base: format!("http://{addr}"), addr, log };
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while get(&server, "/health").0 != 200 {
+        assert!(Instant::now() < deadline, "not ready in time:\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Some(server)
+}
+
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new().timeout(Duration::from_secs(120)).build()
+}
+
+/// (status, body, Retry-After) of a response, error statuses included (0: no answer).
+fn answer(r: Result<ureq::Response, ureq::Error>) -> (u16, String, Option<String>) {
+    let r = match r {
+        Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => return (0, e.to_string(), None),
+    };
+    let retry = r.header("retry-after").map(str::to_string);
+    (r.status(), r.into_string().unwrap_or_default(), retry)
+}
+
+fn get(s: &Server, path: &str) -> (u16, String) {
+    let (code, body, _) = answer(agent().get(&format!("{}{path}", s.base)).set("Authorization", &format!("Bearer {KEY}")).call());
+    (code, body)
+}
+
+/// POSTs a body with the right key; returns (status, body as JSON or Null, Retry-After).
+fn post(s: &Server, path: &str, body: &str) -> (u16, Value, Option<String>) {
+    post_key(s, path, body, Some(KEY))
+}
+
+fn post_key(s: &Server, path: &str, body: &str, key: Option<&str>) -> (u16, Value, Option<String>) {
+    let mut r = agent().post(&format!("{}{path}", s.base)).set("Content-Type", "application/json");
+    if let Some(k) = key {
+        r = r.set("Authorization", &format!("Bearer {k}"));
+    }
+    let (code, text, retry) = answer(r.send_string(body));
+    (code, serde_json::from_str(&text).unwrap_or(Value::Null), retry)
+}
+
+/// Checks OpenAI's error shape and the field it names.
+fn expect_error(got: &(u16, Value, Option<String>), status: u16, param: Option<&str>, needle: &str) {
+    let (code, body, _) = got;
+    assert_eq!(*code, status, "{body}");
+    let e = &body["error"];
+    assert!(e["message"].is_string() && e["type"].is_string(), "not OpenAI's error shape: {body}");
+    if let Some(p) = param {
+        assert_eq!(e["param"], json!(p), "{body}");
+    }
+    let msg = e["message"].as_str().unwrap_or("");
+    assert!(msg.contains(needle), "{msg:?} should mention {needle:?}");
+}
+
+/// The data lines of a server-sent event stream, up to and including [DONE].
+fn sse_data(body: &str) -> Vec<String> {
+    body.lines().filter_map(|l| l.strip_prefix("data: ")).map(str::to_string).collect()
+}
+
+/// Sends a raw request and returns the open connection.
+fn raw(s: &Server, path: &str, body: &str) -> TcpStream {
+    let mut c = TcpStream::connect(&s.addr).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let head = format!("POST {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", s.addr, body.len());
+    c.write_all(head.as_bytes()).unwrap();
+    c.write_all(body.as_bytes()).unwrap();
+    c
+}
+
+/// Reads from a stream until `needle` has arrived.
+fn read_until(c: &mut TcpStream, needle: &str) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains(needle) {
+        let n = c.read(&mut buf).expect("read");
+        assert!(n > 0, "connection closed before {needle:?}: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// A metric's value from /metrics text (the line that starts with `name`).
+fn metric(s: &Server, name: &str) -> f64 {
+    let (_, text) = get(s, "/metrics");
+    text.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with(' ')).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+}
+
+fn text_of(v: &Value) -> String {
+    v["choices"][0]["text"].as_str().unwrap_or_else(|| panic!("no text: {v}")).to_string()
+}
+
+/// The CPU reference: log-softmax of the fixture's logits at the prompt's last position
+/// (transformers), top 5, highest first.
+fn reference_top5() -> (Vec<u32>, Vec<f64>) {
+    let r = json("llama-tiny/reference.json");
+    let prompt = ids(&r["input_ids"]);
+    let bytes = std::fs::read(fixture("llama-tiny/reference_logits.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor("logits").unwrap();
+    let all: Vec<f32> = t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let vocab = t.shape()[1];
+    let last: Vec<f64> = all[(prompt.len() - 1) * vocab..prompt.len() * vocab].iter().map(|&x| x as f64).collect();
+    let m = last.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let z = last.iter().map(|x| (x - m).exp()).sum::<f64>().ln() + m;
+    let mut lp: Vec<f64> = last.iter().map(|x| x - z).collect();
+    lp.sort_by(|a, b| b.total_cmp(a));
+    lp.truncate(5);
+    (prompt, lp)
+}
+
+/// Sampling that leaves the distribution as the model gives it (for logprobs).
+const PLAIN: &str = r#""temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "repeat_penalty": 1.0"#;
+
+#[test]
+fn answers_in_openai_shapes_and_refuses_bad_requests() {
+    let Some(s) = start(&["--api-key", KEY, "--parallel", "2", "--timeout", "3"]) else { return };
+    let mut ok_completions = 0;
+    let mut generated = 0u64;
+    let mut count = |v: &Value| generated += v["usage"]["completion_tokens"].as_u64().unwrap_or(0);
+
+    // Keys, routes, bodies.
+    expect_error(&post_key(&s, "/v1/completions", r#"{"prompt": "hi"}"#, Some("wrong")), 401, None, "API key");
+    expect_error(&post_key(&s, "/v1/completions", r#"{"prompt": "hi"}"#, None), 401, None, "API key");
+    expect_error(&post(&s, "/v1/nothing", "{}"), 404, None, "/v1/nothing");
+    expect_error(&post(&s, "/v1/completions", r#"{"prompt": "#), 400, None, "not valid JSON");
+    expect_error(&post(&s, "/v1/completions", r#"{"prompt": "hi", "max_tokens": "ten"}"#), 400, Some("max_tokens"), "max_tokens");
+    expect_error(&post(&s, "/v1/completions", r#"{"prompt": "hi", "temperature": [1]}"#), 400, Some("temperature"), "temperature");
+    expect_error(&post(&s, "/v1/completions", r#"{"prompt": "hi", "best_of": 2}"#), 400, None, "best_of");
+    expect_error(&post(&s, "/v1/completions", r#"{"prompt": "hi", "max_tokens": 1000000000}"#), 400, Some("max_tokens"), "exceed the context of 128");
+    expect_error(&post(&s, "/v1/completions", r#"{"prompt": "hi", "presence_penalty": 2.5}"#), 400, Some("presence_penalty"), "between -2 and 2");
+    expect_error(&post(&s, "/v1/completions", r#"{"prompt": "hi", "frequency_penalty": -3}"#), 400, Some("frequency_penalty"), "between -2 and 2");
+    expect_error(&post(&s, "/v1/completions", r#"{"prompt": "hi", "logit_bias": {"5": 10}}"#), 400, Some("logit_bias"), "not supported");
+    expect_error(&post(&s, "/v1/completions", r#"{"prompt": "hi", "top_p": 0}"#), 400, Some("top_p"), "top_p");
+    expect_error(&post(&s, "/v1/completions", r#"{"prompt": "hi", "n": 0}"#), 400, Some("n"), "n:");
+    expect_error(&post(&s, "/v1/chat/completions", r#"{"prompt": "hi"}"#), 400, Some("prompt"), "messages");
+    let long = "the lighthouse keeper ".repeat(60);
+    let (_, tok, _) = post(&s, "/tokenize", &json!({"content": long}).to_string());
+    let n_long = tok["tokens"].as_array().map_or(0, |a| a.len());
+    assert!(n_long > 128, "{tok}");
+    expect_error(&post(&s, "/v1/completions", &json!({"prompt": long}).to_string()), 400, Some("prompt"), &format!("has {n_long} tokens"));
+    expect_error(&post(&s, "/detokenize", r#"{"tokens": [5000]}"#), 400, Some("tokens"), "outside the vocabulary");
+
+    // A 10 MB body: 413, whether or not the server reads it all.
+    let mut c = TcpStream::connect(&s.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let size = 10 << 20;
+    let head = format!("POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nContent-Length: {size}\r\n\r\n");
+    c.write_all(head.as_bytes()).unwrap();
+    // Read the answer while sending: the server may answer (and hang up) before the end.
+    let mut reader = c.try_clone().unwrap();
+    let replied = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let _ = reader.read_to_end(&mut got);
+        String::from_utf8_lossy(&got).into_owned()
+    });
+    let chunk = vec![b' '; 1 << 16];
+    for _ in 0..size / chunk.len() {
+        if c.write_all(&chunk).is_err() {
+            break;
+        }
+    }
+    let _ = c.shutdown(std::net::Shutdown::Write);
+    let reply = replied.join().unwrap();
+    assert!(reply.starts_with("HTTP/1.1 413"), "{}", reply.lines().next().unwrap_or(""));
+
+    // Slow clients: a head that never ends, and a body that never comes, time out (--timeout 3).
+    let t = Instant::now();
+    let mut c = TcpStream::connect(&s.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let mut sink = Vec::new();
+    let _ = c.read_to_end(&mut sink);
+    assert!(t.elapsed() < Duration::from_secs(15), "an unfinished head was kept {:?}", t.elapsed());
+    // An idle keep-alive connection is closed too.
+    let mut c = TcpStream::connect(&s.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    read_until(&mut c, "\"ok\"");
+    let t = Instant::now();
+    let mut sink = Vec::new();
+    let _ = c.read_to_end(&mut sink);
+    assert!(t.elapsed() < Duration::from_secs(15), "an idle connection was kept {:?}", t.elapsed());
+    let mut c = TcpStream::connect(&s.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.write_all(format!("POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Length: 100\r\n\r\n{{\"pro").as_bytes()).unwrap();
+    let mut reply = String::new();
+    let _ = c.read_to_string(&mut reply);
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+
+    // Completions: shape, usage, greedy reproducibility, n, stop.
+    let greedy = r#""prompt": "The license grants", "temperature": 0, "ignore_eos": true"#;
+    let (code, warm, _) = post(&s, "/v1/completions", &format!("{{{greedy}, \"max_tokens\": 12}}"));
+    assert_eq!(code, 200, "{warm}");
+    ok_completions += 1;
+    count(&warm);
+    assert_eq!(warm["object"], "text_completion");
+    assert!(warm["id"].is_string() && warm["created"].is_u64() && warm["model"] == "llama-tiny", "{warm}");
+    assert_eq!(warm["choices"][0]["finish_reason"], "length");
+    let u = &warm["usage"];
+    assert_eq!(u["completion_tokens"], 12);
+    assert_eq!(u["total_tokens"].as_u64(), Some(u["prompt_tokens"].as_u64().unwrap() + 12));
+    let (_, full, _) = post(&s, "/v1/completions", &format!("{{{greedy}, \"max_tokens\": 12}}"));
+    ok_completions += 1;
+    count(&full);
+    let full_text = text_of(&full);
+    assert_eq!(full_text, text_of(&warm), "greedy text changed with the prompt cache");
+    assert!(full["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap_or(0) > 0, "no prefix reuse: {full}");
+    // A stop string from the middle of that text (it may span tokens): the text ends before it.
+    let chars: Vec<char> = full_text.chars().collect();
+    let stop: String = chars[chars.len() / 3..chars.len() / 3 + 3].iter().collect();
+    let (_, stopped, _) = post(&s, "/v1/completions", &format!("{{{greedy}, \"max_tokens\": 12, \"stop\": [{}]}}", json!(stop)));
+    ok_completions += 1;
+    count(&stopped);
+    assert_eq!(text_of(&stopped), full_text[..full_text.find(&stop).unwrap()], "stop {stop:?}");
+    assert_eq!(stopped["choices"][0]["finish_reason"], "stop");
+    // Seeds: same seed, same text; n = 2 gives two choices.
+    let seeded = r#""prompt": "Once", "max_tokens": 8, "temperature": 1.0, "seed": 11, "ignore_eos": true"#;
+    let (_, a, _) = post(&s, "/v1/completions", &format!("{{{seeded}}}"));
+    let (_, b, _) = post(&s, "/v1/completions", &format!("{{{seeded}}}"));
+    let (_, two, _) = post(&s, "/v1/completions", &format!("{{{seeded}, \"n\": 2}}"));
+    ok_completions += 3;
+    for v in [&a, &b, &two] {
+        count(v);
+    }
+    assert_eq!(text_of(&a), text_of(&b));
+    let choices = two["choices"].as_array().unwrap();
+    assert_eq!((choices.len(), &choices[1]["index"]), (2, &json!(1)), "{two}");
+    assert_eq!(two["usage"]["completion_tokens"], 16);
+    // OpenAI's penalties run in the GPU sampler (their distribution: ops::sample's tests).
+    let (code, pen, _) = post(&s, "/v1/completions", &format!("{{{seeded}, \"presence_penalty\": 1.5, \"frequency_penalty\": 1.0}}"));
+    assert_eq!(code, 200, "{pen}");
+    ok_completions += 1;
+    count(&pen);
+
+    // Logprobs: the top 5 equal the CPU reference log-softmax (transformers' logits).
+    let (prompt, want) = reference_top5();
+    let (code, lp, _) = post(&s, "/v1/completions", &format!("{{\"prompt\": {}, \"max_tokens\": 1, \"logprobs\": 5, {PLAIN}}}", json!(prompt)));
+    assert_eq!(code, 200, "{lp}");
+    ok_completions += 1;
+    count(&lp);
+    let top = lp["choices"][0]["logprobs"]["top_logprobs"][0].as_object().expect("top_logprobs").clone();
+    let mut got: Vec<f64> = top.values().map(|v| v.as_f64().unwrap()).collect();
+    got.sort_by(|a, b| b.total_cmp(a));
+    // Tokens with the same text share a key; compare what came back.
+    assert!(!got.is_empty() && got.len() <= 5);
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() < 1e-4, "logprob {g} vs reference {w}");
+    }
+    let chosen = lp["choices"][0]["logprobs"]["token_logprobs"][0].as_f64().unwrap();
+    assert!(chosen <= 0.0 && chosen >= want[4] - 10.0);
+
+    // Streaming completion: chunks in OpenAI's shape, same text as without streaming, [DONE].
+    let (code, body, _) = answer(agent().post(&format!("{}/v1/completions", s.base)).set("Authorization", &format!("Bearer {KEY}")).send_string(&format!(
+        "{{{greedy}, \"max_tokens\": 12, \"stream\": true, \"stream_options\": {{\"include_usage\": true}}}}"
+    )));
+    assert_eq!(code, 200, "{body}");
+    ok_completions += 1;
+    let events = sse_data(&body);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{body}");
+    let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    let streamed: String = chunks.iter().filter_map(|c| c["choices"].get(0).and_then(|ch| ch["text"].as_str())).collect();
+    assert_eq!(streamed, full_text);
+    assert!(chunks.iter().all(|c| c["object"] == "text_completion"));
+    let usage = chunks.last().unwrap();
+    assert_eq!((usage["choices"].as_array().map(Vec::len), &usage["usage"]["completion_tokens"]), (Some(0), &json!(12)), "{usage}");
+    count(usage);
+
+    // Chat, plain and streamed (the fixture template).
+    let chat = r#""messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": "Hi"}]}], "max_tokens": 4, "temperature": 0, "ignore_eos": true"#;
+    let (code, c, _) = post(&s, "/v1/chat/completions", &format!("{{{chat}}}"));
+    assert_eq!(code, 200, "{c}");
+    assert_eq!((&c["object"], &c["choices"][0]["message"]["role"]), (&json!("chat.completion"), &json!("assistant")), "{c}");
+    count(&c);
+    let (_, body, _) = answer(agent().post(&format!("{}/v1/chat/completions", s.base)).set("Authorization", &format!("Bearer {KEY}")).send_string(&format!("{{{chat}, \"stream\": true}}")));
+    let events = sse_data(&body);
+    let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant", "{body}");
+    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk"));
+    assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], "length");
+    let streamed: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    assert_eq!(streamed, c["choices"][0]["message"]["content"].as_str().unwrap());
+    generated += 4;
+
+    // Models, tokenize and detokenize, metrics.
+    let (code, models) = get(&s, "/v1/models");
+    assert!(code == 200 && models.contains("\"llama-tiny\""), "{models}");
+    let (_, t, _) = post(&s, "/tokenize", r#"{"content": "The license grants"}"#);
+    let (_, d, _) = post(&s, "/detokenize", &json!({"tokens": t["tokens"]}).to_string());
+    assert_eq!(d["content"], "The license grants");
+    assert_eq!(metric(&s, "quill_requests_total{route=\"/v1/completions\",status=\"200\"}"), ok_completions as f64);
+    assert!(metric(&s, "quill_requests_total{route=\"/v1/completions\",status=\"400\"}") >= 10.0);
+    assert_eq!(metric(&s, "quill_generated_tokens_total"), generated as f64, "{}", get(&s, "/metrics").1);
+    assert!(metric(&s, "quill_time_to_first_token_seconds_count") >= ok_completions as f64);
+    assert_eq!(metric(&s, "quill_busy_slots"), 0.0);
+    assert!(!s.log().contains("panicked"), "{}", s.log());
+}
+
+#[test]
+fn a_full_queue_gets_503_and_a_client_that_leaves_frees_its_slot() {
+    let Some(s) = start(&["--api-key", KEY, "--parallel", "1", "--max-queue", "0"]) else { return };
+    let long = r#"{"prompt": "Once", "max_tokens": 120, "ignore_eos": true, "stream": true}"#;
+    let mut c = raw(&s, "/v1/completions", long);
+    read_until(&mut c, "data: {");
+    // The only slot is busy and no one may wait.
+    let busy = post(&s, "/v1/completions", r#"{"prompt": "hi", "max_tokens": 2}"#);
+    expect_error(&busy, 503, None, "busy");
+    assert_eq!(busy.2.as_deref(), Some("1"), "Retry-After");
+    assert_eq!(busy.1["error"]["code"], "queue_full");
+    // Hang up mid-stream: the slot is free after the step in flight.
+    drop(c);
+    let t = Instant::now();
+    let quick = r#"{"prompt": "hi", "max_tokens": 3, "ignore_eos": true}"#;
+    let done = loop {
+        let r = post(&s, "/v1/completions", quick);
+        if r.0 != 503 || t.elapsed() > Duration::from_secs(10) {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(done.0, 200, "{}", done.1);
+    assert_eq!(get(&s, "/health").0, 200);
+    let generated = metric(&s, "quill_generated_tokens_total");
+    assert!(generated < 120.0, "the abandoned stream ran on: {generated} tokens");
+    assert!(!s.log().contains("panicked"), "{}", s.log());
+}
+
+#[test]
+fn sigterm_under_load_lets_running_requests_finish_and_exits_0() {
+    let Some(mut s) = start(&["--api-key", KEY, "--parallel", "2", "--max-queue", "8"]) else { return };
+    let body = r#"{"prompt": "Once upon a time", "max_tokens": 24, "ignore_eos": true}"#;
+    let url = format!("{}/v1/completions", s.base);
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || answer(agent().post(&url).set("Authorization", &format!("Bearer {KEY}")).send_string(body)))
+        })
+        .collect();
+    let t = Instant::now();
+    while metric(&s, "quill_busy_slots") < 1.0 && t.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let status = Command::new("kill").args(["-TERM", &s.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    for c in clients {
+        let (code, text, _) = c.join().unwrap();
+        assert_eq!(code, 200, "{text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["usage"]["completion_tokens"], 24, "{v}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let code = loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            break st.code();
+        }
+        assert!(Instant::now() < deadline, "still running after SIGTERM:\n{}", s.log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(code, Some(0), "{}", s.log());
+    assert!(TcpStream::connect(&s.addr).is_err(), "still accepting after SIGTERM");
+    assert!(!s.log().contains("panicked"), "{}", s.log());
+}
+
+/// The real `openai` Python package against a live server (pip install openai).
+#[test]
+fn the_openai_python_client_works() {
+    let ok = Command::new("python3").args(["-c", "import openai"]).status().is_ok_and(|s| s.success());
+    if !ok {
+        assert!(std::env::var_os("CI").is_none(), "CI is set but the openai Python package is missing: run scripts/setup.sh");
+        eprintln!("SKIPPING: the openai Python package is missing (pip install openai)");
+        return;
+    }
+    let Some(s) = start(&["--api-key", KEY, "--parallel", "2"]) else { return };
+    let (prompt, want) = reference_top5();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/serve/openai_client.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .env("QUILL_BASE_URL", format!("{}/v1", s.base))
+        .env("QUILL_API_KEY", KEY)
+        .env("QUILL_REF_PROMPT", json!(prompt).to_string())
+        .env("QUILL_REF_TOP5", json!(want).to_string())
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}\nserver:\n{}", s.log());
+    assert!(text.contains("all openai client checks passed"), "{text}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// scripts/replicas.sh: two replicas behind nginx. A bounded load; one replica is killed
+/// midway; every request sent after the kill still succeeds, and both served before it.
+#[test]
+fn two_replicas_behind_nginx_survive_losing_one() {
+    if !std::path::Path::new("/usr/sbin/nginx").exists() && !Command::new("sh").args(["-c", "command -v nginx"]).status().is_ok_and(|s| s.success()) {
+        assert!(std::env::var_os("CI").is_none(), "CI is set but nginx is missing: run scripts/setup.sh");
+        eprintln!("SKIPPING: nginx is missing (apt-get install nginx)");
+        return;
+    }
+    if quill::gpu::context::test_context().is_none() {
+        return;
+    }
+    // Three consecutive free ports: nginx on p, replicas on p+1 and p+2.
+    let port = (0..50).map(|_| free_port()).find(|&p| p < 65000 && (1..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok())).expect("free ports");
+    let dir = std::env::temp_dir().join(format!("quill-replicas-test-{}", std::process::id()));
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut script = Command::new("bash")
+        .arg(format!("{root}/scripts/replicas.sh"))
+        .args(["--model", &fixture("llama-tiny").display().to_string(), "--port", &port.to_string(), "--", "--ctx", "64", "--parallel", "1"])
+        .env("QUILL_BIN", env!("CARGO_BIN_EXE_quill"))
+        .env("QUILL_REPLICAS_DIR", &dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    // Stops the script (which stops nginx and the replicas) however the test ends.
+    struct Stop(Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+            let _ = self.0.wait();
+        }
+    }
+    let out = script.stdout.take().unwrap();
+    let _stop = Stop(script);
+    let mut out = BufReader::new(out);
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert!(line.starts_with("ready on"), "replicas.sh said {line:?}");
+    let base = format!("http://127.0.0.1:{port}");
+    let body = r#"{"prompt": "Once", "max_tokens": 4, "ignore_eos": true}"#;
+    let send = || answer(agent().post(&format!("{base}/v1/completions")).set("Content-Type", "application/json").send_string(body));
+    let served = |i: u16| {
+        let (_, text, _) = answer(agent().get(&format!("http://127.0.0.1:{}/metrics", port + i)).call());
+        text.lines().filter(|l| l.starts_with("quill_requests_total{route=\"/v1/completions\",status=\"200\"}")).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum::<f64>()
+    };
+    // Two clients at a time, so least_conn uses both replicas.
+    let burst = |k: usize| -> Vec<u16> {
+        let hs: Vec<_> = (0..k).map(|_| std::thread::spawn(move || answer(agent().post(&format!("http://127.0.0.1:{port}/v1/completions")).send_string(body)).0)).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    };
+    for _ in 0..3 {
+        assert_eq!(burst(2), vec![200, 200]);
+    }
+    let (one, two) = (served(1), served(2));
+    assert!(one > 0.0 && two > 0.0, "both replicas should have served: {one} and {two}");
+    let pid = std::fs::read_to_string(dir.join("replica1.pid")).unwrap();
+    assert!(Command::new("kill").args(["-KILL", pid.trim()]).status().unwrap().success());
+    for i in 0..8 {
+        let (code, text, _) = send();
+        assert_eq!(code, 200, "request {i} after the kill: {text}");
+    }
+    assert!(burst(2) == vec![200, 200]);
+    assert!(served(2) >= two + 10.0, "the survivor served the rest");
+}
+
+/// `Session::restart` (the server's prompt cache): a new prompt sharing a prefix with what a
+/// session already holds reuses those KV rows, and its logits and seeded draws are those of a
+/// fresh session.
+#[test]
+fn session_restart_reuses_the_prefix_and_matches_a_fresh_session() {
+    let Some(ctx) = quill::gpu::context::test_context() else { return };
+    let model = quill::files::load_model(ctx, &fixture("llama-tiny"), &mut no_progress).unwrap();
+    let r = json("llama-tiny/reference.json");
+    let prompt = ids(&r["input_ids"]);
+    let s = quill::sampling::SamplingParams { temperature: 1.0, seed: 3, ..Default::default() };
+    let mut used = quill::generate::Session::new(ctx, &model, 64).unwrap();
+    used.push(&prompt[..20]).unwrap();
+    for _ in 0..5 {
+        used.next_token(&s).unwrap();
+    }
+    // Shares the first 20 ids with the session, then differs.
+    let reused = used.restart(&prompt).unwrap();
+    assert_eq!(reused, 20);
+    let mut fresh = quill::generate::Session::new(ctx, &model, 64).unwrap();
+    fresh.push(&prompt).unwrap();
+    let (a, b) = (used.logits_last().unwrap(), fresh.logits_last().unwrap());
+    let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs() / (1e-4 + 1e-4 * y.abs())).fold(0f32, f32::max);
+    assert!(worst <= 1.0, "restarted logits differ from a fresh session's (worst error {worst} tolerances, atol 1e-4 + rtol 1e-4)");
+    // Same prompt again: all but the last id reused; same seed, same draws as a fresh session.
+    assert_eq!(used.restart(&prompt).unwrap(), prompt.len() - 1);
+    let mut fresh = quill::generate::Session::new(ctx, &model, 64).unwrap();
+    fresh.push(&prompt).unwrap();
+    let draws = |sess: &mut quill::generate::Session| (0..6).map(|_| sess.next_token(&s).unwrap()).collect::<Vec<_>>();
+    assert_eq!(draws(&mut used), draws(&mut fresh));
+}
