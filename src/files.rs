@@ -20,8 +20,50 @@ pub fn models_dir() -> PathBuf {
     let cache = std::env::var_os("XDG_CACHE_HOME")
         .filter(|d| !d.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache"));
+        .unwrap_or_else(|| home_dir().join(".cache"));
     cache.join("quill").join("models")
+}
+
+/// $HOME, which must be an absolute path: with HOME unset or relative, a default under it would
+/// silently be relative to the current directory. Then `/nonexistent-home` stands in, so every
+/// use of the default fails with a message showing that path instead of reading or writing
+/// somewhere unexpected.
+pub fn home_dir() -> PathBuf {
+    match std::env::var_os("HOME").map(PathBuf::from) {
+        Some(h) if h.is_absolute() => h,
+        _ => PathBuf::from(NO_HOME),
+    }
+}
+
+/// What `home_dir` gives when HOME is unset or not absolute (named in messages).
+pub const NO_HOME: &str = "/HOME-is-unset";
+
+/// Reads a UTF-8 text file of at most `limit` bytes without ever holding more than `limit + 1`
+/// bytes: the file may be endless (/dev/zero, a FIFO) or far larger than what it is for.
+/// `arg` (the option that named the file) and `why` (what the limit comes from) are for the
+/// error message.
+pub fn read_text_bounded(path: &Path, limit: u64, arg: &str, why: &str) -> Result<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    if let Ok(meta) = file.metadata() {
+        if meta.is_dir() {
+            return Err(Error::arg(arg, format!("{} is a directory, not a text file", path.display())));
+        }
+        // A regular file says its size: refuse it before reading a byte.
+        if meta.is_file() && meta.len() > limit {
+            return Err(too_long(path, arg, limit, why, &format!("is {} bytes", meta.len())));
+        }
+    }
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
+    if bytes.len() as u64 > limit {
+        return Err(too_long(path, arg, limit, why, &format!("holds more than {limit} bytes (quill stopped reading there)")));
+    }
+    String::from_utf8(bytes).map_err(|e| Error::arg(arg, format!("{} is not valid UTF-8 (first bad byte at offset {})", path.display(), e.utf8_error().valid_up_to())))
+}
+
+fn too_long(path: &Path, arg: &str, limit: u64, why: &str, size: &str) -> Error {
+    Error::arg(arg, format!("{} {size}; at most {limit} bytes are read ({why})", path.display()))
 }
 
 pub fn default_model_path() -> PathBuf {
@@ -34,9 +76,10 @@ pub fn default_model() -> Result<PathBuf> {
     if p.is_file() {
         Ok(p)
     } else {
+        let home = if p.starts_with(NO_HOME) { " (HOME is unset or not an absolute path: set it, or QUILL_MODELS)" } else { "" };
         Err(Error::arg(
             "--model",
-            format!("no model given and the default model is not at {}; fetch it with `{FETCH_COMMAND}` or pass --model <file.gguf | hf-dir>", p.display()),
+            format!("no model given and the default model is not at {}{home}; fetch it with `{FETCH_COMMAND}` or pass --model <file.gguf | hf-dir>", p.display()),
         ))
     }
 }
@@ -66,6 +109,9 @@ fn shard_paths(dir: &Path) -> Result<Vec<PathBuf>> {
         let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(str::to_string)).collect();
         files.sort();
         files.dedup();
+        if files.is_empty() {
+            return Err(Error::format(index.display().to_string(), "weight_map names no shard file"));
+        }
         for f in &files {
             if f.contains('/') || f.contains("..") {
                 return Err(Error::format(index.display().to_string(), format!("shard name '{f}' leaves the directory")));
@@ -92,6 +138,10 @@ pub fn load_model_with(ctx: &Context, path: &Path, opts: &LoadOptions, progress:
     if meta.is_file() {
         let m = map(path)?;
         return load_gguf_with(ctx, &label, &m, opts, progress);
+    }
+    if !meta.is_dir() {
+        // A FIFO, a device or a socket: neither a file to map nor a directory to look into.
+        return Err(Error::arg("--model", format!("{label} is not a regular file or a directory (give a GGUF file or a Hugging Face model directory)")));
     }
     let config = std::fs::read(path.join("config.json")).map_err(|e| Error::io(path.join("config.json"), e))?;
     let shards = shard_paths(path)?;

@@ -2,6 +2,7 @@
 //! that turn files (as bytes) into a model and its tokenizer.
 
 pub mod config;
+pub mod consistency;
 pub mod gpt;
 pub mod gpt2;
 pub mod llama;

@@ -79,6 +79,18 @@ impl Value {
     }
 }
 
+/// A metadata value as a person reads it (`42`, `"text"`, `[3 values]`), for messages.
+pub fn value_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("\"{s}\""),
+        Value::Array(a) => format!("[{} values]", a.len()),
+        Value::Bool(b) => b.to_string(),
+        Value::F32(x) => x.to_string(),
+        Value::F64(x) => x.to_string(),
+        other => other.as_f64().map(|x| x.to_string()).unwrap_or_default(),
+    }
+}
+
 /// GGML tensor types by their GGUF code. Types quill does not read are kept by code so the
 /// error can name them.
 fn ggml_type(code: u32) -> std::result::Result<DType, String> {
@@ -128,8 +140,12 @@ const MAX_DIMS: usize = 8;
 
 /// Metadata array elements allowed in one file (all arrays together). A `Value` takes more
 /// memory than its bytes in the file, so this bounds what a hostile file can make us allocate;
-/// real vocabularies and merge lists have a few hundred thousand entries.
-const MAX_ARRAY_ELEMENTS: usize = 8 << 20;
+/// real vocabularies and merge lists have a few hundred thousand entries (the largest,
+/// Gemma's, 262144 tokens with their scores and types).
+const MAX_ARRAY_ELEMENTS: usize = 4 << 20;
+/// Elements allowed in one metadata array: a vocabulary (tokens, scores, types) or merge list
+/// of up to a million entries. Checked before the array is allocated.
+pub const MAX_ARRAY_LEN: usize = 1 << 20;
 
 struct Reader<'a> {
     file: &'a str,
@@ -208,6 +224,9 @@ impl<'a> Reader<'a> {
                     t => return Err(self.err(&format!("{what}: unknown array element type {t}"))),
                 };
                 let n = self.count(min_each, &format!("element count of {what}"))?;
+                if n > MAX_ARRAY_LEN {
+                    return Err(self.err(&format!("{what}: {n} array elements, more than the {MAX_ARRAY_LEN} allowed in one array")));
+                }
                 self.element_budget = self
                     .element_budget
                     .checked_sub(n)
@@ -250,18 +269,27 @@ impl<'a> Gguf<'a> {
             let key = r.string(&format!("metadata key #{i}"))?;
             let ty = r.u32(&format!("type of metadata '{key}'"))?;
             let v = r.value(ty, 0, &format!("metadata '{key}'"))?;
+            if metadata.contains_key(&key) {
+                return Err(Error::format(file, format!("metadata key '{key}' appears twice")));
+            }
             metadata.insert(key, v);
         }
         let alignment = match metadata.get("general.alignment") {
             None => 32,
             Some(v) => match v.as_u64() {
                 Some(a) if a.is_power_of_two() && a <= 1 << 16 => a as usize,
-                _ => return Err(Error::format(file, format!("general.alignment {v:?} is not a power of two up to 65536"))),
+                _ => return Err(Error::format(file, format!("general.alignment {} is not a power of two up to 65536", value_text(v)))),
             },
         };
         let mut infos = Vec::with_capacity(n_tensors);
+        let mut names = std::collections::BTreeSet::new();
         for i in 0..n_tensors {
             let name = r.string(&format!("name of tensor #{i}"))?;
+            // Later lookups take the first match; a second entry of one name is a broken or
+            // hostile file, not something to resolve silently.
+            if !names.insert(name.clone()) {
+                return Err(Error::tensor(file, &name, format!("appears twice in the tensor list (again as tensor #{i})")));
+            }
             let n_dims = r.u32(&format!("dims of tensor '{name}'"))? as usize;
             if n_dims == 0 || n_dims > MAX_DIMS {
                 return Err(Error::tensor(file, &name, format!("{n_dims} dimensions (1 to {MAX_DIMS} allowed)")));
@@ -287,11 +315,12 @@ impl<'a> Gguf<'a> {
             if ne[0] as usize % dtype.block_len() != 0 {
                 return Err(Error::tensor(file, &name, format!("row length {} is not a multiple of the {} block of {}", ne[0], dtype.name(), dtype.block_len())));
             }
+            let raw_offset = offset;
             let offset = usize::try_from(offset).ok().filter(|o| o % alignment == 0);
             let end = offset.and_then(|o| o.checked_add(n_bytes)).filter(|&e| e <= data.len());
             let Some(end) = end else {
                 return Err(Error::tensor(file, &name, format!(
-                    "data ({n_bytes} bytes at offset {offset:?}) lies outside the file's {} data bytes or is misaligned; the file may be truncated", data.len())));
+                    "data ({n_bytes} bytes at offset {raw_offset}, alignment {alignment}) lies outside the file's {} data bytes or is misaligned; the file may be truncated", data.len())));
             };
             let shape = ne.iter().rev().map(|&d| d as usize).collect();
             tensors.push(TensorInfo { name, shape, dtype, offset: end - n_bytes, n_bytes });

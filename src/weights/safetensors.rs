@@ -14,17 +14,58 @@ pub struct SafetensorsSource<'a> {
 impl<'a> SafetensorsSource<'a> {
     /// `files` are (name for errors, bytes) of every shard.
     pub fn parse(files: &[(String, &'a [u8])]) -> Result<Self> {
-        let mut shards = Vec::new();
+        let mut shards: Vec<(String, SafeTensors<'a>)> = Vec::new();
         for (name, bytes) in files {
+            if let Some(dup) = duplicate_header_key(bytes) {
+                return Err(Error::tensor(name, dup, "appears twice in the header"));
+            }
             let st = SafeTensors::deserialize(bytes).map_err(|e| {
                 let detail = offending_tensor(bytes).map(|t| format!(" ({t})")).unwrap_or_default();
                 Error::format(name, format!("not a valid safetensors file: {e}{detail}"))
             })?;
+            // A tensor in two shards: lookups would take one and ignore the other.
+            for (other, earlier) in &shards {
+                if let Some(dup) = st.names().into_iter().find(|n| earlier.tensor(n).is_ok()) {
+                    return Err(Error::tensor(name, dup, format!("is also in {other}")));
+                }
+            }
             shards.push((name.clone(), st));
         }
         let label = files.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ");
         Ok(SafetensorsSource { label, shards })
     }
+}
+
+impl SafetensorsSource<'_> {
+    /// Every tensor's name, shard by shard.
+    pub fn names(&self) -> Vec<&str> {
+        self.shards.iter().flat_map(|(_, st)| st.iter().map(|(n, _)| n)).collect()
+    }
+}
+
+/// The first key that appears twice in a safetensors JSON header (the crate's map keeps the
+/// last silently). Reads only the header, with values skipped unparsed.
+fn duplicate_header_key(bytes: &[u8]) -> Option<String> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    struct FirstDuplicate;
+    impl<'de> Visitor<'de> for FirstDuplicate {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Self::Value, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some((key, IgnoredAny)) = map.next_entry::<String, IgnoredAny>()? {
+                if !seen.insert(key.clone()) {
+                    return Ok(Some(key));
+                }
+            }
+            Ok(None)
+        }
+    }
+    let n = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
+    let header = bytes.get(8..8usize.checked_add(n)?)?;
+    serde_json::Deserializer::from_slice(header).deserialize_map(FirstDuplicate).ok()?
 }
 
 /// For a file the crate refused: the first tensor whose `data_offsets` leave the data section
