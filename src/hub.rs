@@ -69,6 +69,9 @@ fn download(endpoint: &str, repo: &str) -> Result<PathBuf> {
     let snap = dir.join("snapshots").join(&revision);
     let tmp = dir.join(format!("incomplete-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    // A refused or failed download leaves nothing behind (after the rename below, nothing is
+    // left at `tmp` to remove).
+    let _cleanup = RemoveOnDrop(tmp.clone());
     let save = |name: &str, bytes: &[u8]| std::fs::write(tmp.join(name), bytes).map_err(|e| Error::io(tmp.join(name), e));
     save("config.json", &config)?;
     for f in &FILES[1..] {
@@ -132,7 +135,15 @@ fn small_file_cap(file: &str) -> u64 {
 /// Most bytes of one weight file when the index does not say: 64 GiB.
 const SHARD_CAP: u64 = 64 << 30;
 /// The index's `metadata.total_size` counts tensor data only; a shard adds its JSON header.
-const SHARD_HEADER_ALLOWANCE: u64 = 100 << 20;
+const SHARD_HEADER_ALLOWANCE: u64 = 16 << 20;
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
 
 fn agent() -> ureq::Agent {
     ureq::AgentBuilder::new()

@@ -60,19 +60,32 @@ fn sparse(path: &Path, len: u64) {
     std::fs::File::create(path).unwrap().set_len(len).unwrap();
 }
 
-/// Rewrites a directory's model.safetensors, letting `edit` change each tensor's f32 values.
-fn edit_weights(dir: &str, edit: impl Fn(&str, &mut Vec<f32>)) {
+/// Rewrites a directory's model.safetensors (all f32), letting `edit` change each tensor's shape
+/// and values.
+fn rewrite_weights(dir: &str, edit: impl Fn(&str, &mut Vec<usize>, &mut Vec<f32>)) {
     let path = Path::new(dir).join("model.safetensors");
     let bytes = std::fs::read(&path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut kept = Vec::new();
     for (name, t) in st.tensors() {
+        let mut shape = t.shape().to_vec();
         let mut v: Vec<f32> = t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
-        edit(&name, &mut v);
-        kept.push((name, t.shape().to_vec(), v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()));
+        edit(&name, &mut shape, &mut v);
+        kept.push((name, shape, v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()));
     }
     let views: Vec<_> = kept.iter().map(|(n, s, b)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap())).collect();
     std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+/// A copy of llama-tiny in `t` with one value of `tensor` (flat index `i`) set to `value`.
+fn poked(t: &Temp, tensor: &str, i: usize, value: f32) -> String {
+    let dir = t.copy_of("llama-tiny");
+    rewrite_weights(&dir, |name, _, v| {
+        if name == tensor {
+            v[i] = value;
+        }
+    });
+    dir
 }
 
 fn edit_json(path: &Path, edit: impl Fn(&mut serde_json::Value)) {
@@ -279,25 +292,14 @@ fn item5_hf_tokenizer_larger_than_vocab_size_is_an_error_and_padding_is_not() {
     Limited::quill(&["write", "--model", &dir, "hello"]).run().clean_error("900 rows", &["1000 tokens", "vocab_size", "900"]);
 }
 
-/// Rewrites embed_tokens and lm_head of a directory's model.safetensors to `rows` rows (zeros
-/// past the original ones).
+/// Pads (or cuts) embed_tokens and lm_head of a directory's model.safetensors to `rows` rows.
 fn pad_rows(dir: &str, rows: usize) {
-    let path = Path::new(dir).join("model.safetensors");
-    let bytes = std::fs::read(&path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut kept = Vec::new();
-    for (name, t) in st.tensors() {
-        let mut shape = t.shape().to_vec();
-        let mut data = t.data().to_vec();
+    rewrite_weights(dir, |name, shape, v| {
         if name == "model.embed_tokens.weight" || name == "lm_head.weight" {
-            data.truncate(shape[0].min(rows) * shape[1] * 4);
             shape[0] = rows;
-            data.resize(rows * shape[1] * 4, 0);
+            v.resize(rows * shape[1], 0.0);
         }
-        kept.push((name, shape, data));
-    }
-    let views: Vec<_> = kept.iter().map(|(n, s, b)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap())).collect();
-    std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+    });
 }
 
 #[test]
@@ -317,12 +319,7 @@ fn item5_nan_in_a_norm_weight_is_reported_at_load_naming_the_tensor() {
         return;
     }
     let t = Temp::new("nan-norm");
-    let dir = t.copy_of("llama-tiny");
-    edit_weights(&dir, |name, v| {
-        if name == "model.layers.1.post_attention_layernorm.weight" {
-            v[37] = f32::NAN;
-        }
-    });
+    let dir = poked(&t, "model.layers.1.post_attention_layernorm.weight", 37, f32::NAN);
     Limited::quill(&["write", "--model", &dir, "hello"]).run().clean_error("NaN norm", &["model.layers.1.post_attention_layernorm.weight", "NaN", "element 37"]);
 }
 
@@ -332,13 +329,8 @@ fn item5_inf_in_a_sampled_matrix_row_is_reported_at_load() {
         return;
     }
     let t = Temp::new("inf-matrix");
-    let dir = t.copy_of("llama-tiny");
-    // Row 63 (the last) of the 128 x 64 gate projection is always scanned.
-    edit_weights(&dir, |name, v| {
-        if name == "model.layers.0.mlp.gate_proj.weight" {
-            v[127 * 64 + 5] = f32::INFINITY;
-        }
-    });
+    // Row 127 (the last) of the [128, 64] gate projection is always scanned.
+    let dir = poked(&t, "model.layers.0.mlp.gate_proj.weight", 127 * 64 + 5, f32::INFINITY);
     Limited::quill(&["write", "--model", &dir, "hello"]).run().clean_error("inf matrix", &["model.layers.0.mlp.gate_proj.weight", "inf", "row 127, column 5"]);
 }
 
@@ -368,13 +360,7 @@ fn item6_write_to_a_closed_pipe_is_still_a_quiet_stop() {
 /// rows 0, 4, 8, … of 64 (src/models/consistency.rs) and misses it, as it misses most single
 /// bad values of a large model; the forward pass turns it into NaN logits.
 fn nan_past_the_scan(t: &Temp) -> String {
-    let dir = t.copy_of("llama-tiny");
-    edit_weights(&dir, |name, v| {
-        if name == "model.layers.0.mlp.down_proj.weight" {
-            v[128 + 3] = f32::NAN; // row 1 of [64, 128]
-        }
-    });
-    dir
+    poked(t, "model.layers.0.mlp.down_proj.weight", 128 + 3, f32::NAN) // row 1 of [64, 128]
 }
 
 #[test]

@@ -478,6 +478,38 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn duplicate_names_are_refused() {
+        let w = || vec![0u8; 16];
+        let dup = build(3, &[], &[("w", &[4], 0, w()), ("v", &[4], 0, w()), ("w", &[4], 0, w())]);
+        let e = Gguf::parse("t.gguf", &dup).err().unwrap().to_string();
+        assert!(e.contains("'w'") && e.contains("twice") && e.contains("#2"), "{e}");
+        let one = || 1u32.to_le_bytes().to_vec();
+        let dup = build(3, &[("a", 4, one()), ("b", 4, one()), ("a", 4, one())], &[]);
+        let e = Gguf::parse("t.gguf", &dup).err().unwrap().to_string();
+        assert!(e.contains("metadata key 'a' appears twice"), "{e}");
+    }
+
+    #[test]
+    fn one_array_longer_than_the_limit_is_refused_before_allocating() {
+        // MAX_ARRAY_LEN + 1 u8 elements: the bytes are there, the count is still refused.
+        let n = MAX_ARRAY_LEN + 1;
+        let mut arr = 0u32.to_le_bytes().to_vec();
+        arr.extend_from_slice(&(n as u64).to_le_bytes());
+        arr.resize(arr.len() + n, 0);
+        let e = Gguf::parse("t.gguf", &build(3, &[("big", 9, arr)], &[])).err().unwrap().to_string();
+        assert!(e.contains("metadata 'big'") && e.contains(&n.to_string()) && e.contains(&MAX_ARRAY_LEN.to_string()), "{e}");
+    }
+
+    #[test]
+    fn messages_show_values_not_rust_debug_forms() {
+        let e = Gguf::parse("t.gguf", &build(3, &[("general.alignment", 4, 0u32.to_le_bytes().to_vec())], &[])).err().unwrap().to_string();
+        assert!(e.contains("general.alignment 0 is not") && !e.contains("U32"), "{e}");
+        assert_eq!(value_text(&Value::String("x".into())), "\"x\"");
+        assert_eq!(value_text(&Value::Array(vec![Value::U8(1); 3])), "[3 values]");
+        assert_eq!(value_text(&Value::I64(-3)), "-3");
+    }
+
+    #[test]
     fn bad_magic_version_and_types() {
         let e = Gguf::parse("x.bin", b"PK\x03\x04 not a gguf at all").err().unwrap().to_string();
         assert!(e.contains("not a GGUF"), "{e}");

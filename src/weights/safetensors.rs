@@ -131,3 +131,35 @@ impl TensorSource for SafetensorsSource<'_> {
         Ok(t)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A safetensors file of F32 tensors, with its JSON header written as given.
+    fn file(header: &str, data_len: usize) -> Vec<u8> {
+        let mut b = (header.len() as u64).to_le_bytes().to_vec();
+        b.extend_from_slice(header.as_bytes());
+        b.resize(b.len() + data_len, 0);
+        b
+    }
+
+    #[test]
+    fn a_name_twice_in_one_header_is_refused() {
+        let f = file(r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#, 8);
+        let e = SafetensorsSource::parse(&[("m.safetensors".into(), &f[..])]).err().unwrap().to_string();
+        assert!(e.contains("m.safetensors") && e.contains("'a'") && e.contains("twice"), "{e}");
+    }
+
+    #[test]
+    fn a_name_in_two_shards_is_refused() {
+        let one = file(r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#, 4);
+        let two = file(r#"{"b":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#, 8);
+        let files = [("s1.safetensors".to_string(), &one[..]), ("s2.safetensors".to_string(), &two[..])];
+        let e = SafetensorsSource::parse(&files).err().unwrap().to_string();
+        assert!(e.contains("s2.safetensors") && e.contains("'a'") && e.contains("also in s1.safetensors"), "{e}");
+        // Distinct names across shards are fine.
+        let files = [("s1.safetensors".to_string(), &one[..])];
+        assert_eq!(SafetensorsSource::parse(&files).unwrap().names(), vec!["a"]);
+    }
+}
