@@ -99,25 +99,32 @@ fn read_opt(path: &Path) -> Result<Option<Vec<u8>>> {
     }
 }
 
+/// The shard file names a `model.safetensors.index.json` lists in its `weight_map`, sorted and
+/// without repeats; `label` names the index in errors. A name that would leave the model's
+/// directory, or a map that names no file, is an error.
+pub fn shard_names(index: &[u8], label: &str) -> Result<Vec<String>> {
+    let v: serde_json::Value = serde_json::from_slice(index).map_err(|e| Error::format(label, e.to_string()))?;
+    let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::format(label, "no weight_map object"))?;
+    let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(str::to_string)).collect();
+    files.sort();
+    files.dedup();
+    if files.is_empty() {
+        return Err(Error::format(label, "weight_map names no shard file"));
+    }
+    for f in &files {
+        if f.is_empty() || f.contains('/') || f.contains('\\') || f.contains("..") {
+            return Err(Error::format(label, format!("shard name '{f}' leaves the directory")));
+        }
+    }
+    Ok(files)
+}
+
 /// The safetensors files of a Hugging Face directory: the shards of
 /// model.safetensors.index.json, or model.safetensors.
 fn shard_paths(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if let Some(bytes) = read_opt(&index)? {
-        let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| Error::format(index.display().to_string(), e.to_string()))?;
-        let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::format(index.display().to_string(), "no weight_map object"))?;
-        let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(str::to_string)).collect();
-        files.sort();
-        files.dedup();
-        if files.is_empty() {
-            return Err(Error::format(index.display().to_string(), "weight_map names no shard file"));
-        }
-        for f in &files {
-            if f.contains('/') || f.contains("..") {
-                return Err(Error::format(index.display().to_string(), format!("shard name '{f}' leaves the directory")));
-            }
-        }
-        return Ok(files.into_iter().map(|f| dir.join(f)).collect());
+        return Ok(shard_names(&bytes, &index.display().to_string())?.into_iter().map(|f| dir.join(f)).collect());
     }
     let single = dir.join("model.safetensors");
     if single.is_file() {

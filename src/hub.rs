@@ -82,22 +82,13 @@ fn download(endpoint: &str, repo: &str) -> Result<PathBuf> {
     let (shards, cap) = match get(&url("model.safetensors.index.json"))? {
         Some((index, _)) => {
             save("model.safetensors.index.json", &index)?;
-            let v: serde_json::Value = serde_json::from_slice(&index).map_err(|e| Error::format(url("model.safetensors.index.json"), e.to_string()))?;
-            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::format(url("model.safetensors.index.json"), "no weight_map object"))?;
-            let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(str::to_string)).collect();
-            files.sort();
-            files.dedup();
-            if files.is_empty() {
-                return Err(Error::format(url("model.safetensors.index.json"), "weight_map names no shard file"));
-            }
-            (files, shard_cap(Some(&v)))
+            let label = url("model.safetensors.index.json");
+            let v: serde_json::Value = serde_json::from_slice(&index).map_err(|e| Error::format(&label, e.to_string()))?;
+            (crate::files::shard_names(&index, &label)?, shard_cap(Some(&v)))
         }
         None => (vec!["model.safetensors".to_string()], shard_cap(None)),
     };
     for shard in &shards {
-        if shard.contains('/') || shard.contains("..") {
-            return Err(Error::format(url("model.safetensors.index.json"), format!("shard name '{shard}' leaves the directory")));
-        }
         if !get_to_file(&url(shard), &tmp.join(shard), cap)? {
             return Err(Error::arg("--model", format!("{repo}: {} is missing", url(shard))));
         }
