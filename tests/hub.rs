@@ -116,21 +116,9 @@ fn hostile_reply(stream: &mut std::net::TcpStream, mode: &str, file: &str) -> st
         // A length no config.json has.
         ("huge", _) => write!(stream, "{ok}Content-Length: 1000000000000\r\n\r\n{{"),
         // One byte, then one every 2 s (the test's timeout is 1 s; the real one 15 s, for 20 s).
-        ("trickle", _) => {
-            write!(stream, "{ok}Content-Length: 100\r\n\r\n")?;
-            loop {
-                stream.write_all(b" ")?;
-                std::thread::sleep(std::time::Duration::from_secs(2));
-            }
-        }
+        ("trickle", _) => drip(stream, 100, std::time::Duration::from_secs(2)),
         // A byte every 100 ms: every read succeeds, the download never gets anywhere.
-        ("drip", _) => {
-            write!(stream, "{ok}Content-Length: 100000\r\n\r\n")?;
-            loop {
-                stream.write_all(b" ")?;
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-        }
+        ("drip", _) => drip(stream, 100_000, std::time::Duration::from_millis(100)),
         // A real config, an index saying the weights are 1000 bytes, and an endless shard.
         ("bigshard", "config.json") => {
             let body = std::fs::read(fixture("llama-tiny/config.json"))?;
@@ -143,6 +131,15 @@ fn hostile_reply(stream: &mut std::net::TcpStream, mode: &str, file: &str) -> st
         }
         ("bigshard", "model-00001-of-00001.safetensors") => hostile_reply(stream, "endless", file),
         _ => write!(stream, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+    }
+}
+
+/// Announces `len` bytes, then sends one every `every`, forever.
+fn drip(stream: &mut std::net::TcpStream, len: usize, every: std::time::Duration) -> std::io::Result<()> {
+    write!(stream, "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: {len}\r\n\r\n")?;
+    loop {
+        stream.write_all(b" ")?;
+        std::thread::sleep(every);
     }
 }
 
