@@ -211,7 +211,7 @@ const MAX_BYTES_PER_TOKEN: u64 = 256;
 const DEFAULT_CTX_CAP: usize = 2048;
 /// Most bytes `perplexity --file` reads: it scores texts longer than one window, so the bound is
 /// not the context's but one that keeps tokenization's memory well under a gigabyte.
-const PERPLEXITY_MAX_BYTES: u64 = 8 << 20;
+const PERPLEXITY_MAX_BYTES: u64 = 4 << 20;
 
 /// Loads a model, showing progress on stderr.
 fn load(ctx: &Context, path: &std::path::Path) -> Result<LoadedModel> {

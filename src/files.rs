@@ -91,12 +91,32 @@ fn map(path: &Path) -> Result<memmap2::Mmap> {
     unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io(path, e))
 }
 
-fn read_opt(path: &Path) -> Result<Option<Vec<u8>>> {
-    match std::fs::read(path) {
-        Ok(b) => Ok(Some(b)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io(path, e)),
+/// Most bytes quill reads of each small file of a model directory, or downloads of it from a
+/// hub: a FIFO, /dev/zero or a huge file in its place cannot make quill hold more.
+/// tokenizer.json is the large one (a few MB; 33 MB for Gemma's 262144 tokens).
+pub fn small_file_cap(name: &str) -> u64 {
+    match name {
+        "tokenizer.json" => 128 << 20,
+        "model.safetensors.index.json" => 32 << 20,
+        _ => 8 << 20,
     }
+}
+
+/// A small file of a model directory (at most `small_file_cap` bytes), or None when absent.
+fn read_opt(path: &Path) -> Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let cap = small_file_cap(&path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+    let mut bytes = Vec::new();
+    file.take(cap + 1).read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
+    if bytes.len() as u64 > cap {
+        return Err(Error::format(path.display().to_string(), format!("more than {cap} bytes, more than any such file of a model holds (quill stopped reading there)")));
+    }
+    Ok(Some(bytes))
 }
 
 /// The shard file names a `model.safetensors.index.json` lists in its `weight_map`, sorted and
@@ -150,7 +170,8 @@ pub fn load_model_with(ctx: &Context, path: &Path, opts: &LoadOptions, progress:
         // A FIFO, a device or a socket: neither a file to map nor a directory to look into.
         return Err(Error::arg("--model", format!("{label} is not a regular file or a directory (give a GGUF file or a Hugging Face model directory)")));
     }
-    let config = std::fs::read(path.join("config.json")).map_err(|e| Error::io(path.join("config.json"), e))?;
+    let config_path = path.join("config.json");
+    let config = read_opt(&config_path)?.ok_or_else(|| Error::io(&config_path, std::io::ErrorKind::NotFound.into()))?;
     let shards = shard_paths(path)?;
     let maps: Vec<memmap2::Mmap> = shards.iter().map(|p| map(p)).collect::<Result<_>>()?;
     let tokenizer_json = read_opt(&path.join("tokenizer.json"))?;

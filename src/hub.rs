@@ -113,16 +113,6 @@ fn timeout() -> Duration {
 /// a trickling server is a stalled one.
 const MIN_BYTES_PER_WINDOW: u64 = 16 << 10;
 
-/// Most bytes read of each small file: a hostile or broken mirror cannot make quill hold more.
-/// tokenizer.json is the large one (a few MB; 33 MB for Gemma's 262144 tokens).
-fn small_file_cap(file: &str) -> u64 {
-    match file {
-        "tokenizer.json" => 128 << 20,
-        "model.safetensors.index.json" => 32 << 20,
-        _ => 8 << 20,
-    }
-}
-
 /// Most bytes of one weight file when the index does not say: 64 GiB.
 const SHARD_CAP: u64 = 64 << 30;
 /// The index's `metadata.total_size` counts tensor data only; a shard adds its JSON header.
@@ -205,13 +195,13 @@ fn copy_guarded(url: &str, body: Body, cap: u64, sink: &mut dyn std::io::Write, 
     }
 }
 
-/// GET a small file into memory (at most `small_file_cap` bytes): Some((body, X-Repo-Commit)), None on 404.
+/// GET a small file into memory (at most `files::small_file_cap` bytes): Some((body, X-Repo-Commit)), None on 404.
 fn get(url: &str) -> Result<Option<(Vec<u8>, Option<String>)>> {
     let Some(body) = open(url)? else { return Ok(None) };
     let commit = body.1.clone();
     let file = url.rsplit('/').next().unwrap_or_default();
     let mut bytes = Vec::new();
-    copy_guarded(url, body, small_file_cap(file), &mut bytes, false)?;
+    copy_guarded(url, body, crate::files::small_file_cap(file), &mut bytes, false)?;
     Ok(Some((bytes, commit)))
 }
 

@@ -125,7 +125,7 @@ fn item2_prompt_file_of_20_mb_is_refused_fast_and_the_bound_follows_ctx() {
 
 #[test]
 fn item2_perplexity_file_from_a_fifo_is_bounded() {
-    // An endless FIFO: quill must stop reading at its bound (8 MiB), not grow without end.
+    // An endless FIFO: quill must stop reading at its bound (4 MiB), not grow without end.
     let t = Temp::new("fifo-text");
     let fifo = t.path("text");
     assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
@@ -139,7 +139,7 @@ fn item2_perplexity_file_from_a_fifo_is_bounded() {
         })
     };
     let o = Limited::quill(&["perplexity", "--model", &tiny(), "--file", &fifo.display().to_string()]).run();
-    o.clean_error("endless FIFO", &["--file", "stopped reading", "8388608"]);
+    o.clean_error("endless FIFO", &["--file", "stopped reading", "4194304"]);
     // The writer fails with a broken pipe now that quill has exited (it is not joined: had quill
     // never opened the FIFO, it would wait in open forever).
     drop(writer);
@@ -300,6 +300,23 @@ fn pad_rows(dir: &str, rows: usize) {
             v.resize(rows * shape[1], 0.0);
         }
     });
+}
+
+#[test]
+fn item5_model_directory_files_are_read_up_to_a_bound() {
+    if !has_gpu() {
+        return;
+    }
+    // config.json that never ends, and tokenizer.json as a 1 TB (sparse) file.
+    let t = Temp::new("endless-config");
+    let dir = t.copy_of("llama-tiny");
+    std::fs::remove_file(t.path("config.json")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", t.path("config.json")).unwrap();
+    Limited::quill(&["write", "--model", &dir, "hello"]).run().clean_error("endless config.json", &["config.json", "more than 8388608 bytes"]);
+    let t = Temp::new("huge-tokenizer");
+    let dir = t.copy_of("llama-tiny");
+    sparse(&t.path("tokenizer.json"), 1 << 40);
+    Limited::quill(&["write", "--model", &dir, "hello"]).run().clean_error("1 TB tokenizer.json", &["tokenizer.json", "more than 134217728 bytes"]);
 }
 
 #[test]

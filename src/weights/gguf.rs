@@ -146,6 +146,12 @@ const MAX_ARRAY_ELEMENTS: usize = 4 << 20;
 /// Elements allowed in one metadata array: a vocabulary (tokens, scores, types) or merge list
 /// of up to a million entries. Checked before the array is allocated.
 pub const MAX_ARRAY_LEN: usize = 1 << 20;
+/// Tensors allowed in one file (real ones have a few thousand; experts are stored merged).
+pub const MAX_TENSORS: usize = 1 << 16;
+/// Metadata entries allowed in one file (real ones have tens).
+pub const MAX_METADATA: usize = 1 << 16;
+/// Bytes allowed in one metadata string (the longest are chat templates of some KB).
+pub const MAX_STRING: usize = 16 << 20;
 
 struct Reader<'a> {
     file: &'a str,
@@ -193,6 +199,9 @@ impl<'a> Reader<'a> {
     }
     fn string(&mut self, what: &str) -> Result<String> {
         let n = self.count(1, &format!("length of {what}"))?;
+        if n > MAX_STRING {
+            return Err(self.err(&format!("{what} is {n} bytes long, more than the {MAX_STRING} allowed")));
+        }
         let b = self.take(n, what)?;
         String::from_utf8(b.to_vec()).map_err(|_| self.err(&format!("{what} is not valid UTF-8")))
     }
@@ -264,6 +273,9 @@ impl<'a> Gguf<'a> {
         // a key/value at least 8 + 4 + 1.
         let n_tensors = r.count(24, "tensor count")?;
         let n_kv = r.count(13, "metadata count")?;
+        if n_tensors > MAX_TENSORS || n_kv > MAX_METADATA {
+            return Err(Error::format(file, format!("{n_tensors} tensors and {n_kv} metadata entries: at most {MAX_TENSORS} and {MAX_METADATA} are allowed")));
+        }
         let mut metadata = BTreeMap::new();
         for i in 0..n_kv {
             let key = r.string(&format!("metadata key #{i}"))?;
@@ -498,6 +510,22 @@ pub(crate) mod tests {
         arr.resize(arr.len() + n, 0);
         let e = Gguf::parse("t.gguf", &build(3, &[("big", 9, arr)], &[])).err().unwrap().to_string();
         assert!(e.contains("metadata 'big'") && e.contains(&n.to_string()) && e.contains(&MAX_ARRAY_LEN.to_string()), "{e}");
+    }
+
+    #[test]
+    fn counts_and_strings_beyond_the_limits_are_refused() {
+        // A 17 MiB string (the bytes are there): refused by its length alone.
+        let n = MAX_STRING + (1 << 20);
+        let mut payload = (n as u64).to_le_bytes().to_vec();
+        payload.resize(8 + n, b'x');
+        let e = Gguf::parse("t.gguf", &build(3, &[("tokenizer.chat_template", 8, payload)], &[])).err().unwrap().to_string();
+        assert!(e.contains("tokenizer.chat_template") && e.contains(&MAX_STRING.to_string()), "{e}");
+        // 70000 tensor infos' worth of bytes behind a count of 70000.
+        let mut bytes = build(3, &[], &[]);
+        bytes[8..16].copy_from_slice(&70000u64.to_le_bytes());
+        bytes.resize(bytes.len() + 70000 * 24, 0);
+        let e = Gguf::parse("t.gguf", &bytes).err().unwrap().to_string();
+        assert!(e.contains("70000 tensors") && e.contains(&MAX_TENSORS.to_string()), "{e}");
     }
 
     #[test]
