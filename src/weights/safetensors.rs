@@ -43,6 +43,9 @@ impl SafetensorsSource<'_> {
     }
 }
 
+/// The safetensors crate's limit on a header's size (its MAX_HEADER_SIZE).
+const MAX_HEADER_BYTES: usize = 100_000_000;
+
 /// The first key that appears twice in a safetensors JSON header (the crate's map keeps the
 /// last silently). Reads only the header, with values skipped unparsed.
 fn duplicate_header_key(bytes: &[u8]) -> Option<String> {
@@ -64,6 +67,10 @@ fn duplicate_header_key(bytes: &[u8]) -> Option<String> {
         }
     }
     let n = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
+    // Headers past the crate's own limit are refused by it, with its message.
+    if n > MAX_HEADER_BYTES {
+        return None;
+    }
     let header = bytes.get(8..8usize.checked_add(n)?)?;
     serde_json::Deserializer::from_slice(header).deserialize_map(FirstDuplicate).ok()?
 }
