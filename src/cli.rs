@@ -1,6 +1,6 @@
 //! Command-line options and the commands behind them.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -189,12 +189,30 @@ pub fn run() -> Result<()> {
 
 pub(crate) fn model_path(arg: Option<PathBuf>) -> Result<PathBuf> {
     match arg {
-        // `org/name` that is not a local path: a Hugging Face hub repository.
-        Some(p) if p.to_str().is_some_and(quill::hub::is_repo_id) => quill::hub::model_dir(p.to_str().unwrap_or_default()),
+        // `org/name` that is not a local path: a Hugging Face hub repository. It may as well be
+        // a mistyped local path, so a failure says that no such path exists either.
+        Some(p) if p.to_str().is_some_and(quill::hub::is_repo_id) => {
+            let repo = p.to_str().unwrap_or_default();
+            quill::hub::model_dir(repo).map_err(|e| {
+                let why = match e {
+                    Error::Arg { msg, .. } => msg,
+                    other => other.to_string(),
+                };
+                Error::arg("--model", format!("'{repo}' is not a local path (no such file or directory), so it was tried as a Hugging Face hub repository: {why}"))
+            })
+        }
         Some(p) => Ok(p),
         None => quill::files::default_model(),
     }
 }
+
+/// Bytes of prompt text one token can take at most, for refusing a prompt file before reading
+/// it whole: the longest token of the vocabularies quill reads is under 200 bytes, so a file
+/// longer than this times the context cannot fit.
+const MAX_BYTES_PER_TOKEN: u64 = 256;
+/// Most bytes `perplexity --file` reads: it scores texts longer than one window, so the bound is
+/// not the context's but one that keeps tokenization's memory well under a gigabyte.
+const PERPLEXITY_MAX_BYTES: u64 = 4 << 20;
 
 /// Loads a model, showing progress on stderr.
 pub(crate) fn load(ctx: &Context, path: &std::path::Path) -> Result<LoadedModel> {
@@ -210,14 +228,14 @@ pub(crate) fn load(ctx: &Context, path: &std::path::Path) -> Result<LoadedModel>
             last_pct = step;
             let pct = step;
             let end = if tty { "\r" } else { "\n" };
-            eprint!("loading {}: {pct:3}% ({} / {} MB){end}", path.display(), done >> 20, total >> 20);
+            note!("loading {}: {pct:3}% ({} / {} MB){end}", path.display(), done >> 20, total >> 20);
         }
     })?;
     if tty {
-        eprintln!();
+        noteln!();
     }
     let c = model.config();
-    eprintln!(
+    noteln!(
         "loaded {} in {:.1} s: {} layers, dim {}, vocab {}, weights {} ({:.1} MB on the GPU) on {} ({:?})",
         path.display(),
         start.elapsed().as_secs_f64(),
@@ -234,45 +252,44 @@ pub(crate) fn load(ctx: &Context, path: &std::path::Path) -> Result<LoadedModel>
 
 fn info(model: Option<PathBuf>) -> Result<()> {
     let ctx = Context::new_blocking()?;
-    print!("{}", ctx.describe());
+    out!("{}", ctx.describe())?;
     if let Some(path) = model {
         let path = model_path(Some(path))?;
         let m = load(&ctx, &path)?;
         let c = m.config();
-        println!("model:    {}", m.source);
-        println!("architecture: {}", c.arch.name());
-        println!("layers: {}  dim: {}  heads: {}  kv heads: {}  head dim: {}  ffn: {}", c.n_layers, c.dim, c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_dim);
-        println!("vocab: {}  context: {}  tied embeddings: {}", c.vocab, c.max_ctx, c.tied_embeddings);
-        println!("{}", c.describe_blocks());
-        println!("file dtypes: {}", m.file_dtypes);
+        outln!("model:    {}", m.source)?;
+        outln!("architecture: {}", c.arch.name())?;
+        outln!("layers: {}  dim: {}  heads: {}  kv heads: {}  head dim: {}  ffn: {}", c.n_layers, c.dim, c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_dim)?;
+        outln!("vocab: {}  context: {}  tied embeddings: {}", c.vocab, c.max_ctx, c.tied_embeddings)?;
+        outln!("{}", c.describe_blocks())?;
+        outln!("file dtypes: {}", m.file_dtypes)?;
         let ctx_len = quill::plan::plan_session(&ctx, &m, None, quill::generate::DEFAULT_MAX_BATCH).map_or(c.max_ctx, |p| p.ctx_len);
-        println!("weights on the GPU: {} (--dtype {})", m.model.weight_types(), LOAD_OPTIONS.get().copied().unwrap_or_default().dtype.name());
-        println!(
+        outln!("weights on the GPU: {} (--dtype {})", m.model.weight_types(), LOAD_OPTIONS.get().copied().unwrap_or_default().dtype.name())?;
+        outln!(
             "GPU memory: weights {:.1} MB ({:.1} MB as f32) + KV cache {:.1} MB for {ctx_len} positions",
             m.model.weight_bytes() as f64 / 1e6,
             c.weight_bytes() as f64 / 1e6,
             quill::plan::SessionShape::new(c, quill::generate::DEFAULT_MAX_BATCH).kv_bytes(ctx_len) as f64 / 1e6
-        );
+        )?;
     }
     Ok(())
 }
 
-fn read_prompt(args: &WriteArgs) -> Result<String> {
+/// The prompt, from the argument or `--prompt-file`. A file is read up to what a context of `ctx`
+/// tokens can hold (never the whole of an unbounded file); the token count is checked exactly
+/// once tokenized.
+fn read_prompt(args: &WriteArgs, ctx: usize) -> Result<String> {
     if let Some(path) = &args.prompt_file {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        return String::from_utf8(bytes).map_err(|e| {
-            Error::arg("--prompt-file", format!("{} is not valid UTF-8 (first bad byte at offset {})", path.display(), e.utf8_error().valid_up_to()))
-        });
+        let limit = (ctx as u64).saturating_mul(MAX_BYTES_PER_TOKEN);
+        let why = format!("a context of {ctx} tokens holds no more at {MAX_BYTES_PER_TOKEN} bytes per token; shorten the prompt or raise --ctx");
+        return quill::files::read_text_bounded(path, limit, "--prompt-file", &why);
     }
     args.prompt.clone().ok_or_else(|| Error::arg("PROMPT", "give a prompt as an argument or with --prompt-file"))
 }
 
 fn perplexity(args: PerplexityArgs) -> Result<()> {
     let text = match (&args.file, &args.text) {
-        (Some(path), _) => {
-            let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-            String::from_utf8(bytes).map_err(|e| Error::arg("--file", format!("{} is not valid UTF-8 (first bad byte at offset {})", path.display(), e.utf8_error().valid_up_to())))?
-        }
+        (Some(path), _) => quill::files::read_text_bounded(path, PERPLEXITY_MAX_BYTES, "--file", "score a longer text in parts")?,
         (None, Some(t)) => t.clone(),
         (None, None) => return Err(Error::arg("TEXT", "give the text as an argument or with --file")),
     };
@@ -288,13 +305,16 @@ fn perplexity(args: PerplexityArgs) -> Result<()> {
     let start = Instant::now();
     let p = quill::perplexity::perplexity(&ctx, &model, &ids, window, stride)?;
     let windows = if p.n_tokens <= window { "one window".to_string() } else { format!("windows of {window} tokens, stride {stride}") };
-    eprintln!("scored {} of {} tokens in {windows} in {:.1} s", p.n_scored, p.n_tokens, start.elapsed().as_secs_f64());
-    if args.json {
-        println!("{}", serde_json::json!({"n_tokens": p.n_tokens, "mean_nll": p.mean_nll, "perplexity": p.perplexity}));
-    } else {
-        println!("perplexity {:.4} (mean NLL {:.6} nats over {} tokens)", p.perplexity, p.mean_nll, p.n_tokens);
+    noteln!("scored {} of {} tokens in {windows} in {:.1} s", p.n_scored, p.n_tokens, start.elapsed().as_secs_f64());
+    if !p.mean_nll.is_finite() {
+        // NaN or infinite logits: the weights (or a kernel) are broken; no number to report.
+        return Err(Error::format(&model.source, format!("the mean NLL is {} (the model's logits are not finite numbers): its weights are broken", p.mean_nll)));
     }
-    Ok(())
+    if args.json {
+        outln!("{}", serde_json::json!({"n_tokens": p.n_tokens, "mean_nll": p.mean_nll, "perplexity": p.perplexity}))
+    } else {
+        outln!("perplexity {:.4} (mean NLL {:.6} nats over {} tokens)", p.perplexity, p.mean_nll, p.n_tokens)
+    }
 }
 
 fn write(args: WriteArgs) -> Result<()> {
@@ -311,16 +331,26 @@ fn write(args: WriteArgs) -> Result<()> {
     if args.max_tokens == 0 {
         return Err(Error::arg("--max-tokens", "must be at least 1"));
     }
-    let prompt = read_prompt(&args)?;
+    // With --ctx given, a prompt that cannot fit shows before the slow parts; without it, the
+    // bound is the context the session plans, known once the model is loaded.
+    let early_prompt = match args.ctx {
+        Some(n) => Some(read_prompt(&args, n)?),
+        None => None,
+    };
     let path = model_path(args.model.clone())?;
     let ctx = Context::new_blocking()?;
     let model = load(&ctx, &path)?;
+    let mut session = Session::planned(&ctx, &model, args.ctx)?;
+    let prompt = match early_prompt {
+        Some(p) => p,
+        None => read_prompt(&args, session.ctx_len())?,
+    };
     let (sampling, from_model) = SamplingParams::resolve(&flags, &model.defaults);
     let sampling = SamplingParams { repeat_last_n: args.repeat_last_n, seed, ..sampling };
     let from_model = if from_model.is_empty() { String::new() } else { format!(" ({} from generation_config.json)", from_model.join(", ")) };
     // The flags were checked above, so a refusal here is of the model's value.
     sampling.validate().map_err(|e| Error::format(format!("{}/generation_config.json", model.source), format!("{e}; give the option to override it")))?;
-    eprintln!("sampling: {}{from_model}", sampling.describe());
+    noteln!("sampling: {}{from_model}", sampling.describe());
     let text = if args.chat {
         let mut messages = Vec::new();
         if let Some(sys) = &args.system {
@@ -335,43 +365,43 @@ fn write(args: WriteArgs) -> Result<()> {
         prompt.clone()
     };
     let ids = model.tokenizer.encode(&text)?;
-    let mut session = Session::planned(&ctx, &model, args.ctx)?;
     if args.profile {
         session.enable_profiling();
     }
 
-    let mut out = std::io::stdout().lock();
+    // A closed pipe (`quill write ... | head`) ends generation quietly; any other write failure
+    // (a full disk) is an error saying how much got out.
+    let mut out = crate::stdio::TextOut::new();
     if args.echo {
-        let _ = write!(out, "{prompt}");
-        let _ = out.flush();
+        out.put(&prompt);
     }
     let mut decoder = StreamDecoder::new();
-    let mut write_failed = false;
     let mut decode_error = None;
     let (stop, stats) = session.generate(&ids, &sampling, args.max_tokens, args.ignore_eos, |id| {
         match decoder.step(&model.tokenizer, id) {
-            // A closed pipe (`quill write ... | head`) ends generation quietly.
-            Ok(Some(piece)) => write_failed = write!(out, "{piece}").and_then(|_| out.flush()).is_err(),
+            Ok(Some(piece)) => out.put(&piece),
             Ok(None) => {}
             Err(e) => decode_error = Some(e),
         }
-        !write_failed && decode_error.is_none()
+        !out.stopped && decode_error.is_none()
     })?;
-    if let Some(e) = decode_error {
+    if let Some(e) = decode_error.or(out.error.take()) {
         return Err(e);
     }
     if let Some(rest) = decoder.finish(&model.tokenizer)? {
-        let _ = write!(out, "{rest}");
+        out.put(&rest);
     }
-    let _ = writeln!(out);
-    let _ = out.flush();
+    out.put("\n");
+    if let Some(e) = out.error.take() {
+        return Err(e);
+    }
     let why = match stop {
         Stop::Eos => "end of sequence",
         Stop::MaxTokens => "--max-tokens reached",
         Stop::ContextFull => "context full (raise --ctx)",
         Stop::Cancelled => "output closed",
     };
-    eprintln!(
+    noteln!(
         "prompt tokens: {} | time to first token: {:.0} ms | prefill: {:.1} tok/s | decode: {:.1} tok/s over {} tokens | stopped: {why} | seed: {seed}",
         stats.prompt_tokens,
         stats.time_to_first_token.as_secs_f64() * 1e3,
@@ -380,7 +410,7 @@ fn write(args: WriteArgs) -> Result<()> {
         stats.generated,
     );
     if let Some(p) = session.profile() {
-        eprint!("{}", p.table(false, quill::files::cached_peak(&ctx)));
+        note!("{}", p.table(false, quill::files::cached_peak(&ctx)));
     }
     Ok(())
 }
@@ -397,7 +427,13 @@ fn profile(args: ProfileArgs) -> Result<()> {
     let ctx = Context::new_blocking()?;
     let model = load(&ctx, &path)?;
     let ids = model.tokenizer.encode(&args.prompt)?;
-    let ctx_len = (ids.len() + args.tokens + 1).min(model.config().max_ctx);
+    let max_ctx = model.config().max_ctx;
+    // Saturating: a huge --tokens must be refused, not wrap around to a small context.
+    let need = ids.len().saturating_add(args.tokens).saturating_add(1);
+    if need > max_ctx {
+        return Err(Error::arg("--tokens", format!("{} decode steps after a prompt of {} tokens exceed the model's context of {max_ctx}", args.tokens, ids.len())));
+    }
+    let ctx_len = need;
     let mut session = Session::new(&ctx, &model, ctx_len)?;
     session.enable_profiling();
     let (_, stats) = session.generate(&ids, &SamplingParams::greedy(), args.tokens, true, |_| true)?;
@@ -407,20 +443,24 @@ fn profile(args: ProfileArgs) -> Result<()> {
         let mut v = p.json(args.by_layer, peak);
         v["prompt_tokens"] = stats.prompt_tokens.into();
         v["decode_steps"] = stats.generated.into();
-        println!("{v}");
+        outln!("{v}")?;
     } else {
-        print!("{}", p.table(args.by_layer, peak));
+        out!("{}", p.table(args.by_layer, peak))?;
     }
     if let Some(t) = &args.trace {
         write_file(t, &p.chrome_trace().to_string())?;
-        eprintln!("trace: {} (open in https://ui.perfetto.dev or chrome://tracing)", t.display());
+        noteln!("trace: {} (open in https://ui.perfetto.dev or chrome://tracing)", t.display());
     }
     if let Some(s) = &args.svg {
         write_file(s, &p.svg())?;
-        eprintln!("chart: {}", s.display());
+        noteln!("chart: {}", s.display());
     }
     Ok(())
 }
+
+/// The largest context `bench` considers before loading the model (the model's own is checked
+/// after): 2^24 positions, beyond every model quill reads.
+const MAX_BENCH_CTX: usize = 1 << 24;
 
 const BENCH_TEXT: &str = "The lighthouse keeper climbed the spiral stairs each evening, counting the steps as his father had taught him, and lit the great lamp so that the fishing boats could find their way home through the fog. ";
 
@@ -428,14 +468,17 @@ fn bench(args: BenchArgs) -> Result<()> {
     if args.prompt_tokens == 0 || args.gen_tokens == 0 {
         return Err(Error::arg(if args.prompt_tokens == 0 { "--prompt-tokens" } else { "--gen-tokens" }, "must be at least 1"));
     }
+    // No model has a context anywhere near this: refuse before loading one (checked, no wrap).
+    let ctx_len = args.prompt_tokens.checked_add(args.gen_tokens).filter(|&n| n <= MAX_BENCH_CTX).ok_or_else(|| {
+        Error::arg("--prompt-tokens", format!("{} + --gen-tokens {} is more than any model's context (at most {MAX_BENCH_CTX} tokens)", args.prompt_tokens, args.gen_tokens))
+    })?;
     let path = model_path(args.model.clone())?;
     let ctx = Context::new_blocking()?;
     let start = Instant::now();
     let model = load(&ctx, &path)?;
     let load_s = start.elapsed().as_secs_f64();
-    let ctx_len = args.prompt_tokens + args.gen_tokens;
     if ctx_len > model.config().max_ctx {
-        return Err(Error::arg("--prompt-tokens", format!("{} + {} tokens exceed the model's context of {}", args.prompt_tokens, args.gen_tokens, model.config().max_ctx)));
+        return Err(Error::arg("--prompt-tokens", format!("{} + --gen-tokens {} exceed the model's context of {}", args.prompt_tokens, args.gen_tokens, model.config().max_ctx)));
     }
     let piece = model.tokenizer.encode(BENCH_TEXT)?;
     let prompt: Vec<u32> = piece.iter().copied().cycle().take(args.prompt_tokens).collect();
@@ -468,33 +511,35 @@ fn bench(args: BenchArgs) -> Result<()> {
         "decode_fraction_of_peak": peak.map(|p| weight_gbs / p.bandwidth_gbs),
     });
     if args.json {
-        println!("{result}");
-        return Ok(());
+        return outln!("{result}");
     }
-    println!("model:   {} ({}; {:.1} MB of weights)", model.source, model.model.weight_types(), weights as f64 / 1e6);
-    println!("adapter: {} ({:?})", ctx.adapter_name(), ctx.info.backend);
-    println!("load:    {load_s:.2} s");
-    println!("prefill: {:8.2} tok/s  ({} tokens; time to first token {:.0} ms)", stats.prefill_tok_s(), args.prompt_tokens, stats.time_to_first_token.as_secs_f64() * 1e3);
-    println!("decode:  {decode:8.2} tok/s  ({} tokens; weights read at {weight_gbs:.2} GB/s)", stats.generated);
+    outln!("model:   {} ({}; {:.1} MB of weights)", model.source, model.model.weight_types(), weights as f64 / 1e6)?;
+    outln!("adapter: {} ({:?})", ctx.adapter_name(), ctx.info.backend)?;
+    outln!("load:    {load_s:.2} s")?;
+    outln!("prefill: {:8.2} tok/s  ({} tokens; time to first token {:.0} ms)", stats.prefill_tok_s(), args.prompt_tokens, stats.time_to_first_token.as_secs_f64() * 1e3)?;
+    outln!("decode:  {decode:8.2} tok/s  ({} tokens; weights read at {weight_gbs:.2} GB/s)", stats.generated)?;
     match peak {
-        Some(p) => println!("         {:.0}% of the device's measured read bandwidth ({:.2} GB/s)", 100.0 * weight_gbs / p.bandwidth_gbs, p.bandwidth_gbs),
-        None => println!("         (run `quill bench-device` to compare with the device's peak bandwidth)"),
+        Some(p) => outln!("         {:.0}% of the device's measured read bandwidth ({:.2} GB/s)", 100.0 * weight_gbs / p.bandwidth_gbs, p.bandwidth_gbs)?,
+        None => outln!("         (run `quill bench-device` to compare with the device's peak bandwidth)")?,
     }
-    println!("GPU memory: {:.1} MB (weights, KV cache for {ctx_len} positions, activations)", ctx.allocated_bytes() as f64 / 1e6);
-    Ok(())
+    outln!("GPU memory: {:.1} MB (weights, KV cache for {ctx_len} positions, activations)", ctx.allocated_bytes() as f64 / 1e6)
 }
 
 fn bench_device(json: bool) -> Result<()> {
     let ctx = Context::new_blocking()?;
     let peak = quill::ops::peak::measure(&ctx)?;
-    let path = quill::files::store_peak(&ctx, peak)?;
     if json {
-        println!("{}", serde_json::json!({"adapter": ctx.adapter_name(), "bandwidth_gbs": peak.bandwidth_gbs, "gflops": peak.gflops}));
+        outln!("{}", serde_json::json!({"adapter": ctx.adapter_name(), "bandwidth_gbs": peak.bandwidth_gbs, "gflops": peak.gflops}))?;
     } else {
-        println!("adapter: {} ({:?})", ctx.adapter_name(), ctx.info.backend);
-        println!("peak read bandwidth: {:.2} GB/s", peak.bandwidth_gbs);
-        println!("peak FMA rate:       {:.2} GFLOP/s", peak.gflops);
+        outln!("adapter: {} ({:?})", ctx.adapter_name(), ctx.info.backend)?;
+        outln!("peak read bandwidth: {:.2} GB/s", peak.bandwidth_gbs)?;
+        outln!("peak FMA rate:       {:.2} GFLOP/s", peak.gflops)?;
     }
-    eprintln!("cached in {}", path.display());
+    // The measurement is printed either way; a cache that cannot be written costs only the
+    // comparison in later `profile` and `bench` runs.
+    match quill::files::store_peak(&ctx, peak) {
+        Ok(path) => noteln!("cached in {}", path.display()),
+        Err(e) => noteln!("warning: not cached ({e}); `profile` and `bench` will not compare with this peak"),
+    }
     Ok(())
 }

@@ -22,8 +22,50 @@ pub fn models_dir() -> PathBuf {
     let cache = std::env::var_os("XDG_CACHE_HOME")
         .filter(|d| !d.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache"));
+        .unwrap_or_else(|| home_dir().join(".cache"));
     cache.join("quill").join("models")
+}
+
+/// $HOME, which must be an absolute path: with HOME unset or relative, a default under it would
+/// silently be relative to the current directory. Then `/nonexistent-home` stands in, so every
+/// use of the default fails with a message showing that path instead of reading or writing
+/// somewhere unexpected.
+pub fn home_dir() -> PathBuf {
+    match std::env::var_os("HOME").map(PathBuf::from) {
+        Some(h) if h.is_absolute() => h,
+        _ => PathBuf::from(NO_HOME),
+    }
+}
+
+/// What `home_dir` gives when HOME is unset or not absolute (named in messages).
+pub const NO_HOME: &str = "/HOME-is-unset";
+
+/// Reads a UTF-8 text file of at most `limit` bytes without ever holding more than `limit + 1`
+/// bytes: the file may be endless (/dev/zero, a FIFO) or far larger than what it is for.
+/// `arg` (the option that named the file) and `why` (what the limit comes from) are for the
+/// error message.
+pub fn read_text_bounded(path: &Path, limit: u64, arg: &str, why: &str) -> Result<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    if let Ok(meta) = file.metadata() {
+        if meta.is_dir() {
+            return Err(Error::arg(arg, format!("{} is a directory, not a text file", path.display())));
+        }
+        // A regular file says its size: refuse it before reading a byte.
+        if meta.is_file() && meta.len() > limit {
+            return Err(too_long(path, arg, limit, why, &format!("is {} bytes", meta.len())));
+        }
+    }
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
+    if bytes.len() as u64 > limit {
+        return Err(too_long(path, arg, limit, why, &format!("holds more than {limit} bytes (quill stopped reading there)")));
+    }
+    String::from_utf8(bytes).map_err(|e| Error::arg(arg, format!("{} is not valid UTF-8 (first bad byte at offset {})", path.display(), e.utf8_error().valid_up_to())))
+}
+
+fn too_long(path: &Path, arg: &str, limit: u64, why: &str, size: &str) -> Error {
+    Error::arg(arg, format!("{} {size}; at most {limit} bytes are read ({why})", path.display()))
 }
 
 pub fn default_model_path() -> PathBuf {
@@ -41,9 +83,10 @@ pub fn default_model() -> Result<PathBuf> {
     if p.is_file() {
         Ok(p)
     } else {
+        let home = if p.starts_with(NO_HOME) { " (HOME is unset or not an absolute path: set it, or QUILL_MODELS)" } else { "" };
         Err(Error::arg(
             "--model",
-            format!("no model given and the default model is not at {}; fetch it with `{FETCH_COMMAND}` or pass --model <file.gguf | hf-dir>", p.display()),
+            format!("no model given and the default model is not at {}{home}; fetch it with `{FETCH_COMMAND}` or pass --model <file.gguf | hf-dir>", p.display()),
         ))
     }
 }
@@ -55,12 +98,52 @@ fn map(path: &Path) -> Result<memmap2::Mmap> {
     unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io(path, e))
 }
 
-fn read_opt(path: &Path) -> Result<Option<Vec<u8>>> {
-    match std::fs::read(path) {
-        Ok(b) => Ok(Some(b)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io(path, e)),
+/// Most bytes quill reads of each small file of a model directory, or downloads of it from a
+/// hub: a FIFO, /dev/zero or a huge file in its place cannot make quill hold more.
+/// tokenizer.json is the large one (a few MB; 33 MB for Gemma's 262144 tokens).
+pub fn small_file_cap(name: &str) -> u64 {
+    match name {
+        "tokenizer.json" => 128 << 20,
+        "model.safetensors.index.json" => 32 << 20,
+        _ => 8 << 20,
     }
+}
+
+/// A small file of a model directory (at most `small_file_cap` bytes), or None when absent.
+fn read_opt(path: &Path) -> Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let cap = small_file_cap(&path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+    let mut bytes = Vec::new();
+    file.take(cap + 1).read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
+    if bytes.len() as u64 > cap {
+        return Err(Error::format(path.display().to_string(), format!("more than {cap} bytes, more than any such file of a model holds (quill stopped reading there)")));
+    }
+    Ok(Some(bytes))
+}
+
+/// The shard file names a `model.safetensors.index.json` lists in its `weight_map`, sorted and
+/// without repeats; `label` names the index in errors. A name that would leave the model's
+/// directory, or a map that names no file, is an error.
+pub fn shard_names(index: &[u8], label: &str) -> Result<Vec<String>> {
+    let v: serde_json::Value = serde_json::from_slice(index).map_err(|e| Error::format(label, e.to_string()))?;
+    let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::format(label, "no weight_map object"))?;
+    let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(str::to_string)).collect();
+    files.sort();
+    files.dedup();
+    if files.is_empty() {
+        return Err(Error::format(label, "weight_map names no shard file"));
+    }
+    for f in &files {
+        if f.is_empty() || f.contains('/') || f.contains('\\') || f.contains("..") {
+            return Err(Error::format(label, format!("shard name '{f}' leaves the directory")));
+        }
+    }
+    Ok(files)
 }
 
 /// The safetensors files of a Hugging Face directory: the shards of
@@ -68,17 +151,7 @@ fn read_opt(path: &Path) -> Result<Option<Vec<u8>>> {
 fn shard_paths(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if let Some(bytes) = read_opt(&index)? {
-        let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| Error::format(index.display().to_string(), e.to_string()))?;
-        let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::format(index.display().to_string(), "no weight_map object"))?;
-        let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(str::to_string)).collect();
-        files.sort();
-        files.dedup();
-        for f in &files {
-            if f.contains('/') || f.contains("..") {
-                return Err(Error::format(index.display().to_string(), format!("shard name '{f}' leaves the directory")));
-            }
-        }
-        return Ok(files.into_iter().map(|f| dir.join(f)).collect());
+        return Ok(shard_names(&bytes, &index.display().to_string())?.into_iter().map(|f| dir.join(f)).collect());
     }
     let single = dir.join("model.safetensors");
     if single.is_file() {
@@ -100,7 +173,12 @@ pub fn load_model_with(ctx: &Context, path: &Path, opts: &LoadOptions, progress:
         let m = map(path)?;
         return load_gguf_with(ctx, &label, &m, opts, progress);
     }
-    let config = std::fs::read(path.join("config.json")).map_err(|e| Error::io(path.join("config.json"), e))?;
+    if !meta.is_dir() {
+        // A FIFO, a device or a socket: neither a file to map nor a directory to look into.
+        return Err(Error::arg("--model", format!("{label} is not a regular file or a directory (give a GGUF file or a Hugging Face model directory)")));
+    }
+    let config_path = path.join("config.json");
+    let config = read_opt(&config_path)?.ok_or_else(|| Error::io(&config_path, std::io::ErrorKind::NotFound.into()))?;
     let shards = shard_paths(path)?;
     let maps: Vec<memmap2::Mmap> = shards.iter().map(|p| map(p)).collect::<Result<_>>()?;
     let tokenizer_json = read_opt(&path.join("tokenizer.json"))?;

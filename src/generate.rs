@@ -257,6 +257,21 @@ impl<'a> Session<'a> {
         Ok(reused)
     }
 
+    /// Fails when the last logits computed hold a NaN: the model's weights or a kernel are broken,
+    /// and whatever the sampler drew from them means nothing. Costs one read of `vocab` floats,
+    /// done at the first token and at an end of sequence only.
+    async fn check_logits_finite(&self) -> Result<()> {
+        let vocab = self.model.config().vocab;
+        let logits = self.ctx.read_f32_async(&self.state.logits.buf, 0, vocab).await?;
+        match logits.iter().position(|x| x.is_nan()) {
+            Some(i) => Err(Error::format(
+                &self.model.source,
+                format!("the model computed NaN logits (token id {i} and others) at position {}: its weights hold NaN or infinite values, or overflow", self.ids.len()),
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// Logits of every pending position (teacher forcing, perplexity): (n, vocab) row-major.
     pub fn logits_all(&mut self) -> Result<Vec<f32>> {
         pollster::block_on(self.logits_all_async())
@@ -310,6 +325,7 @@ impl<'a> Session<'a> {
         }
         // The first token comes from the prefill's command buffer.
         let id = self.next_token_async(s).await?;
+        self.check_logits_finite().await?;
         stats.generated = 1;
         stats.time_to_first_token = start.elapsed();
         stats.prefill = stats.time_to_first_token;
@@ -319,6 +335,10 @@ impl<'a> Session<'a> {
         'outer: loop {
             for (j, &id) in pending.iter().enumerate() {
                 if !ignore_eos && self.model.is_eos(id) {
+                    // Broken weights can make every logit NaN, and the sampler then picks some
+                    // id, often the end of sequence: tell that apart from a real ending. (The
+                    // logits read back are the batch's last step's, the stop's or later.)
+                    self.check_logits_finite().await?;
                     stop = Stop::Eos;
                 } else if !on_token(id) {
                     stop = Stop::Cancelled;

@@ -1,5 +1,7 @@
 //! The `quill` command line: thin; parses options, builds a session, streams text.
 
+#[macro_use]
+mod stdio;
 mod cli;
 mod serve;
 
@@ -8,7 +10,7 @@ fn main() {
     let code = match cli::run() {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("error: {e}");
+            noteln!("error: {e}");
             1
         }
     };

@@ -59,6 +59,22 @@ pub fn no_adapter_hint() -> &'static str {
     }
 }
 
+/// `WGPU_BACKEND` (a comma list such as `vulkan,gl`), else the primary backends. A value that
+/// names no backend is the user's mistake, not a missing driver: say so instead of searching
+/// no backend at all and suggesting a Vulkan install.
+fn backends_from_env() -> Result<wgpu::Backends> {
+    match std::env::var("WGPU_BACKEND") {
+        Ok(v) if !v.trim().is_empty() => {
+            let b = wgpu::Backends::from_comma_list(&v);
+            if b.is_empty() {
+                return Err(Error::arg("WGPU_BACKEND", format!("'{v}' names no backend; use vulkan, metal, dx12, gl or webgpu (comma-separated), or unset it")));
+            }
+            Ok(b)
+        }
+        _ => Ok(wgpu::Backends::PRIMARY),
+    }
+}
+
 async fn pick_adapter(instance: &wgpu::Instance, backends: wgpu::Backends) -> Result<wgpu::Adapter> {
     let wanted_name = if cfg!(target_arch = "wasm32") { None } else { std::env::var("WGPU_ADAPTER_NAME").ok() };
     if let Some(wanted) = wanted_name.filter(|s| !s.is_empty()) {
@@ -81,7 +97,8 @@ async fn pick_adapter(instance: &wgpu::Instance, backends: wgpu::Backends) -> Re
         apply_limit_buckets: false,
     };
     instance.request_adapter(&options).await.map_err(|e| {
-        Error::NoAdapter(format!("no GPU adapter found on backends {backends:?} ({e}); {}", no_adapter_hint()))
+        let names: Vec<String> = backends.iter_names().map(|(n, _)| n.to_lowercase()).collect();
+        Error::NoAdapter(format!("no GPU adapter found on backends {} ({e}); {}", names.join(", "), no_adapter_hint()))
     })
 }
 
@@ -92,7 +109,7 @@ impl Context {
         let backends = if cfg!(target_arch = "wasm32") {
             wgpu::Backends::BROWSER_WEBGPU
         } else {
-            wgpu::Backends::from_env().unwrap_or(wgpu::Backends::PRIMARY)
+            backends_from_env()?
         };
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
         desc.backends = backends;

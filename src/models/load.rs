@@ -5,6 +5,7 @@ use serde::Deserialize;
 
 use super::builder::{with_builder, Naming};
 use super::config::ModelConfig;
+use super::consistency::VocabRule;
 use super::{registry, Model};
 use crate::error::{Error, Result};
 use crate::gpu::Context;
@@ -126,6 +127,7 @@ pub fn load_gguf_with(ctx: &Context, file: &str, bytes: &[u8], opts: &LoadOption
     let g = Gguf::parse(file, bytes)?;
     let (arch, cfg) = registry::from_gguf(&g)?;
     let tokenizer = Tokenizer::from_gguf(&g)?;
+    super::consistency::check(file, &cfg, &tokenizer, &GenerationDefaults::default(), VocabRule::Exact, &g, &g.tensors.iter().map(|t| t.name.as_str()).collect::<Vec<_>>())?;
     let total: u64 = g.tensors.iter().map(|t| t.n_bytes as u64).sum();
     let mut done = 0;
     let mut count = |b| {
@@ -211,6 +213,7 @@ pub fn load_hf_with(ctx: &Context, files: &HfFiles, opts: &LoadOptions, progress
     let tokenizer = Tokenizer::from_hf(tokenizer_json, files.tokenizer_config_json, files.chat_template, dir)?;
     let defaults = generation_defaults(files.generation_config_json, &format!("{dir}/generation_config.json"))?;
     let src = SafetensorsSource::parse(&files.safetensors)?;
+    super::consistency::check(dir, &cfg, &tokenizer, &defaults, VocabRule::Padded, &src, &src.names())?;
     let total = files.safetensors.iter().map(|(_, b)| b.len() as u64).sum();
     let mut done = 0;
     let mut count = |b| {

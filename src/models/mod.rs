@@ -6,6 +6,7 @@
 pub mod arch;
 pub mod builder;
 pub mod config;
+pub mod consistency;
 pub mod decoder;
 pub mod gemma2;
 pub mod gemma3;

@@ -79,6 +79,18 @@ impl Value {
     }
 }
 
+/// A metadata value as a person reads it (`42`, `"text"`, `[3 values]`), for messages.
+pub fn value_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("\"{s}\""),
+        Value::Array(a) => format!("[{} values]", a.len()),
+        Value::Bool(b) => b.to_string(),
+        Value::F32(x) => x.to_string(),
+        Value::F64(x) => x.to_string(),
+        other => other.as_f64().map(|x| x.to_string()).unwrap_or_default(),
+    }
+}
+
 /// GGML tensor types by their GGUF code. Types quill does not read are named (from gguf-py's
 /// list) so the error can say which one a file has.
 fn ggml_type(code: u32) -> std::result::Result<DType, String> {
@@ -118,8 +130,20 @@ const MAX_DIMS: usize = 8;
 
 /// Metadata array elements allowed in one file (all arrays together). A `Value` takes more
 /// memory than its bytes in the file, so this bounds what a hostile file can make us allocate;
-/// real vocabularies and merge lists have a few hundred thousand entries.
-const MAX_ARRAY_ELEMENTS: usize = 8 << 20;
+/// real vocabularies and merge lists have a few hundred thousand entries (the largest,
+/// Gemma's, 262144 tokens with their scores and types).
+const MAX_ARRAY_ELEMENTS: usize = 4 << 20;
+/// Elements allowed in one metadata array: a vocabulary (tokens, scores, types) or merge list
+/// of up to 524288 entries, twice the largest real ones (Gemma's 262144 tokens, Llama 3's
+/// 280147 merges). Checked before the array is allocated. Building a tokenizer costs about
+/// 10 µs and 0.8 KB per token, so this also bounds load time (~5 s) and memory (~450 MB).
+pub const MAX_ARRAY_LEN: usize = 1 << 19;
+/// Tensors allowed in one file (real ones have a few thousand; experts are stored merged).
+pub const MAX_TENSORS: usize = 1 << 16;
+/// Metadata entries allowed in one file (real ones have tens).
+pub const MAX_METADATA: usize = 1 << 16;
+/// Bytes allowed in one metadata string (the longest are chat templates of some KB).
+pub const MAX_STRING: usize = 16 << 20;
 
 struct Reader<'a> {
     file: &'a str,
@@ -167,6 +191,9 @@ impl<'a> Reader<'a> {
     }
     fn string(&mut self, what: &str) -> Result<String> {
         let n = self.count(1, &format!("length of {what}"))?;
+        if n > MAX_STRING {
+            return Err(self.err(&format!("{what} is {n} bytes long, more than the {MAX_STRING} allowed")));
+        }
         let b = self.take(n, what)?;
         String::from_utf8(b.to_vec()).map_err(|_| self.err(&format!("{what} is not valid UTF-8")))
     }
@@ -198,6 +225,9 @@ impl<'a> Reader<'a> {
                     t => return Err(self.err(&format!("{what}: unknown array element type {t}"))),
                 };
                 let n = self.count(min_each, &format!("element count of {what}"))?;
+                if n > MAX_ARRAY_LEN {
+                    return Err(self.err(&format!("{what}: {n} array elements, more than the {MAX_ARRAY_LEN} allowed in one array")));
+                }
                 self.element_budget = self
                     .element_budget
                     .checked_sub(n)
@@ -235,23 +265,35 @@ impl<'a> Gguf<'a> {
         // a key/value at least 8 + 4 + 1.
         let n_tensors = r.count(24, "tensor count")?;
         let n_kv = r.count(13, "metadata count")?;
+        if n_tensors > MAX_TENSORS || n_kv > MAX_METADATA {
+            return Err(Error::format(file, format!("{n_tensors} tensors and {n_kv} metadata entries: at most {MAX_TENSORS} and {MAX_METADATA} are allowed")));
+        }
         let mut metadata = BTreeMap::new();
         for i in 0..n_kv {
             let key = r.string(&format!("metadata key #{i}"))?;
             let ty = r.u32(&format!("type of metadata '{key}'"))?;
             let v = r.value(ty, 0, &format!("metadata '{key}'"))?;
+            if metadata.contains_key(&key) {
+                return Err(Error::format(file, format!("metadata key '{key}' appears twice")));
+            }
             metadata.insert(key, v);
         }
         let alignment = match metadata.get("general.alignment") {
             None => 32,
             Some(v) => match v.as_u64() {
                 Some(a) if a.is_power_of_two() && a <= 1 << 16 => a as usize,
-                _ => return Err(Error::format(file, format!("general.alignment {v:?} is not a power of two up to 65536"))),
+                _ => return Err(Error::format(file, format!("general.alignment {} is not a power of two up to 65536", value_text(v)))),
             },
         };
         let mut infos = Vec::with_capacity(n_tensors);
+        let mut names = std::collections::BTreeSet::new();
         for i in 0..n_tensors {
             let name = r.string(&format!("name of tensor #{i}"))?;
+            // Later lookups take the first match; a second entry of one name is a broken or
+            // hostile file, not something to resolve silently.
+            if !names.insert(name.clone()) {
+                return Err(Error::tensor(file, &name, format!("appears twice in the tensor list (again as tensor #{i})")));
+            }
             let n_dims = r.u32(&format!("dims of tensor '{name}'"))? as usize;
             if n_dims == 0 || n_dims > MAX_DIMS {
                 return Err(Error::tensor(file, &name, format!("{n_dims} dimensions (1 to {MAX_DIMS} allowed)")));
@@ -277,11 +319,12 @@ impl<'a> Gguf<'a> {
             if ne[0] as usize % dtype.block_len() != 0 {
                 return Err(Error::tensor(file, &name, format!("row length {} is not a multiple of the {} block of {}", ne[0], dtype.name(), dtype.block_len())));
             }
+            let raw_offset = offset;
             let offset = usize::try_from(offset).ok().filter(|o| o % alignment == 0);
             let end = offset.and_then(|o| o.checked_add(n_bytes)).filter(|&e| e <= data.len());
             let Some(end) = end else {
                 return Err(Error::tensor(file, &name, format!(
-                    "data ({n_bytes} bytes at offset {offset:?}) lies outside the file's {} data bytes or is misaligned; the file may be truncated", data.len())));
+                    "data ({n_bytes} bytes at offset {raw_offset}, alignment {alignment}) lies outside the file's {} data bytes or is misaligned; the file may be truncated", data.len())));
             };
             let shape = ne.iter().rev().map(|&d| d as usize).collect();
             tensors.push(TensorInfo { name, shape, dtype, offset: end - n_bytes, n_bytes });
@@ -436,6 +479,54 @@ pub(crate) mod tests {
         bytes[24..32].copy_from_slice(&(1u64 << 62).to_le_bytes());
         let e = Gguf::parse("t.gguf", &bytes).err().unwrap().to_string();
         assert!(e.contains("t.gguf") && e.contains("length"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_names_are_refused() {
+        let w = || vec![0u8; 16];
+        let dup = build(3, &[], &[("w", &[4], 0, w()), ("v", &[4], 0, w()), ("w", &[4], 0, w())]);
+        let e = Gguf::parse("t.gguf", &dup).err().unwrap().to_string();
+        assert!(e.contains("'w'") && e.contains("twice") && e.contains("#2"), "{e}");
+        let one = || 1u32.to_le_bytes().to_vec();
+        let dup = build(3, &[("a", 4, one()), ("b", 4, one()), ("a", 4, one())], &[]);
+        let e = Gguf::parse("t.gguf", &dup).err().unwrap().to_string();
+        assert!(e.contains("metadata key 'a' appears twice"), "{e}");
+    }
+
+    #[test]
+    fn one_array_longer_than_the_limit_is_refused_before_allocating() {
+        // MAX_ARRAY_LEN + 1 u8 elements: the bytes are there, the count is still refused.
+        let n = MAX_ARRAY_LEN + 1;
+        let mut arr = 0u32.to_le_bytes().to_vec();
+        arr.extend_from_slice(&(n as u64).to_le_bytes());
+        arr.resize(arr.len() + n, 0);
+        let e = Gguf::parse("t.gguf", &build(3, &[("big", 9, arr)], &[])).err().unwrap().to_string();
+        assert!(e.contains("metadata 'big'") && e.contains(&n.to_string()) && e.contains(&MAX_ARRAY_LEN.to_string()), "{e}");
+    }
+
+    #[test]
+    fn counts_and_strings_beyond_the_limits_are_refused() {
+        // A 17 MiB string (the bytes are there): refused by its length alone.
+        let n = MAX_STRING + (1 << 20);
+        let mut payload = (n as u64).to_le_bytes().to_vec();
+        payload.resize(8 + n, b'x');
+        let e = Gguf::parse("t.gguf", &build(3, &[("tokenizer.chat_template", 8, payload)], &[])).err().unwrap().to_string();
+        assert!(e.contains("tokenizer.chat_template") && e.contains(&MAX_STRING.to_string()), "{e}");
+        // 70000 tensor infos' worth of bytes behind a count of 70000.
+        let mut bytes = build(3, &[], &[]);
+        bytes[8..16].copy_from_slice(&70000u64.to_le_bytes());
+        bytes.resize(bytes.len() + 70000 * 24, 0);
+        let e = Gguf::parse("t.gguf", &bytes).err().unwrap().to_string();
+        assert!(e.contains("70000 tensors") && e.contains(&MAX_TENSORS.to_string()), "{e}");
+    }
+
+    #[test]
+    fn messages_show_values_not_rust_debug_forms() {
+        let e = Gguf::parse("t.gguf", &build(3, &[("general.alignment", 4, 0u32.to_le_bytes().to_vec())], &[])).err().unwrap().to_string();
+        assert!(e.contains("general.alignment 0 is not") && !e.contains("U32"), "{e}");
+        assert_eq!(value_text(&Value::String("x".into())), "\"x\"");
+        assert_eq!(value_text(&Value::Array(vec![Value::U8(1); 3])), "[3 values]");
+        assert_eq!(value_text(&Value::I64(-3)), "-3");
     }
 
     #[test]
