@@ -21,6 +21,11 @@ struct Params {
 
 const TWO_PI: f32 = 6.283185307179586;
 
+// ---- backward ----
+// The gradient of a rotation is the inverse rotation: the backward is this entry point with
+// rope_sign = -1 (turning dL/dx back by each angle, in place).
+override rope_sign: f32 = 1.0;
+
 @compute @workgroup_size(256)
 fn rope(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
@@ -36,7 +41,7 @@ fn rope(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     var angle = f32(p.pos0 + t) * inv_freq;
     angle -= TWO_PI * floor(angle / TWO_PI); // keep sin/cos in their accurate range
     let c = cos(angle);
-    let s = sin(angle);
+    let s = rope_sign * sin(angle);
     let base = th * p.head_dim;
     var a = base + 2u * i;
     var b = a + 1u;
@@ -49,3 +54,4 @@ fn rope(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     x[a] = x0 * c - x1 * s;
     x[b] = x1 * c + x0 * s;
 }
+

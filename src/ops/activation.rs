@@ -148,3 +148,6 @@ mod tests {
         }
     });
 }
+
+#[path = "activation_backward.rs"]
+pub mod backward;

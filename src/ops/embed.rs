@@ -112,3 +112,6 @@ mod tests {
         }
     });
 }
+
+#[path = "embed_backward.rs"]
+pub mod backward;

@@ -130,3 +130,6 @@ mod tests {
         }
     });
 }
+
+#[path = "norm_backward.rs"]
+pub mod backward;

@@ -104,3 +104,6 @@ mod tests {
         }
     });
 }
+
+#[path = "rope_backward.rs"]
+pub mod backward;
