@@ -105,7 +105,7 @@ fn layer_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
 @group(0) @binding(3) var<storage, read_write> rw_part: array<f32>;    // (n_blocks, dim)
 @group(0) @binding(4) var<uniform> rwp: Params;
 
-// rms_norm_backward_dw_sum: partials in, dw out. Params._pad = 1 accumulates (dw +=).
+// rms_norm_backward_dw_sum: partials in, dw out. Params._pad = 1 accumulates (dx +=, dw +=).
 @group(0) @binding(0) var<storage, read> rs_part: array<f32>;          // (n_blocks, dim)
 @group(0) @binding(1) var<storage, read_write> rs_dw: array<f32>;      // (dim,)
 @group(0) @binding(2) var<uniform> rsp: Params;
@@ -130,7 +130,11 @@ fn rms_norm_backward_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
     let r = inverseSqrt(workgroup_sum(lid, ss) / f32(rbp.dim) + rbp.eps);
     let c = workgroup_sum(lid, dot) * r * r * r / f32(rbp.dim);
     for (var i = lid; i < rbp.dim; i += WG) {
-        rb_dx[base + i] = r * rb_dy[base + i] * rb_weight[i] - rb_x[base + i] * c;
+        var g = r * rb_dy[base + i] * rb_weight[i] - rb_x[base + i] * c;
+        if (rbp._pad != 0u) {
+            g += rb_dx[base + i]; // the residual stream's gradient is already there
+        }
+        rb_dx[base + i] = g;
     }
     if (lid == 0u) {
         rb_rstd[row] = r;

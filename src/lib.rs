@@ -12,6 +12,7 @@ pub mod ops;
 pub mod perplexity;
 pub mod sampling;
 pub mod tokenizer;
+pub mod train;
 pub mod weights;
 #[cfg(target_arch = "wasm32")]
 pub mod web;

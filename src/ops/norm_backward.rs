@@ -23,7 +23,8 @@ impl RmsNormScratch {
     }
 }
 
-/// Given dy = dL/dy of y = rms_norm(x, weight), writes dx and dw (dw += when `accumulate`).
+/// Given dy = dL/dy of y = rms_norm(x, weight), writes dx and dw (dx += and dw += when
+/// `accumulate`: a residual branch's gradient adds to the stream's, micro-batches add up).
 /// x, dy, dx: (n_rows, dim); weight, dw: (dim,).
 #[allow(clippy::too_many_arguments)]
 pub fn rms_norm_backward(rec: &mut Recorder, x: &Tensor, weight: &Tensor, dy: &Tensor, dx: &Tensor, dw: &Tensor, scratch: &RmsNormScratch, n_rows: usize, eps: f32, accumulate: bool) -> Result<()> {
@@ -112,8 +113,8 @@ mod tests {
             let xt = Tensor::upload_f32(ctx, "x", &[rows, dim], &to_f32(&x)).unwrap();
             let wt = Tensor::upload_f32(ctx, "w", &[dim], &to_f32(&w)).unwrap();
             let gt = Tensor::upload_f32(ctx, "dy", &[rows, dim], &to_f32(&g)).unwrap();
-            let dx = Tensor::zeros(ctx, "dx", &[rows, dim]).unwrap();
-            // dw starts at 1 and accumulates, so the flag is tested too.
+            // dx and dw start at 1 and accumulate, so the flag is tested too.
+            let dx = Tensor::upload_f32(ctx, "dx", &[rows, dim], &vec![1.0; rows * dim]).unwrap();
             let dw = Tensor::upload_f32(ctx, "dw", &[dim], &vec![1.0; dim]).unwrap();
             let scratch = RmsNormScratch::new(ctx, rows, dim).unwrap();
             let mut rec = Recorder::new(ctx, "test");
@@ -123,6 +124,7 @@ mod tests {
             let got_dw = ctx.read_f32_async(&dw.buf, 0, dim).await.unwrap();
             // f32 sums over <= 1001 terms (dx) or 130 rows (dw): relative error ~ n * 2^-24 on
             // values O(1) whose terms cancel, so 1e-5 absolute plus 1e-4 relative.
+            let want_dx: Vec<f64> = want_dx.iter().map(|v| v + 1.0).collect();
             compare(&got_dx, &to_f32(&want_dx), 1e-5, 1e-4).unwrap_or_else(|e| panic!("dx rows {rows} dim {dim}: {e}"));
             let want_dw: Vec<f32> = want_dw.iter().map(|v| (v + 1.0) as f32).collect();
             compare(&got_dw, &want_dw, 1e-5, 1e-4).unwrap_or_else(|e| panic!("dw rows {rows} dim {dim}: {e}"));

@@ -1,0 +1,307 @@
+//! Full-parameter gradients of a Llama-family model (RMSNorm, grouped-query attention with
+//! RoPE, SwiGLU MLP, untied LM head), every weight in f32. One micro-batch is one sequence:
+//! its forward keeps, per layer, the inputs of each op's backward (about 9 (tokens, width)
+//! tensors plus 3 of the MLP width), and its backward adds into the parameters' gradients, so
+//! sequences of a batch are gradient accumulation over micro-batches.
+
+use crate::error::{Error, Result};
+use crate::gpu::{Context, Recorder, Tensor, Weight, WeightChunk};
+use crate::models::ModelConfig;
+use crate::ops::activation::{self, backward::swiglu_backward};
+use crate::ops::attention::{self, backward::{attention_backward, AttnBackShape}, AttnShape};
+use crate::ops::embed::{self, backward::embed_backward};
+use crate::ops::loss;
+use crate::ops::matmul::{self, backward::{linear_backward_dw, linear_backward_dx}, Store};
+use crate::ops::norm::{self, backward::{rms_norm_backward, RmsNormScratch}};
+use crate::ops::optim::{fill, Param};
+use crate::ops::rope::{self, backward::rope_backward};
+use crate::weights::{DType, TensorSource};
+
+/// One decoder layer's parameters (Hugging Face names under `model.layers.N.`).
+pub struct LayerParams {
+    pub attn_norm: Param, // input_layernorm (dim,)
+    pub wq: Param,        // self_attn.q_proj (n_heads * head_dim, dim)
+    pub wk: Param,        // self_attn.k_proj (n_kv_heads * head_dim, dim)
+    pub wv: Param,        // self_attn.v_proj (n_kv_heads * head_dim, dim)
+    pub wo: Param,        // self_attn.o_proj (dim, n_heads * head_dim)
+    pub ffn_norm: Param,  // post_attention_layernorm (dim,)
+    pub w_gate: Param,    // mlp.gate_proj (ffn, dim)
+    pub w_up: Param,      // mlp.up_proj (ffn, dim)
+    pub w_down: Param,    // mlp.down_proj (dim, ffn)
+}
+
+pub struct Llama {
+    pub cfg: ModelConfig,
+    pub embed: Param,   // model.embed_tokens (vocab, dim)
+    pub layers: Vec<LayerParams>,
+    pub norm: Param,    // model.norm (dim,)
+    pub lm_head: Param, // lm_head (vocab, dim)
+}
+
+/// What one layer's backward reads, saved by the forward. Shapes for T tokens.
+struct LayerActs {
+    x_in: Tensor,  // (T, dim) the residual stream entering the layer
+    xn: Tensor,    // (T, dim) attn_norm(x_in)
+    q: Tensor,     // (T, n_heads, head_dim) after RoPE
+    k: Tensor,     // (T, n_kv_heads, head_dim) after RoPE
+    v: Tensor,     // (T, n_kv_heads, head_dim)
+    attn: Tensor,  // (T, n_heads * head_dim) attention output, before o_proj
+    x_mid: Tensor, // (T, dim) x_in + attn · Woᵀ
+    xn2: Tensor,   // (T, dim) ffn_norm(x_mid)
+    gate: Tensor,  // (T, ffn) gate projection
+    up: Tensor,    // (T, ffn) up projection
+    h: Tensor,     // (T, ffn) silu(gate) * up
+}
+
+impl Llama {
+    /// The model's parameters from Hugging Face safetensors, as f32 on the GPU.
+    pub fn load(ctx: &Context, cfg: ModelConfig, src: &dyn TensorSource) -> Result<Self> {
+        if cfg.tied_embeddings || cfg.qkv_bias || cfg.o_bias {
+            return Err(Error::Unsupported("training: tied embeddings and projection biases are not supported yet".into()));
+        }
+        let (d, hd, f) = (cfg.dim, cfg.head_dim, cfg.ffn_dim);
+        let param = |name: &str, shape: &[usize]| -> Result<Param> { Param::new(ctx, name, shape, &src.expect(name, shape)?.to_f32()?) };
+        let mut layers = Vec::new();
+        for l in 0..cfg.n_layers {
+            let n = |s: &str| format!("model.layers.{l}.{s}.weight");
+            layers.push(LayerParams {
+                attn_norm: param(&n("input_layernorm"), &[d])?,
+                wq: param(&n("self_attn.q_proj"), &[cfg.n_heads * hd, d])?,
+                wk: param(&n("self_attn.k_proj"), &[cfg.n_kv_heads * hd, d])?,
+                wv: param(&n("self_attn.v_proj"), &[cfg.n_kv_heads * hd, d])?,
+                wo: param(&n("self_attn.o_proj"), &[d, cfg.n_heads * hd])?,
+                ffn_norm: param(&n("post_attention_layernorm"), &[d])?,
+                w_gate: param(&n("mlp.gate_proj"), &[f, d])?,
+                w_up: param(&n("mlp.up_proj"), &[f, d])?,
+                w_down: param(&n("mlp.down_proj"), &[d, f])?,
+            });
+        }
+        Ok(Self {
+            embed: param("model.embed_tokens.weight", &[cfg.vocab, d])?,
+            norm: param("model.norm.weight", &[d])?,
+            lm_head: param("lm_head.weight", &[cfg.vocab, d])?,
+            layers,
+            cfg,
+        })
+    }
+
+    /// Every parameter with its Hugging Face name.
+    pub fn named_params(&self) -> Vec<(String, &Param)> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), &self.embed)];
+        for (l, p) in self.layers.iter().enumerate() {
+            let n = |s: &str| format!("model.layers.{l}.{s}.weight");
+            out.extend([
+                (n("input_layernorm"), &p.attn_norm),
+                (n("self_attn.q_proj"), &p.wq),
+                (n("self_attn.k_proj"), &p.wk),
+                (n("self_attn.v_proj"), &p.wv),
+                (n("self_attn.o_proj"), &p.wo),
+                (n("post_attention_layernorm"), &p.ffn_norm),
+                (n("mlp.gate_proj"), &p.w_gate),
+                (n("mlp.up_proj"), &p.w_up),
+                (n("mlp.down_proj"), &p.w_down),
+            ]);
+        }
+        out.push(("model.norm.weight".to_string(), &self.norm));
+        out.push(("lm_head.weight".to_string(), &self.lm_head));
+        out
+    }
+
+    /// Zeroes the gradients, then adds those of the mean next-token cross-entropy over all
+    /// `sequences` (each predicts tokens 1.. from the ones before), one sequence per submit.
+    /// Returns the mean loss, the only value read back.
+    pub fn gradients(&self, ctx: &Context, sequences: &[Vec<u32>]) -> Result<f32> {
+        let n_targets: usize = sequences.iter().map(|s| s.len().saturating_sub(1)).sum();
+        if sequences.iter().any(|s| s.len() < 2) || sequences.is_empty() {
+            return Err(Error::arg("sequences", "every sequence needs at least 2 tokens"));
+        }
+        if let Some(s) = sequences.iter().find(|s| s.len() - 1 > self.cfg.max_ctx) {
+            return Err(Error::Context(format!("a sequence of {} tokens exceeds the context of {}", s.len(), self.cfg.max_ctx)));
+        }
+        let losses = Tensor::zeros(ctx, "losses", &[n_targets])?;
+        let total = Tensor::zeros(ctx, "loss", &[1])?;
+        let mut rec = Recorder::new(ctx, "zero grads");
+        for (_, p) in self.named_params() {
+            fill(&mut rec, &p.grad, 0.0)?;
+        }
+        rec.submit()?;
+        let scale = 1.0 / n_targets as f32;
+        let mut row0 = 0;
+        for seq in sequences {
+            let mut rec = Recorder::new(ctx, "train step");
+            let t = seq.len() - 1;
+            let targets = loss::masked_targets(&seq[1..], None, self.cfg.vocab)?;
+            let mut all_targets = vec![loss::IGNORE; n_targets];
+            all_targets[row0..row0 + t].copy_from_slice(&targets);
+            let targets = Tensor { buf: ctx.upload("targets", &all_targets)?, shape: vec![n_targets] };
+            let (acts, x, xf, logits) = self.forward(&mut rec, &seq[..t])?;
+            loss::cross_entropy(&mut rec, &logits, &targets, &losses, row0, t, self.cfg.vocab, scale)?;
+            self.backward(&mut rec, &seq[..t], &acts, &x, &xf, &logits)?;
+            rec.submit()?;
+            row0 += t;
+        }
+        let mut rec = Recorder::new(ctx, "loss");
+        loss::loss_total(&mut rec, &losses, &total, n_targets, scale)?;
+        rec.submit()?;
+        Ok(ctx.read_f32(&total.buf, 0, 1)?[0])
+    }
+
+    /// Forward of one sequence: (per-layer activations, final residual, final norm, logits).
+    fn forward(&self, rec: &mut Recorder, ids: &[u32]) -> Result<(Vec<LayerActs>, Tensor, Tensor, Tensor)> {
+        let c = &self.cfg;
+        let (ctx, t, d, hd) = (rec.ctx, ids.len(), c.dim, c.head_dim);
+        let z = |name: &str, shape: &[usize]| Tensor::zeros(ctx, name, shape);
+        let ids_t = Tensor { buf: ctx.upload("ids", ids)?, shape: vec![t] };
+        let x = z("x", &[t, d])?;
+        embed::embed(rec, &as_weight(ctx, &self.embed)?, &ids_t, 0, t, &x)?;
+        let s = AttnShape { n_tokens: t, n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: hd, ctx_len: t, pos0: 0, slot: 0 };
+        let k_cache = z("k cache", &[c.n_kv_heads * t * hd])?;
+        let v_cache = z("v cache", &[c.n_kv_heads * t * hd])?;
+        let partials = z("attention partials", &[attention::partials_len(c.n_heads, hd)])?;
+        let mut all = Vec::new();
+        for (l, p) in self.layers.iter().enumerate() {
+            let a = LayerActs {
+                x_in: z("x_in", &[t, d])?,
+                xn: z("xn", &[t, d])?,
+                q: z("q", &[t, c.n_heads * hd])?,
+                k: z("k", &[t, c.n_kv_heads * hd])?,
+                v: z("v", &[t, c.n_kv_heads * hd])?,
+                attn: z("attn", &[t, c.n_heads * hd])?,
+                x_mid: z("x_mid", &[t, d])?,
+                xn2: z("xn2", &[t, d])?,
+                gate: z("gate", &[t, c.ffn_dim])?,
+                up: z("up", &[t, c.ffn_dim])?,
+                h: z("h", &[t, c.ffn_dim])?,
+            };
+            let bytes = |x: &Tensor| (x.numel() * 4) as u64;
+            let lin = |rec: &mut Recorder, op, x: &Tensor, w: &Param, y: &Tensor, store| matmul::linear(rec, op, Some(l), x, &as_weight(ctx, w)?, None, y, t, store);
+            rec.copy(&x.buf, 0, &a.x_in.buf, 0, bytes(&x));
+            norm::rms_norm(rec, &x, &p.attn_norm.value, &a.xn, t, c.norm_eps, Some(l))?;
+            lin(rec, "q_proj", &a.xn, &p.wq, &a.q, Store::Write)?;
+            lin(rec, "k_proj", &a.xn, &p.wk, &a.k, Store::Write)?;
+            lin(rec, "v_proj", &a.xn, &p.wv, &a.v, Store::Write)?;
+            rope::rope(rec, &a.q, t, c.n_heads, hd, 0, c.rope_theta, c.rope_style, l)?;
+            rope::rope(rec, &a.k, t, c.n_kv_heads, hd, 0, c.rope_theta, c.rope_style, l)?;
+            attention::kv_write(rec, &a.k, &a.v, &k_cache, &v_cache, s, l)?;
+            attention::attention(rec, &a.q, &k_cache, &v_cache, &a.attn, &partials, s, l)?;
+            lin(rec, "o_proj", &a.attn, &p.wo, &x, Store::Accumulate)?;
+            rec.copy(&x.buf, 0, &a.x_mid.buf, 0, bytes(&x));
+            norm::rms_norm(rec, &x, &p.ffn_norm.value, &a.xn2, t, c.norm_eps, Some(l))?;
+            lin(rec, "gate_proj", &a.xn2, &p.w_gate, &a.gate, Store::Write)?;
+            lin(rec, "up_proj", &a.xn2, &p.w_up, &a.up, Store::Write)?;
+            rec.copy(&a.gate.buf, 0, &a.h.buf, 0, bytes(&a.gate));
+            activation::swiglu(rec, &a.up, &a.h, t * c.ffn_dim, l)?;
+            lin(rec, "down_proj", &a.h, &p.w_down, &x, Store::Accumulate)?;
+            all.push(a);
+        }
+        let xf = z("xf", &[t, d])?;
+        norm::rms_norm(rec, &x, &self.norm.value, &xf, t, c.norm_eps, None)?;
+        let logits = z("logits", &[t, c.vocab])?;
+        matmul::linear(rec, "lm_head", None, &xf, &as_weight(ctx, &self.lm_head)?, None, &logits, t, Store::Write)?;
+        Ok((all, x, xf, logits))
+    }
+
+    /// Backward of one sequence from dlogits (written over the logits by the loss), adding
+    /// into every parameter's gradient.
+    fn backward(&self, rec: &mut Recorder, ids: &[u32], acts: &[LayerActs], x: &Tensor, xf: &Tensor, dlogits: &Tensor) -> Result<()> {
+        let c = &self.cfg;
+        let (ctx, t, d, hd) = (rec.ctx, ids.len(), c.dim, c.head_dim);
+        let z = |name: &str, shape: &[usize]| Tensor::zeros(ctx, name, shape);
+        let scratch = RmsNormScratch::new(ctx, t, d)?;
+        let dxf = z("dxf", &[t, d])?;
+        linear_backward_dx(rec, dlogits, &self.lm_head.value, &dxf, t, false)?;
+        linear_backward_dw(rec, dlogits, xf, &self.lm_head.grad, t, true)?;
+        let dx = z("dx", &[t, d])?; // zero: the first rms_norm_backward adds into it
+        rms_norm_backward(rec, x, &self.norm.value, &dxf, &dx, &self.norm.grad, &scratch, t, c.norm_eps, true)?;
+        let (dh, dgate, dup) = (z("dh", &[t, c.ffn_dim])?, z("dgate", &[t, c.ffn_dim])?, z("dup", &[t, c.ffn_dim])?);
+        let dxn = z("dxn", &[t, d])?;
+        let (dattn, dq) = (z("dattn", &[t, c.n_heads * hd])?, z("dq", &[t, c.n_heads * hd])?);
+        let (dk, dv) = (z("dk", &[t, c.n_kv_heads * hd])?, z("dv", &[t, c.n_kv_heads * hd])?);
+        let shape = AttnBackShape { n_seq: 1, seq_len: t, n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: hd };
+        let stats = z("attention stats", &[shape.stats_len()])?;
+        for (p, a) in self.layers.iter().zip(acts).rev() {
+            // MLP: x_out = x_mid + (silu(gate) * up) · W_downᵀ.
+            linear_backward_dx(rec, &dx, &p.w_down.value, &dh, t, false)?;
+            linear_backward_dw(rec, &dx, &a.h, &p.w_down.grad, t, true)?;
+            swiglu_backward(rec, &a.gate, &a.up, &dh, &dgate, &dup, t * c.ffn_dim)?;
+            linear_backward_dx(rec, &dgate, &p.w_gate.value, &dxn, t, false)?;
+            linear_backward_dx(rec, &dup, &p.w_up.value, &dxn, t, true)?;
+            linear_backward_dw(rec, &dgate, &a.xn2, &p.w_gate.grad, t, true)?;
+            linear_backward_dw(rec, &dup, &a.xn2, &p.w_up.grad, t, true)?;
+            rms_norm_backward(rec, &a.x_mid, &p.ffn_norm.value, &dxn, &dx, &p.ffn_norm.grad, &scratch, t, c.norm_eps, true)?;
+            // Attention: x_mid = x_in + attention(rope(q), rope(k), v) · W_oᵀ.
+            linear_backward_dx(rec, &dx, &p.wo.value, &dattn, t, false)?;
+            linear_backward_dw(rec, &dx, &a.attn, &p.wo.grad, t, true)?;
+            attention_backward(rec, &a.q, &a.k, &a.v, &dattn, &dq, &dk, &dv, &stats, shape)?;
+            rope_backward(rec, &dq, t, c.n_heads, hd, 0, c.rope_theta, c.rope_style)?;
+            rope_backward(rec, &dk, t, c.n_kv_heads, hd, 0, c.rope_theta, c.rope_style)?;
+            linear_backward_dx(rec, &dq, &p.wq.value, &dxn, t, false)?;
+            linear_backward_dx(rec, &dk, &p.wk.value, &dxn, t, true)?;
+            linear_backward_dx(rec, &dv, &p.wv.value, &dxn, t, true)?;
+            linear_backward_dw(rec, &dq, &a.xn, &p.wq.grad, t, true)?;
+            linear_backward_dw(rec, &dk, &a.xn, &p.wk.grad, t, true)?;
+            linear_backward_dw(rec, &dv, &a.xn, &p.wv.grad, t, true)?;
+            rms_norm_backward(rec, &a.x_in, &p.attn_norm.value, &dxn, &dx, &p.attn_norm.grad, &scratch, t, c.norm_eps, true)?;
+        }
+        embed_backward(rec, ids, &dx, &self.embed.grad, c.vocab, d)
+    }
+}
+
+/// A trainable f32 matrix seen as a `Weight`, so the forward's linear kernels read it in place
+/// (f32 weights are stored row-major as is).
+fn as_weight(ctx: &Context, p: &Param) -> Result<Weight> {
+    let [rows, cols] = p.value.shape[..] else {
+        return Err(Error::Shape { op: "train", msg: format!("{} is not a matrix", p.value.shape.len()) });
+    };
+    if p.value.buf.size() > ctx.binding_limit() {
+        return Err(Error::Unsupported(format!("training a {rows}x{cols} matrix larger than one binding")));
+    }
+    let chunk = WeightChunk { row0: 0, rows, quants: p.value.buf.clone(), scales: None };
+    Ok(Weight { name: "trained".into(), dtype: DType::F32, rows, cols, chunks: vec![chunk] })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::weights::safetensors::SafetensorsSource;
+
+    /// The fixture's loss, from the safetensors header's metadata.
+    fn fixture_loss(bytes: &[u8]) -> f64 {
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        header["__metadata__"]["loss"].as_str().unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn llama_tiny_gradients_match_pytorch() {
+        let Some(ctx) = crate::gpu::context::test_context() else { return };
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+        let read = |p: &str| std::fs::read(format!("{dir}/{p}")).unwrap();
+        let (config, model, grads, batch) = (read("llama-tiny/config.json"), read("llama-tiny/model.safetensors"), read("train/full_grads.safetensors"), read("train/batch.json"));
+        let cfg = ModelConfig::from_hf_json(&config, "config.json").unwrap();
+        let src = SafetensorsSource::parse(&[("model.safetensors".into(), &model)]).unwrap();
+        let llama = Llama::load(ctx, cfg, &src).unwrap();
+        let batch: serde_json::Value = serde_json::from_slice(&batch).unwrap();
+        let sequences: Vec<Vec<u32>> = batch["input_ids"].as_array().unwrap().iter().map(|s| s.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()).collect();
+        let loss = llama.gradients(ctx, &sequences).unwrap();
+        let want_loss = fixture_loss(&grads);
+        assert!((loss as f64 - want_loss).abs() <= 1e-5 * want_loss, "loss {loss}, PyTorch {want_loss}");
+        let want = SafetensorsSource::parse(&[("full_grads.safetensors".into(), &grads)]).unwrap();
+        let params = llama.named_params();
+        let mut worst = (0.0f64, String::new());
+        assert_eq!(params.len(), 2 + 9 * llama.cfg.n_layers + 1);
+        for (name, p) in params {
+            let w = want.expect(&name, &p.grad.shape).unwrap().to_f32().unwrap();
+            let got = ctx.read_f32(&p.grad.buf, 0, w.len()).unwrap();
+            // Relative error in the L2 norm over the whole tensor: ||got - want|| / ||want||.
+            let diff: f64 = got.iter().zip(&w).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum::<f64>().sqrt();
+            let norm: f64 = w.iter().map(|b| (*b as f64).powi(2)).sum::<f64>().sqrt();
+            assert!(norm > 0.0, "{name}: PyTorch's gradient is zero");
+            assert!(diff <= 1e-4 * norm, "{name}: relative L2 error {:.3e} (|want| {norm:.3e})", diff / norm);
+            if diff / norm > worst.0 {
+                worst = (diff / norm, name);
+            }
+        }
+        eprintln!("loss {loss} (PyTorch {want_loss}); worst relative L2 gradient error {:.2e} in {}", worst.0, worst.1);
+    }
+}
