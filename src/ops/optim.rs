@@ -71,7 +71,7 @@ pub struct StepScratch {
 }
 
 impl StepScratch {
-    pub fn new(ctx: &Context, params: &[Param]) -> Result<Self> {
+    pub fn new(ctx: &Context, params: &[&Param]) -> Result<Self> {
         let n: usize = params.iter().map(|p| p.value.numel().div_ceil(256)).sum();
         Ok(Self { partials: Tensor::zeros(ctx, "grad norm partials", &[n.max(1)])?, clip: Tensor::zeros(ctx, "clip", &[2])? })
     }
@@ -102,7 +102,7 @@ pub fn fill(rec: &mut Recorder, t: &Tensor, value: f32) -> Result<()> {
 /// Records one optimizer step over `params`: the global gradient norm (of the gradients
 /// divided by `micro_batches`), the clip factor, then AdamW with learning rate `lr` at the
 /// 1-based `step`. Nothing is read back.
-pub fn step(rec: &mut Recorder, params: &[Param], scratch: &StepScratch, cfg: &AdamW, lr: f32, step: u32, micro_batches: usize) -> Result<()> {
+pub fn step(rec: &mut Recorder, params: &[&Param], scratch: &StepScratch, cfg: &AdamW, lr: f32, step: u32, micro_batches: usize) -> Result<()> {
     if step == 0 || micro_batches == 0 {
         return Err(Error::arg("optimizer step", format!("step {step} and micro-batches {micro_batches} must be >= 1")));
     }
@@ -216,6 +216,7 @@ mod tests {
             params.push(Param::new(ctx, "p", s, &to_f32(&v)).unwrap());
             refs.push(RefParam { value: to_f32(&v).iter().map(|&x| x as f64).collect(), m: vec![0.0; n], v: vec![0.0; n], decay: s.len() >= 2 });
         }
+        let params: Vec<&Param> = params.iter().collect();
         let scratch = StepScratch::new(ctx, &params).unwrap();
         for step_no in 1..=3u32 {
             let mut sums = Vec::new();

@@ -13,7 +13,7 @@ use crate::ops::embed::{self, backward::embed_backward};
 use crate::ops::loss;
 use crate::ops::matmul::{self, backward::{linear_backward_dw, linear_backward_dx}, Store};
 use crate::ops::norm::{self, backward::{rms_norm_backward, RmsNormScratch}};
-use crate::ops::optim::{fill, Param};
+use crate::ops::optim::{self, fill, AdamW, Param, StepScratch};
 use crate::ops::rope::{self, backward::rope_backward};
 use crate::weights::{DType, TensorSource};
 
@@ -36,6 +36,13 @@ pub struct Llama {
     pub layers: Vec<LayerParams>,
     pub norm: Param,    // model.norm (dim,)
     pub lm_head: Param, // lm_head (vocab, dim)
+}
+
+/// AdamW's settings and GPU scratch, and the steps taken.
+pub struct Optimizer {
+    pub cfg: AdamW,
+    pub scratch: StepScratch,
+    pub steps: u32,
 }
 
 /// What one layer's backward reads, saved by the forward. Shapes for T tokens.
@@ -110,7 +117,33 @@ impl Llama {
     /// Zeroes the gradients, then adds those of the mean next-token cross-entropy over all
     /// `sequences` (each predicts tokens 1.. from the ones before), one sequence per submit.
     /// Returns the mean loss, the only value read back.
-    pub fn gradients(&self, ctx: &Context, sequences: &[Vec<u32>]) -> Result<f32> {
+    pub async fn gradients(&self, ctx: &Context, sequences: &[Vec<u32>]) -> Result<f32> {
+        let total = self.record_gradients(ctx, sequences)?;
+        Ok(ctx.read_f32_async(&total.buf, 0, 1).await?[0])
+    }
+
+    /// The optimizer state for this model's parameters.
+    pub fn optimizer(&self, ctx: &Context, cfg: AdamW) -> Result<Optimizer> {
+        let params: Vec<&Param> = self.named_params().into_iter().map(|(_, p)| p).collect();
+        Ok(Optimizer { cfg, scratch: StepScratch::new(ctx, &params)?, steps: 0 })
+    }
+
+    /// One training step on `sequences` (their gradients accumulated, then clipping and
+    /// AdamW at learning rate `lr`). Returns the loss before the step.
+    pub async fn train_step(&self, ctx: &Context, opt: &mut Optimizer, sequences: &[Vec<u32>], lr: f32) -> Result<f32> {
+        let total = self.record_gradients(ctx, sequences)?;
+        let params: Vec<&Param> = self.named_params().into_iter().map(|(_, p)| p).collect();
+        opt.steps += 1;
+        let mut rec = Recorder::new(ctx, "optimizer step");
+        // The loss is the mean over all tokens already, so the gradients need no further
+        // division by the number of sequences.
+        optim::step(&mut rec, &params, &opt.scratch, &opt.cfg, lr, opt.steps, 1)?;
+        rec.submit()?;
+        Ok(ctx.read_f32_async(&total.buf, 0, 1).await?[0])
+    }
+
+    /// Records the gradients of `sequences`; returns the (1,) tensor the mean loss lands in.
+    fn record_gradients(&self, ctx: &Context, sequences: &[Vec<u32>]) -> Result<Tensor> {
         let n_targets: usize = sequences.iter().map(|s| s.len().saturating_sub(1)).sum();
         if sequences.iter().any(|s| s.len() < 2) || sequences.is_empty() {
             return Err(Error::arg("sequences", "every sequence needs at least 2 tokens"));
@@ -143,7 +176,7 @@ impl Llama {
         let mut rec = Recorder::new(ctx, "loss");
         loss::loss_total(&mut rec, &losses, &total, n_targets, scale)?;
         rec.submit()?;
-        Ok(ctx.read_f32(&total.buf, 0, 1)?[0])
+        Ok(total)
     }
 
     /// Forward of one sequence: (per-layer activations, final residual, final norm, logits).
@@ -263,7 +296,26 @@ fn as_weight(ctx: &Context, p: &Param) -> Result<Weight> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gpu::context::gpu_test;
+    use crate::ops::optim::lr_at;
     use crate::weights::safetensors::SafetensorsSource;
+
+    const CONFIG: &[u8] = include_bytes!("../../tests/fixtures/llama-tiny/config.json");
+    const MODEL: &[u8] = include_bytes!("../../tests/fixtures/llama-tiny/model.safetensors");
+    const GRADS: &[u8] = include_bytes!("../../tests/fixtures/train/full_grads.safetensors");
+    const BATCH: &[u8] = include_bytes!("../../tests/fixtures/train/batch.json");
+
+    fn llama_tiny(ctx: &Context) -> Llama {
+        let cfg = ModelConfig::from_hf_json(CONFIG, "config.json").unwrap();
+        let src = SafetensorsSource::parse(&[("model.safetensors".into(), MODEL)]).unwrap();
+        Llama::load(ctx, cfg, &src).unwrap()
+    }
+
+    /// batch.json's two sequences of 33 tokens.
+    fn batch() -> Vec<Vec<u32>> {
+        let batch: serde_json::Value = serde_json::from_slice(BATCH).unwrap();
+        batch["input_ids"].as_array().unwrap().iter().map(|s| s.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()).collect()
+    }
 
     /// The fixture's loss, from the safetensors header's metadata.
     fn fixture_loss(bytes: &[u8]) -> f64 {
@@ -272,27 +324,18 @@ mod tests {
         header["__metadata__"]["loss"].as_str().unwrap().parse().unwrap()
     }
 
-    #[test]
-    fn llama_tiny_gradients_match_pytorch() {
-        let Some(ctx) = crate::gpu::context::test_context() else { return };
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-        let read = |p: &str| std::fs::read(format!("{dir}/{p}")).unwrap();
-        let (config, model, grads, batch) = (read("llama-tiny/config.json"), read("llama-tiny/model.safetensors"), read("train/full_grads.safetensors"), read("train/batch.json"));
-        let cfg = ModelConfig::from_hf_json(&config, "config.json").unwrap();
-        let src = SafetensorsSource::parse(&[("model.safetensors".into(), &model)]).unwrap();
-        let llama = Llama::load(ctx, cfg, &src).unwrap();
-        let batch: serde_json::Value = serde_json::from_slice(&batch).unwrap();
-        let sequences: Vec<Vec<u32>> = batch["input_ids"].as_array().unwrap().iter().map(|s| s.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()).collect();
-        let loss = llama.gradients(ctx, &sequences).unwrap();
-        let want_loss = fixture_loss(&grads);
+    gpu_test!(fn llama_tiny_gradients_match_pytorch(ctx) {
+        let llama = llama_tiny(ctx);
+        let loss = llama.gradients(ctx, &batch()).await.unwrap();
+        let want_loss = fixture_loss(GRADS);
         assert!((loss as f64 - want_loss).abs() <= 1e-5 * want_loss, "loss {loss}, PyTorch {want_loss}");
-        let want = SafetensorsSource::parse(&[("full_grads.safetensors".into(), &grads)]).unwrap();
+        let want = SafetensorsSource::parse(&[("full_grads.safetensors".into(), GRADS)]).unwrap();
         let params = llama.named_params();
-        let mut worst = (0.0f64, String::new());
         assert_eq!(params.len(), 2 + 9 * llama.cfg.n_layers + 1);
+        let mut worst = (0.0f64, String::new());
         for (name, p) in params {
             let w = want.expect(&name, &p.grad.shape).unwrap().to_f32().unwrap();
-            let got = ctx.read_f32(&p.grad.buf, 0, w.len()).unwrap();
+            let got = ctx.read_f32_async(&p.grad.buf, 0, w.len()).await.unwrap();
             // Relative error in the L2 norm over the whole tensor: ||got - want|| / ||want||.
             let diff: f64 = got.iter().zip(&w).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum::<f64>().sqrt();
             let norm: f64 = w.iter().map(|b| (*b as f64).powi(2)).sum::<f64>().sqrt();
@@ -303,5 +346,20 @@ mod tests {
             }
         }
         eprintln!("loss {loss} (PyTorch {want_loss}); worst relative L2 gradient error {:.2e} in {}", worst.0, worst.1);
-    }
+    });
+
+    gpu_test!(fn llama_tiny_overfits_one_batch(ctx) {
+        // Loss falls by 90% within 30 AdamW steps on one batch (issue 14 asks for 50 from scratch;
+        // here from llama-tiny's weights): warmup 5 steps, cosine to a tenth, clipping at 1.
+        let llama = llama_tiny(ctx);
+        let mut opt = llama.optimizer(ctx, AdamW { weight_decay: 0.0, ..Default::default() }).unwrap();
+        let batch = batch();
+        let mut losses = Vec::new();
+        for step in 0..30 {
+            losses.push(llama.train_step(ctx, &mut opt, &batch, lr_at(step, 5, 30, 1e-2, 1e-3)).await.unwrap());
+        }
+        let last = llama.gradients(ctx, &batch).await.unwrap();
+        eprintln!("loss {} -> {last} after 30 steps; every 10th: {:?}", losses[0], losses.iter().step_by(10).collect::<Vec<_>>());
+        assert!(last.is_finite() && last < 0.1 * losses[0], "loss {} -> {last}", losses[0]);
+    });
 }
