@@ -1,7 +1,10 @@
-//! Backward of the linear layer y = x · Wᵀ: dX = dY · W and dW (+)= dYᵀ · X. dX runs through
-//! frozen weights too, but only f32 ones (chunked or not): quantized weights are refused with
-//! an error; dequantize them to f32 (`Weight::from_f32`) to train through them.
+//! Backward of the linear layer y = x · Wᵀ: dX = dY · W and dW (+)= dYᵀ · X. dX also runs
+//! through frozen weights (LoRA's base): f32 ones are read in place, chunk by chunk; quantized
+//! ones take the dequantized path: 256 rows at a time are dequantized into an f32 scratch by
+//! the format's own embedding gather (quant.wgsl's `embed`), then read like f32 rows, so the
+//! extra memory is 256 rows of f32 whatever the matrix.
 
+use super::super::embed::embed;
 use crate::error::{Error, Result};
 use crate::gpu::{grid, OpInfo, Recorder, Tensor, Weight};
 use crate::weights::DType;
@@ -41,14 +44,27 @@ pub fn linear_backward_dx(rec: &mut Recorder, dy: &Tensor, w: &Tensor, dx: &Tens
     dispatch_dx(rec, dy, &w.buf, dx, t, k, (0, n, n), accumulate)
 }
 
-/// dx (+)= dy · W through a frozen f32 weight, one chunk of rows at a time.
+/// Rows of a quantized weight dequantized per dispatch of its dX.
+const DEQUANT_ROWS: usize = 256;
+
+/// dx (+)= dy · W through a frozen weight of any storage format, one chunk (f32) or one block
+/// of dequantized rows (other formats) at a time.
 pub fn linear_backward_dx_frozen(rec: &mut Recorder, dy: &Tensor, w: &Weight, dx: &Tensor, t: usize, accumulate: bool) -> Result<()> {
-    if w.dtype != DType::F32 {
-        return Err(Error::Unsupported(format!("backward through {} weight '{}': only f32 weights are supported; load it as f32", w.dtype.name(), w.name)));
-    }
     check_dx(dy, dx, t, w.cols, w.rows)?;
-    for (i, c) in w.chunks.iter().enumerate() {
-        dispatch_dx(rec, dy, &c.quants, dx, t, w.cols, (c.row0, c.rows, w.rows), accumulate || i > 0)?;
+    if w.dtype == DType::F32 {
+        for (i, c) in w.chunks.iter().enumerate() {
+            dispatch_dx(rec, dy, &c.quants, dx, t, w.cols, (c.row0, c.rows, w.rows), accumulate || i > 0)?;
+        }
+        return Ok(());
+    }
+    let ids: Vec<u32> = (0..w.rows as u32).collect();
+    let ids = Tensor { buf: rec.ctx.upload("dequantized row ids", &ids)?, shape: vec![w.rows] };
+    let block = DEQUANT_ROWS.min(w.rows);
+    let rows = Tensor::zeros(rec.ctx, &format!("{} dequantized rows", w.name), &[block, w.cols])?;
+    for (i, r0) in (0..w.rows).step_by(block.max(1)).enumerate() {
+        let n = block.min(w.rows - r0);
+        embed(rec, w, &ids, r0, n, &rows)?;
+        dispatch_dx(rec, dy, &rows.buf, dx, t, w.cols, (r0, n, w.rows), accumulate || i > 0)?;
     }
     Ok(())
 }
@@ -83,8 +99,8 @@ pub fn reference(x: &[f64], w: &[f64], dy: &[f64], t: usize, k: usize, n: usize)
 mod tests {
     use super::*;
     use crate::gpu::context::gpu_test;
-    use crate::ops::compare;
     use crate::ops::gradcheck::{check, dot, to_f32, values};
+    use crate::ops::{compare, test_values};
 
     #[test]
     fn reference_equals_finite_differences() {
@@ -122,5 +138,26 @@ mod tests {
             let want_dw2: Vec<f32> = want_dw.iter().map(|v| (2.0 * v) as f32).collect();
             compare(&got, &want_dw2, 2e-5, 1e-5).unwrap_or_else(|e| panic!("dw {t}x{k}x{n}: {e}"));
         }
+    });
+
+    gpu_test!(fn linear_backward_dx_through_quantized_weights(ctx) {
+        use crate::weights::dtype::{dequantize, quantize_q8_0};
+        // 300 rows: two dequantized blocks, the second partial. The reference uses the
+        // dequantized weights, so only the f32 sums differ.
+        let (t, k, n) = (5usize, 64usize, 300usize);
+        let (w, g) = (test_values(n * k, 77), values(t * n, 78));
+        let q = quantize_q8_0(&w);
+        let rows: Vec<&[u8]> = q.chunks(DType::Q8_0.bytes_for(k).unwrap()).collect();
+        let wq = Weight::from_rows(ctx, "w", DType::Q8_0, k, &rows, ctx.binding_limit()).unwrap();
+        let deq: Vec<f64> = dequantize(DType::Q8_0, &q, n * k).unwrap().into_iter().map(f64::from).collect();
+        let (want, _) = reference(&values(t * k, 79), &deq, &g, t, k, n);
+        let gt = Tensor::upload_f32(ctx, "dy", &[t, n], &to_f32(&g)).unwrap();
+        let dx = Tensor::zeros(ctx, "dx", &[t, k]).unwrap();
+        let mut rec = Recorder::new(ctx, "test");
+        linear_backward_dx_frozen(&mut rec, &gt, &wq, &dx, t, false).unwrap();
+        rec.submit().unwrap();
+        let got = ctx.read_f32_async(&dx.buf, 0, t * k).await.unwrap();
+        // f32 dot products of 300 terms O(1): 3e-5 absolute + 1e-5 relative.
+        compare(&got, &to_f32(&want), 3e-5, 1e-5).unwrap_or_else(|e| panic!("q8_0 dx: {e}"));
     });
 }
