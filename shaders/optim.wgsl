@@ -112,3 +112,13 @@ fn fill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         fill_buf[i] = fp.max_norm;
     }
 }
+
+// scale: buf[i] *= value (LoRA's alpha / r on the low-rank path), same bindings as fill.
+@compute @workgroup_size(WG)
+fn scale(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+         @builtin(local_invocation_index) lid: u32) {
+    let i = linear_workgroup(wid, nwg) * WG + lid;
+    if (i < fp.n) {
+        fill_buf[i] *= fp.max_norm;
+    }
+}

@@ -92,10 +92,19 @@ pub fn lr_at(step: usize, warmup: usize, total: usize, lr: f32, min_lr: f32) -> 
 
 /// Sets every element of `t` to `value` (zeroes gradients before a step's first micro-batch).
 pub fn fill(rec: &mut Recorder, t: &Tensor, value: f32) -> Result<()> {
+    elementwise(rec, "fill", t, value)
+}
+
+/// Multiplies every element of `t` by `value`.
+pub fn scale(rec: &mut Recorder, t: &Tensor, value: f32) -> Result<()> {
+    elementwise(rec, "scale", t, value)
+}
+
+fn elementwise(rec: &mut Recorder, entry: &'static str, t: &Tensor, value: f32) -> Result<()> {
     let n = t.numel();
-    let pipe = rec.ctx.pipeline(&SHADER, "fill", &[])?;
+    let pipe = rec.ctx.pipeline(&SHADER, entry, &[])?;
     let p = Params { n: n as u32, max_norm: value, ..Default::default() };
-    rec.dispatch(OpInfo::new("fill", 0, 4 * n as u64), &pipe, &[&t.buf], &p, grid(rec.ctx, n.div_ceil(256) as u32));
+    rec.dispatch(OpInfo::new(entry, 0, 4 * n as u64), &pipe, &[&t.buf], &p, grid(rec.ctx, n.div_ceil(256) as u32));
     Ok(())
 }
 
@@ -247,11 +256,12 @@ mod tests {
         }
     });
 
-    gpu_test!(fn fill_sets_every_element(ctx) {
-        let t = Tensor::upload_f32(ctx, "t", &[517], &[3.0; 517]).unwrap();
+    gpu_test!(fn fill_and_scale_touch_every_element(ctx) {
+        let t = Tensor::upload_f32(ctx, "t", &[517], &[f32::NAN; 517]).unwrap();
         let mut rec = Recorder::new(ctx, "test");
-        fill(&mut rec, &t, 0.0).unwrap();
+        fill(&mut rec, &t, 3.0).unwrap(); // even over NaN (a gradient after a bad step)
+        scale(&mut rec, &t, 0.5).unwrap();
         rec.submit().unwrap();
-        assert!(ctx.read_f32_async(&t.buf, 0, 517).await.unwrap().iter().all(|&v| v == 0.0));
+        assert!(ctx.read_f32_async(&t.buf, 0, 517).await.unwrap().iter().all(|&v| v == 1.5));
     });
 }

@@ -30,8 +30,33 @@ pub struct LayerParams {
     pub w_down: Param,    // mlp.down_proj (dim, ffn)
 }
 
+/// The seven projections a LoRA adapter may target, by their Hugging Face names.
+pub const PROJECTIONS: [&str; 7] = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"];
+
+impl LayerParams {
+    /// The projection `PROJECTIONS[i]`.
+    fn proj(&self, i: usize) -> &Param {
+        [&self.wq, &self.wk, &self.wv, &self.wo, &self.w_gate, &self.w_up, &self.w_down][i]
+    }
+}
+
+/// A low-rank update of one projection: y += scale · (x · Aᵀ) · Bᵀ.
+pub struct Lora {
+    pub a: Param, // lora_A (rank, in)
+    pub b: Param, // lora_B (out, rank)
+}
+
+/// A LoRA adapter on every projection of every layer; with one attached the base is frozen.
+pub struct Adapter {
+    pub rank: usize,
+    /// alpha / rank, as PEFT scales.
+    pub scale: f32,
+    pub layers: Vec<Vec<Lora>>, // [layer][PROJECTIONS index]
+}
+
 pub struct Llama {
     pub cfg: ModelConfig,
+    pub adapter: Option<Adapter>,
     pub embed: Param,   // model.embed_tokens (vocab, dim)
     pub layers: Vec<LayerParams>,
     pub norm: Param,    // model.norm (dim,)
@@ -58,6 +83,7 @@ struct LayerActs {
     gate: Tensor,  // (T, ffn) gate projection
     up: Tensor,    // (T, ffn) up projection
     h: Tensor,     // (T, ffn) silu(gate) * up
+    lora_u: Vec<Tensor>, // per projection (T, rank): scale · x · Aᵀ; empty without an adapter
 }
 
 impl Llama {
@@ -89,11 +115,49 @@ impl Llama {
             lm_head: param("lm_head.weight", &[cfg.vocab, d])?,
             layers,
             cfg,
+            adapter: None,
         })
     }
 
-    /// Every parameter with its Hugging Face name.
+    /// Attaches a PEFT LoRA adapter (`base_model.model.model.layers.N.<proj>.lora_A.weight`
+    /// [rank, in] and `lora_B.weight` [out, rank], every projection) and freezes the base.
+    pub fn attach_lora(&mut self, ctx: &Context, src: &dyn TensorSource, rank: usize, alpha: f32) -> Result<()> {
+        if rank == 0 {
+            return Err(Error::arg("lora rank", "must be at least 1"));
+        }
+        let mut layers = Vec::new();
+        for (l, p) in self.layers.iter().enumerate() {
+            let mut loras = Vec::new();
+            for (i, proj) in PROJECTIONS.iter().enumerate() {
+                let [out, inp] = p.proj(i).value.shape[..] else { unreachable!("projections are matrices") };
+                let name = |ab: &str| format!("base_model.model.model.layers.{l}.{proj}.lora_{ab}.weight");
+                let load = |ab: &str, shape: &[usize]| -> Result<Param> {
+                    let mut prm = Param::new(ctx, &name(ab), shape, &src.expect(&name(ab), shape)?.to_f32()?)?;
+                    prm.decay = true;
+                    Ok(prm)
+                };
+                loras.push(Lora { a: load("A", &[rank, inp])?, b: load("B", &[out, rank])? });
+            }
+            layers.push(loras);
+        }
+        self.adapter = Some(Adapter { rank, scale: alpha / rank as f32, layers });
+        Ok(())
+    }
+
+    /// The trained parameters with their Hugging Face (or PEFT) names: the adapter's when one
+    /// is attached, else every parameter of the model.
     pub fn named_params(&self) -> Vec<(String, &Param)> {
+        if let Some(ad) = &self.adapter {
+            let mut out = Vec::new();
+            for (l, loras) in ad.layers.iter().enumerate() {
+                for (proj, lora) in PROJECTIONS.iter().zip(loras) {
+                    let name = |ab: &str| format!("base_model.model.model.layers.{l}.{proj}.lora_{ab}.weight");
+                    out.push((name("A"), &lora.a));
+                    out.push((name("B"), &lora.b));
+                }
+            }
+            return out;
+        }
         let mut out = vec![("model.embed_tokens.weight".to_string(), &self.embed)];
         for (l, p) in self.layers.iter().enumerate() {
             let n = |s: &str| format!("model.layers.{l}.{s}.weight");
@@ -205,26 +269,30 @@ impl Llama {
                 gate: z("gate", &[t, c.ffn_dim])?,
                 up: z("up", &[t, c.ffn_dim])?,
                 h: z("h", &[t, c.ffn_dim])?,
+                lora_u: match &self.adapter {
+                    Some(ad) => (0..PROJECTIONS.len()).map(|_| z("lora u", &[t, ad.rank])).collect::<Result<_>>()?,
+                    None => Vec::new(),
+                },
             };
             let bytes = |x: &Tensor| (x.numel() * 4) as u64;
-            let lin = |rec: &mut Recorder, op, x: &Tensor, w: &Param, y: &Tensor, store| matmul::linear(rec, op, Some(l), x, &as_weight(ctx, w)?, None, y, t, store);
+            let lin = |rec: &mut Recorder, i: usize, x: &Tensor, y: &Tensor, store| self.project(rec, l, i, x, y, a.lora_u.get(i), store);
             rec.copy(&x.buf, 0, &a.x_in.buf, 0, bytes(&x));
             norm::rms_norm(rec, &x, &p.attn_norm.value, &a.xn, t, c.norm_eps, Some(l))?;
-            lin(rec, "q_proj", &a.xn, &p.wq, &a.q, Store::Write)?;
-            lin(rec, "k_proj", &a.xn, &p.wk, &a.k, Store::Write)?;
-            lin(rec, "v_proj", &a.xn, &p.wv, &a.v, Store::Write)?;
+            lin(rec, 0, &a.xn, &a.q, Store::Write)?;
+            lin(rec, 1, &a.xn, &a.k, Store::Write)?;
+            lin(rec, 2, &a.xn, &a.v, Store::Write)?;
             rope::rope(rec, &a.q, t, c.n_heads, hd, 0, c.rope_theta, c.rope_style, l)?;
             rope::rope(rec, &a.k, t, c.n_kv_heads, hd, 0, c.rope_theta, c.rope_style, l)?;
             attention::kv_write(rec, &a.k, &a.v, &k_cache, &v_cache, s, l)?;
             attention::attention(rec, &a.q, &k_cache, &v_cache, &a.attn, &partials, s, l)?;
-            lin(rec, "o_proj", &a.attn, &p.wo, &x, Store::Accumulate)?;
+            lin(rec, 3, &a.attn, &x, Store::Accumulate)?;
             rec.copy(&x.buf, 0, &a.x_mid.buf, 0, bytes(&x));
             norm::rms_norm(rec, &x, &p.ffn_norm.value, &a.xn2, t, c.norm_eps, Some(l))?;
-            lin(rec, "gate_proj", &a.xn2, &p.w_gate, &a.gate, Store::Write)?;
-            lin(rec, "up_proj", &a.xn2, &p.w_up, &a.up, Store::Write)?;
+            lin(rec, 4, &a.xn2, &a.gate, Store::Write)?;
+            lin(rec, 5, &a.xn2, &a.up, Store::Write)?;
             rec.copy(&a.gate.buf, 0, &a.h.buf, 0, bytes(&a.gate));
             activation::swiglu(rec, &a.up, &a.h, t * c.ffn_dim, l)?;
-            lin(rec, "down_proj", &a.h, &p.w_down, &x, Store::Accumulate)?;
+            lin(rec, 6, &a.h, &x, Store::Accumulate)?;
             all.push(a);
         }
         let xf = z("xf", &[t, d])?;
@@ -252,31 +320,67 @@ impl Llama {
         let (dk, dv) = (z("dk", &[t, c.n_kv_heads * hd])?, z("dv", &[t, c.n_kv_heads * hd])?);
         let shape = AttnBackShape { n_seq: 1, seq_len: t, n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: hd };
         let stats = z("attention stats", &[shape.stats_len()])?;
-        for (p, a) in self.layers.iter().zip(acts).rev() {
+        let du = match &self.adapter {
+            Some(ad) => Some(z("lora du", &[t, ad.rank])?),
+            None => None,
+        };
+        for (l, (p, a)) in self.layers.iter().zip(acts).enumerate().rev() {
+            let proj = |rec: &mut Recorder, i: usize, dy: &Tensor, x: &Tensor, dx: &Tensor, add: bool| self.project_backward(rec, l, i, a, dy, x, dx, add, du.as_ref());
             // MLP: x_out = x_mid + (silu(gate) * up) · W_downᵀ.
-            linear_backward_dx(rec, &dx, &p.w_down.value, &dh, t, false)?;
-            linear_backward_dw(rec, &dx, &a.h, &p.w_down.grad, t, true)?;
+            proj(rec, 6, &dx, &a.h, &dh, false)?;
             swiglu_backward(rec, &a.gate, &a.up, &dh, &dgate, &dup, t * c.ffn_dim)?;
-            linear_backward_dx(rec, &dgate, &p.w_gate.value, &dxn, t, false)?;
-            linear_backward_dx(rec, &dup, &p.w_up.value, &dxn, t, true)?;
-            linear_backward_dw(rec, &dgate, &a.xn2, &p.w_gate.grad, t, true)?;
-            linear_backward_dw(rec, &dup, &a.xn2, &p.w_up.grad, t, true)?;
+            proj(rec, 4, &dgate, &a.xn2, &dxn, false)?;
+            proj(rec, 5, &dup, &a.xn2, &dxn, true)?;
             rms_norm_backward(rec, &a.x_mid, &p.ffn_norm.value, &dxn, &dx, &p.ffn_norm.grad, &scratch, t, c.norm_eps, true)?;
             // Attention: x_mid = x_in + attention(rope(q), rope(k), v) · W_oᵀ.
-            linear_backward_dx(rec, &dx, &p.wo.value, &dattn, t, false)?;
-            linear_backward_dw(rec, &dx, &a.attn, &p.wo.grad, t, true)?;
+            proj(rec, 3, &dx, &a.attn, &dattn, false)?;
             attention_backward(rec, &a.q, &a.k, &a.v, &dattn, &dq, &dk, &dv, &stats, shape)?;
             rope_backward(rec, &dq, t, c.n_heads, hd, 0, c.rope_theta, c.rope_style)?;
             rope_backward(rec, &dk, t, c.n_kv_heads, hd, 0, c.rope_theta, c.rope_style)?;
-            linear_backward_dx(rec, &dq, &p.wq.value, &dxn, t, false)?;
-            linear_backward_dx(rec, &dk, &p.wk.value, &dxn, t, true)?;
-            linear_backward_dx(rec, &dv, &p.wv.value, &dxn, t, true)?;
-            linear_backward_dw(rec, &dq, &a.xn, &p.wq.grad, t, true)?;
-            linear_backward_dw(rec, &dk, &a.xn, &p.wk.grad, t, true)?;
-            linear_backward_dw(rec, &dv, &a.xn, &p.wv.grad, t, true)?;
+            proj(rec, 0, &dq, &a.xn, &dxn, false)?;
+            proj(rec, 1, &dk, &a.xn, &dxn, true)?;
+            proj(rec, 2, &dv, &a.xn, &dxn, true)?;
             rms_norm_backward(rec, &a.x_in, &p.attn_norm.value, &dxn, &dx, &p.attn_norm.grad, &scratch, t, c.norm_eps, true)?;
         }
+        if self.adapter.is_some() {
+            return Ok(()); // the base is frozen: no gradient for the embedding
+        }
         embed_backward(rec, ids, &dx, &self.embed.grad, c.vocab, d)
+    }
+
+    /// y (+)= x · Wᵀ for projection `i` of layer `l`, plus the adapter's scale · (x · Aᵀ) · Bᵀ,
+    /// keeping u = scale · x · Aᵀ for the backward.
+    #[allow(clippy::too_many_arguments)]
+    fn project(&self, rec: &mut Recorder, l: usize, i: usize, x: &Tensor, y: &Tensor, u: Option<&Tensor>, store: Store) -> Result<()> {
+        let (ctx, t) = (rec.ctx, x.shape[0]);
+        let op = PROJECTIONS[i];
+        matmul::linear(rec, op, Some(l), x, &as_weight(ctx, self.layers[l].proj(i))?, None, y, t, store)?;
+        if let (Some(ad), Some(u)) = (&self.adapter, u) {
+            let lora = &ad.layers[l][i];
+            matmul::linear(rec, "lora_a", Some(l), x, &as_weight(ctx, &lora.a)?, None, u, t, Store::Write)?;
+            optim::scale(rec, u, ad.scale)?;
+            matmul::linear(rec, "lora_b", Some(l), u, &as_weight(ctx, &lora.b)?, None, y, t, Store::Accumulate)?;
+        }
+        Ok(())
+    }
+
+    /// Backward of `project` from dy: dx (+)= dy · W (+ the adapter's path); the gradient of W
+    /// when the base trains, of A and B when an adapter does.
+    #[allow(clippy::too_many_arguments)]
+    fn project_backward(&self, rec: &mut Recorder, l: usize, i: usize, a: &LayerActs, dy: &Tensor, x: &Tensor, dx: &Tensor, accumulate: bool, du: Option<&Tensor>) -> Result<()> {
+        let t = dy.shape[0];
+        let w = self.layers[l].proj(i);
+        linear_backward_dx(rec, dy, &w.value, dx, t, accumulate)?;
+        let (Some(ad), Some(du)) = (&self.adapter, du) else {
+            return linear_backward_dw(rec, dy, x, &w.grad, t, true);
+        };
+        // y += u · Bᵀ with u = s · x · Aᵀ: dB += dyᵀ · u, du = s · dy · B, dA += duᵀ · x, dx += du · A.
+        let lora = &ad.layers[l][i];
+        linear_backward_dw(rec, dy, &a.lora_u[i], &lora.b.grad, t, true)?;
+        linear_backward_dx(rec, dy, &lora.b.value, du, t, false)?;
+        optim::scale(rec, du, ad.scale)?;
+        linear_backward_dw(rec, du, x, &lora.a.grad, t, true)?;
+        linear_backward_dx(rec, du, &lora.a.value, dx, t, true)
     }
 }
 
@@ -324,19 +428,14 @@ mod tests {
         header["__metadata__"]["loss"].as_str().unwrap().parse().unwrap()
     }
 
-    gpu_test!(fn llama_tiny_gradients_match_pytorch(ctx) {
-        let llama = llama_tiny(ctx);
-        let loss = llama.gradients(ctx, &batch()).await.unwrap();
-        let want_loss = fixture_loss(GRADS);
-        assert!((loss as f64 - want_loss).abs() <= 1e-5 * want_loss, "loss {loss}, PyTorch {want_loss}");
-        let want = SafetensorsSource::parse(&[("full_grads.safetensors".into(), GRADS)]).unwrap();
-        let params = llama.named_params();
-        assert_eq!(params.len(), 2 + 9 * llama.cfg.n_layers + 1);
+    /// Compares every trained gradient with PyTorch's (`want`, same names); returns the worst
+    /// relative error. The norm: ||got - want||₂ / ||want||₂ over each whole tensor.
+    async fn compare_gradients(ctx: &Context, llama: &Llama, want: &[u8], file: &str) -> (f64, String) {
+        let want = SafetensorsSource::parse(&[(file.into(), want)]).unwrap();
         let mut worst = (0.0f64, String::new());
-        for (name, p) in params {
+        for (name, p) in llama.named_params() {
             let w = want.expect(&name, &p.grad.shape).unwrap().to_f32().unwrap();
             let got = ctx.read_f32_async(&p.grad.buf, 0, w.len()).await.unwrap();
-            // Relative error in the L2 norm over the whole tensor: ||got - want|| / ||want||.
             let diff: f64 = got.iter().zip(&w).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum::<f64>().sqrt();
             let norm: f64 = w.iter().map(|b| (*b as f64).powi(2)).sum::<f64>().sqrt();
             assert!(norm > 0.0, "{name}: PyTorch's gradient is zero");
@@ -345,7 +444,58 @@ mod tests {
                 worst = (diff / norm, name);
             }
         }
+        worst
+    }
+
+    gpu_test!(fn llama_tiny_gradients_match_pytorch(ctx) {
+        let llama = llama_tiny(ctx);
+        let loss = llama.gradients(ctx, &batch()).await.unwrap();
+        let want_loss = fixture_loss(GRADS);
+        assert!((loss as f64 - want_loss).abs() <= 1e-5 * want_loss, "loss {loss}, PyTorch {want_loss}");
+        assert_eq!(llama.named_params().len(), 2 + 9 * llama.cfg.n_layers + 1);
+        let worst = compare_gradients(ctx, &llama, GRADS, "full_grads.safetensors").await;
         eprintln!("loss {loss} (PyTorch {want_loss}); worst relative L2 gradient error {:.2e} in {}", worst.0, worst.1);
+    });
+
+    const LORA: &[u8] = include_bytes!("../../tests/fixtures/train/lora/adapter_model.safetensors");
+    const LORA_CONFIG: &[u8] = include_bytes!("../../tests/fixtures/train/lora/adapter_config.json");
+    const LORA_GRADS: &[u8] = include_bytes!("../../tests/fixtures/train/lora_grads.safetensors");
+    const LORA_STEPS: &[u8] = include_bytes!("../../tests/fixtures/train/lora_steps.json");
+
+    fn llama_tiny_with_lora(ctx: &Context) -> Llama {
+        let mut llama = llama_tiny(ctx);
+        let cfg: serde_json::Value = serde_json::from_slice(LORA_CONFIG).unwrap();
+        let src = SafetensorsSource::parse(&[("adapter_model.safetensors".into(), LORA)]).unwrap();
+        llama.attach_lora(ctx, &src, cfg["r"].as_u64().unwrap() as usize, cfg["lora_alpha"].as_f64().unwrap() as f32).unwrap();
+        llama
+    }
+
+    gpu_test!(fn lora_gradients_match_peft(ctx) {
+        let llama = llama_tiny_with_lora(ctx);
+        let loss = llama.gradients(ctx, &batch()).await.unwrap();
+        let want_loss = fixture_loss(LORA_GRADS);
+        assert!((loss as f64 - want_loss).abs() <= 1e-5 * want_loss, "loss {loss}, PEFT {want_loss}");
+        assert_eq!(llama.named_params().len(), 2 * 7 * llama.cfg.n_layers);
+        let worst = compare_gradients(ctx, &llama, LORA_GRADS, "lora_grads.safetensors").await;
+        eprintln!("LoRA loss {loss} (PEFT {want_loss}); worst relative L2 gradient error {:.2e} in {}", worst.0, worst.1);
+    });
+
+    gpu_test!(fn lora_adamw_steps_follow_pytorch(ctx) {
+        // torch.optim.AdamW, lr 1e-2, no weight decay, no clipping, no schedule: the loss before
+        // each of 10 steps within 1e-4 of PyTorch's.
+        let steps: serde_json::Value = serde_json::from_slice(LORA_STEPS).unwrap();
+        let want: Vec<f64> = steps["loss_before_each_step"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let llama = llama_tiny_with_lora(ctx);
+        let mut opt = llama.optimizer(ctx, AdamW { weight_decay: 0.0, max_norm: 0.0, ..Default::default() }).unwrap();
+        let batch = batch();
+        let mut got = Vec::new();
+        for _ in 0..want.len() {
+            got.push(llama.train_step(ctx, &mut opt, &batch, 1e-2).await.unwrap() as f64);
+        }
+        eprintln!("LoRA losses {got:?}");
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!((g - w).abs() <= 1e-4, "step {i}: loss {g}, PyTorch {w}");
+        }
     });
 
     gpu_test!(fn llama_tiny_overfits_one_batch(ctx) {
