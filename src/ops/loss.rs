@@ -51,6 +51,7 @@ pub fn rows_per_chunk(ctx: &Context, vocab: usize) -> usize {
 /// For the chunk `logits` (n_rows, vocab) holding batch rows row0..row0 + n_rows: writes
 /// losses[row0 + r] (unscaled) and overwrites the logits with scale * (softmax - onehot).
 /// targets: (>= row0 + n_rows,) from `masked_targets`, on the GPU as u32.
+#[allow(clippy::too_many_arguments)]
 pub fn cross_entropy(rec: &mut Recorder, logits: &Tensor, targets: &Tensor, losses: &Tensor, row0: usize, n_rows: usize, vocab: usize, scale: f32) -> Result<()> {
     if vocab == 0 || n_rows == 0 {
         return Err(Error::Shape { op: "cross_entropy", msg: format!("empty logits: {n_rows} rows of {vocab}") });

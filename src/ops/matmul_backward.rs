@@ -21,6 +21,7 @@ struct LinearBackParams {
     _pad: [u32; 2],
 }
 
+#[allow(clippy::too_many_arguments)]
 fn dispatch_dx(rec: &mut Recorder, dy: &Tensor, w: &wgpu::Buffer, dx: &Tensor, t: usize, k: usize, rows: (usize, usize, usize), accumulate: bool) -> Result<()> {
     let (row0, n, n_total) = rows;
     let pipe = rec.ctx.pipeline(&super::SHADER, "linear_backward_dx", &[])?;

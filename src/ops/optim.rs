@@ -172,8 +172,8 @@ pub fn step_reference(params: &mut [RefParam], grads: &[Vec<f64>], cfg: &AdamW, 
     let (bc1, bc2) = (1.0 - b1.powi(step as i32), 1.0 - b2.powi(step as i32));
     for (prm, grad) in params.iter_mut().zip(grads) {
         let wd = if prm.decay { cfg.weight_decay as f64 } else { 0.0 };
-        for i in 0..prm.value.len() {
-            let g = grad[i] * s * clip;
+        for (i, &g) in grad.iter().enumerate().take(prm.value.len()) {
+            let g = g * s * clip;
             prm.m[i] = b1 * prm.m[i] + (1.0 - b1) * g;
             prm.v[i] = b2 * prm.v[i] + (1.0 - b2) * g * g;
             prm.value[i] = prm.value[i] * (1.0 - lr * wd) - lr * (prm.m[i] / bc1) / ((prm.v[i] / bc2).sqrt() + cfg.eps as f64);

@@ -129,7 +129,7 @@ impl Llama {
         for (l, p) in self.layers.iter().enumerate() {
             let mut loras = Vec::new();
             for (i, proj) in PROJECTIONS.iter().enumerate() {
-                let [out, inp] = p.proj(i).value.shape[..] else { unreachable!("projections are matrices") };
+                let (out, inp) = (p.proj(i).value.shape[0], p.proj(i).value.shape[1]);
                 let name = |ab: &str| format!("base_model.model.model.layers.{l}.{proj}.lora_{ab}.weight");
                 let load = |ab: &str, shape: &[usize]| -> Result<Param> {
                     let mut prm = Param::new(ctx, &name(ab), shape, &src.expect(&name(ab), shape)?.to_f32()?)?;
@@ -214,6 +214,11 @@ impl Llama {
         }
         if let Some(s) = sequences.iter().find(|s| s.len() - 1 > self.cfg.max_ctx) {
             return Err(Error::Context(format!("a sequence of {} tokens exceeds the context of {}", s.len(), self.cfg.max_ctx)));
+        }
+        for (i, s) in sequences.iter().enumerate() {
+            if let Some(t) = s.iter().position(|&id| id as usize >= self.cfg.vocab) {
+                return Err(Error::arg("sequences", format!("token {} at position {t} of sequence {i} is outside the vocabulary of {}", s[t], self.cfg.vocab)));
+            }
         }
         let losses = Tensor::zeros(ctx, "losses", &[n_targets])?;
         let total = Tensor::zeros(ctx, "loss", &[1])?;
@@ -388,7 +393,7 @@ impl Llama {
 /// (f32 weights are stored row-major as is).
 fn as_weight(ctx: &Context, p: &Param) -> Result<Weight> {
     let [rows, cols] = p.value.shape[..] else {
-        return Err(Error::Shape { op: "train", msg: format!("{} is not a matrix", p.value.shape.len()) });
+        return Err(Error::Shape { op: "train", msg: format!("a parameter of shape {:?} is not a matrix", p.value.shape) });
     };
     if p.value.buf.size() > ctx.binding_limit() {
         return Err(Error::Unsupported(format!("training a {rows}x{cols} matrix larger than one binding")));
@@ -419,6 +424,10 @@ mod tests {
     fn batch() -> Vec<Vec<u32>> {
         let batch: serde_json::Value = serde_json::from_slice(BATCH).unwrap();
         batch["input_ids"].as_array().unwrap().iter().map(|s| s.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()).collect()
+    }
+
+    fn error_text(r: Result<Tensor>) -> String {
+        r.err().map(|e| e.to_string()).unwrap_or_default()
     }
 
     /// The fixture's loss, from the safetensors header's metadata.
@@ -454,6 +463,11 @@ mod tests {
         assert!((loss as f64 - want_loss).abs() <= 1e-5 * want_loss, "loss {loss}, PyTorch {want_loss}");
         assert_eq!(llama.named_params().len(), 2 + 9 * llama.cfg.n_layers + 1);
         let worst = compare_gradients(ctx, &llama, GRADS, "full_grads.safetensors").await;
+        // Bad batches are refused with the reason, before anything is recorded.
+        let err = |seqs: &[Vec<u32>]| error_text(llama.record_gradients(ctx, seqs));
+        assert!(err(&[vec![3]]).contains("at least 2 tokens"));
+        assert!(err(&[vec![3, 4], vec![5, 1000]]).contains("position 1 of sequence 1"));
+        assert!(err(&[vec![1; 300]]).contains("exceeds the context"));
         eprintln!("loss {loss} (PyTorch {want_loss}); worst relative L2 gradient error {:.2e} in {}", worst.0, worst.1);
     });
 
