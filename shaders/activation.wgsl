@@ -86,3 +86,28 @@ fn gelu_erf(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     let v = x[i];
     x[i] = 0.5 * v * erfc_precise(-0.7071067811865476 * v);
 }
+
+// ---- backward ----
+// swiglu_backward: of h = silu(g) * u, given dh: with s = sigmoid(g),
+//   dgate = dh * u * s * (1 + g * (1 - s)),   dup = dh * g * s.
+
+@group(0) @binding(0) var<storage, read> sb_gate: array<f32>;         // (n,) the gate projection
+@group(0) @binding(1) var<storage, read> sb_up: array<f32>;           // (n,)
+@group(0) @binding(2) var<storage, read> sb_dh: array<f32>;           // (n,)
+@group(0) @binding(3) var<storage, read_write> sb_dgate: array<f32>;  // (n,)
+@group(0) @binding(4) var<storage, read_write> sb_dup: array<f32>;    // (n,)
+@group(0) @binding(5) var<uniform> sbp: Params;
+
+@compute @workgroup_size(256)
+fn swiglu_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) lid: u32) {
+    let i = linear_workgroup(wid, nwg) * 256u + lid;
+    if (i >= sbp.n) {
+        return;
+    }
+    let g = sb_gate[i];
+    let s = 1.0 / (1.0 + exp(-g));
+    let dh = sb_dh[i];
+    sb_dgate[i] = dh * sb_up[i] * s * (1.0 + g * (1.0 - s));
+    sb_dup[i] = dh * g * s;
+}

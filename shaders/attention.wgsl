@@ -238,3 +238,218 @@ fn attention_combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
         out[0] = q[0] + k_at(0u) + v_at(0u); // never runs: keeps every binding in the layout
     }
 }
+
+// ---- backward ----
+// Of causal attention over batches of whole sequences laid out token-major, q, dout: (T, H, D),
+// k, v: (T, H_kv, D), T = n_seq * seq_len, head h reading kv head h / (H / H_kv). The
+// probabilities P[t, j] = softmax_j(scale q_t · k_j) are recomputed, not stored: the memory is
+// 2 floats per (token, head) (log-sum-exp and delta = sum_j P dP) instead of T² per head.
+//   attention_backward_dq:  one workgroup per (t, h): stats[t, h] = (lse, delta), and
+//                           dq_t = scale * sum_j P[t, j] (dP[t, j] - delta) k_j, dP = dout_t · v_j
+//   attention_backward_dkv: one workgroup per (j, kv head), over the group's heads and the
+//                           queries t >= j of j's sequence: dv_j = sum P dout_t,
+//                           dk_j = scale * sum P (dP - delta) q_t. Sums run in a fixed order.
+
+struct AttnBackParams {
+    n_tokens: u32,
+    seq_len: u32,
+    n_heads: u32,
+    n_kv_heads: u32,
+    head_dim: u32,
+    scale: f32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<storage, read> ab_q: array<f32>;            // (T, H, D)
+@group(0) @binding(1) var<storage, read> ab_k: array<f32>;            // (T, H_kv, D)
+@group(0) @binding(2) var<storage, read> ab_v: array<f32>;            // (T, H_kv, D)
+@group(0) @binding(3) var<storage, read> ab_dout: array<f32>;         // (T, H, D)
+@group(0) @binding(4) var<storage, read_write> ab_dq: array<f32>;     // (T, H, D)
+@group(0) @binding(5) var<storage, read_write> ab_stats_out: array<f32>; // (T, H, 2)
+@group(0) @binding(6) var<uniform> abq: AttnBackParams;
+
+@group(0) @binding(4) var<storage, read> ab_stats: array<f32>;        // (T, H, 2)
+@group(0) @binding(5) var<storage, read_write> ab_dk: array<f32>;     // (T, H_kv, D)
+@group(0) @binding(6) var<storage, read_write> ab_dv: array<f32>;     // (T, H_kv, D)
+@group(0) @binding(7) var<uniform> abk: AttnBackParams;
+
+const AB_WG: u32 = 64u;
+const AB_PER: u32 = 4u;   // head elements per thread: head_dim <= AB_WG * AB_PER = 256
+var<workgroup> ab_a: array<f32, 256>;   // q_t (dq) or k_j (dkv)
+var<workgroup> ab_b: array<f32, 256>;   // dout_t (dq) or v_j (dkv)
+var<workgroup> ab_red: array<f32, AB_WG>;
+var<workgroup> ab_p: array<f32, AB_WG>;
+var<workgroup> ab_ds: array<f32, AB_WG>;
+
+// Shared row a (q_t or k_j) dotted with a row of k (kv_rows) or of q.
+fn ab_dot_a(base: u32, d: u32, kv_rows: bool) -> f32 {
+    var s = 0.0;
+    if (kv_rows) {
+        for (var i = 0u; i < d; i++) {
+            s += ab_a[i] * ab_k[base + i];
+        }
+    } else {
+        for (var i = 0u; i < d; i++) {
+            s += ab_a[i] * ab_q[base + i];
+        }
+    }
+    return s;
+}
+
+// Shared row b (dout_t or v_j) dotted with a row of v (kv_rows) or of dout.
+fn ab_dot_b(base: u32, d: u32, kv_rows: bool) -> f32 {
+    var s = 0.0;
+    if (kv_rows) {
+        for (var i = 0u; i < d; i++) {
+            s += ab_b[i] * ab_v[base + i];
+        }
+    } else {
+        for (var i = 0u; i < d; i++) {
+            s += ab_b[i] * ab_dout[base + i];
+        }
+    }
+    return s;
+}
+
+fn ab_reduce(lid: u32, v: f32, take_max: bool) -> f32 {
+    ab_red[lid] = v;
+    workgroupBarrier();
+    for (var s = AB_WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            ab_red[lid] = select(ab_red[lid] + ab_red[lid + s], max(ab_red[lid], ab_red[lid + s]), take_max);
+        }
+        workgroupBarrier();
+    }
+    let r = ab_red[0];
+    workgroupBarrier();
+    return r;
+}
+
+@compute @workgroup_size(AB_WG)
+fn attention_backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                         @builtin(local_invocation_index) lid: u32) {
+    let th = linear_workgroup(wid, nwg);
+    if (th >= abq.n_tokens * abq.n_heads) {
+        return; // the whole workgroup leaves together
+    }
+    let d = abq.head_dim;
+    let t = th / abq.n_heads;
+    let kvh = (th % abq.n_heads) / (abq.n_heads / abq.n_kv_heads);
+    for (var i = lid; i < d; i += AB_WG) {
+        ab_a[i] = ab_q[th * d + i];
+        ab_b[i] = ab_dout[th * d + i];
+    }
+    workgroupBarrier();
+    let j0 = t - t % abq.seq_len;
+    // Pass 1, online per thread: running max m, z = sum e^(s - m), w = sum e^(s - m) dP.
+    var m = NEG_BIG;
+    var z = 0.0;
+    var w = 0.0;
+    for (var j = j0 + lid; j <= t; j += AB_WG) {
+        let kv = (j * abq.n_kv_heads + kvh) * d;
+        let s = abq.scale * ab_dot_a(kv, d, true);
+        let dp = ab_dot_b(kv, d, true);
+        let m_new = max(m, s);
+        let c = exp(m - m_new);
+        let e = exp(s - m_new);
+        z = z * c + e;
+        w = w * c + e * dp;
+        m = m_new;
+    }
+    let big_m = ab_reduce(lid, m, true);
+    let c = exp(m - big_m);
+    let big_z = ab_reduce(lid, z * c, false);
+    let lse = big_m + log(big_z);
+    let delta = ab_reduce(lid, w * c, false) / big_z;
+    if (lid == 0u) {
+        ab_stats_out[2u * th] = lse;
+        ab_stats_out[2u * th + 1u] = delta;
+    }
+    // Pass 2, 64 keys at a time: each thread one key's dS, then each thread its head elements.
+    var acc = array<f32, AB_PER>(0.0, 0.0, 0.0, 0.0);
+    for (var jb = j0; jb <= t; jb += AB_WG) {
+        let j = jb + lid;
+        var ds = 0.0;
+        if (j <= t) {
+            let kv = (j * abq.n_kv_heads + kvh) * d;
+            let p = exp(abq.scale * ab_dot_a(kv, d, true) - lse);
+            ds = p * (ab_dot_b(kv, d, true) - delta);
+        }
+        ab_ds[lid] = ds;
+        workgroupBarrier();
+        let n = min(AB_WG, t + 1u - jb);
+        for (var c2 = 0u; c2 < n; c2++) {
+            let kv = ((jb + c2) * abq.n_kv_heads + kvh) * d;
+            for (var e = 0u; e < AB_PER; e++) {
+                let i = lid + e * AB_WG;
+                if (i < d) {
+                    acc[e] += ab_ds[c2] * ab_k[kv + i];
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var e = 0u; e < AB_PER; e++) {
+        let i = lid + e * AB_WG;
+        if (i < d) {
+            ab_dq[th * d + i] = abq.scale * acc[e];
+        }
+    }
+}
+
+@compute @workgroup_size(AB_WG)
+fn attention_backward_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                          @builtin(local_invocation_index) lid: u32) {
+    let jk = linear_workgroup(wid, nwg);
+    if (jk >= abk.n_tokens * abk.n_kv_heads) {
+        return; // the whole workgroup leaves together
+    }
+    let d = abk.head_dim;
+    let j = jk / abk.n_kv_heads;
+    let kvh = jk % abk.n_kv_heads;
+    let group = abk.n_heads / abk.n_kv_heads;
+    for (var i = lid; i < d; i += AB_WG) {
+        ab_a[i] = ab_k[jk * d + i];
+        ab_b[i] = ab_v[jk * d + i];
+    }
+    workgroupBarrier();
+    let end = min(abk.n_tokens, j - j % abk.seq_len + abk.seq_len);
+    var dk = array<f32, AB_PER>(0.0, 0.0, 0.0, 0.0);
+    var dv = array<f32, AB_PER>(0.0, 0.0, 0.0, 0.0);
+    for (var g = 0u; g < group; g++) {
+        let h = kvh * group + g;
+        for (var tb = j; tb < end; tb += AB_WG) {
+            let t = tb + lid;
+            var p = 0.0;
+            var ds = 0.0;
+            if (t < end) {
+                let th = t * abk.n_heads + h;
+                p = exp(abk.scale * ab_dot_a(th * d, d, false) - ab_stats[2u * th]);
+                ds = p * (ab_dot_b(th * d, d, false) - ab_stats[2u * th + 1u]);
+            }
+            ab_p[lid] = p;
+            ab_ds[lid] = ds;
+            workgroupBarrier();
+            let n = min(AB_WG, end - tb);
+            for (var c = 0u; c < n; c++) {
+                let row = ((tb + c) * abk.n_heads + h) * d;
+                for (var e = 0u; e < AB_PER; e++) {
+                    let i = lid + e * AB_WG;
+                    if (i < d) {
+                        dv[e] += ab_p[c] * ab_dout[row + i];
+                        dk[e] += ab_ds[c] * ab_q[row + i];
+                    }
+                }
+            }
+            workgroupBarrier();
+        }
+    }
+    for (var e = 0u; e < AB_PER; e++) {
+        let i = lid + e * AB_WG;
+        if (i < d) {
+            ab_dk[jk * d + i] = abk.scale * dk[e];
+            ab_dv[jk * d + i] = dv[e];
+        }
+    }
+}

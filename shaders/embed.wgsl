@@ -30,3 +30,35 @@ fn embed(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     let id = min(ids[p.id_offset + t], p.vocab - 1u);
     out[i] = table[id * p.dim + d] * p.scale;
 }
+
+// ---- backward ----
+// embed_backward: dtable[id, :] += sum of dy[t, :] over the tokens t with ids[t] = id.
+// Deterministic without float atomics: the host sorts the token positions by id into segments,
+// and one thread per (segment, column) sums its tokens in order. plan (u32) holds
+//   [0, n_seg)                     the segment's id
+//   [n_seg, 2 n_seg + 1)           segment starts in `order`, then its end
+//   [2 n_seg + 1, + n_tokens)      token positions sorted by id
+
+@group(0) @binding(0) var<storage, read> eb_plan: array<u32>;
+@group(0) @binding(1) var<storage, read> eb_dy: array<f32>;            // (n_tokens, dim)
+@group(0) @binding(2) var<storage, read_write> eb_dtable: array<f32>;  // (vocab, dim)
+@group(0) @binding(3) var<uniform> ebp: Params;                      // n_tokens, dim, id_offset = n_seg, vocab
+
+@compute @workgroup_size(256)
+fn embed_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let n_seg = ebp.id_offset;
+    let i = linear_workgroup(wid, nwg) * 256u + lid;
+    if (i >= n_seg * ebp.dim) {
+        return;
+    }
+    let seg = i / ebp.dim;
+    let d = i % ebp.dim;
+    let id = min(eb_plan[seg], ebp.vocab - 1u);
+    let order0 = 2u * n_seg + 1u;
+    var acc = eb_dtable[id * ebp.dim + d];
+    for (var j = eb_plan[n_seg + seg]; j < eb_plan[n_seg + seg + 1u]; j++) {
+        acc += eb_dy[eb_plan[order0 + j] * ebp.dim + d];
+    }
+    eb_dtable[id * ebp.dim + d] = acc;
+}

@@ -128,3 +128,70 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         store(tok, col, partial[li]);
     }
 }
+
+// ---- backward ----
+// Of y = x · Wᵀ, given dy = dL/dy (t, n_total):
+//   linear_backward_dx: dx[t, k] (+)= sum over the chunk's rows j of dy[t, row0 + j] * w[j, k]
+//                       (W may come in chunks of rows; the host accumulates chunk after chunk)
+//   linear_backward_dw: dw[j, k] (+)= sum_t dy[t, j] * x[t, k]        (t summed in order)
+// One thread per output; neighbouring threads take neighbouring k, so the reads of w, x and
+// the outputs are contiguous and dy is a broadcast.
+
+struct LinearBackParams {
+    t: u32,
+    k: u32,
+    n: u32,          // rows of this chunk of W (dx) or of W (dw)
+    n_total: u32,    // row stride of dy
+    row0: u32,       // first row of the chunk within W (dx)
+    accumulate: u32, // 1: add to the output (micro-batches, several chunks)
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<storage, read> lbx_dy: array<f32>;          // (t, n_total)
+@group(0) @binding(1) var<storage, read> lbx_w: array<f32>;           // (n, k)
+@group(0) @binding(2) var<storage, read_write> lbx_dx: array<f32>;    // (t, k)
+@group(0) @binding(3) var<uniform> lbx: LinearBackParams;
+
+@group(0) @binding(0) var<storage, read> lbw_dy: array<f32>;          // (t, n_total)
+@group(0) @binding(1) var<storage, read> lbw_x: array<f32>;           // (t, k)
+@group(0) @binding(2) var<storage, read_write> lbw_dw: array<f32>;    // (n, k)
+@group(0) @binding(3) var<uniform> lbw: LinearBackParams;
+
+@compute @workgroup_size(64)
+fn linear_backward_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_index) lid: u32) {
+    let i = linear_workgroup(wid, nwg) * 64u + lid;
+    if (i >= lbx.t * lbx.k) {
+        return;
+    }
+    let row = i / lbx.k;
+    let col = i % lbx.k;
+    var acc = 0.0;
+    for (var j = 0u; j < lbx.n; j++) {
+        acc += lbx_dy[row * lbx.n_total + lbx.row0 + j] * lbx_w[j * lbx.k + col];
+    }
+    if (lbx.accumulate != 0u) {
+        acc += lbx_dx[i];
+    }
+    lbx_dx[i] = acc;
+}
+
+@compute @workgroup_size(64)
+fn linear_backward_dw(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_index) lid: u32) {
+    let i = linear_workgroup(wid, nwg) * 64u + lid;
+    if (i >= lbw.n * lbw.k) {
+        return;
+    }
+    let j = i / lbw.k;
+    let col = i % lbw.k;
+    var acc = 0.0;
+    for (var r = 0u; r < lbw.t; r++) {
+        acc += lbw_dy[r * lbw.n_total + j] * lbw_x[r * lbw.k + col];
+    }
+    if (lbw.accumulate != 0u) {
+        acc += lbw_dw[i];
+    }
+    lbw_dw[i] = acc;
+}

@@ -29,6 +29,11 @@ struct Params {
 
 const TWO_PI: f32 = 6.283185307179586;
 
+// ---- backward ----
+// The gradient of a rotation is the inverse rotation: the backward is this entry point with
+// rope_sign = -1 (turning dL/dx back by each angle, in place).
+override rope_sign: f32 = 1.0;
+
 @compute @workgroup_size(256)
 fn rope(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
@@ -61,7 +66,7 @@ fn rotate_pair(q: Params, idx: u32, inv_freq: f32) {
     var angle = f32(q.pos0 + t) * inv_freq;
     angle -= TWO_PI * floor(angle / TWO_PI); // keep sin/cos in their accurate range
     let c = cos(angle) * q.amp;
-    let s = sin(angle) * q.amp;
+    let s = rope_sign * sin(angle) * q.amp;
     let base = th * q.head_dim;
     var a = base + 2u * i;
     var b = a + 1u;
@@ -74,3 +79,4 @@ fn rotate_pair(q: Params, idx: u32, inv_freq: f32) {
     x[a] = x0 * c - x1 * s;
     x[b] = x1 * c + x0 * s;
 }
+

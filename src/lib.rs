@@ -13,6 +13,7 @@ pub mod perplexity;
 pub mod plan;
 pub mod sampling;
 pub mod tokenizer;
+pub mod train;
 pub mod weights;
 #[cfg(target_arch = "wasm32")]
 pub mod web;

@@ -229,3 +229,6 @@ mod tests {
         }
     });
 }
+
+#[path = "activation_backward.rs"]
+pub mod backward;

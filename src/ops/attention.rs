@@ -464,3 +464,6 @@ mod tests {
         run(ctx, 2, 2, 8, 40 * 256, 1, 0).await; // more than MAX_SPLITS ranges' worth: 32 ranges of 320
     });
 }
+
+#[path = "attention_backward.rs"]
+pub mod backward;

@@ -152,3 +152,6 @@ mod tests {
         }
     });
 }
+
+#[path = "embed_backward.rs"]
+pub mod backward;

@@ -430,3 +430,6 @@ pub(crate) mod tests {
         run(ctx, 70, 576, 131, false, Store::Accumulate).await;
     });
 }
+
+#[path = "matmul_backward.rs"]
+pub mod backward;

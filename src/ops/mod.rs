@@ -4,8 +4,12 @@
 pub mod activation;
 pub mod attention;
 pub mod embed;
+#[cfg(test)]
+pub(crate) mod gradcheck;
+pub mod loss;
 pub mod matmul;
 pub mod norm;
+pub mod optim;
 pub mod peak;
 pub mod posenc;
 pub mod rope;
@@ -34,7 +38,9 @@ pub const SHADERS: &[&Shader] = &[
     &matmul::QUANT_SHADERS[12],
     &matmul::QUANT_SHADERS[13],
     &matmul::QUANT_SHADERS[14],
+    &loss::SHADER,
     &norm::SHADER,
+    &optim::SHADER,
     &peak::SHADER,
     &posenc::SHADER,
     &rope::SHADER,

@@ -241,3 +241,6 @@ mod tests {
         }
     });
 }
+
+#[path = "norm_backward.rs"]
+pub mod backward;

@@ -407,3 +407,6 @@ mod tests {
         }
     });
 }
+
+#[path = "rope_backward.rs"]
+pub mod backward;

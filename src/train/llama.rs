@@ -1,0 +1,545 @@
+//! Full-parameter gradients of a Llama-family model (RMSNorm, grouped-query attention with
+//! RoPE, SwiGLU MLP, untied LM head), every weight in f32. One micro-batch is one sequence:
+//! its forward keeps, per layer, the inputs of each op's backward (about 9 (tokens, width)
+//! tensors plus 3 of the MLP width), and its backward adds into the parameters' gradients, so
+//! sequences of a batch are gradient accumulation over micro-batches.
+
+use crate::error::{Error, Result};
+use crate::gpu::{Context, Recorder, Tensor, Weight, WeightChunk};
+use crate::models::ModelConfig;
+use crate::ops::activation::{self, backward::swiglu_backward};
+use crate::ops::attention::{self, backward::{attention_backward, AttnBackShape}, AttnShape};
+use crate::ops::embed::{self, backward::embed_backward};
+use crate::ops::loss;
+use crate::ops::matmul::{self, backward::{linear_backward_dw, linear_backward_dx}, Store};
+use crate::ops::norm::{self, backward::{rms_norm_backward, RmsNormScratch}};
+use crate::ops::optim::{self, fill, AdamW, Param, StepScratch};
+use crate::models::config::RopeScaling;
+use crate::ops::rope::{self, backward::rope_backward, RopeStyle};
+use crate::weights::{DType, TensorSource};
+
+/// One decoder layer's parameters (Hugging Face names under `model.layers.N.`).
+pub struct LayerParams {
+    pub attn_norm: Param, // input_layernorm (dim,)
+    pub wq: Param,        // self_attn.q_proj (n_heads * head_dim, dim)
+    pub wk: Param,        // self_attn.k_proj (n_kv_heads * head_dim, dim)
+    pub wv: Param,        // self_attn.v_proj (n_kv_heads * head_dim, dim)
+    pub wo: Param,        // self_attn.o_proj (dim, n_heads * head_dim)
+    pub ffn_norm: Param,  // post_attention_layernorm (dim,)
+    pub w_gate: Param,    // mlp.gate_proj (ffn, dim)
+    pub w_up: Param,      // mlp.up_proj (ffn, dim)
+    pub w_down: Param,    // mlp.down_proj (dim, ffn)
+}
+
+/// The seven projections a LoRA adapter may target, by their Hugging Face names.
+pub const PROJECTIONS: [&str; 7] = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"];
+
+impl LayerParams {
+    /// The projection `PROJECTIONS[i]`.
+    fn proj(&self, i: usize) -> &Param {
+        [&self.wq, &self.wk, &self.wv, &self.wo, &self.w_gate, &self.w_up, &self.w_down][i]
+    }
+}
+
+/// A low-rank update of one projection: y += scale · (x · Aᵀ) · Bᵀ.
+pub struct Lora {
+    pub a: Param, // lora_A (rank, in)
+    pub b: Param, // lora_B (out, rank)
+}
+
+/// A LoRA adapter on every projection of every layer; with one attached the base is frozen.
+pub struct Adapter {
+    pub rank: usize,
+    /// alpha / rank, as PEFT scales.
+    pub scale: f32,
+    pub layers: Vec<Vec<Lora>>, // [layer][PROJECTIONS index]
+}
+
+pub struct Llama {
+    pub cfg: ModelConfig,
+    /// RoPE of every layer: base and pair convention (plain RoPE over whole heads only).
+    pub rope: (f32, RopeStyle),
+    pub adapter: Option<Adapter>,
+    pub embed: Param,   // model.embed_tokens (vocab, dim)
+    pub layers: Vec<LayerParams>,
+    pub norm: Param,    // model.norm (dim,)
+    pub lm_head: Param, // lm_head (vocab, dim)
+}
+
+/// AdamW's settings and GPU scratch, and the steps taken.
+pub struct Optimizer {
+    pub cfg: AdamW,
+    pub scratch: StepScratch,
+    pub steps: u32,
+}
+
+/// What one layer's backward reads, saved by the forward. Shapes for T tokens.
+struct LayerActs {
+    x_in: Tensor,  // (T, dim) the residual stream entering the layer
+    xn: Tensor,    // (T, dim) attn_norm(x_in)
+    q: Tensor,     // (T, n_heads, head_dim) after RoPE
+    k: Tensor,     // (T, n_kv_heads, head_dim) after RoPE
+    v: Tensor,     // (T, n_kv_heads, head_dim)
+    attn: Tensor,  // (T, n_heads * head_dim) attention output, before o_proj
+    x_mid: Tensor, // (T, dim) x_in + attn · Woᵀ
+    xn2: Tensor,   // (T, dim) ffn_norm(x_mid)
+    gate: Tensor,  // (T, ffn) gate projection
+    up: Tensor,    // (T, ffn) up projection
+    h: Tensor,     // (T, ffn) silu(gate) * up
+    lora_u: Vec<Tensor>, // per projection (T, rank): scale · x · Aᵀ; empty without an adapter
+}
+
+impl Llama {
+    /// The model's parameters from Hugging Face safetensors, as f32 on the GPU.
+    pub fn load(ctx: &Context, cfg: ModelConfig, src: &dyn TensorSource) -> Result<Self> {
+        if cfg.tied_embeddings || cfg.block.attention.qkv_bias || cfg.block.attention.o_bias {
+            return Err(Error::Unsupported("training: tied embeddings and projection biases are not supported yet".into()));
+        }
+        let rope = plain_rope(&cfg)?;
+        let (d, hd, f) = (cfg.dim, cfg.head_dim, cfg.ffn_dim);
+        let param = |name: &str, shape: &[usize]| -> Result<Param> { Param::new(ctx, name, shape, &src.expect(name, shape)?.to_f32()?) };
+        let mut layers = Vec::new();
+        for l in 0..cfg.n_layers {
+            let n = |s: &str| format!("model.layers.{l}.{s}.weight");
+            layers.push(LayerParams {
+                attn_norm: param(&n("input_layernorm"), &[d])?,
+                wq: param(&n("self_attn.q_proj"), &[cfg.n_heads * hd, d])?,
+                wk: param(&n("self_attn.k_proj"), &[cfg.n_kv_heads * hd, d])?,
+                wv: param(&n("self_attn.v_proj"), &[cfg.n_kv_heads * hd, d])?,
+                wo: param(&n("self_attn.o_proj"), &[d, cfg.n_heads * hd])?,
+                ffn_norm: param(&n("post_attention_layernorm"), &[d])?,
+                w_gate: param(&n("mlp.gate_proj"), &[f, d])?,
+                w_up: param(&n("mlp.up_proj"), &[f, d])?,
+                w_down: param(&n("mlp.down_proj"), &[d, f])?,
+            });
+        }
+        Ok(Self {
+            rope,
+            embed: param("model.embed_tokens.weight", &[cfg.vocab, d])?,
+            norm: param("model.norm.weight", &[d])?,
+            lm_head: param("lm_head.weight", &[cfg.vocab, d])?,
+            layers,
+            cfg,
+            adapter: None,
+        })
+    }
+
+    /// Attaches a PEFT LoRA adapter (`base_model.model.model.layers.N.<proj>.lora_A.weight`
+    /// [rank, in] and `lora_B.weight` [out, rank], every projection) and freezes the base.
+    pub fn attach_lora(&mut self, ctx: &Context, src: &dyn TensorSource, rank: usize, alpha: f32) -> Result<()> {
+        if rank == 0 {
+            return Err(Error::arg("lora rank", "must be at least 1"));
+        }
+        let mut layers = Vec::new();
+        for (l, p) in self.layers.iter().enumerate() {
+            let mut loras = Vec::new();
+            for (i, proj) in PROJECTIONS.iter().enumerate() {
+                let (out, inp) = (p.proj(i).value.shape[0], p.proj(i).value.shape[1]);
+                let name = |ab: &str| format!("base_model.model.model.layers.{l}.{proj}.lora_{ab}.weight");
+                let load = |ab: &str, shape: &[usize]| -> Result<Param> {
+                    let mut prm = Param::new(ctx, &name(ab), shape, &src.expect(&name(ab), shape)?.to_f32()?)?;
+                    prm.decay = true;
+                    Ok(prm)
+                };
+                loras.push(Lora { a: load("A", &[rank, inp])?, b: load("B", &[out, rank])? });
+            }
+            layers.push(loras);
+        }
+        self.adapter = Some(Adapter { rank, scale: alpha / rank as f32, layers });
+        Ok(())
+    }
+
+    /// The trained parameters with their Hugging Face (or PEFT) names: the adapter's when one
+    /// is attached, else every parameter of the model.
+    pub fn named_params(&self) -> Vec<(String, &Param)> {
+        if let Some(ad) = &self.adapter {
+            let mut out = Vec::new();
+            for (l, loras) in ad.layers.iter().enumerate() {
+                for (proj, lora) in PROJECTIONS.iter().zip(loras) {
+                    let name = |ab: &str| format!("base_model.model.model.layers.{l}.{proj}.lora_{ab}.weight");
+                    out.push((name("A"), &lora.a));
+                    out.push((name("B"), &lora.b));
+                }
+            }
+            return out;
+        }
+        let mut out = vec![("model.embed_tokens.weight".to_string(), &self.embed)];
+        for (l, p) in self.layers.iter().enumerate() {
+            let n = |s: &str| format!("model.layers.{l}.{s}.weight");
+            out.extend([
+                (n("input_layernorm"), &p.attn_norm),
+                (n("self_attn.q_proj"), &p.wq),
+                (n("self_attn.k_proj"), &p.wk),
+                (n("self_attn.v_proj"), &p.wv),
+                (n("self_attn.o_proj"), &p.wo),
+                (n("post_attention_layernorm"), &p.ffn_norm),
+                (n("mlp.gate_proj"), &p.w_gate),
+                (n("mlp.up_proj"), &p.w_up),
+                (n("mlp.down_proj"), &p.w_down),
+            ]);
+        }
+        out.push(("model.norm.weight".to_string(), &self.norm));
+        out.push(("lm_head.weight".to_string(), &self.lm_head));
+        out
+    }
+
+    /// Zeroes the gradients, then adds those of the mean next-token cross-entropy over all
+    /// `sequences` (each predicts tokens 1.. from the ones before), one sequence per submit.
+    /// Returns the mean loss, the only value read back.
+    pub async fn gradients(&self, ctx: &Context, sequences: &[Vec<u32>]) -> Result<f32> {
+        let total = self.record_gradients(ctx, sequences)?;
+        Ok(ctx.read_f32_async(&total.buf, 0, 1).await?[0])
+    }
+
+    /// The optimizer state for this model's parameters.
+    pub fn optimizer(&self, ctx: &Context, cfg: AdamW) -> Result<Optimizer> {
+        let params: Vec<&Param> = self.named_params().into_iter().map(|(_, p)| p).collect();
+        Ok(Optimizer { cfg, scratch: StepScratch::new(ctx, &params)?, steps: 0 })
+    }
+
+    /// One training step on `sequences` (their gradients accumulated, then clipping and
+    /// AdamW at learning rate `lr`). Returns the loss before the step.
+    pub async fn train_step(&self, ctx: &Context, opt: &mut Optimizer, sequences: &[Vec<u32>], lr: f32) -> Result<f32> {
+        let total = self.record_gradients(ctx, sequences)?;
+        let params: Vec<&Param> = self.named_params().into_iter().map(|(_, p)| p).collect();
+        opt.steps += 1;
+        let mut rec = Recorder::new(ctx, "optimizer step");
+        // The loss is the mean over all tokens already, so the gradients need no further
+        // division by the number of sequences.
+        optim::step(&mut rec, &params, &opt.scratch, &opt.cfg, lr, opt.steps, 1)?;
+        rec.submit()?;
+        Ok(ctx.read_f32_async(&total.buf, 0, 1).await?[0])
+    }
+
+    /// Records the gradients of `sequences`; returns the (1,) tensor the mean loss lands in.
+    fn record_gradients(&self, ctx: &Context, sequences: &[Vec<u32>]) -> Result<Tensor> {
+        let n_targets: usize = sequences.iter().map(|s| s.len().saturating_sub(1)).sum();
+        if sequences.iter().any(|s| s.len() < 2) || sequences.is_empty() {
+            return Err(Error::arg("sequences", "every sequence needs at least 2 tokens"));
+        }
+        if let Some(s) = sequences.iter().find(|s| s.len() - 1 > self.cfg.max_ctx) {
+            return Err(Error::Context(format!("a sequence of {} tokens exceeds the context of {}", s.len(), self.cfg.max_ctx)));
+        }
+        for (i, s) in sequences.iter().enumerate() {
+            if let Some(t) = s.iter().position(|&id| id as usize >= self.cfg.vocab) {
+                return Err(Error::arg("sequences", format!("token {} at position {t} of sequence {i} is outside the vocabulary of {}", s[t], self.cfg.vocab)));
+            }
+        }
+        let losses = Tensor::zeros(ctx, "losses", &[n_targets])?;
+        let total = Tensor::zeros(ctx, "loss", &[1])?;
+        let mut rec = Recorder::new(ctx, "zero grads");
+        for (_, p) in self.named_params() {
+            fill(&mut rec, &p.grad, 0.0)?;
+        }
+        rec.submit()?;
+        let scale = 1.0 / n_targets as f32;
+        let mut row0 = 0;
+        for seq in sequences {
+            let mut rec = Recorder::new(ctx, "train step");
+            let t = seq.len() - 1;
+            let targets = loss::masked_targets(&seq[1..], None, self.cfg.vocab)?;
+            let mut all_targets = vec![loss::IGNORE; n_targets];
+            all_targets[row0..row0 + t].copy_from_slice(&targets);
+            let targets = Tensor { buf: ctx.upload("targets", &all_targets)?, shape: vec![n_targets] };
+            let (acts, x, xf, logits) = self.forward(&mut rec, &seq[..t])?;
+            loss::cross_entropy(&mut rec, &logits, &targets, &losses, row0, t, self.cfg.vocab, scale)?;
+            self.backward(&mut rec, &seq[..t], &acts, &x, &xf, &logits)?;
+            rec.submit()?;
+            row0 += t;
+        }
+        let mut rec = Recorder::new(ctx, "loss");
+        loss::loss_total(&mut rec, &losses, &total, n_targets, scale)?;
+        rec.submit()?;
+        Ok(total)
+    }
+
+    /// Forward of one sequence: (per-layer activations, final residual, final norm, logits).
+    fn forward(&self, rec: &mut Recorder, ids: &[u32]) -> Result<(Vec<LayerActs>, Tensor, Tensor, Tensor)> {
+        let c = &self.cfg;
+        let (ctx, t, d, hd) = (rec.ctx, ids.len(), c.dim, c.head_dim);
+        let z = |name: &str, shape: &[usize]| Tensor::zeros(ctx, name, shape);
+        let ids_t = Tensor { buf: ctx.upload("ids", ids)?, shape: vec![t] };
+        let x = z("x", &[t, d])?;
+        embed::embed(rec, &as_weight(ctx, &self.embed)?, &ids_t, 0, t, &x)?;
+        let s = AttnShape { n_tokens: t, n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: hd, ctx_len: t, pos0: 0, slot: 0 };
+        let k_cache = z("k cache", &[c.n_kv_heads * t * hd])?;
+        let v_cache = z("v cache", &[c.n_kv_heads * t * hd])?;
+        let partials = z("attention partials", &[attention::partials_len(c.n_heads, hd)])?;
+        let mut all = Vec::new();
+        for (l, p) in self.layers.iter().enumerate() {
+            let a = LayerActs {
+                x_in: z("x_in", &[t, d])?,
+                xn: z("xn", &[t, d])?,
+                q: z("q", &[t, c.n_heads * hd])?,
+                k: z("k", &[t, c.n_kv_heads * hd])?,
+                v: z("v", &[t, c.n_kv_heads * hd])?,
+                attn: z("attn", &[t, c.n_heads * hd])?,
+                x_mid: z("x_mid", &[t, d])?,
+                xn2: z("xn2", &[t, d])?,
+                gate: z("gate", &[t, c.ffn_dim])?,
+                up: z("up", &[t, c.ffn_dim])?,
+                h: z("h", &[t, c.ffn_dim])?,
+                lora_u: match &self.adapter {
+                    Some(ad) => (0..PROJECTIONS.len()).map(|_| z("lora u", &[t, ad.rank])).collect::<Result<_>>()?,
+                    None => Vec::new(),
+                },
+            };
+            let bytes = |x: &Tensor| (x.numel() * 4) as u64;
+            let lin = |rec: &mut Recorder, i: usize, x: &Tensor, y: &Tensor, store| self.project(rec, l, i, x, y, a.lora_u.get(i), store);
+            rec.copy(&x.buf, 0, &a.x_in.buf, 0, bytes(&x));
+            norm::rms_norm(rec, &x, &p.attn_norm.value, &a.xn, t, c.norm_eps, Some(l))?;
+            lin(rec, 0, &a.xn, &a.q, Store::Write)?;
+            lin(rec, 1, &a.xn, &a.k, Store::Write)?;
+            lin(rec, 2, &a.xn, &a.v, Store::Write)?;
+            rope::rope(rec, &a.q, t, c.n_heads, hd, 0, self.rope.0, self.rope.1, l)?;
+            rope::rope(rec, &a.k, t, c.n_kv_heads, hd, 0, self.rope.0, self.rope.1, l)?;
+            attention::kv_write(rec, &a.k, &a.v, &k_cache, &v_cache, s, l)?;
+            attention::attention(rec, &a.q, &k_cache, &v_cache, &a.attn, &partials, s, l)?;
+            lin(rec, 3, &a.attn, &x, Store::Accumulate)?;
+            rec.copy(&x.buf, 0, &a.x_mid.buf, 0, bytes(&x));
+            norm::rms_norm(rec, &x, &p.ffn_norm.value, &a.xn2, t, c.norm_eps, Some(l))?;
+            lin(rec, 4, &a.xn2, &a.gate, Store::Write)?;
+            lin(rec, 5, &a.xn2, &a.up, Store::Write)?;
+            rec.copy(&a.gate.buf, 0, &a.h.buf, 0, bytes(&a.gate));
+            activation::swiglu(rec, &a.up, &a.h, t * c.ffn_dim, l)?;
+            lin(rec, 6, &a.h, &x, Store::Accumulate)?;
+            all.push(a);
+        }
+        let xf = z("xf", &[t, d])?;
+        norm::rms_norm(rec, &x, &self.norm.value, &xf, t, c.norm_eps, None)?;
+        let logits = z("logits", &[t, c.vocab])?;
+        matmul::linear(rec, "lm_head", None, &xf, &as_weight(ctx, &self.lm_head)?, None, &logits, t, Store::Write)?;
+        Ok((all, x, xf, logits))
+    }
+
+    /// Backward of one sequence from dlogits (written over the logits by the loss), adding
+    /// into every parameter's gradient.
+    fn backward(&self, rec: &mut Recorder, ids: &[u32], acts: &[LayerActs], x: &Tensor, xf: &Tensor, dlogits: &Tensor) -> Result<()> {
+        let c = &self.cfg;
+        let (ctx, t, d, hd) = (rec.ctx, ids.len(), c.dim, c.head_dim);
+        let z = |name: &str, shape: &[usize]| Tensor::zeros(ctx, name, shape);
+        let scratch = RmsNormScratch::new(ctx, t, d)?;
+        let dxf = z("dxf", &[t, d])?;
+        linear_backward_dx(rec, dlogits, &self.lm_head.value, &dxf, t, false)?;
+        linear_backward_dw(rec, dlogits, xf, &self.lm_head.grad, t, true)?;
+        let dx = z("dx", &[t, d])?; // zero: the first rms_norm_backward adds into it
+        rms_norm_backward(rec, x, &self.norm.value, &dxf, &dx, &self.norm.grad, &scratch, t, c.norm_eps, true)?;
+        let (dh, dgate, dup) = (z("dh", &[t, c.ffn_dim])?, z("dgate", &[t, c.ffn_dim])?, z("dup", &[t, c.ffn_dim])?);
+        let dxn = z("dxn", &[t, d])?;
+        let (dattn, dq) = (z("dattn", &[t, c.n_heads * hd])?, z("dq", &[t, c.n_heads * hd])?);
+        let (dk, dv) = (z("dk", &[t, c.n_kv_heads * hd])?, z("dv", &[t, c.n_kv_heads * hd])?);
+        let shape = AttnBackShape { n_seq: 1, seq_len: t, n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: hd };
+        let stats = z("attention stats", &[shape.stats_len()])?;
+        let du = match &self.adapter {
+            Some(ad) => Some(z("lora du", &[t, ad.rank])?),
+            None => None,
+        };
+        for (l, (p, a)) in self.layers.iter().zip(acts).enumerate().rev() {
+            let proj = |rec: &mut Recorder, i: usize, dy: &Tensor, x: &Tensor, dx: &Tensor, add: bool| self.project_backward(rec, l, i, a, dy, x, dx, add, du.as_ref());
+            // MLP: x_out = x_mid + (silu(gate) * up) · W_downᵀ.
+            proj(rec, 6, &dx, &a.h, &dh, false)?;
+            swiglu_backward(rec, &a.gate, &a.up, &dh, &dgate, &dup, t * c.ffn_dim)?;
+            proj(rec, 4, &dgate, &a.xn2, &dxn, false)?;
+            proj(rec, 5, &dup, &a.xn2, &dxn, true)?;
+            rms_norm_backward(rec, &a.x_mid, &p.ffn_norm.value, &dxn, &dx, &p.ffn_norm.grad, &scratch, t, c.norm_eps, true)?;
+            // Attention: x_mid = x_in + attention(rope(q), rope(k), v) · W_oᵀ.
+            proj(rec, 3, &dx, &a.attn, &dattn, false)?;
+            attention_backward(rec, &a.q, &a.k, &a.v, &dattn, &dq, &dk, &dv, &stats, shape)?;
+            rope_backward(rec, &dq, t, c.n_heads, hd, 0, self.rope.0, self.rope.1)?;
+            rope_backward(rec, &dk, t, c.n_kv_heads, hd, 0, self.rope.0, self.rope.1)?;
+            proj(rec, 0, &dq, &a.xn, &dxn, false)?;
+            proj(rec, 1, &dk, &a.xn, &dxn, true)?;
+            proj(rec, 2, &dv, &a.xn, &dxn, true)?;
+            rms_norm_backward(rec, &a.x_in, &p.attn_norm.value, &dxn, &dx, &p.attn_norm.grad, &scratch, t, c.norm_eps, true)?;
+        }
+        if self.adapter.is_some() {
+            return Ok(()); // the base is frozen: no gradient for the embedding
+        }
+        embed_backward(rec, ids, &dx, &self.embed.grad, c.vocab, d)
+    }
+
+    /// y (+)= x · Wᵀ for projection `i` of layer `l`, plus the adapter's scale · (x · Aᵀ) · Bᵀ,
+    /// keeping u = scale · x · Aᵀ for the backward.
+    #[allow(clippy::too_many_arguments)]
+    fn project(&self, rec: &mut Recorder, l: usize, i: usize, x: &Tensor, y: &Tensor, u: Option<&Tensor>, store: Store) -> Result<()> {
+        let (ctx, t) = (rec.ctx, x.shape[0]);
+        let op = PROJECTIONS[i];
+        matmul::linear(rec, op, Some(l), x, &as_weight(ctx, self.layers[l].proj(i))?, None, y, t, store)?;
+        if let (Some(ad), Some(u)) = (&self.adapter, u) {
+            let lora = &ad.layers[l][i];
+            matmul::linear(rec, "lora_a", Some(l), x, &as_weight(ctx, &lora.a)?, None, u, t, Store::Write)?;
+            optim::scale(rec, u, ad.scale)?;
+            matmul::linear(rec, "lora_b", Some(l), u, &as_weight(ctx, &lora.b)?, None, y, t, Store::Accumulate)?;
+        }
+        Ok(())
+    }
+
+    /// Backward of `project` from dy: dx (+)= dy · W (+ the adapter's path); the gradient of W
+    /// when the base trains, of A and B when an adapter does.
+    #[allow(clippy::too_many_arguments)]
+    fn project_backward(&self, rec: &mut Recorder, l: usize, i: usize, a: &LayerActs, dy: &Tensor, x: &Tensor, dx: &Tensor, accumulate: bool, du: Option<&Tensor>) -> Result<()> {
+        let t = dy.shape[0];
+        let w = self.layers[l].proj(i);
+        linear_backward_dx(rec, dy, &w.value, dx, t, accumulate)?;
+        let (Some(ad), Some(du)) = (&self.adapter, du) else {
+            return linear_backward_dw(rec, dy, x, &w.grad, t, true);
+        };
+        // y += u · Bᵀ with u = s · x · Aᵀ: dB += dyᵀ · u, du = s · dy · B, dA += duᵀ · x, dx += du · A.
+        let lora = &ad.layers[l][i];
+        linear_backward_dw(rec, dy, &a.lora_u[i], &lora.b.grad, t, true)?;
+        linear_backward_dx(rec, dy, &lora.b.value, du, t, false)?;
+        optim::scale(rec, du, ad.scale)?;
+        linear_backward_dw(rec, du, x, &lora.a.grad, t, true)?;
+        linear_backward_dx(rec, du, &lora.a.value, dx, t, true)
+    }
+}
+
+/// A trainable f32 matrix seen as a `Weight`, so the forward's linear kernels read it in place
+/// (f32 weights are stored row-major as is).
+/// The one RoPE every layer of a plain Llama block has (the training path has no backward yet for
+/// scaled or partial rotaries, Q/K norms, windows, soft-caps, post-norms or local layers).
+fn plain_rope(cfg: &ModelConfig) -> Result<(f32, RopeStyle)> {
+    let a = &cfg.block.attention;
+    let plain = a.rope.filter(|r| r.scaling == RopeScaling::None && r.n_rot == cfg.head_dim);
+    match plain {
+        Some(r) if !a.qk_norm && a.window.is_none() && a.softcap.is_none() && !cfg.block.post_norms && cfg.local.is_none() && cfg.embed_scale == 1.0 => Ok((r.theta, r.style)),
+        _ => Err(Error::Unsupported(format!("training: only the plain Llama block (RoPE over whole heads, no scaling, Q/K norm, window or soft-cap) so far, not {}", cfg.arch.name()))),
+    }
+}
+
+fn as_weight(ctx: &Context, p: &Param) -> Result<Weight> {
+    let [rows, cols] = p.value.shape[..] else {
+        return Err(Error::Shape { op: "train", msg: format!("a parameter of shape {:?} is not a matrix", p.value.shape) });
+    };
+    if p.value.buf.size() > ctx.binding_limit() {
+        return Err(Error::Unsupported(format!("training a {rows}x{cols} matrix larger than one binding")));
+    }
+    let chunk = WeightChunk { row0: 0, rows, quants: p.value.buf.clone(), scales: None };
+    Ok(Weight { name: "trained".into(), dtype: DType::F32, rows, cols, chunks: vec![chunk] })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::context::gpu_test;
+    use crate::ops::optim::lr_at;
+    use crate::weights::safetensors::SafetensorsSource;
+
+    const CONFIG: &[u8] = include_bytes!("../../tests/fixtures/llama-tiny/config.json");
+    const MODEL: &[u8] = include_bytes!("../../tests/fixtures/llama-tiny/model.safetensors");
+    const GRADS: &[u8] = include_bytes!("../../tests/fixtures/train/full_grads.safetensors");
+    const BATCH: &[u8] = include_bytes!("../../tests/fixtures/train/batch.json");
+
+    fn llama_tiny(ctx: &Context) -> Llama {
+        let cfg = crate::models::registry::from_hf_json(CONFIG, "config.json").unwrap().1;
+        let src = SafetensorsSource::parse(&[("model.safetensors".into(), MODEL)]).unwrap();
+        Llama::load(ctx, cfg, &src).unwrap()
+    }
+
+    /// batch.json's two sequences of 33 tokens.
+    fn batch() -> Vec<Vec<u32>> {
+        let batch: serde_json::Value = serde_json::from_slice(BATCH).unwrap();
+        batch["input_ids"].as_array().unwrap().iter().map(|s| s.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()).collect()
+    }
+
+    fn error_text(r: Result<Tensor>) -> String {
+        r.err().map(|e| e.to_string()).unwrap_or_default()
+    }
+
+    /// The fixture's loss, from the safetensors header's metadata.
+    fn fixture_loss(bytes: &[u8]) -> f64 {
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        header["__metadata__"]["loss"].as_str().unwrap().parse().unwrap()
+    }
+
+    /// Compares every trained gradient with PyTorch's (`want`, same names); returns the worst
+    /// relative error. The norm: ||got - want||₂ / ||want||₂ over each whole tensor.
+    async fn compare_gradients(ctx: &Context, llama: &Llama, want: &[u8], file: &str) -> (f64, String) {
+        let want = SafetensorsSource::parse(&[(file.into(), want)]).unwrap();
+        let mut worst = (0.0f64, String::new());
+        for (name, p) in llama.named_params() {
+            let w = want.expect(&name, &p.grad.shape).unwrap().to_f32().unwrap();
+            let got = ctx.read_f32_async(&p.grad.buf, 0, w.len()).await.unwrap();
+            let diff: f64 = got.iter().zip(&w).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum::<f64>().sqrt();
+            let norm: f64 = w.iter().map(|b| (*b as f64).powi(2)).sum::<f64>().sqrt();
+            assert!(norm > 0.0, "{name}: PyTorch's gradient is zero");
+            assert!(diff <= 1e-4 * norm, "{name}: relative L2 error {:.3e} (|want| {norm:.3e})", diff / norm);
+            if diff / norm > worst.0 {
+                worst = (diff / norm, name);
+            }
+        }
+        worst
+    }
+
+    gpu_test!(fn llama_tiny_gradients_match_pytorch(ctx) {
+        let llama = llama_tiny(ctx);
+        let loss = llama.gradients(ctx, &batch()).await.unwrap();
+        let want_loss = fixture_loss(GRADS);
+        assert!((loss as f64 - want_loss).abs() <= 1e-5 * want_loss, "loss {loss}, PyTorch {want_loss}");
+        assert_eq!(llama.named_params().len(), 2 + 9 * llama.cfg.n_layers + 1);
+        let worst = compare_gradients(ctx, &llama, GRADS, "full_grads.safetensors").await;
+        // Bad batches are refused with the reason, before anything is recorded.
+        let err = |seqs: &[Vec<u32>]| error_text(llama.record_gradients(ctx, seqs));
+        assert!(err(&[vec![3]]).contains("at least 2 tokens"));
+        assert!(err(&[vec![3, 4], vec![5, 1000]]).contains("position 1 of sequence 1"));
+        assert!(err(&[vec![1; 300]]).contains("exceeds the context"));
+        eprintln!("loss {loss} (PyTorch {want_loss}); worst relative L2 gradient error {:.2e} in {}", worst.0, worst.1);
+    });
+
+    const LORA: &[u8] = include_bytes!("../../tests/fixtures/train/lora/adapter_model.safetensors");
+    const LORA_CONFIG: &[u8] = include_bytes!("../../tests/fixtures/train/lora/adapter_config.json");
+    const LORA_GRADS: &[u8] = include_bytes!("../../tests/fixtures/train/lora_grads.safetensors");
+    const LORA_STEPS: &[u8] = include_bytes!("../../tests/fixtures/train/lora_steps.json");
+
+    fn llama_tiny_with_lora(ctx: &Context) -> Llama {
+        let mut llama = llama_tiny(ctx);
+        let cfg: serde_json::Value = serde_json::from_slice(LORA_CONFIG).unwrap();
+        let src = SafetensorsSource::parse(&[("adapter_model.safetensors".into(), LORA)]).unwrap();
+        llama.attach_lora(ctx, &src, cfg["r"].as_u64().unwrap() as usize, cfg["lora_alpha"].as_f64().unwrap() as f32).unwrap();
+        llama
+    }
+
+    gpu_test!(fn lora_gradients_match_peft(ctx) {
+        let llama = llama_tiny_with_lora(ctx);
+        let loss = llama.gradients(ctx, &batch()).await.unwrap();
+        let want_loss = fixture_loss(LORA_GRADS);
+        assert!((loss as f64 - want_loss).abs() <= 1e-5 * want_loss, "loss {loss}, PEFT {want_loss}");
+        assert_eq!(llama.named_params().len(), 2 * 7 * llama.cfg.n_layers);
+        let worst = compare_gradients(ctx, &llama, LORA_GRADS, "lora_grads.safetensors").await;
+        eprintln!("LoRA loss {loss} (PEFT {want_loss}); worst relative L2 gradient error {:.2e} in {}", worst.0, worst.1);
+    });
+
+    gpu_test!(fn lora_adamw_steps_follow_pytorch(ctx) {
+        // torch.optim.AdamW, lr 1e-2, no weight decay, no clipping, no schedule: the loss before
+        // each of 10 steps within 1e-4 of PyTorch's.
+        let steps: serde_json::Value = serde_json::from_slice(LORA_STEPS).unwrap();
+        let want: Vec<f64> = steps["loss_before_each_step"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let llama = llama_tiny_with_lora(ctx);
+        let mut opt = llama.optimizer(ctx, AdamW { weight_decay: 0.0, max_norm: 0.0, ..Default::default() }).unwrap();
+        let batch = batch();
+        let mut got = Vec::new();
+        for _ in 0..want.len() {
+            got.push(llama.train_step(ctx, &mut opt, &batch, 1e-2).await.unwrap() as f64);
+        }
+        eprintln!("LoRA losses {got:?}");
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!((g - w).abs() <= 1e-4, "step {i}: loss {g}, PyTorch {w}");
+        }
+    });
+
+    gpu_test!(fn llama_tiny_overfits_one_batch(ctx) {
+        // Loss falls by 90% within 30 AdamW steps on one batch (issue 14 asks for 50 from scratch;
+        // here from llama-tiny's weights): warmup 5 steps, cosine to a tenth, clipping at 1.
+        let llama = llama_tiny(ctx);
+        let mut opt = llama.optimizer(ctx, AdamW { weight_decay: 0.0, ..Default::default() }).unwrap();
+        let batch = batch();
+        let mut losses = Vec::new();
+        for step in 0..30 {
+            losses.push(llama.train_step(ctx, &mut opt, &batch, lr_at(step, 5, 30, 1e-2, 1e-3)).await.unwrap());
+        }
+        let last = llama.gradients(ctx, &batch).await.unwrap();
+        eprintln!("loss {} -> {last} after 30 steps; every 10th: {:?}", losses[0], losses.iter().step_by(10).collect::<Vec<_>>());
+        assert!(last.is_finite() && last < 0.1 * losses[0], "loss {} -> {last}", losses[0]);
+    });
+}
