@@ -322,6 +322,20 @@ fn item5_model_directory_files_are_read_up_to_a_bound() {
 }
 
 #[test]
+fn fuzz_finding_tokenizer_json_with_a_syntax_error_in_its_decoder_is_an_error_not_a_panic() {
+    // tokenizers 0.22 panics on this (fuzz/regressions/tokenizer_json/ has AFL's inputs).
+    if !has_gpu() {
+        return;
+    }
+    let t = Temp::new("decoder-syntax");
+    let dir = t.copy_of("llama-tiny");
+    let json = std::fs::read_to_string(t.path("tokenizer.json")).unwrap();
+    assert!(json.contains("\"decoder\": {"), "the fixture's decoder moved");
+    std::fs::write(t.path("tokenizer.json"), json.replacen("\"decoder\": {", "\"decoder\": {,", 1)).unwrap();
+    Limited::quill(&["write", "--model", &dir, "hello"]).run().clean_error("decoder syntax", &["tokenizer.json", "not valid JSON"]);
+}
+
+#[test]
 fn item5_special_token_id_out_of_range_is_an_error() {
     if !has_gpu() {
         return;

@@ -15,6 +15,9 @@ impl Tokenizer {
     pub fn from_hf(tokenizer_json: &[u8], tokenizer_config: Option<&[u8]>, chat_template_jinja: Option<&str>, folder: &str) -> Result<Self> {
         let json_file = in_folder(folder, "tokenizer.json");
         let config_file = in_folder(folder, "tokenizer_config.json");
+        // tokenizers 0.22 panics (instead of failing) on a JSON syntax error inside "decoder"
+        // (found by fuzz/, kept in fuzz/regressions/tokenizer_json/): check the syntax first.
+        serde_json::from_slice::<serde::de::IgnoredAny>(tokenizer_json).map_err(|e| Error::format(&json_file, format!("not valid JSON: {e}")))?;
         let inner = tokenizers::Tokenizer::from_bytes(tokenizer_json).map_err(|e| Error::format(&json_file, e.to_string()))?;
 
         let config: Json = match tokenizer_config {
