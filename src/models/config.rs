@@ -222,7 +222,8 @@ impl ModelConfig {
             }
             let positive = |v: Option<f32>| v.is_none_or(|v| v.is_finite() && v > 0.0);
             if a.window == Some(0) || !positive(a.scale) || !positive(a.softcap) {
-                return bad(format!("attention window {:?}, scale {:?} and soft-cap {:?} must be positive", a.window, a.scale, a.softcap));
+                let shown = |v: Option<String>| v.unwrap_or_else(|| "none".into());
+                return bad(format!("attention window {}, scale {} and soft-cap {} must be positive", shown(a.window.map(|w| w.to_string())), shown(a.scale.map(|x| x.to_string())), shown(a.softcap.map(|x| x.to_string()))));
             }
         }
         if let Some(l) = &self.local {

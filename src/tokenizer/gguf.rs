@@ -57,7 +57,7 @@ impl Tokenizer {
                 None => Ok(None),
                 Some(v) => match v.as_u64() {
                     Some(id) if (id as usize) < tokens.len() => Ok(Some(id as u32)),
-                    _ => Err(Error::format(file, format!("metadata '{key}' = {v:?} is not a token id below {}", tokens.len()))),
+                    _ => Err(Error::format(file, format!("metadata '{key}' = {} is not a token id below {}", crate::weights::gguf::value_text(v), tokens.len()))),
                 },
             }
         };
@@ -126,7 +126,7 @@ fn token_types(g: &Gguf, n_tokens: usize) -> Result<Vec<u64>> {
     if arr.len() != n_tokens {
         return Err(bad(format!("{} entries for {n_tokens} tokens", arr.len())));
     }
-    arr.iter().map(|t| t.as_u64().ok_or_else(|| bad(format!("{t:?} is not an integer")))).collect()
+    arr.iter().map(|t| t.as_u64().ok_or_else(|| bad(format!("{} is not an integer", crate::weights::gguf::value_text(t))))).collect()
 }
 
 /// The `tokenizer.json` of a byte-level BPE (what transformers would save for this model).
@@ -154,10 +154,18 @@ fn byte_level_bpe_json(file: &str, tokens: &[&str], types: &[u64], merges: &[&st
         .enumerate()
         .map(|(i, m)| {
             let first = m.chars().next().map_or(0, char::len_utf8);
-            match m[first..].find(' ').map(|at| first + at) {
-                Some(at) => Ok(json!([&m[..at], &m[at + 1..]])),
-                None => Err(Error::format(file, format!("tokenizer.ggml.merges[{i}] = {m:?} is not two tokens separated by a space"))),
+            let Some(at) = m[first..].find(' ').map(|at| first + at) else {
+                return Err(Error::format(file, format!("tokenizer.ggml.merges[{i}] = {m:?} is not two tokens separated by a space")));
+            };
+            // Checked here, so that a bad merge is named by its index and not by the line and
+            // column of the JSON this function builds for the tokenizers crate.
+            let (a, b) = (&m[..at], &m[at + 1..]);
+            for part in [a.to_string(), b.to_string(), format!("{a}{b}")] {
+                if !vocab.contains_key(&part) {
+                    return Err(Error::format(file, format!("tokenizer.ggml.merges[{i}] = {m:?} needs the token {part:?}, which tokenizer.ggml.tokens does not have")));
+                }
             }
+            Ok(json!([a, b]))
         })
         .collect::<Result<Vec<_>>>()?;
 

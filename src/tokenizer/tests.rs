@@ -160,8 +160,18 @@ fn unknown_and_missing_tokenizers_are_errors() {
         ];
         let bytes = build(3, &kv, &[]);
         let e = Tokenizer::from_gguf(&Gguf::parse("m.gguf", &bytes).unwrap()).unwrap_err().to_string();
-        assert!(e.contains("m.gguf"), "{e}");
+        assert!(e.contains("m.gguf") && e.contains("tokenizer.ggml.merges[0]"), "{e}");
+        // Named by its index, not by where it sits in a JSON text made along the way (issue 15, 7).
+        assert!(!e.contains("line ") && !e.contains("column"), "{e}");
     }
+    // A merge whose result is missing.
+    let kv = [
+        ("tokenizer.ggml.model", 8, gguf_string("gpt2")),
+        ("tokenizer.ggml.tokens", 9, string_array(&["a", "b"])),
+        ("tokenizer.ggml.merges", 9, string_array(&["a b"])),
+    ];
+    let e = Tokenizer::from_gguf(&Gguf::parse("m.gguf", &build(3, &kv, &[])).unwrap()).unwrap_err().to_string();
+    assert!(e.contains("tokenizer.ggml.merges[0]") && e.contains("\"ab\"") && !e.contains("column"), "{e}");
 }
 
 #[test]

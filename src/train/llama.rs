@@ -458,13 +458,17 @@ mod tests {
     async fn compare_gradients(ctx: &Context, llama: &Llama, want: &[u8], file: &str) -> (f64, String) {
         let want = SafetensorsSource::parse(&[(file.into(), want)]).unwrap();
         let mut worst = (0.0f64, String::new());
+        // 1e-4 relative (natively the worst is below 1e-6). A browser's WebGPU may use all of the
+        // 2^-11 error WGSL allows a sin or cos, which RoPE's rotation passes on to Q, K and every
+        // gradient that flows through them (SwiftShader: 1.8e-4 relative); that much more is allowed there.
+        let tol = 1e-4 + crate::ops::sin_cos_tolerance(ctx) as f64;
         for (name, p) in llama.named_params() {
             let w = want.expect(&name, &p.grad.shape).unwrap().to_f32().unwrap();
             let got = ctx.read_f32_async(&p.grad.buf, 0, w.len()).await.unwrap();
             let diff: f64 = got.iter().zip(&w).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum::<f64>().sqrt();
             let norm: f64 = w.iter().map(|b| (*b as f64).powi(2)).sum::<f64>().sqrt();
             assert!(norm > 0.0, "{name}: PyTorch's gradient is zero");
-            assert!(diff <= 1e-4 * norm, "{name}: relative L2 error {:.3e} (|want| {norm:.3e})", diff / norm);
+            assert!(diff <= tol * norm, "{name}: relative L2 error {:.3e} (|want| {norm:.3e}, allowed {tol:.1e})", diff / norm);
             if diff / norm > worst.0 {
                 worst = (diff / norm, name);
             }
