@@ -36,7 +36,7 @@ pub struct SamplingParams {
     /// How many of the latest tokens DRY scans; 0 = the whole sequence (llama.cpp's -1).
     pub dry_penalty_last_n: usize,
     /// Token ids a repeat may not cross (llama.cpp's sequence breakers, as ids: the caller
-    /// maps `\n`, `:`, `"`, `*` through its tokenizer).
+    /// maps `\n`, `:`, `"`, `*` through its tokenizer: `dry_breaker_ids`), sorted.
     pub dry_breakers: Vec<u32>,
     /// XTC ("exclude top choices"), after min-p: with probability `xtc_probability` (per
     /// draw), when two or more kept tokens have p >= `xtc_threshold`, all of them but the
@@ -188,7 +188,7 @@ pub fn dry_penalties(ids: &[u32], s: &SamplingParams) -> Vec<(u32, f32)> {
     let h = &ids[ids.len() - window..];
     let last = h.len() - 1;
     // A repeat never reaches back over a breaker: the latest one limits its length.
-    let limit = h.iter().rev().position(|id| s.dry_breakers.contains(id)).unwrap_or(h.len());
+    let limit = h.iter().rev().position(|id| s.dry_breakers.binary_search(id).is_ok()).unwrap_or(h.len());
     if limit < s.dry_allowed_length.max(1) {
         return Vec::new();
     }
@@ -205,6 +205,21 @@ pub fn dry_penalties(ids: &[u32], s: &SamplingParams) -> Vec<(u32, f32)> {
     }
     let max_exponent = if s.dry_base > 1.000001 { (88.722_84 / s.dry_base.ln()) as usize } else { usize::MAX };
     longest.into_iter().map(|(id, len)| (id, s.dry_multiplier * s.dry_base.powi((len - s.dry_allowed_length).min(max_exponent) as i32))).collect()
+}
+
+/// llama.cpp's default DRY sequence breakers.
+pub const DRY_BREAKERS: [&str; 4] = ["\n", ":", "\"", "*"];
+
+/// The ids (ascending) whose text holds one of [`DRY_BREAKERS`]: a repeat never runs across them.
+pub fn dry_breaker_ids(tok: &crate::tokenizer::Tokenizer) -> Result<Vec<u32>> {
+    let mut ids = Vec::new();
+    for id in 0..tok.vocab_size() as u32 {
+        let text = tok.decode(&[id])?;
+        if DRY_BREAKERS.iter().any(|b| text.contains(b)) {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
 }
 
 /// Subtracts each (id, amount) from the logits (ids outside the vocabulary are skipped).

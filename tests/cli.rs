@@ -93,6 +93,28 @@ fn same_seed_same_text() {
     assert_ne!(a, run("43"), "another seed gave the same 24 tokens");
 }
 
+#[test]
+fn dry_and_xtc_change_the_text_and_stay_seeded() {
+    if !has_gpu() {
+        return;
+    }
+    let model = tiny();
+    let run = |extra: &[&str]| {
+        let mut a = vec!["write", "--model", &model, "--max-tokens", "32", "--ignore-eos", "--seed", "5"];
+        a.extend_from_slice(extra);
+        a.push("The license grants");
+        let o = quill(&a);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+    };
+    let plain = run(&["--temperature", "0"]);
+    // Greedy text from a tiny model repeats itself; a strong DRY penalty breaks the loop.
+    let dry = run(&["--temperature", "0", "--dry-multiplier", "8", "--dry-allowed-length", "1"]);
+    assert_ne!(plain, dry, "DRY did not change greedy text");
+    let xtc = ["--temperature", "1", "--xtc-probability", "1", "--xtc-threshold", "0.05"];
+    assert_eq!(run(&xtc), run(&xtc), "XTC with one seed gave two texts");
+}
+
 /// llama-tiny in a temporary directory, with `generation_config` as its generation_config.json.
 fn tiny_with_generation_config(name: &str, generation_config: &str) -> std::path::PathBuf {
     tiny_with(&format!("genconfig-{name}"), "generation_config.json", generation_config.as_bytes())
@@ -239,6 +261,9 @@ fn nonsensical_sampling_values() {
         (&["--min-p", "1"], "--min-p"),
         (&["--repeat-penalty", "0"], "--repeat-penalty"),
         (&["--max-tokens", "0"], "--max-tokens"),
+        (&["--dry-multiplier", "-1"], "--dry-multiplier"),
+        (&["--dry-base", "0.5"], "--dry-base"),
+        (&["--xtc-probability", "2"], "--xtc-probability"),
     ];
     for (args, name) in cases {
         let mut a = vec!["write", "--model", "does-not-matter.gguf"];
