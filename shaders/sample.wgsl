@@ -6,6 +6,7 @@
 //   penalty:  for each distinct id in tokens[hist_start .. hist_end): l > 0 ? l / r : l * r
 //   DRY:      l[id] -= amount for each (id, amount) in adjust[] (found on the CPU from the ids)
 //   top-k:    keep ids whose logit >= the k-th largest (ties at the boundary are kept)
+//   top-nσ:   with top-k, keep ids whose logit >= max - n·σ (σ over all ids)
 //   top-p:    keep the smallest top set whose probability mass >= top_p (boundary ties kept)
 //   min-p:    keep ids with p >= min_p * p_max
 //   XTC:      if this draw applies it (xtc_probability > 0, decided by the host with the same
@@ -34,8 +35,8 @@ struct Params {
     _pad0: u32,
     xtc_threshold: f32,
     xtc_probability: f32,   // 0 = XTC does not act on this draw
+    top_n_sigma: f32,       // 0 = off
     _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<storage, read> logits: array<f32>;        // (rows, vocab)
@@ -260,7 +261,23 @@ fn sample(@builtin(local_invocation_index) lid: u32) {
         tau = lo;
     }
 
-    // top-p over what top-k kept: the largest tau_p with mass(key >= tau_p) >= top_p * mass.
+    // top-nσ: mean, then the population standard deviation of the scaled logits.
+    if (p.top_n_sigma > 0.0) {
+        var acc = 0.0;
+        for (var i = lid; i < p.vocab; i += WG) {
+            acc += work[i];
+        }
+        let mean = sum_f(lid, acc) / f32(p.vocab);
+        var sq = 0.0;
+        for (var i = lid; i < p.vocab; i += WG) {
+            let d = work[i] - mean;
+            sq += d * d;
+        }
+        let sigma = sqrt(sum_f(lid, sq) / f32(p.vocab));
+        tau = max(tau, key(m - p.top_n_sigma * sigma));
+    }
+
+    // top-p over what top-k and top-nσ kept: the largest tau_p with mass(key >= tau_p) >= top_p * mass.
     if (p.top_p < 1.0) {
         var z = 0.0;
         for (var i = lid; i < p.vocab; i += WG) {

@@ -168,6 +168,9 @@ struct WriteArgs {
     xtc_probability: f32,
     #[arg(long, default_value_t = 0.1)]
     xtc_threshold: f32,
+    /// Keep tokens whose logit is at least the largest minus n standard deviations; 0 = off.
+    #[arg(long, default_value_t = 0.0)]
+    top_n_sigma: f32,
     /// Random seed; the same seed, prompt and options give the same text [default: from the clock].
     #[arg(long)]
     seed: Option<u64>,
@@ -332,7 +335,7 @@ fn perplexity(args: PerplexityArgs) -> Result<()> {
     }
 }
 
-/// The DRY and XTC flags over `s` (breaker ids come from the tokenizer, later).
+/// The DRY, XTC and top-nσ flags over `s` (breaker ids come from the tokenizer, later).
 fn dry_xtc(args: &WriteArgs, s: SamplingParams) -> SamplingParams {
     SamplingParams {
         dry_multiplier: args.dry_multiplier,
@@ -341,6 +344,7 @@ fn dry_xtc(args: &WriteArgs, s: SamplingParams) -> SamplingParams {
         dry_penalty_last_n: args.dry_penalty_last_n,
         xtc_probability: args.xtc_probability,
         xtc_threshold: args.xtc_threshold,
+        top_n_sigma: args.top_n_sigma,
         ..s
     }
 }

@@ -43,6 +43,9 @@ pub struct SamplingParams {
     /// least likely are removed. Probability 0 = off.
     pub xtc_threshold: f32,
     pub xtc_probability: f32,
+    /// Top-nσ, with top-k: keep tokens whose (scaled) logit is at least max - n · σ, σ the
+    /// population standard deviation of all the logits. 0 = off.
+    pub top_n_sigma: f32,
 }
 
 /// The sampling options a user gave, each None where not given.
@@ -83,6 +86,7 @@ impl SamplingParams {
             dry_breakers: Vec::new(),
             xtc_threshold: 0.1,
             xtc_probability: 0.0,
+            top_n_sigma: 0.0,
         }
     }
 
@@ -154,6 +158,9 @@ impl SamplingParams {
         }
         if !(b.is_finite() && b >= 1.0) {
             return Err(Error::arg("--dry-base", format!("{b} must be a finite number >= 1")));
+        }
+        if !(self.top_n_sigma.is_finite() && self.top_n_sigma >= 0.0) {
+            return Err(Error::arg("--top-n-sigma", format!("{} must be a finite number >= 0 (0 = off)", self.top_n_sigma)));
         }
         if !(0.0..=1.0).contains(&self.xtc_probability) {
             return Err(Error::arg("--xtc-probability", format!("{} must be in [0, 1] (0 = off)", self.xtc_probability)));
@@ -300,6 +307,11 @@ pub fn distribution_xtc(logits: &[f32], history: &[u32], s: &SamplingParams, xtc
     let mut thr = f64::NEG_INFINITY;
     if s.top_k > 0 && s.top_k < n {
         thr = sorted[s.top_k - 1];
+    }
+    if s.top_n_sigma > 0.0 {
+        let mean = v.iter().sum::<f64>() / n as f64;
+        let sd = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64).sqrt();
+        thr = thr.max(m - s.top_n_sigma as f64 * sd);
     }
     if s.top_p < 1.0 {
         let kept: Vec<f64> = sorted.iter().copied().filter(|&x| x >= thr).collect();
@@ -454,6 +466,18 @@ mod tests {
     }
 
     #[test]
+    fn top_n_sigma_by_hand() {
+        // Logits [4, 2, 0, -2, -4]: mean 0, σ = sqrt(8) = 2.83; n = 1 keeps >= 1.17: ids 0, 1.
+        let logits = [4.0f32, 2.0, 0.0, -2.0, -4.0];
+        let s = SamplingParams { temperature: 1.0, top_n_sigma: 1.0, ..SamplingParams::greedy() };
+        let p = distribution(&logits, &[], &s);
+        assert!(p[0] > 0.0 && p[1] > 0.0 && p[2] == 0.0);
+        // n = 1.5 reaches down to -0.24: id 2 too; a temperature scales max and σ alike.
+        let p = distribution(&logits, &[], &SamplingParams { top_n_sigma: 1.5, temperature: 0.3, ..s.clone() });
+        assert!(p[2] > 0.0 && p[3] == 0.0);
+    }
+
+    #[test]
     fn log_softmax_by_hand() {
         let s = SamplingParams { temperature: 0.5, repeat_penalty: 2.0, ..SamplingParams::greedy() };
         let lp = log_softmax(&[1.0, 2.0, -1.0], &[1, 2], &s);
@@ -477,6 +501,7 @@ mod tests {
             (SamplingParams { dry_multiplier: -1.0, ..Default::default() }, "--dry-multiplier"),
             (SamplingParams { dry_base: 0.5, ..Default::default() }, "--dry-base"),
             (SamplingParams { xtc_probability: 1.5, ..Default::default() }, "--xtc-probability"),
+            (SamplingParams { top_n_sigma: -1.0, ..Default::default() }, "--top-n-sigma"),
             (SamplingParams { xtc_threshold: -0.1, ..Default::default() }, "--xtc-threshold"),
         ];
         for (s, name) in bad {

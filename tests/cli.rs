@@ -264,6 +264,7 @@ fn nonsensical_sampling_values() {
         (&["--dry-multiplier", "-1"], "--dry-multiplier"),
         (&["--dry-base", "0.5"], "--dry-base"),
         (&["--xtc-probability", "2"], "--xtc-probability"),
+        (&["--top-n-sigma", "-1"], "--top-n-sigma"),
     ];
     for (args, name) in cases {
         let mut a = vec!["write", "--model", "does-not-matter.gguf"];

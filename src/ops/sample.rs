@@ -30,7 +30,8 @@ struct Params {
     _pad: u32,
     xtc_threshold: f32,
     xtc_probability: f32,
-    _pad2: [u32; 2],
+    top_n_sigma: f32,
+    _pad2: u32,
 }
 
 /// Most (id, amount) adjustments the sampler takes at one step: the ids DRY penalizes (one
@@ -88,7 +89,8 @@ fn params(vocab: usize, row: usize, out_index: usize, history: &Range<usize>, s:
         _pad: 0,
         xtc_threshold: s.xtc_threshold,
         xtc_probability: if s.xtc_applies(draw) { s.xtc_probability } else { 0.0 },
-        _pad2: [0; 2],
+        top_n_sigma: s.top_n_sigma,
+        _pad2: 0,
     }
 }
 
@@ -292,7 +294,7 @@ mod tests {
         check_frequencies(ctx, &logits, &hist, &SamplingParams { presence_penalty: 0.8, frequency_penalty: 0.6, ..base() }, n).await;
     });
 
-    gpu_test!(fn dry_and_xtc_frequencies_match_the_reference(ctx) {
+    gpu_test!(fn dry_xtc_and_top_n_sigma_frequencies_match_the_reference(ctx) {
         // DRY: "5 6 7" repeats, so 8 (after L = 3) and 9 (after L = 2) are penalized; 11 breaks.
         let logits: Vec<f32> = test_values(37, 5).iter().map(|v| v * 2.0).collect();
         let hist = [5u32, 6, 7, 8, 1, 6, 7, 9, 2, 11, 5, 6, 7];
@@ -314,6 +316,9 @@ mod tests {
         let p = distribution(&top, &[], &xtc);
         assert!(p[0] == 0.0 && p[1] == 0.0 && p[2] == 0.0 && p[3] > 0.0);
         check_frequencies(ctx, &top, &[], &xtc, n).await;
+        // Top-nσ, alone and under top-k and top-p.
+        check_frequencies(ctx, &logits, &[], &SamplingParams { top_n_sigma: 1.0, ..base() }, n).await;
+        check_frequencies(ctx, &logits, &[], &SamplingParams { top_n_sigma: 1.5, top_k: 8, top_p: 0.9, temperature: 0.7, ..base() }, n).await;
         // XTC on half the draws: the GPU decides per draw as the CPU reference does.
         let half = SamplingParams { xtc_probability: 0.5, seed: 11, ..xtc.clone() };
         let got = draw_many(ctx, &top, &[], &half, 200).await;
