@@ -1,12 +1,13 @@
 // sample.wgsl: choose the next token on the GPU, in one workgroup, and write its id into the
 // token buffer (where the next step's embedding reads it) so only 4 bytes ever come back.
 //
-// Order (documented in README): repetition penalty -> DRY -> temperature -> top-k -> top-p
+// Order (documented in README): logit bias -> repetition penalty -> DRY -> temperature -> top-k -> top-p
 // -> min-p -> XTC -> seeded draw. temperature = 0 means greedy (argmax, lowest id on ties).
+//   bias:     l[id] += bias for the first adjust[0] pairs of adjust[] (-inf bans an id)
 //   penalty:  for each distinct id in tokens[hist_start .. hist_end): l > 0 ? l / r : l * r
-//   DRY:      l[id] -= amount for each (id, amount) in adjust[] (found on the CPU from the ids)
+//   DRY:      l[id] -= amount for the next adjust[1] pairs (found on the CPU from the ids)
 //   top-k:    keep ids whose logit >= the k-th largest (ties at the boundary are kept)
-//   top-nσ:   with top-k, keep ids whose logit >= max - n·σ (σ over all ids)
+//   top-nσ:   with top-k, keep ids whose logit >= max - n·σ (σ over the finite logits)
 //   top-p:    keep the smallest top set whose probability mass >= top_p (boundary ties kept)
 //   min-p:    keep ids with p >= min_p * p_max
 //   XTC:      if this draw applies it (xtc_probability > 0, decided by the host with the same
@@ -42,7 +43,7 @@ struct Params {
 @group(0) @binding(0) var<storage, read> logits: array<f32>;        // (rows, vocab)
 @group(0) @binding(1) var<storage, read_write> work: array<f32>;    // (vocab,) scratch
 @group(0) @binding(2) var<storage, read_write> tokens: array<u32>;  // the sequence's ids
-// [count, then (id, bits of the f32 amount to subtract) pairs]: DRY's penalties.
+// [bias count, DRY count, then (id, f32 bits) pairs: the biases to add, DRY's amounts to subtract].
 @group(0) @binding(3) var<storage, read> adjust: array<u32>;
 @group(0) @binding(4) var<uniform> p: Params;
 
@@ -153,6 +154,7 @@ fn load_penalized(lid: u32) {
     }
     storageBarrier();
     workgroupBarrier();
+    apply_pairs(lid, 0u, adjust[0], 1.0);
     if (p.repeat_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0) {
         for (var j = p.hist_start + lid; j < p.hist_end; j += WG) {
             let id = tokens[j];
@@ -175,12 +177,18 @@ fn load_penalized(lid: u32) {
         storageBarrier();
         workgroupBarrier();
     }
-    // The list's ids are distinct (one entry per id), so threads never touch the same slot.
-    let n_adjust = min(adjust[0], (arrayLength(&adjust) - 1u) / 2u);
-    for (var k = lid; k < n_adjust; k += WG) {
-        let id = adjust[1u + 2u * k];
+    apply_pairs(lid, adjust[0], adjust[1], -1.0);
+}
+
+// work[id] += sign * amount for pairs first .. first + n of adjust[]. Each list names an id
+// once, so threads never touch the same slot.
+fn apply_pairs(lid: u32, first: u32, n: u32, sign: f32) {
+    let fits = (arrayLength(&adjust) - 2u) / 2u;
+    let end = min(first + n, fits);
+    for (var k = first + lid; k < end; k += WG) {
+        let id = adjust[2u + 2u * k];
         if (id < p.vocab) {
-            work[id] -= bitcast<f32>(adjust[2u + 2u * k]);
+            work[id] += sign * bitcast<f32>(adjust[3u + 2u * k]);
         }
     }
     storageBarrier();
@@ -263,17 +271,22 @@ fn sample(@builtin(local_invocation_index) lid: u32) {
 
     // top-nσ: mean, then the population standard deviation of the scaled logits.
     if (p.top_n_sigma > 0.0) {
+        // Over the finite logits: a logit bias of -inf leaves its id out.
         var acc = 0.0;
+        var c = 0u;
         for (var i = lid; i < p.vocab; i += WG) {
-            acc += work[i];
+            let fin = work[i] > NEG_BIG;
+            acc += select(0.0, work[i], fin);
+            c += u32(fin);
         }
-        let mean = sum_f(lid, acc) / f32(p.vocab);
+        let count = f32(max(sum_u(lid, c), 1u));
+        let mean = sum_f(lid, acc) / count;
         var sq = 0.0;
         for (var i = lid; i < p.vocab; i += WG) {
             let d = work[i] - mean;
-            sq += d * d;
+            sq += select(0.0, d * d, work[i] > NEG_BIG);
         }
-        let sigma = sqrt(sum_f(lid, sq) / f32(p.vocab));
+        let sigma = sqrt(sum_f(lid, sq) / count);
         tau = max(tau, key(m - p.top_n_sigma * sigma));
     }
 

@@ -168,6 +168,9 @@ struct WriteArgs {
     xtc_probability: f32,
     #[arg(long, default_value_t = 0.1)]
     xtc_threshold: f32,
+    /// ID=BIAS: add BIAS to token ID's logit before the other samplers (-inf bans it); repeatable.
+    #[arg(long, value_name = "ID=BIAS")]
+    logit_bias: Vec<String>,
     /// Keep tokens whose logit is at least the largest minus n standard deviations; 0 = off.
     #[arg(long, default_value_t = 0.0)]
     top_n_sigma: f32,
@@ -335,9 +338,21 @@ fn perplexity(args: PerplexityArgs) -> Result<()> {
     }
 }
 
-/// The DRY, XTC and top-nσ flags over `s` (breaker ids come from the tokenizer, later).
-fn dry_xtc(args: &WriteArgs, s: SamplingParams) -> SamplingParams {
-    SamplingParams {
+/// `--logit-bias ID=BIAS` values as (id, bias).
+fn logit_bias(values: &[String]) -> Result<Vec<(u32, f32)>> {
+    values
+        .iter()
+        .map(|v| {
+            let parsed = v.split_once('=').and_then(|(id, b)| Some((id.trim().parse::<u32>().ok()?, b.trim().parse::<f32>().ok()?)));
+            parsed.ok_or_else(|| Error::arg("--logit-bias", format!("{v:?} is not ID=BIAS (e.g. 13=-inf or 42=2.5)")))
+        })
+        .collect()
+}
+
+/// The DRY, XTC, top-nσ and logit-bias flags over `s` (breaker ids come from the tokenizer, later).
+fn dry_xtc(args: &WriteArgs, s: SamplingParams) -> Result<SamplingParams> {
+    Ok(SamplingParams {
+        logit_bias: logit_bias(&args.logit_bias)?,
         dry_multiplier: args.dry_multiplier,
         dry_base: args.dry_base,
         dry_allowed_length: args.dry_allowed_length,
@@ -346,7 +361,7 @@ fn dry_xtc(args: &WriteArgs, s: SamplingParams) -> SamplingParams {
         xtc_threshold: args.xtc_threshold,
         top_n_sigma: args.top_n_sigma,
         ..s
-    }
+    })
 }
 
 fn write(args: WriteArgs) -> Result<()> {
@@ -359,7 +374,7 @@ fn write(args: WriteArgs) -> Result<()> {
         repeat_penalty: args.repeat_penalty,
     };
     // Check everything the user typed before the slow parts (the rest are quill's defaults).
-    dry_xtc(&args, SamplingParams::resolve(&flags, &GenerationDefaults::default()).0).validate()?;
+    dry_xtc(&args, SamplingParams::resolve(&flags, &GenerationDefaults::default()).0)?.validate()?;
     if args.max_tokens == 0 {
         return Err(Error::arg("--max-tokens", "must be at least 1"));
     }
@@ -378,7 +393,11 @@ fn write(args: WriteArgs) -> Result<()> {
         None => read_prompt(&args, session.ctx_len())?,
     };
     let (sampling, from_model) = SamplingParams::resolve(&flags, &model.defaults);
-    let mut sampling = SamplingParams { repeat_last_n: args.repeat_last_n, seed, ..dry_xtc(&args, sampling) };
+    let mut sampling = SamplingParams { repeat_last_n: args.repeat_last_n, seed, ..dry_xtc(&args, sampling)? };
+    let vocab = model.config().vocab;
+    if let Some(&(id, _)) = sampling.logit_bias.iter().find(|e| e.0 as usize >= vocab) {
+        return Err(Error::arg("--logit-bias", format!("id {id} is outside the vocabulary of {vocab}")));
+    }
     if sampling.dry_multiplier > 0.0 {
         sampling.dry_breakers = quill::sampling::dry_breaker_ids(&model.tokenizer)?;
     }

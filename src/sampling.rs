@@ -44,8 +44,11 @@ pub struct SamplingParams {
     pub xtc_threshold: f32,
     pub xtc_probability: f32,
     /// Top-nσ, with top-k: keep tokens whose (scaled) logit is at least max - n · σ, σ the
-    /// population standard deviation of all the logits. 0 = off.
+    /// population standard deviation of the finite logits. 0 = off.
     pub top_n_sigma: f32,
+    /// (id, bias) added to the logits before everything else; a bias of -inf bans the id.
+    /// Each id once.
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 /// The sampling options a user gave, each None where not given.
@@ -87,6 +90,7 @@ impl SamplingParams {
             xtc_threshold: 0.1,
             xtc_probability: 0.0,
             top_n_sigma: 0.0,
+            logit_bias: Vec::new(),
         }
     }
 
@@ -158,6 +162,14 @@ impl SamplingParams {
         }
         if !(b.is_finite() && b >= 1.0) {
             return Err(Error::arg("--dry-base", format!("{b} must be a finite number >= 1")));
+        }
+        for (k, &(id, b)) in self.logit_bias.iter().enumerate() {
+            if !(b.is_finite() || b == f32::NEG_INFINITY) {
+                return Err(Error::arg("--logit-bias", format!("{id}={b}: the bias must be a finite number or -inf")));
+            }
+            if self.logit_bias[..k].iter().any(|e| e.0 == id) {
+                return Err(Error::arg("--logit-bias", format!("id {id} is given twice")));
+            }
         }
         if !(self.top_n_sigma.is_finite() && self.top_n_sigma >= 0.0) {
             return Err(Error::arg("--top-n-sigma", format!("{} must be a finite number >= 0 (0 = off)", self.top_n_sigma)));
@@ -290,9 +302,7 @@ pub fn distribution(logits: &[f32], history: &[u32], s: &SamplingParams) -> Vec<
 
 /// `distribution` with XTC applied or not.
 pub fn distribution_xtc(logits: &[f32], history: &[u32], s: &SamplingParams, xtc: bool) -> Vec<f64> {
-    let mut l = logits.to_vec();
-    apply_penalties(&mut l, history, s.repeat_penalty, s.presence_penalty, s.frequency_penalty);
-    apply_sparse(&mut l, &dry_penalties(history, s));
+    let l = adjusted(logits, history, s);
     let n = l.len();
     let best = (0..n).fold(0, |b, i| if l[i] > l[b] { i } else { b });
     if s.temperature <= 0.0 {
@@ -309,8 +319,11 @@ pub fn distribution_xtc(logits: &[f32], history: &[u32], s: &SamplingParams, xtc
         thr = sorted[s.top_k - 1];
     }
     if s.top_n_sigma > 0.0 {
-        let mean = v.iter().sum::<f64>() / n as f64;
-        let sd = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64).sqrt();
+        // Over the finite logits (a bias of -inf removes an id from the statistics too).
+        let finite: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+        let count = finite.len() as f64;
+        let mean = finite.iter().sum::<f64>() / count;
+        let sd = (finite.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / count).sqrt();
         thr = thr.max(m - s.top_n_sigma as f64 * sd);
     }
     if s.top_p < 1.0 {
@@ -340,6 +353,19 @@ pub fn distribution_xtc(logits: &[f32], history: &[u32], s: &SamplingParams, xtc
     w.iter().map(|x| x / z).collect()
 }
 
+/// The logits after the logit bias, the penalties and DRY (DRY over all of `history`).
+fn adjusted(logits: &[f32], history: &[u32], s: &SamplingParams) -> Vec<f32> {
+    let mut l = logits.to_vec();
+    for &(id, b) in &s.logit_bias {
+        if let Some(v) = l.get_mut(id as usize) {
+            *v += b;
+        }
+    }
+    apply_penalties(&mut l, history, s.repeat_penalty, s.presence_penalty, s.frequency_penalty);
+    apply_sparse(&mut l, &dry_penalties(history, s));
+    l
+}
+
 /// XTC's upper bound on the kept (scaled) logits `v >= thr`: the least likely of those
 /// with p >= threshold when there are two or more (ties with it kept), else `m` (no cut).
 fn xtc_ceiling(v: &[f64], thr: f64, m: f64, threshold: f64) -> f64 {
@@ -355,9 +381,7 @@ fn xtc_ceiling(v: &[f64], thr: f64, m: f64, threshold: f64) -> f64 {
 /// distribution that top-k, top-p and min-p then cut down (greedy counts as temperature 1).
 /// The CPU reference of the GPU's `ops::sample::logprobs`.
 pub fn log_softmax(logits: &[f32], history: &[u32], s: &SamplingParams) -> Vec<f64> {
-    let mut l = logits.to_vec();
-    apply_penalties(&mut l, history, s.repeat_penalty, s.presence_penalty, s.frequency_penalty);
-    apply_sparse(&mut l, &dry_penalties(history, s));
+    let l = adjusted(logits, history, s);
     let t = if s.temperature > 0.0 { s.temperature } else { 1.0 };
     let v: Vec<f64> = l.iter().map(|&x| (x * (1.0 / t)) as f64).collect();
     let m = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -466,6 +490,15 @@ mod tests {
     }
 
     #[test]
+    fn logit_bias_comes_before_the_penalty() {
+        // id 1: 1 + 1 = 2, then the penalty 2 halves it to 1; id 0 banned.
+        let s = SamplingParams { temperature: 1.0, repeat_penalty: 2.0, logit_bias: vec![(1, 1.0), (0, f32::NEG_INFINITY)], ..SamplingParams::greedy() };
+        let p = distribution(&[0.5, 1.0, 1.0], &[1], &s);
+        assert_eq!(p[0], 0.0);
+        assert!((p[1] - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
     fn top_n_sigma_by_hand() {
         // Logits [4, 2, 0, -2, -4]: mean 0, σ = sqrt(8) = 2.83; n = 1 keeps >= 1.17: ids 0, 1.
         let logits = [4.0f32, 2.0, 0.0, -2.0, -4.0];
@@ -502,6 +535,8 @@ mod tests {
             (SamplingParams { dry_base: 0.5, ..Default::default() }, "--dry-base"),
             (SamplingParams { xtc_probability: 1.5, ..Default::default() }, "--xtc-probability"),
             (SamplingParams { top_n_sigma: -1.0, ..Default::default() }, "--top-n-sigma"),
+            (SamplingParams { logit_bias: vec![(3, f32::NAN)], ..Default::default() }, "--logit-bias"),
+            (SamplingParams { logit_bias: vec![(3, 1.0), (3, 2.0)], ..Default::default() }, "--logit-bias"),
             (SamplingParams { xtc_threshold: -0.1, ..Default::default() }, "--xtc-threshold"),
         ];
         for (s, name) in bad {

@@ -111,6 +111,12 @@ fn dry_and_xtc_change_the_text_and_stay_seeded() {
     // Greedy text from a tiny model repeats itself; a strong DRY penalty breaks the loop.
     let dry = run(&["--temperature", "0", "--dry-multiplier", "8", "--dry-allowed-length", "1"]);
     assert_ne!(plain, dry, "DRY did not change greedy text");
+    // A huge bias on one id makes greedy text that id over and over.
+    let biased = run(&["--temperature", "0", "--logit-bias", "100=1000"]);
+    let once = stdout(&quill(&["write", "--model", &model, "--temperature", "0", "--logit-bias", "100=1000", "--max-tokens", "1", "--ignore-eos", "The license grants"]));
+    let (biased, once) = (biased.trim_end(), once.trim_end());
+    assert!(!once.is_empty() && biased == once.repeat(32), "{biased:?} is not 32 times {once:?}");
+    expect_error(&quill(&["write", "--model", &model, "--logit-bias", "99999999=1", "hi"]), &["--logit-bias", "99999999"]);
     let xtc = ["--temperature", "1", "--xtc-probability", "1", "--xtc-threshold", "0.05"];
     assert_eq!(run(&xtc), run(&xtc), "XTC with one seed gave two texts");
 }
@@ -265,6 +271,8 @@ fn nonsensical_sampling_values() {
         (&["--dry-base", "0.5"], "--dry-base"),
         (&["--xtc-probability", "2"], "--xtc-probability"),
         (&["--top-n-sigma", "-1"], "--top-n-sigma"),
+        (&["--logit-bias", "abc"], "--logit-bias"),
+        (&["--logit-bias", "3=nan"], "--logit-bias"),
     ];
     for (args, name) in cases {
         let mut a = vec!["write", "--model", "does-not-matter.gguf"];

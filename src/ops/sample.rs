@@ -38,22 +38,28 @@ struct Params {
 /// per distinct id that followed an earlier copy of the repeated run).
 pub const MAX_ADJUST: usize = 4096;
 
-/// Values (u32) of the adjustment buffer: the count, then (id, f32 bits of the amount) pairs.
-pub const ADJUST_LEN: usize = 1 + 2 * MAX_ADJUST;
+/// Values (u32) of the adjustment buffer: the two counts, then (id, f32 bits) pairs.
+pub const ADJUST_LEN: usize = 2 + 2 * (MAX_ADJUST + MAX_LOGIT_BIAS);
 
-/// Writes the (id, amount to subtract) list that the next submitted `sample`/`logprobs`
-/// apply after the penalties into `adjust` (an [`ADJUST_LEN`] buffer): DRY's penalties, which
-/// `sampling::dry_penalties` finds on the CPU from the ids. Only this short list goes up;
-/// the logits never leave the GPU. It is written with the queue, so every sampling call of
-/// one submission sees the same list.
-pub fn write_adjust(ctx: &crate::gpu::Context, adjust: &Tensor, list: &[(u32, f32)]) -> Result<()> {
-    if list.len() > MAX_ADJUST {
-        return Err(Error::arg("--dry-multiplier", format!("DRY penalizes {} ids at this step, more than the {MAX_ADJUST} the sampler takes; lower --dry-penalty-last-n or raise --dry-allowed-length", list.len())));
+/// Most ids a logit bias may name.
+pub const MAX_LOGIT_BIAS: usize = 1024;
+
+/// Writes the lists that the next submitted `sample`/`logprobs` apply into `adjust` (an
+/// [`ADJUST_LEN`] buffer): the logit bias (added first) and DRY's penalties (subtracted
+/// after the penalties), which `sampling::dry_penalties` finds on the CPU from the ids. Only
+/// these short lists go up; the logits never leave the GPU. They are written with the
+/// queue, so every sampling call of one submission sees the same lists.
+pub fn write_adjust(ctx: &crate::gpu::Context, adjust: &Tensor, bias: &[(u32, f32)], dry: &[(u32, f32)]) -> Result<()> {
+    if bias.len() > MAX_LOGIT_BIAS {
+        return Err(Error::arg("--logit-bias", format!("{} ids, more than the {MAX_LOGIT_BIAS} the sampler takes", bias.len())));
     }
-    adjust.holds("sample", "adjust", 1 + 2 * list.len())?;
-    let mut v = Vec::with_capacity(1 + 2 * list.len());
-    v.push(list.len() as u32);
-    for &(id, amount) in list {
+    if dry.len() > MAX_ADJUST {
+        return Err(Error::arg("--dry-multiplier", format!("DRY penalizes {} ids at this step, more than the {MAX_ADJUST} the sampler takes; lower --dry-penalty-last-n or raise --dry-allowed-length", dry.len())));
+    }
+    adjust.holds("sample", "adjust", 2 + 2 * (bias.len() + dry.len()))?;
+    let mut v = Vec::with_capacity(2 + 2 * (bias.len() + dry.len()));
+    v.extend([bias.len() as u32, dry.len() as u32]);
+    for &(id, amount) in bias.iter().chain(dry) {
         v.extend([id, amount.to_bits()]);
     }
     ctx.queue.write_buffer(&adjust.buf, 0, bytemuck::cast_slice(&v));
@@ -105,11 +111,11 @@ fn check(op: &'static str, logits: &Tensor, row: usize, work: &Tensor, tokens: &
 
 /// Samples from row `row` of `logits` (rows, vocab) and writes the id to
 /// `tokens[out_index]`. The penalty looks at `tokens[history]`. `work` is a (vocab,) scratch.
-/// `adjust` holds the (id, amount) list to subtract after the penalties ([`write_adjust`]).
+/// `adjust` holds the logit bias and DRY's penalties ([`write_adjust`]).
 #[allow(clippy::too_many_arguments)]
 pub fn sample(rec: &mut Recorder, logits: &Tensor, row: usize, work: &Tensor, tokens: &Tensor, adjust: &Tensor, out_index: usize, history: Range<usize>, s: &SamplingParams, draw: u32) -> Result<()> {
     let vocab = check("sample", logits, row, work, tokens, out_index, &history)?;
-    adjust.holds("sample", "adjust", 1)?;
+    adjust.holds("sample", "adjust", 2)?;
     let pipe = rec.ctx.pipeline(&SHADER, "sample", &[])?;
     let p = params(vocab, row, out_index, &history, s, s.top_k, draw);
     let (flops, bytes) = cost(vocab);
@@ -132,7 +138,7 @@ pub fn logprobs(rec: &mut Recorder, logits: &Tensor, row: usize, work: &Tensor, 
     if top > MAX_TOP_LOGPROBS || logprobs_len(top) > vocab {
         return Err(Error::arg("top_logprobs", format!("{top} must be at most {MAX_TOP_LOGPROBS} (and fit a vocabulary of {vocab})")));
     }
-    adjust.holds("logprobs", "adjust", 1)?;
+    adjust.holds("logprobs", "adjust", 2)?;
     let pipe = rec.ctx.pipeline(&SHADER, "logprobs", &[])?;
     let p = params(vocab, row, chosen_index, &history, s, top, 0);
     // One pass to scale, one for the sum, then one argmax pass per alternative.
@@ -162,9 +168,9 @@ mod tests {
     use crate::ops::test_values;
     use crate::sampling::{distribution, dry_penalties, log_softmax, sample_reference};
 
-    fn adjust_buffer(ctx: &Context, list: &[(u32, f32)]) -> Tensor {
+    fn adjust_buffer(ctx: &Context, s: &SamplingParams, history: &[u32]) -> Tensor {
         let t = Tensor::zeros(ctx, "adjust", &[ADJUST_LEN]).unwrap();
-        write_adjust(ctx, &t, list).unwrap();
+        write_adjust(ctx, &t, &s.logit_bias, &dry_penalties(history, s)).unwrap();
         t
     }
 
@@ -176,7 +182,7 @@ mod tests {
         let mut ids = history.to_vec();
         ids.resize(history.len() + draws, 0);
         let tokens = Tensor { buf: ctx.upload("tokens", &ids).unwrap(), shape: vec![ids.len()] };
-        let adjust = adjust_buffer(ctx, &dry_penalties(history, s));
+        let adjust = adjust_buffer(ctx, s, history);
         let mut rec = Recorder::new(ctx, "test");
         for i in 0..draws {
             sample(&mut rec, &lt, 0, &work, &tokens, &adjust, history.len() + i, 0..history.len(), s, i as u32).unwrap();
@@ -239,7 +245,7 @@ mod tests {
         let lt = Tensor::upload_f32(ctx, "logits", &[1, vocab], &logits).unwrap();
         let work = Tensor::zeros(ctx, "work", &[vocab]).unwrap();
         let tokens = Tensor { buf: ctx.upload("tokens", &ids).unwrap(), shape: vec![ids.len()] };
-        let adjust = adjust_buffer(ctx, &[]);
+        let adjust = adjust_buffer(ctx, &SamplingParams::greedy(), &[]);
         let cases = [
             (SamplingParams { temperature: 0.7, repeat_penalty: 1.3, ..base() }, 5),
             (SamplingParams::greedy(), 20),
@@ -292,6 +298,9 @@ mod tests {
         let hist = [3u32, 10, 10, 40];
         check_frequencies(ctx, &logits, &hist, &SamplingParams { repeat_penalty: 1.5, ..base() }, n).await;
         check_frequencies(ctx, &logits, &hist, &SamplingParams { presence_penalty: 0.8, frequency_penalty: 0.6, ..base() }, n).await;
+        // Logit bias (before the penalty), a ban, and top-nσ over what the ban leaves.
+        let bias = vec![(10, 1.5), (3, -2.0), (0, f32::NEG_INFINITY)];
+        check_frequencies(ctx, &logits, &hist, &SamplingParams { logit_bias: bias.clone(), repeat_penalty: 1.3, top_n_sigma: 1.2, ..base() }, n).await;
     });
 
     gpu_test!(fn dry_xtc_and_top_n_sigma_frequencies_match_the_reference(ctx) {
