@@ -1,7 +1,8 @@
 // sample.wgsl: choose the next token on the GPU, in one workgroup, and write its id into the
 // token buffer (where the next step's embedding reads it) so only 4 bytes ever come back.
 //
-// Order (documented in README): logit bias -> repetition penalty -> DRY -> temperature -> top-k -> top-p
+// Order (documented in README): logit bias -> repetition penalty -> DRY -> temperature
+// (fixed, or dynamic from the entropy) -> top-k -> top-p
 // -> min-p -> XTC -> seeded draw. temperature = 0 means greedy (argmax, lowest id on ties).
 //   bias:     l[id] += bias for the first adjust[0] pairs of adjust[] (-inf bans an id)
 //   penalty:  for each distinct id in tokens[hist_start .. hist_end): l > 0 ? l / r : l * r
@@ -38,6 +39,10 @@ struct Params {
     xtc_probability: f32,   // 0 = XTC does not act on this draw
     top_n_sigma: f32,       // 0 = off
     _pad1: u32,
+    dynatemp_range: f32,    // 0 = off
+    dynatemp_exponent: f32,
+    _pad2: u32,
+    _pad3: u32,
 }
 
 @group(0) @binding(0) var<storage, read> logits: array<f32>;        // (rows, vocab)
@@ -110,6 +115,38 @@ fn sum_u(lid: u32, v: u32) -> u32 {
         workgroupBarrier();
     }
     return uniform_u(lid, red_u[0]);
+}
+
+const MIN_TEMPERATURE: f32 = 1e-3; // sampling::MIN_TEMPERATURE
+
+// 1 / the temperature for work[] (1 for greedy): p.temperature, or with dynatemp_range > 0
+// lo + (hi - lo) * (H / ln vocab)^exponent, H the entropy of softmax(work) (finite ids).
+fn inv_temperature(lid: u32) -> f32 {
+    if (p.temperature <= 0.0) {
+        return 1.0;
+    }
+    if (p.dynatemp_range <= 0.0) {
+        return 1.0 / p.temperature;
+    }
+    let mx = uniform_f(lid, work[argmax(lid)]);
+    var z = 0.0;
+    var s1 = 0.0;
+    for (var i = lid; i < p.vocab; i += WG) {
+        let d = work[i] - mx;
+        let e = select(0.0, exp(d), work[i] > NEG_BIG);
+        z += e;
+        s1 += select(0.0, e * d, work[i] > NEG_BIG);
+    }
+    let zt = sum_f(lid, z);
+    let h = log(zt) - sum_f(lid, s1) / zt;
+    var hn = 0.0;
+    if (p.vocab > 1u) {
+        hn = max(h / log(f32(p.vocab)), 0.0);
+    }
+    let lo = max(p.temperature - p.dynatemp_range, 0.0);
+    let hi = p.temperature + p.dynatemp_range;
+    let scaled = select(0.0, pow(max(hn, 1e-30), p.dynatemp_exponent), hn > 0.0);
+    return 1.0 / max(lo + (hi - lo) * scaled, MIN_TEMPERATURE);
 }
 
 fn kept(k: u32, tau: u32, top: u32) -> bool {
@@ -241,7 +278,7 @@ fn sample(@builtin(local_invocation_index) lid: u32) {
     }
 
     // Temperature, and the max of the scaled logits.
-    let inv_t = 1.0 / p.temperature;
+    let inv_t = inv_temperature(lid);
     for (var i = lid; i < p.vocab; i += WG) {
         work[i] = work[i] * inv_t;
     }
@@ -397,7 +434,7 @@ var<workgroup> pick_lp: array<f32, 21>;
 @compute @workgroup_size(WG)
 fn logprobs(@builtin(local_invocation_index) lid: u32) {
     load_penalized(lid);
-    let inv_t = select(1.0, 1.0 / p.temperature, p.temperature > 0.0);
+    let inv_t = inv_temperature(lid);
     for (var i = lid; i < p.vocab; i += WG) {
         work[i] = work[i] * inv_t;
     }

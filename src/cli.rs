@@ -171,6 +171,12 @@ struct WriteArgs {
     /// ID=BIAS: add BIAS to token ID's logit before the other samplers (-inf bans it); repeatable.
     #[arg(long, value_name = "ID=BIAS")]
     logit_bias: Vec<String>,
+    /// Dynamic temperature: between --temperature ± this, by the entropy of the distribution; 0 = off.
+    #[arg(long, default_value_t = 0.0)]
+    dynatemp_range: f32,
+    /// Exponent on the normalized entropy for --dynatemp-range.
+    #[arg(long, default_value_t = 1.0)]
+    dynatemp_exp: f32,
     /// Keep tokens whose logit is at least the largest minus n standard deviations; 0 = off.
     #[arg(long, default_value_t = 0.0)]
     top_n_sigma: f32,
@@ -360,6 +366,8 @@ fn dry_xtc(args: &WriteArgs, s: SamplingParams) -> Result<SamplingParams> {
         xtc_probability: args.xtc_probability,
         xtc_threshold: args.xtc_threshold,
         top_n_sigma: args.top_n_sigma,
+        dynatemp_range: args.dynatemp_range,
+        dynatemp_exponent: args.dynatemp_exp,
         ..s
     })
 }

@@ -49,6 +49,12 @@ pub struct SamplingParams {
     /// (id, bias) added to the logits before everything else; a bias of -inf bans the id.
     /// Each id once.
     pub logit_bias: Vec<(u32, f32)>,
+    /// Dynamic temperature (llama.cpp's temp_ext): with range r > 0, the temperature is
+    /// lo + (hi - lo) · (H / ln vocab)^exponent, lo = max(0, T - r), hi = T + r, H the entropy
+    /// of the softmax of the adjusted logits (quill applies temperature before the filters,
+    /// so H is over the whole vocabulary); at least MIN_TEMPERATURE. 0 = off.
+    pub dynatemp_range: f32,
+    pub dynatemp_exponent: f32,
 }
 
 /// The sampling options a user gave, each None where not given.
@@ -91,6 +97,8 @@ impl SamplingParams {
             xtc_probability: 0.0,
             top_n_sigma: 0.0,
             logit_bias: Vec::new(),
+            dynatemp_range: 0.0,
+            dynatemp_exponent: 1.0,
         }
     }
 
@@ -170,6 +178,12 @@ impl SamplingParams {
             if self.logit_bias[..k].iter().any(|e| e.0 == id) {
                 return Err(Error::arg("--logit-bias", format!("id {id} is given twice")));
             }
+        }
+        if !(self.dynatemp_range.is_finite() && self.dynatemp_range >= 0.0) {
+            return Err(Error::arg("--dynatemp-range", format!("{} must be a finite number >= 0 (0 = off)", self.dynatemp_range)));
+        }
+        if !(self.dynatemp_exponent.is_finite() && self.dynatemp_exponent > 0.0) {
+            return Err(Error::arg("--dynatemp-exp", format!("{} must be a finite number > 0", self.dynatemp_exponent)));
         }
         if !(self.top_n_sigma.is_finite() && self.top_n_sigma >= 0.0) {
             return Err(Error::arg("--top-n-sigma", format!("{} must be a finite number >= 0 (0 = off)", self.top_n_sigma)));
@@ -310,7 +324,8 @@ pub fn distribution_xtc(logits: &[f32], history: &[u32], s: &SamplingParams, xtc
         p[best] = 1.0;
         return p;
     }
-    let v: Vec<f64> = l.iter().map(|&x| (x * (1.0 / s.temperature)) as f64).collect();
+    let inv_t = 1.0 / temperature(&l, s);
+    let v: Vec<f64> = l.iter().map(|&x| (x * inv_t) as f64).collect();
     let m = v[best];
     let mut sorted: Vec<f64> = v.clone();
     sorted.sort_by(|a, b| b.total_cmp(a));
@@ -366,6 +381,22 @@ fn adjusted(logits: &[f32], history: &[u32], s: &SamplingParams) -> Vec<f32> {
     l
 }
 
+/// The temperature to sample the adjusted logits `l` at: `s.temperature`, or the dynamic
+/// one (see `dynatemp_range`). Computed in f64, rounded to f32 as the GPU's.
+pub fn temperature(l: &[f32], s: &SamplingParams) -> f32 {
+    if s.dynatemp_range <= 0.0 || s.temperature <= 0.0 {
+        return s.temperature;
+    }
+    let mx = l.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let finite = || l.iter().filter(|x| x.is_finite()).map(|&x| x as f64 - mx);
+    let z: f64 = finite().map(f64::exp).sum();
+    let h = z.ln() - finite().map(|d| d.exp() * d).sum::<f64>() / z;
+    let hn = if l.len() > 1 { (h / (l.len() as f64).ln()).max(0.0) } else { 0.0 };
+    let lo = (s.temperature - s.dynatemp_range).max(0.0) as f64;
+    let hi = (s.temperature + s.dynatemp_range) as f64;
+    ((lo + (hi - lo) * hn.powf(s.dynatemp_exponent as f64)) as f32).max(MIN_TEMPERATURE)
+}
+
 /// XTC's upper bound on the kept (scaled) logits `v >= thr`: the least likely of those
 /// with p >= threshold when there are two or more (ties with it kept), else `m` (no cut).
 fn xtc_ceiling(v: &[f64], thr: f64, m: f64, threshold: f64) -> f64 {
@@ -382,7 +413,7 @@ fn xtc_ceiling(v: &[f64], thr: f64, m: f64, threshold: f64) -> f64 {
 /// The CPU reference of the GPU's `ops::sample::logprobs`.
 pub fn log_softmax(logits: &[f32], history: &[u32], s: &SamplingParams) -> Vec<f64> {
     let l = adjusted(logits, history, s);
-    let t = if s.temperature > 0.0 { s.temperature } else { 1.0 };
+    let t = if s.temperature > 0.0 { temperature(&l, s) } else { 1.0 };
     let v: Vec<f64> = l.iter().map(|&x| (x * (1.0 / t)) as f64).collect();
     let m = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let z = v.iter().map(|x| (x - m).exp()).sum::<f64>().ln() + m;
@@ -496,6 +527,18 @@ mod tests {
         let p = distribution(&[0.5, 1.0, 1.0], &[1], &s);
         assert_eq!(p[0], 0.0);
         assert!((p[1] - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn dynamic_temperature_follows_the_entropy() {
+        let s = SamplingParams { temperature: 1.0, dynatemp_range: 0.5, ..SamplingParams::greedy() };
+        // Uniform logits: H = ln n, so the top of the range; one certain id: the bottom.
+        assert!((temperature(&[0.0; 8], &s) - 1.5).abs() < 1e-6);
+        assert!((temperature(&[0.0, -200.0, -200.0], &s) - 0.5).abs() < 1e-6);
+        // Two equal of four (H = ln 2 = half of ln 4) with exponent 2: 0.5 + 1 * 0.25.
+        let two = [0.0, 0.0, f32::NEG_INFINITY, f32::NEG_INFINITY];
+        assert!((temperature(&two, &SamplingParams { dynatemp_exponent: 2.0, ..s.clone() }) - 0.75).abs() < 1e-6);
+        assert_eq!(temperature(&two, &SamplingParams { dynatemp_range: 0.0, ..s.clone() }), 1.0);
     }
 
     #[test]

@@ -271,6 +271,8 @@ fn nonsensical_sampling_values() {
         (&["--dry-base", "0.5"], "--dry-base"),
         (&["--xtc-probability", "2"], "--xtc-probability"),
         (&["--top-n-sigma", "-1"], "--top-n-sigma"),
+        (&["--dynatemp-range", "-1"], "--dynatemp-range"),
+        (&["--dynatemp-exp", "0"], "--dynatemp-exp"),
         (&["--logit-bias", "abc"], "--logit-bias"),
         (&["--logit-bias", "3=nan"], "--logit-bias"),
     ];

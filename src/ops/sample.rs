@@ -32,6 +32,9 @@ struct Params {
     xtc_probability: f32,
     top_n_sigma: f32,
     _pad2: u32,
+    dynatemp_range: f32,
+    dynatemp_exponent: f32,
+    _pad3: [u32; 2],
 }
 
 /// Most (id, amount) adjustments the sampler takes at one step: the ids DRY penalizes (one
@@ -97,6 +100,9 @@ fn params(vocab: usize, row: usize, out_index: usize, history: &Range<usize>, s:
         xtc_probability: if s.xtc_applies(draw) { s.xtc_probability } else { 0.0 },
         top_n_sigma: s.top_n_sigma,
         _pad2: 0,
+        dynatemp_range: s.dynatemp_range,
+        dynatemp_exponent: s.dynatemp_exponent,
+        _pad3: [0; 2],
     }
 }
 
@@ -251,6 +257,7 @@ mod tests {
             (SamplingParams::greedy(), 20),
             (SamplingParams { temperature: 1.9, ..base() }, 0),
             (SamplingParams { presence_penalty: 1.5, frequency_penalty: -0.7, repeat_penalty: 1.2, ..base() }, 3),
+            (SamplingParams { temperature: 0.9, dynatemp_range: 0.5, dynatemp_exponent: 0.7, ..base() }, 2),
         ];
         for (s, top) in cases {
             let mut rec = Recorder::new(ctx, "test");
@@ -325,6 +332,8 @@ mod tests {
         let p = distribution(&top, &[], &xtc);
         assert!(p[0] == 0.0 && p[1] == 0.0 && p[2] == 0.0 && p[3] > 0.0);
         check_frequencies(ctx, &top, &[], &xtc, n).await;
+        // Dynamic temperature, with top-k.
+        check_frequencies(ctx, &logits, &[], &SamplingParams { dynatemp_range: 0.6, dynatemp_exponent: 1.5, top_k: 12, ..base() }, n).await;
         // Top-nσ, alone and under top-k and top-p.
         check_frequencies(ctx, &logits, &[], &SamplingParams { top_n_sigma: 1.0, ..base() }, n).await;
         check_frequencies(ctx, &logits, &[], &SamplingParams { top_n_sigma: 1.5, top_k: 8, top_p: 0.9, temperature: 0.7, ..base() }, n).await;
