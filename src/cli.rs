@@ -153,6 +153,33 @@ struct WriteArgs {
     /// How many recent tokens the repetition penalty looks at.
     #[arg(long, default_value_t = 64)]
     repeat_last_n: usize,
+    /// DRY: a token extending a repeat of length L >= --dry-allowed-length loses multiplier * base^(L - allowed length); 0 = off.
+    #[arg(long, default_value_t = 0.0)]
+    dry_multiplier: f32,
+    #[arg(long, default_value_t = 1.75)]
+    dry_base: f32,
+    #[arg(long, default_value_t = 2)]
+    dry_allowed_length: usize,
+    /// How many recent tokens DRY scans for repeats; 0 = all. Tokens with \n : " * end a repeat.
+    #[arg(long, default_value_t = 0)]
+    dry_penalty_last_n: usize,
+    /// XTC: with this probability per token, drop all tokens with p >= --xtc-threshold but the least likely; 0 = off.
+    #[arg(long, default_value_t = 0.0)]
+    xtc_probability: f32,
+    #[arg(long, default_value_t = 0.1)]
+    xtc_threshold: f32,
+    /// ID=BIAS: add BIAS to token ID's logit before the other samplers (-inf bans it); repeatable.
+    #[arg(long, value_name = "ID=BIAS")]
+    logit_bias: Vec<String>,
+    /// Dynamic temperature: between --temperature ± this, by the entropy of the distribution; 0 = off.
+    #[arg(long, default_value_t = 0.0)]
+    dynatemp_range: f32,
+    /// Exponent on the normalized entropy for --dynatemp-range.
+    #[arg(long, default_value_t = 1.0)]
+    dynatemp_exp: f32,
+    /// Keep tokens whose logit is at least the largest minus n standard deviations; 0 = off.
+    #[arg(long, default_value_t = 0.0)]
+    top_n_sigma: f32,
     /// Random seed; the same seed, prompt and options give the same text [default: from the clock].
     #[arg(long)]
     seed: Option<u64>,
@@ -317,6 +344,34 @@ fn perplexity(args: PerplexityArgs) -> Result<()> {
     }
 }
 
+/// `--logit-bias ID=BIAS` values as (id, bias).
+fn logit_bias(values: &[String]) -> Result<Vec<(u32, f32)>> {
+    values
+        .iter()
+        .map(|v| {
+            let parsed = v.split_once('=').and_then(|(id, b)| Some((id.trim().parse::<u32>().ok()?, b.trim().parse::<f32>().ok()?)));
+            parsed.ok_or_else(|| Error::arg("--logit-bias", format!("{v:?} is not ID=BIAS (e.g. 13=-inf or 42=2.5)")))
+        })
+        .collect()
+}
+
+/// The DRY, XTC, top-nσ and logit-bias flags over `s` (breaker ids come from the tokenizer, later).
+fn dry_xtc(args: &WriteArgs, s: SamplingParams) -> Result<SamplingParams> {
+    Ok(SamplingParams {
+        logit_bias: logit_bias(&args.logit_bias)?,
+        dry_multiplier: args.dry_multiplier,
+        dry_base: args.dry_base,
+        dry_allowed_length: args.dry_allowed_length,
+        dry_penalty_last_n: args.dry_penalty_last_n,
+        xtc_probability: args.xtc_probability,
+        xtc_threshold: args.xtc_threshold,
+        top_n_sigma: args.top_n_sigma,
+        dynatemp_range: args.dynatemp_range,
+        dynatemp_exponent: args.dynatemp_exp,
+        ..s
+    })
+}
+
 fn write(args: WriteArgs) -> Result<()> {
     let seed = args.seed.unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0));
     let flags = SamplingFlags {
@@ -327,7 +382,7 @@ fn write(args: WriteArgs) -> Result<()> {
         repeat_penalty: args.repeat_penalty,
     };
     // Check everything the user typed before the slow parts (the rest are quill's defaults).
-    SamplingParams::resolve(&flags, &GenerationDefaults::default()).0.validate()?;
+    dry_xtc(&args, SamplingParams::resolve(&flags, &GenerationDefaults::default()).0)?.validate()?;
     if args.max_tokens == 0 {
         return Err(Error::arg("--max-tokens", "must be at least 1"));
     }
@@ -346,7 +401,14 @@ fn write(args: WriteArgs) -> Result<()> {
         None => read_prompt(&args, session.ctx_len())?,
     };
     let (sampling, from_model) = SamplingParams::resolve(&flags, &model.defaults);
-    let sampling = SamplingParams { repeat_last_n: args.repeat_last_n, seed, ..sampling };
+    let mut sampling = SamplingParams { repeat_last_n: args.repeat_last_n, seed, ..dry_xtc(&args, sampling)? };
+    let vocab = model.config().vocab;
+    if let Some(&(id, _)) = sampling.logit_bias.iter().find(|e| e.0 as usize >= vocab) {
+        return Err(Error::arg("--logit-bias", format!("id {id} is outside the vocabulary of {vocab}")));
+    }
+    if sampling.dry_multiplier > 0.0 {
+        sampling.dry_breakers = quill::sampling::dry_breaker_ids(&model.tokenizer)?;
+    }
     let from_model = if from_model.is_empty() { String::new() } else { format!(" ({} from generation_config.json)", from_model.join(", ")) };
     // The flags were checked above, so a refusal here is of the model's value.
     sampling.validate().map_err(|e| Error::format(format!("{}/generation_config.json", model.source), format!("{e}; give the option to override it")))?;

@@ -11,8 +11,8 @@ use crate::error::{Error, Result};
 use crate::gpu::profiler::Profile;
 use crate::gpu::{BindCache, Context, Recorder};
 use crate::models::{LoadedModel, LogitRows, State};
-use crate::ops::sample::sample;
-use crate::sampling::SamplingParams;
+use crate::ops::sample::{sample, write_adjust};
+use crate::sampling::{dry_penalties, SamplingParams};
 
 /// Most tokens one prefill pass takes.
 pub const DEFAULT_MAX_BATCH: usize = 128;
@@ -176,7 +176,10 @@ impl<'a> Session<'a> {
     /// the repetition penalty over the ids before it.
     fn sample_into(&self, rec: &mut Recorder<'a>, s: &SamplingParams, out: usize, draw: u32) -> Result<()> {
         let history = out.saturating_sub(s.repeat_last_n)..out;
-        sample(rec, &self.state.logits, 0, &self.state.work, &self.state.tokens, out, history, s, draw)
+        // DRY's repeat search runs here over the ids (all known on the CPU: see next_tokens).
+        write_adjust(self.ctx, &self.state.adjust, &s.logit_bias, &dry_penalties(&self.ids[..out.min(self.ids.len())], s))?;
+        let st = &self.state;
+        sample(rec, &st.logits, 0, &st.work, &st.tokens, &st.adjust, out, history, s, draw)
     }
 
     /// Runs the pending ids and samples the next token on the GPU; returns it.
@@ -213,7 +216,9 @@ impl<'a> Session<'a> {
         if self.ids.len() != self.processed + 1 {
             return Err(Error::Context("next_tokens continues a decode: run next_token first".into()));
         }
-        let n = n.min(MAX_DECODE_STEPS).min(self.state.ctx_len.saturating_sub(self.ids.len()));
+        // DRY needs each step's ids on the CPU, so with it on a batch is one step.
+        let steps = if s.dry_multiplier > 0.0 { 1 } else { MAX_DECODE_STEPS };
+        let n = n.min(steps).min(self.state.ctx_len.saturating_sub(self.ids.len()));
         if n == 0 {
             return Err(Error::Context(format!("the context of {} positions is full", self.state.ctx_len)));
         }

@@ -27,6 +27,34 @@ pub struct SamplingParams {
     /// id in it loses `presence_penalty + count * frequency_penalty`. 0 = off.
     pub presence_penalty: f32,
     pub frequency_penalty: f32,
+    /// DRY (llama.cpp's "don't repeat yourself"), after the penalties: a token that would
+    /// extend a repeat of length L >= `dry_allowed_length` loses
+    /// `dry_multiplier * dry_base^(L - dry_allowed_length)`. 0 = off.
+    pub dry_multiplier: f32,
+    pub dry_base: f32,
+    pub dry_allowed_length: usize,
+    /// How many of the latest tokens DRY scans; 0 = the whole sequence (llama.cpp's -1).
+    pub dry_penalty_last_n: usize,
+    /// Token ids a repeat may not cross (llama.cpp's sequence breakers, as ids: the caller
+    /// maps `\n`, `:`, `"`, `*` through its tokenizer: `dry_breaker_ids`), sorted.
+    pub dry_breakers: Vec<u32>,
+    /// XTC ("exclude top choices"), after min-p: with probability `xtc_probability` (per
+    /// draw), when two or more kept tokens have p >= `xtc_threshold`, all of them but the
+    /// least likely are removed. Probability 0 = off.
+    pub xtc_threshold: f32,
+    pub xtc_probability: f32,
+    /// Top-nσ, with top-k: keep tokens whose (scaled) logit is at least max - n · σ, σ the
+    /// population standard deviation of the finite logits. 0 = off.
+    pub top_n_sigma: f32,
+    /// (id, bias) added to the logits before everything else; a bias of -inf bans the id.
+    /// Each id once.
+    pub logit_bias: Vec<(u32, f32)>,
+    /// Dynamic temperature (llama.cpp's temp_ext): with range r > 0, the temperature is
+    /// lo + (hi - lo) · (H / ln vocab)^exponent, lo = max(0, T - r), hi = T + r, H the entropy
+    /// of the softmax of the adjusted logits (quill applies temperature before the filters,
+    /// so H is over the whole vocabulary); at least MIN_TEMPERATURE. 0 = off.
+    pub dynatemp_range: f32,
+    pub dynatemp_exponent: f32,
 }
 
 /// The sampling options a user gave, each None where not given.
@@ -43,13 +71,35 @@ pub struct SamplingFlags {
 /// sets a value; `quill write --help` states the same numbers.
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05, repeat_penalty: 1.1, repeat_last_n: 64, seed: 0, presence_penalty: 0.0, frequency_penalty: 0.0 }
+        SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05, repeat_penalty: 1.1, repeat_last_n: 64, seed: 0, ..Self::greedy() }
     }
 }
 
 impl SamplingParams {
+    /// Greedy, every filter and penalty off (DRY and XTC at llama.cpp's other defaults).
     pub fn greedy() -> Self {
-        SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0, repeat_penalty: 1.0, repeat_last_n: 0, seed: 0, presence_penalty: 0.0, frequency_penalty: 0.0 }
+        SamplingParams {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repeat_penalty: 1.0,
+            repeat_last_n: 0,
+            seed: 0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            dry_multiplier: 0.0,
+            dry_base: 1.75,
+            dry_allowed_length: 2,
+            dry_penalty_last_n: 0,
+            dry_breakers: Vec::new(),
+            xtc_threshold: 0.1,
+            xtc_probability: 0.0,
+            top_n_sigma: 0.0,
+            logit_bias: Vec::new(),
+            dynatemp_range: 0.0,
+            dynatemp_exponent: 1.0,
+        }
     }
 
     /// Each setting from the user's flag if given, else from the model's generation config,
@@ -114,7 +164,103 @@ impl SamplingParams {
                 return Err(Error::arg(name, format!("{v} must be between -2 and 2 (0 = off)")));
             }
         }
+        let (m, b) = (self.dry_multiplier, self.dry_base);
+        if !(m.is_finite() && m >= 0.0) {
+            return Err(Error::arg("--dry-multiplier", format!("{m} must be a finite number >= 0 (0 = off)")));
+        }
+        if !(b.is_finite() && b >= 1.0) {
+            return Err(Error::arg("--dry-base", format!("{b} must be a finite number >= 1")));
+        }
+        for (k, &(id, b)) in self.logit_bias.iter().enumerate() {
+            if !(b.is_finite() || b == f32::NEG_INFINITY) {
+                return Err(Error::arg("--logit-bias", format!("{id}={b}: the bias must be a finite number or -inf")));
+            }
+            if self.logit_bias[..k].iter().any(|e| e.0 == id) {
+                return Err(Error::arg("--logit-bias", format!("id {id} is given twice")));
+            }
+        }
+        if !(self.dynatemp_range.is_finite() && self.dynatemp_range >= 0.0) {
+            return Err(Error::arg("--dynatemp-range", format!("{} must be a finite number >= 0 (0 = off)", self.dynatemp_range)));
+        }
+        if !(self.dynatemp_exponent.is_finite() && self.dynatemp_exponent > 0.0) {
+            return Err(Error::arg("--dynatemp-exp", format!("{} must be a finite number > 0", self.dynatemp_exponent)));
+        }
+        if !(self.top_n_sigma.is_finite() && self.top_n_sigma >= 0.0) {
+            return Err(Error::arg("--top-n-sigma", format!("{} must be a finite number >= 0 (0 = off)", self.top_n_sigma)));
+        }
+        if !(0.0..=1.0).contains(&self.xtc_probability) {
+            return Err(Error::arg("--xtc-probability", format!("{} must be in [0, 1] (0 = off)", self.xtc_probability)));
+        }
+        if !(0.0..=1.0).contains(&self.xtc_threshold) {
+            return Err(Error::arg("--xtc-threshold", format!("{} must be in [0, 1] (above 0.5 = off)", self.xtc_threshold)));
+        }
         Ok(())
+    }
+
+    /// Whether XTC acts on draw `draw`: its own random number, from the same counter-based
+    /// generator as the draw but another stream, so the GPU decides the same.
+    pub fn xtc_applies(&self, draw: u32) -> bool {
+        self.xtc_probability > 0.0 && uniform01(self.seed ^ XTC_STREAM, draw) < self.xtc_probability
+    }
+}
+
+/// Mixed into the seed's high word for XTC's random numbers ("XTC").
+pub const XTC_STREAM: u64 = 0x0058_5443 << 32;
+
+/// DRY's penalties for the next token, as (id, amount to subtract), computed on the CPU from
+/// the ids (O(window · repeat length)); the GPU kernel applies the short list, so the logits
+/// never leave the GPU. For each earlier position j of the window, L is the length of the
+/// longest run ending at j that equals the run ending at the last id, stopping at the latest
+/// breaker; the id after j gets `multiplier · base^(L - allowed_length)` for its largest
+/// L >= allowed_length (the exponent capped, as in llama.cpp, so the penalty stays finite).
+pub fn dry_penalties(ids: &[u32], s: &SamplingParams) -> Vec<(u32, f32)> {
+    if s.dry_multiplier == 0.0 || ids.is_empty() {
+        return Vec::new();
+    }
+    let window = if s.dry_penalty_last_n == 0 { ids.len() } else { s.dry_penalty_last_n.min(ids.len()) };
+    let h = &ids[ids.len() - window..];
+    let last = h.len() - 1;
+    // A repeat never reaches back over a breaker: the latest one limits its length.
+    let limit = h.iter().rev().position(|id| s.dry_breakers.binary_search(id).is_ok()).unwrap_or(h.len());
+    if limit < s.dry_allowed_length.max(1) {
+        return Vec::new();
+    }
+    let mut longest: Vec<(u32, usize)> = Vec::new();
+    for j in 0..last {
+        let len = (0..=j).take_while(|&k| k < limit && h[j - k] == h[last - k]).count();
+        if len >= s.dry_allowed_length.max(1) {
+            let next = h[j + 1];
+            match longest.iter_mut().find(|(id, _)| *id == next) {
+                Some(e) => e.1 = e.1.max(len),
+                None => longest.push((next, len)),
+            }
+        }
+    }
+    let max_exponent = if s.dry_base > 1.000001 { (88.722_84 / s.dry_base.ln()) as usize } else { usize::MAX };
+    longest.into_iter().map(|(id, len)| (id, s.dry_multiplier * s.dry_base.powi((len - s.dry_allowed_length).min(max_exponent) as i32))).collect()
+}
+
+/// llama.cpp's default DRY sequence breakers.
+pub const DRY_BREAKERS: [&str; 4] = ["\n", ":", "\"", "*"];
+
+/// The ids (ascending) whose text holds one of [`DRY_BREAKERS`]: a repeat never runs across them.
+pub fn dry_breaker_ids(tok: &crate::tokenizer::Tokenizer) -> Result<Vec<u32>> {
+    let mut ids = Vec::new();
+    for id in 0..tok.vocab_size() as u32 {
+        let text = tok.decode(&[id])?;
+        if DRY_BREAKERS.iter().any(|b| text.contains(b)) {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
+}
+
+/// Subtracts each (id, amount) from the logits (ids outside the vocabulary are skipped).
+pub fn apply_sparse(logits: &mut [f32], list: &[(u32, f32)]) {
+    for &(id, amount) in list {
+        if let Some(v) = logits.get_mut(id as usize) {
+            *v -= amount;
+        }
     }
 }
 
@@ -154,11 +300,23 @@ pub fn apply_penalties(logits: &mut [f32], history: &[u32], penalty: f32, presen
     }
 }
 
-/// The distribution the sampler draws from: probabilities per id after penalty,
-/// temperature, top-k, top-p and min-p (computed in f64). Greedy gives a one-hot vector.
+/// The distribution the sampler draws from: probabilities per id after the penalties, DRY
+/// (over all of `history`), temperature, top-k, top-p, min-p and XTC (computed in f64); with
+/// XTC's probability q strictly between 0 and 1, the mixture q · cut + (1 - q) · uncut.
+/// Greedy gives a one-hot vector.
 pub fn distribution(logits: &[f32], history: &[u32], s: &SamplingParams) -> Vec<f64> {
-    let mut l = logits.to_vec();
-    apply_penalties(&mut l, history, s.repeat_penalty, s.presence_penalty, s.frequency_penalty);
+    let q = s.xtc_probability as f64;
+    if q <= 0.0 || q >= 1.0 {
+        return distribution_xtc(logits, history, s, q >= 1.0);
+    }
+    let cut = distribution_xtc(logits, history, s, true);
+    let uncut = distribution_xtc(logits, history, s, false);
+    cut.iter().zip(&uncut).map(|(c, u)| q * c + (1.0 - q) * u).collect()
+}
+
+/// `distribution` with XTC applied or not.
+pub fn distribution_xtc(logits: &[f32], history: &[u32], s: &SamplingParams, xtc: bool) -> Vec<f64> {
+    let l = adjusted(logits, history, s);
     let n = l.len();
     let best = (0..n).fold(0, |b, i| if l[i] > l[b] { i } else { b });
     if s.temperature <= 0.0 {
@@ -166,13 +324,22 @@ pub fn distribution(logits: &[f32], history: &[u32], s: &SamplingParams) -> Vec<
         p[best] = 1.0;
         return p;
     }
-    let v: Vec<f64> = l.iter().map(|&x| (x * (1.0 / s.temperature)) as f64).collect();
+    let inv_t = 1.0 / temperature(&l, s);
+    let v: Vec<f64> = l.iter().map(|&x| (x * inv_t) as f64).collect();
     let m = v[best];
     let mut sorted: Vec<f64> = v.clone();
     sorted.sort_by(|a, b| b.total_cmp(a));
     let mut thr = f64::NEG_INFINITY;
     if s.top_k > 0 && s.top_k < n {
         thr = sorted[s.top_k - 1];
+    }
+    if s.top_n_sigma > 0.0 {
+        // Over the finite logits (a bias of -inf removes an id from the statistics too).
+        let finite: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+        let count = finite.len() as f64;
+        let mean = finite.iter().sum::<f64>() / count;
+        let sd = (finite.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / count).sqrt();
+        thr = thr.max(m - s.top_n_sigma as f64 * sd);
     }
     if s.top_p < 1.0 {
         let kept: Vec<f64> = sorted.iter().copied().filter(|&x| x >= thr).collect();
@@ -192,18 +359,61 @@ pub fn distribution(logits: &[f32], history: &[u32], s: &SamplingParams) -> Vec<
         thr = thr.max(m + (s.min_p as f64).ln());
     }
     thr = thr.min(m);
-    let w: Vec<f64> = v.iter().map(|&x| if x >= thr { (x - m).exp() } else { 0.0 }).collect();
+    let mut top = m;
+    if xtc {
+        top = xtc_ceiling(&v, thr, m, s.xtc_threshold as f64);
+    }
+    let w: Vec<f64> = v.iter().map(|&x| if x >= thr && x <= top { (x - m).exp() } else { 0.0 }).collect();
     let z: f64 = w.iter().sum();
     w.iter().map(|x| x / z).collect()
 }
 
-/// Log-softmax (f64) of the logits after the repetition penalty and temperature: the
+/// The logits after the logit bias, the penalties and DRY (DRY over all of `history`).
+fn adjusted(logits: &[f32], history: &[u32], s: &SamplingParams) -> Vec<f32> {
+    let mut l = logits.to_vec();
+    for &(id, b) in &s.logit_bias {
+        if let Some(v) = l.get_mut(id as usize) {
+            *v += b;
+        }
+    }
+    apply_penalties(&mut l, history, s.repeat_penalty, s.presence_penalty, s.frequency_penalty);
+    apply_sparse(&mut l, &dry_penalties(history, s));
+    l
+}
+
+/// The temperature to sample the adjusted logits `l` at: `s.temperature`, or the dynamic
+/// one (see `dynatemp_range`). Computed in f64, rounded to f32 as the GPU's.
+pub fn temperature(l: &[f32], s: &SamplingParams) -> f32 {
+    if s.dynatemp_range <= 0.0 || s.temperature <= 0.0 {
+        return s.temperature;
+    }
+    let mx = l.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let finite = || l.iter().filter(|x| x.is_finite()).map(|&x| x as f64 - mx);
+    let z: f64 = finite().map(f64::exp).sum();
+    let h = z.ln() - finite().map(|d| d.exp() * d).sum::<f64>() / z;
+    let hn = if l.len() > 1 { (h / (l.len() as f64).ln()).max(0.0) } else { 0.0 };
+    let lo = (s.temperature - s.dynatemp_range).max(0.0) as f64;
+    let hi = (s.temperature + s.dynatemp_range) as f64;
+    ((lo + (hi - lo) * hn.powf(s.dynatemp_exponent as f64)) as f32).max(MIN_TEMPERATURE)
+}
+
+/// XTC's upper bound on the kept (scaled) logits `v >= thr`: the least likely of those
+/// with p >= threshold when there are two or more (ties with it kept), else `m` (no cut).
+fn xtc_ceiling(v: &[f64], thr: f64, m: f64, threshold: f64) -> f64 {
+    let z: f64 = v.iter().filter(|&&x| x >= thr).map(|x| (x - m).exp()).sum();
+    let above: Vec<f64> = v.iter().copied().filter(|&x| x >= thr && (x - m).exp() >= threshold * z).collect();
+    if above.len() < 2 {
+        return m;
+    }
+    above.into_iter().fold(f64::INFINITY, f64::min)
+}
+
+/// Log-softmax (f64) of the logits after the penalties, DRY and temperature: the
 /// distribution that top-k, top-p and min-p then cut down (greedy counts as temperature 1).
 /// The CPU reference of the GPU's `ops::sample::logprobs`.
 pub fn log_softmax(logits: &[f32], history: &[u32], s: &SamplingParams) -> Vec<f64> {
-    let mut l = logits.to_vec();
-    apply_penalties(&mut l, history, s.repeat_penalty, s.presence_penalty, s.frequency_penalty);
-    let t = if s.temperature > 0.0 { s.temperature } else { 1.0 };
+    let l = adjusted(logits, history, s);
+    let t = if s.temperature > 0.0 { temperature(&l, s) } else { 1.0 };
     let v: Vec<f64> = l.iter().map(|&x| (x * (1.0 / t)) as f64).collect();
     let m = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let z = v.iter().map(|x| (x - m).exp()).sum::<f64>().ln() + m;
@@ -212,7 +422,7 @@ pub fn log_softmax(logits: &[f32], history: &[u32], s: &SamplingParams) -> Vec<f
 
 /// CPU reference sampler: draws from `distribution` with the same random number as the GPU.
 pub fn sample_reference(logits: &[f32], history: &[u32], s: &SamplingParams, draw: u32) -> u32 {
-    let p = distribution(logits, history, s);
+    let p = distribution_xtc(logits, history, s, s.xtc_applies(draw));
     let u = uniform01(s.seed, draw) as f64;
     let mut run = 0.0;
     let mut last = 0;
@@ -268,6 +478,82 @@ mod tests {
     }
 
     #[test]
+    fn dry_penalty_of_a_constructed_repeat() {
+        let s = SamplingParams { dry_multiplier: 0.8, dry_breakers: vec![9], ..SamplingParams::greedy() };
+        // ... 1 2 3 4 5 ... 1 2 3 4: the run "1 2 3 4" (L = 4) was followed by 5, the run
+        // "3 4" (L = 2) once by 7; 5 loses 0.8 * 1.75^2, 7 loses 0.8 * 1.75^0.
+        let ids = [1, 2, 3, 4, 5, 3, 4, 7, 0, 1, 2, 3, 4];
+        let mut got = dry_penalties(&ids, &s);
+        got.sort_by_key(|e| e.0);
+        assert_eq!(got, vec![(5, 0.8 * 1.75f32.powi(2)), (7, 0.8)]);
+        // A breaker inside the run caps L at the ids after it: "3 4" only, so 5 and 7 both at L = 2.
+        let broken = [1, 2, 3, 4, 5, 3, 4, 7, 0, 1, 9, 3, 4];
+        let mut got = dry_penalties(&broken, &s);
+        got.sort_by_key(|e| e.0);
+        assert_eq!(got, vec![(5, 0.8), (7, 0.8)]);
+        // Shorter than allowed_length: nothing; a window of 5 ids holds no earlier "3 4"; off is off.
+        assert!(dry_penalties(&ids, &SamplingParams { dry_allowed_length: 5, ..s.clone() }).is_empty());
+        assert!(dry_penalties(&ids, &SamplingParams { dry_penalty_last_n: 5, ..s.clone() }).is_empty());
+        assert!(dry_penalties(&ids, &SamplingParams { dry_multiplier: 0.0, ..s.clone() }).is_empty());
+        // The distribution sees the penalty.
+        let logits = [0.0f32; 8];
+        let p = distribution(&logits, &ids, &SamplingParams { temperature: 1.0, ..s.clone() });
+        assert!((p[7] / p[0] - (-0.8f64).exp()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn xtc_removes_all_likely_tokens_but_the_least_likely() {
+        // p ∝ e^[3, 2.9, 2.8, 0, 0]: the first three are above 0.1, so 0 and 1 go.
+        let logits = [3.0f32, 2.9, 2.8, 0.0, 0.0];
+        let s = SamplingParams { temperature: 1.0, xtc_threshold: 0.1, xtc_probability: 1.0, ..SamplingParams::greedy() };
+        let p = distribution(&logits, &[], &s);
+        assert!(p[0] == 0.0 && p[1] == 0.0 && p[2] > 0.0 && p[3] > 0.0);
+        assert!((p[2] - 2.8f64.exp() / (2.8f64.exp() + 2.0)).abs() < 1e-6);
+        // Only one above the threshold: no cut.
+        let p = distribution(&logits, &[], &SamplingParams { xtc_threshold: 0.5, ..s.clone() });
+        assert!(p[0] > 0.0);
+        // Probability 0.5: a mixture, and about half of the draws are cut.
+        let half = SamplingParams { xtc_probability: 0.5, seed: 3, ..s.clone() };
+        let p = distribution(&logits, &[], &half);
+        assert!(p[0] > 0.0 && p[0] < distribution(&logits, &[], &SamplingParams { xtc_probability: 0.0, ..s.clone() })[0]);
+        let cut = (0..10_000).filter(|&d| half.xtc_applies(d)).count();
+        assert!((4800..5200).contains(&cut), "{cut}");
+    }
+
+    #[test]
+    fn logit_bias_comes_before_the_penalty() {
+        // id 1: 1 + 1 = 2, then the penalty 2 halves it to 1; id 0 banned.
+        let s = SamplingParams { temperature: 1.0, repeat_penalty: 2.0, logit_bias: vec![(1, 1.0), (0, f32::NEG_INFINITY)], ..SamplingParams::greedy() };
+        let p = distribution(&[0.5, 1.0, 1.0], &[1], &s);
+        assert_eq!(p[0], 0.0);
+        assert!((p[1] - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn dynamic_temperature_follows_the_entropy() {
+        let s = SamplingParams { temperature: 1.0, dynatemp_range: 0.5, ..SamplingParams::greedy() };
+        // Uniform logits: H = ln n, so the top of the range; one certain id: the bottom.
+        assert!((temperature(&[0.0; 8], &s) - 1.5).abs() < 1e-6);
+        assert!((temperature(&[0.0, -200.0, -200.0], &s) - 0.5).abs() < 1e-6);
+        // Two equal of four (H = ln 2 = half of ln 4) with exponent 2: 0.5 + 1 * 0.25.
+        let two = [0.0, 0.0, f32::NEG_INFINITY, f32::NEG_INFINITY];
+        assert!((temperature(&two, &SamplingParams { dynatemp_exponent: 2.0, ..s.clone() }) - 0.75).abs() < 1e-6);
+        assert_eq!(temperature(&two, &SamplingParams { dynatemp_range: 0.0, ..s.clone() }), 1.0);
+    }
+
+    #[test]
+    fn top_n_sigma_by_hand() {
+        // Logits [4, 2, 0, -2, -4]: mean 0, σ = sqrt(8) = 2.83; n = 1 keeps >= 1.17: ids 0, 1.
+        let logits = [4.0f32, 2.0, 0.0, -2.0, -4.0];
+        let s = SamplingParams { temperature: 1.0, top_n_sigma: 1.0, ..SamplingParams::greedy() };
+        let p = distribution(&logits, &[], &s);
+        assert!(p[0] > 0.0 && p[1] > 0.0 && p[2] == 0.0);
+        // n = 1.5 reaches down to -0.24: id 2 too; a temperature scales max and σ alike.
+        let p = distribution(&logits, &[], &SamplingParams { top_n_sigma: 1.5, temperature: 0.3, ..s.clone() });
+        assert!(p[2] > 0.0 && p[3] == 0.0);
+    }
+
+    #[test]
     fn log_softmax_by_hand() {
         let s = SamplingParams { temperature: 0.5, repeat_penalty: 2.0, ..SamplingParams::greedy() };
         let lp = log_softmax(&[1.0, 2.0, -1.0], &[1, 2], &s);
@@ -288,6 +574,13 @@ mod tests {
             (SamplingParams { top_p: 1.5, ..Default::default() }, "--top-p"),
             (SamplingParams { min_p: 1.0, ..Default::default() }, "--min-p"),
             (SamplingParams { repeat_penalty: 0.0, ..Default::default() }, "--repeat-penalty"),
+            (SamplingParams { dry_multiplier: -1.0, ..Default::default() }, "--dry-multiplier"),
+            (SamplingParams { dry_base: 0.5, ..Default::default() }, "--dry-base"),
+            (SamplingParams { xtc_probability: 1.5, ..Default::default() }, "--xtc-probability"),
+            (SamplingParams { top_n_sigma: -1.0, ..Default::default() }, "--top-n-sigma"),
+            (SamplingParams { logit_bias: vec![(3, f32::NAN)], ..Default::default() }, "--logit-bias"),
+            (SamplingParams { logit_bias: vec![(3, 1.0), (3, 2.0)], ..Default::default() }, "--logit-bias"),
+            (SamplingParams { xtc_threshold: -0.1, ..Default::default() }, "--xtc-threshold"),
         ];
         for (s, name) in bad {
             let e = s.validate().unwrap_err().to_string();

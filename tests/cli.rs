@@ -93,6 +93,34 @@ fn same_seed_same_text() {
     assert_ne!(a, run("43"), "another seed gave the same 24 tokens");
 }
 
+#[test]
+fn dry_and_xtc_change_the_text_and_stay_seeded() {
+    if !has_gpu() {
+        return;
+    }
+    let model = tiny();
+    let run = |extra: &[&str]| {
+        let mut a = vec!["write", "--model", &model, "--max-tokens", "32", "--ignore-eos", "--seed", "5"];
+        a.extend_from_slice(extra);
+        a.push("The license grants");
+        let o = quill(&a);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+    };
+    let plain = run(&["--temperature", "0"]);
+    // Greedy text from a tiny model repeats itself; a strong DRY penalty breaks the loop.
+    let dry = run(&["--temperature", "0", "--dry-multiplier", "8", "--dry-allowed-length", "1"]);
+    assert_ne!(plain, dry, "DRY did not change greedy text");
+    // A huge bias on one id makes greedy text that id over and over.
+    let biased = run(&["--temperature", "0", "--logit-bias", "100=1000"]);
+    let once = stdout(&quill(&["write", "--model", &model, "--temperature", "0", "--logit-bias", "100=1000", "--max-tokens", "1", "--ignore-eos", "The license grants"]));
+    let (biased, once) = (biased.trim_end(), once.trim_end());
+    assert!(!once.is_empty() && biased == once.repeat(32), "{biased:?} is not 32 times {once:?}");
+    expect_error(&quill(&["write", "--model", &model, "--logit-bias", "99999999=1", "hi"]), &["--logit-bias", "99999999"]);
+    let xtc = ["--temperature", "1", "--xtc-probability", "1", "--xtc-threshold", "0.05"];
+    assert_eq!(run(&xtc), run(&xtc), "XTC with one seed gave two texts");
+}
+
 /// llama-tiny in a temporary directory, with `generation_config` as its generation_config.json.
 fn tiny_with_generation_config(name: &str, generation_config: &str) -> std::path::PathBuf {
     tiny_with(&format!("genconfig-{name}"), "generation_config.json", generation_config.as_bytes())
@@ -239,6 +267,14 @@ fn nonsensical_sampling_values() {
         (&["--min-p", "1"], "--min-p"),
         (&["--repeat-penalty", "0"], "--repeat-penalty"),
         (&["--max-tokens", "0"], "--max-tokens"),
+        (&["--dry-multiplier", "-1"], "--dry-multiplier"),
+        (&["--dry-base", "0.5"], "--dry-base"),
+        (&["--xtc-probability", "2"], "--xtc-probability"),
+        (&["--top-n-sigma", "-1"], "--top-n-sigma"),
+        (&["--dynatemp-range", "-1"], "--dynatemp-range"),
+        (&["--dynatemp-exp", "0"], "--dynatemp-exp"),
+        (&["--logit-bias", "abc"], "--logit-bias"),
+        (&["--logit-bias", "3=nan"], "--logit-bias"),
     ];
     for (args, name) in cases {
         let mut a = vec!["write", "--model", "does-not-matter.gguf"];

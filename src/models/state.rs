@@ -32,6 +32,7 @@ pub struct State {
     pub up: Tensor,     // (max_batch, ffn_dim)
     pub logits: Tensor, // (max_batch, vocab)
     pub work: Tensor,   // (vocab,) sampler scratch
+    pub adjust: Tensor, // the sampler's sparse logit adjustments (DRY), ops::sample::write_adjust
     pub tokens: Tensor, // (ctx_len,) u32 ids of the sequence
     /// Token ids read back to the CPU.
     pub readback: wgpu::Buffer,
@@ -89,6 +90,7 @@ impl State {
             up: z("up", &[max_batch, c.ffn_dim])?,
             logits: z("logits", &[max_batch, c.vocab])?,
             work: z("sampler work", &[c.vocab])?,
+            adjust: z("sampler adjust", &[crate::ops::sample::ADJUST_LEN])?,
             tokens: z("tokens", &[ctx_len])?,
             readback,
             k_cache,

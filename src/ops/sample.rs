@@ -28,6 +28,45 @@ struct Params {
     presence_penalty: f32,
     frequency_penalty: f32,
     _pad: u32,
+    xtc_threshold: f32,
+    xtc_probability: f32,
+    top_n_sigma: f32,
+    _pad2: u32,
+    dynatemp_range: f32,
+    dynatemp_exponent: f32,
+    _pad3: [u32; 2],
+}
+
+/// Most (id, amount) adjustments the sampler takes at one step: the ids DRY penalizes (one
+/// per distinct id that followed an earlier copy of the repeated run).
+pub const MAX_ADJUST: usize = 4096;
+
+/// Values (u32) of the adjustment buffer: the two counts, then (id, f32 bits) pairs.
+pub const ADJUST_LEN: usize = 2 + 2 * (MAX_ADJUST + MAX_LOGIT_BIAS);
+
+/// Most ids a logit bias may name.
+pub const MAX_LOGIT_BIAS: usize = 1024;
+
+/// Writes the lists that the next submitted `sample`/`logprobs` apply into `adjust` (an
+/// [`ADJUST_LEN`] buffer): the logit bias (added first) and DRY's penalties (subtracted
+/// after the penalties), which `sampling::dry_penalties` finds on the CPU from the ids. Only
+/// these short lists go up; the logits never leave the GPU. They are written with the
+/// queue, so every sampling call of one submission sees the same lists.
+pub fn write_adjust(ctx: &crate::gpu::Context, adjust: &Tensor, bias: &[(u32, f32)], dry: &[(u32, f32)]) -> Result<()> {
+    if bias.len() > MAX_LOGIT_BIAS {
+        return Err(Error::arg("--logit-bias", format!("{} ids, more than the {MAX_LOGIT_BIAS} the sampler takes", bias.len())));
+    }
+    if dry.len() > MAX_ADJUST {
+        return Err(Error::arg("--dry-multiplier", format!("DRY penalizes {} ids at this step, more than the {MAX_ADJUST} the sampler takes; lower --dry-penalty-last-n or raise --dry-allowed-length", dry.len())));
+    }
+    adjust.holds("sample", "adjust", 2 + 2 * (bias.len() + dry.len()))?;
+    let mut v = Vec::with_capacity(2 + 2 * (bias.len() + dry.len()));
+    v.extend([bias.len() as u32, dry.len() as u32]);
+    for &(id, amount) in bias.iter().chain(dry) {
+        v.extend([id, amount.to_bits()]);
+    }
+    ctx.queue.write_buffer(&adjust.buf, 0, bytemuck::cast_slice(&v));
+    Ok(())
 }
 
 /// FLOPs and bytes of one sampling pass over the vocabulary: the greedy path reads the
@@ -57,6 +96,13 @@ fn params(vocab: usize, row: usize, out_index: usize, history: &Range<usize>, s:
         presence_penalty: s.presence_penalty,
         frequency_penalty: s.frequency_penalty,
         _pad: 0,
+        xtc_threshold: s.xtc_threshold,
+        xtc_probability: if s.xtc_applies(draw) { s.xtc_probability } else { 0.0 },
+        top_n_sigma: s.top_n_sigma,
+        _pad2: 0,
+        dynatemp_range: s.dynatemp_range,
+        dynatemp_exponent: s.dynatemp_exponent,
+        _pad3: [0; 2],
     }
 }
 
@@ -71,14 +117,16 @@ fn check(op: &'static str, logits: &Tensor, row: usize, work: &Tensor, tokens: &
 
 /// Samples from row `row` of `logits` (rows, vocab) and writes the id to
 /// `tokens[out_index]`. The penalty looks at `tokens[history]`. `work` is a (vocab,) scratch.
+/// `adjust` holds the logit bias and DRY's penalties ([`write_adjust`]).
 #[allow(clippy::too_many_arguments)]
-pub fn sample(rec: &mut Recorder, logits: &Tensor, row: usize, work: &Tensor, tokens: &Tensor, out_index: usize, history: Range<usize>, s: &SamplingParams, draw: u32) -> Result<()> {
+pub fn sample(rec: &mut Recorder, logits: &Tensor, row: usize, work: &Tensor, tokens: &Tensor, adjust: &Tensor, out_index: usize, history: Range<usize>, s: &SamplingParams, draw: u32) -> Result<()> {
     let vocab = check("sample", logits, row, work, tokens, out_index, &history)?;
+    adjust.holds("sample", "adjust", 2)?;
     let pipe = rec.ctx.pipeline(&SHADER, "sample", &[])?;
     let p = params(vocab, row, out_index, &history, s, s.top_k, draw);
     let (flops, bytes) = cost(vocab);
     let info = OpInfo::new("sample", flops, bytes);
-    rec.dispatch(info, &pipe, &[&logits.buf, &work.buf, &tokens.buf], &p, [1, 1, 1]);
+    rec.dispatch(info, &pipe, &[&logits.buf, &work.buf, &tokens.buf, &adjust.buf], &p, [1, 1, 1]);
     Ok(())
 }
 
@@ -86,22 +134,23 @@ pub fn sample(rec: &mut Recorder, logits: &Tensor, row: usize, work: &Tensor, to
 pub const MAX_TOP_LOGPROBS: usize = 20;
 
 /// Log-probabilities of a sampled token, on the GPU: the log-softmax of row `row` after the
-/// penalty over `tokens[history]` and the temperature (`sampling::log_softmax` is the CPU
+/// penalty over `tokens[history]`, the list in `adjust` and the temperature (`sampling::log_softmax` is the CPU
 /// reference), for the id at `tokens[chosen_index]` and the `top` most likely ids. The results
 /// replace the start of `work`: read `logprobs_len(top)` values and pass them to
 /// [`parse_logprobs`]. Only those few values need to come back, not the logits.
 #[allow(clippy::too_many_arguments)]
-pub fn logprobs(rec: &mut Recorder, logits: &Tensor, row: usize, work: &Tensor, tokens: &Tensor, chosen_index: usize, history: Range<usize>, s: &SamplingParams, top: usize) -> Result<()> {
+pub fn logprobs(rec: &mut Recorder, logits: &Tensor, row: usize, work: &Tensor, tokens: &Tensor, adjust: &Tensor, chosen_index: usize, history: Range<usize>, s: &SamplingParams, top: usize) -> Result<()> {
     let vocab = check("logprobs", logits, row, work, tokens, chosen_index, &history)?;
     if top > MAX_TOP_LOGPROBS || logprobs_len(top) > vocab {
         return Err(Error::arg("top_logprobs", format!("{top} must be at most {MAX_TOP_LOGPROBS} (and fit a vocabulary of {vocab})")));
     }
+    adjust.holds("logprobs", "adjust", 2)?;
     let pipe = rec.ctx.pipeline(&SHADER, "logprobs", &[])?;
     let p = params(vocab, row, chosen_index, &history, s, top, 0);
     // One pass to scale, one for the sum, then one argmax pass per alternative.
     let (flops, bytes) = cost(vocab);
     let info = OpInfo::new("logprobs", flops * (2 + top as u64), bytes * (2 + top as u64));
-    rec.dispatch(info, &pipe, &[&logits.buf, &work.buf, &tokens.buf], &p, [1, 1, 1]);
+    rec.dispatch(info, &pipe, &[&logits.buf, &work.buf, &tokens.buf, &adjust.buf], &p, [1, 1, 1]);
     Ok(())
 }
 
@@ -123,7 +172,13 @@ mod tests {
     use crate::gpu::context::gpu_test;
     use crate::gpu::Context;
     use crate::ops::test_values;
-    use crate::sampling::{distribution, log_softmax, sample_reference};
+    use crate::sampling::{distribution, dry_penalties, log_softmax, sample_reference};
+
+    fn adjust_buffer(ctx: &Context, s: &SamplingParams, history: &[u32]) -> Tensor {
+        let t = Tensor::zeros(ctx, "adjust", &[ADJUST_LEN]).unwrap();
+        write_adjust(ctx, &t, &s.logit_bias, &dry_penalties(history, s)).unwrap();
+        t
+    }
 
     /// Runs `draws` samples of one logits row in one command buffer; returns the ids.
     async fn draw_many(ctx: &Context, logits: &[f32], history: &[u32], s: &SamplingParams, draws: usize) -> Vec<u32> {
@@ -133,9 +188,10 @@ mod tests {
         let mut ids = history.to_vec();
         ids.resize(history.len() + draws, 0);
         let tokens = Tensor { buf: ctx.upload("tokens", &ids).unwrap(), shape: vec![ids.len()] };
+        let adjust = adjust_buffer(ctx, s, history);
         let mut rec = Recorder::new(ctx, "test");
         for i in 0..draws {
-            sample(&mut rec, &lt, 0, &work, &tokens, history.len() + i, 0..history.len(), s, i as u32).unwrap();
+            sample(&mut rec, &lt, 0, &work, &tokens, &adjust, history.len() + i, 0..history.len(), s, i as u32).unwrap();
         }
         rec.submit().unwrap();
         ctx.read_u32_async(&tokens.buf, history.len(), draws).await.unwrap()
@@ -195,15 +251,17 @@ mod tests {
         let lt = Tensor::upload_f32(ctx, "logits", &[1, vocab], &logits).unwrap();
         let work = Tensor::zeros(ctx, "work", &[vocab]).unwrap();
         let tokens = Tensor { buf: ctx.upload("tokens", &ids).unwrap(), shape: vec![ids.len()] };
+        let adjust = adjust_buffer(ctx, &SamplingParams::greedy(), &[]);
         let cases = [
             (SamplingParams { temperature: 0.7, repeat_penalty: 1.3, ..base() }, 5),
             (SamplingParams::greedy(), 20),
             (SamplingParams { temperature: 1.9, ..base() }, 0),
             (SamplingParams { presence_penalty: 1.5, frequency_penalty: -0.7, repeat_penalty: 1.2, ..base() }, 3),
+            (SamplingParams { temperature: 0.9, dynatemp_range: 0.5, dynatemp_exponent: 0.7, ..base() }, 2),
         ];
         for (s, top) in cases {
             let mut rec = Recorder::new(ctx, "test");
-            logprobs(&mut rec, &lt, 0, &work, &tokens, history.len(), 0..history.len(), &s, top).unwrap();
+            logprobs(&mut rec, &lt, 0, &work, &tokens, &adjust, history.len(), 0..history.len(), &s, top).unwrap();
             rec.submit().unwrap();
             let got = ctx.read_f32_async(&work.buf, 0, logprobs_len(top)).await.unwrap();
             let (lp, alts) = parse_logprobs(&got);
@@ -219,7 +277,7 @@ mod tests {
             }
         }
         let mut rec = Recorder::new(ctx, "test");
-        assert!(logprobs(&mut rec, &lt, 0, &work, &tokens, 4, 0..4, &base(), MAX_TOP_LOGPROBS + 1).is_err());
+        assert!(logprobs(&mut rec, &lt, 0, &work, &tokens, &adjust, 4, 0..4, &base(), MAX_TOP_LOGPROBS + 1).is_err());
     });
 
     gpu_test!(fn greedy_is_argmax_with_lowest_id_on_ties(ctx) {
@@ -247,6 +305,44 @@ mod tests {
         let hist = [3u32, 10, 10, 40];
         check_frequencies(ctx, &logits, &hist, &SamplingParams { repeat_penalty: 1.5, ..base() }, n).await;
         check_frequencies(ctx, &logits, &hist, &SamplingParams { presence_penalty: 0.8, frequency_penalty: 0.6, ..base() }, n).await;
+        // Logit bias (before the penalty), a ban, and top-nσ over what the ban leaves.
+        let bias = vec![(10, 1.5), (3, -2.0), (0, f32::NEG_INFINITY)];
+        check_frequencies(ctx, &logits, &hist, &SamplingParams { logit_bias: bias.clone(), repeat_penalty: 1.3, top_n_sigma: 1.2, ..base() }, n).await;
+    });
+
+    gpu_test!(fn dry_xtc_and_top_n_sigma_frequencies_match_the_reference(ctx) {
+        // DRY: "5 6 7" repeats, so 8 (after L = 3) and 9 (after L = 2) are penalized; 11 breaks.
+        let logits: Vec<f32> = test_values(37, 5).iter().map(|v| v * 2.0).collect();
+        let hist = [5u32, 6, 7, 8, 1, 6, 7, 9, 2, 11, 5, 6, 7];
+        let dry = SamplingParams { dry_multiplier: 0.9, dry_breakers: vec![11], ..base() };
+        assert_eq!(dry_penalties(&hist, &dry).len(), 2);
+        let n = if ctx.info.backend == wgpu::Backend::BrowserWebGpu { 1500 } else { 4000 };
+        check_frequencies(ctx, &logits, &hist, &dry, n).await;
+        // Greedy sees DRY too: make 8 the argmax, then a strong DRY moves off it.
+        let mut peaked = logits.clone();
+        peaked[8] = 10.0;
+        let strong = SamplingParams { dry_multiplier: 20.0, ..SamplingParams::greedy() };
+        let want = sample_reference(&peaked, &hist, &strong, 0);
+        assert_ne!(want, 8);
+        assert_eq!(draw_many(ctx, &peaked, &hist, &strong, 1).await, vec![want]);
+        // XTC always applied: p(0.3) keeps ids 1 .. 3 of the top, drops the likelier ones.
+        let mut top = vec![0.0f32; 29];
+        top[..4].copy_from_slice(&[3.4, 3.3, 3.2, 3.1]);
+        let xtc = SamplingParams { xtc_threshold: 0.1, xtc_probability: 1.0, ..base() };
+        let p = distribution(&top, &[], &xtc);
+        assert!(p[0] == 0.0 && p[1] == 0.0 && p[2] == 0.0 && p[3] > 0.0);
+        check_frequencies(ctx, &top, &[], &xtc, n).await;
+        // Dynamic temperature, with top-k.
+        check_frequencies(ctx, &logits, &[], &SamplingParams { dynatemp_range: 0.6, dynatemp_exponent: 1.5, top_k: 12, ..base() }, n).await;
+        // Top-nσ, alone and under top-k and top-p.
+        check_frequencies(ctx, &logits, &[], &SamplingParams { top_n_sigma: 1.0, ..base() }, n).await;
+        check_frequencies(ctx, &logits, &[], &SamplingParams { top_n_sigma: 1.5, top_k: 8, top_p: 0.9, temperature: 0.7, ..base() }, n).await;
+        // XTC on half the draws: the GPU decides per draw as the CPU reference does.
+        let half = SamplingParams { xtc_probability: 0.5, seed: 11, ..xtc.clone() };
+        let got = draw_many(ctx, &top, &[], &half, 200).await;
+        let agree = (0..200).filter(|&i| sample_reference(&top, &[], &half, i as u32) == got[i]).count();
+        assert!(agree >= 198, "GPU and CPU reference agree on only {agree} of 200 draws");
+        assert!(got.iter().any(|&id| id < 3) && got.iter().any(|&id| id >= 3));
     });
 
     gpu_test!(fn ties_at_the_top_k_boundary_are_kept(ctx) {
