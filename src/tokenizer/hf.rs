@@ -15,9 +15,22 @@ impl Tokenizer {
     pub fn from_hf(tokenizer_json: &[u8], tokenizer_config: Option<&[u8]>, chat_template_jinja: Option<&str>, folder: &str) -> Result<Self> {
         let json_file = in_folder(folder, "tokenizer.json");
         let config_file = in_folder(folder, "tokenizer_config.json");
-        // tokenizers 0.22 panics (instead of failing) on a JSON syntax error inside "decoder"
-        // (found by fuzz/, kept in fuzz/regressions/tokenizer_json/): check the syntax first.
-        serde_json::from_slice::<serde::de::IgnoredAny>(tokenizer_json).map_err(|e| Error::format(&json_file, format!("not valid JSON: {e}")))?;
+        // tokenizers 0.22 panics (instead of failing) on a JSON error inside "decoder": a syntax
+        // error, or an escape that is no Unicode code point (found by fuzz/, kept in
+        // fuzz/regressions/tokenizer_json/). So the syntax is checked first, and the decoder's
+        // strings decoded in full (the rest is only skipped: skipping does not check escapes).
+        // It also panics encoding with a post-processor whose template for one sequence names
+        // the second (sequence B), so that is refused here too.
+        #[derive(serde::Deserialize)]
+        struct Checked {
+            #[allow(dead_code)]
+            decoder: Option<serde_json::Value>,
+            post_processor: Option<serde_json::Value>,
+        }
+        let checked: Checked = serde_json::from_slice(tokenizer_json).map_err(|e| Error::format(&json_file, format!("not valid JSON: {e}")))?;
+        if let Some(p) = &checked.post_processor {
+            check_single_template(p).map_err(|msg| Error::format(&json_file, msg))?;
+        }
         let inner = tokenizers::Tokenizer::from_bytes(tokenizer_json).map_err(|e| Error::format(&json_file, e.to_string()))?;
 
         let config: Json = match tokenizer_config {
@@ -85,5 +98,21 @@ fn config_chat_template(config: &Json, config_file: &str) -> Result<Option<Strin
             Ok(named("default").and_then(|t| t.get("template")).and_then(Json::as_str).map(str::to_string))
         }
         Some(_) => Err(Error::format(config_file, "chat_template is neither a string nor a list of named templates")),
+    }
+}
+
+/// A TemplateProcessing post-processor (alone or inside a Sequence) whose `single` template
+/// refers only to sequence A, the one a single input has.
+fn check_single_template(p: &Json) -> std::result::Result<(), String> {
+    match p.get("type").and_then(Json::as_str) {
+        Some("Sequence") => p.get("processors").and_then(Json::as_array).into_iter().flatten().try_for_each(check_single_template),
+        Some("TemplateProcessing") => {
+            let pieces = p.get("single").and_then(Json::as_array).into_iter().flatten();
+            match pieces.filter_map(|piece| piece.get("Sequence")?.get("id")?.as_str()).find(|id| *id != "A") {
+                Some(id) => Err(format!("post_processor: the template for a single sequence names sequence {id}, which it does not have")),
+                None => Ok(()),
+            }
+        }
+        _ => Ok(()),
     }
 }
