@@ -228,3 +228,72 @@ pub fn store_peak(ctx: &Context, peak: crate::gpu::profiler::DevicePeak) -> Resu
     std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
     Ok(path)
 }
+
+/// Replaces `path` with `bytes` so that a crash, a kill or a full disk at any moment leaves
+/// either the old file or the new one, whole: the bytes go to a temporary file beside it,
+/// are flushed to the disk, and the temporary file is renamed over `path` (then the folder
+/// is flushed so the rename itself survives a power loss). When `keep_previous` is set, the
+/// file being replaced stays as `path~` (one previous version). A failure leaves `path`
+/// untouched and removes the temporary file.
+pub fn atomic_write(path: &Path, bytes: &[u8], keep_previous: bool) -> Result<()> {
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let file_name = path.file_name().ok_or_else(|| Error::io(path, std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name")))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(file_name);
+    tmp_name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(&tmp, e));
+    }
+    if keep_previous && path.is_file() {
+        let mut prev = path.as_os_str().to_owned();
+        prev.push("~");
+        // A hard link keeps the old version without a window where `path` is missing.
+        let prev = PathBuf::from(prev);
+        let _ = std::fs::remove_file(&prev);
+        if std::fs::hard_link(path, &prev).is_err() {
+            std::fs::copy(path, &prev).map_err(|e| Error::io(&prev, e))?;
+        }
+    }
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(path, e));
+    }
+    if let Ok(d) = std::fs::File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod atomic_tests {
+    use super::atomic_write;
+
+    #[test]
+    fn replaces_whole_and_keeps_previous() {
+        let dir = std::env::temp_dir().join(format!("quill-atomic-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("story.txt");
+        atomic_write(&p, b"one", true).unwrap();
+        atomic_write(&p, b"one two", true).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"one two");
+        assert_eq!(std::fs::read(dir.join("story.txt~")).unwrap(), b"one");
+        // No temporary file is left behind.
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2);
+        // A folder that does not exist is an error naming the temporary file's path.
+        let bad = dir.join("missing").join("x.txt");
+        let e = atomic_write(&bad, b"x", true).unwrap_err().to_string();
+        assert!(e.contains("missing"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
