@@ -11,6 +11,7 @@ use quill::generate::{Session, Stop};
 use quill::gpu::Context;
 use quill::models::load::{LoadOptions, WeightType};
 use quill::models::{GenerationDefaults, LoadedModel};
+use quill::ops::attention::KvFormat;
 use quill::sampling::{SamplingFlags, SamplingParams};
 use quill::tokenizer::StreamDecoder;
 
@@ -23,6 +24,10 @@ struct Cli {
     /// quantized), f32, f16 or q8_0.
     #[arg(long, global = true, default_value = "native")]
     dtype: String,
+    /// Storage of the KV cache: f32, or f16 (half the memory, packed two to a u32 word)
+    /// [default: QUILL_KV_CACHE, else f32].
+    #[arg(long, global = true)]
+    kv_cache: Option<String>,
 }
 
 /// The `--dtype` given, for every model loaded.
@@ -202,7 +207,7 @@ struct WriteArgs {
 
 pub fn run() -> Result<()> {
     let cli = Cli::parse();
-    let _ = LOAD_OPTIONS.set(LoadOptions { dtype: WeightType::parse(&cli.dtype)? });
+    let _ = LOAD_OPTIONS.set(LoadOptions { dtype: WeightType::parse(&cli.dtype)?, kv_cache: kv_cache_format(cli.kv_cache.as_deref())? });
     match cli.command {
         Command::Info { model } => info(model),
         Command::Write(args) => write(args),
@@ -211,6 +216,16 @@ pub fn run() -> Result<()> {
         Command::Bench(args) => bench(args),
         Command::BenchDevice { json } => bench_device(json),
         Command::Serve(args) => crate::serve::run(args),
+    }
+}
+
+/// The KV cache format: `--kv-cache`, else `QUILL_KV_CACHE`, else f32.
+fn kv_cache_format(flag: Option<&str>) -> Result<KvFormat> {
+    use quill::ops::attention::KV_CACHE_ENV;
+    match (flag, std::env::var(KV_CACHE_ENV).ok().filter(|v| !v.is_empty())) {
+        (Some(f), _) => KvFormat::parse(f, "--kv-cache"),
+        (None, Some(v)) => KvFormat::parse(&v, KV_CACHE_ENV),
+        (None, None) => Ok(KvFormat::F32),
     }
 }
 
@@ -293,10 +308,11 @@ fn info(model: Option<PathBuf>) -> Result<()> {
         let ctx_len = quill::plan::plan_session(&ctx, &m, None, quill::generate::DEFAULT_MAX_BATCH).map_or(c.max_ctx, |p| p.ctx_len);
         outln!("weights on the GPU: {} (--dtype {})", m.model.weight_types(), LOAD_OPTIONS.get().copied().unwrap_or_default().dtype.name())?;
         outln!(
-            "GPU memory: weights {:.1} MB ({:.1} MB as f32) + KV cache {:.1} MB for {ctx_len} positions",
+            "GPU memory: weights {:.1} MB ({:.1} MB as f32) + KV cache {:.1} MB for {ctx_len} positions ({})",
             m.model.weight_bytes() as f64 / 1e6,
             c.weight_bytes() as f64 / 1e6,
-            quill::plan::SessionShape::new(c, quill::generate::DEFAULT_MAX_BATCH).kv_bytes(ctx_len) as f64 / 1e6
+            quill::plan::SessionShape::new(c, quill::generate::DEFAULT_MAX_BATCH).kv_bytes(ctx_len) as f64 / 1e6,
+            c.kv_format.name()
         )?;
     }
     Ok(())

@@ -9,7 +9,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::Context;
 use crate::models::{LoadedModel, ModelConfig};
-use crate::ops::attention::{partials_len, ring_len};
+use crate::ops::attention::{partials_len, ring_len, KvFormat};
 
 /// Environment variable overriding the memory budget: bytes, or a number with K, M or G
 /// (powers of 1024), e.g. `QUILL_GPU_MEMORY=12G`.
@@ -86,6 +86,8 @@ pub struct SessionShape {
     pub n_heads: usize,
     pub ffn_dim: usize,
     pub vocab: usize,
+    /// How the KV cache stores values: f16 takes half the bytes of f32.
+    pub kv_format: KvFormat,
 }
 
 impl SessionShape {
@@ -102,6 +104,7 @@ impl SessionShape {
             n_heads: c.n_heads,
             ffn_dim: c.ffn_dim,
             vocab: c.vocab,
+            kv_format: c.kv_format,
         }
     }
 
@@ -114,7 +117,7 @@ impl SessionShape {
 
     /// Bytes of one layer's K (or V) cache holding `positions`.
     fn cache_bytes(&self, positions: usize) -> u64 {
-        4 * (self.n_kv_heads * positions * self.head_dim) as u64
+        4 * self.kv_format.words(self.n_kv_heads * positions * self.head_dim) as u64
     }
 
     /// Bytes of the KV caches of every layer.
@@ -214,7 +217,7 @@ mod tests {
 
     /// SmolLM2-135M's shape: 30 layers, 3 KV heads of 64, context 8192.
     fn smollm2() -> SessionShape {
-        SessionShape { windows: vec![None; 30], n_kv_heads: 3, head_dim: 64, max_ctx: 8192, max_batch: 128, dim: 576, n_heads: 9, ffn_dim: 1536, vocab: 49152 }
+        SessionShape { windows: vec![None; 30], n_kv_heads: 3, head_dim: 64, max_ctx: 8192, max_batch: 128, dim: 576, n_heads: 9, ffn_dim: 1536, vocab: 49152, kv_format: KvFormat::F32 }
     }
     fn budget() -> Budget {
         Budget { bytes: 4 * GIB, source: "test".into() }
@@ -257,7 +260,7 @@ mod tests {
     fn sliding_window_layers_keep_only_their_window() {
         // Gemma 3 270M: 18 layers, 5 of every 6 with a window of 512, 1 KV head of 256.
         let windows = (0..18).map(|l| if l % 6 == 5 { None } else { Some(512) }).collect();
-        let s = SessionShape { windows, n_kv_heads: 1, head_dim: 256, max_ctx: 32768, max_batch: 128, dim: 640, n_heads: 4, ffn_dim: 2048, vocab: 262144 };
+        let s = SessionShape { windows, n_kv_heads: 1, head_dim: 256, max_ctx: 32768, max_batch: 128, dim: 640, n_heads: 4, ffn_dim: 2048, vocab: 262144, kv_format: KvFormat::F32 };
         let p = plan(&s, Some(32768), 4 * GIB, 128 << 20, &budget()).unwrap();
         let ring = ring_len(512, 128);
         assert_eq!(p.layer_positions.iter().filter(|&&n| n == ring).count(), 15);
@@ -266,6 +269,17 @@ mod tests {
         assert_eq!(s.kv_bytes(32768) - s.kv_bytes(16384), 3 * 2 * 16384 * 256 * 4);
         // A context shorter than the ring keeps just the context.
         assert!(s.layer_positions(100).iter().all(|&n| n == 100));
+    }
+
+    #[test]
+    fn an_f16_cache_counts_half_the_bytes() {
+        let f32_shape = smollm2();
+        let f16_shape = SessionShape { kv_format: KvFormat::F16, ..smollm2() };
+        assert_eq!(2 * f16_shape.kv_bytes(6000), f32_shape.kv_bytes(6000));
+        // A budget that holds 3000 positions of f32 cache holds about twice as many of f16.
+        let available = f32_shape.kv_bytes(3000) + f32_shape.activation_bytes(3000);
+        let n = plan(&f16_shape, None, available, 128 << 20, &budget()).unwrap().ctx_len;
+        assert!(n > 5000, "{n}");
     }
 
     #[test]

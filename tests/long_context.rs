@@ -85,3 +85,51 @@ fn a_6000_token_prompt_prefills_and_decodes_past_the_old_cap() {
     assert!(worst <= 1e-4 * spread.max(1.0), "position {PROMPT_TOKENS}: split and single-range attention differ by {worst}");
     assert_eq!(s.ids().len(), PROMPT_TOKENS + 4, "four tokens decoded after the prompt");
 }
+
+/// Gemma 3 270M Q4_K_M (scripts/fetch-model.sh gemma3-270m) with a 6000-token prompt against
+/// transformers on the same weights dequantized (tests/fixtures/long-context/reference.json, made
+/// by make_long_context_ref.py there): the top-10 logits at the last prompt position within
+/// 0.02 + 1e-3·|ref| (the bound tests/models.rs holds Gemma 3 270M's short prompts to: Q4_K/Q6_K
+/// dot products in another order), then greedy decoding exact up to the first step whose
+/// reference margin is below 0.1. The 15 sliding-window layers' caches hold a ring of
+/// 512 + 128 - 1 positions whatever the context; only the 3 global layers hold all 6008.
+/// Opt-in (QUILL_LONG_CONTEXT=1; scripts/long-context-check.sh): about half an hour on lavapipe.
+#[test]
+fn gemma3_270m_6000_tokens_match_transformers() {
+    if std::env::var_os("QUILL_LONG_CONTEXT").is_none() {
+        eprintln!("SKIPPING: set QUILL_LONG_CONTEXT=1 (scripts/long-context-check.sh) to run the 6000-token Gemma 3 check");
+        return;
+    }
+    let Some(ctx) = test_context() else { return };
+    let path = quill::files::gemma3_270m_path();
+    assert!(path.is_file(), "{} is missing: run scripts/fetch-model.sh gemma3-270m", path.display());
+    let model = quill::files::load_model(ctx, &path, &mut no_progress).unwrap();
+    let reference = json("long-context/reference.json");
+    let prompt = ids(&reference["input_ids"]);
+    assert_eq!(prompt.len(), PROMPT_TOKENS);
+    let ctx_len = PROMPT_TOKENS + 8;
+    let mut s = Session::new(ctx, &model, ctx_len).unwrap();
+    let c = model.config();
+    let ring = quill::ops::attention::ring_len(512, quill::generate::DEFAULT_MAX_BATCH);
+    for (i, &len) in s.state.cache_len.iter().enumerate() {
+        let want = if c.attention(i).window == Some(512) { ring } else { ctx_len };
+        assert_eq!(len, want, "layer {i}'s cache positions");
+    }
+    assert_eq!(s.state.cache_len.iter().filter(|&&n| n == ctx_len).count(), 3, "3 global layers");
+    let plan = quill::plan::SessionShape::new(c, quill::generate::DEFAULT_MAX_BATCH);
+    assert_eq!(plan.layer_positions(ctx_len), s.state.cache_len, "the plan counts what the session allocates");
+    let start = std::time::Instant::now();
+    s.push(&prompt).unwrap();
+    let logits = s.logits_last().unwrap();
+    let prefill = start.elapsed();
+    for pair in reference["last_top10"].as_array().unwrap() {
+        let (id, want) = (pair[0].as_u64().unwrap() as usize, pair[1].as_f64().unwrap() as f32);
+        assert!((logits[id] - want).abs() <= 0.02 + 1e-3 * want.abs(), "token {id}: transformers {want}, quill {} (reference.json last_top10)", logits[id]);
+    }
+    let greedy = ids(&reference["greedy_ids"]);
+    let sure = reference["greedy_steps"].as_array().unwrap().iter().take_while(|st| st["margin"].as_f64().unwrap() >= 0.1).count();
+    let start = std::time::Instant::now();
+    let got = greedy_after(&mut s, &logits);
+    eprintln!("Gemma 3 270M, 6000-token prompt: prefill {:.0} s, 3 decode steps {:.1} s; greedy {got:?}, transformers {greedy:?} (exact for {sure})", prefill.as_secs_f64(), start.elapsed().as_secs_f64());
+    assert_eq!(got[..sure], greedy[..sure], "greedy tokens after the prompt (reference.json greedy_ids)");
+}

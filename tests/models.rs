@@ -96,6 +96,14 @@ fn golden_mistral_tiny() {
     golden_tiny("mistral-tiny");
 }
 
+/// mistral-tiny converted by llama.cpp's own converter (scripts/make-mistral-gguf.py), which
+/// writes Mistral as `llama`; the script adds the `llama.attention.sliding_window` key that the
+/// converter drops, without which the file would be a full-attention model.
+#[test]
+fn golden_mistral_tiny_gguf() {
+    golden_tiny_from("mistral-tiny", "model-f32.gguf");
+}
+
 /// Mistral's sliding layers keep a ring of window + chunk - 1 = 137 positions in a 256-position
 /// session, so 200 tokens wrap it. With a window of 10 over 2 layers, the logits at position p
 /// depend only on tokens p-18..=p (RoPE sees only relative positions), so the ring's logits at
@@ -150,19 +158,71 @@ fn golden_gemma2_tiny_gguf() {
     golden_tiny_from("gemma2-tiny", "model-f32.gguf");
 }
 
-/// gemma2-tiny with its config.json edited by `edit`, from a copy of the fixture directory.
-fn gemma2_tiny_with(ctx: &Context, case: &str, edit: impl FnOnce(&mut serde_json::Value)) -> LoadedModel {
-    let dir = std::env::temp_dir().join(format!("quill-gemma2-{case}-{}", std::process::id()));
+/// The weights and tokenizer of fixture `base` with `config` as its config.json, from a copy of
+/// the fixture directory.
+fn tiny_with_config(ctx: &Context, base: &str, case: &str, config: &serde_json::Value) -> LoadedModel {
+    let dir = std::env::temp_dir().join(format!("quill-{base}-{case}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     for f in ["model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
-        std::fs::copy(fixture(&format!("gemma2-tiny/{f}")), dir.join(f)).unwrap();
+        std::fs::copy(fixture(&format!("{base}/{f}")), dir.join(f)).unwrap();
     }
-    let mut config = json("gemma2-tiny/config.json");
-    edit(&mut config);
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
     let model = load(ctx, &dir);
     std::fs::remove_dir_all(&dir).unwrap();
     model
+}
+
+/// gemma2-tiny with its config.json edited by `edit`.
+fn gemma2_tiny_with(ctx: &Context, case: &str, edit: impl FnOnce(&mut serde_json::Value)) -> LoadedModel {
+    let mut config = json("gemma2-tiny/config.json");
+    edit(&mut config);
+    tiny_with_config(ctx, "gemma2-tiny", case, &config)
+}
+
+/// The golden check of a config variant: `base`'s weights with `variant`'s config.json, against
+/// `variant`'s references (tests/fixtures/make_variant_refs.py). Returns the model.
+fn golden_variant(ctx: &'static Context, base: &str, variant: &str) -> LoadedModel {
+    let model = tiny_with_config(ctx, base, variant, &json(&format!("{variant}/config.json")));
+    let read = |file: &str| std::fs::read(fixture(&format!("{variant}/{file}"))).unwrap();
+    pollster::block_on(golden::golden_tiny(ctx, &model, variant, &read("reference_logits.safetensors"), &read("reference.json")));
+    model
+}
+
+/// A variant's `short_logits`: transformers' logits of the first 12 input tokens alone.
+fn short_reference(variant: &str) -> Vec<f32> {
+    let bytes = std::fs::read(fixture(&format!("{variant}/reference_logits.safetensors"))).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensor("short_logits").unwrap().data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
+/// Phi-3's longrope (tests/fixtures/phi3-longrope: phi3-tiny's weights, original context 16,
+/// attention factor √2): the 34-token golden runs on the long factors; 12 tokens alone stay
+/// within the original context and so turn with the short factors, as in transformers.
+#[test]
+fn golden_phi3_longrope() {
+    let Some(ctx) = test_context() else { return };
+    let model = golden_variant(ctx, "phi3-tiny", "phi3-longrope");
+    let (ids, _) = tiny_reference("phi3-longrope");
+    let mut s = Session::new(ctx, &model, 64).unwrap();
+    s.push(&ids[..12]).unwrap();
+    check_close(&s.logits_all().unwrap(), &short_reference("phi3-longrope"), 1e-4, 1e-4, "phi3-longrope, 12 tokens (short factors; reference_logits.safetensors short_logits)");
+}
+
+/// The same longrope model from GGUF (scripts/make-phi3-gguf.py phi3-longrope: the factors as
+/// `rope_factors_short` / `rope_factors_long` tensors and `phi3.rope.scaling.attn_factor`, as
+/// llama.cpp's converter writes them).
+#[test]
+fn golden_phi3_longrope_gguf() {
+    golden_tiny_from("phi3-longrope", "model-f32.gguf");
+}
+
+/// Qwen2 with `use_sliding_window` (tests/fixtures/qwen2-sliding: qwen2-tiny's weights, layer 1
+/// windowed to 10 positions, shorter than the 34-token input).
+#[test]
+fn golden_qwen2_sliding_window() {
+    let Some(ctx) = test_context() else { return };
+    let model = golden_variant(ctx, "qwen2-tiny", "qwen2-sliding");
+    assert_eq!((model.config().attention(0).window, model.config().attention(1).window), (None, Some(10)));
 }
 
 /// The tiny Gemma 2's logits stay below 0.7, where 30·tanh(l/30) is within 1e-4 of l, so its
@@ -282,7 +342,7 @@ fn hf_weights_stored_as_f16_or_q8_0() {
     let (ids, want) = tiny_reference("llama-tiny");
     for (dtype, name, tolerance) in [(WeightType::F16, "F16", 2e-3f32), (WeightType::Q8_0, "Q8_0", 2e-2)] {
         let path = fixture("llama-tiny");
-        let model = quill::files::load_model_with(ctx, &path, &LoadOptions { dtype }, &mut no_progress).unwrap();
+        let model = quill::files::load_model_with(ctx, &path, &LoadOptions { dtype, ..Default::default() }, &mut no_progress).unwrap();
         assert!(model.model.weight_types().starts_with(name), "{}", model.model.weight_types());
         let mut s = Session::new(ctx, &model, 64).unwrap();
         s.push(&ids).unwrap();
@@ -306,7 +366,7 @@ fn smollm2(opts: LoadOptions) -> Option<(LoadedModel, &'static Context)> {
 /// tests/fixtures/smollm2/reference.json, for every prompt.
 #[test]
 fn golden_smollm2_f32() {
-    let Some((model, ctx)) = smollm2(LoadOptions { dtype: WeightType::F32 }) else { return };
+    let Some((model, ctx)) = smollm2(LoadOptions { dtype: WeightType::F32, ..Default::default() }) else { return };
     assert!(model.model.weight_types().starts_with("F32"), "{}", model.model.weight_types());
     golden_smollm2(&model, ctx, 0.02, 1.0);
 }
@@ -432,5 +492,46 @@ fn golden_gemma3_270m() {
         let llama_cpp = llama_cpp.strip_suffix('\n').unwrap_or(llama_cpp);
         let ours = model.tokenizer.decode(&out[..exact.min(16)]).unwrap();
         assert!(llama_cpp.starts_with(&ours), "{what}: greedy text '{ours}' is not the start of llama.cpp's '{llama_cpp}'");
+    }
+}
+
+/// An f16 KV cache (`--kv-cache f16`) against transformers' f32 reference, on llama-tiny and on
+/// gemma3-tiny (sliding-window ring layers, head_dim 32, its own scale). K and V rounded to f16
+/// move by up to 2^-11 relative; the logits (|l| < 1) moved by at most 1.3e-4 (llama-tiny) and
+/// 4.5e-4 (gemma3-tiny) when this was written, so the bound is 1e-3 + 1e-3·|ref|, ten times the
+/// f32 cache's. Greedy tokens must be
+/// exact up to the first reference step whose margin is below 2e-3 (twice that bound).
+#[test]
+fn golden_with_f16_kv_cache() {
+    use quill::ops::attention::KvFormat;
+    let Some(ctx) = test_context() else { return };
+    let opts = LoadOptions { kv_cache: KvFormat::F16, ..Default::default() };
+    for name in ["llama-tiny", "gemma3-tiny"] {
+        let model = quill::files::load_model_with(ctx, &fixture(name), &opts, &mut no_progress).unwrap();
+        assert_eq!(model.config().kv_format, KvFormat::F16);
+        let (ids, want) = tiny_reference(name);
+        let mut s = Session::new(ctx, &model, 64).unwrap();
+        s.push(&ids[..20]).unwrap();
+        let mut got = s.logits_all().unwrap();
+        for &id in &ids[20..] {
+            s.push(&[id]).unwrap();
+            got.extend(s.logits_last().unwrap());
+        }
+        let worst = got.iter().zip(&want).fold(0f32, |m, (g, w)| m.max((g - w).abs()));
+        eprintln!("{name} with an f16 KV cache: logits differ by up to {worst:.2e} from reference_logits.safetensors");
+        check_close(&got, &want, 1e-3, 1e-3, &format!("{name} f16 KV cache, prefill(20) + decode logits"));
+        let reference = json(&format!("{name}/reference.json"));
+        let steps = reference["greedy_steps"].as_array().unwrap();
+        let sure = steps.iter().take_while(|s| s["margin"].as_f64().unwrap() >= 2e-3).count();
+        assert!(sure >= 4, "{name}: only {sure} greedy steps have a margin of 2e-3");
+        let greedy: Vec<u32> = reference["greedy_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        let mut s = Session::new(ctx, &model, 64).unwrap();
+        let mut out = Vec::new();
+        s.generate(&ids, &SamplingParams::greedy(), 16, true, |id| {
+            out.push(id);
+            true
+        })
+        .unwrap();
+        assert_eq!(out[..sure], greedy[..sure], "{name} f16 KV cache: greedy tokens (reference.json greedy_ids) before the first margin below 2e-3");
     }
 }

@@ -109,7 +109,7 @@ fn bf16_weights_stay_bf16_on_the_gpu() {
 
     let (ids, want) = golden::tiny_reference(&std::fs::read(fixture("llama-tiny/reference_logits.safetensors")).unwrap());
     let logits = |dtype: WeightType, types: &str| {
-        let model = quill::files::load_model_with(ctx, &dir, &LoadOptions { dtype }, &mut no_progress).unwrap();
+        let model = quill::files::load_model_with(ctx, &dir, &LoadOptions { dtype, ..Default::default() }, &mut no_progress).unwrap();
         assert!(model.model.weight_types().starts_with(types), "{:?}: {}", dtype, model.model.weight_types());
         let mut s = Session::new(ctx, &model, 64).unwrap();
         s.push(&ids).unwrap();

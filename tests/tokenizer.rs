@@ -312,3 +312,81 @@ fn bad_hf_files_are_errors() {
     assert_eq!(t.apply_chat_template(&[("user", "hi")], false).unwrap(), "<|im_start|>hi<|im_end|>");
     assert_eq!((t.bos_id, t.eos_ids.clone()), (Some(1), vec![2]));
 }
+
+/// llama.cpp's own tokenizer test data (`models/ggml-vocab-NAME.gguf` with `.inp` and `.out`,
+/// which `tests/test-tokenizer-0` checks llama.cpp against): the texts of `.inp`, separated by
+/// `\n__ggml_vocab_test__\n`, and per line of `.out` the ids llama.cpp gives them (no BOS or
+/// EOS, special tokens not parsed). Returns the texts whose ids differ, or why the vocabulary
+/// does not load.
+fn llama_cpp_vocab_mismatches(dir: &std::path::Path, name: &str) -> Result<Vec<String>, String> {
+    let file = dir.join(format!("ggml-vocab-{name}.gguf"));
+    let read = |ext: &str| {
+        let p = file.with_extension(format!("gguf{ext}"));
+        std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    };
+    let t = Gguf::parse(&file.display().to_string(), &read("")).and_then(|g| Tokenizer::from_gguf(&g)).map_err(|e| e.to_string())?;
+    let inp = String::from_utf8(read(".inp")).unwrap();
+    let out = String::from_utf8(read(".out")).unwrap();
+    // Each text ends with the separator, the last one too (test-tokenizer-0 stops at the end).
+    let sep = "\n__ggml_vocab_test__\n";
+    let texts: Vec<&str> = inp.strip_suffix(sep).unwrap_or(&inp).split(sep).collect();
+    let want: Vec<Vec<u32>> = out.lines().map(|l| l.split_whitespace().map(|x| x.parse().unwrap()).collect()).collect();
+    assert_eq!(texts.len(), want.len(), "{name}: .inp and .out hold different numbers of tests");
+    let mut bad = Vec::new();
+    for (text, want) in texts.iter().zip(&want) {
+        let mut got = t.encode(text).unwrap();
+        // quill's encode adds BOS/EOS as the file asks; llama.cpp's test adds none.
+        if t.add_bos && t.bos_id.is_some() && got.first() == t.bos_id.as_ref() && want.first() != t.bos_id.as_ref() {
+            got.remove(0);
+        }
+        if t.add_eos && got.last() == t.eos_ids.first() && want.last() != t.eos_ids.first() {
+            got.pop();
+        }
+        if got != *want {
+            bad.push(format!("{text:?}: llama.cpp {want:?}, quill {got:?}"));
+        }
+    }
+    Ok(bad)
+}
+
+/// DeepSeek LLM's byte-level BPE (`tokenizer.ggml.pre = deepseek-llm`) gives llama.cpp's ids on
+/// every text of llama.cpp's own test (whitespace runs, accents, CJK, emoji, code, digits);
+/// tests/fixtures/llama-vocab holds its vocabulary file from the llama-cpp-python 0.3.36 sdist.
+#[test]
+fn deepseek_llm_pre_tokenizer_matches_llama_cpp() {
+    let bad = llama_cpp_vocab_mismatches(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama-vocab"), "deepseek-llm").unwrap();
+    assert!(bad.is_empty(), "deepseek-llm: {} texts differ:\n{}", bad.len(), bad.join("\n"));
+}
+
+/// The same check over every vocabulary of a llama.cpp checkout's `models/` folder named in
+/// QUILL_LLAMA_CPP_VOCABS ("dir" or "dir:name,name"); without it, nothing runs. Prints each
+/// family's result and fails if any differs.
+#[test]
+fn llama_cpp_vocab_tests_from_a_checkout() {
+    let Some(arg) = std::env::var_os("QUILL_LLAMA_CPP_VOCABS") else { return };
+    let arg = arg.to_string_lossy().to_string();
+    let (dir, names) = arg.split_once(':').unwrap_or((arg.as_str(), ""));
+    let dir = PathBuf::from(dir);
+    let names: Vec<String> = if names.is_empty() {
+        let mut n: Vec<String> = std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".gguf.out")?.strip_prefix("ggml-vocab-").map(String::from)).collect();
+        n.sort();
+        n
+    } else {
+        names.split(',').map(String::from).collect()
+    };
+    let mut failed = Vec::new();
+    for name in &names {
+        match llama_cpp_vocab_mismatches(&dir, name) {
+            Ok(bad) if bad.is_empty() => eprintln!("{name}: all texts equal"),
+            Ok(bad) => {
+                eprintln!("{name}: {} differ, first {}", bad.len(), bad[0]);
+                failed.push(name.clone());
+            }
+            Err(e) => {
+                eprintln!("{name}: does not load: {e}");
+                failed.push(name.clone());
+            }
+        }
+    }
+    assert!(failed.is_empty(), "llama.cpp vocabularies whose ids differ: {failed:?}");
+}

@@ -6,6 +6,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::ops::activation::Gelu;
+use crate::ops::attention::KvFormat;
 use crate::ops::posenc::SinusoidalLayout;
 use crate::ops::rope::RopeStyle;
 
@@ -33,6 +34,18 @@ pub enum RopeScaling {
     Llama3 { factor: f32, low_freq_factor: f32, high_freq_factor: f32, original_ctx: usize },
     /// Frequencies divided by the GGUF tensor `rope_freqs.weight` (llama.cpp's form of Llama 3).
     FreqFactors,
+    /// Phi-3's `longrope` (`su`): frequency i divided by a short factor while a call's last
+    /// position is within `original_ctx`, by a long one beyond (transformers' rule), and cos and
+    /// sin multiplied by `attention_factor`. The factors: `ModelConfig::longrope_factors`, or the
+    /// GGUF tensors `rope_factors_short` / `rope_factors_long`.
+    LongRope { original_ctx: usize, attention_factor: f32 },
+}
+
+/// Longrope's per-frequency factors as `config.json` gives them (rot_dim / 2 each).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LongRopeFactors {
+    pub short: Vec<f32>,
+    pub long: Vec<f32>,
 }
 
 /// Rotary positions of one layer's attention.
@@ -140,6 +153,11 @@ pub struct ModelConfig {
     pub final_softcap: Option<f32>,
     pub block: Block,
     pub local: Option<LocalLayers>,
+    /// How the KV cache stores keys and values (a load option, not the file's: `--kv-cache`).
+    pub kv_format: KvFormat,
+    /// Longrope's factors from `config.json`; None for other scalings, or when a GGUF file
+    /// holds them as tensors.
+    pub longrope_factors: Option<LongRopeFactors>,
 }
 
 impl ModelConfig {
@@ -166,6 +184,8 @@ impl ModelConfig {
             final_softcap: None,
             block: Block { norm: Norm::Rms, attention, mlp: Mlp::SwiGlu, post_norms: false },
             local: None,
+            kv_format: KvFormat::F32,
+            longrope_factors: None,
         }
     }
 
@@ -218,6 +238,11 @@ impl ModelConfig {
                 }
                 if r.n_rot == 0 || r.n_rot % 2 != 0 || r.n_rot > self.head_dim {
                     return bad(format!("rope dimension count {} must be even and at most the head dim {}", r.n_rot, self.head_dim));
+                }
+                if let RopeScaling::LongRope { original_ctx, attention_factor } = r.scaling {
+                    if original_ctx == 0 || !(attention_factor.is_finite() && attention_factor > 0.0) {
+                        return bad(format!("longrope needs an original context (got {original_ctx}) and a positive attention factor (got {attention_factor})"));
+                    }
                 }
             }
             let positive = |v: Option<f32>| v.is_none_or(|v| v.is_finite() && v > 0.0);

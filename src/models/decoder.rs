@@ -61,16 +61,40 @@ pub struct Decoder {
     pub lm_head: Option<Weight>,    // (vocab, dim); None: tied to `embed`
     /// RoPE inverse frequencies (n_rot / 2,) of the block's attention and of the local layers'.
     rope_tables: [Option<Tensor>; 2],
+    /// Longrope's table with the long factors (n_rot / 2,), for calls beyond the original
+    /// context; `rope_tables` then hold the short factors'.
+    long_rope_table: Option<Tensor>,
 }
 
 /// GGUF's per-frequency RoPE factors (Llama 3.1+ as llama.cpp converts it).
 const ROPE_FREQS: Name = name("rope_freqs", "");
 
+/// GGUF's longrope factors (Phi-3's 128k variants as llama.cpp converts them).
+const ROPE_FACTORS_SHORT: Name = name("rope_factors_short", "");
+const ROPE_FACTORS_LONG: Name = name("rope_factors_long", "");
+
+/// Which of longrope's two tables a RoPE table is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Factors {
+    Short,
+    Long,
+}
+
 /// The inverse frequencies of `rope`, computed on the CPU (every scaling is CPU code) and
 /// uploaded once. Dynamic NTK's table is the plain one up to its original context; the forward
-/// pass refuses positions beyond it.
-fn rope_table(b: &Builder, rope: &Rope) -> Result<Tensor> {
+/// pass refuses positions beyond it. For longrope, `which` picks the short or the long factors,
+/// from `cfg.longrope_factors` or the file's tensors.
+fn rope_table(b: &Builder, cfg: &ModelConfig, rope: &Rope, which: Factors) -> Result<Tensor> {
     let scaling = match rope.scaling {
+        RopeScaling::LongRope { original_ctx, attention_factor } => {
+            let n = rope.n_rot / 2;
+            let (short_factor, long_factor) = match &cfg.longrope_factors {
+                Some(f) => (f.short.clone(), f.long.clone()),
+                None => (b.f32(ROPE_FACTORS_SHORT, &[n])?, b.f32(ROPE_FACTORS_LONG, &[n])?),
+            };
+            let attention_factor = Some(attention_factor);
+            rope::RopeScaling::LongRope { short_factor, long_factor, original_max_position_embeddings: original_ctx, max_position_embeddings: cfg.max_ctx, attention_factor }
+        }
         RopeScaling::None => rope::RopeScaling::None,
         RopeScaling::Linear { factor } => rope::RopeScaling::Linear { factor },
         RopeScaling::Dynamic { factor, original_ctx } => rope::RopeScaling::Dynamic { factor, max_position_embeddings: original_ctx },
@@ -82,6 +106,7 @@ fn rope_table(b: &Builder, rope: &Rope) -> Result<Tensor> {
     let freqs = rope::RopeFreqs { theta: rope.theta, rot_dim: rope.n_rot, scaling };
     let seq_len = match rope.scaling {
         RopeScaling::Dynamic { original_ctx, .. } => original_ctx,
+        RopeScaling::LongRope { original_ctx, .. } if which == Factors::Long => original_ctx + 1,
         _ => 1,
     };
     freqs.upload(b.ctx(), seq_len).map_err(|e| Error::format(b.file(), format!("RoPE frequencies: {e}")))
@@ -106,9 +131,16 @@ impl Decoder {
             return Err(Error::format(arch, format!("{} layers loaded for {}", layers.len(), cfg.n_layers)));
         }
         let attentions = [Some(&cfg.block.attention), cfg.local.as_ref().map(|l| &l.attention)];
-        let [global, local] = attentions.map(|a| a.and_then(|a| a.rope.as_ref()).map(|r| rope_table(b, r)).transpose());
+        let [global, local] = attentions.map(|a| a.and_then(|a| a.rope.as_ref()).map(|r| rope_table(b, &cfg, r, Factors::Short)).transpose());
         let rope_tables = [global?, local?];
-        Ok(Decoder { cfg, embed, positions, layers, norm, lm_head, rope_tables })
+        if cfg.local.as_ref().and_then(|l| l.attention.rope).is_some_and(|r| matches!(r.scaling, RopeScaling::LongRope { .. })) {
+            return refuse("longrope on sliding-window layers".into());
+        }
+        let long_rope_table = match cfg.block.attention.rope {
+            Some(r) if matches!(r.scaling, RopeScaling::LongRope { .. }) => Some(rope_table(b, &cfg, &r, Factors::Long)?),
+            _ => None,
+        };
+        Ok(Decoder { cfg, embed, positions, layers, norm, lm_head, rope_tables, long_rope_table })
     }
 
     pub fn weights(&self) -> Vec<&Weight> {
@@ -187,10 +219,16 @@ impl Decoder {
         Ok(())
     }
 
-    /// The RoPE table of layer `i`.
-    fn rope_table(&self, i: usize) -> Option<&Tensor> {
+    /// The RoPE table of layer `i` for a call whose last position is `end - 1`, and what its cos
+    /// and sin are multiplied by. Longrope switches to its long factors once a call reaches
+    /// beyond the original context, as transformers does (keys already cached keep theirs).
+    fn rope_table(&self, i: usize, rope: &Rope, end: usize) -> (Option<&Tensor>, f32) {
+        if let (RopeScaling::LongRope { original_ctx, attention_factor }, Some(long)) = (rope.scaling, &self.long_rope_table) {
+            let table = if end > original_ctx { long } else { self.rope_tables[0].as_ref().unwrap_or(long) };
+            return (Some(table), attention_factor);
+        }
         let local = self.cfg.local.as_ref().is_some_and(|l| l.is_local.get(i) == Some(&true));
-        self.rope_tables[local as usize].as_ref()
+        (self.rope_tables[local as usize].as_ref(), 1.0)
     }
 
     /// x += Wo · attention(rope(qn(Wq·norm(x))), rope(kn(Wk·norm(x))), Wv·norm(x))
@@ -215,19 +253,21 @@ impl Decoder {
             norm::rms_norm_heads(rec, &st.q, qn, n, c.n_heads, self.rms(), Some(i))?;
             norm::rms_norm_heads(rec, &st.k, kn, n, c.n_kv_heads, self.rms(), Some(i))?;
         }
-        if let (Some(r), Some(table)) = (a.rope, self.rope_table(i)) {
+        if let Some(r) = a.rope {
             if let RopeScaling::Dynamic { original_ctx, .. } = r.scaling {
                 if pos0 + n > original_ctx {
                     return Err(Error::Unsupported(format!("{}: dynamic NTK RoPE beyond the original context of {original_ctx} positions", c.arch.name())));
                 }
             }
-            rope::rope_freqs(rec, &st.q, table, n, c.n_heads, c.head_dim, pos0, r.style, i)?;
-            rope::rope_freqs(rec, &st.k, table, n, c.n_kv_heads, c.head_dim, pos0, r.style, i)?;
+            if let (Some(table), amp) = self.rope_table(i, &r, pos0 + n) {
+                rope::rope_freqs_scaled(rec, &st.q, table, n, c.n_heads, c.head_dim, pos0, r.style, amp, i)?;
+                rope::rope_freqs_scaled(rec, &st.k, table, n, c.n_kv_heads, c.head_dim, pos0, r.style, amp, i)?;
+            }
         }
         let shape = st.attn_shape(c, i, pos0, n);
         let opts = AttnOpts { scale: a.scale, window: a.window, softcap: a.softcap };
-        attention::kv_write_with(rec, &st.k, &st.v, &st.k_cache[i], &st.v_cache[i], shape, &opts, i)?;
-        attention::attention_with(rec, &st.q, &st.k_cache[i], &st.v_cache[i], &st.att, &st.att_partials, shape, &opts, i)?;
+        attention::kv_write_as(rec, &st.k, &st.v, &st.k_cache[i], &st.v_cache[i], shape, &opts, c.kv_format, i)?;
+        attention::attention_as(rec, &st.q, &st.k_cache[i], &st.v_cache[i], &st.att, &st.att_partials, shape, &opts, c.kv_format, i)?;
         self.project_into_residual(rec, "o_proj", i, st, &st.att, &l.wo, l.bo.as_ref(), l.post_attn_norm.as_ref(), n)
     }
 

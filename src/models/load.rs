@@ -9,6 +9,7 @@ use super::consistency::VocabRule;
 use super::{registry, Model};
 use crate::error::{Error, Result};
 use crate::gpu::Context;
+use crate::ops::attention::KvFormat;
 use crate::tokenizer::Tokenizer;
 use crate::weights::gguf::Gguf;
 use crate::weights::safetensors::SafetensorsSource;
@@ -97,6 +98,8 @@ impl WeightType {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LoadOptions {
     pub dtype: WeightType,
+    /// How sessions of the model store their KV cache (`--kv-cache`).
+    pub kv_cache: KvFormat,
 }
 
 impl LoadOptions {
@@ -125,7 +128,8 @@ pub fn load_gguf(ctx: &Context, file: &str, bytes: &[u8], progress: &mut dyn FnM
 /// Loads a GGUF model with weights stored as `opts` says.
 pub fn load_gguf_with(ctx: &Context, file: &str, bytes: &[u8], opts: &LoadOptions, progress: &mut dyn FnMut(u64, u64)) -> Result<LoadedModel> {
     let g = Gguf::parse(file, bytes)?;
-    let (arch, cfg) = registry::from_gguf(&g)?;
+    let (arch, mut cfg) = registry::from_gguf(&g)?;
+    cfg.kv_format = opts.kv_cache;
     let tokenizer = Tokenizer::from_gguf(&g)?;
     super::consistency::check(file, &cfg, &tokenizer, &GenerationDefaults::default(), VocabRule::Exact, &g, &g.tensors.iter().map(|t| t.name.as_str()).collect::<Vec<_>>())?;
     let total: u64 = g.tensors.iter().map(|t| t.n_bytes as u64).sum();
@@ -206,7 +210,8 @@ pub fn load_hf(ctx: &Context, files: &HfFiles, progress: &mut dyn FnMut(u64, u64
 /// Qwen2; GPT-2 and XGLM weights are f32).
 pub fn load_hf_with(ctx: &Context, files: &HfFiles, opts: &LoadOptions, progress: &mut dyn FnMut(u64, u64)) -> Result<LoadedModel> {
     let dir = &files.dir;
-    let (arch, cfg) = registry::from_hf_json(files.config_json, &format!("{dir}/config.json"))?;
+    let (arch, mut cfg) = registry::from_hf_json(files.config_json, &format!("{dir}/config.json"))?;
+    cfg.kv_format = opts.kv_cache;
     let tokenizer_json = files
         .tokenizer_json
         .ok_or_else(|| Error::format(format!("{dir}/tokenizer.json"), "missing: quill needs the model's tokenizer.json"))?;

@@ -13,7 +13,7 @@ use crate::weights::gguf::Gguf;
 
 pub static ARCH: Architecture = Architecture { name: "phi3", model_types: &["phi3"], gguf_names: &["phi3"], hf_config: config, gguf_config: Some(gguf_config), load };
 
-/// From Phi-3's `config.json` (`longrope` scaling, Phi-3's 128k variants, is refused by name).
+/// From Phi-3's `config.json` (with `longrope` / `su` scaling for the 128k variants: `HfConfig::rope`).
 pub fn config(bytes: &[u8], file: &str) -> Result<ModelConfig> {
     let c = HfConfig::parse(bytes, file)?;
     c.expect_activation(&["silu"], file)?;
@@ -22,7 +22,8 @@ pub fn config(bytes: &[u8], file: &str) -> Result<ModelConfig> {
     cfg.check(file)
 }
 
-/// From GGUF metadata (`phi3.…` keys; llama.cpp keeps Phi-3's rotate-half rows).
+/// From GGUF metadata (`phi3.…` keys, longrope as `rope_factors_{short,long}.weight`: `gguf_base`;
+/// llama.cpp keeps Phi-3's rotate-half rows).
 pub fn gguf_config(g: &Gguf) -> Result<ModelConfig> {
     let mut cfg = gguf_base(g, Arch(ARCH.name), "phi3", RopeStyle::Neox)?;
     // A window of 0 means none here.

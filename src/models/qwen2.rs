@@ -5,7 +5,7 @@
 use serde::Deserialize;
 
 use super::builder::Builder;
-use super::config::{parse_json, Arch, ModelConfig};
+use super::config::{parse_json, Arch, Attention, LocalLayers, ModelConfig};
 use super::decoder::{self, Decoder, LLAMA_NAMES};
 use super::readers::{gguf_base, HfConfig};
 use super::arch::Architecture;
@@ -33,20 +33,26 @@ struct Qwen2Window {
     use_sliding_window: Option<bool>,
     #[serde(default = "default_sliding_window")]
     sliding_window: Option<usize>,
+    /// Layers from this one on slide, when `layer_types` is not given (Qwen2Config: 28).
+    max_window_layers: Option<usize>,
+    layer_types: Option<Vec<String>>,
 }
 
-/// Refuses a window that would matter: Qwen2 and Qwen3 window only the layers from
-/// `max_window_layers` on, where `use_sliding_window` is set (off in every released
-/// checkpoint); attention limited to the last `sliding_window` positions differs from full
-/// attention once a sequence is longer, and quill runs them with full attention.
-pub(super) fn full_attention_only(bytes: &[u8], file: &str, max_ctx: usize) -> Result<()> {
+/// Qwen2 and Qwen3's sliding-window layers, as transformers' Qwen2Config sets them: only with
+/// `use_sliding_window` (off in every released checkpoint), the layers `layer_types` names
+/// `sliding_attention`, or without it those from `max_window_layers` on; each sees the last
+/// `sliding_window` positions (a ring cache, as Mistral's).
+pub(super) fn sliding_layers(bytes: &[u8], file: &str, cfg: &mut ModelConfig) -> Result<()> {
     let w: Qwen2Window = parse_json(bytes, file)?;
-    if let (Some(true), Some(window)) = (w.use_sliding_window, w.sliding_window) {
-        if window < max_ctx {
-            return Err(Error::Unsupported(format!(
-                "{file}: use_sliding_window = true (sliding_window {window} < max_position_embeddings {max_ctx}); quill runs Qwen2 and Qwen3 with full attention"
-            )));
-        }
+    let Some(window) = w.sliding_window.filter(|_| w.use_sliding_window == Some(true)) else { return Ok(()) };
+    let is_local: Vec<bool> = match &w.layer_types {
+        Some(types) if types.len() != cfg.n_layers => return Err(Error::format(file, format!("{} layer_types for {} layers", types.len(), cfg.n_layers))),
+        Some(types) => types.iter().map(|t| t == "sliding_attention").collect(),
+        None => (0..cfg.n_layers).map(|i| i >= w.max_window_layers.unwrap_or(28)).collect(),
+    };
+    if is_local.iter().any(|&l| l) {
+        let attention = Attention { window: Some(window), ..cfg.block.attention };
+        cfg.local = Some(LocalLayers { attention, is_local });
     }
     Ok(())
 }
@@ -54,12 +60,12 @@ pub(super) fn full_attention_only(bytes: &[u8], file: &str, max_ctx: usize) -> R
 /// From Qwen2's `config.json`.
 pub fn config(bytes: &[u8], file: &str) -> Result<ModelConfig> {
     let c = HfConfig::parse(bytes, file)?;
-    full_attention_only(bytes, file, c.max_position_embeddings.unwrap_or(0))?;
     c.expect_activation(&["silu"], file)?;
     // Qwen2Config has no head_dim: heads split the width.
     let c = HfConfig { head_dim: None, ..c };
     let mut cfg = c.base(Arch(ARCH.name), file, 10000.0, 1e-6)?;
     (cfg.block.attention.qkv_bias, cfg.block.attention.o_bias) = (true, false);
+    sliding_layers(bytes, file, &mut cfg)?;
     cfg.check(file)
 }
 
@@ -110,24 +116,30 @@ mod tests {
     }
 
     #[test]
-    fn sliding_windows_that_change_results_are_refused() {
-        // Windowed but the window covers every position, or no window at all: same results.
-        for (use_window, window) in [("true", "256"), ("true", "null"), ("false", "16")] {
-            let json = with("use_sliding_window", use_window);
-            let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
-            v["sliding_window"] = serde_json::from_str(window).unwrap();
-            config(v.to_string().as_bytes(), "config.json").unwrap_or_else(|e| panic!("{use_window} {window}: {e}"));
-        }
+    fn sliding_windows_follow_qwen2config() {
+        let windows = |json: &str| -> Vec<Option<usize>> {
+            let c = config(json.as_bytes(), "config.json").unwrap();
+            (0..c.n_layers).map(|i| c.attention(i).window).collect()
+        };
+        // Off, or on without a window: full attention everywhere.
+        assert_eq!(windows(&with("use_sliding_window", "false")), [None, None]);
         let mut v: serde_json::Value = serde_json::from_str(&with("use_sliding_window", "true")).unwrap();
-        v["sliding_window"] = 128.into();
-        let e = config(v.to_string().as_bytes(), "dir/config.json").unwrap_err();
-        assert!(matches!(e, Error::Unsupported(_)), "{e}");
-        assert!(e.to_string().contains("use_sliding_window"), "{e}");
+        v["sliding_window"] = serde_json::Value::Null;
+        assert_eq!(windows(&v.to_string()), [None, None]);
+        // On: the layers from max_window_layers on (default 28: none of 2), or as layer_types says.
+        v["sliding_window"] = 16.into();
+        assert_eq!(windows(&v.to_string()), [None, None]);
+        v["max_window_layers"] = 1.into();
+        assert_eq!(windows(&v.to_string()), [None, Some(16)]);
+        v["layer_types"] = serde_json::json!(["sliding_attention", "full_attention"]);
+        assert_eq!(windows(&v.to_string()), [Some(16), None]);
+        v["layer_types"] = serde_json::json!(["sliding_attention"]);
+        let e = config(v.to_string().as_bytes(), "dir/config.json").unwrap_err().to_string();
+        assert!(e.contains("layer_types") && e.contains("dir/config.json"), "{e}");
         // Absent, Qwen2Config's default window of 4096 applies.
         v.as_object_mut().unwrap().remove("sliding_window");
-        assert!(config(v.to_string().as_bytes(), "config.json").is_ok(), "4096 >= 256 positions");
-        v["max_position_embeddings"] = 32768.into();
-        assert!(config(v.to_string().as_bytes(), "config.json").is_err());
+        v.as_object_mut().unwrap().remove("layer_types");
+        assert_eq!(windows(&v.to_string()), [None, Some(4096)]);
     }
 
     #[test]

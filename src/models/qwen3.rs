@@ -17,11 +17,11 @@ pub static ARCH: Architecture = Architecture { name: "qwen3", model_types: &["qw
 pub fn config(bytes: &[u8], file: &str) -> Result<ModelConfig> {
     let c = HfConfig::parse(bytes, file)?;
     c.expect_activation(&["silu"], file)?;
-    super::qwen2::full_attention_only(bytes, file, c.max_position_embeddings.unwrap_or(0))?;
     let mut cfg = c.base(Arch(ARCH.name), file, 10000.0, 1e-6)?;
     let a = &mut cfg.block.attention;
     a.qk_norm = true;
     (a.qkv_bias, a.o_bias) = (c.attention_bias.unwrap_or(false), c.attention_bias.unwrap_or(false));
+    super::qwen2::sliding_layers(bytes, file, &mut cfg)?;
     cfg.check(file)
 }
 

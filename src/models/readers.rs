@@ -7,7 +7,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::config::{need, parse_json, Arch, ModelConfig, Rope, RopeScaling};
+use super::config::{need, parse_json, Arch, LongRopeFactors, ModelConfig, Rope, RopeScaling};
 use crate::error::{Error, Result};
 use crate::ops::rope::RopeStyle;
 use crate::weights::gguf::Gguf;
@@ -70,7 +70,11 @@ impl HfConfig {
             self.rms_norm_eps.unwrap_or(default_eps) as f32,
         );
         cfg.tied_embeddings = self.tie_word_embeddings.unwrap_or(false);
-        cfg.block.attention.rope = Some(self.rope(Some("full_attention"), default_theta, head_dim, file)?);
+        let rope = self.rope(Some("full_attention"), default_theta, head_dim, file)?;
+        if matches!(rope.scaling, RopeScaling::LongRope { .. }) {
+            cfg.longrope_factors = Some(self.longrope_factors(rope.n_rot, file)?);
+        }
+        cfg.block.attention.rope = Some(rope);
         if self.mlp_bias.unwrap_or(false) {
             return Err(Error::Unsupported(format!("{file}: mlp_bias = true")));
         }
@@ -112,11 +116,41 @@ impl HfConfig {
                 high_freq_factor: num("high_freq_factor").unwrap_or(4.0) as f32,
                 original_ctx,
             },
-            other => return Err(Error::Unsupported(format!("{file}: rope_type '{other}' (default, linear, dynamic and llama3 are read)"))),
+            "longrope" | "su" => RopeScaling::LongRope { original_ctx, attention_factor: self.longrope_attention_factor(num("attention_factor"), num("factor"), original_ctx) },
+            other => return Err(Error::Unsupported(format!("{file}: rope_type '{other}' (default, linear, dynamic, llama3 and longrope are read)"))),
         };
         let partial = num("partial_rotary_factor").or(self.partial_rotary_factor).unwrap_or(1.0);
         let n_rot = (head_dim as f64 * partial) as usize;
         Ok(Rope { theta: theta as f32, style: RopeStyle::Neox, scaling, n_rot })
+    }
+
+    /// Longrope's cos/sin multiplier as transformers' `_compute_longrope_parameters` sets it:
+    /// `attention_factor` if given, else √(1 + ln(s) / ln(original)) for s = `factor`, or
+    /// max_position_embeddings / original when no factor is given; 1 when s <= 1.
+    fn longrope_attention_factor(&self, given: Option<f64>, factor: Option<f64>, original_ctx: usize) -> f32 {
+        if let Some(a) = given {
+            return a as f32;
+        }
+        let s = factor.unwrap_or(self.max_position_embeddings.unwrap_or(0) as f64 / original_ctx.max(1) as f64);
+        if s <= 1.0 || original_ctx < 2 {
+            return 1.0;
+        }
+        (1.0 + s.ln() / (original_ctx as f64).ln()).sqrt() as f32
+    }
+
+    /// Longrope's `short_factor` and `long_factor` lists (rot_dim / 2 each, positive).
+    fn longrope_factors(&self, n_rot: usize, file: &str) -> Result<LongRopeFactors> {
+        let params = self.rope_parameters.as_ref().or(self.rope_scaling.as_ref());
+        let list = |key: &str| -> Result<Vec<f32>> {
+            let bad = || Error::format(file, format!("longrope '{key}' must be a list of {} positive numbers", n_rot / 2));
+            let v = params.and_then(|p| p.get(key)).and_then(Value::as_array).ok_or_else(bad)?;
+            let f: Vec<f32> = v.iter().map(|x| x.as_f64().map(|x| x as f32).filter(|x| *x > 0.0 && x.is_finite())).collect::<Option<_>>().ok_or_else(bad)?;
+            if f.len() != n_rot / 2 {
+                return Err(bad());
+            }
+            Ok(f)
+        };
+        Ok(LongRopeFactors { short: list("short_factor")?, long: list("long_factor")? })
     }
 
     /// The sliding window where `use_sliding_window` (absent: on) and a window are set.
@@ -150,8 +184,14 @@ pub fn gguf_base(g: &Gguf, arch: Arch, key_arch: &str, style: RopeStyle) -> Resu
         g.f64(&key("attention.layer_norm_rms_epsilon"))? as f32,
     );
     cfg.tied_embeddings = !g.tensors.iter().any(|t| t.name == "output.weight");
+    let has = |name: &str| g.tensors.iter().any(|t| t.name == name);
     let scaling = match g.get(&key("rope.scaling.type")).and_then(|v| v.as_str()) {
-        _ if g.tensors.iter().any(|t| t.name == "rope_freqs.weight") => RopeScaling::FreqFactors,
+        // llama.cpp writes Phi-3's longrope as these two tensors and an attention factor.
+        _ if has("rope_factors_long.weight") || has("rope_factors_short.weight") => RopeScaling::LongRope {
+            original_ctx: g.usize(&key("rope.scaling.original_context_length"))?,
+            attention_factor: opt_f64("rope.scaling.attn_factor")?.unwrap_or(1.0) as f32,
+        },
+        _ if has("rope_freqs.weight") => RopeScaling::FreqFactors,
         None | Some("none") => RopeScaling::None,
         Some("linear") => RopeScaling::Linear { factor: g.f64(&key("rope.scaling.factor"))? as f32 },
         Some(other) => return Err(Error::Unsupported(format!("{}: RoPE scaling '{other}' ({} is read)", g.file, key("rope.scaling.type")))),
@@ -193,6 +233,31 @@ mod tests {
         assert!(e.contains("rope_type 'yarn'"), "{e}");
         let e = rope_of(r#""rope_scaling": {"type": "dynamic"}"#).unwrap_err().to_string();
         assert!(e.contains("factor"), "{e}");
+    }
+
+    /// Phi-3's longrope from config.json: the factors, the original context, and the attention
+    /// factor given or derived from max / original; bad factor lists name the field.
+    #[test]
+    fn reads_longrope() {
+        let json = |params: &str| {
+            let llama = LLAMA.replace("\"max_position_embeddings\": 256", &format!("\"max_position_embeddings\": 256, \"rope_parameters\": {params}"));
+            from_hf_json(llama.as_bytes(), "config.json")
+        };
+        let factors = r#""short_factor": [1, 1, 1, 1, 1, 1, 1, 2], "long_factor": [1, 2, 3, 4, 5, 6, 7, 8]"#;
+        let c = json(&format!(r#"{{"rope_type": "longrope", "original_max_position_embeddings": 16, {factors}}}"#)).unwrap().1;
+        let r = c.block.attention.rope.unwrap();
+        // √(1 + ln(256 / 16) / ln 16) = √2.
+        assert_eq!(r.scaling, RopeScaling::LongRope { original_ctx: 16, attention_factor: 2f32.sqrt() });
+        let f = c.longrope_factors.unwrap();
+        assert_eq!((f.short[7], f.long[7]), (2.0, 8.0));
+        let c = json(&format!(r#"{{"type": "su", "original_max_position_embeddings": 16, "attention_factor": 1.5, {factors}}}"#)).unwrap().1;
+        assert_eq!(c.block.attention.rope.unwrap().scaling, RopeScaling::LongRope { original_ctx: 16, attention_factor: 1.5 });
+        for bad in [r#""short_factor": [1, 1], "long_factor": [1, 2, 3, 4, 5, 6, 7, 8]"#, r#""short_factor": [1, 1, 1, 1, 1, 1, 1, -1], "long_factor": [1, 2, 3, 4, 5, 6, 7, 8]"#] {
+            let e = json(&format!(r#"{{"rope_type": "longrope", "original_max_position_embeddings": 16, {bad}}}"#)).unwrap_err().to_string();
+            assert!(e.contains("short_factor") && e.contains("8 positive numbers"), "{e}");
+        }
+        let e = json(r#"{"rope_type": "longrope", "original_max_position_embeddings": 16, "short_factor": [1, 1, 1, 1, 1, 1, 1, 1]}"#).unwrap_err().to_string();
+        assert!(e.contains("long_factor"), "{e}");
     }
 
     fn gguf(arch: &str, extra: &[(&str, u32, Vec<u8>)]) -> Vec<u8> {

@@ -36,7 +36,7 @@ pub struct State {
     pub tokens: Tensor, // (ctx_len,) u32 ids of the sequence
     /// Token ids read back to the CPU.
     pub readback: wgpu::Buffer,
-    pub k_cache: Vec<Tensor>, // per layer (n_slots = 1, n_kv_heads, cache_len[layer], head_dim)
+    pub k_cache: Vec<Tensor>, // per layer (n_slots = 1, n_kv_heads, cache_len[layer], head_dim), u32 pairs of f16 for KvFormat::F16
     pub v_cache: Vec<Tensor>,
     /// Positions each layer's cache holds: ctx_len, or for a sliding-window layer a ring of
     /// its window plus a call's tokens (`attention::ring_len`), so its memory stays at its window.
@@ -64,8 +64,10 @@ impl State {
         let cache_len: Vec<usize> = (0..c.n_layers).map(|i| c.attention(i).window.map_or(ctx_len, |w| ring_len(w, max_batch).min(ctx_len))).collect();
         let mut k_cache = Vec::with_capacity(c.n_layers);
         let mut v_cache = Vec::with_capacity(c.n_layers);
+        // An f16 cache packs two values in each u32 word (head_dim is even: `ModelConfig::check`).
+        let words_per_row = c.kv_format.words(c.head_dim);
         for &len in &cache_len {
-            let cache_shape = [1, c.n_kv_heads, len, c.head_dim];
+            let cache_shape = [1, c.n_kv_heads, len, words_per_row];
             k_cache.push(z("k cache", &cache_shape)?);
             v_cache.push(z("v cache", &cache_shape)?);
         }

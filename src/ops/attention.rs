@@ -50,7 +50,24 @@ pub enum KvFormat {
     F16,
 }
 
+/// Environment variable choosing the KV cache format where `--kv-cache` is not given.
+pub const KV_CACHE_ENV: &str = "QUILL_KV_CACHE";
+
 impl KvFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            KvFormat::F32 => "f32",
+            KvFormat::F16 => "f16",
+        }
+    }
+    /// `--kv-cache` / `QUILL_KV_CACHE`: "f32" or "f16"; `what` names the source in the error.
+    pub fn parse(s: &str, what: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "f32" => Ok(KvFormat::F32),
+            "f16" => Ok(KvFormat::F16),
+            _ => Err(Error::arg(what, format!("'{s}' is not one of f32, f16"))),
+        }
+    }
     /// u32 words (the cache tensor's elements) of a cache of `values` values.
     pub fn words(self, values: usize) -> usize {
         match self {

@@ -24,6 +24,17 @@ const GPT4O: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\
 const FALCON: [&str; 3] = [r"[\p{P}\$\+<=>\^~\|`]+", GPT2, r"[0-9][0-9][0-9]"];
 /// DeepSeek Coder.
 const DEEPSEEK_CODER: [&str; 5] = [r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", r"[一-龥ࠀ-一가-퟿]+", r"\p{N}"];
+/// DeepSeek LLM (llama.cpp's `deepseek-llm`, copied from llama-vocab.cpp): newlines alone, then
+/// words of cased letters (an explicit class, not \p{L}) with one leading space, ASCII and
+/// full-width punctuation runs, trailing whitespace, CJK runs, and numbers.
+const DEEPSEEK_LLM: [&str; 6] = [
+    "[\r\n]",
+    "\\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-ώᾀ-ᾴᾶ-ᾼιῂ-ῄῆ-ῌῐ-ΐῖ-Ίῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤΩℨK-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃]+",
+    "\\s?[!-/:-~！-／：-～‘-‟\u{3000}-。]+",
+    "\\s+$",
+    "[一-龥ࠀ-一가-\u{d7ff}]+",
+    "\\p{N}+",
+];
 /// DeepSeek V3 (and R1).
 const DEEPSEEK3: [&str; 3] = [
     r"\p{N}{1,3}",
@@ -40,7 +51,8 @@ pub(super) const KNOWN: &[&str] = &[
     "minerva-7b", "llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2", "dbrx",
     "smaug-bpe", "chatglm-bpe", "glm4", "qwen2", "deepseek-r1-qwen", "stablelm2", "megrez", "hunyuan", "qwen35", "tekken",
     "gpt-4o", "llama4", "minimax-m2", "falcon", "deepseek-coder", "deepseek-v3", "bloom", "poro-chat", "gpt3-finnish",
-    "viking",
+    "viking", "deepseek-llm", "a.x-4.0", "mellum", "modern-bert", "exaone4", "jina-v5-nano", "kormo", "f2llmv2", "kanana2",
+    "talkie",
 ];
 
 /// The pre-tokenizer for `pre`, and whether BPE keeps a piece that already is a token whole
@@ -57,18 +69,21 @@ pub(super) fn pre_tokenizer_json(file: &str, pre: &str) -> Result<(Json, bool)> 
         // "default" is what transformers' GGUF converter gives a byte-level file that names no
         // split: GPT-2's.
         "default" | "gpt2" | "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "jina-v2-es" | "jina-v2-de" | "jina-v2-code"
-        | "gigachat" | "roberta-bpe" | "mpt" | "olmo" | "jais" | "trillion" => (byte_level(true), false),
+        | "gigachat" | "roberta-bpe" | "mpt" | "olmo" | "jais" | "trillion" | "a.x-4.0" | "mellum" | "modern-bert" | "exaone4" => {
+            (byte_level(true), false)
+        }
         // Every digit on its own first, then GPT-2's split. SmolLM's tokenizer.json has only
         // the GPT-2 split, but its vocabulary holds no multi-digit or " 2"-like tokens, so the
         // two agree (the tests check it).
         "starcoder" | "refact" | "command-r" | "smollm" | "codeshell" | "exaone" | "minerva-7b" => (splits(&[r"\p{N}", GPT2]), false),
-        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0" | "lfm2" => (splits(&[LLAMA3]), true),
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0" | "lfm2" | "jina-v5-nano" => (splits(&[LLAMA3]), true),
         "dbrx" | "smaug-bpe" | "chatglm-bpe" | "glm4" => (splits(&[LLAMA3]), false),
-        "qwen2" | "deepseek-r1-qwen" | "stablelm2" | "megrez" | "hunyuan" => (splits(&[QWEN2]), false),
+        "qwen2" | "deepseek-r1-qwen" | "stablelm2" | "megrez" | "hunyuan" | "kormo" | "f2llmv2" => (splits(&[QWEN2]), false),
         "qwen35" => (splits(&[QWEN35]), false),
         "tekken" => (splits(&[TEKKEN]), false),
-        "gpt-4o" | "llama4" | "minimax-m2" => (splits(&[GPT4O]), false),
+        "gpt-4o" | "llama4" | "minimax-m2" | "kanana2" | "talkie" => (splits(&[GPT4O]), false),
         "falcon" => (splits(&FALCON), false),
+        "deepseek-llm" => (splits(&DEEPSEEK_LLM), false),
         "deepseek-coder" => (splits(&DEEPSEEK_CODER), false),
         "deepseek-v3" => (splits(&DEEPSEEK3), false),
         "bloom" | "poro-chat" | "gpt3-finnish" => (splits(&[BLOOM]), false),
