@@ -417,6 +417,9 @@ mod tests {
         cost = cost.max(run_chunks_as(ctx, 2, 1, 256, &[100, 100, 100, 100, 1, 1], ring_len(300, 100), window, KvFormat::F16).await);
         cost = cost.max(run_chunks_as(ctx, 3, 3, 64, &[9, 700, 1], 710, AttnOpts::default(), KvFormat::F16).await);
         cost = cost.max(run_chunks_as(ctx, 2, 2, 8, &[1, 600, 1], 602, capped, KvFormat::F16).await);
+        // Odd heads and a head_dim of 34 (17 words, not a multiple of 4), in a ring of window 9.
+        let odd = AttnOpts { window: Some(9), ..Default::default() };
+        cost = cost.max(run_chunks_as(ctx, 5, 1, 34, &[13, 7, 1, 1], ring_len(9, 13), odd, KvFormat::F16).await);
         // f16 keeps 11 bits: K and V in [-1, 1] move by up to 2^-12, scores (|q| <= 3) by up to
         // d · 3 · 2^-12 · scale; measured on these shapes, the outputs move by at most `cost`.
         eprintln!("f16 KV cache: largest attention output error {cost:.2e} (values in [-1, 1])");
