@@ -147,7 +147,7 @@ struct WriteArgs {
     /// Drop tokens less likely than min-p times the most likely; 0 = off [default: the model's generation_config.json, else 0.05].
     #[arg(long)]
     min_p: Option<f32>,
-    /// Penalise tokens among the last --repeat-last-n; 1 = off [default: the model's generation_config.json (repetition_penalty), else 1.1].
+    /// Penalise tokens among the last --repeat-last-n; 1 = off [default: the model's generation_config.json (repetition_penalty), else 1].
     #[arg(long)]
     repeat_penalty: Option<f32>,
     /// How many recent tokens the repetition penalty looks at.
@@ -180,6 +180,27 @@ struct WriteArgs {
     /// Keep tokens whose logit is at least the largest minus n standard deviations; 0 = off.
     #[arg(long, default_value_t = 0.0)]
     top_n_sigma: f32,
+    /// Locally typical sampling: keep the tokens whose surprise is nearest the entropy until their probability exceeds P; 1 = off.
+    #[arg(long, default_value_t = 1.0)]
+    typical_p: f32,
+    /// Mirostat 2 with this target surprise τ (bits); replaces top-k … XTC [default: off].
+    #[arg(long)]
+    mirostat_tau: Option<f32>,
+    /// Mirostat's learning rate η.
+    #[arg(long, default_value_t = 0.1)]
+    mirostat_eta: f32,
+    /// Never end the text in PHRASE (case-insensitive): back up to its first token, ban that token there and draw again; repeatable.
+    #[arg(long, value_name = "PHRASE")]
+    ban: Vec<String>,
+    /// Draws per position before a banned phrase there is let be (said on stderr).
+    #[arg(long, default_value_t = quill::writer::DEFAULT_BAN_RETRIES)]
+    ban_retries: usize,
+    /// Each token's probability and its top alternatives after the sampler chain, as JSON lines to FILE (without FILE, or "-": stderr).
+    #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
+    probs: Option<PathBuf>,
+    /// Alternatives per token for --probs (at most 20).
+    #[arg(long, default_value_t = 5)]
+    probs_top: usize,
     /// Random seed; the same seed, prompt and options give the same text [default: from the clock].
     #[arg(long)]
     seed: Option<u64>,
@@ -368,6 +389,9 @@ fn dry_xtc(args: &WriteArgs, s: SamplingParams) -> Result<SamplingParams> {
         top_n_sigma: args.top_n_sigma,
         dynatemp_range: args.dynatemp_range,
         dynatemp_exponent: args.dynatemp_exp,
+        typical_p: args.typical_p,
+        mirostat_tau: args.mirostat_tau.unwrap_or(0.0),
+        mirostat_eta: args.mirostat_eta,
         ..s
     })
 }
@@ -385,6 +409,13 @@ fn write(args: WriteArgs) -> Result<()> {
     dry_xtc(&args, SamplingParams::resolve(&flags, &GenerationDefaults::default()).0)?.validate()?;
     if args.max_tokens == 0 {
         return Err(Error::arg("--max-tokens", "must be at least 1"));
+    }
+    if args.mirostat_tau == Some(0.0) {
+        return Err(Error::arg("--mirostat-tau", "must be > 0 (leave it out for no mirostat)"));
+    }
+    let banned = quill::writer::BannedPhrases::new(&args.ban)?;
+    if args.probs_top > quill::ops::sample::MAX_TOP_LOGPROBS {
+        return Err(Error::arg("--probs-top", format!("{} must be at most {}", args.probs_top, quill::ops::sample::MAX_TOP_LOGPROBS)));
     }
     // With --ctx given, a prompt that cannot fit shows before the slow parts; without it, the
     // bound is the context the session plans, known once the model is loaded.
@@ -437,26 +468,11 @@ fn write(args: WriteArgs) -> Result<()> {
     if args.echo {
         out.put(&prompt);
     }
-    let mut decoder = StreamDecoder::new();
-    let mut decode_error = None;
-    let (stop, stats) = session.generate(&ids, &sampling, args.max_tokens, args.ignore_eos, |id| {
-        match decoder.step(&model.tokenizer, id) {
-            Ok(Some(piece)) => out.put(&piece),
-            Ok(None) => {}
-            Err(e) => decode_error = Some(e),
-        }
-        !out.stopped && decode_error.is_none()
-    })?;
-    if let Some(e) = decode_error.or(out.error.take()) {
-        return Err(e);
-    }
-    if let Some(rest) = decoder.finish(&model.tokenizer)? {
-        out.put(&rest);
-    }
-    out.put("\n");
-    if let Some(e) = out.error.take() {
-        return Err(e);
-    }
+    let (stop, stats) = if banned.is_empty() && args.probs.is_none() {
+        stream(&mut session, &ids, &sampling, &args, &mut out)?
+    } else {
+        guarded(&mut session, &ids, &sampling, &args, banned, &mut out)?
+    };
     let why = match stop {
         Stop::Eos => "end of sequence",
         Stop::MaxTokens => "--max-tokens reached",
@@ -475,6 +491,84 @@ fn write(args: WriteArgs) -> Result<()> {
         note!("{}", p.table(false, quill::files::cached_peak(&ctx)));
     }
     Ok(())
+}
+
+/// Plain generation, several decode steps per submission, text streamed as it decodes.
+fn stream(session: &mut Session, ids: &[u32], sampling: &SamplingParams, args: &WriteArgs, out: &mut crate::stdio::TextOut) -> Result<(Stop, quill::generate::Stats)> {
+    let model = session.model;
+    let mut decoder = StreamDecoder::new();
+    let mut decode_error = None;
+    let (stop, stats) = session.generate(ids, sampling, args.max_tokens, args.ignore_eos, |id| {
+        match decoder.step(&model.tokenizer, id) {
+            Ok(Some(piece)) => out.put(&piece),
+            Ok(None) => {}
+            Err(e) => decode_error = Some(e),
+        }
+        !out.stopped && decode_error.is_none()
+    })?;
+    if let Some(e) = decode_error.or(out.error.take()) {
+        return Err(e);
+    }
+    if let Some(rest) = decoder.finish(&model.tokenizer)? {
+        out.put(&rest);
+    }
+    finish_line(out)?;
+    Ok((stop, stats))
+}
+
+fn finish_line(out: &mut crate::stdio::TextOut) -> Result<()> {
+    out.put("\n");
+    match out.error.take() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Generation one token per step for --ban and --probs (`quill::writer`): text reaches stdout
+/// once no banned phrase can take it back; probabilities go out as JSON lines.
+fn guarded(session: &mut Session, ids: &[u32], sampling: &SamplingParams, args: &WriteArgs, banned: quill::writer::BannedPhrases, out: &mut crate::stdio::TextOut) -> Result<(Stop, quill::generate::Stats)> {
+    use std::io::Write;
+    let tokenizer = &session.model.tokenizer;
+    let mut probs_out: Option<Box<dyn Write>> = match &args.probs {
+        None => None,
+        Some(p) if p.as_os_str() == "-" => Some(Box::new(std::io::stderr())),
+        Some(p) => Some(Box::new(std::fs::File::create(p).map_err(|e| Error::io(p, e))?)),
+    };
+    let probs_path = args.probs.as_ref().filter(|p| p.as_os_str() != "-").map_or_else(|| PathBuf::from("stderr"), |p| p.clone());
+    let opts = quill::writer::WriteOptions { banned, ban_retries: args.ban_retries, probs_top: args.probs.as_ref().map(|_| args.probs_top), max_tokens: args.max_tokens, ignore_eos: args.ignore_eos };
+    let mut failure = None;
+    let (stop, stats, backtracks) = quill::writer::write(session, ids, sampling, &opts, |event| match event {
+        quill::writer::Event::Token { id, text, probs } => {
+            if let (Some(w), Some(p)) = (probs_out.as_mut(), probs) {
+                let line = probs_json(tokenizer, id, p);
+                if let Err(e) = writeln!(w, "{line}").and_then(|_| w.flush()) {
+                    failure = Some(Error::io(&probs_path, e));
+                    return false;
+                }
+            }
+            out.put(text);
+            !out.stopped && out.error.is_none()
+        }
+        quill::writer::Event::GaveUp { phrase, position, retries } => {
+            noteln!("banned phrase {phrase:?} kept at generated token {position}: still there after {retries} draws (--ban-retries)");
+            true
+        }
+    })?;
+    if let Some(e) = failure.or(out.error.take()) {
+        return Err(e);
+    }
+    if backtracks > 0 {
+        noteln!("banned phrases: backed up {backtracks} times");
+    }
+    finish_line(out)?;
+    Ok((stop, stats))
+}
+
+/// One --probs line: {"token", "text", "p", "top": [{"token", "text", "p"}, …]}.
+fn probs_json(tokenizer: &quill::tokenizer::Tokenizer, id: u32, p: &quill::generate::TokenProbs) -> serde_json::Value {
+    let text = |id: u32| tokenizer.decode(&[id]).unwrap_or_default();
+    let top: Vec<serde_json::Value> = p.top.iter().map(|&(t, pt)| serde_json::json!({"token": t, "text": text(t), "p": pt})).collect();
+    serde_json::json!({"token": id, "text": text(id), "p": p.p, "top": top})
 }
 
 fn write_file(path: &std::path::Path, text: &str) -> Result<()> {

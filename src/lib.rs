@@ -15,6 +15,7 @@ pub mod sampling;
 pub mod tokenizer;
 pub mod train;
 pub mod weights;
+pub mod writer;
 #[cfg(target_arch = "wasm32")]
 pub mod web;
 
