@@ -201,6 +201,21 @@ struct WriteArgs {
     /// Alternatives per token for --probs (at most 20).
     #[arg(long, default_value_t = 5)]
     probs_top: usize,
+    /// Continue the story in FILE (.txt/.md: its text; .json: quill's or KoboldAI's story) and append what is written, saved atomically before each token is printed (FILE~ keeps the version before the run).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["prompt", "prompt_file", "chat"])]
+    story: Option<PathBuf>,
+    /// With --story: text always at the top of the context.
+    #[arg(long, requires = "story")]
+    memory: Option<String>,
+    /// With --story: a note inserted --authors-note-depth tokens before the end of the context.
+    #[arg(long, requires = "story")]
+    authors_note: Option<String>,
+    /// With --story: tokens of story after the Author's Note [default: the story's, else 3].
+    #[arg(long, requires = "story")]
+    authors_note_depth: Option<usize>,
+    /// With --story: a JSON list of {"keys": [...], "content": "..."}; an entry joins the context when a key is in the story's last 256 tokens.
+    #[arg(long, value_name = "FILE", requires = "story")]
+    world_info: Option<PathBuf>,
     /// Random seed; the same seed, prompt and options give the same text [default: from the clock].
     #[arg(long)]
     seed: Option<u64>,
@@ -417,19 +432,25 @@ fn write(args: WriteArgs) -> Result<()> {
     if args.probs_top > quill::ops::sample::MAX_TOP_LOGPROBS {
         return Err(Error::arg("--probs-top", format!("{} must be at most {}", args.probs_top, quill::ops::sample::MAX_TOP_LOGPROBS)));
     }
+    // A story that cannot be read or saved shows before the slow parts.
+    let mut story = match &args.story {
+        Some(path) => Some(open_story(&args, path)?),
+        None => None,
+    };
     // With --ctx given, a prompt that cannot fit shows before the slow parts; without it, the
     // bound is the context the session plans, known once the model is loaded.
     let early_prompt = match args.ctx {
-        Some(n) => Some(read_prompt(&args, n)?),
-        None => None,
+        Some(n) if story.is_none() => Some(read_prompt(&args, n)?),
+        _ => None,
     };
     let path = model_path(args.model.clone())?;
     let ctx = Context::new_blocking()?;
     let model = load(&ctx, &path)?;
     let mut session = Session::planned(&ctx, &model, args.ctx)?;
-    let prompt = match early_prompt {
-        Some(p) => p,
-        None => read_prompt(&args, session.ctx_len())?,
+    let prompt = match (early_prompt, &story) {
+        (Some(p), _) => p,
+        (None, Some(st)) => st.text.clone(),
+        (None, None) => read_prompt(&args, session.ctx_len())?,
     };
     let (sampling, from_model) = SamplingParams::resolve(&flags, &model.defaults);
     let mut sampling = SamplingParams { repeat_last_n: args.repeat_last_n, seed, ..dry_xtc(&args, sampling)? };
@@ -457,7 +478,10 @@ fn write(args: WriteArgs) -> Result<()> {
     } else {
         prompt.clone()
     };
-    let ids = model.tokenizer.encode(&text)?;
+    let ids = match &story {
+        Some(st) => story_context(st, &model, session.ctx_len(), args.max_tokens)?,
+        None => model.tokenizer.encode(&text)?,
+    };
     if args.profile {
         session.enable_profiling();
     }
@@ -468,10 +492,18 @@ fn write(args: WriteArgs) -> Result<()> {
     if args.echo {
         out.put(&prompt);
     }
-    let (stop, stats) = if banned.is_empty() && args.probs.is_none() {
-        stream(&mut session, &ids, &sampling, &args, &mut out)?
-    } else {
-        guarded(&mut session, &ids, &sampling, &args, banned, &mut out)?
+    let (stop, stats) = match (&mut story, &args.story) {
+        (Some(st), Some(path)) => {
+            // Each token joins the file before it reaches stdout: an interruption at any point
+            // leaves every printed token saved.
+            let mut save = |piece: &str| -> Result<()> {
+                st.text.push_str(piece);
+                quill::files::atomic_write(path, &st.to_bytes(&path.to_string_lossy())?, false)
+            };
+            guarded(&mut session, &ids, &sampling, &args, banned, &mut out, Some(&mut save))?
+        }
+        _ if banned.is_empty() && args.probs.is_none() => stream(&mut session, &ids, &sampling, &args, &mut out)?,
+        _ => guarded(&mut session, &ids, &sampling, &args, banned, &mut out, None)?,
     };
     let why = match stop {
         Stop::Eos => "end of sequence",
@@ -526,7 +558,17 @@ fn finish_line(out: &mut crate::stdio::TextOut) -> Result<()> {
 
 /// Generation one token per step for --ban and --probs (`quill::writer`): text reaches stdout
 /// once no banned phrase can take it back; probabilities go out as JSON lines.
-fn guarded(session: &mut Session, ids: &[u32], sampling: &SamplingParams, args: &WriteArgs, banned: quill::writer::BannedPhrases, out: &mut crate::stdio::TextOut) -> Result<(Stop, quill::generate::Stats)> {
+/// With `save`, each piece of text is handed to it before it is printed.
+#[allow(clippy::type_complexity)]
+fn guarded(
+    session: &mut Session,
+    ids: &[u32],
+    sampling: &SamplingParams,
+    args: &WriteArgs,
+    banned: quill::writer::BannedPhrases,
+    out: &mut crate::stdio::TextOut,
+    mut save: Option<&mut dyn FnMut(&str) -> Result<()>>,
+) -> Result<(Stop, quill::generate::Stats)> {
     use std::io::Write;
     let tokenizer = &session.model.tokenizer;
     let mut probs_out: Option<Box<dyn Write>> = match &args.probs {
@@ -546,6 +588,12 @@ fn guarded(session: &mut Session, ids: &[u32], sampling: &SamplingParams, args: 
                     return false;
                 }
             }
+            if let Some(save) = save.as_mut() {
+                if let Err(e) = save(text) {
+                    failure = Some(e);
+                    return false;
+                }
+            }
             out.put(text);
             !out.stopped && out.error.is_none()
         }
@@ -562,6 +610,54 @@ fn guarded(session: &mut Session, ids: &[u32], sampling: &SamplingParams, args: 
     }
     finish_line(out)?;
     Ok((stop, stats))
+}
+
+/// Reads the story file with the --memory, --authors-note(-depth) and --world-info flags over
+/// it, and saves it once unchanged (keeping the old file as FILE~), so a file that cannot be
+/// written is an error before anything is generated.
+fn open_story(args: &WriteArgs, path: &std::path::Path) -> Result<quill::story::Story> {
+    let name = path.to_string_lossy();
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let mut story = quill::story::Story::from_bytes(&name, &bytes)?;
+    if std::fs::metadata(path).map_err(|e| Error::io(path, e))?.permissions().readonly() {
+        return Err(Error::arg("--story", format!("{name} is read-only: quill appends to the story it continues (copy it, or make it writable)")));
+    }
+    if let Some(m) = &args.memory {
+        story.memory = m.clone();
+    }
+    if let Some(n) = &args.authors_note {
+        story.authors_note = n.clone();
+    }
+    if let Some(d) = args.authors_note_depth {
+        story.authors_note_depth = d;
+    }
+    if let Some(wi) = &args.world_info {
+        let text = quill::files::read_text_bounded(wi, 1 << 20, "--world-info", "World Info is at most 1 MiB")?;
+        story.world_info = serde_json::from_str(&text).map_err(|e| Error::format(wi.to_string_lossy(), format!("not a JSON list of {{\"keys\": [...], \"content\": \"...\"}}: {e}")))?;
+    }
+    if story.text.trim().is_empty() {
+        return Err(Error::arg("--story", format!("{name} holds no story text to continue")));
+    }
+    quill::files::atomic_write(path, &story.to_bytes(&name)?, true)?;
+    Ok(story)
+}
+
+/// The ids of the story's context (Memory, World Info, story, Author's Note), leaving room for
+/// `max_tokens` (or half the context, whichever is more); says on stderr what was dropped.
+fn story_context(story: &quill::story::Story, model: &LoadedModel, ctx_len: usize, max_tokens: usize) -> Result<Vec<u32>> {
+    let budget = ctx_len.saturating_sub(max_tokens).max(ctx_len / 2).min(ctx_len.saturating_sub(1));
+    let a = story.assemble(&model.tokenizer, budget)?;
+    let count = |part: &dyn Fn(&quill::story::Part) -> bool| a.parts.iter().filter(|(p, _)| part(p)).map(|(_, r)| r.len()).sum::<usize>();
+    noteln!(
+        "story context: {} tokens (memory {}, world info {}, author's note {}, story {}{})",
+        a.ids.len(),
+        count(&|p| *p == quill::story::Part::Memory),
+        count(&|p| matches!(p, quill::story::Part::WorldInfo(_))),
+        count(&|p| *p == quill::story::Part::AuthorsNote),
+        count(&|p| *p == quill::story::Part::Story),
+        if a.dropped > 0 { format!("; its first {} tokens left out to fit", a.dropped) } else { String::new() }
+    );
+    Ok(a.ids)
 }
 
 /// One --probs line: {"token", "text", "p", "top": [{"token", "text", "p"}, …]}.

@@ -12,6 +12,7 @@ pub mod ops;
 pub mod perplexity;
 pub mod plan;
 pub mod sampling;
+pub mod story;
 pub mod tokenizer;
 pub mod train;
 pub mod weights;

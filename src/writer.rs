@@ -39,10 +39,17 @@ impl BannedPhrases {
         self.phrases.is_empty()
     }
 
-    /// Where (byte offset) a banned phrase that `text` ends in starts, the longest if several.
-    pub fn ending_match(&self, text: &str) -> Option<usize> {
+    /// Where (byte offset) the earliest banned phrase in `text` that ends after byte `after`
+    /// starts: the text has come to hold it with what follows `after` (a token may hold a
+    /// whole phrase and more: " whispered" holds "whisper").
+    pub fn found(&self, text: &str, after: usize) -> Option<usize> {
         let t = lower(text);
-        self.phrases.iter().filter(|p| p.len() <= t.len() && t[t.len() - p.len()..].iter().map(|e| e.1).eq(p.iter().copied())).map(|p| t[t.len() - p.len()].0).min()
+        let end_of = |i: usize| t.get(i).map_or(text.len(), |e| e.0);
+        let hits = self.phrases.iter().flat_map(|p| {
+            let t = &t;
+            (0..(t.len() + 1).saturating_sub(p.len())).filter(move |&i| t[i..i + p.len()].iter().map(|e| e.1).eq(p.iter().copied())).map(move |i| (i, i + p.len()))
+        });
+        hits.filter(|&(_, end)| end_of(end) > after).map(|(start, _)| t[start].0).min()
     }
 
     /// The byte offset from which `text` must be held back: the start of its longest suffix
@@ -91,7 +98,8 @@ struct Drawn {
     probs: Option<TokenProbs>,
 }
 
-/// Prefills `prompt` and writes up to `opts.max_tokens` tokens (see the module comment);
+/// Starts the session's sequence anew at `prompt` and writes up to `opts.max_tokens` tokens
+/// (see the module comment);
 /// `on_event` returns false to stop. Returns why it stopped, the timings and how many times
 /// it backtracked.
 pub fn write(session: &mut Session, prompt: &[u32], s: &SamplingParams, opts: &WriteOptions, mut on_event: impl FnMut(Event) -> bool) -> Result<(Stop, Stats, usize)> {
@@ -104,7 +112,12 @@ pub fn write(session: &mut Session, prompt: &[u32], s: &SamplingParams, opts: &W
     }
     let start = web_time::Instant::now();
     let tokenizer = &session.model.tokenizer;
-    session.push(prompt)?;
+    if prompt.len() >= session.ctx_len() {
+        return Err(Error::Context(format!("the prompt has {} tokens but the context holds {} positions (one more is needed to write)", prompt.len(), session.ctx_len())));
+    }
+    // A new sequence with the draw counter at 0, so a seed writes what it writes in a new
+    // session (the KV cache of a common prefix is kept).
+    session.restart(prompt)?;
     let base = session.ids().len();
     let mut drawn: Vec<Drawn> = Vec::new();
     let mut shown = 0; // tokens already given to on_event
@@ -145,7 +158,8 @@ pub fn write(session: &mut Session, prompt: &[u32], s: &SamplingParams, opts: &W
             drawn[k].end = t.len();
             drawn[k].whole = !t.ends_with('\u{FFFD}') && text.is_char_boundary(t.len());
         }
-        if let Some(at) = opts.banned.ending_match(&text) {
+        let newest = if drawn.len() >= 2 { drawn[drawn.len() - 2].end } else { 0 };
+        if let Some(at) = opts.banned.found(&text, newest) {
             // The first token holding the phrase's first byte (never one already shown).
             let k = drawn.iter().position(|d| d.end > at).unwrap_or(drawn.len() - 1).max(shown);
             let tries = retries.entry(base + k).or_insert(0);
@@ -158,7 +172,7 @@ pub fn write(session: &mut Session, prompt: &[u32], s: &SamplingParams, opts: &W
                 session.truncate(base + k);
                 continue;
             }
-            if !on_event(Event::GaveUp { phrase: &text[at..], position: k, retries: *tries }) {
+            if !on_event(Event::GaveUp { phrase: text.get(at..).unwrap_or_default(), position: k, retries: *tries }) {
                 stop = Stop::Cancelled;
                 break;
             }
@@ -229,12 +243,14 @@ mod tests {
     }
 
     #[test]
-    fn a_phrase_is_found_at_the_end_whatever_its_case() {
+    fn a_phrase_is_found_in_the_new_text_whatever_its_case() {
         let b = phrases(&["shivers down", "Elara"]);
-        assert_eq!(b.ending_match("It sent SHIVERS Down"), Some(8));
-        assert_eq!(b.ending_match("It sent shivers down her spine"), None);
-        assert_eq!(b.ending_match("said elara"), Some(5));
-        assert_eq!(b.ending_match("ara"), None);
+        assert_eq!(b.found("It sent SHIVERS Down", 17), Some(8));
+        // Inside the newest token too; but one that ended before it was dealt with already.
+        assert_eq!(b.found("It sent shivers down her spine", 17), Some(8));
+        assert_eq!(b.found("It sent shivers down her spine", 20), None);
+        assert_eq!(b.found("said elara", 0), Some(5));
+        assert_eq!(b.found("ara", 0), None);
         assert!(BannedPhrases::new(&["ok".into(), " ".into()]).unwrap_err().to_string().contains("--ban"));
     }
 
