@@ -612,6 +612,9 @@ fn guarded(
     Ok((stop, stats))
 }
 
+/// Earlier texts a story file keeps in its history.
+const STORY_HISTORY: usize = 20;
+
 /// Reads the story file with the --memory, --authors-note(-depth) and --world-info flags over
 /// it, and saves it once unchanged (keeping the old file as FILE~), so a file that cannot be
 /// written is an error before anything is generated.
@@ -638,6 +641,10 @@ fn open_story(args: &WriteArgs, path: &std::path::Path) -> Result<quill::story::
     if story.text.trim().is_empty() {
         return Err(Error::arg("--story", format!("{name} holds no story text to continue")));
     }
+    // The text before this run joins the history (undo), the latest few kept.
+    story.history.push(story.text.clone());
+    let excess = story.history.len().saturating_sub(STORY_HISTORY);
+    story.history.drain(..excess);
     quill::files::atomic_write(path, &story.to_bytes(&name)?, true)?;
     Ok(story)
 }

@@ -4,6 +4,8 @@
 //! token, bans that token at that position and draws again (anti-slop backtracking). Only the
 //! text no phrase can take back any more reaches the caller, each token with its
 //! probabilities when asked. Builds for wasm32 too (no files, no stderr: events say it all).
+//! Backing up rewinds the ids and the KV cache, not the draw counter (the next draw is a new
+//! random number) nor mirostat's μ.
 
 use std::collections::HashMap;
 
