@@ -211,8 +211,7 @@ fn show(drawn: &[Drawn], shown: &mut usize, text: &str, safe: usize, flush: bool
         }
         let from = if *shown == 0 { 0 } else { drawn[*shown - 1].end };
         let piece = text.get(from..end).unwrap_or_default();
-        for j in *shown..=k {
-            let d = &drawn[j];
+        for (j, d) in drawn.iter().enumerate().take(k + 1).skip(*shown) {
             if !on_event(Event::Token { id: d.id, text: if j == k { piece } else { "" }, probs: d.probs.as_ref() }) {
                 *shown = j + 1;
                 return false;
