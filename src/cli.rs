@@ -152,7 +152,7 @@ struct WriteArgs {
     /// Drop tokens less likely than min-p times the most likely; 0 = off [default: the model's generation_config.json, else 0.05].
     #[arg(long)]
     min_p: Option<f32>,
-    /// Penalise tokens among the last --repeat-last-n; 1 = off [default: the model's generation_config.json (repetition_penalty), else 1.1].
+    /// Penalise tokens among the last --repeat-last-n; 1 = off [default: the model's generation_config.json (repetition_penalty), else 1].
     #[arg(long)]
     repeat_penalty: Option<f32>,
     /// How many recent tokens the repetition penalty looks at.
@@ -185,6 +185,42 @@ struct WriteArgs {
     /// Keep tokens whose logit is at least the largest minus n standard deviations; 0 = off.
     #[arg(long, default_value_t = 0.0)]
     top_n_sigma: f32,
+    /// Locally typical sampling: keep the tokens whose surprise is nearest the entropy until their probability exceeds P; 1 = off.
+    #[arg(long, default_value_t = 1.0)]
+    typical_p: f32,
+    /// Mirostat 2 with this target surprise τ (bits); replaces top-k … XTC [default: off].
+    #[arg(long)]
+    mirostat_tau: Option<f32>,
+    /// Mirostat's learning rate η.
+    #[arg(long, default_value_t = 0.1)]
+    mirostat_eta: f32,
+    /// Never end the text in PHRASE (case-insensitive): back up to its first token, ban that token there and draw again; repeatable.
+    #[arg(long, value_name = "PHRASE")]
+    ban: Vec<String>,
+    /// Draws per position before a banned phrase there is let be (said on stderr).
+    #[arg(long, default_value_t = quill::writer::DEFAULT_BAN_RETRIES)]
+    ban_retries: usize,
+    /// Each token's probability and its top alternatives after the sampler chain, as JSON lines to FILE (without FILE, or "-": stderr).
+    #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
+    probs: Option<PathBuf>,
+    /// Alternatives per token for --probs (at most 20).
+    #[arg(long, default_value_t = 5)]
+    probs_top: usize,
+    /// Continue the story in FILE (.txt/.md: its text; .json: quill's or KoboldAI's story) and append what is written, saved atomically before each token is printed (FILE~ keeps the version before the run).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["prompt", "prompt_file", "chat"])]
+    story: Option<PathBuf>,
+    /// With --story: text always at the top of the context.
+    #[arg(long, requires = "story")]
+    memory: Option<String>,
+    /// With --story: a note inserted --authors-note-depth tokens before the end of the context.
+    #[arg(long, requires = "story")]
+    authors_note: Option<String>,
+    /// With --story: tokens of story after the Author's Note [default: the story's, else 3].
+    #[arg(long, requires = "story")]
+    authors_note_depth: Option<usize>,
+    /// With --story: a JSON list of {"keys": [...], "content": "..."}; an entry joins the context when a key is in the story's last 256 tokens.
+    #[arg(long, value_name = "FILE", requires = "story")]
+    world_info: Option<PathBuf>,
     /// Random seed; the same seed, prompt and options give the same text [default: from the clock].
     #[arg(long)]
     seed: Option<u64>,
@@ -384,6 +420,9 @@ fn dry_xtc(args: &WriteArgs, s: SamplingParams) -> Result<SamplingParams> {
         top_n_sigma: args.top_n_sigma,
         dynatemp_range: args.dynatemp_range,
         dynatemp_exponent: args.dynatemp_exp,
+        typical_p: args.typical_p,
+        mirostat_tau: args.mirostat_tau.unwrap_or(0.0),
+        mirostat_eta: args.mirostat_eta,
         ..s
     })
 }
@@ -402,19 +441,32 @@ fn write(args: WriteArgs) -> Result<()> {
     if args.max_tokens == 0 {
         return Err(Error::arg("--max-tokens", "must be at least 1"));
     }
+    if args.mirostat_tau == Some(0.0) {
+        return Err(Error::arg("--mirostat-tau", "must be > 0 (leave it out for no mirostat)"));
+    }
+    let banned = quill::writer::BannedPhrases::new(&args.ban)?;
+    if args.probs_top > quill::ops::sample::MAX_TOP_LOGPROBS {
+        return Err(Error::arg("--probs-top", format!("{} must be at most {}", args.probs_top, quill::ops::sample::MAX_TOP_LOGPROBS)));
+    }
+    // A story that cannot be read or saved shows before the slow parts.
+    let mut story = match &args.story {
+        Some(path) => Some(open_story(&args, path)?),
+        None => None,
+    };
     // With --ctx given, a prompt that cannot fit shows before the slow parts; without it, the
     // bound is the context the session plans, known once the model is loaded.
     let early_prompt = match args.ctx {
-        Some(n) => Some(read_prompt(&args, n)?),
-        None => None,
+        Some(n) if story.is_none() => Some(read_prompt(&args, n)?),
+        _ => None,
     };
     let path = model_path(args.model.clone())?;
     let ctx = Context::new_blocking()?;
     let model = load(&ctx, &path)?;
     let mut session = Session::planned(&ctx, &model, args.ctx)?;
-    let prompt = match early_prompt {
-        Some(p) => p,
-        None => read_prompt(&args, session.ctx_len())?,
+    let prompt = match (early_prompt, &story) {
+        (Some(p), _) => p,
+        (None, Some(st)) => st.text.clone(),
+        (None, None) => read_prompt(&args, session.ctx_len())?,
     };
     let (sampling, from_model) = SamplingParams::resolve(&flags, &model.defaults);
     let mut sampling = SamplingParams { repeat_last_n: args.repeat_last_n, seed, ..dry_xtc(&args, sampling)? };
@@ -442,7 +494,10 @@ fn write(args: WriteArgs) -> Result<()> {
     } else {
         prompt.clone()
     };
-    let ids = model.tokenizer.encode(&text)?;
+    let ids = match &story {
+        Some(st) => story_context(st, &model, session.ctx_len(), args.max_tokens)?,
+        None => model.tokenizer.encode(&text)?,
+    };
     if args.profile {
         session.enable_profiling();
     }
@@ -453,26 +508,19 @@ fn write(args: WriteArgs) -> Result<()> {
     if args.echo {
         out.put(&prompt);
     }
-    let mut decoder = StreamDecoder::new();
-    let mut decode_error = None;
-    let (stop, stats) = session.generate(&ids, &sampling, args.max_tokens, args.ignore_eos, |id| {
-        match decoder.step(&model.tokenizer, id) {
-            Ok(Some(piece)) => out.put(&piece),
-            Ok(None) => {}
-            Err(e) => decode_error = Some(e),
+    let (stop, stats) = match (&mut story, &args.story) {
+        (Some(st), Some(path)) => {
+            // Each token joins the file before it reaches stdout: an interruption at any point
+            // leaves every printed token saved.
+            let mut save = |piece: &str| -> Result<()> {
+                st.text.push_str(piece);
+                quill::files::atomic_write(path, &st.to_bytes(&path.to_string_lossy())?, false)
+            };
+            guarded(&mut session, &ids, &sampling, &args, banned, &mut out, Some(&mut save))?
         }
-        !out.stopped && decode_error.is_none()
-    })?;
-    if let Some(e) = decode_error.or(out.error.take()) {
-        return Err(e);
-    }
-    if let Some(rest) = decoder.finish(&model.tokenizer)? {
-        out.put(&rest);
-    }
-    out.put("\n");
-    if let Some(e) = out.error.take() {
-        return Err(e);
-    }
+        _ if banned.is_empty() && args.probs.is_none() => stream(&mut session, &ids, &sampling, &args, &mut out)?,
+        _ => guarded(&mut session, &ids, &sampling, &args, banned, &mut out, None)?,
+    };
     let why = match stop {
         Stop::Eos => "end of sequence",
         Stop::MaxTokens => "--max-tokens reached",
@@ -491,6 +539,155 @@ fn write(args: WriteArgs) -> Result<()> {
         note!("{}", p.table(false, quill::files::cached_peak(&ctx)));
     }
     Ok(())
+}
+
+/// Plain generation, several decode steps per submission, text streamed as it decodes.
+fn stream(session: &mut Session, ids: &[u32], sampling: &SamplingParams, args: &WriteArgs, out: &mut crate::stdio::TextOut) -> Result<(Stop, quill::generate::Stats)> {
+    let model = session.model;
+    let mut decoder = StreamDecoder::new();
+    let mut decode_error = None;
+    let (stop, stats) = session.generate(ids, sampling, args.max_tokens, args.ignore_eos, |id| {
+        match decoder.step(&model.tokenizer, id) {
+            Ok(Some(piece)) => out.put(&piece),
+            Ok(None) => {}
+            Err(e) => decode_error = Some(e),
+        }
+        !out.stopped && decode_error.is_none()
+    })?;
+    if let Some(e) = decode_error.or(out.error.take()) {
+        return Err(e);
+    }
+    if let Some(rest) = decoder.finish(&model.tokenizer)? {
+        out.put(&rest);
+    }
+    finish_line(out)?;
+    Ok((stop, stats))
+}
+
+fn finish_line(out: &mut crate::stdio::TextOut) -> Result<()> {
+    out.put("\n");
+    match out.error.take() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Generation one token per step for --ban and --probs (`quill::writer`): text reaches stdout
+/// once no banned phrase can take it back; probabilities go out as JSON lines.
+/// With `save`, each piece of text is handed to it before it is printed.
+#[allow(clippy::type_complexity)]
+fn guarded(
+    session: &mut Session,
+    ids: &[u32],
+    sampling: &SamplingParams,
+    args: &WriteArgs,
+    banned: quill::writer::BannedPhrases,
+    out: &mut crate::stdio::TextOut,
+    mut save: Option<&mut dyn FnMut(&str) -> Result<()>>,
+) -> Result<(Stop, quill::generate::Stats)> {
+    use std::io::Write;
+    let tokenizer = &session.model.tokenizer;
+    let mut probs_out: Option<Box<dyn Write>> = match &args.probs {
+        None => None,
+        Some(p) if p.as_os_str() == "-" => Some(Box::new(std::io::stderr())),
+        Some(p) => Some(Box::new(std::fs::File::create(p).map_err(|e| Error::io(p, e))?)),
+    };
+    let probs_path = args.probs.as_ref().filter(|p| p.as_os_str() != "-").map_or_else(|| PathBuf::from("stderr"), |p| p.clone());
+    let opts = quill::writer::WriteOptions { banned, ban_retries: args.ban_retries, probs_top: args.probs.as_ref().map(|_| args.probs_top), max_tokens: args.max_tokens, ignore_eos: args.ignore_eos };
+    let mut failure = None;
+    let (stop, stats, backtracks) = quill::writer::write(session, ids, sampling, &opts, |event| match event {
+        quill::writer::Event::Token { id, text, probs } => {
+            if let (Some(w), Some(p)) = (probs_out.as_mut(), probs) {
+                let line = probs_json(tokenizer, id, p);
+                if let Err(e) = writeln!(w, "{line}").and_then(|_| w.flush()) {
+                    failure = Some(Error::io(&probs_path, e));
+                    return false;
+                }
+            }
+            if let Some(save) = save.as_mut() {
+                if let Err(e) = save(text) {
+                    failure = Some(e);
+                    return false;
+                }
+            }
+            out.put(text);
+            !out.stopped && out.error.is_none()
+        }
+        quill::writer::Event::GaveUp { phrase, position, retries } => {
+            noteln!("banned phrase {phrase:?} kept at generated token {position}: still there after {retries} draws (--ban-retries)");
+            true
+        }
+    })?;
+    if let Some(e) = failure.or(out.error.take()) {
+        return Err(e);
+    }
+    if backtracks > 0 {
+        noteln!("banned phrases: backed up {backtracks} times");
+    }
+    finish_line(out)?;
+    Ok((stop, stats))
+}
+
+/// Earlier texts a story file keeps in its history.
+const STORY_HISTORY: usize = 20;
+
+/// Reads the story file with the --memory, --authors-note(-depth) and --world-info flags over
+/// it, and saves it once unchanged (keeping the old file as FILE~), so a file that cannot be
+/// written is an error before anything is generated.
+fn open_story(args: &WriteArgs, path: &std::path::Path) -> Result<quill::story::Story> {
+    let name = path.to_string_lossy();
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let mut story = quill::story::Story::from_bytes(&name, &bytes)?;
+    if std::fs::metadata(path).map_err(|e| Error::io(path, e))?.permissions().readonly() {
+        return Err(Error::arg("--story", format!("{name} is read-only: quill appends to the story it continues (copy it, or make it writable)")));
+    }
+    if let Some(m) = &args.memory {
+        story.memory = m.clone();
+    }
+    if let Some(n) = &args.authors_note {
+        story.authors_note = n.clone();
+    }
+    if let Some(d) = args.authors_note_depth {
+        story.authors_note_depth = d;
+    }
+    if let Some(wi) = &args.world_info {
+        let text = quill::files::read_text_bounded(wi, 1 << 20, "--world-info", "World Info is at most 1 MiB")?;
+        story.world_info = serde_json::from_str(&text).map_err(|e| Error::format(wi.to_string_lossy(), format!("not a JSON list of {{\"keys\": [...], \"content\": \"...\"}}: {e}")))?;
+    }
+    if story.text.trim().is_empty() {
+        return Err(Error::arg("--story", format!("{name} holds no story text to continue")));
+    }
+    // The text before this run joins the history (undo), the latest few kept.
+    story.history.push(story.text.clone());
+    let excess = story.history.len().saturating_sub(STORY_HISTORY);
+    story.history.drain(..excess);
+    quill::files::atomic_write(path, &story.to_bytes(&name)?, true)?;
+    Ok(story)
+}
+
+/// The ids of the story's context (Memory, World Info, story, Author's Note), leaving room for
+/// `max_tokens` (or half the context, whichever is more); says on stderr what was dropped.
+fn story_context(story: &quill::story::Story, model: &LoadedModel, ctx_len: usize, max_tokens: usize) -> Result<Vec<u32>> {
+    let budget = ctx_len.saturating_sub(max_tokens).max(ctx_len / 2).min(ctx_len.saturating_sub(1));
+    let a = story.assemble(&model.tokenizer, budget)?;
+    let count = |part: &dyn Fn(&quill::story::Part) -> bool| a.parts.iter().filter(|(p, _)| part(p)).map(|(_, r)| r.len()).sum::<usize>();
+    noteln!(
+        "story context: {} tokens (memory {}, world info {}, author's note {}, story {}{})",
+        a.ids.len(),
+        count(&|p| *p == quill::story::Part::Memory),
+        count(&|p| matches!(p, quill::story::Part::WorldInfo(_))),
+        count(&|p| *p == quill::story::Part::AuthorsNote),
+        count(&|p| *p == quill::story::Part::Story),
+        if a.dropped > 0 { format!("; its first {} tokens left out to fit", a.dropped) } else { String::new() }
+    );
+    Ok(a.ids)
+}
+
+/// One --probs line: {"token", "text", "p", "top": [{"token", "text", "p"}, …]}.
+fn probs_json(tokenizer: &quill::tokenizer::Tokenizer, id: u32, p: &quill::generate::TokenProbs) -> serde_json::Value {
+    let text = |id: u32| tokenizer.decode(&[id]).unwrap_or_default();
+    let top: Vec<serde_json::Value> = p.top.iter().map(|&(t, pt)| serde_json::json!({"token": t, "text": text(t), "p": pt})).collect();
+    serde_json::json!({"token": id, "text": text(id), "p": p.p, "top": top})
 }
 
 fn write_file(path: &std::path::Path, text: &str) -> Result<()> {

@@ -374,3 +374,31 @@ impl<'a> Session<'a> {
         Ok((stop, stats))
     }
 }
+
+/// The probability of a sampled token and the most likely alternatives, as the sampler chain
+/// left them (the distribution the draw chose from: `sampling::processed_probs`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenProbs {
+    pub p: f32,
+    /// (id, p), most likely first; ids the chain dropped are left out.
+    pub top: Vec<(u32, f32)>,
+}
+
+impl Session<'_> {
+    /// Probabilities of the token `next_token` just drew (with the same `s`) and of its `top`
+    /// (at most `ops::sample::MAX_TOP_LOGPROBS`) most likely alternatives, computed on the GPU
+    /// from that step's logits after the whole sampler chain; only 2 + 2·top numbers come back.
+    /// Call it before anything else runs on the session.
+    pub fn token_probs(&mut self, s: &SamplingParams, top: usize) -> Result<TokenProbs> {
+        use crate::ops::sample::{logprobs_len, parse_logprobs, token_probs};
+        let out = self.ids.len().checked_sub(1).ok_or_else(|| Error::Context("token_probs: no token drawn yet".into()))?;
+        let history = out.saturating_sub(s.repeat_last_n)..out;
+        let st = &self.state;
+        let mut rec = Recorder::new(self.ctx, "token probs");
+        token_probs(&mut rec, &st.logits, 0, &st.work, &st.tokens, &st.adjust, out, history, s, top, self.draws.wrapping_sub(1))?;
+        rec.submit()?;
+        let (lp, alts) = parse_logprobs(&self.ctx.read_f32(&st.work.buf, 0, logprobs_len(top))?);
+        let top = alts.into_iter().map(|(id, lp)| (id, lp.exp())).filter(|&(_, p)| p > 0.0).collect();
+        Ok(TokenProbs { p: lp.exp(), top })
+    }
+}

@@ -12,9 +12,11 @@ pub mod ops;
 pub mod perplexity;
 pub mod plan;
 pub mod sampling;
+pub mod story;
 pub mod tokenizer;
 pub mod train;
 pub mod weights;
+pub mod writer;
 #[cfg(target_arch = "wasm32")]
 pub mod web;
 

@@ -1,6 +1,7 @@
 //! Sampling settings, their validation, and the CPU reference sampler that the GPU kernel
-//! (shaders/sample.wgsl) is tested against. Both apply, in this order: repetition penalty,
-//! temperature, top-k, top-p, min-p, then a seeded draw.
+//! (shaders/sample.wgsl) is tested against. Both apply llama.cpp's order: logit bias,
+//! penalties, DRY, top-nσ, top-k, typical, top-p, min-p, XTC, temperature, then a seeded draw
+//! (with mirostat v2: logit bias, penalties, DRY, temperature, mirostat, draw).
 
 use crate::error::{Error, Result};
 use crate::models::GenerationDefaults;
@@ -50,11 +51,19 @@ pub struct SamplingParams {
     /// Each id once.
     pub logit_bias: Vec<(u32, f32)>,
     /// Dynamic temperature (llama.cpp's temp_ext): with range r > 0, the temperature is
-    /// lo + (hi - lo) · (H / ln vocab)^exponent, lo = max(0, T - r), hi = T + r, H the entropy
-    /// of the softmax of the adjusted logits (quill applies temperature before the filters,
-    /// so H is over the whole vocabulary); at least MIN_TEMPERATURE. 0 = off.
+    /// lo + (hi - lo) · (H / ln n)^exponent, lo = max(0, T - r), hi = T + r, H the entropy
+    /// of the softmax of the n ids the filters kept (the temperature comes last, as in
+    /// llama.cpp); at least MIN_TEMPERATURE. 0 = off.
     pub dynatemp_range: f32,
     pub dynatemp_exponent: f32,
+    /// Locally typical sampling (llama.cpp's typical-p), after top-k: keep the ids whose
+    /// -ln p is closest to the entropy until their mass exceeds this. 1 = off.
+    pub typical_p: f32,
+    /// Mirostat v2 (τ, η): the filters give way to a truncation at surprise -log2 p <= μ,
+    /// after the temperature; μ starts at 2τ and after each draw μ -= η · (surprise - τ).
+    /// τ 0 = off.
+    pub mirostat_tau: f32,
+    pub mirostat_eta: f32,
 }
 
 /// The sampling options a user gave, each None where not given.
@@ -71,7 +80,9 @@ pub struct SamplingFlags {
 /// sets a value; `quill write --help` states the same numbers.
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05, repeat_penalty: 1.1, repeat_last_n: 64, seed: 0, ..Self::greedy() }
+        // llama.cpp's defaults: the repetition penalty is off unless asked for, so
+        // temperature 0 is plain greedy decoding.
+        SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05, repeat_penalty: 1.0, repeat_last_n: 64, seed: 0, ..Self::greedy() }
     }
 }
 
@@ -99,6 +110,9 @@ impl SamplingParams {
             logit_bias: Vec::new(),
             dynatemp_range: 0.0,
             dynatemp_exponent: 1.0,
+            typical_p: 1.0,
+            mirostat_tau: 0.0,
+            mirostat_eta: 0.1,
         }
     }
 
@@ -138,8 +152,11 @@ impl SamplingParams {
         let penalty = if self.repeat_penalty == 1.0 { "no repeat penalty".to_string() } else { format!("repeat penalty {} over {} tokens", self.repeat_penalty, self.repeat_last_n) };
         if self.temperature == 0.0 {
             format!("greedy (temperature 0), {penalty}")
+        } else if self.mirostat_tau > 0.0 {
+            format!("temperature {}, mirostat 2 (tau {}, eta {}), {penalty}", self.temperature, self.mirostat_tau, self.mirostat_eta)
         } else {
-            format!("temperature {}, top-k {}, top-p {}, min-p {}, {penalty}", self.temperature, self.top_k, self.top_p, self.min_p)
+            let typical = if self.typical_p < 1.0 { format!(", typical-p {}", self.typical_p) } else { String::new() };
+            format!("temperature {}, top-k {}{typical}, top-p {}, min-p {}, {penalty}", self.temperature, self.top_k, self.top_p, self.min_p)
         }
     }
 
@@ -184,6 +201,15 @@ impl SamplingParams {
         }
         if !(self.dynatemp_exponent.is_finite() && self.dynatemp_exponent > 0.0) {
             return Err(Error::arg("--dynatemp-exp", format!("{} must be a finite number > 0", self.dynatemp_exponent)));
+        }
+        if !(self.typical_p > 0.0 && self.typical_p <= 1.0) {
+            return Err(Error::arg("--typical-p", format!("{} must be in (0, 1] (1 = off)", self.typical_p)));
+        }
+        if !(self.mirostat_tau.is_finite() && self.mirostat_tau >= 0.0) {
+            return Err(Error::arg("--mirostat-tau", format!("{} must be a finite number >= 0 (0 = off)", self.mirostat_tau)));
+        }
+        if !(self.mirostat_eta.is_finite() && self.mirostat_eta >= 0.0) {
+            return Err(Error::arg("--mirostat-eta", format!("{} must be a finite number >= 0", self.mirostat_eta)));
         }
         if !(self.top_n_sigma.is_finite() && self.top_n_sigma >= 0.0) {
             return Err(Error::arg("--top-n-sigma", format!("{} must be a finite number >= 0 (0 = off)", self.top_n_sigma)));
@@ -300,10 +326,9 @@ pub fn apply_penalties(logits: &mut [f32], history: &[u32], penalty: f32, presen
     }
 }
 
-/// The distribution the sampler draws from: probabilities per id after the penalties, DRY
-/// (over all of `history`), temperature, top-k, top-p, min-p and XTC (computed in f64); with
-/// XTC's probability q strictly between 0 and 1, the mixture q · cut + (1 - q) · uncut.
-/// Greedy gives a one-hot vector.
+/// The distribution the sampler draws from at draw 0 (mirostat's μ at its start, 2τ): see
+/// [`distribution_at`]. With XTC's probability q strictly between 0 and 1, the mixture
+/// q · cut + (1 - q) · uncut. Greedy gives a one-hot vector.
 pub fn distribution(logits: &[f32], history: &[u32], s: &SamplingParams) -> Vec<f64> {
     let q = s.xtc_probability as f64;
     if q <= 0.0 || q >= 1.0 {
@@ -314,58 +339,148 @@ pub fn distribution(logits: &[f32], history: &[u32], s: &SamplingParams) -> Vec<
     cut.iter().zip(&uncut).map(|(c, u)| q * c + (1.0 - q) * u).collect()
 }
 
-/// `distribution` with XTC applied or not.
+/// `distribution` with XTC applied or not (and mirostat's μ at its start).
 pub fn distribution_xtc(logits: &[f32], history: &[u32], s: &SamplingParams, xtc: bool) -> Vec<f64> {
+    distribution_at(logits, history, s, xtc, Mirostat::new(s).mu)
+}
+
+/// Probabilities per id (f64) after the whole chain, in llama.cpp's order: logit bias,
+/// penalties, DRY, then the filters on the raw logits (top-nσ, top-k, typical, top-p, min-p,
+/// XTC when `xtc`: [`kept`]), then the temperature (fixed, or dynamic from the entropy of
+/// what the filters kept), then the draw's softmax. With mirostat on, the temperature comes
+/// first and mirostat's truncation at `mu` replaces the filters (as llama.cpp does).
+pub fn distribution_at(logits: &[f32], history: &[u32], s: &SamplingParams, xtc: bool, mu: f32) -> Vec<f64> {
     let l = adjusted(logits, history, s);
-    let n = l.len();
-    let best = (0..n).fold(0, |b, i| if l[i] > l[b] { i } else { b });
     if s.temperature <= 0.0 {
-        let mut p = vec![0.0; n];
+        let best = (0..l.len()).fold(0, |b, i| if l[i] > l[b] { i } else { b });
+        let mut p = vec![0.0; l.len()];
         p[best] = 1.0;
         return p;
     }
-    let inv_t = 1.0 / temperature(&l, s);
-    let v: Vec<f64> = l.iter().map(|&x| (x * inv_t) as f64).collect();
-    let m = v[best];
-    let mut sorted: Vec<f64> = v.clone();
-    sorted.sort_by(|a, b| b.total_cmp(a));
-    let mut thr = f64::NEG_INFINITY;
-    if s.top_k > 0 && s.top_k < n {
-        thr = sorted[s.top_k - 1];
+    let (v, lo, hi, inv_t) = chain(&l, s, xtc, mu);
+    let w: Vec<f64> = v.iter().map(|&x| if x >= lo && x <= hi { ((x - hi) * inv_t).exp() } else { 0.0 }).collect();
+    let z: f64 = w.iter().sum();
+    w.iter().map(|x| x / z).collect()
+}
+
+/// The chain after the adjustments, on the adjusted logits `l`: (the logits the draw weighs,
+/// as f64; the kept interval lo..=hi of them; 1 / temperature to weigh them at). Without
+/// mirostat the logits are `l` itself and the temperature comes last; with it they are
+/// `l / T` (in f32, as the GPU scales them) and the weight's 1 / T is 1.
+fn chain(l: &[f32], s: &SamplingParams, xtc: bool, mu: f32) -> (Vec<f64>, f64, f64, f64) {
+    if s.mirostat_tau > 0.0 {
+        let inv_t = 1.0 / temperature(l, s);
+        let v: Vec<f64> = l.iter().map(|&x| (x * inv_t) as f64).collect();
+        let (lo, hi) = mirostat_kept(&v, mu);
+        return (v, lo, hi, 1.0);
     }
+    let v: Vec<f64> = l.iter().map(|&x| x as f64).collect();
+    let (lo, hi) = kept(&v, s, xtc);
+    let inside: Vec<f32> = l.iter().copied().filter(|&x| x as f64 >= lo && x as f64 <= hi).collect();
+    let inv_t = 1.0 / temperature(&inside, s) as f64;
+    (v, lo, hi, inv_t)
+}
+
+/// The filters over the adjusted logits `v` in llama.cpp's order: top-nσ, top-k, typical,
+/// top-p, min-p, then XTC (when `xtc`). Each acts on what the earlier ones kept, and each
+/// keeps an interval of the sorted logits, so all of them together keep the ids with
+/// lo <= v <= hi. Ties at a boundary are kept.
+pub fn kept(v: &[f64], s: &SamplingParams, xtc: bool) -> (f64, f64) {
+    let n = v.len();
+    let m = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let (mut lo, mut hi) = (f64::NEG_INFINITY, m);
     if s.top_n_sigma > 0.0 {
         // Over the finite logits (a bias of -inf removes an id from the statistics too).
         let finite: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
         let count = finite.len() as f64;
         let mean = finite.iter().sum::<f64>() / count;
         let sd = (finite.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / count).sqrt();
-        thr = thr.max(m - s.top_n_sigma as f64 * sd);
+        lo = lo.max(m - s.top_n_sigma as f64 * sd);
+    }
+    if s.top_k > 0 && s.top_k < n {
+        let mut sorted = v.to_vec();
+        sorted.sort_by(|a, b| b.total_cmp(a));
+        lo = lo.max(sorted[s.top_k - 1]);
+    }
+    if s.typical_p < 1.0 {
+        (lo, hi) = typical(v, lo, hi, s.typical_p as f64);
     }
     if s.top_p < 1.0 {
-        let kept: Vec<f64> = sorted.iter().copied().filter(|&x| x >= thr).collect();
-        let z: f64 = kept.iter().map(|x| (x - m).exp()).sum();
+        let mut inside: Vec<f64> = v.iter().copied().filter(|&x| x >= lo && x <= hi).collect();
+        inside.sort_by(|a, b| b.total_cmp(a));
+        let z: f64 = inside.iter().map(|x| (x - hi).exp()).sum();
         // Smallest top set (ties included) whose mass reaches top_p.
         let mut mass = 0.0;
-        for (i, &x) in kept.iter().enumerate() {
-            mass += (x - m).exp();
-            let tie_next = kept.get(i + 1).is_some_and(|&y| y == x);
+        for (i, &x) in inside.iter().enumerate() {
+            mass += (x - hi).exp();
+            let tie_next = inside.get(i + 1).is_some_and(|&y| y == x);
             if mass >= s.top_p as f64 * z && !tie_next {
-                thr = thr.max(x);
+                lo = lo.max(x);
                 break;
             }
         }
     }
     if s.min_p > 0.0 {
-        thr = thr.max(m + (s.min_p as f64).ln());
+        lo = lo.max(hi + (s.min_p as f64).ln());
     }
-    thr = thr.min(m);
-    let mut top = m;
+    lo = lo.min(hi);
     if xtc {
-        top = xtc_ceiling(&v, thr, m, s.xtc_threshold as f64);
+        hi = xtc_ceiling(v, lo, hi, s.xtc_threshold as f64);
     }
-    let w: Vec<f64> = v.iter().map(|&x| if x >= thr && x <= top { (x - m).exp() } else { 0.0 }).collect();
-    let z: f64 = w.iter().sum();
-    w.iter().map(|x| x / z).collect()
+    (lo, hi)
+}
+
+/// Locally typical sampling (llama.cpp's typical-p) over the kept lo..=hi: with p the softmax
+/// of what is kept and H its entropy, ids are taken in order of |-ln p_i - H| (= |v_i - c|,
+/// c = Σ p_i v_i, the expected logit) until their mass exceeds `typical_p` (ties at that
+/// distance kept); returns the interval they span.
+fn typical(v: &[f64], lo: f64, hi: f64, typical_p: f64) -> (f64, f64) {
+    let inside: Vec<f64> = v.iter().copied().filter(|&x| x >= lo && x <= hi && x.is_finite()).collect();
+    let z: f64 = inside.iter().map(|x| (x - hi).exp()).sum();
+    let c = inside.iter().map(|x| (x - hi).exp() * x).sum::<f64>() / z;
+    let mut by_distance: Vec<(f64, f64)> = inside.iter().map(|&x| ((x - c).abs(), x)).collect();
+    by_distance.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut mass = 0.0;
+    let mut radius = f64::INFINITY;
+    for (i, &(d, x)) in by_distance.iter().enumerate() {
+        mass += (x - hi).exp();
+        let tie_next = by_distance.get(i + 1).is_some_and(|e| e.0 == d);
+        if mass > typical_p * z && !tie_next {
+            radius = d;
+            break;
+        }
+    }
+    let typical = || inside.iter().copied().filter(|x| (x - c).abs() <= radius);
+    (typical().fold(f64::INFINITY, f64::min), typical().fold(f64::NEG_INFINITY, f64::max))
+}
+
+/// Mirostat v2's truncation of the (temperature-scaled) logits `v`: the ids whose surprise
+/// -log2 p (p the softmax over every id) is at most `mu`, i.e. v >= lse - mu · ln 2; at
+/// least the most likely.
+fn mirostat_kept(v: &[f64], mu: f32) -> (f64, f64) {
+    let m = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let lse = m + v.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+    ((lse - mu as f64 * std::f64::consts::LN_2).min(m), m)
+}
+
+/// Mirostat v2's state for one sequence: μ, the largest surprise (bits) a token may have.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Mirostat {
+    pub mu: f32,
+}
+
+impl Mirostat {
+    /// μ starts at 2τ.
+    pub fn new(s: &SamplingParams) -> Self {
+        Mirostat { mu: 2.0 * s.mirostat_tau }
+    }
+
+    /// After a draw whose token had probability `p` (in the truncated, renormalized
+    /// distribution): μ -= η · (surprise - τ), the surprise -log2 p.
+    pub fn update(&mut self, s: &SamplingParams, p: f64) {
+        let surprise = -(p.log2()) as f32;
+        self.mu -= s.mirostat_eta * (surprise - s.mirostat_tau);
+    }
 }
 
 /// The logits after the logit bias, the penalties and DRY (DRY over all of `history`).
@@ -381,8 +496,9 @@ fn adjusted(logits: &[f32], history: &[u32], s: &SamplingParams) -> Vec<f32> {
     l
 }
 
-/// The temperature to sample the adjusted logits `l` at: `s.temperature`, or the dynamic
-/// one (see `dynatemp_range`). Computed in f64, rounded to f32 as the GPU's.
+/// The temperature to weigh `l` (what the filters kept) at: `s.temperature`, or the dynamic
+/// one (see `dynatemp_range`), normalized by ln(len). Computed in f64, rounded to f32 as the
+/// GPU's.
 pub fn temperature(l: &[f32], s: &SamplingParams) -> f32 {
     if s.dynatemp_range <= 0.0 || s.temperature <= 0.0 {
         return s.temperature;
@@ -397,32 +513,57 @@ pub fn temperature(l: &[f32], s: &SamplingParams) -> f32 {
     ((lo + (hi - lo) * hn.powf(s.dynatemp_exponent as f64)) as f32).max(MIN_TEMPERATURE)
 }
 
-/// XTC's upper bound on the kept (scaled) logits `v >= thr`: the least likely of those
-/// with p >= threshold when there are two or more (ties with it kept), else `m` (no cut).
-fn xtc_ceiling(v: &[f64], thr: f64, m: f64, threshold: f64) -> f64 {
-    let z: f64 = v.iter().filter(|&&x| x >= thr).map(|x| (x - m).exp()).sum();
-    let above: Vec<f64> = v.iter().copied().filter(|&x| x >= thr && (x - m).exp() >= threshold * z).collect();
+/// XTC's upper bound on the kept logits lo..=hi: the least likely of those with
+/// p >= threshold when there are two or more (ties with it kept), else `hi` (no cut).
+fn xtc_ceiling(v: &[f64], lo: f64, hi: f64, threshold: f64) -> f64 {
+    let inside = || v.iter().copied().filter(|&x| x >= lo && x <= hi);
+    let z: f64 = inside().map(|x| (x - hi).exp()).sum();
+    let above: Vec<f64> = inside().filter(|&x| (x - hi).exp() >= threshold * z).collect();
     if above.len() < 2 {
-        return m;
+        return hi;
     }
     above.into_iter().fold(f64::INFINITY, f64::min)
 }
 
-/// Log-softmax (f64) of the logits after the penalties, DRY and temperature: the
-/// distribution that top-k, top-p and min-p then cut down (greedy counts as temperature 1).
+/// Log-softmax (f64) over every id of the adjusted logits at the temperature the chain weighs
+/// them at (greedy counts as temperature 1): the distribution before the filters cut it down.
 /// The CPU reference of the GPU's `ops::sample::logprobs`.
 pub fn log_softmax(logits: &[f32], history: &[u32], s: &SamplingParams) -> Vec<f64> {
     let l = adjusted(logits, history, s);
-    let t = if s.temperature > 0.0 { temperature(&l, s) } else { 1.0 };
+    let t = if s.temperature > 0.0 {
+        let (_, _, _, inv_t) = chain(&l, s, s.xtc_applies(0), Mirostat::new(s).mu);
+        if s.mirostat_tau > 0.0 { temperature(&l, s) } else { (1.0 / inv_t) as f32 }
+    } else {
+        1.0
+    };
     let v: Vec<f64> = l.iter().map(|&x| (x * (1.0 / t)) as f64).collect();
     let m = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let z = v.iter().map(|x| (x - m).exp()).sum::<f64>().ln() + m;
     v.iter().map(|x| x - z).collect()
 }
 
+/// The probabilities the draw `draw` chose from (XTC decided for that draw, mirostat at
+/// `mu`); at temperature 0 (a greedy pick) those of temperature 1, so the alternatives show.
+/// The CPU reference of the GPU's `ops::sample::token_probs`.
+pub fn processed_probs(logits: &[f32], history: &[u32], s: &SamplingParams, draw: u32, mu: f32) -> Vec<f64> {
+    let t1;
+    let s = if s.temperature <= 0.0 {
+        t1 = SamplingParams { temperature: 1.0, ..s.clone() };
+        &t1
+    } else {
+        s
+    };
+    distribution_at(logits, history, s, s.xtc_applies(draw), mu)
+}
+
 /// CPU reference sampler: draws from `distribution` with the same random number as the GPU.
 pub fn sample_reference(logits: &[f32], history: &[u32], s: &SamplingParams, draw: u32) -> u32 {
-    let p = distribution_xtc(logits, history, s, s.xtc_applies(draw));
+    sample_reference_at(logits, history, s, draw, Mirostat::new(s).mu).0
+}
+
+/// `sample_reference` with mirostat at `mu`; also returns the probability of the id drawn.
+pub fn sample_reference_at(logits: &[f32], history: &[u32], s: &SamplingParams, draw: u32, mu: f32) -> (u32, f64) {
+    let p = distribution_at(logits, history, s, s.xtc_applies(draw), mu);
     let u = uniform01(s.seed, draw) as f64;
     let mut run = 0.0;
     let mut last = 0;
@@ -431,11 +572,11 @@ pub fn sample_reference(logits: &[f32], history: &[u32], s: &SamplingParams, dra
             run += pi;
             last = i;
             if u < run {
-                return i as u32;
+                return (i as u32, pi);
             }
         }
     }
-    last as u32
+    (last as u32, p[last])
 }
 
 #[cfg(test)]
@@ -565,6 +706,73 @@ mod tests {
     }
 
     #[test]
+    fn the_temperature_comes_after_the_filters() {
+        // Raw p(1) = 0.64 alone reaches top-p 0.6, so only id 1 is left whatever the
+        // temperature (scaled first, by 1/2, its p would be 0.45 and keep two more).
+        let logits = [1.0f32, 3.0, 2.0, 0.0];
+        let s = SamplingParams { temperature: 2.0, top_p: 0.6, ..SamplingParams::greedy() };
+        assert_eq!(distribution(&logits, &[], &s), vec![0.0, 1.0, 0.0, 0.0]);
+        // min-p 0.3 on the raw logits keeps ids 1, 2 (>= 3 + ln 0.3), then temperature 2 weighs them.
+        let p = distribution(&logits, &[], &SamplingParams { top_p: 1.0, min_p: 0.3, ..s.clone() });
+        let (a, b) = (1.5f64.exp(), 1.0f64.exp());
+        assert!(p[0] == 0.0 && p[3] == 0.0 && (p[1] - a / (a + b)).abs() < 1e-12, "{p:?}");
+        // Dynamic temperature over what top-k kept: two equal ids of two, the top of the range.
+        let two = [0.0f32, 0.0, -1.0, -1.0];
+        let dyn_t = SamplingParams { temperature: 1.0, dynatemp_range: 0.5, top_k: 2, ..SamplingParams::greedy() };
+        let (_, _, _, inv_t) = chain(&two, &dyn_t, false, 0.0);
+        assert!((1.0 / inv_t - 1.5).abs() < 1e-6, "{}", 1.0 / inv_t);
+    }
+
+    #[test]
+    fn typical_keeps_the_ids_nearest_the_entropy() {
+        // p = [0.454, 0.167 x3, 0.023 x2], H = 1.426; |-ln p - H| = [0.64, 0.36 x3, 2.36 x2]:
+        // the three middle ids are the most typical, and their mass 0.501 exceeds 0.5, so the
+        // most likely id goes.
+        let logits = [3.0f32, 2.0, 2.0, 2.0, 0.0, 0.0];
+        let s = SamplingParams { temperature: 1.0, typical_p: 0.5, ..SamplingParams::greedy() };
+        let p = distribution(&logits, &[], &s);
+        assert!(p[0] == 0.0 && p[4] == 0.0 && p[5] == 0.0, "{p:?}");
+        assert!((p[1] - 1.0 / 3.0).abs() < 1e-12, "{p:?}");
+        // 0.3 is passed after two of them, but the third is as typical (a tie): kept too.
+        assert_eq!(distribution(&logits, &[], &SamplingParams { typical_p: 0.3, ..s.clone() }), p);
+        // 0.6 needs the next nearest, id 0; 1 is off.
+        let p = distribution(&logits, &[], &SamplingParams { typical_p: 0.6, ..s.clone() });
+        assert!(p[0] > 0.0 && p[3] > 0.0 && p[4] == 0.0, "{p:?}");
+        assert!(distribution(&logits, &[], &SamplingParams { typical_p: 1.0, ..s.clone() })[5] > 0.0);
+        // Typical acts on what top-k kept: over the top four the middle three hold 0.525, so
+        // 0.52 keeps them alone; over all six (0.501) it needs id 0 as well.
+        let p = distribution(&logits, &[], &SamplingParams { typical_p: 0.52, top_k: 4, ..s.clone() });
+        assert!(p[0] == 0.0 && p[1] > 0.0, "{p:?}");
+        assert!(distribution(&logits, &[], &SamplingParams { typical_p: 0.52, ..s.clone() })[0] > 0.0);
+    }
+
+    #[test]
+    fn mirostat_truncates_by_surprise_and_updates_mu() {
+        // p = softmax [2, 1, 0, -1] = [0.644, 0.237, 0.087, 0.032]; tau 1.5 starts mu at 3
+        // bits: p >= 1/8 keeps ids 0 and 1, renormalized to [0.731, 0.269].
+        let logits = [2.0f32, 1.0, 0.0, -1.0];
+        let s = SamplingParams { temperature: 1.0, mirostat_tau: 1.5, mirostat_eta: 0.1, ..SamplingParams::greedy() };
+        let mut m = Mirostat::new(&s);
+        assert_eq!(m.mu, 3.0);
+        let p = distribution_at(&logits, &[], &s, false, m.mu);
+        let e = 1f64.exp();
+        assert!((p[0] - e / (e + 1.0)).abs() < 1e-12 && p[2] == 0.0 && p[3] == 0.0, "{p:?}");
+        // Drawing id 1: surprise -log2 0.269 = 1.894 bits, so mu -= 0.1 * (1.894 - 1.5).
+        m.update(&s, p[1]);
+        let want = 3.0 - 0.1 * (-(p[1].log2()) - 1.5);
+        assert!((m.mu as f64 - want).abs() < 1e-6 && (m.mu - 2.9606).abs() < 1e-3, "{}", m.mu);
+        // A mu below every surprise keeps the most likely id alone; the filters give way.
+        assert_eq!(distribution_at(&logits, &[], &SamplingParams { top_k: 3, ..s.clone() }, false, 0.1), vec![1.0, 0.0, 0.0, 0.0]);
+        assert_eq!(distribution_at(&logits, &[], &SamplingParams { top_k: 1, ..s.clone() }, false, 3.0), p);
+        // The temperature comes first: at T = 2, p = softmax [1, 0.5, 0, -0.5] and 1/8 keeps three.
+        let p = distribution_at(&logits, &[], &SamplingParams { temperature: 2.0, ..s.clone() }, false, 3.0);
+        assert!(p[2] > 0.0 && p[3] == 0.0, "{p:?}");
+        // The draw reports the probability it drew with, for the update.
+        let (id, pid) = sample_reference_at(&logits, &[], &s, 5, 3.0);
+        assert_eq!(pid, distribution_at(&logits, &[], &s, false, 3.0)[id as usize]);
+    }
+
+    #[test]
     fn validation_names_the_option() {
         let bad = [
             (SamplingParams { temperature: -1.0, ..Default::default() }, "--temperature"),
@@ -581,6 +789,9 @@ mod tests {
             (SamplingParams { logit_bias: vec![(3, f32::NAN)], ..Default::default() }, "--logit-bias"),
             (SamplingParams { logit_bias: vec![(3, 1.0), (3, 2.0)], ..Default::default() }, "--logit-bias"),
             (SamplingParams { xtc_threshold: -0.1, ..Default::default() }, "--xtc-threshold"),
+            (SamplingParams { typical_p: 0.0, ..Default::default() }, "--typical-p"),
+            (SamplingParams { mirostat_tau: -1.0, ..Default::default() }, "--mirostat-tau"),
+            (SamplingParams { mirostat_eta: f32::INFINITY, ..Default::default() }, "--mirostat-eta"),
         ];
         for (s, name) in bad {
             let e = s.validate().unwrap_err().to_string();

@@ -1,5 +1,6 @@
-//! Token sampling on the GPU: penalty, temperature, top-k, top-p, min-p and a seeded draw in
-//! one workgroup; the chosen id is written into the token buffer on the GPU.
+//! Token sampling on the GPU: the whole chain of `sampling` (bias, penalties, DRY, the filters,
+//! temperature or mirostat) and a seeded draw in one workgroup; the chosen id is written into
+//! the token buffer on the GPU.
 
 use std::ops::Range;
 
@@ -27,22 +28,32 @@ struct Params {
     repeat_penalty: f32,
     presence_penalty: f32,
     frequency_penalty: f32,
-    _pad: u32,
+    typical_p: f32,
     xtc_threshold: f32,
     xtc_probability: f32,
     top_n_sigma: f32,
-    _pad2: u32,
+    mirostat_tau: f32,
     dynatemp_range: f32,
     dynatemp_exponent: f32,
-    _pad3: [u32; 2],
+    mirostat_eta: f32,
+    /// `logprobs`: 0 = before the filters, 1 = after the whole chain.
+    mode: u32,
+    /// `logprobs`: how many of the most likely ids to report.
+    alternatives: u32,
+    _pad: [u32; 2],
 }
 
 /// Most (id, amount) adjustments the sampler takes at one step: the ids DRY penalizes (one
 /// per distinct id that followed an earlier copy of the repeated run).
 pub const MAX_ADJUST: usize = 4096;
 
-/// Values (u32) of the adjustment buffer: the two counts, then (id, f32 bits) pairs.
-pub const ADJUST_LEN: usize = 2 + 2 * (MAX_ADJUST + MAX_LOGIT_BIAS);
+/// Values (u32) of the adjustment buffer: the two counts, then (id, f32 bits) pairs, then
+/// mirostat's μ (f32 bits) of the last draw and for the next, which the kernel keeps there so
+/// a batch of decode steps updates it on the GPU.
+pub const ADJUST_LEN: usize = 2 + 2 * (MAX_ADJUST + MAX_LOGIT_BIAS) + MIROSTAT_SLOTS;
+
+/// The adjustment buffer's last values, mirostat's μ (shaders/sample.wgsl says the same).
+pub const MIROSTAT_SLOTS: usize = 2;
 
 /// Most ids a logit bias may name.
 pub const MAX_LOGIT_BIAS: usize = 1024;
@@ -76,16 +87,15 @@ pub fn cost(vocab: usize) -> (u64, u64) {
     (4 * vocab as u64, 12 * vocab as u64)
 }
 
-/// The kernels' parameters; `top_k` is the sampler's top-k, or the number of alternatives
-/// for `logprobs`.
-fn params(vocab: usize, row: usize, out_index: usize, history: &Range<usize>, s: &SamplingParams, top_k: usize, draw: u32) -> Params {
+/// The kernels' parameters for draw `draw` (`logprobs` sets its own mode and count after).
+fn params(vocab: usize, row: usize, out_index: usize, history: &Range<usize>, s: &SamplingParams, draw: u32) -> Params {
     Params {
         vocab: vocab as u32,
         row: row as u32,
         hist_start: history.start as u32,
         hist_end: history.end as u32,
         out_index: out_index as u32,
-        top_k: top_k.min(u32::MAX as usize) as u32,
+        top_k: s.top_k.min(u32::MAX as usize) as u32,
         seed_lo: s.seed as u32,
         seed_hi: (s.seed >> 32) as u32,
         draw,
@@ -95,14 +105,17 @@ fn params(vocab: usize, row: usize, out_index: usize, history: &Range<usize>, s:
         repeat_penalty: s.repeat_penalty,
         presence_penalty: s.presence_penalty,
         frequency_penalty: s.frequency_penalty,
-        _pad: 0,
+        typical_p: s.typical_p,
         xtc_threshold: s.xtc_threshold,
         xtc_probability: if s.xtc_applies(draw) { s.xtc_probability } else { 0.0 },
         top_n_sigma: s.top_n_sigma,
-        _pad2: 0,
+        mirostat_tau: s.mirostat_tau,
         dynatemp_range: s.dynatemp_range,
         dynatemp_exponent: s.dynatemp_exponent,
-        _pad3: [0; 2],
+        mirostat_eta: s.mirostat_eta,
+        mode: 0,
+        alternatives: 0,
+        _pad: [0; 2],
     }
 }
 
@@ -121,9 +134,9 @@ fn check(op: &'static str, logits: &Tensor, row: usize, work: &Tensor, tokens: &
 #[allow(clippy::too_many_arguments)]
 pub fn sample(rec: &mut Recorder, logits: &Tensor, row: usize, work: &Tensor, tokens: &Tensor, adjust: &Tensor, out_index: usize, history: Range<usize>, s: &SamplingParams, draw: u32) -> Result<()> {
     let vocab = check("sample", logits, row, work, tokens, out_index, &history)?;
-    adjust.holds("sample", "adjust", 2)?;
+    adjust.holds("sample", "adjust", 2 + MIROSTAT_SLOTS)?;
     let pipe = rec.ctx.pipeline(&SHADER, "sample", &[])?;
-    let p = params(vocab, row, out_index, &history, s, s.top_k, draw);
+    let p = params(vocab, row, out_index, &history, s, draw);
     let (flops, bytes) = cost(vocab);
     let info = OpInfo::new("sample", flops, bytes);
     rec.dispatch(info, &pipe, &[&logits.buf, &work.buf, &tokens.buf, &adjust.buf], &p, [1, 1, 1]);
@@ -133,21 +146,36 @@ pub fn sample(rec: &mut Recorder, logits: &Tensor, row: usize, work: &Tensor, to
 /// Most alternatives `logprobs` returns per token (as OpenAI allows).
 pub const MAX_TOP_LOGPROBS: usize = 20;
 
-/// Log-probabilities of a sampled token, on the GPU: the log-softmax of row `row` after the
-/// penalty over `tokens[history]`, the list in `adjust` and the temperature (`sampling::log_softmax` is the CPU
-/// reference), for the id at `tokens[chosen_index]` and the `top` most likely ids. The results
-/// replace the start of `work`: read `logprobs_len(top)` values and pass them to
-/// [`parse_logprobs`]. Only those few values need to come back, not the logits.
+/// Log-probabilities of a sampled token, on the GPU: the log-softmax of row `row` over every
+/// id after the penalty over `tokens[history]`, the list in `adjust` and the temperature the
+/// chain weighs at (`sampling::log_softmax` is the CPU reference): the distribution before
+/// the filters cut it down. For the id at `tokens[chosen_index]` and the `top` most likely
+/// ids. The results replace the start of `work`: read `logprobs_len(top)` values and pass
+/// them to [`parse_logprobs`]. Only those few values need to come back, not the logits.
 #[allow(clippy::too_many_arguments)]
 pub fn logprobs(rec: &mut Recorder, logits: &Tensor, row: usize, work: &Tensor, tokens: &Tensor, adjust: &Tensor, chosen_index: usize, history: Range<usize>, s: &SamplingParams, top: usize) -> Result<()> {
+    log_probabilities(rec, [logits, work, tokens, adjust], row, chosen_index, history, s, top, 0, 0)
+}
+
+/// Like [`logprobs`], but of the distribution draw `draw` chose from: after the whole chain
+/// (filters, XTC as decided for that draw, temperature; mirostat at the μ that draw used;
+/// at temperature 0, the chain at temperature 1), ids it dropped at -f32::MAX. Run it after
+/// that draw's `sample`, before the next. `sampling::processed_probs` is the CPU reference.
+#[allow(clippy::too_many_arguments)]
+pub fn token_probs(rec: &mut Recorder, logits: &Tensor, row: usize, work: &Tensor, tokens: &Tensor, adjust: &Tensor, chosen_index: usize, history: Range<usize>, s: &SamplingParams, top: usize, draw: u32) -> Result<()> {
+    log_probabilities(rec, [logits, work, tokens, adjust], row, chosen_index, history, s, top, draw, 1)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn log_probabilities(rec: &mut Recorder, [logits, work, tokens, adjust]: [&Tensor; 4], row: usize, chosen_index: usize, history: Range<usize>, s: &SamplingParams, top: usize, draw: u32, mode: u32) -> Result<()> {
     let vocab = check("logprobs", logits, row, work, tokens, chosen_index, &history)?;
     if top > MAX_TOP_LOGPROBS || logprobs_len(top) > vocab {
         return Err(Error::arg("top_logprobs", format!("{top} must be at most {MAX_TOP_LOGPROBS} (and fit a vocabulary of {vocab})")));
     }
-    adjust.holds("logprobs", "adjust", 2)?;
+    adjust.holds("logprobs", "adjust", 2 + MIROSTAT_SLOTS)?;
     let pipe = rec.ctx.pipeline(&SHADER, "logprobs", &[])?;
-    let p = params(vocab, row, chosen_index, &history, s, top, 0);
-    // One pass to scale, one for the sum, then one argmax pass per alternative.
+    let p = Params { mode, alternatives: top as u32, ..params(vocab, row, chosen_index, &history, s, draw) };
+    // The chain's passes (as `sample`), one for the sum, then one argmax pass per alternative.
     let (flops, bytes) = cost(vocab);
     let info = OpInfo::new("logprobs", flops * (2 + top as u64), bytes * (2 + top as u64));
     rec.dispatch(info, &pipe, &[&logits.buf, &work.buf, &tokens.buf, &adjust.buf], &p, [1, 1, 1]);
@@ -172,7 +200,7 @@ mod tests {
     use crate::gpu::context::gpu_test;
     use crate::gpu::Context;
     use crate::ops::test_values;
-    use crate::sampling::{distribution, dry_penalties, log_softmax, sample_reference};
+    use crate::sampling::{distribution, distribution_at, dry_penalties, log_softmax, processed_probs, sample_reference, sample_reference_at, Mirostat};
 
     fn adjust_buffer(ctx: &Context, s: &SamplingParams, history: &[u32]) -> Tensor {
         let t = Tensor::zeros(ctx, "adjust", &[ADJUST_LEN]).unwrap();
@@ -343,6 +371,102 @@ mod tests {
         let agree = (0..200).filter(|&i| sample_reference(&top, &[], &half, i as u32) == got[i]).count();
         assert!(agree >= 198, "GPU and CPU reference agree on only {agree} of 200 draws");
         assert!(got.iter().any(|&id| id < 3) && got.iter().any(|&id| id >= 3));
+    });
+
+    gpu_test!(fn typical_and_mirostat_frequencies_match_the_reference(ctx) {
+        let logits: Vec<f32> = test_values(53, 8).iter().map(|v| v * 3.0).collect();
+        let n = if ctx.info.backend == wgpu::Backend::BrowserWebGpu { 1500 } else { 4000 };
+        // Typical alone, then after top-k and before top-p, min-p and a temperature.
+        let typical = SamplingParams { typical_p: 0.6, ..base() };
+        let p = distribution(&logits, &[], &typical);
+        assert!(p.iter().filter(|&&x| x > 0.0).count() < 53, "typical 0.6 should drop some ids");
+        check_frequencies(ctx, &logits, &[], &typical, n).await;
+        check_frequencies(ctx, &logits, &[], &SamplingParams { typical_p: 0.8, top_k: 30, top_p: 0.9, min_p: 0.02, temperature: 0.7, ..base() }, n).await;
+        // Mirostat with eta 0: mu stays at 2 tau, so every draw is from one distribution.
+        let still = SamplingParams { mirostat_tau: 2.0, mirostat_eta: 0.0, temperature: 0.9, ..base() };
+        check_frequencies(ctx, &logits, &[], &still, n).await;
+    });
+
+    gpu_test!(fn mirostat_updates_mu_on_the_gpu_as_the_reference_does(ctx) {
+        // 200 draws in one command buffer: mu moves on the GPU between them. Each id the GPU
+        // drew must be the CPU reference's at the mu the reference tracks along those ids.
+        let logits: Vec<f32> = test_values(97, 4).iter().map(|v| v * 4.0).collect();
+        let s = SamplingParams { mirostat_tau: 3.0, mirostat_eta: 0.3, temperature: 1.0, seed: 5, ..base() };
+        let draws = 200;
+        let vocab = logits.len();
+        let lt = Tensor::upload_f32(ctx, "logits", &[1, vocab], &logits).unwrap();
+        let work = Tensor::zeros(ctx, "work", &[vocab]).unwrap();
+        let tokens = Tensor { buf: ctx.upload("tokens", &vec![0u32; draws]).unwrap(), shape: vec![draws] };
+        let adjust = adjust_buffer(ctx, &s, &[]);
+        let mut rec = Recorder::new(ctx, "test");
+        for i in 0..draws {
+            sample(&mut rec, &lt, 0, &work, &tokens, &adjust, i, 0..0, &s, i as u32).unwrap();
+        }
+        rec.submit().unwrap();
+        let got = ctx.read_u32_async(&tokens.buf, 0, draws).await.unwrap();
+        let mut m = Mirostat::new(&s);
+        let mut agree = 0;
+        let mut mus = Vec::new();
+        for (i, &id) in got.iter().enumerate() {
+            let (want, _) = sample_reference_at(&logits, &[], &s, i as u32, m.mu);
+            agree += usize::from(want == id);
+            let p = distribution_at(&logits, &[], &s, false, m.mu)[id as usize];
+            assert!(p > 0.0, "draw {i}: id {id} is outside mirostat's set at mu {}", m.mu);
+            m.update(&s, p);
+            mus.push(m.mu);
+        }
+        assert!(agree >= 196, "GPU and CPU reference agree on only {agree} of {draws} draws");
+        // mu moved (it is not stuck at 2 tau) and the GPU holds the same value.
+        assert!(mus.iter().any(|&mu| (mu - 6.0).abs() > 0.5), "{mus:?}");
+        let slots = ctx.read_u32_async(&adjust.buf, ADJUST_LEN - MIROSTAT_SLOTS, MIROSTAT_SLOTS).await.unwrap();
+        let (used, next) = (f32::from_bits(slots[0]), f32::from_bits(slots[1]));
+        assert!((next - m.mu).abs() <= 1e-3 + 1e-4 * m.mu.abs(), "GPU mu {next}, reference {}", m.mu);
+        assert!((used - mus[draws - 2]).abs() <= 1e-3 + 1e-4 * used.abs(), "GPU mu of the last draw {used}, reference {}", mus[draws - 2]);
+    });
+
+    gpu_test!(fn token_probs_match_the_processed_distribution(ctx) {
+        let vocab = 211;
+        let logits: Vec<f32> = test_values(vocab, 31).iter().map(|v| v * 5.0).collect();
+        let history = [7u32, 7, 100, 150];
+        let mut ids = history.to_vec();
+        ids.push(0);
+        let lt = Tensor::upload_f32(ctx, "logits", &[1, vocab], &logits).unwrap();
+        let work = Tensor::zeros(ctx, "work", &[vocab]).unwrap();
+        let tokens = Tensor { buf: ctx.upload("tokens", &ids).unwrap(), shape: vec![ids.len()] };
+        let cases = [
+            (SamplingParams { temperature: 0.8, ..base() }, 5),
+            (SamplingParams { top_k: 12, top_p: 0.9, min_p: 0.05, temperature: 0.6, repeat_penalty: 1.3, ..base() }, 20),
+            (SamplingParams { typical_p: 0.7, temperature: 1.3, ..base() }, 8),
+            (SamplingParams { xtc_probability: 1.0, xtc_threshold: 0.05, ..base() }, 4),
+            (SamplingParams { dynatemp_range: 0.5, top_k: 30, ..base() }, 3),
+            (SamplingParams { top_k: 6, ..SamplingParams::greedy() }, 6),
+            (SamplingParams { mirostat_tau: 2.5, temperature: 0.9, ..base() }, 10),
+        ];
+        for (s, top) in cases {
+            let adjust = adjust_buffer(ctx, &s, &history);
+            let mut rec = Recorder::new(ctx, "test");
+            let out = history.len();
+            sample(&mut rec, &lt, 0, &work, &tokens, &adjust, out, 0..out, &s, 0).unwrap();
+            token_probs(&mut rec, &lt, 0, &work, &tokens, &adjust, out, 0..out, &s, top, 0).unwrap();
+            rec.submit().unwrap();
+            let got = ctx.read_f32_async(&work.buf, 0, logprobs_len(top)).await.unwrap();
+            let chosen = ctx.read_u32_async(&tokens.buf, out, 1).await.unwrap()[0];
+            let (lp, alts) = parse_logprobs(&got);
+            let want = processed_probs(&logits, &history, &s, 0, Mirostat::new(&s).mu);
+            let close = |g: f32, w: f64| ((g as f64).exp() - w).abs() <= 1e-4;
+            assert!(want[chosen as usize] > 0.0, "{s:?}: drew {chosen}, outside the processed set");
+            assert!(close(lp, want[chosen as usize]), "{s:?}: chosen {chosen}: p {} vs {}", lp.exp(), want[chosen as usize]);
+            let mut order: Vec<usize> = (0..vocab).collect();
+            order.sort_by(|&a, &b| want[b].total_cmp(&want[a]).then(a.cmp(&b)));
+            assert_eq!(alts.len(), top);
+            for (k, &(id, v)) in alts.iter().enumerate() {
+                assert!(close(v, want[id as usize]), "{s:?}: alternative {k} (id {id}): p {} vs {}", v.exp(), want[id as usize]);
+                // The order is the reference's where the probabilities are apart.
+                if want[order[k]] > 1e-4 && (k + 1 == vocab || want[order[k]] - want[order[k + 1]] > 1e-5) {
+                    assert_eq!(id as usize, order[k], "{s:?}: alternative {k}");
+                }
+            }
+        }
     });
 
     gpu_test!(fn ties_at_the_top_k_boundary_are_kept(ctx) {
