@@ -208,6 +208,18 @@ pub fn plan_session(ctx: &Context, model: &LoadedModel, requested: Option<usize>
     plan(&SessionShape::new(model.config(), max_batch), requested, available, ctx.binding_limit(), &budget)
 }
 
+/// Plans a session before any weight is read, from the header: `weight_bytes` (what the
+/// weights will take on the GPU) against `budget`, then the context as `plan` does. A model
+/// whose weights alone exceed the budget is refused with both figures.
+pub fn plan_before_load(cfg: &ModelConfig, weight_bytes: u64, requested: Option<usize>, binding_limit: u64, budget: &Budget) -> Result<Plan> {
+    if weight_bytes >= budget.bytes {
+        let mb = |b: u64| b as f64 / 1e6;
+        return Err(Error::arg("model", format!("its weights need {weight_bytes} bytes ({:.1} MB) on the GPU but the GPU memory budget is {:.1} MB ({})", mb(weight_bytes), mb(budget.bytes), budget.source)));
+    }
+    let shape = SessionShape::new(cfg, crate::generate::DEFAULT_MAX_BATCH);
+    plan(&shape, requested, budget.bytes - weight_bytes, binding_limit, budget)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

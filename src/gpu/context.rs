@@ -180,6 +180,12 @@ impl Context {
         }
     }
 
+    /// Has the device been lost (the page then opens a new one before loading again)?
+    pub fn is_lost(&self) -> bool {
+        let _ = self.device.poll(wgpu::PollType::Poll);
+        self.faults.lock().unwrap_or_else(|p| p.into_inner()).lost.is_some()
+    }
+
     /// Returns the first GPU error seen since the last check (validation, out of memory,
     /// device lost), naming what was being done.
     pub fn check(&self, during: &str) -> Result<()> {
@@ -371,6 +377,16 @@ impl Context {
             .to_vec();
         staging.unmap();
         Ok(bytes)
+    }
+
+    /// Submits the uploads made so far and, natively, waits for them, so that wgpu frees their
+    /// staging copies: a model loaded tensor by tensor then holds each upload's staging memory
+    /// only until the next settle, not until the first generation. A browser frees them on its
+    /// own after the submit (nothing there may block).
+    pub fn settle_uploads(&self) {
+        self.queue.submit([]);
+        #[cfg(not(target_arch = "wasm32"))]
+        let _ = self.device.poll(wgpu::PollType::wait_indefinitely());
     }
 
     /// Resolves when the GPU has finished every command buffer submitted so far.
