@@ -291,7 +291,13 @@ impl Context {
     /// A device-local storage buffer initialised from `data`.
     pub fn upload<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> Result<wgpu::Buffer> {
         let bytes: &[u8] = bytemuck::cast_slice(data);
-        let size = (bytes.len() as u64).max(4).next_multiple_of(4);
+        self.upload_with(label, bytes.len(), |view| view.slice(..bytes.len()).copy_from_slice(bytes))
+    }
+
+    /// A storage buffer of at least `len` bytes that `fill` writes in place, in its mapping:
+    /// data produced piece by piece (repacked weight rows) never needs a whole copy first.
+    pub fn upload_with(&self, label: &str, len: usize, fill: impl FnOnce(&mut wgpu::BufferViewMut)) -> Result<wgpu::Buffer> {
+        let size = (len as u64).max(4).next_multiple_of(4);
         self.check_size(label, size)?;
         let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
@@ -299,7 +305,7 @@ impl Context {
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: true,
         });
-        buffer.get_mapped_range_mut(..).map_err(|e| Error::gpu(format!("uploading {label}"), e.to_string()))?.slice(..bytes.len()).copy_from_slice(bytes);
+        fill(&mut buffer.get_mapped_range_mut(..).map_err(|e| Error::gpu(format!("uploading {label}"), e.to_string()))?);
         buffer.unmap();
         self.check(&format!("uploading {label}"))?;
         Ok(buffer)

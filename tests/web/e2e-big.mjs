@@ -5,7 +5,7 @@
 //
 // MODEL is served beside the page (target/web/models/, with range requests). Steps, in order
 // (default: all of them):
-//   refuse   a context that does not fit (?gpu_memory=1e9, ctx 8192) is refused with the numbers
+//   refuse   a context that does not fit (?gpu_memory=1.2x the file, ctx 8192) is refused with the numbers
 //   file     the file picker (?max_binding=134217728: WebGPU's default binding limit), stored
 //            in OPFS; write one token
 //   stored   after a reload, the stored copy loads with no file picked; then removed from the list
@@ -124,7 +124,8 @@ const storedKeys = () => page.$$eval('#cached-models tr', (rs) => rs.map((r) => 
 try {
   console.log(await open());
   if (steps.includes('refuse')) {
-    await open('?gpu_memory=1000000000');
+    // A GPU budget of 1.2x the weights: a context of 8192 cannot fit beside them.
+    await open(`?gpu_memory=${Math.round(fs.statSync(modelPath).size * 1.2)}`);
     await page.fill('#ctx', '8192');
     await page.fill('#url', modelUrl);
     const t0 = Date.now();
