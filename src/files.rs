@@ -1,12 +1,14 @@
 //! Native model files: finds the default model, memory-maps GGUF and safetensors files and
 //! hands their bytes to the shared loaders in `models::load`.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::gpu::Context;
-use crate::models::load::{load_gguf_with, load_hf_with, HfFiles, LoadOptions};
+use crate::models::load::{load_gguf_from, load_hf_with, HfFiles, LoadOptions};
 use crate::models::LoadedModel;
+use crate::weights::source::{ByteSource, Bytes};
 
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 pub const FETCH_COMMAND: &str = "scripts/fetch-model.sh";
@@ -98,6 +100,39 @@ fn map(path: &Path) -> Result<memmap2::Mmap> {
     unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io(path, e))
 }
 
+/// A memory-mapped model file as a `ByteSource` for the loaders. Each range is copied out and
+/// its pages handed back to the kernel (`MADV_DONTNEED`: the map is read-only, so a page
+/// touched again is read again from the file), so loading holds the model once, on the GPU,
+/// rather than once more in mapped pages (on lavapipe both count as this process's memory).
+pub struct MappedFile {
+    label: String,
+    map: memmap2::Mmap,
+}
+
+impl MappedFile {
+    pub fn open(path: &Path) -> Result<Self> {
+        Ok(MappedFile { label: path.display().to_string(), map: map(path)? })
+    }
+}
+
+impl ByteSource for MappedFile {
+    fn len(&self) -> u64 {
+        self.map.len() as u64
+    }
+    fn read(&self, offset: u64, len: usize) -> Result<Cow<'_, [u8]>> {
+        let bytes = Bytes(&self.map).read(offset, len).map_err(|e| Error::format(&self.label, e.to_string()))?.into_owned();
+        // Only the whole pages inside the range: its neighbours' may still be wanted.
+        const PAGE: usize = 4096;
+        let (start, end) = ((offset as usize).next_multiple_of(PAGE), (offset as usize + len) / PAGE * PAGE);
+        if end > start {
+            // Safety: DONTNEED on a read-only file map drops clean pages only, which the
+            // kernel reads again from the file on the next access; nothing is lost.
+            let _ = unsafe { self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) };
+        }
+        Ok(Cow::Owned(bytes))
+    }
+}
+
 /// Most bytes quill reads of each small file of a model directory, or downloads of it from a
 /// hub: a FIFO, /dev/zero or a huge file in its place cannot make quill hold more.
 /// tokenizer.json is the large one (a few MB; 33 MB for Gemma's 262144 tokens).
@@ -170,8 +205,9 @@ pub fn load_model_with(ctx: &Context, path: &Path, opts: &LoadOptions, progress:
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     let label = path.display().to_string();
     if meta.is_file() {
-        let m = map(path)?;
-        return load_gguf_with(ctx, &label, &m, opts, progress);
+        // The same tensor-by-tensor path as the browser's, from the memory map.
+        let file = MappedFile::open(path)?;
+        return load_gguf_from(ctx, &label, &file, opts, &mut |p| progress(p.bytes, p.total_bytes));
     }
     if !meta.is_dir() {
         // A FIFO, a device or a socket: neither a file to map nor a directory to look into.

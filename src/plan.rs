@@ -211,6 +211,18 @@ pub fn plan_session(ctx: &Context, model: &LoadedModel, requested: Option<usize>
     plan(&SessionShape::new(model.config(), max_batch), requested, available, ctx.binding_limit(), &budget)
 }
 
+/// Plans a session before any weight is read, from the header: `weight_bytes` (what the
+/// weights will take on the GPU) against `budget`, then the context as `plan` does. A model
+/// whose weights alone exceed the budget is refused with both figures.
+pub fn plan_before_load(cfg: &ModelConfig, weight_bytes: u64, requested: Option<usize>, binding_limit: u64, budget: &Budget) -> Result<Plan> {
+    if weight_bytes >= budget.bytes {
+        let mb = |b: u64| b as f64 / 1e6;
+        return Err(Error::arg("model", format!("its weights need {weight_bytes} bytes ({:.1} MB) on the GPU but the GPU memory budget is {:.1} MB ({})", mb(weight_bytes), mb(budget.bytes), budget.source)));
+    }
+    let shape = SessionShape::new(cfg, crate::generate::DEFAULT_MAX_BATCH);
+    plan(&shape, requested, budget.bytes - weight_bytes, binding_limit, budget)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,5 +310,21 @@ mod tests {
         let err = Budget::for_adapter(wgpu::DeviceType::Cpu, Some("lots")).unwrap_err().to_string();
         assert!(err.contains(BUDGET_ENV) && err.contains("'lots'"), "{err}");
         assert_eq!(Budget::for_adapter(wgpu::DeviceType::Cpu, None).unwrap().bytes, 4 * GIB);
+    }
+
+    #[test]
+    fn before_a_load_the_weights_then_the_context_are_checked() {
+        let (_, cfg) = crate::models::registry::from_hf_json(include_bytes!("../tests/fixtures/llama-tiny/config.json"), "config.json").unwrap();
+        let shape = SessionShape::new(&cfg, crate::generate::DEFAULT_MAX_BATCH);
+        let small = Budget { bytes: 1 << 20, source: "test".into() };
+        // Weights alone above the budget: refused with both figures.
+        let err = plan_before_load(&cfg, 2 << 20, Some(16), 128 << 20, &small).unwrap_err().to_string();
+        assert!(err.contains("2097152 bytes") && err.contains("1.0 MB"), "{err}");
+        // Weights that fit: the context asked for, or an error naming the largest that fits.
+        let weights = (1 << 20) - shape.kv_bytes(100) - shape.activation_bytes(100);
+        assert_eq!(plan_before_load(&cfg, weights, Some(100), 128 << 20, &small).unwrap().ctx_len, 100);
+        let err = plan_before_load(&cfg, weights, Some(256), 128 << 20, &small).unwrap_err().to_string();
+        assert!(err.contains("256 positions need") && err.contains("the largest --ctx that fits is 100"), "{err}");
+        assert_eq!(plan_before_load(&cfg, weights, None, 128 << 20, &small).unwrap().ctx_len, 100);
     }
 }

@@ -13,10 +13,13 @@ use wasm_bindgen::prelude::*;
 use crate::error::Error;
 use crate::generate::{Session, Stop};
 use crate::gpu::Context;
-use crate::models::load::{load_gguf, load_hf, HfFiles};
+use crate::models::load::{gguf_needs, load_gguf, load_hf, load_parsed_gguf, HfFiles, LoadOptions, LoadProgress};
 use crate::models::LoadedModel;
+use crate::plan::{plan_before_load, Budget};
 use crate::sampling::{SamplingFlags, SamplingParams};
 use crate::tokenizer::StreamDecoder;
+use crate::weights::gguf::Gguf;
+use crate::weights::source::ByteSource;
 
 #[wasm_bindgen]
 extern "C" {
@@ -45,6 +48,8 @@ pub struct Quill {
     cancelled: Rc<Cell<bool>>,
     /// The per-op table of the last profiled generation.
     profile: Rc<RefCell<Option<String>>>,
+    /// KV cache positions of the loaded model's sessions, as planned before its load.
+    ctx_len: Rc<Cell<usize>>,
 }
 
 /// What the page asks `generate` for; absent sampling settings come from the model's
@@ -77,7 +82,7 @@ impl Quill {
             let l = &mut ctx.limits;
             l.max_storage_buffer_binding_size = l.max_storage_buffer_binding_size.min(max as u64);
         }
-        Ok(Quill { ctx: Rc::new(ctx), model: None, cancelled: Rc::default(), profile: Rc::default() })
+        Ok(Quill { ctx: Rc::new(ctx), model: None, cancelled: Rc::default(), profile: Rc::default(), ctx_len: Rc::new(Cell::new(MAX_CTX)) })
     }
 
     /// The adapter and the limits that decide which models fit, as JSON.
@@ -131,6 +136,70 @@ impl Quill {
         self.loaded(model)
     }
 
+    /// Loads a GGUF file of `size` bytes a tensor at a time: `read(offset, length)` returns
+    /// those bytes as a Uint8Array, synchronously (the worker reads a File slice with
+    /// FileReaderSync, an OPFS file through its sync access handle, or a URL with a range
+    /// request), so WebAssembly holds one tensor at a time, never the file. Before any weight
+    /// is read the header's needs are checked against the adapter: the weights against the
+    /// GPU memory budget (`gpu_memory` bytes when the page gives them, else the default for
+    /// the adapter), the context (`ctx`, else the model's up to 2048, else the largest that
+    /// fits) against what is left and the largest binding. `progress(bytes, total_bytes,
+    /// tensors, total_tensors)` follows the upload.
+    pub fn load_gguf_stream(&mut self, name: &str, size: f64, read: js_sys::Function, ctx: Option<u32>, gpu_memory: Option<f64>, progress: &js_sys::Function) -> Result<String, JsError> {
+        self.model = None;
+        let src = JsSource { name: name.to_string(), size: size as u64, read };
+        let g = Gguf::open(name, &src).map_err(js_error)?;
+        let plan = self.plan_for(&g, ctx, gpu_memory)?;
+        let mut report = |p: &LoadProgress| {
+            let args = js_sys::Array::of4(&(p.bytes as f64).into(), &(p.total_bytes as f64).into(), &(p.tensors as f64).into(), &(p.total_tensors as f64).into());
+            let _ = progress.apply(&JsValue::NULL, &args);
+        };
+        let model = load_parsed_gguf(&self.ctx, &g, &LoadOptions::default(), &mut report).map_err(js_error)?;
+        self.ctx_len.set(plan.ctx_len);
+        self.loaded(model)
+    }
+
+    /// The checks of `load_gguf_stream`, from the header alone (read through `read` as
+    /// there): the page runs them before it stores or downloads a file. Returns the context
+    /// that will be used, as JSON, or the refusal in words with the numbers.
+    pub fn check_gguf_stream(&self, name: &str, size: f64, read: js_sys::Function, ctx: Option<u32>, gpu_memory: Option<f64>) -> Result<String, JsError> {
+        let src = JsSource { name: name.to_string(), size: size as u64, read };
+        let g = Gguf::open(name, &src).map_err(js_error)?;
+        let plan = self.plan_for(&g, ctx, gpu_memory)?;
+        Ok(serde_json::json!({ "ctx_len": plan.ctx_len, "kv_bytes": plan.kv_bytes }).to_string())
+    }
+
+    /// The session plan for the model of header `g`: its weights against the GPU memory
+    /// budget (`gpu_memory` bytes when the page gives less, else the default for the adapter),
+    /// then the context (`ctx`, else the model's up to 2048) against what is left and the
+    /// largest binding; a refusal names the numbers and the largest context that fits.
+    fn plan_for(&self, g: &Gguf, ctx: Option<u32>, gpu_memory: Option<f64>) -> Result<crate::plan::Plan, JsError> {
+        let name = &g.file;
+        let (cfg, weight_bytes) = gguf_needs(g).map_err(js_error)?;
+        let mut budget = Budget::of(&self.ctx).map_err(js_error)?;
+        if let Some(hint) = gpu_memory.map(|b| b as u64).filter(|&b| b < budget.bytes) {
+            budget = Budget { bytes: hint, source: "the page's memory hint: ?gpu_memory=, else half of navigator.deviceMemory".into() };
+        }
+        let requested = ctx.map(|c| c as usize).unwrap_or(cfg.max_ctx.min(MAX_CTX));
+        let limit = self.ctx.binding_limit();
+        plan_before_load(&cfg, weight_bytes, Some(requested), limit, &budget).map_err(|e| {
+            let mb = |b: u64| b as f64 / 1e6;
+            let largest = plan_before_load(&cfg, weight_bytes, None, limit, &budget).map(|p| format!("; a context of {} positions fits", p.ctx_len)).unwrap_or_default();
+            JsError::new(&format!(
+                "{name} does not fit this GPU with a context of {requested}: {e}{largest} (weights {:.1} MB, largest binding {:.1} MB, largest buffer {:.1} MB)",
+                mb(weight_bytes),
+                mb(self.ctx.limits.max_storage_buffer_binding_size),
+                mb(self.ctx.limits.max_buffer_size)
+            ))
+        })
+    }
+
+    /// Has the GPU device been lost (driver reset, tab in the background too long)? The page
+    /// then creates a new `Quill` and loads again, without a reload.
+    pub fn device_lost(&self) -> bool {
+        self.ctx.is_lost()
+    }
+
     fn loaded(&mut self, model: LoadedModel) -> Result<String, JsError> {
         let c = model.config();
         let info = serde_json::json!({
@@ -144,6 +213,7 @@ impl Quill {
             "weights": model.model.weight_types(),
             "weight_bytes": model.model.weight_bytes(),
             "has_chat_template": model.tokenizer.apply_chat_template(&[("user", "hi")], true).is_ok(),
+            "ctx_len": self.ctx_len.get(),
         });
         self.model = Some(Rc::new(model));
         Ok(info.to_string())
@@ -157,12 +227,13 @@ impl Quill {
         let model = self.model.clone();
         let cancelled = self.cancelled.clone();
         let profile = self.profile.clone();
+        let ctx_len = self.ctx_len.get();
         let options: Result<WriteOptions, _> = serde_json::from_str(options);
         cancelled.set(false);
         wasm_bindgen_futures::future_to_promise(async move {
             let model = model.ok_or_else(|| JsError::new("no model loaded"))?;
             let options = options.map_err(|e| JsError::new(&format!("generate options: {e}")))?;
-            write(&ctx, &model, options, &on_piece, &cancelled, &profile).await.map(JsValue::from).map_err(|e| js_error(e).into())
+            write(&ctx, &model, ctx_len, options, &on_piece, &cancelled, &profile).await.map(JsValue::from).map_err(|e| js_error(e).into())
         })
     }
 
@@ -177,11 +248,38 @@ impl Quill {
     }
 }
 
+/// A file the worker reads for us a range at a time (see `load_gguf_stream`).
+struct JsSource {
+    name: String,
+    size: u64,
+    read: js_sys::Function,
+}
+
+impl ByteSource for JsSource {
+    fn len(&self) -> u64 {
+        self.size
+    }
+    fn read(&self, offset: u64, len: usize) -> crate::Result<std::borrow::Cow<'_, [u8]>> {
+        let failed = |why: String| Error::format(&self.name, format!("reading {len} bytes at {offset}: {why}"));
+        let v = self.read.call2(&JsValue::NULL, &(offset as f64).into(), &(len as f64).into()).map_err(|e| failed(js_text(&e)))?;
+        let bytes = js_sys::Uint8Array::new(&v);
+        if bytes.length() as usize != len {
+            return Err(failed(format!("got {} bytes", bytes.length())));
+        }
+        Ok(std::borrow::Cow::Owned(bytes.to_vec()))
+    }
+}
+
+/// A thrown JavaScript value's message.
+fn js_text(e: &JsValue) -> String {
+    e.dyn_ref::<js_sys::Error>().map(|e| String::from(e.message())).or_else(|| e.as_string()).unwrap_or_else(|| format!("{e:?}"))
+}
+
 fn report(progress: &js_sys::Function, done: u64, total: u64) {
     let _ = progress.call2(&JsValue::NULL, &(done as f64).into(), &(total as f64).into());
 }
 
-async fn write(ctx: &Context, model: &LoadedModel, o: WriteOptions, on_piece: &js_sys::Function, cancelled: &Cell<bool>, profile: &RefCell<Option<String>>) -> crate::Result<String> {
+async fn write(ctx: &Context, model: &LoadedModel, ctx_len: usize, o: WriteOptions, on_piece: &js_sys::Function, cancelled: &Cell<bool>, profile: &RefCell<Option<String>>) -> crate::Result<String> {
     let flags = SamplingFlags { temperature: o.temperature, top_k: o.top_k, top_p: o.top_p, min_p: o.min_p, repeat_penalty: o.repeat_penalty };
     let seed = o.seed.unwrap_or_else(|| js_sys::Date::now() as u64);
     let (sampling, _) = SamplingParams::resolve(&flags, &model.defaults);
@@ -202,7 +300,7 @@ async fn write(ctx: &Context, model: &LoadedModel, o: WriteOptions, on_piece: &j
         o.prompt.clone()
     };
     let ids = model.tokenizer.encode(&text)?;
-    let mut session = Session::new(ctx, model, model.config().max_ctx.min(MAX_CTX))?;
+    let mut session = Session::new(ctx, model, model.config().max_ctx.min(ctx_len))?;
     if o.profile {
         session.enable_profiling();
     }

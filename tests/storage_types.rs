@@ -15,7 +15,7 @@ use quill::ops::matmul::{linear, reference, Store};
 use quill::ops::{compare, embed, test_values};
 use quill::weights::dtype::dequantize;
 use quill::weights::gguf::Gguf;
-use quill::weights::{repack, DType};
+use quill::weights::{repack, DType, TensorSource};
 
 const GEMMA: &str = "gemma-3-270m-q4_k_m.gguf";
 
@@ -39,7 +39,7 @@ fn gemma_tensors_of_each_type_match_their_dequantization() {
             continue;
         }
         seen.push(info.dtype);
-        let t = g.tensor(&info.name).unwrap();
+        let t = g.tensor(&info.name).unwrap().unwrap();
         let (n, k) = (info.shape[0].min(67), info.shape[1]);
         let row_bytes = t.dtype.bytes_for(k).unwrap();
         let data = &t.data[..n * row_bytes];

@@ -1,6 +1,8 @@
 // The page: picks a model, sends the worker what to do, streams its text into #output.
 // All GPU work happens in worker.js, so the page stays responsive while a model writes.
 
+import { attachLoader } from './loader.js';
+
 const $ = (id) => document.getElementById(id);
 const ui = {
   gpu: $('gpu'), served: $('served'), loadServed: $('load-served'), ggufFile: $('gguf-file'), hfDir: $('hf-dir'),
@@ -11,6 +13,7 @@ const ui = {
 };
 
 let worker = null;
+let loader = null;
 let adapter = null;
 let busy = false;
 let model = null;
@@ -57,7 +60,7 @@ function load(source) {
   ui.progress.hidden = false;
   ui.progress.value = 0;
   say(ui.modelStatus, 'Loading…');
-  worker.postMessage({ type: 'load', source });
+  worker.postMessage({ type: 'load', source, options: loader.options() });
 }
 
 function generateOptions() {
@@ -163,11 +166,13 @@ function start() {
     return;
   }
   worker = new Worker('worker.js', { type: 'module' });
-  worker.onmessage = ({ data }) => handlers[data.type](data);
+  loader = attachLoader(worker, { load });
+  worker.onmessage = ({ data }) => loader.handle(data) || handlers[data.type](data);
   worker.onerror = (e) => say(ui.gpu, `The worker failed: ${e.message}`, true);
   // ?max_binding=N pretends the GPU binds at most N bytes, to see what a smaller GPU says.
   const maxBinding = parseInt(new URLSearchParams(location.search).get('max_binding'), 10);
-  worker.postMessage({ type: 'init', maxBinding: Number.isFinite(maxBinding) ? maxBinding : undefined });
+  worker.postMessage({ type: 'init', maxBinding: Number.isFinite(maxBinding) ? maxBinding : undefined, ...loader.initOptions() });
+  loader.refresh();
   setBusy(true);
 
   ui.loadServed.onclick = () => ui.served.value && load(JSON.parse(ui.served.value));

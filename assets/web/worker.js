@@ -1,11 +1,17 @@
-// The page's worker: owns quill (WebAssembly + WebGPU), reads model files (from the Cache
-// API when they were read before), loads and generates, so the page never freezes.
-// Messages in: init, load {source}, generate {options}, cancel. Out: ready, progress,
-// loaded, piece, done, error.
+// The page's worker: owns quill (WebAssembly + WebGPU), reads model files (a GGUF a tensor
+// at a time, from the browser's storage when it was read before: storage.js), loads and
+// generates, so the page never freezes.
+// Messages in: init, load {source}, generate {options}, cancel, cache-list, cache-remove {key}.
+// Out: ready, progress, cache-note, loaded, piece, done, error, cache-list.
 import init, { Quill } from './pkg/quill.js';
+import * as storage from './storage.js';
 
 const CACHE = 'quill-models-v1';
 let quill = null;
+let wasm = null;
+let maxBinding;
+// Peak WebAssembly memory (it only grows), for the page and the tests.
+const wasmBytes = () => (wasm ? wasm.memory.buffer.byteLength : 0);
 
 const post = (type, data = {}) => postMessage({ type, ...data });
 const errorText = (e) => (e && e.message) ? e.message : String(e);
@@ -35,7 +41,8 @@ async function fetchBytes(url, optional = false) {
     done += value.length;
     post('progress', { phase: cached ? `reading ${name(url)} from the browser cache` : `downloading ${name(url)}`, done, total });
   }
-  if (!cached) await cache.put(url, response);
+  // A refused write only skips the cache.
+  if (!cached) await cache.put(url, response).catch((e) => post('cache-note', { text: `${name(url)} not cached: ${errorText(e)}` }));
   return concat(parts, done);
 }
 
@@ -52,9 +59,13 @@ const name = (path) => path.replace(/\/$/, '').split('/').pop();
 // without picking it again.
 async function localBytes(model, file) {
   const bytes = new Uint8Array(await file.arrayBuffer());
-  const cache = await caches.open(CACHE);
-  const key = new URL(`local/${encodeURIComponent(model)}/${encodeURIComponent(file.name)}`, self.location).href;
-  await cache.put(key, new Response(bytes, { headers: { 'content-length': String(bytes.length) } }));
+  try {
+    const cache = await caches.open(CACHE);
+    const key = new URL(`local/${encodeURIComponent(model)}/${encodeURIComponent(file.name)}`, self.location).href;
+    await cache.put(key, new Response(bytes, { headers: { 'content-length': String(bytes.length) } }));
+  } catch (e) {
+    post('cache-note', { text: `${file.name} not cached: ${errorText(e)}` });
+  }
   return bytes;
 }
 
@@ -88,19 +99,65 @@ function checkSize(what, bytes) {
   }
 }
 
-async function load(source) {
+// Streams a GGUF from `src` (a { size, read } byte source) to the GPU. `load` options from
+// the page: ctx (KV cache positions), gpuMemory (bytes the GPU may use; default: quill's).
+function loadGguf(label, src, options) {
+  const progress = (done, total, tensors, totalTensors) =>
+    post('progress', { phase: `uploading to the GPU (tensor ${tensors} of ${totalTensors})`, done, total, wasm: wasmBytes() });
+  return quill.load_gguf_stream(label, src.size, src.read, options.ctx, options.gpuMemory, progress);
+}
+
+// A GGUF at `url`: from the browser's storage, else downloaded into it, else (storage
+// refused) read from the server a tensor at a time.
+async function ggufFromUrl(url, options) {
+  const cached = await storage.cachedBlob(url);
+  if (cached) {
+    post('cache-note', { text: `${name(url)}: read from this browser's storage (${(cached.size / 1e6).toFixed(0)} MB), not downloaded again` });
+    return loadGguf(name(url), storage.blobSource(cached), options);
+  }
+  // The limits first, from the header read by ranges: nothing is downloaded for a model that
+  // does not fit. (A server without ranges: the load checks the same after the download.)
+  const size = await storage.remoteSize(url);
+  try {
+    quill.check_gguf_stream(name(url), size, storage.rangeSource(url, size).read, options.ctx, options.gpuMemory);
+  } catch (e) {
+    if (!/range request/.test(errorText(e))) throw e;
+  }
+  const got = await storage.download(url, (done, total, resumed) =>
+    post('progress', { phase: resumed ? `downloading ${name(url)} (resumed at ${(resumed / 1e6).toFixed(0)} MB)` : `downloading ${name(url)}`, done, total }));
+  post('cache-note', { text: `${name(url)}: ${got.note}` });
+  return loadGguf(name(url), got.blob ? storage.blobSource(got.blob) : storage.rangeSource(url, got.size), options);
+}
+
+// A picked GGUF file: stored first (so a reload need not pick it again), then read.
+async function ggufFromFile(file, options) {
+  quill.check_gguf_stream(file.name, file.size, storage.blobSource(file).read, options.ctx, options.gpuMemory);
+  const note = await storage.store(file.name, file, (done, total) => post('progress', { phase: `storing ${file.name} in this browser`, done, total }));
+  post('cache-note', { text: `${file.name}: ${note}` });
+  return loadGguf(file.name, storage.blobSource(file), options);
+}
+
+async function load(source, options = {}) {
   const progress = (done, total) => post('progress', { phase: 'uploading to the GPU', done, total });
+  // A lost device (driver reset, GPU taken away) gets a new one: load again without a reload.
+  if (quill && quill.device_lost()) {
+    post('cache-note', { text: 'the GPU device was lost: opening a new one' });
+    quill = await Quill.create(maxBinding);
+  }
   let info;
   if (source.kind === 'gguf-url') {
-    const bytes = await fetchBytes(source.url);
-    info = quill.load_gguf(name(source.url), bytes, progress);
+    info = await ggufFromUrl(source.url, options);
   } else if (source.kind === 'hf-url') {
     const { names, files } = await fetchHfFolder(source.url, source.files);
     info = quill.load_hf(name(source.url), names, files, progress);
   } else if (source.kind === 'gguf-file') {
-    checkSize(source.file.name, source.file.size);
-    const bytes = await localBytes(source.file.name, source.file);
-    info = quill.load_gguf(source.file.name, bytes, progress);
+    info = await ggufFromFile(source.file, options);
+  } else if (source.kind === 'stored') {
+    // A GGUF in this browser's storage, listed by storage.list().
+    const blob = await storage.cachedBlob(source.key);
+    if (!blob) throw new Error(`${source.key} is no longer in this browser's storage`);
+    post('cache-note', { text: `${name(source.key)}: read from this browser's storage (${(blob.size / 1e6).toFixed(0)} MB)` });
+    info = loadGguf(name(source.key), storage.blobSource(blob), options);
   } else if (source.kind === 'hf-files') {
     const dir = (source.files[0].webkitRelativePath || 'model/').split('/')[0];
     checkSize(dir, source.files.reduce((n, f) => n + f.size, 0));
@@ -143,23 +200,31 @@ async function cachedLocalModels() {
 onmessage = async ({ data: msg }) => {
   try {
     if (msg.type === 'init') {
-      await init();
+      wasm = await init();
+      maxBinding = msg.maxBinding;
+      storage.setQuotaOverride(msg.storageQuota);
       if (!navigator.gpu) throw new Error('this browser offers no WebGPU in workers: use Chrome or Edge 113 or later (or chromium --enable-unsafe-webgpu)');
-      quill = await Quill.create(msg.maxBinding);
+      quill = await Quill.create(maxBinding);
       // wgpu does not pass on what the browser tells of the adapter; ask WebGPU directly.
       const info = (await navigator.gpu.requestAdapter())?.info || {};
       const named = [info.vendor, info.architecture, info.description].filter(Boolean).join(' ');
       post('ready', { adapter: { ...JSON.parse(quill.adapter()), named }, cached: await cachedLocalModels() });
     } else if (msg.type === 'load') {
-      const info = await load(msg.source);
-      post('loaded', { info });
+      const info = await load(msg.source, msg.options);
+      post('loaded', { info: { ...info, wasm_bytes: wasmBytes() } });
+    } else if (msg.type === 'cache-list') {
+      post('cache-list', { models: await storage.list() });
+    } else if (msg.type === 'cache-remove') {
+      await storage.remove(msg.key);
+      post('cache-list', { models: await storage.list() });
     } else if (msg.type === 'generate') {
       const stats = await quill.generate(JSON.stringify(msg.options), (text, n) => post('piece', { text, n }));
-      post('done', { stats: JSON.parse(stats) });
+      post('done', { stats: { ...JSON.parse(stats), wasm_bytes: wasmBytes() } });
     } else if (msg.type === 'cancel') {
       quill && quill.cancel();
     }
   } catch (e) {
-    post('error', { during: msg.type, message: errorText(e) });
+    const lost = quill && msg.type !== 'init' && quill.device_lost();
+    post('error', { during: msg.type, message: lost ? `the GPU device was lost (${errorText(e)}); load the model again` : errorText(e) });
   }
 };

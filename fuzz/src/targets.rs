@@ -16,7 +16,7 @@ pub fn gguf(data: &[u8]) {
         let _ = t.encode("Hello, world! 123");
     }
     for info in &g.tensors {
-        if let Some(view) = TensorSource::tensor(&g, &info.name) {
+        if let Ok(Some(view)) = TensorSource::tensor(&g, &info.name) {
             // Decoding stays bounded: only small tensors are decoded whole.
             if view.data.len() <= 1 << 16 {
                 let _ = view.to_f32();
@@ -48,7 +48,7 @@ pub fn safetensors(data: &[u8]) {
     let shards: Vec<(String, &[u8])> = parts.iter().skip(2).enumerate().map(|(i, p)| (format!("shard{i}.safetensors"), *p)).collect();
     if let Ok(src) = SafetensorsSource::parse(&shards) {
         for name in src.names() {
-            if let Some(view) = src.tensor(name) {
+            if let Ok(Some(view)) = src.tensor(name) {
                 if view.data.len() <= 1 << 16 {
                     let _ = view.to_f32();
                 }

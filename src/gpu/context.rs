@@ -180,6 +180,12 @@ impl Context {
         }
     }
 
+    /// Has the device been lost (the page then opens a new one before loading again)?
+    pub fn is_lost(&self) -> bool {
+        let _ = self.device.poll(wgpu::PollType::Poll);
+        self.faults.lock().unwrap_or_else(|p| p.into_inner()).lost.is_some()
+    }
+
     /// Returns the first GPU error seen since the last check (validation, out of memory,
     /// device lost), naming what was being done.
     pub fn check(&self, during: &str) -> Result<()> {
@@ -285,7 +291,13 @@ impl Context {
     /// A device-local storage buffer initialised from `data`.
     pub fn upload<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> Result<wgpu::Buffer> {
         let bytes: &[u8] = bytemuck::cast_slice(data);
-        let size = (bytes.len() as u64).max(4).next_multiple_of(4);
+        self.upload_with(label, bytes.len(), |view| view.slice(..bytes.len()).copy_from_slice(bytes))
+    }
+
+    /// A storage buffer of at least `len` bytes that `fill` writes in place, in its mapping:
+    /// data produced piece by piece (repacked weight rows) never needs a whole copy first.
+    pub fn upload_with(&self, label: &str, len: usize, fill: impl FnOnce(&mut wgpu::BufferViewMut)) -> Result<wgpu::Buffer> {
+        let size = (len as u64).max(4).next_multiple_of(4);
         self.check_size(label, size)?;
         let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
@@ -293,7 +305,7 @@ impl Context {
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: true,
         });
-        buffer.get_mapped_range_mut(..).map_err(|e| Error::gpu(format!("uploading {label}"), e.to_string()))?.slice(..bytes.len()).copy_from_slice(bytes);
+        fill(&mut buffer.get_mapped_range_mut(..).map_err(|e| Error::gpu(format!("uploading {label}"), e.to_string()))?);
         buffer.unmap();
         self.check(&format!("uploading {label}"))?;
         Ok(buffer)
@@ -371,6 +383,16 @@ impl Context {
             .to_vec();
         staging.unmap();
         Ok(bytes)
+    }
+
+    /// Submits the uploads made so far and, natively, waits for them, so that wgpu frees their
+    /// staging copies: a model loaded tensor by tensor then holds each upload's staging memory
+    /// only until the next settle, not until the first generation. A browser frees them on its
+    /// own after the submit (nothing there may block).
+    pub fn settle_uploads(&self) {
+        self.queue.submit([]);
+        #[cfg(not(target_arch = "wasm32"))]
+        let _ = self.device.poll(wgpu::PollType::wait_indefinitely());
     }
 
     /// Resolves when the GPU has finished every command buffer submitted so far.

@@ -79,16 +79,26 @@ impl Weight {
         }
         let mut chunks = Vec::new();
         for (c, part) in rows.chunks(per_chunk).enumerate() {
-            let (mut q, mut s) = (Vec::with_capacity(qb * part.len()), Vec::with_capacity(sb * part.len()));
-            for r in part {
-                repack::repack_row(dtype, r, &mut q, &mut s);
-            }
             let label = format!("{name} [{c}]");
+            // Rows are repacked straight into the buffers' mappings, one row at a time: the
+            // repacked matrix is never held whole beside the file's bytes.
+            let repacked = |keep_quants: bool| {
+                move |view: &mut wgpu::BufferViewMut| {
+                    let (mut q, mut s) = (Vec::with_capacity(qb), Vec::with_capacity(sb));
+                    let width = if keep_quants { qb } else { sb };
+                    for (i, r) in part.iter().enumerate() {
+                        q.clear();
+                        s.clear();
+                        repack::repack_row(dtype, r, &mut q, &mut s);
+                        view.slice(i * width..(i + 1) * width).copy_from_slice(if keep_quants { &q } else { &s });
+                    }
+                }
+            };
             chunks.push(WeightChunk {
                 row0: c * per_chunk,
                 rows: part.len(),
-                quants: ctx.upload(&label, &q)?,
-                scales: if s.is_empty() { None } else { Some(ctx.upload(&label, &s)?) },
+                quants: ctx.upload_with(&label, qb * part.len(), repacked(true))?,
+                scales: if sb == 0 { None } else { Some(ctx.upload_with(&label, sb * part.len(), repacked(false))?) },
             });
         }
         Ok(Weight { name: name.to_string(), dtype, rows: rows.len(), cols, chunks })

@@ -114,7 +114,7 @@ impl<'a> Builder<'a> {
 
     /// Does the file hold `n.weight` in this scope?
     pub fn has(&self, n: Name) -> bool {
-        !self.spell(n).is_empty() && self.shared.src.tensor(&self.full_name(n, ".weight")).is_some()
+        !self.spell(n).is_empty() && self.shared.src.meta(&self.full_name(n, ".weight")).is_some()
     }
 
     fn view(&self, full: &str, shape: &[usize]) -> Result<TensorView<'a>> {
@@ -158,7 +158,7 @@ impl<'a> Builder<'a> {
     pub fn weight(&self, n: Name, shape: &[usize]) -> Result<Weight> {
         let full = self.full_name(n, ".weight");
         let view = self.view(&full, shape)?;
-        self.parts_weight(&full, vec![Part { rows: 0..shape[0], view }], false)?.ok_or_else(|| Error::tensor(self.file(), &full, "no storage type"))
+        self.parts_weight(&full, &[Part { rows: 0..shape[0], view }], false)?.ok_or_else(|| Error::tensor(self.file(), &full, "no storage type"))
     }
 
     /// An f32 weight from data the architecture converted itself (GPT-2's transposed Conv1D).
@@ -193,12 +193,12 @@ impl<'a> Builder<'a> {
         let cols = parts[0].view.shape[1];
         // The fused kernel's Split3 store wants whole 32-wide units per row.
         if cols % 32 == 0 {
-            if let Some(w) = self.parts_weight(&full.join("+"), parts.clone(), false)? {
+            if let Some(w) = self.parts_weight(&full.join("+"), &parts, false)? {
                 let b = biases.map(|b| Tensor::upload_f32(ctx, &full[0], &[b.iter().map(Vec::len).sum()], &b.concat())).transpose()?;
                 return Ok(Qkv::Fused(w, b));
             }
         }
-        let mut split = parts.into_iter().zip(full).map(|(p, f)| self.parts_weight(f, vec![p], false)?.ok_or_else(|| Error::tensor(self.file(), f, "no storage type")));
+        let mut split = parts.iter().zip(full).map(|(p, f)| self.parts_weight(f, std::slice::from_ref(p), false)?.ok_or_else(|| Error::tensor(self.file(), f, "no storage type")));
         let w = [split.next().transpose()?, split.next().transpose()?, split.next().transpose()?];
         let [Some(wq), Some(wk), Some(wv)] = w else { return Err(Error::tensor(self.file(), &full[0], "expected three projections")) };
         let b = match biases {
@@ -225,19 +225,19 @@ impl<'a> Builder<'a> {
 
     fn gate_up_from_parts(&self, full: &[String; 2], parts: Vec<Part<'a>>) -> Result<GateUp> {
         if parts[0].view.shape[1] % 32 == 0 {
-            if let Some(w) = self.parts_weight(&full.join("+"), parts.clone(), true)? {
+            if let Some(w) = self.parts_weight(&full.join("+"), &parts, true)? {
                 return Ok(GateUp::Fused(w));
             }
         }
-        let one = |p: Part<'a>, f: &str| self.parts_weight(f, vec![p], false)?.ok_or_else(|| Error::tensor(self.file(), f, "no storage type"));
-        let mut parts = parts.into_iter();
+        let one = |p: &Part<'a>, f: &str| self.parts_weight(f, std::slice::from_ref(p), false)?.ok_or_else(|| Error::tensor(self.file(), f, "no storage type"));
+        let mut parts = parts.iter();
         let (Some(g), Some(u)) = (parts.next(), parts.next()) else { return Err(Error::tensor(self.file(), &full[0], "expected two projections")) };
         Ok(GateUp::Split(one(g, &full[0])?, one(u, &full[1])?))
     }
 
     /// Uploads the row ranges `parts` (of equal width) as one weight: stacked ([a | b | c]) or
     /// with interleaved rows (a0, b0, a1, b1, …). None when their storage types differ.
-    fn parts_weight(&self, label: &str, parts: Vec<Part<'a>>, interleave: bool) -> Result<Option<Weight>> {
+    fn parts_weight(&self, label: &str, parts: &[Part<'a>], interleave: bool) -> Result<Option<Weight>> {
         let storage = self.shared.storage;
         let cols = parts[0].view.shape[1];
         let target = storage(parts[0].view.dtype, cols);
@@ -246,7 +246,7 @@ impl<'a> Builder<'a> {
         }
         let row_bytes = target.bytes_for(cols).ok_or_else(|| Error::tensor(self.file(), &parts[0].view.name, format!("{cols} columns are not whole {} blocks", target.name())))?;
         let mut converted = Vec::with_capacity(parts.len());
-        for p in &parts {
+        for p in parts {
             let bytes = convert(&p.view, target).map_err(|e| Error::tensor(self.file(), &p.view.name, e.to_string()))?;
             // A tensor split into parts is counted once, with its first part.
             if p.rows.start == 0 {
@@ -267,9 +267,9 @@ impl Clone for Part<'_> {
 }
 
 /// A tensor's bytes in storage type `to`: borrowed when the file already stores it so.
-fn convert<'a>(v: &TensorView<'a>, to: DType) -> Result<Cow<'a, [u8]>> {
+fn convert<'v>(v: &'v TensorView<'_>, to: DType) -> Result<Cow<'v, [u8]>> {
     if v.dtype == to {
-        return Ok(Cow::Borrowed(v.data));
+        return Ok(Cow::Borrowed(&v.data));
     }
     let f = v.to_f32()?;
     Ok(Cow::Owned(match to {

@@ -100,17 +100,24 @@ pub fn sampled_rows(rows: usize) -> Vec<usize> {
 /// Fails when the tensor's scanned values hold NaN or infinity. Tensors whose storage type
 /// cannot be decoded here are left to the loader, which names them.
 fn scan_tensor(src: &dyn TensorSource, name: &str) -> Result<()> {
-    let Some(t) = src.tensor(name) else { return Ok(()) };
+    let Some(t) = src.meta(name) else { return Ok(()) };
     let cols = t.shape.last().copied().unwrap_or(1).max(1);
-    let rows = t.numel() / cols;
+    let rows = t.shape.iter().product::<usize>() / cols;
     let Some(row_bytes) = t.dtype.bytes_for(cols) else { return Ok(()) };
-    let rows_read = if t.shape.len() <= 1 { (0..rows).collect() } else { sampled_rows(rows) };
-    for r in rows_read {
-        let Some(bytes) = r.checked_mul(row_bytes).and_then(|start| t.data.get(start..start + row_bytes)) else { return Ok(()) };
-        let Ok(values) = dtype::dequantize(t.dtype, bytes, cols) else { return Ok(()) };
-        if let Some(i) = values.iter().position(|x| !x.is_finite()) {
-            let at = if t.shape.len() <= 1 { format!("element {i}") } else { format!("row {r}, column {i}") };
-            return Err(Error::tensor(src.file_name(), name, format!("holds {} at {at}: the weights are damaged", values[i])));
+    // One read of a vector, one per sampled row of a matrix: a streamed file is not read whole.
+    let reads: Vec<(usize, usize)> = if t.shape.len() <= 1 { vec![(0, rows)] } else { sampled_rows(rows).into_iter().map(|r| (r, 1)).collect() };
+    for (first, n) in reads {
+        let Some(range) = first.checked_mul(row_bytes).and_then(|start| Some(start..start.checked_add(n.checked_mul(row_bytes)?)?)) else { return Ok(()) };
+        if range.end > t.n_bytes {
+            return Ok(());
+        }
+        let bytes = src.read(name, range)?;
+        for (i, row) in bytes.chunks_exact(row_bytes).enumerate() {
+            let Ok(values) = dtype::dequantize(t.dtype, row, cols) else { return Ok(()) };
+            if let Some(c) = values.iter().position(|x| !x.is_finite()) {
+                let at = if t.shape.len() <= 1 { format!("element {}", i * cols + c) } else { format!("row {first}, column {c}") };
+                return Err(Error::tensor(src.file_name(), name, format!("holds {} at {at}: the weights are damaged", values[c])));
+            }
         }
     }
     Ok(())

@@ -13,6 +13,7 @@ use crate::ops::attention::KvFormat;
 use crate::tokenizer::Tokenizer;
 use crate::weights::gguf::Gguf;
 use crate::weights::safetensors::SafetensorsSource;
+use crate::weights::source::ByteSource;
 use crate::weights::{DType, TensorSource};
 
 /// Settings a model ships in `generation_config.json` (or GGUF metadata); `quill write` uses
@@ -120,25 +121,71 @@ impl LoadOptions {
     }
 }
 
+/// How far a load is: the file bytes of the tensors uploaded so far, and how many tensors.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoadProgress {
+    pub bytes: u64,
+    pub total_bytes: u64,
+    pub tensors: usize,
+    pub total_tensors: usize,
+}
+
+/// Uploads since the last `Context::settle_uploads` that make the loader settle again: wgpu
+/// keeps a staging copy of every upload until a submit completes.
+const SETTLE_EVERY: u64 = 8 << 20;
+
+/// A progress counter over `total` (bytes, tensors) that also settles the GPU's uploads as
+/// they add up; `f` gets each step.
+fn counting<'p>(ctx: &'p Context, total: (u64, usize), f: &'p mut dyn FnMut(&LoadProgress)) -> impl FnMut(u64) + 'p {
+    let mut p = LoadProgress { total_bytes: total.0, total_tensors: total.1, ..Default::default() };
+    let mut unsettled = 0;
+    move |b| {
+        p.bytes += b;
+        p.tensors += 1;
+        unsettled += b;
+        if unsettled >= SETTLE_EVERY {
+            ctx.settle_uploads();
+            unsettled = 0;
+        }
+        f(&p)
+    }
+}
+
 /// Loads a GGUF model (weights kept in the file's storage types) and the tokenizer it carries.
 pub fn load_gguf(ctx: &Context, file: &str, bytes: &[u8], progress: &mut dyn FnMut(u64, u64)) -> Result<LoadedModel> {
     load_gguf_with(ctx, file, bytes, &LoadOptions::default(), progress)
 }
 
-/// Loads a GGUF model with weights stored as `opts` says.
+/// Loads a GGUF model held in memory with weights stored as `opts` says.
 pub fn load_gguf_with(ctx: &Context, file: &str, bytes: &[u8], opts: &LoadOptions, progress: &mut dyn FnMut(u64, u64)) -> Result<LoadedModel> {
-    let g = Gguf::parse(file, bytes)?;
-    let (arch, mut cfg) = registry::from_gguf(&g)?;
+    load_parsed_gguf(ctx, &Gguf::parse(file, bytes)?, opts, &mut |p| progress(p.bytes, p.total_bytes))
+}
+
+/// Loads a GGUF model from `src` a tensor at a time (natively a memory map, in a browser the
+/// page's file reader): the header first, then each tensor read, converted and uploaded in
+/// turn, so that only one tensor is ever held in memory.
+pub fn load_gguf_from(ctx: &Context, file: &str, src: &dyn ByteSource, opts: &LoadOptions, progress: &mut dyn FnMut(&LoadProgress)) -> Result<LoadedModel> {
+    load_parsed_gguf(ctx, &Gguf::open(file, src)?, opts, progress)
+}
+
+/// A GGUF model's config and the bytes its weights take on the GPU, from its header alone:
+/// what a page checks against the adapter's limits before reading any weights.
+pub fn gguf_needs(g: &Gguf) -> Result<(ModelConfig, u64)> {
+    let (_, cfg) = registry::from_gguf(g)?;
+    Ok((cfg, g.tensors.iter().map(|t| t.n_bytes as u64).sum()))
+}
+
+/// Loads the model of a parsed GGUF header, reading its tensors from where the header says.
+pub fn load_parsed_gguf(ctx: &Context, g: &Gguf, opts: &LoadOptions, progress: &mut dyn FnMut(&LoadProgress)) -> Result<LoadedModel> {
+    let file = g.file.as_str();
+    let (arch, mut cfg) = registry::from_gguf(g)?;
     cfg.kv_format = opts.kv_cache;
-    let tokenizer = Tokenizer::from_gguf(&g)?;
-    super::consistency::check(file, &cfg, &tokenizer, &GenerationDefaults::default(), VocabRule::Exact, &g, &g.tensors.iter().map(|t| t.name.as_str()).collect::<Vec<_>>())?;
-    let total: u64 = g.tensors.iter().map(|t| t.n_bytes as u64).sum();
-    let mut done = 0;
-    let mut count = |b| {
-        done += b;
-        progress(done, total)
-    };
-    let model = with_builder(ctx, &g, Naming::Gguf, &|d, c| opts.storage(d, c), &mut count, |b| (arch.load)(&cfg, b))?;
+    let tokenizer = Tokenizer::from_gguf(g)?;
+    super::consistency::check(file, &cfg, &tokenizer, &GenerationDefaults::default(), VocabRule::Exact, g, &g.tensors.iter().map(|t| t.name.as_str()).collect::<Vec<_>>())?;
+    let total = (g.tensors.iter().map(|t| t.n_bytes as u64).sum(), g.tensors.len());
+    let mut count = counting(ctx, total, progress);
+    let model = with_builder(ctx, g, Naming::Gguf, &|d, c| opts.storage(d, c), &mut count, |b| (arch.load)(&cfg, b))?;
+    ctx.settle_uploads();
     let defaults = GenerationDefaults { eos_ids: tokenizer.eos_ids.clone(), ..Default::default() };
     Ok(LoadedModel {
         model,
@@ -219,17 +266,14 @@ pub fn load_hf_with(ctx: &Context, files: &HfFiles, opts: &LoadOptions, progress
     let defaults = generation_defaults(files.generation_config_json, &format!("{dir}/generation_config.json"))?;
     let src = SafetensorsSource::parse(&files.safetensors)?;
     super::consistency::check(dir, &cfg, &tokenizer, &defaults, VocabRule::Padded, &src, &src.names())?;
-    let total = files.safetensors.iter().map(|(_, b)| b.len() as u64).sum();
-    let mut done = 0;
-    let mut count = |b| {
-        done += b;
-        progress(done, total)
-    };
+    let total = (files.safetensors.iter().map(|(_, b)| b.len() as u64).sum(), src.names().len());
+    let mut report = |p: &LoadProgress| progress(p.bytes, p.total_bytes);
+    let mut count = counting(ctx, total, &mut report);
     let model: Model = with_builder(ctx, &src, Naming::HuggingFace, &|d, c| opts.storage(d, c), &mut count, |b| (arch.load)(&cfg, b))?;
     let mut names = Vec::new();
     for (_, bytes) in &files.safetensors {
         if let Ok(st) = safetensors::SafeTensors::deserialize(bytes) {
-            names.extend(st.names().into_iter().filter_map(|n| src.tensor(n).map(|t| t.dtype.name())));
+            names.extend(st.names().into_iter().filter_map(|n| src.meta(n).map(|t| t.dtype.name())));
         }
     }
     Ok(LoadedModel { model, tokenizer, defaults, source: dir.clone(), file_dtypes: dtype_summary(names.into_iter()) })

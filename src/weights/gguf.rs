@@ -9,7 +9,10 @@
 
 use std::collections::BTreeMap;
 
-use super::{DType, TensorView};
+use std::borrow::Cow;
+
+use super::source::ByteSource;
+use super::DType;
 use crate::error::{Error, Result};
 
 /// One metadata value, of any of GGUF's 13 value types.
@@ -115,13 +118,32 @@ pub struct TensorInfo {
     pub n_bytes: usize,
 }
 
-/// A parsed GGUF file borrowing its bytes.
+/// A parsed GGUF header, with where its tensors' data is: the file's bytes in memory, or a
+/// source read one tensor at a time.
 pub struct Gguf<'a> {
     pub file: String,
     pub version: u32,
     pub metadata: BTreeMap<String, Value>,
     pub tensors: Vec<TensorInfo>,
-    data: &'a [u8],
+    data: Data<'a>,
+}
+
+enum Data<'a> {
+    /// The data section.
+    Bytes(&'a [u8]),
+    /// The file, whose data section starts at `start`.
+    Source { src: &'a dyn ByteSource, start: u64 },
+}
+
+/// Bytes `Gguf::open` reads first; a longer header (a big vocabulary) is read on.
+const HEAD_GUESS: u64 = 1 << 20;
+
+/// What the header says, before the data is attached.
+struct Head {
+    version: u32,
+    metadata: BTreeMap<String, Value>,
+    tensors: Vec<TensorInfo>,
+    data_start: usize,
 }
 
 /// Nested arrays deeper than this are refused (the format uses at most one level).
@@ -147,7 +169,12 @@ pub const MAX_STRING: usize = 16 << 20;
 
 struct Reader<'a> {
     file: &'a str,
+    /// The start of the file: all of it, or the part read so far.
     bytes: &'a [u8],
+    /// The whole file's size, which bounds counts.
+    file_len: usize,
+    /// Set when a read ran past `bytes` but not past the file: read more and parse again.
+    need: Option<usize>,
     pos: usize,
     /// Array elements still allowed (see MAX_ARRAY_ELEMENTS).
     element_budget: usize,
@@ -155,7 +182,7 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn err(&self, what: &str) -> Error {
-        Error::format(self.file, format!("{what} (at byte {} of {})", self.pos, self.bytes.len()))
+        Error::format(self.file, format!("{what} (at byte {} of {})", self.pos, self.file_len))
     }
     fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len());
@@ -165,11 +192,14 @@ impl<'a> Reader<'a> {
                 self.pos = end;
                 Ok(s)
             }
-            None => Err(self.err(&format!("truncated: {what} needs {n} more bytes"))),
+            None => {
+                self.need = self.pos.checked_add(n).filter(|&e| e <= self.file_len);
+                Err(self.err(&format!("truncated: {what} needs {n} more bytes")))
+            }
         }
     }
     fn remaining(&self) -> usize {
-        self.bytes.len() - self.pos
+        self.file_len - self.pos
     }
     fn u8(&mut self, what: &str) -> Result<u8> {
         Ok(self.take(1, what)?[0])
@@ -249,89 +279,126 @@ impl<'a> Reader<'a> {
 impl<'a> Gguf<'a> {
     /// Parses a GGUF file held in `bytes`; `file` names it in errors.
     pub fn parse(file: &str, bytes: &'a [u8]) -> Result<Self> {
-        let mut r = Reader { file, bytes, pos: 0, element_budget: MAX_ARRAY_ELEMENTS };
-        if bytes.is_empty() {
-            return Err(Error::format(file, "empty file, not a GGUF model"));
-        }
-        let magic = r.take(4, "magic").map_err(|_| Error::format(file, "too short to be a GGUF file"))?;
-        if magic != b"GGUF" {
-            return Err(Error::format(file, format!("not a GGUF file (starts with {magic:02x?}, expected \"GGUF\")")));
-        }
-        let version = r.u32("version")?;
-        if !(2..=3).contains(&version) {
-            return Err(Error::format(file, format!("GGUF version {version} is not supported (2 and 3 are)")));
-        }
-        // A tensor info takes at least 8 (name len) + 4 (n_dims) + 4 (type) + 8 (offset) bytes;
-        // a key/value at least 8 + 4 + 1.
-        let n_tensors = r.count(24, "tensor count")?;
-        let n_kv = r.count(13, "metadata count")?;
-        if n_tensors > MAX_TENSORS || n_kv > MAX_METADATA {
-            return Err(Error::format(file, format!("{n_tensors} tensors and {n_kv} metadata entries: at most {MAX_TENSORS} and {MAX_METADATA} are allowed")));
-        }
-        let mut metadata = BTreeMap::new();
-        for i in 0..n_kv {
-            let key = r.string(&format!("metadata key #{i}"))?;
-            let ty = r.u32(&format!("type of metadata '{key}'"))?;
-            let v = r.value(ty, 0, &format!("metadata '{key}'"))?;
-            if metadata.contains_key(&key) {
-                return Err(Error::format(file, format!("metadata key '{key}' appears twice")));
-            }
-            metadata.insert(key, v);
-        }
-        let alignment = match metadata.get("general.alignment") {
-            None => 32,
-            Some(v) => match v.as_u64() {
-                Some(a) if a.is_power_of_two() && a <= 1 << 16 => a as usize,
-                _ => return Err(Error::format(file, format!("general.alignment {} is not a power of two up to 65536", value_text(v)))),
-            },
-        };
-        let mut infos = Vec::with_capacity(n_tensors);
-        let mut names = std::collections::BTreeSet::new();
-        for i in 0..n_tensors {
-            let name = r.string(&format!("name of tensor #{i}"))?;
-            // Later lookups take the first match; a second entry of one name is a broken or
-            // hostile file, not something to resolve silently.
-            if !names.insert(name.clone()) {
-                return Err(Error::tensor(file, &name, format!("appears twice in the tensor list (again as tensor #{i})")));
-            }
-            let n_dims = r.u32(&format!("dims of tensor '{name}'"))? as usize;
-            if n_dims == 0 || n_dims > MAX_DIMS {
-                return Err(Error::tensor(file, &name, format!("{n_dims} dimensions (1 to {MAX_DIMS} allowed)")));
-            }
-            let mut ne = Vec::with_capacity(n_dims);
-            for _ in 0..n_dims {
-                ne.push(r.u64(&format!("dims of tensor '{name}'"))?);
-            }
-            let code = r.u32(&format!("type of tensor '{name}'"))?;
-            let offset = r.u64(&format!("offset of tensor '{name}'"))?;
-            infos.push((name, ne, code, offset));
-        }
-        let data_start = r.pos.div_ceil(alignment) * alignment;
-        let data = bytes.get(data_start..).unwrap_or(&[]);
-
-        let mut tensors = Vec::with_capacity(infos.len());
-        for (name, ne, code, offset) in infos {
-            let dtype = ggml_type(code).map_err(|t| Error::tensor(file, &name, format!("type {t} is not supported ({} are)", DType::supported_list())))?;
-            let n = ne.iter().try_fold(1usize, |acc, &d| usize::try_from(d).ok().and_then(|d| acc.checked_mul(d)));
-            let n_bytes = n.and_then(|n| dtype.bytes_for(n)).ok_or_else(|| {
-                Error::tensor(file, &name, format!("dims {ne:?} overflow or are not whole {} blocks", dtype.name()))
-            })?;
-            if ne[0] as usize % dtype.block_len() != 0 {
-                return Err(Error::tensor(file, &name, format!("row length {} is not a multiple of the {} block of {}", ne[0], dtype.name(), dtype.block_len())));
-            }
-            let raw_offset = offset;
-            let offset = usize::try_from(offset).ok().filter(|o| o % alignment == 0);
-            let end = offset.and_then(|o| o.checked_add(n_bytes)).filter(|&e| e <= data.len());
-            let Some(end) = end else {
-                return Err(Error::tensor(file, &name, format!(
-                    "data ({n_bytes} bytes at offset {raw_offset}, alignment {alignment}) lies outside the file's {} data bytes or is misaligned; the file may be truncated", data.len())));
-            };
-            let shape = ne.iter().rev().map(|&d| d as usize).collect();
-            tensors.push(TensorInfo { name, shape, dtype, offset: end - n_bytes, n_bytes });
-        }
-        Ok(Gguf { file: file.to_string(), version, metadata, tensors, data })
+        let h = parse_head(file, bytes, bytes.len(), &mut None)?;
+        let data = Data::Bytes(bytes.get(h.data_start..).unwrap_or(&[]));
+        Ok(Gguf { file: file.to_string(), version: h.version, metadata: h.metadata, tensors: h.tensors, data })
     }
 
+    /// Parses the header of the GGUF file `src` from its first bytes (reading on while the
+    /// header is longer); tensors are read from `src` when asked for.
+    pub fn open(file: &str, src: &'a dyn ByteSource) -> Result<Self> {
+        Self::open_reading(file, src, HEAD_GUESS)
+    }
+
+    fn open_reading(file: &str, src: &'a dyn ByteSource, guess: u64) -> Result<Self> {
+        let file_len = usize::try_from(src.len()).map_err(|_| Error::format(file, format!("{} bytes do not fit in memory addresses", src.len())))?;
+        let mut want = guess.min(file_len as u64) as usize;
+        loop {
+            let head = src.read(0, want)?;
+            let mut need = None;
+            match parse_head(file, &head, file_len, &mut need) {
+                Ok(h) => return Ok(Gguf { file: file.to_string(), version: h.version, metadata: h.metadata, tensors: h.tensors, data: Data::Source { src, start: h.data_start as u64 } }),
+                // The header goes on past what was read: read at least twice as much.
+                Err(_) if need.is_some() && want < file_len => want = need.unwrap_or(0).max(want.saturating_mul(2)).min(file_len),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Parses the header at the start of a file of `file_len` bytes, of which `bytes` are here;
+/// `need` is set when it goes on past them.
+fn parse_head(file: &str, bytes: &[u8], file_len: usize, need: &mut Option<usize>) -> Result<Head> {
+    let mut r = Reader { file, bytes, file_len, need: None, pos: 0, element_budget: MAX_ARRAY_ELEMENTS };
+    let h = parse_with(file, &mut r);
+    *need = r.need;
+    h
+}
+
+fn parse_with(file: &str, r: &mut Reader) -> Result<Head> {
+    if r.file_len == 0 {
+        return Err(Error::format(file, "empty file, not a GGUF model"));
+    }
+    let magic = r.take(4, "magic").map_err(|_| Error::format(file, "too short to be a GGUF file"))?;
+    if magic != b"GGUF" {
+        return Err(Error::format(file, format!("not a GGUF file (starts with {magic:02x?}, expected \"GGUF\")")));
+    }
+    let version = r.u32("version")?;
+    if !(2..=3).contains(&version) {
+        return Err(Error::format(file, format!("GGUF version {version} is not supported (2 and 3 are)")));
+    }
+    // A tensor info takes at least 8 (name len) + 4 (n_dims) + 4 (type) + 8 (offset) bytes;
+    // a key/value at least 8 + 4 + 1.
+    let n_tensors = r.count(24, "tensor count")?;
+    let n_kv = r.count(13, "metadata count")?;
+    if n_tensors > MAX_TENSORS || n_kv > MAX_METADATA {
+        return Err(Error::format(file, format!("{n_tensors} tensors and {n_kv} metadata entries: at most {MAX_TENSORS} and {MAX_METADATA} are allowed")));
+    }
+    let mut metadata = BTreeMap::new();
+    for i in 0..n_kv {
+        let key = r.string(&format!("metadata key #{i}"))?;
+        let ty = r.u32(&format!("type of metadata '{key}'"))?;
+        let v = r.value(ty, 0, &format!("metadata '{key}'"))?;
+        if metadata.contains_key(&key) {
+            return Err(Error::format(file, format!("metadata key '{key}' appears twice")));
+        }
+        metadata.insert(key, v);
+    }
+    let alignment = match metadata.get("general.alignment") {
+        None => 32,
+        Some(v) => match v.as_u64() {
+            Some(a) if a.is_power_of_two() && a <= 1 << 16 => a as usize,
+            _ => return Err(Error::format(file, format!("general.alignment {} is not a power of two up to 65536", value_text(v)))),
+        },
+    };
+    let mut infos = Vec::with_capacity(n_tensors);
+    let mut names = std::collections::BTreeSet::new();
+    for i in 0..n_tensors {
+        let name = r.string(&format!("name of tensor #{i}"))?;
+        // Later lookups take the first match; a second entry of one name is a broken or
+        // hostile file, not something to resolve silently.
+        if !names.insert(name.clone()) {
+            return Err(Error::tensor(file, &name, format!("appears twice in the tensor list (again as tensor #{i})")));
+        }
+        let n_dims = r.u32(&format!("dims of tensor '{name}'"))? as usize;
+        if n_dims == 0 || n_dims > MAX_DIMS {
+            return Err(Error::tensor(file, &name, format!("{n_dims} dimensions (1 to {MAX_DIMS} allowed)")));
+        }
+        let mut ne = Vec::with_capacity(n_dims);
+        for _ in 0..n_dims {
+            ne.push(r.u64(&format!("dims of tensor '{name}'"))?);
+        }
+        let code = r.u32(&format!("type of tensor '{name}'"))?;
+        let offset = r.u64(&format!("offset of tensor '{name}'"))?;
+        infos.push((name, ne, code, offset));
+    }
+    let data_start = r.pos.div_ceil(alignment) * alignment;
+    let data_len = r.file_len.saturating_sub(data_start);
+
+    let mut tensors = Vec::with_capacity(infos.len());
+    for (name, ne, code, offset) in infos {
+        let dtype = ggml_type(code).map_err(|t| Error::tensor(file, &name, format!("type {t} is not supported ({} are)", DType::supported_list())))?;
+        let n = ne.iter().try_fold(1usize, |acc, &d| usize::try_from(d).ok().and_then(|d| acc.checked_mul(d)));
+        let n_bytes = n.and_then(|n| dtype.bytes_for(n)).ok_or_else(|| {
+            Error::tensor(file, &name, format!("dims {ne:?} overflow or are not whole {} blocks", dtype.name()))
+        })?;
+        if ne[0] as usize % dtype.block_len() != 0 {
+            return Err(Error::tensor(file, &name, format!("row length {} is not a multiple of the {} block of {}", ne[0], dtype.name(), dtype.block_len())));
+        }
+        let raw_offset = offset;
+        let offset = usize::try_from(offset).ok().filter(|o| o % alignment == 0);
+        let end = offset.and_then(|o| o.checked_add(n_bytes)).filter(|&e| e <= data_len);
+        let Some(end) = end else {
+            return Err(Error::tensor(file, &name, format!(
+                "data ({n_bytes} bytes at offset {raw_offset}, alignment {alignment}) lies outside the file's {data_len} data bytes or is misaligned; the file may be truncated")));
+        };
+        let shape = ne.iter().rev().map(|&d| d as usize).collect();
+        tensors.push(TensorInfo { name, shape, dtype, offset: end - n_bytes, n_bytes });
+    }
+    Ok(Head { version, metadata, tensors, data_start })
+}
+
+impl<'a> Gguf<'a> {
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.metadata.get(key)
     }
@@ -356,15 +423,27 @@ impl<'a> Gguf<'a> {
         arr.iter().map(|v| v.as_str().ok_or_else(|| self.missing(key, "an array of strings"))).collect()
     }
 
-    pub fn tensor(&self, name: &str) -> Option<TensorView<'a>> {
-        let t = self.tensors.iter().find(|t| t.name == name)?;
-        Some(TensorView { name: t.name.clone(), shape: t.shape.clone(), dtype: t.dtype, data: &self.data[t.offset..t.offset + t.n_bytes] })
+    pub fn info(&self, name: &str) -> Option<&TensorInfo> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+
+    /// Bytes `range` of tensor `t`'s data (`range` inside its `n_bytes`).
+    pub fn read(&self, t: &TensorInfo, range: std::ops::Range<usize>) -> Result<Cow<'a, [u8]>> {
+        if range.start > range.end || range.end > t.n_bytes {
+            return Err(Error::tensor(&self.file, &t.name, format!("bytes {range:?} of its {} asked for", t.n_bytes)));
+        }
+        match self.data {
+            Data::Bytes(d) => Ok(Cow::Borrowed(&d[t.offset + range.start..t.offset + range.end])),
+            Data::Source { src, start } => src.read(start + (t.offset + range.start) as u64, range.len()),
+        }
     }
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::weights::source::Bytes;
+    use crate::weights::TensorSource;
 
     /// Builds a small GGUF file in memory: metadata given as raw (key, type, payload).
     pub fn build(version: u32, kv: &[(&str, u32, Vec<u8>)], tensors: &[(&str, &[u64], u32, Vec<u8>)]) -> Vec<u8> {
@@ -445,9 +524,51 @@ pub(crate) mod tests {
         assert_eq!(g.get("x.u8"), Some(&Value::U8(7)));
         assert_eq!(g.get("x.i16"), Some(&Value::I16(-2)));
         assert_eq!(g.strings("tokens").unwrap(), vec!["a", "bc"]);
-        let t = g.tensor("w").unwrap();
+        let t = g.tensor("w").unwrap().unwrap();
         assert_eq!(t.shape, vec![2, 3]); // ne = [3, 2] innermost first
         assert_eq!(t.to_f32().unwrap(), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    }
+
+    /// A source that records the ranges read from it.
+    struct Counting<'a>(Bytes<'a>, std::cell::RefCell<Vec<(u64, usize)>>);
+    impl ByteSource for Counting<'_> {
+        fn len(&self) -> u64 {
+            self.0.len()
+        }
+        fn read(&self, offset: u64, len: usize) -> Result<Cow<'_, [u8]>> {
+            self.1.borrow_mut().push((offset, len));
+            self.0.read(offset, len)
+        }
+    }
+
+    #[test]
+    fn open_reads_the_header_on_demand_and_each_tensor_alone() {
+        // A header longer than the first read, and two tensors behind it.
+        let w: Vec<u8> = (0..1040u32).flat_map(|i| (i as f32).to_le_bytes()).collect();
+        let bytes = build(3, &[("general.name", 8, gguf_string(&"x".repeat(300)))], &[("a", &[16], 0, w[..64].to_vec()), ("b", &[1024], 0, w[64..].to_vec())]);
+        let whole = Gguf::parse("t.gguf", &bytes).unwrap();
+        for guess in [1u64, 7, 64, 1 << 20] {
+            let src = Counting(Bytes(&bytes), Default::default());
+            let g = Gguf::open_reading("t.gguf", &src, guess).unwrap();
+            assert_eq!((g.version, &g.metadata), (whole.version, &whole.metadata), "guess {guess}");
+            assert_eq!(g.tensors.iter().map(|t| (&t.name, t.offset, t.n_bytes)).collect::<Vec<_>>(), whole.tensors.iter().map(|t| (&t.name, t.offset, t.n_bytes)).collect::<Vec<_>>());
+            // The header (448 bytes) is read in growing reads from 0, at most twice its size:
+            // not the 4 KB of data behind it.
+            let reads = src.1.borrow().clone();
+            let header_end = reads.iter().map(|&(o, n)| o + n as u64).max().unwrap();
+            assert!(reads.iter().all(|&(o, _)| o == 0), "guess {guess}: {reads:?}");
+            assert!(header_end <= guess.max(2 * 448), "guess {guess}: read {header_end} of {}", bytes.len());
+            src.1.borrow_mut().clear();
+            let b = g.tensor("b").unwrap().unwrap();
+            assert_eq!(b.to_f32().unwrap(), (16..1040).map(|i| i as f32).collect::<Vec<_>>());
+            assert_eq!(src.1.borrow().as_slice(), &[(bytes.len() as u64 - 4096, 4096)], "tensor b is read alone");
+        }
+        // Truncated in the header or in the data: still an error naming the file.
+        for cut in [20, 300, bytes.len() - 100] {
+            let src = Counting(Bytes(&bytes[..cut]), Default::default());
+            let e = Gguf::open_reading("t.gguf", &src, 7).err().unwrap().to_string();
+            assert!(e.contains("t.gguf") && (e.contains("at byte") || e.contains("truncated")), "cut {cut}: {e}");
+        }
     }
 
     #[test]
@@ -457,7 +578,7 @@ pub(crate) mod tests {
             // Cutting into the trailing padding of the last tensor still leaves its data whole.
             let cut = &bytes[..len];
             if let Ok(g) = Gguf::parse("t.gguf", cut) {
-                assert!(g.tensor("w").is_some(), "a file cut at {len} parsed without its tensor");
+                assert!(g.info("w").is_some(), "a file cut at {len} parsed without its tensor");
                 assert!(len >= bytes.len() - 8, "a file cut at {len} of {} parsed", bytes.len());
             }
         }

@@ -3,7 +3,10 @@
 
 use safetensors::{tensor::TensorView as StView, Dtype, SafeTensors};
 
-use super::{DType, TensorSource, TensorView};
+use std::borrow::Cow;
+use std::ops::Range;
+
+use super::{DType, TensorMeta, TensorSource, TensorView};
 use crate::error::{Error, Result};
 
 pub struct SafetensorsSource<'a> {
@@ -116,12 +119,17 @@ impl TensorSource for SafetensorsSource<'_> {
     fn file_name(&self) -> &str {
         &self.label
     }
-    fn tensor(&self, name: &str) -> Option<TensorView<'_>> {
+    fn meta(&self, name: &str) -> Option<TensorMeta> {
         self.shards.iter().find_map(|(file, st)| {
             let t = st.tensor(name).ok()?;
             let dtype = dtype_of(file, name, &t)?.ok()?;
-            Some(TensorView { name: name.to_string(), shape: t.shape().to_vec(), dtype, data: t.data() })
+            Some(TensorMeta { shape: t.shape().to_vec(), dtype, n_bytes: t.data().len() })
         })
+    }
+    fn read(&self, name: &str, range: Range<usize>) -> Result<Cow<'_, [u8]>> {
+        let t = self.shards.iter().find_map(|(_, st)| st.tensor(name).ok()).ok_or_else(|| Error::tensor(&self.label, name, "missing"))?;
+        let data: &[u8] = t.data();
+        data.get(range.clone()).map(Cow::Borrowed).ok_or_else(|| Error::tensor(&self.label, name, format!("bytes {range:?} of its {} asked for", data.len())))
     }
     fn expect(&self, name: &str, shape: &[usize]) -> Result<TensorView<'_>> {
         for (file, st) in &self.shards {
@@ -131,11 +139,12 @@ impl TensorSource for SafetensorsSource<'_> {
                 }
             }
         }
-        let t = self.tensor(name).ok_or_else(|| Error::tensor(&self.label, name, "missing"))?;
-        if t.shape != shape {
-            return Err(Error::tensor(&self.label, name, format!("shape {:?}, expected {:?}", t.shape, shape)));
+        let m = self.meta(name).ok_or_else(|| Error::tensor(&self.label, name, "missing"))?;
+        if m.shape != shape {
+            return Err(Error::tensor(&self.label, name, format!("shape {:?}, expected {:?}", m.shape, shape)));
         }
-        Ok(t)
+        let data = self.read(name, 0..m.n_bytes)?;
+        Ok(TensorView { name: name.to_string(), shape: m.shape, dtype: m.dtype, data })
     }
 }
 
