@@ -4,7 +4,9 @@
 #   1. the kernel tests and the llama-tiny golden test, compiled to WebAssembly and run by
 #      wasm-bindgen-test-runner through chromedriver;
 #   2. the page end to end (tests/web/e2e.mjs): the tiny model, then SmolLM2 for a few tokens,
-#      each leaving a screenshot in target/web-screenshots/.
+#      each leaving a screenshot in target/web-screenshots/;
+#   3. the studio (tests/web/context.test.mjs, then tests/web/studio.mjs) against the in-browser
+#      engine and against `quill serve` (target/release/quill, built by cargo test --release).
 # scripts/setup-dev.sh installs what it needs (chromium, chromium-driver, node, the wasm32 target,
 # wasm-bindgen-cli, playwright-core).
 set -euo pipefail
@@ -28,6 +30,11 @@ cargo test --release --target wasm32-unknown-unknown --no-default-features --lib
 
 bash scripts/web.sh --build
 node tests/web/e2e.mjs llama-tiny
+node --test tests/web/context.test.mjs
+node tests/web/studio.mjs browser
+source scripts/env.sh
+cargo build --release --quiet --bin quill
+node tests/web/studio.mjs server
 smollm2="${QUILL_MODELS:-${XDG_CACHE_HOME:-$HOME/.cache}/quill/models}/SmolLM2-135M-Instruct.Q4_1.gguf"
 if [ -f "$smollm2" ] || [ -n "${CI:-}" ]; then
   node tests/web/e2e.mjs smollm2

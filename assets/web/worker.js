@@ -1,7 +1,9 @@
 // The page's worker: owns quill (WebAssembly + WebGPU), reads model files (from the Cache
 // API when they were read before), loads and generates, so the page never freezes.
-// Messages in: init, load {source}, generate {options}, cancel. Out: ready, progress,
-// loaded, piece, done, error.
+// Messages in: init, load {source}, generate {options}, cancel, and the studio's tokenize
+// {id, text}, detokenize {id, ids}, drafts {options}. Out: ready, progress, loaded, piece,
+// done, error, and tokens {id, ids}, text {id, text}, token {draft, text, logprob, alts},
+// drafted {summary}.
 import init, { Quill } from './pkg/quill.js';
 
 const CACHE = 'quill-models-v1';
@@ -156,10 +158,18 @@ onmessage = async ({ data: msg }) => {
     } else if (msg.type === 'generate') {
       const stats = await quill.generate(JSON.stringify(msg.options), (text, n) => post('piece', { text, n }));
       post('done', { stats: JSON.parse(stats) });
+    } else if (msg.type === 'tokenize') {
+      post('tokens', { id: msg.id, ids: Array.from(quill.tokenize(msg.text)) });
+    } else if (msg.type === 'detokenize') {
+      post('text', { id: msg.id, text: quill.detokenize(Uint32Array.from(msg.ids)) });
+    } else if (msg.type === 'drafts') {
+      const summary = await quill.write_drafts(JSON.stringify(msg.options),
+        (draft, text, logprob, alts) => post('token', { draft, text, logprob, alts: JSON.parse(alts) }));
+      post('drafted', { summary: JSON.parse(summary) });
     } else if (msg.type === 'cancel') {
       quill && quill.cancel();
     }
   } catch (e) {
-    post('error', { during: msg.type, message: errorText(e) });
+    post('error', { during: msg.type, id: msg.id, message: errorText(e) });
   }
 };
