@@ -11,7 +11,7 @@ use serde::Deserialize;
 use wasm_bindgen::prelude::*;
 
 use crate::error::Error;
-use crate::generate::{Session, Stop};
+use crate::generate::{Parked, Session, Stop};
 use crate::gpu::Context;
 use crate::models::load::{load_gguf, load_hf, HfFiles};
 use crate::models::LoadedModel;
@@ -49,6 +49,9 @@ pub struct Quill {
     cancelled: Rc<Cell<bool>>,
     /// The per-op table of the last profiled generation.
     profile: Rc<RefCell<Option<String>>>,
+    /// The studio's session between `write_drafts` calls (its KV cache: a branch or a retry
+    /// rereads only what changed); dropped when another model loads.
+    parked: Rc<RefCell<Option<Parked>>>,
 }
 
 /// What the page asks `generate` for; absent sampling settings come from the model's
@@ -92,7 +95,7 @@ impl Quill {
             let l = &mut ctx.limits;
             l.max_storage_buffer_binding_size = l.max_storage_buffer_binding_size.min(max as u64);
         }
-        Ok(Quill { ctx: Rc::new(ctx), model: None, cancelled: Rc::default(), profile: Rc::default() })
+        Ok(Quill { ctx: Rc::new(ctx), model: None, cancelled: Rc::default(), profile: Rc::default(), parked: Rc::default() })
     }
 
     /// The adapter and the limits that decide which models fit, as JSON.
@@ -113,6 +116,7 @@ impl Quill {
     /// the model's description as JSON.
     pub fn load_gguf(&mut self, name: &str, bytes: &[u8], progress: &js_sys::Function) -> Result<String, JsError> {
         self.model = None;
+        self.parked.borrow_mut().take();
         let model = load_gguf(&self.ctx, name, bytes, &mut |done, total| report(progress, done, total)).map_err(js_error)?;
         self.loaded(model)
     }
@@ -121,6 +125,7 @@ impl Quill {
     /// `files[i]` (a Uint8Array); config.json, tokenizer.json and the safetensors are needed.
     pub fn load_hf(&mut self, dir: &str, names: Vec<String>, files: js_sys::Array, progress: &js_sys::Function) -> Result<String, JsError> {
         self.model = None;
+        self.parked.borrow_mut().take();
         let bytes: Vec<Vec<u8>> = files.iter().map(|f| js_sys::Uint8Array::new(&f).to_vec()).collect();
         let file = |name: &str| names.iter().position(|n| n == name).map(|i| &bytes[i][..]);
         let config_json = file("config.json").ok_or_else(|| JsError::new(&format!("{dir}: no config.json among the files given")))?;
@@ -199,7 +204,8 @@ impl Quill {
     }
 
     /// Writes `options.n` continuations of the prompt one after the other in one session, each
-    /// reusing the prompt's KV cache (the batched pass replaces this later), with seeds
+    /// reusing the KV cache of what the prompt shares with the session's last sequence (also
+    /// across calls: the cache is kept; the batched pass replaces this later), with seeds
     /// seed, seed + 1, …. Calls `on_token(draft, text, logprob, alternatives)` per token:
     /// `alternatives` is JSON `[[text, logprob], …]` of the `options.probs` most likely
     /// tokens after the sampler's penalties and temperature (empty when `probs` is 0);
@@ -208,12 +214,13 @@ impl Quill {
         let ctx = self.ctx.clone();
         let model = self.model.clone();
         let cancelled = self.cancelled.clone();
+        let parked = self.parked.clone();
         let options: Result<WriteOptions, _> = serde_json::from_str(options);
         cancelled.set(false);
         wasm_bindgen_futures::future_to_promise(async move {
             let model = model.ok_or_else(|| JsError::new("no model loaded"))?;
             let options = options.map_err(|e| JsError::new(&format!("write_drafts options: {e}")))?;
-            drafts(&ctx, &model, options, &on_token, &cancelled).await.map(JsValue::from).map_err(|e| js_error(e).into())
+            drafts(&ctx, &model, options, &on_token, &cancelled, &parked).await.map(JsValue::from).map_err(|e| js_error(e).into())
         })
     }
 
@@ -336,9 +343,10 @@ const fn stop_name(stop: Stop) -> &'static str {
     }
 }
 
-/// `write_drafts`: the drafts one after the other in one session; `restart` keeps the
-/// prompt's KV-cache rows, so only the first draft reads the prompt.
-async fn drafts(ctx: &Context, model: &LoadedModel, o: WriteOptions, on_token: &js_sys::Function, cancelled: &Cell<bool>) -> crate::Result<String> {
+/// `write_drafts`: the drafts one after the other in one session, kept between calls;
+/// `restart` keeps the KV-cache rows of the prefix the prompt shares with the last sequence,
+/// so only the first draft reads the prompt, and a branch or a retry rereads only the change.
+async fn drafts(ctx: &Context, model: &LoadedModel, o: WriteOptions, on_token: &js_sys::Function, cancelled: &Cell<bool>, parked: &RefCell<Option<Parked>>) -> crate::Result<String> {
     let sampling = sampling(model, &o)?;
     let max_tokens = max_tokens(&o)?;
     let n = o.n.unwrap_or(1);
@@ -350,7 +358,12 @@ async fn drafts(ctx: &Context, model: &LoadedModel, o: WriteOptions, on_token: &
         return Err(Error::arg("probs", format!("{top} alternatives: must be at most {MAX_TOP_LOGPROBS}")));
     }
     let ids = prompt_ids(model, &o)?;
-    let mut session = Session::new(ctx, model, model.config().max_ctx.min(MAX_CTX))?;
+    // The session of the last call, if any (taken: a failed call leaves none behind).
+    let last = parked.borrow_mut().take();
+    let mut session = match last {
+        Some(p) => Session::resume(ctx, model, p),
+        None => Session::new(ctx, model, model.config().max_ctx.min(MAX_CTX))?,
+    };
     if ids.is_empty() || ids.len() >= session.ctx_len() {
         return Err(Error::Context(format!("the prompt has {} tokens; the context holds {} positions (one more is needed to write)", ids.len(), session.ctx_len())));
     }
@@ -364,6 +377,7 @@ async fn drafts(ctx: &Context, model: &LoadedModel, o: WriteOptions, on_token: &
             break;
         }
     }
+    *parked.borrow_mut() = Some(session.park());
     Ok(serde_json::json!({"prompt_tokens": ids.len(), "seed": sampling.seed, "sampling": sampling.describe(), "drafts": out}).to_string())
 }
 

@@ -119,7 +119,7 @@ function serverEngine(modelName) {
         if (e.name !== 'AbortError') throw e;
       }
       const secs = (performance.now() - started) / 1000;
-      return { drafts: [], stop: finish, generated: tokens, decode_tok_s: tokens / Math.max(secs, 1e-3), sampling: 'the server' };
+      return { stop: finish, generated: tokens, decode_tok_s: tokens / Math.max(secs, 1e-3), sampling: `seed ${o.seed}, written by quill serve` };
     },
     cancel() { if (abort) abort.abort(); },
   };
@@ -144,11 +144,13 @@ async function* sse(body) {
   }
 }
 
-// [{logprob, alts: [[text, logprob]]}] from a choice's logprobs, in either endpoint's shape.
+// [{logprob, alts: [[text, logprob]], most likely first}] from a choice's logprobs, in either
+// endpoint's shape (a completion's top_logprobs is an object: its order means nothing).
 function logprobsOf(lp, chat) {
   if (!lp) return [];
-  if (chat) return (lp.content || []).map((t) => ({ logprob: t.logprob, alts: (t.top_logprobs || []).map((a) => [a.token, a.logprob]) }));
-  return (lp.token_logprobs || []).map((l, i) => ({ logprob: l, alts: Object.entries(lp.top_logprobs?.[i] || {}) }));
+  const sorted = (alts) => alts.sort((a, b) => b[1] - a[1]);
+  if (chat) return (lp.content || []).map((t) => ({ logprob: t.logprob, alts: sorted((t.top_logprobs || []).map((a) => [a.token, a.logprob])) }));
+  return (lp.token_logprobs || []).map((l, i) => ({ logprob: l, alts: sorted(Object.entries(lp.top_logprobs?.[i] || {})) }));
 }
 
 let engine = null;
@@ -232,7 +234,9 @@ function segments(list) {
 
 const history = { states: [], at: -1, generations: 0 };
 
-const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
+// A story's pieces without their alternatives (history steps are saved so).
+const bare = (list) => list.map(({ alts, ...p }) => p);
+const same = (a, b) => JSON.stringify(bare(a)) === JSON.stringify(bare(b));
 
 // Records the story as a step of the history (dropping what Redo could have reached).
 function record() {
@@ -430,7 +434,8 @@ function finished(s, speed = 0) {
   const stop = s.stop || d?.stop;
   const generated = s.generated ?? s.drafts?.reduce((n, x) => n + x.generated, 0);
   const rate = speed ? `, writing ${speed.toFixed(1)} tokens/s` : '';
-  say(ui.summary, `${generated} tokens${rate}; stopped: ${stop}. ${s.seed !== undefined ? `Seed ${s.seed}; ` : ''}${s.sampling || ''}.`);
+  const cached = d?.reused_tokens ? ` ${d.reused_tokens} tokens of the context came from the cache.` : '';
+  say(ui.summary, `${generated} tokens${rate}; stopped: ${stop}.${cached} ${s.seed !== undefined ? `Seed ${s.seed}; ` : ''}${s.sampling || ''}.`);
   if (s.profile) {
     ui.profileTable.textContent = s.profile;
     ui.profileTable.hidden = false;
@@ -568,15 +573,26 @@ async function idbDo(mode, f) {
 let serverStories = false;
 const storyUrl = () => `stories/${encodeURIComponent(ui.name.value.trim() || 'my story')}`;
 
+// The sampler fields saved with a story (blank: the engine's default).
+const SAMPLER_FIELDS = ['max_tokens', 'temperature', 'top_k', 'top_p', 'min_p', 'repeat_penalty', 'dry_multiplier', 'dry_base',
+  'dry_allowed_length', 'xtc_threshold', 'xtc_probability', 'seed', 'probs'];
+
+// Tokens at the end of the story whose alternatives are saved with it.
+const KEEP_ALTERNATIVES = 1000;
+
 // The whole studio as one JSON document (quill's story file).
 function snapshot() {
   const list = pieces();
   const s = settings();
-  // The last 50 steps of the history go with the story (Undo after a reload).
-  const kept = history.states.slice(-50);
+  // The last 20 steps of the history go with the story (Undo after a reload), without their
+  // alternatives, and only the newest tokens keep theirs: a save stays small enough to make
+  // after every token (and under the server's body limit).
+  const kept = history.states.slice(-20).map(bare);
+  const recent = list.length - KEEP_ALTERNATIVES;
   return {
-    format: 'quill-story', version: 1, text: list.map((p) => p.t).join(''), pieces: list,
+    format: 'quill-story', version: 1, text: list.map((p) => p.t).join(''), pieces: list.map((p, i) => (i < recent ? bare([p])[0] : p)),
     memory: s.memory, authors_note: s.note, authors_note_depth: s.noteDepth, world_info: s.worldInfo, world_info_scan: s.scan,
+    sampling: { ...Object.fromEntries(SAMPLER_FIELDS.map((id) => [id, $(id).value])), ignore_eos: $('ignore_eos').checked, drafts: ui.draftCount.value },
     mode: ui.mode.value, history: kept, history_at: Math.max(0, history.at - (history.states.length - kept.length)),
     saved: new Date().toISOString(),
   };
@@ -589,10 +605,16 @@ function restore(j) {
   ui.noteDepth.value = j.authors_note_depth ?? 3;
   ui.wiScan.value = j.world_info_scan ?? 64;
   ui.mode.value = j.mode === 'chat' ? 'chat' : 'story';
+  const sampling = j.sampling && typeof j.sampling === 'object' ? j.sampling : {};
+  for (const id of SAMPLER_FIELDS) if (typeof sampling[id] === 'string') $(id).value = sampling[id];
+  $('ignore_eos').checked = sampling.ignore_eos === true;
+  if (['2', '3', '4'].includes(sampling.drafts)) ui.draftCount.value = sampling.drafts;
   ui.wiEntries.replaceChildren();
   for (const e of j.world_info || []) addEntry(e);
   history.states = Array.isArray(j.history) && j.history.length ? j.history : [pieces()];
   history.at = Math.max(0, Math.min(history.states.length - 1, j.history_at ?? history.states.length - 1));
+  // The step shown is the story as saved, alternatives and all.
+  if (same(history.states[history.at], pieces())) history.states[history.at] = pieces();
   history.generations = Math.max(0, ...history.states.flat().map((p) => p.g || 0), ...pieces().map((p) => p.g || 0));
 }
 
@@ -778,6 +800,7 @@ function startBrowser() {
 async function startServer() {
   ui.modelSection.hidden = true;
   ui.gpu.textContent = '';
+  document.querySelector('header .tag').textContent = 'A language model writing on the GPU of the machine that runs quill serve.';
   for (const el of document.querySelectorAll('.browser-only')) el.disabled = true;
   ui.samplerNote.hidden = false;
   ui.samplerNote.textContent = 'DRY and XTC run in the in-browser engine; this server does not take them yet.';
