@@ -41,7 +41,7 @@ function startServer() {
     let err = '';
     child.stderr.on('data', (d) => {
       err += d;
-      const m = /listening on (http:\/\/[\d.:]+)/.exec(err);
+      const m = /listening on (http:\/\/[\d.:]+)\n/.exec(err); // a whole line: stderr comes in pieces
       if (m && !child.base) { child.base = `${m[1]}/`; ok(child); }
     });
     child.on('exit', (code) => { if (!child.base) fail(new Error(`quill serve exited (${code}): ${err}`)); });
@@ -244,7 +244,8 @@ try {
     console.log(`killed the server after ${(await tokens()) - before} new tokens: the file misses ${missing === '' ? 'nothing' : `only the last token ${JSON.stringify(missing)}`}`);
     server = await startServer();
     const again = server.base;
-    await page.goto(again);
+    const opened = await page.goto(again);
+    console.log(`restarted on ${again}: GET / answered ${opened?.status()}`);
     await page.waitForFunction((t) => document.getElementById('story').textContent === t, file.text, { timeout: 60e3 }).catch(() => {});
     await check(await story() === file.text, async () => `after the restart the page opens ${JSON.stringify((await story()).slice(-80))}`);
     await shot('after-kill');
