@@ -226,6 +226,20 @@ try {
   console.log(`reload: story (${t4.length} characters, ${toks} tokens), notes and history kept`);
 
   if (which === 'server') {
+    // Chat / instruct: the story is the writer's request, the model's answer is appended.
+    await page.selectOption('#mode', 'chat');
+    await page.fill('#story', 'Write one sentence about the sea.');
+    await page.waitForTimeout(900);
+    await click('#continue');
+    await waitWritten('chat mode');
+    const answered = await story();
+    await check(answered.startsWith('Write one sentence about the sea.\n\n') && answered.length > 36 && (await tokens()) > 0, `chat mode: ${JSON.stringify(answered)}`);
+    console.log(`chat / instruct: ${JSON.stringify(answered)}`);
+    await shot('chat');
+    await page.selectOption('#mode', 'story');
+    await page.fill('#story', t4);
+    await page.waitForTimeout(900);
+
     // Kill the server while it writes: the story file holds the text up to the last token.
     await open();
     await check(await page.inputValue('#seed') === '11', 'the sampler settings were not kept');
