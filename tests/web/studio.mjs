@@ -107,6 +107,8 @@ async function open() {
   if (which === 'browser') {
     await page.waitForFunction(() => /^GPU:|cannot run|no WebGPU/.test(document.getElementById('gpu').textContent), null, { timeout: 120e3 });
     await check((await page.textContent('#gpu')).startsWith('GPU:'), async () => `no WebGPU: ${await page.textContent('#gpu')}`);
+    // The list fills after the GPU line (models.json is fetched then).
+    await page.waitForFunction(() => [...document.querySelectorAll('#served option')].some((o) => o.textContent.includes('llama-tiny')), null, { timeout: 30e3 }).catch(() => {});
     const option = await page.$$eval('#served option', (os) => os.find((o) => o.textContent.includes('llama-tiny'))?.value);
     await check(option, 'the page lists no llama-tiny model');
     await page.selectOption('#served', option);
@@ -224,6 +226,20 @@ try {
   await walk('#undo', here.before + alts[pick], 'Undo after a reload');
   await walk('#redo', t4, 'Redo after a reload');
   console.log(`reload: story (${t4.length} characters, ${toks} tokens), notes and history kept`);
+
+  // KoboldAI story JSON: Export holds the story and its notes; Import brings one in.
+  const [download] = await Promise.all([page.waitForEvent('download'), page.click('#export')]);
+  const k = JSON.parse(fs.readFileSync(await download.path(), 'utf8'));
+  await check(k.prompt + k.actions.join('') === t4 && k.actions.length > 0 && k.memory.startsWith('This is a story about Mara') && k.authorsnote === 'Write in a calm voice.'
+    && k.worldinfo[0].key === 'lamp' && k.worldinfo[0].content.includes('whale oil'), `exported ${JSON.stringify(k).slice(0, 400)}`);
+  const kobold = path.join(storiesDir, 'kobold.json');
+  fs.writeFileSync(kobold, JSON.stringify({ gamestarted: true, prompt: 'Imported start.', actions: [' More.'], memory: 'IM', authorsnote: 'IN', worldinfo: [{ key: 'sea,ship', content: 'The sea is cold.' }] }));
+  await page.setInputFiles('#import', kobold);
+  await page.waitForFunction(() => document.getElementById('story').textContent === 'Imported start. More.', null, { timeout: 10e3 }).catch(() => {});
+  await check(await story() === 'Imported start. More.' && await page.inputValue('#memory') === 'IM' && await page.inputValue('#note') === 'IN'
+    && await page.inputValue('.wi-keys') === 'sea, ship' && await page.inputValue('.wi-content') === 'The sea is cold.', async () => `after importing: ${JSON.stringify(await story())}`);
+  await walk('#undo', t4, 'Undo after an import');
+  console.log(`KoboldAI JSON: exported ${k.actions.length} actions after the prompt; imported one back; Undo returns the story`);
 
   if (which === 'server') {
     // Chat / instruct: the story is the writer's request, the model's answer is appended.
