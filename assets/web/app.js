@@ -11,7 +11,7 @@ const $ = (id) => document.getElementById(id);
 const ui = {
   gpu: $('gpu'), served: $('served'), loadServed: $('load-served'), ggufFile: $('gguf-file'), hfDir: $('hf-dir'),
   url: $('url'), loadUrl: $('load-url'), progress: $('progress'), modelStatus: $('model-status'), modelSection: $('model-section'),
-  engine: $('engine'), story: $('story'), name: $('story-name'), mode: $('mode'), saved: $('saved'),
+  engine: $('engine'), key: $('api-key'), keyLabel: $('api-key-label'), story: $('story'), name: $('story-name'), mode: $('mode'), saved: $('saved'),
   cont: $('continue'), stop: $('stop'), retry: $('retry'), undo: $('undo'), redo: $('redo'), draftsButton: $('drafts-button'),
   draftCount: $('draft-count'), speed: $('speed'), summary: $('summary'), drafts: $('drafts'), alts: $('alts'),
   altsTitle: $('alts-title'), altsList: $('alts-list'), profile: $('profile'), profileTable: $('profile-table'),
@@ -78,7 +78,7 @@ function plainOptions(o) {
 function serverEngine(modelName) {
   let abort = null;
   const post = async (path, body, signal) => {
-    const r = await fetch(path, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body), signal });
+    const r = await fetch(path, { method: 'POST', headers: { 'content-type': 'application/json', ...auth() }, body: JSON.stringify(body), signal });
     if (!r.ok) throw new Error(`${path}: ${(await r.json().catch(() => ({}))).error?.message || `HTTP ${r.status}`}`);
     return r;
   };
@@ -155,6 +155,12 @@ function logprobsOf(lp, chat) {
 
 let engine = null;
 let model = null;
+
+// `Authorization` for a server with an API key (kept for this tab only).
+const auth = () => {
+  const key = sessionStorage.getItem('quill-api-key');
+  return key ? { authorization: `Bearer ${key}` } : {};
+};
 let busy = false;
 
 // The engine's tokenizer without the BOS it puts in front (the ids of "" are that overhead).
@@ -636,7 +642,7 @@ async function saveNow() {
       dirty = false;
       const body = JSON.stringify(snapshot());
       if (serverStories) {
-        const r = await fetch(storyUrl(), { method: 'PUT', headers: { 'content-type': 'application/json' }, body });
+        const r = await fetch(storyUrl(), { method: 'PUT', headers: { 'content-type': 'application/json', ...auth() }, body });
         if (!r.ok) throw new Error((await r.json().catch(() => ({}))).error?.message || `HTTP ${r.status}`);
       } else {
         await idbDo('readwrite', (s) => s.put(body, ui.name.value.trim() || 'my story'));
@@ -653,7 +659,7 @@ async function saveNow() {
 async function loadStory() {
   let text = null;
   if (serverStories) {
-    const r = await fetch(storyUrl());
+    const r = await fetch(storyUrl(), { headers: auth() });
     if (r.ok) text = await r.text();
   } else {
     text = await idbDo('readonly', (s) => s.get(ui.name.value.trim() || 'my story')).catch(() => null);
@@ -810,8 +816,16 @@ async function startServer() {
     say(ui.engine, `Engine: quill serve on ${location.host} — ${h.status || 'not answering'}…`);
     await new Promise((ok) => setTimeout(ok, 1000));
   }
-  const m = (await fetch('v1/models').then((r) => r.json()).catch(() => ({}))).data?.[0] || {};
-  serverStories = (await fetch('stories')).ok;
+  // A server with --api-key wants it on every API call: ask for it until it is accepted.
+  while ((await fetch('v1/models', { headers: auth() })).status === 401) {
+    ui.keyLabel.hidden = false;
+    say(ui.engine, `Engine: quill serve on ${location.host} — it wants its API key (--api-key): type it below.`, true);
+    await new Promise((ok) => { ui.key.onchange = ok; });
+    sessionStorage.setItem('quill-api-key', ui.key.value.trim());
+  }
+  ui.keyLabel.hidden = true;
+  const m = (await fetch('v1/models', { headers: auth() }).then((r) => r.json()).catch(() => ({}))).data?.[0] || {};
+  serverStories = (await fetch('stories', { headers: auth() })).ok;
   engine = serverEngine(m.id);
   model = { context: m.context_length || 2048, source: m.id, has_chat_template: true };
   say(ui.engine, `Engine: quill serve on ${location.host}, model ${m.id} (context ${model.context}). ${serverStories ? 'Stories are saved in the server\'s story folder on every token.' : 'The server has no story folder (--stories DIR): stories are saved in this browser.'}`);

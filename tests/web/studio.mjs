@@ -29,6 +29,7 @@ const smollm2 = path.join(models, 'SmolLM2-135M-Instruct.Q4_1.gguf');
 const timeout = which === 'server' ? 300e3 : 180e3;
 
 let server = null; // the quill serve child process
+const KEY = 'studio-test-key'; // the server wants it: the page asks for it once per tab
 let staticServer = null;
 const storiesDir = fs.mkdtempSync(path.join(os.tmpdir(), 'quill-stories-'));
 const serveModel = fs.existsSync(smollm2) ? smollm2 : path.join(root, 'tests/fixtures/llama-tiny');
@@ -37,7 +38,7 @@ const serveModel = fs.existsSync(smollm2) ? smollm2 : path.join(root, 'tests/fix
 function startServer() {
   return new Promise((ok, fail) => {
     const bin = path.join(root, 'target/release/quill');
-    const child = spawn(bin, ['serve', '--model', serveModel, '--port', '0', '--parallel', '3', '--ctx', '1024', '--stories', storiesDir], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const child = spawn(bin, ['serve', '--model', serveModel, '--port', '0', '--parallel', '3', '--ctx', '1024', '--stories', storiesDir, '--api-key', KEY], { stdio: ['ignore', 'ignore', 'pipe'] });
     let err = '';
     child.stderr.on('data', (d) => {
       err += d;
@@ -102,6 +103,19 @@ async function click(sel) {
   await page.click(sel);
 }
 
+// The page on quill serve: once the model is ready it asks for the API key (each origin once).
+async function serverReady(mustAsk) {
+  await page.waitForFunction(() => /API key|model .* \(context/.test(document.getElementById('engine').textContent), null, { timeout });
+  const asked = await page.isVisible('#api-key');
+  await check(asked || !mustAsk, 'the server wants an API key but the page did not ask for it');
+  if (asked) {
+    await page.fill('#api-key', KEY);
+    await page.dispatchEvent('#api-key', 'change');
+  }
+  await page.waitForFunction(() => /model .* \(context/.test(document.getElementById('engine').textContent), null, { timeout });
+}
+
+let firstOpen = true;
 async function open() {
   await page.goto(base);
   if (which === 'browser') {
@@ -117,7 +131,8 @@ async function open() {
     const status = await page.textContent('#model-status');
     await check(status.startsWith('Loaded'), `loading: ${status}`);
   } else {
-    await page.waitForFunction(() => /model .* \(context/.test(document.getElementById('engine').textContent), null, { timeout });
+    await serverReady(firstOpen);
+    firstOpen = false;
   }
   await page.waitForSelector('#continue:not([disabled])', { timeout });
 }
@@ -276,6 +291,7 @@ try {
     const again = server.base;
     const opened = await page.goto(again);
     console.log(`restarted on ${again}: GET / answered ${opened?.status()}`);
+    await serverReady(true); // a new origin: the tab's key is not there
     await page.waitForFunction((t) => document.getElementById('story').textContent === t, file.text, { timeout: 60e3 }).catch(() => {});
     await check(await story() === file.text, async () => `after the restart the page opens ${JSON.stringify((await story()).slice(-80))}`);
     await shot('after-kill');
