@@ -10,6 +10,8 @@
 #      limit, a context that does not fit (scripts/test-web-big.sh runs the same on the 1B model,
 #      which takes too long on SwiftShader for every run); then SmolLM2 itself from the picker
 #      under the default binding limit.
+#   4. the studio (tests/web/context.test.mjs, then tests/web/studio.mjs) against the in-browser
+#      engine and against `quill serve` (target/release/quill, built by cargo test --release).
 # scripts/setup-dev.sh installs what it needs (chromium, chromium-driver, node, the wasm32 target,
 # wasm-bindgen-cli, playwright-core).
 set -euo pipefail
@@ -33,6 +35,11 @@ cargo test --release --target wasm32-unknown-unknown --no-default-features --lib
 
 bash scripts/web.sh --build
 node tests/web/e2e.mjs llama-tiny
+node --test tests/web/context.test.mjs
+node tests/web/studio.mjs browser
+source scripts/env.sh
+cargo build --release --quiet --bin quill
+node tests/web/studio.mjs server
 smollm2="${QUILL_MODELS:-${XDG_CACHE_HOME:-$HOME/.cache}/quill/models}/SmolLM2-135M-Instruct.Q4_1.gguf"
 if [ -f "$smollm2" ] || [ -n "${CI:-}" ]; then
   node tests/web/e2e.mjs smollm2

@@ -58,6 +58,14 @@ impl Stats {
     }
 }
 
+/// A parked session (`Session::park`).
+pub struct Parked {
+    state: State,
+    ids: Vec<u32>,
+    processed: usize,
+    binds: BindCache,
+}
+
 /// Why generation stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stop {
@@ -260,6 +268,19 @@ impl<'a> Session<'a> {
         self.draws = 0;
         self.push(&prompt[reused..])?;
         Ok(reused)
+    }
+
+    /// The session's KV cache and sequence without its borrows, for a caller that cannot hold
+    /// a borrow from one call to the next (the browser page's `Quill`): `resume` it later with
+    /// the same context and model, and `restart` reuses the cached prefix.
+    pub fn park(self) -> Parked {
+        Parked { state: self.state, ids: self.ids, processed: self.processed, binds: self.binds }
+    }
+
+    /// A session from a parked one; `ctx` and `model` must be those it was parked from (the
+    /// cache holds that model's keys and values). The draw counter restarts, as in `restart`.
+    pub fn resume(ctx: &'a Context, model: &'a LoadedModel, p: Parked) -> Self {
+        Session { ctx, model, state: p.state, ids: p.ids, processed: p.processed, draws: 0, profile: None, binds: p.binds }
     }
 
     /// Fails when the last logits computed hold a NaN: the model's weights or a kernel are broken,

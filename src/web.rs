@@ -11,12 +11,14 @@ use serde::Deserialize;
 use wasm_bindgen::prelude::*;
 
 use crate::error::Error;
-use crate::generate::{Session, Stop};
+use crate::generate::{Parked, Session, Stop};
 use crate::gpu::Context;
 use crate::models::load::{gguf_needs, load_gguf, load_hf, load_parsed_gguf, HfFiles, LoadOptions, LoadProgress};
 use crate::models::LoadedModel;
 use crate::plan::{plan_before_load, Budget};
-use crate::sampling::{SamplingFlags, SamplingParams};
+use crate::gpu::Recorder;
+use crate::ops::sample::{logprobs, logprobs_len, parse_logprobs, MAX_TOP_LOGPROBS};
+use crate::sampling::{dry_breaker_ids, SamplingFlags, SamplingParams};
 use crate::tokenizer::StreamDecoder;
 use crate::weights::gguf::Gguf;
 use crate::weights::source::ByteSource;
@@ -39,6 +41,8 @@ fn js_error(e: Error) -> JsError {
 
 /// Most KV cache positions a page session asks for (as `quill write`'s default).
 const MAX_CTX: usize = 2048;
+/// Most drafts `write_drafts` writes at once (the studio shows them side by side).
+const MAX_DRAFTS: usize = 4;
 
 /// One model on one WebGPU device.
 #[wasm_bindgen]
@@ -50,6 +54,9 @@ pub struct Quill {
     profile: Rc<RefCell<Option<String>>>,
     /// KV cache positions of the loaded model's sessions, as planned before its load.
     ctx_len: Rc<Cell<usize>>,
+    /// The studio's session between `write_drafts` calls (its KV cache: a branch or a retry
+    /// rereads only what changed); dropped when another model loads.
+    parked: Rc<RefCell<Option<Parked>>>,
 }
 
 /// What the page asks `generate` for; absent sampling settings come from the model's
@@ -69,6 +76,17 @@ struct WriteOptions {
     repeat_penalty: Option<f32>,
     seed: Option<u64>,
     profile: bool,
+    // The writer's samplers (the studio page); absent: off, as on the command line.
+    dry_multiplier: Option<f32>,
+    dry_base: Option<f32>,
+    dry_allowed_length: Option<usize>,
+    dry_penalty_last_n: Option<usize>,
+    xtc_threshold: Option<f32>,
+    xtc_probability: Option<f32>,
+    /// `write_drafts` only: how many continuations (1..=MAX_DRAFTS) and how many
+    /// alternatives each token reports (0..=MAX_TOP_LOGPROBS).
+    n: Option<usize>,
+    probs: Option<usize>,
 }
 
 #[wasm_bindgen]
@@ -82,7 +100,7 @@ impl Quill {
             let l = &mut ctx.limits;
             l.max_storage_buffer_binding_size = l.max_storage_buffer_binding_size.min(max as u64);
         }
-        Ok(Quill { ctx: Rc::new(ctx), model: None, cancelled: Rc::default(), profile: Rc::default(), ctx_len: Rc::new(Cell::new(MAX_CTX)) })
+        Ok(Quill { ctx: Rc::new(ctx), model: None, cancelled: Rc::default(), profile: Rc::default(), ctx_len: Rc::new(Cell::new(MAX_CTX)), parked: Rc::default() })
     }
 
     /// The adapter and the limits that decide which models fit, as JSON.
@@ -103,6 +121,7 @@ impl Quill {
     /// the model's description as JSON.
     pub fn load_gguf(&mut self, name: &str, bytes: &[u8], progress: &js_sys::Function) -> Result<String, JsError> {
         self.model = None;
+        self.parked.borrow_mut().take();
         let model = load_gguf(&self.ctx, name, bytes, &mut |done, total| report(progress, done, total)).map_err(js_error)?;
         self.loaded(model)
     }
@@ -111,6 +130,7 @@ impl Quill {
     /// `files[i]` (a Uint8Array); config.json, tokenizer.json and the safetensors are needed.
     pub fn load_hf(&mut self, dir: &str, names: Vec<String>, files: js_sys::Array, progress: &js_sys::Function) -> Result<String, JsError> {
         self.model = None;
+        self.parked.borrow_mut().take();
         let bytes: Vec<Vec<u8>> = files.iter().map(|f| js_sys::Uint8Array::new(&f).to_vec()).collect();
         let file = |name: &str| names.iter().position(|n| n == name).map(|i| &bytes[i][..]);
         let config_json = file("config.json").ok_or_else(|| JsError::new(&format!("{dir}: no config.json among the files given")))?;
@@ -147,6 +167,7 @@ impl Quill {
     /// tensors, total_tensors)` follows the upload.
     pub fn load_gguf_stream(&mut self, name: &str, size: f64, read: js_sys::Function, ctx: Option<u32>, gpu_memory: Option<f64>, progress: &js_sys::Function) -> Result<String, JsError> {
         self.model = None;
+        self.parked.borrow_mut().take();
         let src = JsSource { name: name.to_string(), size: size as u64, read };
         let g = Gguf::open(name, &src).map_err(js_error)?;
         let plan = self.plan_for(&g, ctx, gpu_memory)?;
@@ -237,6 +258,45 @@ impl Quill {
         })
     }
 
+    /// Token ids of `text`, as the model reads it (BOS included when the model adds one: the
+    /// ids of "" are that overhead). The studio counts Memory, notes and story with it.
+    pub fn tokenize(&self, text: &str) -> Result<Vec<u32>, JsError> {
+        let model = self.model.as_ref().ok_or_else(|| JsError::new("no model loaded"))?;
+        model.tokenizer.encode(text).map_err(js_error)
+    }
+
+    /// The text of token ids (the studio cuts the story at a depth counted in tokens).
+    pub fn detokenize(&self, ids: Vec<u32>) -> Result<String, JsError> {
+        let model = self.model.as_ref().ok_or_else(|| JsError::new("no model loaded"))?;
+        let vocab = model.config().vocab;
+        if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(JsError::new(&format!("detokenize: token {bad} is outside the vocabulary of {vocab}")));
+        }
+        model.tokenizer.decode(&ids).map_err(js_error)
+    }
+
+    /// Writes `options.n` continuations of the prompt one after the other in one session, each
+    /// reusing the KV cache of what the prompt shares with the session's last sequence (also
+    /// across calls: the cache is kept; the batched pass replaces this later), with seeds
+    /// seed, seed + 1, …. Calls `on_token(draft, text, logprob, alternatives)` per token:
+    /// `alternatives` is JSON `[[text, logprob], …]` of the `options.probs` most likely
+    /// tokens after the sampler's penalties and temperature (empty when `probs` is 0);
+    /// `text` is "" for a token that ends inside a UTF-8 character. Resolves to JSON.
+    pub fn write_drafts(&self, options: &str, on_token: js_sys::Function) -> js_sys::Promise {
+        let ctx = self.ctx.clone();
+        let model = self.model.clone();
+        let cancelled = self.cancelled.clone();
+        let parked = self.parked.clone();
+        let ctx_len = self.ctx_len.get();
+        let options: Result<WriteOptions, _> = serde_json::from_str(options);
+        cancelled.set(false);
+        wasm_bindgen_futures::future_to_promise(async move {
+            let model = model.ok_or_else(|| JsError::new("no model loaded"))?;
+            let options = options.map_err(|e| JsError::new(&format!("write_drafts options: {e}")))?;
+            drafts(&ctx, &model, ctx_len, options, &on_token, &cancelled, &parked).await.map(JsValue::from).map_err(|e| js_error(e).into())
+        })
+    }
+
     /// Stops the running generation after the token in flight.
     pub fn cancel(&self) {
         self.cancelled.set(true);
@@ -279,19 +339,39 @@ fn report(progress: &js_sys::Function, done: u64, total: u64) {
     let _ = progress.call2(&JsValue::NULL, &(done as f64).into(), &(total as f64).into());
 }
 
-async fn write(ctx: &Context, model: &LoadedModel, ctx_len: usize, o: WriteOptions, on_piece: &js_sys::Function, cancelled: &Cell<bool>, profile: &RefCell<Option<String>>) -> crate::Result<String> {
+/// The sampler settings of `o`: the user's, else the model's generation config, else quill's
+/// defaults; DRY and XTC off unless asked for.
+fn sampling(model: &LoadedModel, o: &WriteOptions) -> crate::Result<SamplingParams> {
     let flags = SamplingFlags { temperature: o.temperature, top_k: o.top_k, top_p: o.top_p, min_p: o.min_p, repeat_penalty: o.repeat_penalty };
     let seed = o.seed.unwrap_or_else(|| js_sys::Date::now() as u64);
-    let (sampling, _) = SamplingParams::resolve(&flags, &model.defaults);
-    let sampling = SamplingParams { seed, ..sampling };
-    sampling.validate()?;
-    let max_tokens = o.max_tokens.unwrap_or(256);
-    if max_tokens == 0 {
-        return Err(Error::arg("max tokens", "must be at least 1"));
+    let (resolved, _) = SamplingParams::resolve(&flags, &model.defaults);
+    let mut s = SamplingParams { seed, ..resolved };
+    s.dry_multiplier = o.dry_multiplier.unwrap_or(s.dry_multiplier);
+    s.dry_base = o.dry_base.unwrap_or(s.dry_base);
+    s.dry_allowed_length = o.dry_allowed_length.unwrap_or(s.dry_allowed_length);
+    s.dry_penalty_last_n = o.dry_penalty_last_n.unwrap_or(s.dry_penalty_last_n);
+    s.xtc_threshold = o.xtc_threshold.unwrap_or(s.xtc_threshold);
+    s.xtc_probability = o.xtc_probability.unwrap_or(s.xtc_probability);
+    if s.dry_multiplier > 0.0 {
+        s.dry_breakers = dry_breaker_ids(&model.tokenizer)?;
     }
+    s.validate()?;
+    Ok(s)
+}
+
+fn max_tokens(o: &WriteOptions) -> crate::Result<usize> {
+    match o.max_tokens.unwrap_or(256) {
+        0 => Err(Error::arg("max tokens", "must be at least 1")),
+        n => Ok(n),
+    }
+}
+
+/// The prompt's ids: the text itself, or in chat mode the system and user turns through the
+/// model's chat template.
+fn prompt_ids(model: &LoadedModel, o: &WriteOptions) -> crate::Result<Vec<u32>> {
     let text = if o.chat {
         let mut messages = Vec::new();
-        if let Some(system) = o.system.filter(|s| !s.trim().is_empty()) {
+        if let Some(system) = o.system.clone().filter(|s| !s.trim().is_empty()) {
             messages.push(("system".to_string(), system));
         }
         messages.push(("user".to_string(), o.prompt.clone()));
@@ -299,7 +379,17 @@ async fn write(ctx: &Context, model: &LoadedModel, ctx_len: usize, o: WriteOptio
     } else {
         o.prompt.clone()
     };
-    let ids = model.tokenizer.encode(&text)?;
+    model.tokenizer.encode(&text)
+}
+
+async fn write(ctx: &Context, model: &LoadedModel, ctx_len: usize, o: WriteOptions, on_piece: &js_sys::Function, cancelled: &Cell<bool>, profile: &RefCell<Option<String>>) -> crate::Result<String> {
+    if o.n.is_some() || o.probs.is_some() {
+        return Err(Error::arg("generate options", "n and probs are write_drafts options"));
+    }
+    let sampling = sampling(model, &o)?;
+    let seed = sampling.seed;
+    let max_tokens = max_tokens(&o)?;
+    let ids = prompt_ids(model, &o)?;
     let mut session = Session::new(ctx, model, model.config().max_ctx.min(ctx_len))?;
     if o.profile {
         session.enable_profiling();
@@ -328,12 +418,7 @@ async fn write(ctx: &Context, model: &LoadedModel, ctx_len: usize, o: WriteOptio
     }
     let table = session.profile().map(|p| p.table(false, None));
     *profile.borrow_mut() = table.clone();
-    let stop = match stop {
-        Stop::Eos => "end of sequence",
-        Stop::MaxTokens => "max tokens reached",
-        Stop::ContextFull => "context full",
-        Stop::Cancelled => "cancelled",
-    };
+    let stop = stop_name(stop);
     Ok(serde_json::json!({
         "prompt_tokens": stats.prompt_tokens,
         "generated": stats.generated,
@@ -347,6 +432,110 @@ async fn write(ctx: &Context, model: &LoadedModel, ctx_len: usize, o: WriteOptio
         "gpu_timestamps": ctx.gpu_timestamps(),
     })
     .to_string())
+}
+
+const fn stop_name(stop: Stop) -> &'static str {
+    match stop {
+        Stop::Eos => "end of sequence",
+        Stop::MaxTokens => "max tokens reached",
+        Stop::ContextFull => "context full",
+        Stop::Cancelled => "cancelled",
+    }
+}
+
+/// `write_drafts`: the drafts one after the other in one session, kept between calls;
+/// `restart` keeps the KV-cache rows of the prefix the prompt shares with the last sequence,
+/// so only the first draft reads the prompt, and a branch or a retry rereads only the change.
+async fn drafts(ctx: &Context, model: &LoadedModel, ctx_len: usize, o: WriteOptions, on_token: &js_sys::Function, cancelled: &Cell<bool>, parked: &RefCell<Option<Parked>>) -> crate::Result<String> {
+    let sampling = sampling(model, &o)?;
+    let max_tokens = max_tokens(&o)?;
+    let n = o.n.unwrap_or(1);
+    if n == 0 || n > MAX_DRAFTS {
+        return Err(Error::arg("n", format!("{n} drafts: must be from 1 to {MAX_DRAFTS}")));
+    }
+    let top = o.probs.unwrap_or(0);
+    if top > MAX_TOP_LOGPROBS {
+        return Err(Error::arg("probs", format!("{top} alternatives: must be at most {MAX_TOP_LOGPROBS}")));
+    }
+    let ids = prompt_ids(model, &o)?;
+    // The session of the last call, if any (taken: a failed call leaves none behind).
+    let last = parked.borrow_mut().take();
+    let mut session = match last {
+        Some(p) => Session::resume(ctx, model, p),
+        None => Session::new(ctx, model, model.config().max_ctx.min(ctx_len))?,
+    };
+    if ids.is_empty() || ids.len() >= session.ctx_len() {
+        return Err(Error::Context(format!("the prompt has {} tokens; the context holds {} positions (one more is needed to write)", ids.len(), session.ctx_len())));
+    }
+    let mut out = Vec::with_capacity(n);
+    for draft in 0..n {
+        let s = SamplingParams { seed: sampling.seed.wrapping_add(draft as u64), ..sampling.clone() };
+        let reused = session.restart(&ids)?;
+        let (generated, stop) = one_draft(&mut session, &s, draft, max_tokens, top, o.ignore_eos, on_token, cancelled).await?;
+        out.push(serde_json::json!({"draft": draft, "generated": generated, "stop": stop_name(stop), "reused_tokens": reused}));
+        if stop == Stop::Cancelled {
+            break;
+        }
+    }
+    *parked.borrow_mut() = Some(session.park());
+    Ok(serde_json::json!({"prompt_tokens": ids.len(), "seed": sampling.seed, "sampling": sampling.describe(), "drafts": out}).to_string())
+}
+
+/// One draft, a token per GPU step (each token's alternatives come from that step's logits).
+#[allow(clippy::too_many_arguments)]
+async fn one_draft(session: &mut Session<'_>, s: &SamplingParams, draft: usize, max_tokens: usize, top: usize, ignore_eos: bool, on_token: &js_sys::Function, cancelled: &Cell<bool>) -> crate::Result<(usize, Stop)> {
+    let model = session.model;
+    let mut decoder = StreamDecoder::new();
+    let mut generated = 0;
+    let mut stop = Stop::MaxTokens;
+    while generated < max_tokens {
+        if session.ids().len() >= session.ctx_len() {
+            stop = Stop::ContextFull;
+            break;
+        }
+        let id = session.next_token_async(s).await?;
+        generated += 1;
+        if !ignore_eos && model.is_eos(id) {
+            stop = Stop::Eos;
+            break;
+        }
+        let (logprob, alts) = if top > 0 { token_probs(session, s, top).await? } else { (f32::NAN, String::from("[]")) };
+        let piece = decoder.step(&model.tokenizer, id)?.unwrap_or_default();
+        call_token(on_token, draft, &piece, logprob, &alts);
+        if cancelled.get() {
+            stop = Stop::Cancelled;
+            break;
+        }
+    }
+    if let Some(rest) = decoder.finish(&model.tokenizer)? {
+        call_token(on_token, draft, &rest, f32::NAN, "[]");
+    }
+    Ok((generated, stop))
+}
+
+fn call_token(f: &js_sys::Function, draft: usize, text: &str, logprob: f32, alts: &str) {
+    let args = js_sys::Array::of4(&(draft as u32).into(), &text.into(), &(logprob as f64).into(), &alts.into());
+    let _ = f.apply(&JsValue::NULL, &args);
+}
+
+/// The log-probability of the token just sampled and the `top` most likely ids with theirs,
+/// on the GPU from the step's logits (the kernel the server's `logprobs` uses); only 2 + 2·top
+/// numbers come back. Returns (logprob, JSON `[[text, logprob], …]`).
+async fn token_probs(session: &Session<'_>, s: &SamplingParams, top: usize) -> crate::Result<(f32, String)> {
+    let out = session.ids().len() - 1;
+    let history = out.saturating_sub(s.repeat_last_n)..out;
+    let st = &session.state;
+    let mut rec = Recorder::new(session.ctx, "logprobs");
+    logprobs(&mut rec, &st.logits, 0, &st.work, &st.tokens, &st.adjust, out, history, s, top)?;
+    rec.submit()?;
+    let values = session.ctx.read_f32_async(&st.work.buf, 0, logprobs_len(top)).await?;
+    let (logprob, alts) = parse_logprobs(&values);
+    let tok = &session.model.tokenizer;
+    let mut list = Vec::with_capacity(alts.len());
+    for (id, lp) in alts {
+        list.push(serde_json::json!([tok.decode(&[id])?, lp]));
+    }
+    Ok((logprob, serde_json::Value::Array(list).to_string()))
 }
 
 // The library's tests (every kernel's `gpu_test!`s) run in a browser.

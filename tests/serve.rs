@@ -553,3 +553,37 @@ fn session_restart_reuses_the_prefix_and_matches_a_fresh_session() {
     let draws = |sess: &mut quill::generate::Session| (0..6).map(|_| sess.next_token(&s).unwrap()).collect::<Vec<_>>();
     assert_eq!(draws(&mut used), draws(&mut fresh));
 }
+
+/// The studio page at / (embedded, so the server needs nothing beside it) and the story
+/// folder of `--stories DIR`: a save replaces the whole file (the previous one kept as ~),
+/// names stay inside the folder, and a body that is not a JSON object changes nothing.
+#[test]
+fn serves_the_studio_page_and_keeps_stories_in_their_folder() {
+    let dir = std::env::temp_dir().join(format!("quill-stories-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let Some(s) = start(&["--stories", &dir.display().to_string()]) else { return };
+    let (code, page) = get(&s, "/");
+    assert!(code == 200 && page.contains(r#"id="story""#) && page.contains("app.js"), "GET /: {code} {page}");
+    for file in ["/app.js", "/context.js", "/style.css"] {
+        assert_eq!(get(&s, file).0, 200, "GET {file}");
+    }
+    let put = |name: &str, body: &str| answer(agent().put(&format!("{}/stories/{name}", s.base)).send_string(body));
+    let one = r#"{"text": "Once upon a time", "memory": "M"}"#;
+    assert_eq!(put("my%20story", one).0, 200);
+    assert_eq!(std::fs::read_to_string(dir.join("my story.json")).unwrap(), one);
+    let two = r#"{"text": "Once upon a time, a lamp"}"#;
+    assert_eq!(put("my%20story", two).0, 200);
+    assert_eq!(std::fs::read_to_string(dir.join("my story.json")).unwrap(), two);
+    assert_eq!(std::fs::read_to_string(dir.join("my story.json~")).unwrap(), one, "the previous version is kept");
+    assert_eq!(get(&s, "/stories/my%20story"), (200, two.to_string()));
+    let (code, list) = get(&s, "/stories");
+    assert_eq!((code, serde_json::from_str::<Value>(&list).unwrap()), (200, json!({"stories": ["my story"]})));
+    for (name, body, why) in [("..%2Fescape", one, "story name"), (".hidden", one, "story name"), ("my%20story", "[1, 2]", "JSON object"), ("my%20story", "{\"text\": ", "not valid JSON")] {
+        let (code, text, _) = put(name, body);
+        assert!(code == 400 && text.contains(why), "PUT /stories/{name} {body}: {code} {text}");
+    }
+    assert_eq!(std::fs::read_to_string(dir.join("my story.json")).unwrap(), two, "refused saves change nothing");
+    assert!(!dir.parent().unwrap().join("escape.json").exists());
+    assert_eq!(get(&s, "/stories/nothing").0, 404);
+    let _ = std::fs::remove_dir_all(&dir);
+}

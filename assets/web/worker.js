@@ -1,8 +1,10 @@
 // The page's worker: owns quill (WebAssembly + WebGPU), reads model files (a GGUF a tensor
 // at a time, from the browser's storage when it was read before: storage.js), loads and
 // generates, so the page never freezes.
-// Messages in: init, load {source}, generate {options}, cancel, cache-list, cache-remove {key}.
-// Out: ready, progress, cache-note, loaded, piece, done, error, cache-list.
+// Messages in: init, load {source}, generate {options}, cancel, cache-list, cache-remove {key},
+// and the studio's tokenize {id, text}, detokenize {id, ids}, drafts {options}.
+// Out: ready, progress, cache-note, loaded, piece, done, error, cache-list, and tokens {id, ids},
+// text {id, text}, token {draft, text, logprob, alts}, drafted {summary}.
 import init, { Quill } from './pkg/quill.js';
 import * as storage from './storage.js';
 
@@ -220,11 +222,19 @@ onmessage = async ({ data: msg }) => {
     } else if (msg.type === 'generate') {
       const stats = await quill.generate(JSON.stringify(msg.options), (text, n) => post('piece', { text, n }));
       post('done', { stats: { ...JSON.parse(stats), wasm_bytes: wasmBytes() } });
+    } else if (msg.type === 'tokenize') {
+      post('tokens', { id: msg.id, ids: Array.from(quill.tokenize(msg.text)) });
+    } else if (msg.type === 'detokenize') {
+      post('text', { id: msg.id, text: quill.detokenize(Uint32Array.from(msg.ids)) });
+    } else if (msg.type === 'drafts') {
+      const summary = await quill.write_drafts(JSON.stringify(msg.options),
+        (draft, text, logprob, alts) => post('token', { draft, text, logprob, alts: JSON.parse(alts) }));
+      post('drafted', { summary: { ...JSON.parse(summary), wasm_bytes: wasmBytes() } });
     } else if (msg.type === 'cancel') {
       quill && quill.cancel();
     }
   } catch (e) {
     const lost = quill && msg.type !== 'init' && quill.device_lost();
-    post('error', { during: msg.type, message: lost ? `the GPU device was lost (${errorText(e)}); load the model again` : errorText(e) });
+    post('error', { during: msg.type, id: msg.id, message: lost ? `the GPU device was lost (${errorText(e)}); load the model again` : errorText(e) });
   }
 };

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod engine;
 pub mod metrics;
+pub mod page;
 pub mod routes;
 
 use std::future::Future;
@@ -60,6 +61,9 @@ pub struct ServeArgs {
     /// A Jinja chat template to use instead of the model's own.
     #[arg(long)]
     chat_template_file: Option<PathBuf>,
+    /// A folder where the studio page (at /) saves stories, atomically on every token.
+    #[arg(long)]
+    stories: Option<PathBuf>,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -81,6 +85,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
         Some(f) => Some(std::fs::read_to_string(f).map_err(|e| Error::io(f, e))?),
         None => None,
     };
+    if let Some(dir) = &args.stories {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
     let path = crate::cli::model_path(args.model.clone())?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| Error::io("tokio runtime", e))?;
     rt.block_on(serve(args, path, api_key, template))
@@ -92,7 +99,7 @@ async fn serve(args: ServeArgs, path: PathBuf, api_key: Option<String>, template
     let info = Arc::new(OnceLock::new());
     let (tx, rx) = std::sync::mpsc::channel();
     let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let state = Arc::new(AppState { engine: Handle { tx, load: load.clone() }, metrics: metrics.clone(), info: info.clone(), api_key, body_timeout: Duration::from_secs(args.timeout), started });
+    let state = Arc::new(AppState { engine: Handle { tx, load: load.clone() }, metrics: metrics.clone(), info: info.clone(), api_key, body_timeout: Duration::from_secs(args.timeout), started, stories: args.stories.clone() });
     let addr = format!("{}:{}", args.host, args.port);
     let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| Error::io(&addr, e))?;
     let local = listener.local_addr().map_err(|e| Error::io(&addr, e))?;

@@ -42,6 +42,8 @@ pub struct AppState {
     /// Longest a request body may take to arrive.
     pub body_timeout: Duration,
     pub started: u64,
+    /// `--stories DIR`: where the studio page saves (page.rs).
+    pub stories: Option<std::path::PathBuf>,
 }
 
 type St = State<Arc<AppState>>;
@@ -53,9 +55,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))
+        .merge(super::page::stories())
         .route_layer(from_fn_with_state(state.clone(), auth));
     Router::new()
         .merge(api)
+        .merge(super::page::files())
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(not_found)

@@ -1,6 +1,6 @@
 // End-to-end test of quill's page (target/web, built by scripts/web.sh --build) in headless
 // Chromium on WebGPU (SwiftShader without a GPU). Serves the page on 127.0.0.1, loads a
-// model from the page's list, presses Write, checks that the text streams in piece by piece,
+// model from the page's list, presses Continue, checks that the text streams in piece by piece,
 // and saves a screenshot under target/web-screenshots/.
 //
 //   node tests/web/e2e.mjs llama-tiny   the tiny test model: also checks the weights cache
@@ -11,7 +11,7 @@
 //   node tests/web/e2e.mjs smollm2      SmolLM2-135M for a few greedy tokens, which must be
 //                                       those of Hugging Face transformers
 //                                       (tests/fixtures/smollm2/reference.json); prints tokens/s
-import { chromium } from 'playwright-core';
+import { launch } from './chromium.mjs';
 import http from 'node:http';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -46,14 +46,7 @@ const server = http.createServer((req, res) => {
 await new Promise((ok) => server.listen(0, '127.0.0.1', ok));
 const base = `http://127.0.0.1:${server.address().port}/`;
 
-const userDir = fs.mkdtempSync('/tmp/quill-chromium-');
-const browser = await chromium.launchPersistentContext(userDir, {
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--headless=new', '--no-sandbox', '--disable-gpu-sandbox', '--enable-unsafe-webgpu', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic'],
-  viewport: { width: 1100, height: 1300 },
-});
+const browser = await launch({ width: 1100, height: 1300 });
 const fail = async (page, why) => {
   fs.mkdirSync(shots, { recursive: true });
   if (page) await page.screenshot({ path: path.join(shots, `${which}-failed.png`), fullPage: true }).catch(() => {});
@@ -97,7 +90,7 @@ try {
     console.log(`reload: loaded again from the browser cache in ${again.loadSeconds.toFixed(1)} s without a download`);
   }
 
-  await page.fill('#prompt', run.prompt);
+  await page.fill('#story', run.prompt);
   if (!(await page.isVisible('#max_tokens'))) await page.click('#sampling summary');
   await page.fill('#max_tokens', String(run.maxTokens));
   await page.fill('#temperature', '0');
@@ -105,15 +98,16 @@ try {
   await page.check('#ignore_eos');
   const profiled = which === 'llama-tiny' && await page.isEnabled('#profile');
   if (profiled) await page.check('#profile');
-  // Note every piece of text as it arrives, with the time.
+  // Note every piece of text as it arrives (a token span appended to the story), with the time.
   await page.evaluate(() => {
     window.pieces = [];
     new MutationObserver((ms) => {
-      for (const m of ms) for (const n of m.addedNodes) if (n.nodeType === 3) window.pieces.push({ t: performance.now(), text: n.textContent });
-    }).observe(document.getElementById('output'), { childList: true });
+      for (const m of ms) for (const n of m.addedNodes) window.pieces.push({ t: performance.now(), text: n.textContent });
+    }).observe(document.getElementById('story'), { childList: true });
   });
-  await page.click('#write');
-  await page.waitForFunction(() => document.getElementById('output').dataset.done === 'true' || /Error/.test(document.getElementById('summary').textContent),
+  await page.waitForTimeout(800); // the typing settles into the studio's history
+  await page.click('#continue');
+  await page.waitForFunction(() => document.getElementById('story').dataset.done === 'true' || /Error/.test(document.getElementById('summary').textContent),
     null, { timeout: run.writeTimeout });
   const summary = await page.textContent('#summary');
   if (/Error/.test(summary)) await fail(page, `writing: ${summary}\n${log.join('\n')}`);
@@ -136,10 +130,11 @@ try {
     // Cancel stops a long run after the token in flight.
     await page.fill('#max_tokens', '2000');
     await page.uncheck('#profile').catch(() => {});
-    await page.click('#write');
-    await page.waitForFunction(() => document.getElementById('output').childNodes.length > 3, null, { timeout: 60e3 });
-    await page.click('#cancel');
-    await page.waitForFunction(() => document.getElementById('output').dataset.done === 'true' || /Error/.test(document.getElementById('summary').textContent), null, { timeout: 60e3 });
+    const before = await page.$$eval('#story span.tok', (s) => s.length);
+    await page.click('#continue');
+    await page.waitForFunction((n) => document.querySelectorAll('#story span.tok').length > n + 3, before, { timeout: 60e3 });
+    await page.click('#stop');
+    await page.waitForFunction(() => document.getElementById('story').dataset.done === 'true' || /Error/.test(document.getElementById('summary').textContent), null, { timeout: 60e3 });
     const cancelled = await page.textContent('#summary');
     if (!/stopped: cancelled/.test(cancelled)) await fail(page, `after Cancel: ${cancelled}`);
     console.log(`cancel: ${cancelled.split(';')[0]}`);

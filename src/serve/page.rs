@@ -1,0 +1,120 @@
+//! The studio page at `/` (the files of assets/web/, embedded, so `quill serve` needs nothing
+//! beside it; the page sees GET /health answer and writes through this server's API) and the
+//! story folder of `--stories DIR`: GET /stories lists the stories, GET/PUT /stories/{name}
+//! reads and saves one. Every save is atomic (`files::atomic_write`: temporary file, fsync,
+//! rename, the previous version kept as NAME.json~), and the page saves after every token, so
+//! a server killed mid-story keeps all but the token in flight.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use super::api::ApiError;
+use super::routes::AppState;
+
+type St = State<Arc<AppState>>;
+
+/// (URL path, content type, file): what the page needs in server mode. worker.js and the
+/// WebAssembly are only for the in-browser engine, which `scripts/web.sh` serves.
+const FILES: [(&str, &str, &str); 6] = [
+    ("/", "text/html; charset=utf-8", include_str!("../../assets/web/index.html")),
+    ("/index.html", "text/html; charset=utf-8", include_str!("../../assets/web/index.html")),
+    ("/app.js", "text/javascript; charset=utf-8", include_str!("../../assets/web/app.js")),
+    ("/context.js", "text/javascript; charset=utf-8", include_str!("../../assets/web/context.js")),
+    // app.js imports it (the in-browser engine's loading panel), so it must resolve here too.
+    ("/loader.js", "text/javascript; charset=utf-8", include_str!("../../assets/web/loader.js")),
+    ("/style.css", "text/css; charset=utf-8", include_str!("../../assets/web/style.css")),
+];
+
+/// The page's files (no API key needed: they hold nothing but the page).
+pub fn files() -> Router<Arc<AppState>> {
+    FILES.iter().fold(Router::new(), |r, &(path, kind, body)| r.route(path, get(move || async move { ([(header::CONTENT_TYPE, kind)], body) })))
+}
+
+/// The story routes (behind the API key, when the server has one).
+pub fn stories() -> Router<Arc<AppState>> {
+    Router::new().route("/stories", get(list)).route("/stories/{name}", get(read).put(save))
+}
+
+/// Longest story name; names are also limited to letters, digits, space, `-`, `_` and `.`
+/// (not first), so a name is one file inside the folder and never a path.
+const MAX_NAME: usize = 64;
+
+fn check_name(name: &str) -> Result<(), ApiError> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, ' ' | '-' | '_' | '.');
+    if name.is_empty() || name.len() > MAX_NAME || !name.chars().all(ok_char) || name.starts_with('.') || name.starts_with(' ') {
+        return Err(ApiError::field(
+            "name",
+            format!("story name {name:?}: 1 to {MAX_NAME} letters, digits, spaces, '-', '_' or '.', not starting with '.' or a space"),
+        ));
+    }
+    Ok(())
+}
+
+fn folder(st: &AppState) -> Result<&Path, ApiError> {
+    st.stories.as_deref().ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "this server keeps no stories: start it with --stories DIR").code("no_story_folder"))
+}
+
+fn story_path(st: &AppState, name: &str) -> Result<PathBuf, ApiError> {
+    check_name(name)?;
+    Ok(folder(st)?.join(format!("{name}.json")))
+}
+
+async fn list(State(st): St) -> Result<Json<Value>, ApiError> {
+    let dir = folder(&st)?;
+    let entries = std::fs::read_dir(dir).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{}: {e}", dir.display())))?;
+    let mut names: Vec<String> = entries.filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".json").map(str::to_string)).filter(|n| check_name(n).is_ok()).collect();
+    names.sort();
+    Ok(Json(json!({"stories": names})))
+}
+
+async fn read(State(st): St, UrlPath(name): UrlPath<String>) -> Result<Response, ApiError> {
+    let path = story_path(&st, &name)?;
+    match std::fs::read(&path) {
+        Ok(bytes) => Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no story {name:?}")).code("not_found")),
+        Err(e) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{}: {e}", path.display()))),
+    }
+}
+
+/// Saves one at a time: `atomic_write`'s temporary file is named after the process.
+static SAVING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn save(State(st): St, UrlPath(name): UrlPath<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let path = story_path(&st, &name)?;
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(_)) => {}
+        Ok(_) => return Err(ApiError::new(StatusCode::BAD_REQUEST, "a story is a JSON object")),
+        Err(e) => return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("the story is not valid JSON: {e}"))),
+    }
+    let _one = SAVING.lock().await;
+    let bytes = body.len();
+    tokio::task::spawn_blocking(move || quill::files::atomic_write(&path, &body, true))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("saving: {e}")))?
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(Json(json!({"saved": name, "bytes": bytes})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_name;
+
+    #[test]
+    fn story_names_stay_inside_the_folder() {
+        for good in ["my story", "chapter-1", "a_b.c", "X"] {
+            assert!(check_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "../etc", "a/b", ".hidden", " lead", "a\\b", "ü", &"x".repeat(65), "a\0b"] {
+            let e = check_name(bad).unwrap_err();
+            assert!(e.message.contains("story name"), "{bad}: {}", e.message);
+        }
+    }
+}
