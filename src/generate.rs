@@ -177,9 +177,9 @@ impl<'a> Session<'a> {
     fn sample_into(&self, rec: &mut Recorder<'a>, s: &SamplingParams, out: usize, draw: u32) -> Result<()> {
         let history = out.saturating_sub(s.repeat_last_n)..out;
         // DRY's repeat search runs here over the ids (all known on the CPU: see next_tokens).
-        write_adjust(self.ctx, &self.state.adjust, &s.logit_bias, &dry_penalties(&self.ids[..out.min(self.ids.len())], s))?;
+        write_adjust(self.ctx, &self.state.adjust[0], &s.logit_bias, &dry_penalties(&self.ids[..out.min(self.ids.len())], s))?;
         let st = &self.state;
-        sample(rec, &st.logits, 0, &st.work, &st.tokens, &st.adjust, out, history, s, draw)
+        sample(rec, &st.logits, 0, &st.work, &st.tokens, &st.adjust[0], out, history, s, draw)
     }
 
     /// Runs the pending ids and samples the next token on the GPU; returns it.

@@ -290,7 +290,7 @@ fn token_logprob(session: &Session, model: &LoadedModel, s: &SamplingParams, top
     let history = out.saturating_sub(s.repeat_last_n)..out;
     let st = &session.state;
     let mut rec = Recorder::new(session.ctx, "logprobs");
-    logprobs(&mut rec, &st.logits, 0, &st.work, &st.tokens, &st.adjust, out, history, s, top)?;
+    logprobs(&mut rec, &st.logits, 0, &st.work, &st.tokens, &st.adjust[0], out, history, s, top)?;
     rec.submit()?;
     let (logprob, alts) = parse_logprobs(&session.ctx.read_f32(&st.work.buf, 0, logprobs_len(top))?);
     let name = |i: u32| model.tokenizer.decode(&[i]).unwrap_or_default();
