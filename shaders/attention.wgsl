@@ -36,7 +36,7 @@ struct Params {
 }
 
 // A call that mixes sequences (per_token = 1) reads token t's slot and position from a table,
-// meta (n_tokens, 2): slot meta[2t] at position pos0 + meta[2t + 1] (pos0 then counts decode
+// meta (n_tokens, 2): slot tok_meta[2t] at position pos0 + tok_meta[2t + 1] (pos0 then counts decode
 // steps of one command buffer). Each query sees only its own slot's keys; within a prefill
 // chunk it is causal, since every K/V row of the call is written before attention runs.
 // Otherwise token t sits at position pos0 + t of slot `slot` and the table is not read.
@@ -91,7 +91,7 @@ fn kv_write(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
 @group(0) @binding(2) var<storage, read> v_all: array<u32>;          // cache, as above
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;      // (n_tokens, n_heads, head_dim)
 @group(0) @binding(4) var<storage, read_write> part: array<f32>;     // (n_tokens, n_heads, n_splits, head_dim + 2)
-@group(0) @binding(5) var<storage, read> meta: array<u32>;          // (n_tokens, 2) slot, position - pos0
+@group(0) @binding(5) var<storage, read> tok_meta: array<u32>;          // (n_tokens, 2) slot, position - pos0
 @group(0) @binding(6) var<uniform> pa: Params;
 
 const TILE: u32 = 64u;
@@ -143,8 +143,8 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     var slot = pa.slot;
     var pos = pa.pos0 + t;
     if (pa.per_token != 0u) {
-        slot = meta[2u * t];
-        pos = pa.pos0 + meta[2u * t + 1u];
+        slot = tok_meta[2u * t];
+        pos = pa.pos0 + tok_meta[2u * t + 1u];
     }
     var first = 0u; // the first key this query sees
     if (pa.window > 0u && pos + 1u > pa.window) {
@@ -258,7 +258,7 @@ fn attention_combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
         out[g * hd + d] = num / den;
     }
     if (pa.n_splits == 0u) {
-        out[0] = q[0] + k_at(0u) + v_at(0u) + f32(meta[0]); // never runs: keeps every binding in the layout
+        out[0] = q[0] + k_at(0u) + v_at(0u) + f32(tok_meta[0]); // never runs: keeps every binding in the layout
     }
 }
 

@@ -17,12 +17,12 @@ struct Params {
     interleaved: u32,
     freq_denom: f32,
     scale: f32,
-    per_token: u32, // 1: token t sits at pos0 + meta[2t + 1] (a batch of several sequences)
+    per_token: u32, // 1: token t sits at pos0 + tok_meta[2t + 1] (a batch of several sequences)
 }
 
 @group(0) @binding(0) var<storage, read> table: array<f32>;       // (n_positions, dim)
 @group(0) @binding(1) var<storage, read_write> x: array<f32>;     // (n_tokens, dim)
-@group(0) @binding(2) var<storage, read> meta: array<u32>;        // (n_tokens, 2) slot, position - pos0
+@group(0) @binding(2) var<storage, read> tok_meta: array<u32>;        // (n_tokens, 2) slot, position - pos0
 @group(0) @binding(3) var<uniform> p: Params;
 
 @group(0) @binding(0) var<storage, read_write> xs: array<f32>;    // (n_tokens, dim)
@@ -42,7 +42,7 @@ fn learned(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     // Positions past the table are refused on the host; clamp so none reads out of bounds.
     var pos = p.pos0 + i / p.dim;
     if (p.per_token != 0u) {
-        pos = p.pos0 + meta[2u * (i / p.dim) + 1u];
+        pos = p.pos0 + tok_meta[2u * (i / p.dim) + 1u];
     }
     pos = min(pos, p.n_positions - 1u);
     x[i] += table[pos * p.dim + i % p.dim];

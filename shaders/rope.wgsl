@@ -18,7 +18,7 @@ struct Params {
     neox: u32,
     theta: f32,
     amp: f32,    // multiplies cos and sin: longrope's attention factor, else 1
-    per_token: u32, // rope_freqs: 1 = token t sits at pos0 + meta[2t + 1] (a batch of sequences)
+    per_token: u32, // rope_freqs: 1 = token t sits at pos0 + tok_meta[2t + 1] (a batch of sequences)
     _pad0: u32,
     _pad1: u32,
     _pad2: u32,
@@ -29,7 +29,7 @@ struct Params {
 
 // rope_freqs binds x above, then these.
 @group(0) @binding(1) var<storage, read> inv_freqs: array<f32>;  // (rot_dim / 2,)
-@group(0) @binding(2) var<storage, read> meta: array<u32>;       // (n_tokens, 2) slot, position - pos0
+@group(0) @binding(2) var<storage, read> tok_meta: array<u32>;       // (n_tokens, 2) slot, position - pos0
 @group(0) @binding(3) var<uniform> pf: Params;
 
 const TWO_PI: f32 = 6.283185307179586;
@@ -61,7 +61,7 @@ fn rope_freqs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     }
     var pos = pf.pos0 + idx / half / pf.n_heads;
     if (pf.per_token != 0u) {
-        pos = pf.pos0 + meta[2u * (idx / half / pf.n_heads) + 1u];
+        pos = pf.pos0 + tok_meta[2u * (idx / half / pf.n_heads) + 1u];
     }
     rotate_pair(pf, idx, pos, inv_freqs[idx % half]);
 }

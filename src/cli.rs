@@ -7,7 +7,7 @@ use std::time::Instant;
 use clap::{Args, Parser, Subcommand};
 
 use quill::error::{Error, Result};
-use quill::generate::{Session, Stop};
+use quill::generate::Session;
 use quill::gpu::Context;
 use quill::models::load::{LoadOptions, WeightType};
 use quill::models::{GenerationDefaults, LoadedModel};
@@ -198,6 +198,10 @@ struct WriteArgs {
     /// Time every shader pass and print the per-op table on stderr at the end.
     #[arg(long)]
     profile: bool,
+    /// Write N continuations (at most 8) in one batched pass per token, after one prefill,
+    /// each labelled with its seed (--seed, --seed + 1, ...).
+    #[arg(long, default_value_t = 1)]
+    drafts: usize,
 }
 
 pub fn run() -> Result<()> {
@@ -386,6 +390,9 @@ fn write(args: WriteArgs) -> Result<()> {
     if args.max_tokens == 0 {
         return Err(Error::arg("--max-tokens", "must be at least 1"));
     }
+    if !(1..=crate::drafts::MAX_DRAFTS).contains(&args.drafts) {
+        return Err(Error::arg("--drafts", format!("{} must be 1 to {}", args.drafts, crate::drafts::MAX_DRAFTS)));
+    }
     // With --ctx given, a prompt that cannot fit shows before the slow parts; without it, the
     // bound is the context the session plans, known once the model is loaded.
     let early_prompt = match args.ctx {
@@ -427,6 +434,11 @@ fn write(args: WriteArgs) -> Result<()> {
         prompt.clone()
     };
     let ids = model.tokenizer.encode(&text)?;
+    if args.drafts > 1 {
+        let ctx_len = session.ctx_len();
+        drop(session);
+        return crate::drafts::write(&ctx, &model, ctx_len, &ids, &sampling, args.drafts, args.max_tokens, args.ignore_eos);
+    }
     if args.profile {
         session.enable_profiling();
     }
@@ -457,12 +469,7 @@ fn write(args: WriteArgs) -> Result<()> {
     if let Some(e) = out.error.take() {
         return Err(e);
     }
-    let why = match stop {
-        Stop::Eos => "end of sequence",
-        Stop::MaxTokens => "--max-tokens reached",
-        Stop::ContextFull => "context full (raise --ctx)",
-        Stop::Cancelled => "output closed",
-    };
+    let why = stop.reason();
     noteln!(
         "prompt tokens: {} | time to first token: {:.0} ms | prefill: {:.1} tok/s | decode: {:.1} tok/s over {} tokens | stopped: {why} | seed: {seed}",
         stats.prompt_tokens,

@@ -14,6 +14,9 @@ use crate::models::{LoadedModel, LogitRows, State};
 use crate::ops::sample::{sample, write_adjust};
 use crate::sampling::{dry_penalties, SamplingParams};
 
+mod batch;
+pub use batch::{Batch, Work};
+
 /// Most tokens one prefill pass takes.
 pub const DEFAULT_MAX_BATCH: usize = 128;
 /// Most decode steps encoded into one command buffer (`Session::next_tokens`).
@@ -65,6 +68,18 @@ pub enum Stop {
     MaxTokens,
     ContextFull,
     Cancelled,
+}
+
+impl Stop {
+    /// Why, in the words of `quill write`'s summary.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Stop::Eos => "end of sequence",
+            Stop::MaxTokens => "--max-tokens reached",
+            Stop::ContextFull => "context full (raise --ctx)",
+            Stop::Cancelled => "output closed",
+        }
+    }
 }
 
 impl<'a> Session<'a> {
@@ -125,19 +140,7 @@ impl<'a> Session<'a> {
 
     /// Appends ids to the sequence (uploaded now; run by the next forward pass).
     pub fn push(&mut self, ids: &[u32]) -> Result<()> {
-        let vocab = self.model.config().vocab;
-        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
-            return Err(Error::arg("token id", format!("{bad} is outside the vocabulary of {vocab}")));
-        }
-        if self.ids.len() + ids.len() > self.state.ctx_len {
-            return Err(Error::Context(format!(
-                "{} tokens do not fit the context of {} positions (already {} in use); shorten the prompt or raise --ctx (the model allows {})",
-                ids.len(),
-                self.state.ctx_len,
-                self.ids.len(),
-                self.model.config().max_ctx
-            )));
-        }
+        batch::check_push(self.model, ids, self.ids.len(), self.state.ctx_len)?;
         self.ctx.queue.write_buffer(&self.state.tokens.buf, (self.ids.len() * 4) as u64, bytemuck::cast_slice(ids));
         self.ids.extend_from_slice(ids);
         Ok(())

@@ -110,7 +110,7 @@ impl State {
         }
         let readback = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("token read-back"),
-            size: 4 * crate::generate::MAX_DECODE_STEPS as u64,
+            size: 4 * crate::generate::MAX_DECODE_STEPS.max(n_slots) as u64,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
