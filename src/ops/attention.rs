@@ -522,6 +522,92 @@ mod tests {
         assert!(err.contains("even head_dim"), "{err}");
     });
 
+    /// Tokens of several slots in one call (a token table): slot i has run `before[i]`
+    /// positions and brings `new[i]` more. One kv_write_at and one attention_at over all of
+    /// them; each token's output must equal the reference over its own slot's keys alone.
+    async fn run_table(ctx: &Context, n_heads: usize, n_kv_heads: usize, head_dim: usize, before: &[usize], new: &[usize], cache_len: usize, o: AttnOpts) {
+        let n_slots = before.len();
+        let (row, qrow) = (n_kv_heads * head_dim, n_heads * head_dim);
+        let words = n_slots * n_kv_heads * cache_len * head_dim;
+        let kc = Tensor::zeros(ctx, "k cache", &[words]).unwrap();
+        let vc = Tensor::zeros(ctx, "v cache", &[words]).unwrap();
+        let partials = Tensor::zeros(ctx, "partials", &[partials_len(n_heads, head_dim)]).unwrap();
+        let total: Vec<usize> = before.iter().zip(new).map(|(b, n)| b + n).collect();
+        // Slot i's keys and values at every position, token-major (position, kv_head, d).
+        let kv: Vec<(Vec<f32>, Vec<f32>)> = (0..n_slots).map(|i| (test_values(total[i] * row, 50 + i as u64), test_values(total[i] * row, 70 + i as u64))).collect();
+        // Each slot's history, written as runs in calls no longer than the batch's (a ring
+        // holds a window plus one call's tokens).
+        let chunk = new.iter().copied().max().unwrap_or(1).max(1);
+        for slot in 0..n_slots {
+            for pos0 in (0..before[slot]).step_by(chunk) {
+                let count = chunk.min(before[slot] - pos0);
+                let s = AttnShape { n_tokens: count, n_heads, n_kv_heads, head_dim, ctx_len: cache_len, pos0, slot };
+                let kt = Tensor::upload_f32(ctx, "k", &[count, row], &kv[slot].0[pos0 * row..(pos0 + count) * row]).unwrap();
+                let vt = Tensor::upload_f32(ctx, "v", &[count, row], &kv[slot].1[pos0 * row..(pos0 + count) * row]).unwrap();
+                let mut rec = Recorder::new(ctx, "test");
+                kv_write_with(&mut rec, &kt, &vt, &kc, &vc, s, &o, 0).unwrap();
+                rec.submit().unwrap();
+            }
+        }
+        // The batch: slot by slot, its new tokens in order.
+        let (mut rows, mut k_new, mut v_new) = (Vec::new(), Vec::new(), Vec::new());
+        for slot in 0..n_slots {
+            for p in before[slot]..total[slot] {
+                rows.extend([slot as u32, p as u32]);
+                k_new.extend_from_slice(&kv[slot].0[p * row..(p + 1) * row]);
+                v_new.extend_from_slice(&kv[slot].1[p * row..(p + 1) * row]);
+            }
+        }
+        let n = rows.len() / 2;
+        let q = test_values(n * qrow, 90).iter().map(|x| x * 3.0).collect::<Vec<f32>>();
+        let meta = Tensor::zeros(ctx, "token table", &[2 * n]).unwrap();
+        ctx.queue.write_buffer(&meta.buf, 0, bytemuck::cast_slice(&rows));
+        let at = Placement::Table(TokenTable { meta: &meta, rows: &rows, n_slots });
+        let s = AttnShape { n_tokens: n, n_heads, n_kv_heads, head_dim, ctx_len: cache_len, pos0: 0, slot: 0 };
+        let (kt, vt) = (Tensor::upload_f32(ctx, "k", &[n, row], &k_new).unwrap(), Tensor::upload_f32(ctx, "v", &[n, row], &v_new).unwrap());
+        let qt = Tensor::upload_f32(ctx, "q", &[n, qrow], &q).unwrap();
+        let out = Tensor::zeros(ctx, "out", &[n, qrow]).unwrap();
+        let mut rec = Recorder::new(ctx, "test");
+        kv_write_at(&mut rec, &kt, &vt, &kc, &vc, s, &o, KvFormat::F32, &at, 0).unwrap();
+        attention_at(&mut rec, &qt, &kc, &vc, &out, &partials, s, &o, KvFormat::F32, &at, 0).unwrap();
+        rec.submit().unwrap();
+        let got = ctx.read_f32_async(&out.buf, 0, n * qrow).await.unwrap();
+        for t in 0..n {
+            let (slot, pos) = (rows[2 * t] as usize, rows[2 * t + 1] as usize);
+            let heads_first = |x: &[f32]| -> Vec<f32> {
+                let mut h = vec![0f32; x.len()];
+                for p in 0..total[slot] {
+                    for kh in 0..n_kv_heads {
+                        h[(kh * total[slot] + p) * head_dim..][..head_dim].copy_from_slice(&x[(p * n_kv_heads + kh) * head_dim..][..head_dim]);
+                    }
+                }
+                h
+            };
+            let one = AttnShape { n_tokens: 1, pos0: pos, slot, ..s };
+            let want = reference_with(&q[t * qrow..(t + 1) * qrow], &heads_first(&kv[slot].0), &heads_first(&kv[slot].1), one, total[slot], &o);
+            // As `run`: convex combinations of values in [-1, 1], f32 softmax over few keys.
+            compare(&got[t * qrow..(t + 1) * qrow], &want, 2e-5, 1e-4).unwrap_or_else(|e| panic!("token {t} (slot {slot}, position {pos}) {o:?}: {e}"));
+        }
+    }
+
+    gpu_test!(fn a_token_table_mixes_slots_at_their_own_positions(ctx) {
+        // Decode tokens of two slots at different positions, a prefill chunk of a third, a slot
+        // starting from nothing; odd head sizes, grouped heads.
+        run_table(ctx, 4, 2, 20, &[5, 17, 9, 0], &[1, 1, 6, 3], 24, AttnOpts::default()).await;
+        // A sliding window over per-slot rings that have wrapped: ring of 4 + 6 - 1 rows.
+        let o = AttnOpts { window: Some(4), ..Default::default() };
+        run_table(ctx, 3, 1, 14, &[13, 2, 30], &[1, 6, 2], ring_len(4, 6), o).await;
+        // A slot out of range is an error naming it.
+        let meta = Tensor::zeros(ctx, "token table", &[2]).unwrap();
+        let rows = [3u32, 0];
+        let at = Placement::Table(TokenTable { meta: &meta, rows: &rows, n_slots: 2 });
+        let s = AttnShape { n_tokens: 1, n_heads: 1, n_kv_heads: 1, head_dim: 4, ctx_len: 4, pos0: 0, slot: 0 };
+        let t = Tensor::zeros(ctx, "t", &[64]).unwrap();
+        let mut rec = Recorder::new(ctx, "test");
+        let err = kv_write_at(&mut rec, &t, &t, &t, &t, s, &AttnOpts::default(), KvFormat::F32, &at, 0).unwrap_err().to_string();
+        assert!(err.contains("slot 3 of 2"), "{err}");
+    });
+
     gpu_test!(fn sliding_window_over_a_ring_cache_matches_reference(ctx) {
         let o = AttnOpts { window: Some(7), ..Default::default() };
         // Prefill in calls of 5 into a ring of 7 + 5 - 1 positions, then decode steps.

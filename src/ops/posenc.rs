@@ -170,6 +170,36 @@ mod tests {
         }
     });
 
+    gpu_test!(fn positions_from_a_token_table_match_reference_per_token(ctx) {
+        // Tokens of several sequences in one batch: each at its own position (pos0 + table's).
+        let (dim, n_positions, pos0, offsets) = (14usize, 40usize, 3usize, [9u32, 0, 30, 1, 1]);
+        let n = offsets.len();
+        let rows: Vec<u32> = offsets.iter().enumerate().flat_map(|(i, &p)| [i as u32, p]).collect();
+        let meta = Tensor::zeros(ctx, "token table", &[2 * n]).unwrap();
+        ctx.queue.write_buffer(&meta.buf, 0, bytemuck::cast_slice(&rows));
+        let at = TokenTable { meta: &meta, rows: &rows, n_slots: n };
+        let table = test_values(n_positions * dim, 54);
+        let x = test_values(n * dim, 55);
+        let (tt, xl, xs) = (Tensor::upload_f32(ctx, "table", &[n_positions, dim], &table).unwrap(), Tensor::upload_f32(ctx, "x", &[n, dim], &x).unwrap(), Tensor::upload_f32(ctx, "x", &[n, dim], &x).unwrap());
+        let mut rec = Recorder::new(ctx, "test");
+        learned_at(&mut rec, &xl, &tt, pos0, n, Some(&at)).unwrap();
+        sinusoidal_at(&mut rec, &xs, dim, pos0, n, 2.0, SinusoidalLayout::Interleaved, Some(&at)).unwrap();
+        rec.submit().unwrap();
+        let (got_l, got_s) = (ctx.read_f32_async(&xl.buf, 0, n * dim).await.unwrap(), ctx.read_f32_async(&xs.buf, 0, n * dim).await.unwrap());
+        for (i, &p) in offsets.iter().enumerate() {
+            let (row, pos) = (&x[i * dim..(i + 1) * dim], pos0 + p as usize);
+            // Exact for the table's one addition; the sinusoidal tolerance as above.
+            compare(&got_l[i * dim..(i + 1) * dim], &learned_reference(row, &table, dim, pos), 0.0, 0.0).unwrap_or_else(|e| panic!("learned, token {i} at {pos}: {e}"));
+            let abs = 2e-6 + 2.5e-7 * 40.0 + crate::ops::sin_cos_tolerance(ctx);
+            compare(&got_s[i * dim..(i + 1) * dim], &sinusoidal_reference(row, dim, pos, 2.0, SinusoidalLayout::Interleaved), abs, 1e-6).unwrap_or_else(|e| panic!("sinusoidal, token {i} at {pos}: {e}"));
+        }
+        // Past the learned table: refused, naming the position.
+        let far = [0u32, 38];
+        let at = TokenTable { meta: &meta, rows: &far, n_slots: 1 };
+        let e = learned_at(&mut Recorder::new(ctx, "test"), &xl, &tt, pos0, 1, Some(&at)).unwrap_err().to_string();
+        assert!(e.contains("42") && e.contains("40 learned positions"), "{e}");
+    });
+
     gpu_test!(fn learned_refuses_positions_past_the_table(ctx) {
         let tt = Tensor::zeros(ctx, "table", &[8, 4]).unwrap();
         let xt = Tensor::zeros(ctx, "x", &[4, 4]).unwrap();

@@ -322,6 +322,32 @@ mod tests {
         }
     });
 
+    gpu_test!(fn rope_with_a_token_table_turns_each_token_by_its_own_position(ctx) {
+        // Tokens of a batch from several sequences: positions out of order, repeated, far apart.
+        let (h, d, rot) = (3usize, 10usize, 10usize);
+        let (pos0, positions) = (2usize, [5u32, 0, 0, 1, 1000, 6, 7]);
+        let t = positions.len();
+        let rows: Vec<u32> = positions.iter().enumerate().flat_map(|(i, &p)| [i as u32 % 3, p]).collect();
+        let freqs = RopeFreqs { theta: 10000.0, rot_dim: rot, scaling: RopeScaling::None };
+        let table = freqs.inv_freq(1).unwrap();
+        let x = test_values(t * h * d, 34);
+        let xt = Tensor::upload_f32(ctx, "x", &[t, h, d], &x).unwrap();
+        let meta = Tensor::zeros(ctx, "token table", &[2 * t]).unwrap();
+        ctx.queue.write_buffer(&meta.buf, 0, bytemuck::cast_slice(&rows));
+        let ft = freqs.upload(ctx, 1).unwrap();
+        let mut rec = Recorder::new(ctx, "test");
+        rope_freqs_at(&mut rec, &xt, &ft, t, h, d, pos0, Some(&meta), RopeStyle::Neox, 1.0, 0).unwrap();
+        rec.submit().unwrap();
+        let got = ctx.read_f32_async(&xt.buf, 0, t * h * d).await.unwrap();
+        for (i, &p) in positions.iter().enumerate() {
+            let row = &x[i * h * d..(i + 1) * h * d];
+            let want = reference_freqs(row, h, d, pos0 + p as usize, &table, RopeStyle::Neox);
+            // As above: angles up to ~1000 rad.
+            let abs = 1e-3 + 2.0 * crate::ops::sin_cos_tolerance(ctx);
+            compare(&got[i * h * d..(i + 1) * h * d], &want, abs, 1e-4).unwrap_or_else(|e| panic!("token {i} at position {}: {e}", pos0 + p as usize));
+        }
+    });
+
     gpu_test!(fn the_default_table_reproduces_the_plain_kernel(ctx) {
         let (t, h, d, pos0) = (4usize, 3usize, 64usize, 9usize);
         let x = test_values(t * h * d, 33);
