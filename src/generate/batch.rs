@@ -24,19 +24,20 @@ pub struct Work<'p> {
 /// A slot's sequence: ids[..processed] are in its KV cache rows, ids[processed..] wait on the
 /// GPU for a forward pass.
 #[derive(Clone, Debug, Default)]
-struct Seq {
-    ids: Vec<u32>,
-    processed: usize,
+pub(super) struct Seq {
+    pub(super) ids: Vec<u32>,
+    pub(super) processed: usize,
     /// Draws so far, mixed into the sampler's random numbers.
-    draws: u32,
+    pub(super) draws: u32,
 }
 
 pub struct Batch<'a> {
     pub ctx: &'a Context,
     pub model: &'a LoadedModel,
     pub state: State,
-    seqs: Vec<Seq>,
-    binds: BindCache,
+    pub(super) seqs: Vec<Seq>,
+    /// Bind groups of earlier steps, reused: decode creates none after its first step.
+    pub(super) binds: BindCache,
 }
 
 /// Checks that `ids` can be appended to a sequence of `len` ids in a context of `ctx_len`.
@@ -59,7 +60,13 @@ impl<'a> Batch<'a> {
     /// `n_slots` sequences of `ctx_len` positions each, forward passes of up to
     /// `DEFAULT_MAX_BATCH` tokens.
     pub fn new(ctx: &'a Context, model: &'a LoadedModel, ctx_len: usize, n_slots: usize) -> Result<Self> {
-        let plan = crate::plan::plan_session(ctx, model, Some(ctx_len), super::DEFAULT_MAX_BATCH)?;
+        Self::planned(ctx, model, Some(ctx_len), n_slots)
+    }
+
+    /// `new` with None: the model's context or the largest that fits the GPU memory budget,
+    /// whichever is smaller (`plan::plan_session`).
+    pub fn planned(ctx: &'a Context, model: &'a LoadedModel, ctx_len: Option<usize>, n_slots: usize) -> Result<Self> {
+        let plan = crate::plan::plan_session(ctx, model, ctx_len, super::DEFAULT_MAX_BATCH)?;
         let state = State::with_slots(ctx, model.config(), plan.ctx_len, super::DEFAULT_MAX_BATCH.min(plan.ctx_len), n_slots)?;
         Ok(Batch { ctx, model, state, seqs: vec![Seq::default(); n_slots], binds: BindCache::default() })
     }
@@ -222,12 +229,18 @@ impl<'a> Batch<'a> {
     /// its penalty window over its own ids.
     fn sample_into(&self, rec: &mut Recorder, slot: usize, row: usize, s: &SamplingParams) -> Result<()> {
         let seq = &self.seqs[slot];
-        let out = seq.ids.len();
+        self.sample_at(rec, slot, row, s, seq.ids.len(), seq.draws)
+    }
+
+    /// Records sampling into slot `slot`'s position `out` from logits row `row` with draw
+    /// number `draw`, penalties over the ids before `out` (DRY over those on the CPU).
+    pub(super) fn sample_at(&self, rec: &mut Recorder, slot: usize, row: usize, s: &SamplingParams, out: usize, draw: u32) -> Result<()> {
+        let ids = &self.seqs[slot].ids;
         let base = self.state.token_index(slot, 0);
         let history = base + out.saturating_sub(s.repeat_last_n)..base + out;
         let st = &self.state;
-        write_adjust(self.ctx, &st.adjust[slot], &s.logit_bias, &dry_penalties(&seq.ids, s))?;
-        sample(rec, &st.logits, row, &st.work, &st.tokens, &st.adjust[slot], base + out, history, s, seq.draws)
+        write_adjust(self.ctx, &st.adjust[slot], &s.logit_bias, &dry_penalties(&ids[..out.min(ids.len())], s))?;
+        sample(rec, &st.logits, row, &st.work, &st.tokens, &st.adjust[slot], base + out, history, s, draw)
     }
 
     /// Writes `seeds.len()` continuations of `prompt` (at most the slots) in one batched pass
