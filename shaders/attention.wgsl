@@ -1,7 +1,7 @@
 // attention.wgsl: causal scaled dot-product attention over the KV cache, and the cache write.
 //
-// KV cache of one layer: (n_slots, n_kv_heads, ctx_len, head_dim). A sequence is a slot, so
-// several sequences can later share a forward pass. Token t of this call sits at position
+// KV cache of one layer: (n_slots, n_kv_heads, ctx_len, head_dim). A sequence is a slot, and
+// several sequences share a forward pass (per_token, below). Token t of this call sits at position
 // pos0 + t and attends to positions 0 ..= pos0 + t, or with a sliding window only to
 // (pos0 + t - window, pos0 + t]. Position j lives at cache row j % ctx_len: a full cache never
 // wraps, and a sliding-window layer's cache is a ring of window + tokens - 1 rows (the host
@@ -29,17 +29,28 @@ struct Params {
     split_len: u32, // keys per range (a multiple of TILE)
     window: u32,    // 0: every earlier position; else the last `window` positions
     softcap: f32,   // 0: none
+    per_token: u32, // 1: each token's slot and position come from the meta table (see below)
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
+
+// A call that mixes sequences (per_token = 1) reads token t's slot and position from a table,
+// meta (n_tokens, 2): slot tok_meta[2t] at position pos0 + tok_meta[2t + 1] (pos0 then counts decode
+// steps of one command buffer). Each query sees only its own slot's keys; within a prefill
+// chunk it is causal, since every K/V row of the call is written before attention runs.
+// Otherwise token t sits at position pos0 + t of slot `slot` and the table is not read.
 
 // ---- kv_write: copy this call's K and V rows into the cache ----
 @group(0) @binding(0) var<storage, read> k_new: array<f32>;          // (n_tokens, n_kv_heads, head_dim)
 @group(0) @binding(1) var<storage, read> v_new: array<f32>;          // (n_tokens, n_kv_heads, head_dim)
 @group(0) @binding(2) var<storage, read_write> k_cache: array<u32>;  // (n_slots, n_kv_heads, ctx_len, head_dim) f32 or f16 pairs
 @group(0) @binding(3) var<storage, read_write> v_cache: array<u32>;  // (n_slots, n_kv_heads, ctx_len, head_dim) f32 or f16 pairs
-@group(0) @binding(4) var<uniform> p: Params;
+@group(0) @binding(4) var<storage, read> kv_meta: array<u32>;       // (n_tokens, 2) slot, position - pos0
+@group(0) @binding(5) var<uniform> p: Params;
 
-fn cache_index(kvh: u32, pos: u32, d: u32) -> u32 {
-    return ((p.slot * p.n_kv_heads + kvh) * p.ctx_len + pos) * p.head_dim + d;
+fn cache_index(slot: u32, kvh: u32, pos: u32, d: u32) -> u32 {
+    return ((slot * p.n_kv_heads + kvh) * p.ctx_len + pos) * p.head_dim + d;
 }
 
 @compute @workgroup_size(256)
@@ -55,7 +66,13 @@ fn kv_write(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     let d = i % p.head_dim;
     let kvh = (i / p.head_dim) % p.n_kv_heads;
     let t = i / (p.head_dim * p.n_kv_heads);
-    let c = cache_index(kvh, (p.pos0 + t) % p.ctx_len, d);
+    var slot = p.slot;
+    var pos = p.pos0 + t;
+    if (p.per_token != 0u) {
+        slot = kv_meta[2u * t];
+        pos = p.pos0 + kv_meta[2u * t + 1u];
+    }
+    let c = cache_index(slot, kvh, pos % p.ctx_len, d);
     if (KV_F16) {
         k_cache[c / 2u] = pack2x16float(vec2<f32>(k_new[i], k_new[i + 1u]));
         v_cache[c / 2u] = pack2x16float(vec2<f32>(v_new[i], v_new[i + 1u]));
@@ -74,7 +91,8 @@ fn kv_write(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
 @group(0) @binding(2) var<storage, read> v_all: array<u32>;          // cache, as above
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;      // (n_tokens, n_heads, head_dim)
 @group(0) @binding(4) var<storage, read_write> part: array<f32>;     // (n_tokens, n_heads, n_splits, head_dim + 2)
-@group(0) @binding(5) var<uniform> pa: Params;
+@group(0) @binding(5) var<storage, read> tok_meta: array<u32>;          // (n_tokens, 2) slot, position - pos0
+@group(0) @binding(6) var<uniform> pa: Params;
 
 const TILE: u32 = 64u;
 const MAX_HEAD_DIM: u32 = 256u;
@@ -98,8 +116,8 @@ fn v_at(i: u32) -> f32 {
 }
 
 // Offset of position pos's row in the cache (a ring when the window is shorter than the context).
-fn kv_row(kvh: u32, pos: u32) -> u32 {
-    return ((pa.slot * pa.n_kv_heads + kvh) * pa.ctx_len + pos % pa.ctx_len) * pa.head_dim;
+fn kv_row(slot: u32, kvh: u32, pos: u32) -> u32 {
+    return ((slot * pa.n_kv_heads + kvh) * pa.ctx_len + pos % pa.ctx_len) * pa.head_dim;
 }
 
 
@@ -122,7 +140,12 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     }
     workgroupBarrier();
 
-    let pos = pa.pos0 + t;
+    var slot = pa.slot;
+    var pos = pa.pos0 + t;
+    if (pa.per_token != 0u) {
+        slot = tok_meta[2u * t];
+        pos = pa.pos0 + tok_meta[2u * t + 1u];
+    }
     var first = 0u; // the first key this query sees
     if (pa.window > 0u && pos + 1u > pa.window) {
         first = pos + 1u - pa.window;
@@ -138,7 +161,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         let key = tile + lid;
         var s = NEG_BIG;
         if (key < kv_end) {
-            let kb = kv_row(kvh, key);
+            let kb = kv_row(slot, kvh, key);
             rows[lid] = kb;
             var dot = 0.0;
             for (var d = 0u; d < hd; d++) {
@@ -235,7 +258,7 @@ fn attention_combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
         out[g * hd + d] = num / den;
     }
     if (pa.n_splits == 0u) {
-        out[0] = q[0] + k_at(0u) + v_at(0u); // never runs: keeps every binding in the layout
+        out[0] = q[0] + k_at(0u) + v_at(0u) + f32(tok_meta[0]); // never runs: keeps every binding in the layout
     }
 }
 

@@ -17,15 +17,17 @@ struct Params {
     interleaved: u32,
     freq_denom: f32,
     scale: f32,
-    _pad: u32,
+    per_token: u32, // 1: token t sits at pos0 + tok_meta[2t + 1] (a batch of several sequences)
 }
 
 @group(0) @binding(0) var<storage, read> table: array<f32>;       // (n_positions, dim)
 @group(0) @binding(1) var<storage, read_write> x: array<f32>;     // (n_tokens, dim)
-@group(0) @binding(2) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read> tok_meta: array<u32>;        // (n_tokens, 2) slot, position - pos0
+@group(0) @binding(3) var<uniform> p: Params;
 
 @group(0) @binding(0) var<storage, read_write> xs: array<f32>;    // (n_tokens, dim)
-@group(0) @binding(1) var<uniform> ps: Params;
+@group(0) @binding(1) var<storage, read> meta_s: array<u32>;      // as meta
+@group(0) @binding(2) var<uniform> ps: Params;
 
 const TWO_PI: f32 = 6.283185307179586;
 const LN_10000: f32 = 9.210340371976184;
@@ -38,7 +40,11 @@ fn learned(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         return;
     }
     // Positions past the table are refused on the host; clamp so none reads out of bounds.
-    let pos = min(p.pos0 + i / p.dim, p.n_positions - 1u);
+    var pos = p.pos0 + i / p.dim;
+    if (p.per_token != 0u) {
+        pos = p.pos0 + tok_meta[2u * (i / p.dim) + 1u];
+    }
+    pos = min(pos, p.n_positions - 1u);
     x[i] += table[pos * p.dim + i % p.dim];
 }
 
@@ -55,7 +61,11 @@ fn sinusoidal(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     let i = idx % half;
     // Computed in f32 in the same order as the reference implementations build their tables.
     let inv_freq = exp(f32(i) * -(LN_10000 / ps.freq_denom));
-    var angle = f32(ps.pos0 + t) * inv_freq;
+    var pos = ps.pos0 + t;
+    if (ps.per_token != 0u) {
+        pos = ps.pos0 + meta_s[2u * t + 1u];
+    }
+    var angle = f32(pos) * inv_freq;
     angle -= TWO_PI * floor(angle / TWO_PI); // keep sin/cos in their accurate range
     let base = t * ps.dim;
     var a = base + i;

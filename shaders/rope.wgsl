@@ -18,6 +18,10 @@ struct Params {
     neox: u32,
     theta: f32,
     amp: f32,    // multiplies cos and sin: longrope's attention factor, else 1
+    per_token: u32, // rope_freqs: 1 = token t sits at pos0 + tok_meta[2t + 1] (a batch of sequences)
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<storage, read_write> x: array<f32>;   // (n_tokens, n_heads, head_dim)
@@ -25,7 +29,8 @@ struct Params {
 
 // rope_freqs binds x above, then these.
 @group(0) @binding(1) var<storage, read> inv_freqs: array<f32>;  // (rot_dim / 2,)
-@group(0) @binding(2) var<uniform> pf: Params;
+@group(0) @binding(2) var<storage, read> tok_meta: array<u32>;       // (n_tokens, 2) slot, position - pos0
+@group(0) @binding(3) var<uniform> pf: Params;
 
 const TWO_PI: f32 = 6.283185307179586;
 
@@ -43,7 +48,7 @@ fn rope(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         return;
     }
     let i = idx % half;
-    rotate_pair(p, idx, 1.0 / pow(p.theta, f32(2u * i) / f32(p.rot_dim)));
+    rotate_pair(p, idx, p.pos0 + idx / half / p.n_heads, 1.0 / pow(p.theta, f32(2u * i) / f32(p.rot_dim)));
 }
 
 @compute @workgroup_size(256)
@@ -54,16 +59,20 @@ fn rope_freqs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     if (idx >= pf.n_tokens * pf.n_heads * half) {
         return;
     }
-    rotate_pair(pf, idx, inv_freqs[idx % half]);
+    var pos = pf.pos0 + idx / half / pf.n_heads;
+    if (pf.per_token != 0u) {
+        pos = pf.pos0 + tok_meta[2u * (idx / half / pf.n_heads) + 1u];
+    }
+    rotate_pair(pf, idx, pos, inv_freqs[idx % half]);
 }
 
-// Turns pair idx % (rot_dim / 2) of row idx / (rot_dim / 2) (a (token, head)) by its angle.
-fn rotate_pair(q: Params, idx: u32, inv_freq: f32) {
+// Turns pair idx % (rot_dim / 2) of row idx / (rot_dim / 2) (a (token, head)) by its angle at
+// position pos.
+fn rotate_pair(q: Params, idx: u32, pos: u32, inv_freq: f32) {
     let half = q.rot_dim / 2u;
     let i = idx % half;
     let th = idx / half;          // t * n_heads + h
-    let t = th / q.n_heads;
-    var angle = f32(q.pos0 + t) * inv_freq;
+    var angle = f32(pos) * inv_freq;
     angle -= TWO_PI * floor(angle / TWO_PI); // keep sin/cos in their accurate range
     let c = cos(angle) * q.amp;
     let s = rope_sign * sin(angle) * q.amp;

@@ -7,7 +7,7 @@ use std::time::Instant;
 use clap::{Args, Parser, Subcommand};
 
 use quill::error::{Error, Result};
-use quill::generate::{Session, Stop};
+use quill::generate::Session;
 use quill::gpu::Context;
 use quill::models::load::{LoadOptions, WeightType};
 use quill::models::{GenerationDefaults, LoadedModel};
@@ -239,6 +239,10 @@ struct WriteArgs {
     /// Time every shader pass and print the per-op table on stderr at the end.
     #[arg(long)]
     profile: bool,
+    /// Write N continuations (at most 8) in one batched pass per token, after one prefill,
+    /// each labelled with its seed (--seed, --seed + 1, ...).
+    #[arg(long, default_value_t = 1)]
+    drafts: usize,
 }
 
 pub fn run() -> Result<()> {
@@ -453,6 +457,12 @@ fn write(args: WriteArgs) -> Result<()> {
         Some(path) => Some(open_story(&args, path)?),
         None => None,
     };
+    if !(1..=crate::drafts::MAX_DRAFTS).contains(&args.drafts) {
+        return Err(Error::arg("--drafts", format!("{} must be 1 to {}", args.drafts, crate::drafts::MAX_DRAFTS)));
+    }
+    if args.drafts > 1 && (args.story.is_some() || !args.ban.is_empty() || args.probs.is_some()) {
+        return Err(Error::arg("--drafts", "cannot be combined with --story, --ban or --probs (yet): write one draft with them"));
+    }
     // With --ctx given, a prompt that cannot fit shows before the slow parts; without it, the
     // bound is the context the session plans, known once the model is loaded.
     let early_prompt = match args.ctx {
@@ -498,6 +508,11 @@ fn write(args: WriteArgs) -> Result<()> {
         Some(st) => story_context(st, &model, session.ctx_len(), args.max_tokens)?,
         None => model.tokenizer.encode(&text)?,
     };
+    if args.drafts > 1 {
+        let ctx_len = session.ctx_len();
+        drop(session);
+        return crate::drafts::write(&ctx, &model, ctx_len, &ids, &sampling, args.drafts, args.max_tokens, args.ignore_eos);
+    }
     if args.profile {
         session.enable_profiling();
     }
@@ -521,12 +536,7 @@ fn write(args: WriteArgs) -> Result<()> {
         _ if banned.is_empty() && args.probs.is_none() => stream(&mut session, &ids, &sampling, &args, &mut out)?,
         _ => guarded(&mut session, &ids, &sampling, &args, banned, &mut out, None)?,
     };
-    let why = match stop {
-        Stop::Eos => "end of sequence",
-        Stop::MaxTokens => "--max-tokens reached",
-        Stop::ContextFull => "context full (raise --ctx)",
-        Stop::Cancelled => "output closed",
-    };
+    let why = stop.reason();
     noteln!(
         "prompt tokens: {} | time to first token: {:.0} ms | prefill: {:.1} tok/s | decode: {:.1} tok/s over {} tokens | stopped: {why} | seed: {seed}",
         stats.prompt_tokens,
@@ -542,7 +552,7 @@ fn write(args: WriteArgs) -> Result<()> {
 }
 
 /// Plain generation, several decode steps per submission, text streamed as it decodes.
-fn stream(session: &mut Session, ids: &[u32], sampling: &SamplingParams, args: &WriteArgs, out: &mut crate::stdio::TextOut) -> Result<(Stop, quill::generate::Stats)> {
+fn stream(session: &mut Session, ids: &[u32], sampling: &SamplingParams, args: &WriteArgs, out: &mut crate::stdio::TextOut) -> Result<(quill::generate::Stop, quill::generate::Stats)> {
     let model = session.model;
     let mut decoder = StreamDecoder::new();
     let mut decode_error = None;
@@ -584,7 +594,7 @@ fn guarded(
     banned: quill::writer::BannedPhrases,
     out: &mut crate::stdio::TextOut,
     mut save: Option<&mut dyn FnMut(&str) -> Result<()>>,
-) -> Result<(Stop, quill::generate::Stats)> {
+) -> Result<(quill::generate::Stop, quill::generate::Stats)> {
     use std::io::Write;
     let tokenizer = &session.model.tokenizer;
     let mut probs_out: Option<Box<dyn Write>> = match &args.probs {

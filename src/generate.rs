@@ -1,6 +1,7 @@
-//! A generation session: one sequence, its KV cache and token ids on the GPU. Prompts are
-//! prefilled in chunks of matrix-matrix passes; every decode step is one command buffer
-//! (forward pass + sampling), and only the sampled id (4 bytes) comes back.
+//! A generation session: one sequence (a `Batch` of one slot, `batch.rs`), its KV cache and
+//! token ids on the GPU. Prompts are prefilled in chunks of matrix-matrix passes; every decode
+//! step is one command buffer (forward pass + sampling), and only the sampled id (4 bytes)
+//! comes back. `Batch` runs several sequences in one forward pass.
 //!
 //! Reading from the GPU is async underneath (`*_async`), because a browser must not block;
 //! the plain methods wait natively with `pollster::block_on`.
@@ -9,10 +10,12 @@ use web_time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::gpu::profiler::Profile;
-use crate::gpu::{BindCache, Context, Recorder};
-use crate::models::{LoadedModel, LogitRows, State};
-use crate::ops::sample::{sample, write_adjust};
-use crate::sampling::{dry_penalties, SamplingParams};
+use crate::gpu::{Context, Recorder};
+use crate::models::{LoadedModel, LogitRows};
+use crate::sampling::SamplingParams;
+
+mod batch;
+pub use batch::{Batch, Work};
 
 /// Most tokens one prefill pass takes.
 pub const DEFAULT_MAX_BATCH: usize = 128;
@@ -22,20 +25,16 @@ pub const MAX_DECODE_STEPS: usize = 16;
 /// at least this often on any GPU.
 const STREAM_INTERVAL: Duration = Duration::from_millis(150);
 
+/// One sequence: a `Batch` of one slot, plus what a single sequence does beyond a batch step
+/// (prefill with every position's logits, several decode steps per command buffer, profiling).
 pub struct Session<'a> {
     pub ctx: &'a Context,
     pub model: &'a LoadedModel,
-    pub state: State,
-    /// Every id of the sequence; ids[..processed] are in the KV cache, and ids[processed..]
+    /// Slot 0 holds the sequence: ids[..processed] are in the KV cache, and ids[processed..]
     /// are on the GPU waiting for a forward pass.
-    ids: Vec<u32>,
-    processed: usize,
-    /// Draws so far, mixed into the sampler's random numbers.
-    draws: u32,
+    pub batch: Batch<'a>,
     /// Timings of every command buffer, when profiling.
     profile: Option<Profile>,
-    /// Bind groups of earlier steps, reused: decode creates none after its first step.
-    binds: BindCache,
 }
 
 /// Timings of a generation, for the summary line.
@@ -60,10 +59,9 @@ impl Stats {
 
 /// A parked session (`Session::park`).
 pub struct Parked {
-    state: State,
-    ids: Vec<u32>,
-    processed: usize,
-    binds: BindCache,
+    state: crate::models::State,
+    seqs: Vec<batch::Seq>,
+    binds: crate::gpu::BindCache,
 }
 
 /// Why generation stopped.
@@ -73,6 +71,18 @@ pub enum Stop {
     MaxTokens,
     ContextFull,
     Cancelled,
+}
+
+impl Stop {
+    /// Why, in the words of `quill write`'s summary.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Stop::Eos => "end of sequence",
+            Stop::MaxTokens => "--max-tokens reached",
+            Stop::ContextFull => "context full (raise --ctx)",
+            Stop::Cancelled => "output closed",
+        }
+    }
 }
 
 impl<'a> Session<'a> {
@@ -85,11 +95,18 @@ impl<'a> Session<'a> {
     /// A session of `ctx_len` positions, or with None of the model's context or the largest
     /// that fits the GPU memory budget, whichever is smaller (`plan::plan_session`).
     pub fn planned(ctx: &'a Context, model: &'a LoadedModel, ctx_len: Option<usize>) -> Result<Self> {
-        let cfg = model.config();
-        let plan = crate::plan::plan_session(ctx, model, ctx_len, DEFAULT_MAX_BATCH)?;
-        let ctx_len = plan.ctx_len;
-        let state = State::new(ctx, cfg, ctx_len, DEFAULT_MAX_BATCH.min(ctx_len))?;
-        Ok(Session { ctx, model, state, ids: Vec::new(), processed: 0, draws: 0, profile: None, binds: BindCache::default() })
+        Ok(Session { ctx, model, batch: Batch::planned(ctx, model, ctx_len, 1)?, profile: None })
+    }
+
+    fn seq(&self) -> &batch::Seq {
+        &self.batch.seqs[0]
+    }
+    fn seq_mut(&mut self) -> &mut batch::Seq {
+        &mut self.batch.seqs[0]
+    }
+    /// Most tokens one forward pass takes.
+    pub fn max_batch(&self) -> usize {
+        self.batch.state.max_batch
     }
 
     /// Times every pass of every later command buffer (GPU timestamps where the adapter has
@@ -103,12 +120,12 @@ impl<'a> Session<'a> {
 
     fn recorder(&self, label: &str) -> Recorder<'a> {
         let rec = if self.profile.is_some() { Recorder::profiled(self.ctx, label) } else { Recorder::new(self.ctx, label) };
-        rec.with_bind_cache(&self.binds)
+        rec.with_bind_cache(&self.batch.binds)
     }
 
     /// Bind groups kept for reuse so far.
     pub fn cached_bind_groups(&self) -> usize {
-        self.binds.len()
+        self.batch.binds.len()
     }
 
     /// Submits; when profiling, waits for the GPU and keeps the command buffer's timings.
@@ -125,30 +142,15 @@ impl<'a> Session<'a> {
     }
 
     pub fn ids(&self) -> &[u32] {
-        &self.ids
+        self.batch.ids(0)
     }
     pub fn ctx_len(&self) -> usize {
-        self.state.ctx_len
+        self.batch.ctx_len()
     }
 
     /// Appends ids to the sequence (uploaded now; run by the next forward pass).
     pub fn push(&mut self, ids: &[u32]) -> Result<()> {
-        let vocab = self.model.config().vocab;
-        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
-            return Err(Error::arg("token id", format!("{bad} is outside the vocabulary of {vocab}")));
-        }
-        if self.ids.len() + ids.len() > self.state.ctx_len {
-            return Err(Error::Context(format!(
-                "{} tokens do not fit the context of {} positions (already {} in use); shorten the prompt or raise --ctx (the model allows {})",
-                ids.len(),
-                self.state.ctx_len,
-                self.ids.len(),
-                self.model.config().max_ctx
-            )));
-        }
-        self.ctx.queue.write_buffer(&self.state.tokens.buf, (self.ids.len() * 4) as u64, bytemuck::cast_slice(ids));
-        self.ids.extend_from_slice(ids);
-        Ok(())
+        self.batch.push(0, ids)
     }
 
     /// Records forward passes over the pending ids; all but the last chunk are submitted.
@@ -156,23 +158,23 @@ impl<'a> Session<'a> {
     /// prefill ("prefill") or a single decode step ("decode"). With `All`, every chunk is
     /// submitted and its logits appended to `all_logits`; the recorder returned is then empty.
     async fn run_pending(&mut self, rows: LogitRows, all_logits: &mut Vec<f32>) -> Result<(Recorder<'a>, &'static str)> {
-        if self.ids.len() == self.processed {
+        if self.seq().ids.len() == self.seq().processed {
             return Err(Error::Context("no token to run: push ids first".into()));
         }
         loop {
-            let n = (self.ids.len() - self.processed).min(self.state.max_batch);
-            let label = if n == 1 && self.processed > 0 { "decode" } else { "prefill" };
+            let n = (self.seq().ids.len() - self.seq().processed).min(self.batch.state.max_batch);
+            let label = if n == 1 && self.seq().processed > 0 { "decode" } else { "prefill" };
             let mut rec = self.recorder(label);
-            self.model.model.forward(&mut rec, &self.state, self.processed, n, rows)?;
-            self.processed += n;
-            let last = self.processed == self.ids.len();
+            self.model.model.forward(&mut rec, &self.batch.state, self.seq().processed, n, rows)?;
+            self.seq_mut().processed += n;
+            let last = self.seq().processed == self.seq().ids.len();
             if last && rows == LogitRows::Last {
                 return Ok((rec, label));
             }
             self.submit(rec, label).await?;
             if rows == LogitRows::All {
                 let vocab = self.model.config().vocab;
-                all_logits.extend(self.ctx.read_f32_async(&self.state.logits.buf, 0, n * vocab).await?);
+                all_logits.extend(self.ctx.read_f32_async(&self.batch.state.logits.buf, 0, n * vocab).await?);
             }
             if last {
                 return Ok((Recorder::new(self.ctx, "empty"), label));
@@ -183,11 +185,8 @@ impl<'a> Session<'a> {
     /// Records sampling from row 0 of the logits into the token buffer at position `out`, with
     /// the repetition penalty over the ids before it.
     fn sample_into(&self, rec: &mut Recorder<'a>, s: &SamplingParams, out: usize, draw: u32) -> Result<()> {
-        let history = out.saturating_sub(s.repeat_last_n)..out;
-        // DRY's repeat search runs here over the ids (all known on the CPU: see next_tokens).
-        write_adjust(self.ctx, &self.state.adjust, &s.logit_bias, &dry_penalties(&self.ids[..out.min(self.ids.len())], s))?;
-        let st = &self.state;
-        sample(rec, &st.logits, 0, &st.work, &st.tokens, &st.adjust, out, history, s, draw)
+        // DRY's repeat search runs there over the ids (all known on the CPU: see next_tokens).
+        self.batch.sample_at(rec, 0, 0, s, out, draw)
     }
 
     /// Runs the pending ids and samples the next token on the GPU; returns it.
@@ -196,19 +195,20 @@ impl<'a> Session<'a> {
     }
 
     pub async fn next_token_async(&mut self, s: &SamplingParams) -> Result<u32> {
-        if self.ids.len() >= self.state.ctx_len {
-            return Err(Error::Context(format!("the context of {} positions is full", self.state.ctx_len)));
+        if self.seq().ids.len() >= self.batch.state.ctx_len {
+            return Err(Error::Context(format!("the context of {} positions is full", self.batch.state.ctx_len)));
         }
         let (mut rec, label) = self.run_pending(LogitRows::Last, &mut Vec::new()).await?;
-        let out = self.ids.len();
-        self.sample_into(&mut rec, s, out, self.draws)?;
-        rec.copy(&self.state.tokens.buf, (out * 4) as u64, &self.state.readback, 0, 4);
+        let out = self.seq().ids.len();
+        self.sample_into(&mut rec, s, out, self.seq().draws)?;
+        rec.copy(&self.batch.state.tokens.buf, (out * 4) as u64, &self.batch.state.readback, 0, 4);
         self.submit(rec, label).await?;
-        let bytes = self.ctx.map_read_async(&self.state.readback, 4).await?;
+        let bytes = self.ctx.map_read_async(&self.batch.state.readback, 4).await?;
         let id = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-        self.draws = self.draws.wrapping_add(1);
+        let draws = self.seq().draws.wrapping_add(1);
+        self.seq_mut().draws = draws;
         // The id is already in the GPU's token buffer for the next step's embedding.
-        self.ids.push(id);
+        self.seq_mut().ids.push(id);
         Ok(id)
     }
 
@@ -221,39 +221,37 @@ impl<'a> Session<'a> {
     }
 
     pub async fn next_tokens_async(&mut self, s: &SamplingParams, n: usize) -> Result<Vec<u32>> {
-        if self.ids.len() != self.processed + 1 {
+        if self.seq().ids.len() != self.seq().processed + 1 {
             return Err(Error::Context("next_tokens continues a decode: run next_token first".into()));
         }
         // DRY needs each step's ids on the CPU, so with it on a batch is one step.
         let steps = if s.dry_multiplier > 0.0 { 1 } else { MAX_DECODE_STEPS };
-        let n = n.min(steps).min(self.state.ctx_len.saturating_sub(self.ids.len()));
+        let n = n.min(steps).min(self.batch.state.ctx_len.saturating_sub(self.seq().ids.len()));
         if n == 0 {
-            return Err(Error::Context(format!("the context of {} positions is full", self.state.ctx_len)));
+            return Err(Error::Context(format!("the context of {} positions is full", self.batch.state.ctx_len)));
         }
-        let first_out = self.ids.len();
+        let first_out = self.seq().ids.len();
         let mut rec = self.recorder("decode");
         for i in 0..n {
             let out = first_out + i;
-            self.model.model.forward(&mut rec, &self.state, self.processed + i, 1, LogitRows::Last)?;
-            self.sample_into(&mut rec, s, out, self.draws.wrapping_add(i as u32))?;
+            self.model.model.forward(&mut rec, &self.batch.state, self.seq().processed + i, 1, LogitRows::Last)?;
+            self.sample_into(&mut rec, s, out, self.seq().draws.wrapping_add(i as u32))?;
         }
-        rec.copy(&self.state.tokens.buf, (first_out * 4) as u64, &self.state.readback, 0, (n * 4) as u64);
+        rec.copy(&self.batch.state.tokens.buf, (first_out * 4) as u64, &self.batch.state.readback, 0, (n * 4) as u64);
         self.submit(rec, "decode").await?;
-        let bytes = self.ctx.map_read_async(&self.state.readback, (n * 4) as u64).await?;
+        let bytes = self.ctx.map_read_async(&self.batch.state.readback, (n * 4) as u64).await?;
         let new: Vec<u32> = bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-        self.draws = self.draws.wrapping_add(n as u32);
-        self.processed += n;
-        self.ids.extend_from_slice(&new);
+        let draws = self.seq().draws.wrapping_add(n as u32);
+        self.seq_mut().draws = draws;
+        self.seq_mut().processed += n;
+        self.seq_mut().ids.extend_from_slice(&new);
         Ok(new)
     }
 
     /// Forgets every id after the first `len` (ids a decode batch produced past a stop). Their
     /// KV-cache rows are overwritten by whatever runs next.
     pub fn truncate(&mut self, len: usize) {
-        if len < self.ids.len() {
-            self.ids.truncate(len);
-            self.processed = self.processed.min(len.saturating_sub(1));
-        }
+        self.batch.truncate(0, len)
     }
 
     /// Starts a new sequence `prompt` in this session, keeping the KV-cache rows of the
@@ -261,26 +259,25 @@ impl<'a> Session<'a> {
     /// least the last prompt id is run again, so its logits are fresh. The draw counter
     /// restarts, so a seed gives the same text as in a new session. Returns the ids reused.
     pub fn restart(&mut self, prompt: &[u32]) -> Result<usize> {
-        let common = self.ids.iter().zip(prompt).take_while(|(a, b)| a == b).count();
-        let reused = common.min(self.processed).min(prompt.len().saturating_sub(1));
-        self.ids.truncate(reused);
-        self.processed = reused;
-        self.draws = 0;
-        self.push(&prompt[reused..])?;
-        Ok(reused)
+        self.batch.restart(0, prompt)
     }
 
     /// The session's KV cache and sequence without its borrows, for a caller that cannot hold
     /// a borrow from one call to the next (the browser page's `Quill`): `resume` it later with
     /// the same context and model, and `restart` reuses the cached prefix.
     pub fn park(self) -> Parked {
-        Parked { state: self.state, ids: self.ids, processed: self.processed, binds: self.binds }
+        let Batch { state, seqs, binds, .. } = self.batch;
+        Parked { state, seqs, binds }
     }
 
     /// A session from a parked one; `ctx` and `model` must be those it was parked from (the
     /// cache holds that model's keys and values). The draw counter restarts, as in `restart`.
     pub fn resume(ctx: &'a Context, model: &'a LoadedModel, p: Parked) -> Self {
-        Session { ctx, model, state: p.state, ids: p.ids, processed: p.processed, draws: 0, profile: None, binds: p.binds }
+        let mut seqs = p.seqs;
+        for s in &mut seqs {
+            s.draws = 0;
+        }
+        Session { ctx, model, batch: Batch { ctx, model, state: p.state, seqs, binds: p.binds }, profile: None }
     }
 
     /// Fails when the last logits computed hold a NaN: the model's weights or a kernel are broken,
@@ -288,11 +285,11 @@ impl<'a> Session<'a> {
     /// done at the first token and at an end of sequence only.
     async fn check_logits_finite(&self) -> Result<()> {
         let vocab = self.model.config().vocab;
-        let logits = self.ctx.read_f32_async(&self.state.logits.buf, 0, vocab).await?;
+        let logits = self.ctx.read_f32_async(&self.batch.state.logits.buf, 0, vocab).await?;
         match logits.iter().position(|x| x.is_nan()) {
             Some(i) => Err(Error::format(
                 &self.model.source,
-                format!("the model computed NaN logits (token id {i} and others) at position {}: its weights hold NaN or infinite values, or overflow", self.ids.len()),
+                format!("the model computed NaN logits (token id {i} and others) at position {}: its weights hold NaN or infinite values, or overflow", self.seq().ids.len()),
             )),
             None => Ok(()),
         }
@@ -305,7 +302,7 @@ impl<'a> Session<'a> {
 
     pub async fn logits_all_async(&mut self) -> Result<Vec<f32>> {
         let vocab = self.model.config().vocab;
-        let mut out = Vec::with_capacity((self.ids.len() - self.processed) * vocab);
+        let mut out = Vec::with_capacity((self.seq().ids.len() - self.seq().processed) * vocab);
         self.run_pending(LogitRows::All, &mut out).await?;
         Ok(out)
     }
@@ -318,7 +315,7 @@ impl<'a> Session<'a> {
     pub async fn logits_last_async(&mut self) -> Result<Vec<f32>> {
         let (rec, label) = self.run_pending(LogitRows::Last, &mut Vec::new()).await?;
         self.submit(rec, label).await?;
-        self.ctx.read_f32_async(&self.state.logits.buf, 0, self.model.config().vocab).await
+        self.ctx.read_f32_async(&self.batch.state.logits.buf, 0, self.model.config().vocab).await
     }
 
     /// Prefills `prompt` and generates up to `max_tokens` tokens, calling `on_token` with
@@ -334,11 +331,11 @@ impl<'a> Session<'a> {
         if prompt.is_empty() {
             return Err(Error::arg("prompt", "is empty: give some text to continue"));
         }
-        if prompt.len() >= self.state.ctx_len {
+        if prompt.len() >= self.batch.state.ctx_len {
             return Err(Error::Context(format!(
                 "the prompt has {} tokens but the context holds {} positions (one more is needed to generate); shorten the prompt or raise --ctx (the model allows {})",
                 prompt.len(),
-                self.state.ctx_len,
+                self.batch.state.ctx_len,
                 self.model.config().max_ctx
             )));
         }
@@ -373,14 +370,14 @@ impl<'a> Session<'a> {
                     // Ids sampled after the stop are not part of the sequence.
                     let extra = pending.len() - 1 - j;
                     stats.generated -= extra;
-                    self.truncate(self.ids.len() - extra);
+                    self.truncate(self.seq().ids.len() - extra);
                     break 'outer;
                 }
             }
             if stats.generated >= max_tokens {
                 break;
             }
-            if self.ids.len() >= self.state.ctx_len {
+            if self.seq().ids.len() >= self.batch.state.ctx_len {
                 stop = Stop::ContextFull;
                 break;
             }
@@ -412,11 +409,12 @@ impl Session<'_> {
     /// Call it before anything else runs on the session.
     pub fn token_probs(&mut self, s: &SamplingParams, top: usize) -> Result<TokenProbs> {
         use crate::ops::sample::{logprobs_len, parse_logprobs, token_probs};
-        let out = self.ids.len().checked_sub(1).ok_or_else(|| Error::Context("token_probs: no token drawn yet".into()))?;
+        let out = self.seq().ids.len().checked_sub(1).ok_or_else(|| Error::Context("token_probs: no token drawn yet".into()))?;
         let history = out.saturating_sub(s.repeat_last_n)..out;
-        let st = &self.state;
+        let draw = self.seq().draws.wrapping_sub(1);
+        let st = &self.batch.state;
         let mut rec = Recorder::new(self.ctx, "token probs");
-        token_probs(&mut rec, &st.logits, 0, &st.work, &st.tokens, &st.adjust, out, history, s, top, self.draws.wrapping_sub(1))?;
+        token_probs(&mut rec, &st.logits, 0, &st.work, &st.tokens, &st.adjust[0], out, history, s, top, draw)?;
         rec.submit()?;
         let (lp, alts) = parse_logprobs(&self.ctx.read_f32(&st.work.buf, 0, logprobs_len(top))?);
         let top = alts.into_iter().map(|(id, lp)| (id, lp.exp())).filter(|&(_, p)| p > 0.0).collect();

@@ -3,6 +3,7 @@
 #[macro_use]
 mod stdio;
 mod cli;
+mod drafts;
 mod serve;
 
 fn main() {

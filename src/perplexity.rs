@@ -58,7 +58,7 @@ pub fn perplexity(ctx: &Context, model: &LoadedModel, ids: &[u32], window: usize
         let end = (begin + window).min(n);
         let first_target = scored_to.max(begin + 1);
         let mut session = Session::new(ctx, model, end - begin)?;
-        let chunk = session.state.max_batch;
+        let chunk = session.max_batch();
         // Row r of a chunk starting at `start` predicts token start + r + 1.
         for start in (begin..end).step_by(chunk) {
             let stop = (start + chunk).min(end);

@@ -373,3 +373,34 @@ fn hostile_chat_templates_fail_fast_naming_the_file() {
         std::fs::remove_dir_all(&dir).ok();
     }
 }
+
+/// `--drafts 3`: three continuations from one prefill and forked slots, under headers naming
+/// seeds 42, 43, 44; draft i is the text a single `--seed 42 + i` run writes. Out of range: an
+/// error naming the flag.
+#[test]
+fn drafts_are_labelled_with_their_seeds_and_match_single_runs() {
+    if !has_gpu() {
+        return;
+    }
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = ["write", "--model", &tiny(), "--temperature", "1.0", "--max-tokens", "12", "--ignore-eos"].iter().map(|s| s.to_string()).collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a.push("Permission is hereby".into());
+        a
+    };
+    let run = |extra: &[&str]| {
+        let a = args(extra);
+        let o = quill(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+    };
+    let drafts = run(&["--seed", "42", "--drafts", "3"]);
+    for (i, seed) in ["42", "43", "44"].iter().enumerate() {
+        let header = format!("--- draft {} (seed {seed}) ---\n", i + 1);
+        let start = drafts.find(&header).unwrap_or_else(|| panic!("no header {header:?} in {drafts:?}")) + header.len();
+        let text = drafts[start..].split("--- draft ").next().unwrap_or("");
+        assert_eq!(text, run(&["--seed", seed]), "draft {} vs a single run with seed {seed}", i + 1);
+    }
+    let a = args(&["--drafts", "9"]);
+    expect_error(&quill(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>()), &["--drafts", "9"]);
+}

@@ -111,13 +111,13 @@ fn gemma3_270m_6000_tokens_match_transformers() {
     let mut s = Session::new(ctx, &model, ctx_len).unwrap();
     let c = model.config();
     let ring = quill::ops::attention::ring_len(512, quill::generate::DEFAULT_MAX_BATCH);
-    for (i, &len) in s.state.cache_len.iter().enumerate() {
+    for (i, &len) in s.batch.state.cache_len.iter().enumerate() {
         let want = if c.attention(i).window == Some(512) { ring } else { ctx_len };
         assert_eq!(len, want, "layer {i}'s cache positions");
     }
-    assert_eq!(s.state.cache_len.iter().filter(|&&n| n == ctx_len).count(), 3, "3 global layers");
+    assert_eq!(s.batch.state.cache_len.iter().filter(|&&n| n == ctx_len).count(), 3, "3 global layers");
     let plan = quill::plan::SessionShape::new(c, quill::generate::DEFAULT_MAX_BATCH);
-    assert_eq!(plan.layer_positions(ctx_len), s.state.cache_len, "the plan counts what the session allocates");
+    assert_eq!(plan.layer_positions(ctx_len), s.batch.state.cache_len, "the plan counts what the session allocates");
     let start = std::time::Instant::now();
     s.push(&prompt).unwrap();
     let logits = s.logits_last().unwrap();

@@ -7,11 +7,11 @@
 
 use super::builder::{name, Builder, GateUp, Name, Qkv};
 use super::config::{Mlp, ModelConfig, Norm, Positions, Rope, RopeScaling};
-use super::state::{LogitRows, State};
+use super::state::{LogitRows, Placed, Segment, State};
 use crate::error::{Error, Result};
 use crate::gpu::{Recorder, Tensor, Weight};
 use crate::ops::matmul::{linear, linear_out, Out, Store};
-use crate::ops::attention::AttnOpts;
+use crate::ops::attention::{AttnOpts, Placement};
 use crate::ops::norm::RmsOpts;
 use crate::ops::{activation, attention, embed, norm, posenc, rope};
 
@@ -188,29 +188,43 @@ impl Decoder {
         }
     }
 
-    /// Records the forward pass of `n` tokens whose ids sit in `st.tokens[pos0..pos0 + n]`,
-    /// at positions pos0.., writing logits for the rows `rows` asks for into `st.logits`.
+    /// Records the forward pass of `n` tokens of slot 0 whose ids sit in its token row at
+    /// positions pos0..pos0 + n, writing logits for the rows `rows` asks for into `st.logits`.
     pub fn forward(&self, rec: &mut Recorder, st: &State, pos0: usize, n: usize, rows: LogitRows) -> Result<()> {
+        self.forward_batch(rec, st, &[Segment { slot: 0, pos0, n }], 0, rows)
+    }
+
+    /// Records one forward pass over a batch of tokens from several slots, `segs` (each
+    /// position moved on by `step`; several segments need `State::set_table` first): every
+    /// weight is read once for the whole batch, and each token attends only to its own slot.
+    /// Logits of `rows` go to `st.logits` (with `Last`, row i is segment i's last token).
+    pub fn forward_batch(&self, rec: &mut Recorder, st: &State, segs: &[Segment], step: usize, rows: LogitRows) -> Result<()> {
         let c = &self.cfg;
+        let p = st.placed(rec, segs, step)?;
+        let (n, (ids, id0)) = (p.n, p.ids);
+        let table = match &p.at {
+            Placement::Table(t) => Some(t),
+            Placement::Run => None,
+        };
         match (c.positions, &self.positions) {
-            (Positions::Learned, Some(table)) => {
-                embed::embed(rec, &self.embed, &st.tokens, pos0, n, &st.x)?;
-                posenc::learned(rec, &st.x, table, pos0, n)?
+            (Positions::Learned, Some(positions)) => {
+                embed::embed(rec, &self.embed, ids, id0, n, &st.x)?;
+                posenc::learned_at(rec, &st.x, positions, p.pos0, n, table)?
             }
             // The sinusoidal op scales the embeddings as it adds the positions.
             (Positions::Sinusoidal { offset, layout }, _) => {
-                embed::embed(rec, &self.embed, &st.tokens, pos0, n, &st.x)?;
-                posenc::sinusoidal(rec, &st.x, c.dim, pos0 + offset, n, c.embed_scale, layout)?
+                embed::embed(rec, &self.embed, ids, id0, n, &st.x)?;
+                posenc::sinusoidal_at(rec, &st.x, c.dim, p.pos0 + offset, n, c.embed_scale, layout, table)?
             }
-            _ if c.embed_scale != 1.0 => embed::embed_scaled(rec, &self.embed, &st.tokens, pos0, n, &st.x, c.embed_scale)?,
-            _ => embed::embed(rec, &self.embed, &st.tokens, pos0, n, &st.x)?,
+            _ if c.embed_scale != 1.0 => embed::embed_scaled(rec, &self.embed, ids, id0, n, &st.x, c.embed_scale)?,
+            _ => embed::embed(rec, &self.embed, ids, id0, n, &st.x)?,
         }
         for (i, l) in self.layers.iter().enumerate() {
-            self.attention_block(rec, st, l, i, pos0, n)?;
+            self.attention_block(rec, st, l, i, &p)?;
             self.mlp_block(rec, st, l, i, n)?;
         }
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        let (src, n_rows) = st.logit_rows(rec, rows, n, c.dim);
+        let (src, n_rows) = st.logit_rows(rec, rows, segs, c.dim);
         self.norm(rec, src, &self.norm, &st.xn, n_rows, None)?;
         linear(rec, "lm_head", None, &st.xn, head, None, &st.logits, n_rows, Store::Write)?;
         if let Some(cap) = c.final_softcap {
@@ -232,8 +246,9 @@ impl Decoder {
     }
 
     /// x += Wo · attention(rope(qn(Wq·norm(x))), rope(kn(Wk·norm(x))), Wv·norm(x))
-    fn attention_block(&self, rec: &mut Recorder, st: &State, l: &Layer, i: usize, pos0: usize, n: usize) -> Result<()> {
+    fn attention_block(&self, rec: &mut Recorder, st: &State, l: &Layer, i: usize, p: &Placed) -> Result<()> {
         let c = &self.cfg;
+        let n = p.n;
         let a = c.attention(i);
         self.norm(rec, &st.x, &l.attn_norm, &st.xn, n, Some(i))?;
         let (q_dim, kv_dim) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
@@ -255,19 +270,23 @@ impl Decoder {
         }
         if let Some(r) = a.rope {
             if let RopeScaling::Dynamic { original_ctx, .. } = r.scaling {
-                if pos0 + n > original_ctx {
+                if p.end > original_ctx {
                     return Err(Error::Unsupported(format!("{}: dynamic NTK RoPE beyond the original context of {original_ctx} positions", c.arch.name())));
                 }
             }
-            if let (Some(table), amp) = self.rope_table(i, &r, pos0 + n) {
-                rope::rope_freqs_scaled(rec, &st.q, table, n, c.n_heads, c.head_dim, pos0, r.style, amp, i)?;
-                rope::rope_freqs_scaled(rec, &st.k, table, n, c.n_kv_heads, c.head_dim, pos0, r.style, amp, i)?;
+            let meta = match &p.at {
+                Placement::Table(t) => Some(t.meta),
+                Placement::Run => None,
+            };
+            if let (Some(table), amp) = self.rope_table(i, &r, p.end) {
+                rope::rope_freqs_at(rec, &st.q, table, n, c.n_heads, c.head_dim, p.pos0, meta, r.style, amp, i)?;
+                rope::rope_freqs_at(rec, &st.k, table, n, c.n_kv_heads, c.head_dim, p.pos0, meta, r.style, amp, i)?;
             }
         }
-        let shape = st.attn_shape(c, i, pos0, n);
+        let shape = st.attn_shape(c, i, p);
         let opts = AttnOpts { scale: a.scale, window: a.window, softcap: a.softcap };
-        attention::kv_write_as(rec, &st.k, &st.v, &st.k_cache[i], &st.v_cache[i], shape, &opts, c.kv_format, i)?;
-        attention::attention_as(rec, &st.q, &st.k_cache[i], &st.v_cache[i], &st.att, &st.att_partials, shape, &opts, c.kv_format, i)?;
+        attention::kv_write_at(rec, &st.k, &st.v, &st.k_cache[i], &st.v_cache[i], shape, &opts, c.kv_format, &p.at, i)?;
+        attention::attention_at(rec, &st.q, &st.k_cache[i], &st.v_cache[i], &st.att, &st.att_partials, shape, &opts, c.kv_format, &p.at, i)?;
         self.project_into_residual(rec, "o_proj", i, st, &st.att, &l.wo, l.bo.as_ref(), l.post_attn_norm.as_ref(), n)
     }
 

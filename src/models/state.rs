@@ -1,28 +1,53 @@
-//! Per-sequence GPU state: activation buffers sized for the largest chunk of tokens, the KV
-//! cache, the logits, and the token ids on the GPU (where sampling writes the next id).
+//! The GPU state of `n_slots` sequences: activation buffers sized for the largest batch of
+//! tokens, the KV cache of every slot, the logits, and each slot's token ids on the GPU (where
+//! sampling writes the next id). A forward pass takes a batch of tokens from several slots:
+//! `Segment`s, each a run of one slot's positions.
 
 use super::config::ModelConfig;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::{Context, Recorder, Tensor};
-use crate::ops::attention::ring_len;
+use crate::ops::attention::{ring_len, Placement, TokenTable};
 
 /// Which positions of a forward pass produce logits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogitRows {
-    /// Only the last token's (generation): written to row 0.
+    /// Each segment's last token (generation): row i for segment i.
     Last,
-    /// Every token's (perplexity, teacher forcing): row t for token t.
+    /// Every token's (perplexity, teacher forcing): row t for token t of the batch.
     All,
+}
+
+/// A run of one slot's tokens in a batch: positions pos0 .. pos0 + n of slot `slot`, whose
+/// ids sit in that slot's token row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    pub slot: usize,
+    pub pos0: usize,
+    pub n: usize,
+}
+
+/// Where a forward pass's tokens are, as the ops take it: the ids to embed (a tensor and the
+/// first index), the first position and slot (a single run) or a token table.
+pub struct Placed<'a> {
+    pub n: usize,
+    pub ids: (&'a Tensor, usize),
+    pub pos0: usize,
+    pub slot: usize,
+    pub at: Placement<'a>,
+    /// One past the last position of any token.
+    pub end: usize,
 }
 
 pub struct State {
     /// Most tokens one forward pass takes.
     pub max_batch: usize,
-    /// Positions the KV cache holds.
+    /// Positions the KV cache holds per slot.
     pub ctx_len: usize,
+    /// Sequences the state holds.
+    pub n_slots: usize,
     pub x: Tensor,      // (max_batch, dim) residual stream
     pub xn: Tensor,     // (max_batch, dim) normed
-    pub x_last: Tensor, // (1, dim) last position's residual, for its logits alone
+    pub x_last: Tensor, // (n_slots, dim) each segment's last residual, for their logits alone
     pub q: Tensor,      // (max_batch, n_heads * head_dim)
     pub k: Tensor,      // (max_batch, n_kv_heads * head_dim)
     pub v: Tensor,      // (max_batch, n_kv_heads * head_dim)
@@ -32,11 +57,17 @@ pub struct State {
     pub up: Tensor,     // (max_batch, ffn_dim)
     pub logits: Tensor, // (max_batch, vocab)
     pub work: Tensor,   // (vocab,) sampler scratch
-    pub adjust: Tensor, // the sampler's sparse logit adjustments (DRY), ops::sample::write_adjust
-    pub tokens: Tensor, // (ctx_len,) u32 ids of the sequence
+    pub adjust: Vec<Tensor>, // per slot: the sampler's sparse logit adjustments (DRY), ops::sample::write_adjust
+    pub tokens: Tensor, // (n_slots, ctx_len) u32 ids of each slot's sequence
+    pub batch_ids: Tensor, // (max_batch,) u32 ids of a batch of several slots, gathered per pass
+    pub meta: Tensor,      // (max_batch, 2) u32 each token's slot and position - step (TokenTable)
+    /// What `meta` holds, on the CPU: `set_table` writes both.
+    table: Vec<u32>,
+    /// One slot's largest block (a layer's K cache, or its ids), for `fork`; None with one slot.
+    fork_scratch: Option<wgpu::Buffer>,
     /// Token ids read back to the CPU.
     pub readback: wgpu::Buffer,
-    pub k_cache: Vec<Tensor>, // per layer (n_slots = 1, n_kv_heads, cache_len[layer], head_dim), u32 pairs of f16 for KvFormat::F16
+    pub k_cache: Vec<Tensor>, // per layer (n_slots, n_kv_heads, cache_len[layer], head_dim), u32 pairs of f16 for KvFormat::F16
     pub v_cache: Vec<Tensor>,
     /// Positions each layer's cache holds: ctx_len, or for a sliding-window layer a ring of
     /// its window plus a call's tokens (`attention::ring_len`), so its memory stays at its window.
@@ -44,21 +75,29 @@ pub struct State {
 }
 
 impl State {
-    /// The attention shape of `n` tokens at positions pos0.. of this state's one sequence, in
-    /// layer `layer`'s cache.
-    pub fn attn_shape(&self, c: &ModelConfig, layer: usize, pos0: usize, n: usize) -> crate::ops::attention::AttnShape {
+    /// The attention shape of the placed tokens in layer `layer`'s cache.
+    pub fn attn_shape(&self, c: &ModelConfig, layer: usize, p: &Placed) -> crate::ops::attention::AttnShape {
         crate::ops::attention::AttnShape {
-            n_tokens: n,
+            n_tokens: p.n,
             n_heads: c.n_heads,
             n_kv_heads: c.n_kv_heads,
             head_dim: c.head_dim,
             ctx_len: self.cache_len[layer],
-            pos0,
-            slot: 0,
+            pos0: p.pos0,
+            slot: p.slot,
         }
     }
 
+    /// The state of one sequence.
     pub fn new(ctx: &Context, c: &ModelConfig, ctx_len: usize, max_batch: usize) -> Result<Self> {
+        Self::with_slots(ctx, c, ctx_len, max_batch, 1)
+    }
+
+    /// The state of `n_slots` sequences of `ctx_len` positions each.
+    pub fn with_slots(ctx: &Context, c: &ModelConfig, ctx_len: usize, max_batch: usize, n_slots: usize) -> Result<Self> {
+        if n_slots == 0 || max_batch == 0 {
+            return Err(Error::arg("slots", format!("{n_slots} slots of batches of {max_batch} tokens: both must be at least 1")));
+        }
         let (q_dim, kv_dim) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
         let z = |label: &str, shape: &[usize]| Tensor::zeros(ctx, label, shape);
         let cache_len: Vec<usize> = (0..c.n_layers).map(|i| c.attention(i).window.map_or(ctx_len, |w| ring_len(w, max_batch).min(ctx_len))).collect();
@@ -67,22 +106,28 @@ impl State {
         // An f16 cache packs two values in each u32 word (head_dim is even: `ModelConfig::check`).
         let words_per_row = c.kv_format.words(c.head_dim);
         for &len in &cache_len {
-            let cache_shape = [1, c.n_kv_heads, len, words_per_row];
+            let cache_shape = [n_slots, c.n_kv_heads, len, words_per_row];
             k_cache.push(z("k cache", &cache_shape)?);
             v_cache.push(z("v cache", &cache_shape)?);
         }
         let readback = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("token read-back"),
-            size: 4 * crate::generate::MAX_DECODE_STEPS as u64,
+            size: 4 * crate::generate::MAX_DECODE_STEPS.max(n_slots) as u64,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
+        let slot_bytes = k_cache.iter().map(|t: &Tensor| t.numel() / n_slots).max().unwrap_or(0).max(ctx_len) * 4;
+        let fork_scratch = (n_slots > 1).then(|| {
+            ctx.device.create_buffer(&wgpu::BufferDescriptor { label: Some("fork scratch"), size: slot_bytes as u64, usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false })
+        });
+        let adjust = (0..n_slots).map(|_| z("sampler adjust", &[crate::ops::sample::ADJUST_LEN])).collect::<Result<_>>()?;
         Ok(State {
             max_batch,
             ctx_len,
+            n_slots,
             x: z("x", &[max_batch, c.dim])?,
             xn: z("xn", &[max_batch, c.dim])?,
-            x_last: z("x_last", &[1, c.dim])?,
+            x_last: z("x_last", &[n_slots, c.dim])?,
             q: z("q", &[max_batch, q_dim])?,
             k: z("k", &[max_batch, kv_dim])?,
             v: z("v", &[max_batch, kv_dim])?,
@@ -92,8 +137,12 @@ impl State {
             up: z("up", &[max_batch, c.ffn_dim])?,
             logits: z("logits", &[max_batch, c.vocab])?,
             work: z("sampler work", &[c.vocab])?,
-            adjust: z("sampler adjust", &[crate::ops::sample::ADJUST_LEN])?,
-            tokens: z("tokens", &[ctx_len])?,
+            adjust,
+            tokens: z("tokens", &[n_slots, ctx_len])?,
+            batch_ids: z("batch ids", &[max_batch])?,
+            meta: z("token table", &[max_batch, 2])?,
+            table: Vec::new(),
+            fork_scratch,
             readback,
             k_cache,
             v_cache,
@@ -103,15 +152,106 @@ impl State {
 }
 
 impl State {
-    /// The rows of the final residual stream (`x`, `n` tokens of width `dim`) that get logits:
-    /// all of them, or the last one copied into `x_last`. Returns the tensor and its row count.
-    pub fn logit_rows(&self, rec: &mut Recorder, rows: LogitRows, n: usize, dim: usize) -> (&Tensor, usize) {
+    /// Index of slot `slot`'s position `pos` in `tokens`.
+    pub fn token_index(&self, slot: usize, pos: usize) -> usize {
+        slot * self.ctx_len + pos
+    }
+
+    /// Checks a batch: slots in range, each at most once, positions in the context, at most
+    /// `max_batch` tokens.
+    pub fn check_batch(&self, segs: &[Segment]) -> Result<usize> {
+        let n: usize = segs.iter().map(|s| s.n).sum();
+        if segs.is_empty() || n == 0 || n > self.max_batch {
+            return Err(Error::arg("batch", format!("{n} tokens in {} segments; a forward pass takes 1 to {}", segs.len(), self.max_batch)));
+        }
+        for (i, s) in segs.iter().enumerate() {
+            if s.slot >= self.n_slots || segs[..i].iter().any(|o| o.slot == s.slot) || s.pos0 + s.n > self.ctx_len || s.n == 0 {
+                return Err(Error::arg("batch", format!("segment {i} (slot {}, positions {}..{}): slots run 0..{} once each, positions 0..{}", s.slot, s.pos0, s.pos0 + s.n, self.n_slots, self.ctx_len)));
+            }
+        }
+        Ok(n)
+    }
+
+    /// The token table of a batch of several segments, as `placed` reads it.
+    fn table_of(segs: &[Segment]) -> Vec<u32> {
+        segs.iter().flat_map(|s| (s.pos0..s.pos0 + s.n).flat_map(move |p| [s.slot as u32, p as u32])).collect()
+    }
+
+    /// Uploads the token table of `segs` (each token's slot and position), which every forward
+    /// pass over these segments recorded before the next submit reads. A single segment needs
+    /// none.
+    pub fn set_table(&mut self, ctx: &Context, segs: &[Segment]) -> Result<()> {
+        self.check_batch(segs)?;
+        self.table = Self::table_of(segs);
+        ctx.queue.write_buffer(&self.meta.buf, 0, bytemuck::cast_slice(&self.table));
+        Ok(())
+    }
+
+    /// Where the tokens of `segs` (every position moved on by `step`: decode steps of one
+    /// command buffer) are, for the ops. Several segments gather their ids into `batch_ids` and
+    /// need the table `set_table` wrote for them.
+    pub fn placed(&self, rec: &mut Recorder, segs: &[Segment], step: usize) -> Result<Placed<'_>> {
+        let n = self.check_batch(segs)?;
+        let end = segs.iter().map(|s| s.pos0 + s.n + step).max().unwrap_or(0);
+        if end > self.ctx_len {
+            return Err(Error::Context(format!("positions up to {end} do not fit the context of {} positions", self.ctx_len)));
+        }
+        if let [s] = segs {
+            let ids = (&self.tokens, self.token_index(s.slot, s.pos0 + step));
+            return Ok(Placed { n, ids, pos0: s.pos0 + step, slot: s.slot, at: Placement::Run, end });
+        }
+        if self.table != Self::table_of(segs) {
+            return Err(Error::arg("batch", "a forward pass over several segments needs their token table: call set_table first"));
+        }
+        let mut t = 0;
+        for s in segs {
+            let src = (self.token_index(s.slot, s.pos0 + step) * 4) as u64;
+            rec.copy(&self.tokens.buf, src, &self.batch_ids.buf, (t * 4) as u64, (s.n * 4) as u64);
+            t += s.n;
+        }
+        let table = TokenTable { meta: &self.meta, rows: &self.table, n_slots: self.n_slots };
+        Ok(Placed { n, ids: (&self.batch_ids, 0), pos0: step, slot: 0, at: Placement::Table(table), end })
+    }
+
+    /// The rows of the final residual stream (`x`, the batch's tokens of width `dim`) that get
+    /// logits: all of them, or each segment's last one copied into `x_last`. Returns the tensor
+    /// and its row count.
+    pub fn logit_rows(&self, rec: &mut Recorder, rows: LogitRows, segs: &[Segment], dim: usize) -> (&Tensor, usize) {
+        let n: usize = segs.iter().map(|s| s.n).sum();
         match rows {
             LogitRows::All => (&self.x, n),
             LogitRows::Last => {
-                rec.copy(&self.x.buf, ((n - 1) * dim * 4) as u64, &self.x_last.buf, 0, (dim * 4) as u64);
-                (&self.x_last, 1)
+                let row = (dim * 4) as u64;
+                let mut end = 0;
+                for (i, s) in segs.iter().enumerate() {
+                    end += s.n;
+                    rec.copy(&self.x.buf, (end - 1) as u64 * row, &self.x_last.buf, i as u64 * row, row);
+                }
+                (&self.x_last, segs.len())
             }
         }
+    }
+
+    /// Records copies of slot `src`'s first `len` positions (every layer's K and V rows, a
+    /// ring's rows too, and the token ids) into slot `dst`: a fork, on the GPU. A buffer cannot
+    /// be copied into itself, so each block goes through `fork_scratch`. Rows past `len` come
+    /// along too; they are rewritten before any query of `dst` reads them.
+    pub fn fork(&self, rec: &mut Recorder, src: usize, dst: usize, len: usize) -> Result<()> {
+        let scratch = match &self.fork_scratch {
+            Some(b) if src < self.n_slots && dst < self.n_slots && src != dst && len <= self.ctx_len => b,
+            _ => return Err(Error::arg("fork", format!("slot {src} into slot {dst} ({len} positions): two different slots of 0..{}, at most {} positions", self.n_slots, self.ctx_len))),
+        };
+        let mut through = |buf: &wgpu::Buffer, block: u64, bytes: u64| {
+            rec.copy(buf, src as u64 * block, scratch, 0, bytes);
+            rec.copy(scratch, 0, buf, dst as u64 * block, bytes);
+        };
+        for cache in self.k_cache.iter().chain(&self.v_cache) {
+            let block = (cache.numel() / self.n_slots * 4) as u64;
+            through(&cache.buf, block, block);
+        }
+        if len > 0 {
+            through(&self.tokens.buf, (self.ctx_len * 4) as u64, (len * 4) as u64);
+        }
+        Ok(())
     }
 }

@@ -26,6 +26,8 @@ struct Params {
     split_len: u32,
     window: u32,
     softcap: f32,
+    per_token: u32,
+    _pad: [u32; 3],
 }
 
 /// What an attention call does beyond causal softmax(q·kᵀ/√d)·v.
@@ -116,6 +118,86 @@ pub struct AttnShape {
     pub slot: usize,
 }
 
+/// Each token's slot and position, for a call whose tokens come from several sequences.
+#[derive(Clone, Copy)]
+pub struct TokenTable<'a> {
+    /// (n_tokens, 2) u32 on the GPU: slot, position - pos0.
+    pub meta: &'a Tensor,
+    /// The same pairs on the CPU (for the host's checks and the cost counts).
+    pub rows: &'a [u32],
+    /// Slots the cache holds.
+    pub n_slots: usize,
+}
+
+/// Where a call's tokens sit in the cache.
+#[derive(Clone, Copy)]
+pub enum Placement<'a> {
+    /// Token t at position pos0 + t of `AttnShape::slot`.
+    Run,
+    /// Token t where the table says (AttnShape's pos0 added to each position).
+    Table(TokenTable<'a>),
+}
+
+/// What the host checks of a placement: one past the last position, the most tokens of one
+/// slot, the slots addressed.
+struct Extent {
+    end: usize,
+    per_slot: usize,
+    slots: usize,
+}
+
+impl TokenTable<'_> {
+    /// Token t's (slot, position - pos0).
+    pub fn token(&self, t: usize) -> (usize, usize) {
+        (self.rows[2 * t] as usize, self.rows[2 * t + 1] as usize)
+    }
+    /// One past the largest position - pos0.
+    pub fn end(&self) -> usize {
+        self.rows.chunks_exact(2).map(|r| r[1] as usize + 1).max().unwrap_or(0)
+    }
+    fn check(&self, n_tokens: usize) -> Result<()> {
+        if self.rows.len() != 2 * n_tokens || self.meta.numel() < 2 * n_tokens {
+            return Err(Error::Shape { op: "attention", msg: format!("a token table of {} pairs ({} on the GPU) for {n_tokens} tokens", self.rows.len() / 2, self.meta.numel() / 2) });
+        }
+        match (0..n_tokens).map(|t| self.token(t).0).find(|&slot| slot >= self.n_slots) {
+            Some(slot) => Err(Error::Shape { op: "attention", msg: format!("token table names slot {slot} of {}", self.n_slots) }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Placement<'_> {
+    /// The GPU table to bind (a spare buffer that is never read for a run).
+    fn meta<'b>(&'b self, ctx: &'b crate::gpu::Context) -> &'b wgpu::Buffer {
+        match self {
+            Placement::Run => &ctx.spare[0],
+            Placement::Table(t) => &t.meta.buf,
+        }
+    }
+    /// Position - pos0 of every token.
+    fn offsets(&self, n_tokens: usize) -> Vec<usize> {
+        match self {
+            Placement::Run => (0..n_tokens).collect(),
+            Placement::Table(t) => (0..n_tokens).map(|i| t.token(i).1).collect(),
+        }
+    }
+    fn extent(&self, s: &AttnShape) -> Extent {
+        match self {
+            Placement::Run => Extent { end: s.pos0 + s.n_tokens, per_slot: s.n_tokens, slots: s.slot + 1 },
+            Placement::Table(t) => {
+                let mut per_slot = vec![0usize; t.n_slots];
+                let mut end = 0;
+                for i in 0..s.n_tokens {
+                    let (slot, pos) = t.token(i);
+                    per_slot[slot.min(t.n_slots.saturating_sub(1))] += 1;
+                    end = end.max(s.pos0 + pos + 1);
+                }
+                Extent { end, per_slot: per_slot.into_iter().max().unwrap_or(0), slots: t.n_slots }
+            }
+        }
+    }
+}
+
 impl AttnShape {
     fn params(&self, o: &AttnOpts) -> Params {
         Params {
@@ -131,13 +213,24 @@ impl AttnShape {
             split_len: (self.pos0 + self.n_tokens).next_multiple_of(64) as u32,
             window: o.window.unwrap_or(0) as u32,
             softcap: o.softcap.unwrap_or(0.0),
+            per_token: 0,
+            _pad: [0; 3],
         }
+    }
+    /// `params` for tokens placed by `at`.
+    fn params_at(&self, o: &AttnOpts, at: &Placement) -> Params {
+        let end = at.extent(self).end;
+        Params { per_token: matches!(at, Placement::Table(_)) as u32, split_len: end.next_multiple_of(64) as u32, ..self.params(o) }
     }
     /// Keys the query at `pos` sees.
     fn visible(&self, o: &AttnOpts, pos: usize) -> usize {
         o.window.map_or(pos + 1, |w| w.min(pos + 1))
     }
-    fn check(&self, k_cache: &Tensor, o: &AttnOpts, format: KvFormat) -> Result<()> {
+    fn check(&self, k_cache: &Tensor, o: &AttnOpts, format: KvFormat, at: &Placement) -> Result<()> {
+        if let Placement::Table(t) = at {
+            t.check(self.n_tokens)?;
+        }
+        let Extent { end, per_slot, slots } = at.extent(self);
         if format == KvFormat::F16 && self.head_dim % 2 != 0 {
             return Err(Error::Shape { op: "attention", msg: format!("an f16 KV cache needs an even head_dim, got {}", self.head_dim) });
         }
@@ -150,18 +243,18 @@ impl AttnShape {
         match o.window {
             Some(0) => return Err(Error::Shape { op: "attention", msg: "a sliding window of 0 positions".into() }),
             // A cache shorter than the positions is a ring: it must hold the window and the call's tokens.
-            Some(w) if self.pos0 + self.n_tokens > self.ctx_len && self.ctx_len < ring_len(w, self.n_tokens) => {
-                return Err(Error::Context(format!("a ring cache of {} positions cannot hold a window of {w} and {} new tokens (needs {})", self.ctx_len, self.n_tokens, ring_len(w, self.n_tokens))));
+            Some(w) if end > self.ctx_len && self.ctx_len < ring_len(w, per_slot) => {
+                return Err(Error::Context(format!("a ring cache of {} positions cannot hold a window of {w} and {per_slot} new tokens (needs {})", self.ctx_len, ring_len(w, per_slot))));
             }
-            None if self.pos0 + self.n_tokens > self.ctx_len => {
-                return Err(Error::Context(format!("positions up to {} do not fit the cache of {}", self.pos0 + self.n_tokens, self.ctx_len)));
+            None if end > self.ctx_len => {
+                return Err(Error::Context(format!("positions up to {end} do not fit the cache of {}", self.ctx_len)));
             }
             _ => {}
         }
         if o.softcap.is_some_and(|c| !(c > 0.0 && c.is_finite())) || o.scale.is_some_and(|c| !c.is_finite()) {
             return Err(Error::Shape { op: "attention", msg: format!("soft-cap {:?} must be positive and scale {:?} finite", o.softcap, o.scale) });
         }
-        k_cache.holds("attention", "kv cache", format.words((self.slot + 1) * self.n_kv_heads * self.ctx_len * self.head_dim))
+        k_cache.holds("attention", "kv cache", format.words(slots * self.n_kv_heads * self.ctx_len * self.head_dim))
     }
 }
 
@@ -179,7 +272,12 @@ pub fn attention_cost(s: &AttnShape) -> (u64, u64) {
 
 /// `attention_cost` with a window counted.
 pub fn attention_cost_with(s: &AttnShape, o: &AttnOpts) -> (u64, u64) {
-    let keys: u64 = (0..s.n_tokens).map(|t| s.visible(o, s.pos0 + t) as u64).sum();
+    attention_cost_at(s, o, &(0..s.n_tokens).collect::<Vec<_>>())
+}
+
+/// `attention_cost_with` of tokens at positions pos0 + offsets[t].
+fn attention_cost_at(s: &AttnShape, o: &AttnOpts, offsets: &[usize]) -> (u64, u64) {
+    let keys: u64 = offsets.iter().map(|&t| s.visible(o, s.pos0 + t) as u64).sum();
     let hd = (s.n_heads * s.head_dim) as u64;
     let n = (s.n_tokens * s.n_heads * s.head_dim) as u64;
     (4 * keys * hd, 4 * (2 * n + 2 * keys * hd))
@@ -200,7 +298,13 @@ pub fn kv_write_with(rec: &mut Recorder, k: &Tensor, v: &Tensor, k_cache: &Tenso
 /// `kv_write_with` into a cache stored as `format` (caches of `format.words(values)` elements).
 #[allow(clippy::too_many_arguments)]
 pub fn kv_write_as(rec: &mut Recorder, k: &Tensor, v: &Tensor, k_cache: &Tensor, v_cache: &Tensor, s: AttnShape, o: &AttnOpts, format: KvFormat, layer: usize) -> Result<()> {
-    s.check(k_cache, o, format)?;
+    kv_write_at(rec, k, v, k_cache, v_cache, s, o, format, &Placement::Run, layer)
+}
+
+/// `kv_write_as` of tokens placed by `at` (each token's row goes to its own slot and position).
+#[allow(clippy::too_many_arguments)]
+pub fn kv_write_at(rec: &mut Recorder, k: &Tensor, v: &Tensor, k_cache: &Tensor, v_cache: &Tensor, s: AttnShape, o: &AttnOpts, format: KvFormat, at: &Placement, layer: usize) -> Result<()> {
+    s.check(k_cache, o, format, at)?;
     let n = s.n_tokens * s.n_kv_heads * s.head_dim;
     k.holds("kv_write", "k", n)?;
     v.holds("kv_write", "v", n)?;
@@ -208,7 +312,8 @@ pub fn kv_write_as(rec: &mut Recorder, k: &Tensor, v: &Tensor, k_cache: &Tensor,
     let (flops, bytes) = kv_write_cost(&s);
     let info = OpInfo::new("kv_write", flops, bytes).layer(layer);
     let threads = if format == KvFormat::F16 { n / 2 } else { n };
-    rec.dispatch(info, &pipe, &[&k.buf, &v.buf, &k_cache.buf, &v_cache.buf], &s.params(o), grid(rec.ctx, threads.div_ceil(256) as u32));
+    let buffers = [&k.buf, &v.buf, &k_cache.buf, &v_cache.buf, at.meta(rec.ctx)];
+    rec.dispatch(info, &pipe, &buffers, &s.params_at(o, at), grid(rec.ctx, threads.div_ceil(256) as u32));
     Ok(())
 }
 
@@ -230,22 +335,28 @@ pub fn attention_with(rec: &mut Recorder, q: &Tensor, k_cache: &Tensor, v_cache:
 /// `attention_with` over a cache stored as `format`.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_as(rec: &mut Recorder, q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, out: &Tensor, partials: &Tensor, s: AttnShape, o: &AttnOpts, format: KvFormat, layer: usize) -> Result<()> {
-    s.check(k_cache, o, format)?;
+    attention_at(rec, q, k_cache, v_cache, out, partials, s, o, format, &Placement::Run, layer)
+}
+
+/// `attention_as` of tokens placed by `at`: each query reads only its own slot's keys.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_at(rec: &mut Recorder, q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, out: &Tensor, partials: &Tensor, s: AttnShape, o: &AttnOpts, format: KvFormat, at: &Placement, layer: usize) -> Result<()> {
+    s.check(k_cache, o, format, at)?;
     let n = s.n_tokens * s.n_heads * s.head_dim;
     q.holds("attention", "q", n)?;
     out.holds("attention", "out", n)?;
-    let keys = s.visible(o, (s.pos0 + s.n_tokens).max(1) - 1);
+    let keys = s.visible(o, at.extent(&s).end.max(1) - 1);
     let splits = if s.n_tokens == 1 { keys.div_ceil(MIN_SPLIT_KEYS).clamp(1, MAX_SPLITS) } else { 1 };
-    let mut p = s.params(o);
+    let mut p = s.params_at(o, at);
     if splits > 1 {
         partials.holds("attention", "partials", partials_len(s.n_heads, s.head_dim))?;
         p.n_splits = splits as u32;
         p.split_len = keys.div_ceil(splits).next_multiple_of(64) as u32;
     }
     let pipe = rec.ctx.pipeline(&SHADER, "attention", format.constants())?;
-    let (flops, bytes) = attention_cost_with(&s, o);
+    let (flops, bytes) = attention_cost_at(&s, o, &at.offsets(s.n_tokens));
     let info = OpInfo::new("attention", flops, bytes).layer(layer);
-    let buffers = [&q.buf, &k_cache.buf, &v_cache.buf, &out.buf, &partials.buf];
+    let buffers = [&q.buf, &k_cache.buf, &v_cache.buf, &out.buf, &partials.buf, at.meta(rec.ctx)];
     rec.dispatch(info, &pipe, &buffers, &p, grid(rec.ctx, (s.n_tokens * s.n_heads * splits) as u32));
     if splits > 1 {
         let pipe = rec.ctx.pipeline(&SHADER, "attention_combine", format.constants())?;
@@ -429,6 +540,92 @@ mod tests {
         let t = Tensor::zeros(ctx, "t", &[28]).unwrap();
         let err = kv_write_as(&mut rec, &t, &t, &t, &t, s, &AttnOpts::default(), KvFormat::F16, 0).unwrap_err().to_string();
         assert!(err.contains("even head_dim"), "{err}");
+    });
+
+    /// Tokens of several slots in one call (a token table): slot i has run `before[i]`
+    /// positions and brings `new[i]` more. One kv_write_at and one attention_at over all of
+    /// them; each token's output must equal the reference over its own slot's keys alone.
+    async fn run_table(ctx: &Context, n_heads: usize, n_kv_heads: usize, head_dim: usize, before: &[usize], new: &[usize], cache_len: usize, o: AttnOpts) {
+        let n_slots = before.len();
+        let (row, qrow) = (n_kv_heads * head_dim, n_heads * head_dim);
+        let words = n_slots * n_kv_heads * cache_len * head_dim;
+        let kc = Tensor::zeros(ctx, "k cache", &[words]).unwrap();
+        let vc = Tensor::zeros(ctx, "v cache", &[words]).unwrap();
+        let partials = Tensor::zeros(ctx, "partials", &[partials_len(n_heads, head_dim)]).unwrap();
+        let total: Vec<usize> = before.iter().zip(new).map(|(b, n)| b + n).collect();
+        // Slot i's keys and values at every position, token-major (position, kv_head, d).
+        let kv: Vec<(Vec<f32>, Vec<f32>)> = (0..n_slots).map(|i| (test_values(total[i] * row, 50 + i as u64), test_values(total[i] * row, 70 + i as u64))).collect();
+        // Each slot's history, written as runs in calls no longer than the batch's (a ring
+        // holds a window plus one call's tokens).
+        let chunk = new.iter().copied().max().unwrap_or(1).max(1);
+        for slot in 0..n_slots {
+            for pos0 in (0..before[slot]).step_by(chunk) {
+                let count = chunk.min(before[slot] - pos0);
+                let s = AttnShape { n_tokens: count, n_heads, n_kv_heads, head_dim, ctx_len: cache_len, pos0, slot };
+                let kt = Tensor::upload_f32(ctx, "k", &[count, row], &kv[slot].0[pos0 * row..(pos0 + count) * row]).unwrap();
+                let vt = Tensor::upload_f32(ctx, "v", &[count, row], &kv[slot].1[pos0 * row..(pos0 + count) * row]).unwrap();
+                let mut rec = Recorder::new(ctx, "test");
+                kv_write_with(&mut rec, &kt, &vt, &kc, &vc, s, &o, 0).unwrap();
+                rec.submit().unwrap();
+            }
+        }
+        // The batch: slot by slot, its new tokens in order.
+        let (mut rows, mut k_new, mut v_new) = (Vec::new(), Vec::new(), Vec::new());
+        for slot in 0..n_slots {
+            for p in before[slot]..total[slot] {
+                rows.extend([slot as u32, p as u32]);
+                k_new.extend_from_slice(&kv[slot].0[p * row..(p + 1) * row]);
+                v_new.extend_from_slice(&kv[slot].1[p * row..(p + 1) * row]);
+            }
+        }
+        let n = rows.len() / 2;
+        let q = test_values(n * qrow, 90).iter().map(|x| x * 3.0).collect::<Vec<f32>>();
+        let meta = Tensor::zeros(ctx, "token table", &[2 * n]).unwrap();
+        ctx.queue.write_buffer(&meta.buf, 0, bytemuck::cast_slice(&rows));
+        let at = Placement::Table(TokenTable { meta: &meta, rows: &rows, n_slots });
+        let s = AttnShape { n_tokens: n, n_heads, n_kv_heads, head_dim, ctx_len: cache_len, pos0: 0, slot: 0 };
+        let (kt, vt) = (Tensor::upload_f32(ctx, "k", &[n, row], &k_new).unwrap(), Tensor::upload_f32(ctx, "v", &[n, row], &v_new).unwrap());
+        let qt = Tensor::upload_f32(ctx, "q", &[n, qrow], &q).unwrap();
+        let out = Tensor::zeros(ctx, "out", &[n, qrow]).unwrap();
+        let mut rec = Recorder::new(ctx, "test");
+        kv_write_at(&mut rec, &kt, &vt, &kc, &vc, s, &o, KvFormat::F32, &at, 0).unwrap();
+        attention_at(&mut rec, &qt, &kc, &vc, &out, &partials, s, &o, KvFormat::F32, &at, 0).unwrap();
+        rec.submit().unwrap();
+        let got = ctx.read_f32_async(&out.buf, 0, n * qrow).await.unwrap();
+        for t in 0..n {
+            let (slot, pos) = (rows[2 * t] as usize, rows[2 * t + 1] as usize);
+            let heads_first = |x: &[f32]| -> Vec<f32> {
+                let mut h = vec![0f32; x.len()];
+                for p in 0..total[slot] {
+                    for kh in 0..n_kv_heads {
+                        h[(kh * total[slot] + p) * head_dim..][..head_dim].copy_from_slice(&x[(p * n_kv_heads + kh) * head_dim..][..head_dim]);
+                    }
+                }
+                h
+            };
+            let one = AttnShape { n_tokens: 1, pos0: pos, slot, ..s };
+            let want = reference_with(&q[t * qrow..(t + 1) * qrow], &heads_first(&kv[slot].0), &heads_first(&kv[slot].1), one, total[slot], &o);
+            // As `run`: convex combinations of values in [-1, 1], f32 softmax over few keys.
+            compare(&got[t * qrow..(t + 1) * qrow], &want, 2e-5, 1e-4).unwrap_or_else(|e| panic!("token {t} (slot {slot}, position {pos}) {o:?}: {e}"));
+        }
+    }
+
+    gpu_test!(fn a_token_table_mixes_slots_at_their_own_positions(ctx) {
+        // Decode tokens of two slots at different positions, a prefill chunk of a third, a slot
+        // starting from nothing; odd head sizes, grouped heads.
+        run_table(ctx, 4, 2, 20, &[5, 17, 9, 0], &[1, 1, 6, 3], 24, AttnOpts::default()).await;
+        // A sliding window over per-slot rings that have wrapped: ring of 4 + 6 - 1 rows.
+        let o = AttnOpts { window: Some(4), ..Default::default() };
+        run_table(ctx, 3, 1, 14, &[13, 2, 30], &[1, 6, 2], ring_len(4, 6), o).await;
+        // A slot out of range is an error naming it.
+        let meta = Tensor::zeros(ctx, "token table", &[2]).unwrap();
+        let rows = [3u32, 0];
+        let at = Placement::Table(TokenTable { meta: &meta, rows: &rows, n_slots: 2 });
+        let s = AttnShape { n_tokens: 1, n_heads: 1, n_kv_heads: 1, head_dim: 4, ctx_len: 4, pos0: 0, slot: 0 };
+        let t = Tensor::zeros(ctx, "t", &[64]).unwrap();
+        let mut rec = Recorder::new(ctx, "test");
+        let err = kv_write_at(&mut rec, &t, &t, &t, &t, s, &AttnOpts::default(), KvFormat::F32, &at, 0).unwrap_err().to_string();
+        assert!(err.contains("slot 3 of 2"), "{err}");
     });
 
     gpu_test!(fn sliding_window_over_a_ring_cache_matches_reference(ctx) {

@@ -7,6 +7,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{grid, OpInfo, Recorder, Shader, Tensor};
+use super::attention::TokenTable;
 
 pub use super::rope::{rope, RopeStyle};
 
@@ -22,7 +23,7 @@ struct Params {
     interleaved: u32,
     freq_denom: f32,
     scale: f32,
-    _pad: u32,
+    per_token: u32,
 }
 
 /// How the sin and cos halves of a sinusoidal code are laid out.
@@ -60,27 +61,52 @@ pub fn sinusoidal_cost(n_tokens: usize, dim: usize) -> (u64, u64) {
 
 /// x[t, :] += table[pos0 + t, :] for t < n_tokens; x: (>= n_tokens, dim), table: (n_positions, dim).
 pub fn learned(rec: &mut Recorder, x: &Tensor, table: &Tensor, pos0: usize, n_tokens: usize) -> Result<()> {
+    learned_at(rec, x, table, pos0, n_tokens, None)
+}
+
+/// The GPU token table to bind and the flag, for tokens placed by `at` (a spare buffer, never
+/// read, without one), and one past the last position.
+fn placement<'a>(ctx: &'a crate::gpu::Context, at: Option<&TokenTable<'a>>, pos0: usize, n_tokens: usize) -> Result<(&'a wgpu::Buffer, u32, usize)> {
+    match at {
+        None => Ok((&ctx.spare[0], 0, pos0 + n_tokens)),
+        Some(t) => {
+            t.meta.holds("positions", "token table", 2 * n_tokens)?;
+            Ok((&t.meta.buf, 1, pos0 + t.end()))
+        }
+    }
+}
+
+/// `learned` where, with a token table, token t sits at position pos0 + its table position.
+pub fn learned_at(rec: &mut Recorder, x: &Tensor, table: &Tensor, pos0: usize, n_tokens: usize, at: Option<&TokenTable>) -> Result<()> {
     let [n_positions, dim] = table.shape[..] else {
         return Err(Error::Shape { op: "learned_positions", msg: format!("table must be 2-D, is {:?}", table.shape) });
     };
-    if pos0 + n_tokens > n_positions {
-        return Err(Error::Context(format!("positions up to {} exceed the model's {n_positions} learned positions", pos0 + n_tokens)));
+    let (meta, per_token, end) = placement(rec.ctx, at, pos0, n_tokens)?;
+    if end > n_positions {
+        return Err(Error::Context(format!("positions up to {end} exceed the model's {n_positions} learned positions")));
     }
     x.holds("learned_positions", "x", n_tokens * dim)?;
     let pipe = rec.ctx.pipeline(&SHADER, "learned", &[])?;
-    let p = Params { n_tokens: n_tokens as u32, dim: dim as u32, pos0: pos0 as u32, n_positions: n_positions as u32, interleaved: 0, freq_denom: 1.0, scale: 1.0, _pad: 0 };
+    let p = Params { n_tokens: n_tokens as u32, dim: dim as u32, pos0: pos0 as u32, n_positions: n_positions as u32, interleaved: 0, freq_denom: 1.0, scale: 1.0, per_token };
     let (flops, bytes) = learned_cost(n_tokens, dim);
     let info = OpInfo::new("learned_positions", flops, bytes);
-    rec.dispatch(info, &pipe, &[&table.buf, &x.buf], &p, grid(rec.ctx, (n_tokens * dim).div_ceil(256) as u32));
+    rec.dispatch(info, &pipe, &[&table.buf, &x.buf, meta], &p, grid(rec.ctx, (n_tokens * dim).div_ceil(256) as u32));
     Ok(())
 }
 
 /// x[t, :] = x[t, :] * scale + PE(pos0 + t, :) for t < n_tokens; x: (>= n_tokens, dim), dim even.
 pub fn sinusoidal(rec: &mut Recorder, x: &Tensor, dim: usize, pos0: usize, n_tokens: usize, scale: f32, layout: SinusoidalLayout) -> Result<()> {
+    sinusoidal_at(rec, x, dim, pos0, n_tokens, scale, layout, None)
+}
+
+/// `sinusoidal` where, with a token table, token t sits at position pos0 + its table position.
+#[allow(clippy::too_many_arguments)]
+pub fn sinusoidal_at(rec: &mut Recorder, x: &Tensor, dim: usize, pos0: usize, n_tokens: usize, scale: f32, layout: SinusoidalLayout, at: Option<&TokenTable>) -> Result<()> {
     if dim % 2 != 0 || dim < 2 || x.shape.last() != Some(&dim) {
         return Err(Error::Shape { op: "sinusoidal_positions", msg: format!("x {:?} must end in an even dim {dim}", x.shape) });
     }
     x.holds("sinusoidal_positions", "x", n_tokens * dim)?;
+    let (meta, per_token, _) = placement(rec.ctx, at, pos0, n_tokens)?;
     let pipe = rec.ctx.pipeline(&SHADER, "sinusoidal", &[])?;
     let p = Params {
         n_tokens: n_tokens as u32,
@@ -90,11 +116,11 @@ pub fn sinusoidal(rec: &mut Recorder, x: &Tensor, dim: usize, pos0: usize, n_tok
         interleaved: (layout == SinusoidalLayout::Interleaved) as u32,
         freq_denom: layout.freq_denom(dim),
         scale,
-        _pad: 0,
+        per_token,
     };
     let (flops, bytes) = sinusoidal_cost(n_tokens, dim);
     let info = OpInfo::new("sinusoidal_positions", flops, bytes);
-    rec.dispatch(info, &pipe, &[&x.buf], &p, grid(rec.ctx, (n_tokens * dim / 2).div_ceil(256) as u32));
+    rec.dispatch(info, &pipe, &[&x.buf, meta], &p, grid(rec.ctx, (n_tokens * dim / 2).div_ceil(256) as u32));
     Ok(())
 }
 
@@ -142,6 +168,36 @@ mod tests {
             // One f32 addition, the same one the reference does: exact.
             compare(&got, &learned_reference(&x, &table, dim, pos0), 0.0, 0.0).unwrap_or_else(|e| panic!("positions {n_positions} dim {dim} pos0 {pos0}: {e}"));
         }
+    });
+
+    gpu_test!(fn positions_from_a_token_table_match_reference_per_token(ctx) {
+        // Tokens of several sequences in one batch: each at its own position (pos0 + table's).
+        let (dim, n_positions, pos0, offsets) = (14usize, 40usize, 3usize, [9u32, 0, 30, 1, 1]);
+        let n = offsets.len();
+        let rows: Vec<u32> = offsets.iter().enumerate().flat_map(|(i, &p)| [i as u32, p]).collect();
+        let meta = Tensor::zeros(ctx, "token table", &[2 * n]).unwrap();
+        ctx.queue.write_buffer(&meta.buf, 0, bytemuck::cast_slice(&rows));
+        let at = TokenTable { meta: &meta, rows: &rows, n_slots: n };
+        let table = test_values(n_positions * dim, 54);
+        let x = test_values(n * dim, 55);
+        let (tt, xl, xs) = (Tensor::upload_f32(ctx, "table", &[n_positions, dim], &table).unwrap(), Tensor::upload_f32(ctx, "x", &[n, dim], &x).unwrap(), Tensor::upload_f32(ctx, "x", &[n, dim], &x).unwrap());
+        let mut rec = Recorder::new(ctx, "test");
+        learned_at(&mut rec, &xl, &tt, pos0, n, Some(&at)).unwrap();
+        sinusoidal_at(&mut rec, &xs, dim, pos0, n, 2.0, SinusoidalLayout::Interleaved, Some(&at)).unwrap();
+        rec.submit().unwrap();
+        let (got_l, got_s) = (ctx.read_f32_async(&xl.buf, 0, n * dim).await.unwrap(), ctx.read_f32_async(&xs.buf, 0, n * dim).await.unwrap());
+        for (i, &p) in offsets.iter().enumerate() {
+            let (row, pos) = (&x[i * dim..(i + 1) * dim], pos0 + p as usize);
+            // Exact for the table's one addition; the sinusoidal tolerance as above.
+            compare(&got_l[i * dim..(i + 1) * dim], &learned_reference(row, &table, dim, pos), 0.0, 0.0).unwrap_or_else(|e| panic!("learned, token {i} at {pos}: {e}"));
+            let abs = 2e-6 + 2.5e-7 * 40.0 + crate::ops::sin_cos_tolerance(ctx);
+            compare(&got_s[i * dim..(i + 1) * dim], &sinusoidal_reference(row, dim, pos, 2.0, SinusoidalLayout::Interleaved), abs, 1e-6).unwrap_or_else(|e| panic!("sinusoidal, token {i} at {pos}: {e}"));
+        }
+        // Past the learned table: refused, naming the position.
+        let far = [0u32, 38];
+        let at = TokenTable { meta: &meta, rows: &far, n_slots: 1 };
+        let e = learned_at(&mut Recorder::new(ctx, "test"), &xl, &tt, pos0, 1, Some(&at)).unwrap_err().to_string();
+        assert!(e.contains("42") && e.contains("40 learned positions"), "{e}");
     });
 
     gpu_test!(fn learned_refuses_positions_past_the_table(ctx) {

@@ -19,6 +19,8 @@ struct Params {
     neox: u32,
     theta: f32,
     amp: f32,
+    per_token: u32,
+    _pad: [u32; 3],
 }
 
 /// Which elements form a rotated pair.
@@ -59,6 +61,8 @@ impl Params {
             neox: (style == RopeStyle::Neox) as u32,
             theta: 0.0,
             amp: 1.0,
+            per_token: 0,
+            _pad: [0; 3],
         }
     }
 }
@@ -85,13 +89,26 @@ pub fn rope_freqs(rec: &mut Recorder, x: &Tensor, inv_freq: &Tensor, n_tokens: u
 /// (`RopeFreqs::attention_factor`: Phi-3's longrope).
 #[allow(clippy::too_many_arguments)]
 pub fn rope_freqs_scaled(rec: &mut Recorder, x: &Tensor, inv_freq: &Tensor, n_tokens: usize, n_heads: usize, head_dim: usize, pos0: usize, style: RopeStyle, attention_factor: f32, layer: usize) -> Result<()> {
+    rope_freqs_at(rec, x, inv_freq, n_tokens, n_heads, head_dim, pos0, None, style, attention_factor, layer)
+}
+
+/// `rope_freqs_scaled` where, with `meta` ((n_tokens, 2) u32: slot, position - pos0, as
+/// `attention::TokenTable`), token t sits at position pos0 + meta[2t + 1]: a batch of tokens
+/// from several sequences.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_freqs_at(rec: &mut Recorder, x: &Tensor, inv_freq: &Tensor, n_tokens: usize, n_heads: usize, head_dim: usize, pos0: usize, meta: Option<&Tensor>, style: RopeStyle, attention_factor: f32, layer: usize) -> Result<()> {
     let rot_dim = 2 * inv_freq.numel();
     if rot_dim == 0 || rot_dim > head_dim || !(attention_factor > 0.0 && attention_factor.is_finite()) {
         return Err(Error::Shape { op: "rope_freqs", msg: format!("{} frequencies rotate {rot_dim} dimensions of heads of {head_dim} (attention factor {attention_factor})", inv_freq.numel()) });
     }
     x.holds("rope_freqs", "x", n_tokens * n_heads * head_dim)?;
-    let p = Params { amp: attention_factor, ..Params::new(n_tokens, n_heads, head_dim, rot_dim, pos0, style) };
-    launch(rec, "rope_freqs", &[&x.buf, &inv_freq.buf], &p, layer)
+    if let Some(m) = meta {
+        m.holds("rope_freqs", "token table", 2 * n_tokens)?;
+    }
+    let p = Params { amp: attention_factor, per_token: meta.is_some() as u32, ..Params::new(n_tokens, n_heads, head_dim, rot_dim, pos0, style) };
+    let ctx = rec.ctx;
+    let table = meta.map_or(&ctx.spare[0], |m| &m.buf);
+    launch(rec, "rope_freqs", &[&x.buf, &inv_freq.buf, table], &p, layer)
 }
 
 /// How RoPE's frequencies are scaled: transformers' `rope_scaling` / `rope_parameters` types,
@@ -302,6 +319,32 @@ mod tests {
                 // Dimensions past the rotated ones are untouched.
                 assert!(got.chunks(d).zip(x.chunks(d)).all(|(g, x)| g[rot..] == x[rot..]), "t {t} d {d} rot {rot}: unrotated dims changed");
             }
+        }
+    });
+
+    gpu_test!(fn rope_with_a_token_table_turns_each_token_by_its_own_position(ctx) {
+        // Tokens of a batch from several sequences: positions out of order, repeated, far apart.
+        let (h, d, rot) = (3usize, 10usize, 10usize);
+        let (pos0, positions) = (2usize, [5u32, 0, 0, 1, 1000, 6, 7]);
+        let t = positions.len();
+        let rows: Vec<u32> = positions.iter().enumerate().flat_map(|(i, &p)| [i as u32 % 3, p]).collect();
+        let freqs = RopeFreqs { theta: 10000.0, rot_dim: rot, scaling: RopeScaling::None };
+        let table = freqs.inv_freq(1).unwrap();
+        let x = test_values(t * h * d, 34);
+        let xt = Tensor::upload_f32(ctx, "x", &[t, h, d], &x).unwrap();
+        let meta = Tensor::zeros(ctx, "token table", &[2 * t]).unwrap();
+        ctx.queue.write_buffer(&meta.buf, 0, bytemuck::cast_slice(&rows));
+        let ft = freqs.upload(ctx, 1).unwrap();
+        let mut rec = Recorder::new(ctx, "test");
+        rope_freqs_at(&mut rec, &xt, &ft, t, h, d, pos0, Some(&meta), RopeStyle::Neox, 1.0, 0).unwrap();
+        rec.submit().unwrap();
+        let got = ctx.read_f32_async(&xt.buf, 0, t * h * d).await.unwrap();
+        for (i, &p) in positions.iter().enumerate() {
+            let row = &x[i * h * d..(i + 1) * h * d];
+            let want = reference_freqs(row, h, d, pos0 + p as usize, &table, RopeStyle::Neox);
+            // As above: angles up to ~1000 rad.
+            let abs = 1e-3 + 2.0 * crate::ops::sin_cos_tolerance(ctx);
+            compare(&got[i * h * d..(i + 1) * h * d], &want, abs, 1e-4).unwrap_or_else(|e| panic!("token {i} at position {}: {e}", pos0 + p as usize));
         }
     });
 

@@ -1,8 +1,11 @@
-//! The GPU thread. It owns the Context, the model and one `Session` per slot (each with its
-//! own KV cache), takes jobs from a channel, and steps the busy slots round-robin: one
-//! prefill chunk or one decode step per slot per round, so streams interleave and new
-//! requests join between steps. Each step is one forward pass of one slot; the batched
-//! many-slot forward pass replaces `Slot::step` later without changing this interface.
+//! The GPU thread. It owns the Context, the model and one `Batch` of `--parallel` slots (one
+//! KV cache holding every slot), takes jobs from a channel, and runs every busy slot in ONE
+//! forward pass per step: the decode token of each running sequence plus at most one
+//! `PREFILL_CHUNK` of a joining prompt, so every weight is read once per step for all of them
+//! and new requests join between steps. A step thus costs at most (slots - 1) decode tokens
+//! and one chunk of `PREFILL_CHUNK` prompt tokens: that bounds how long a long prompt delays
+//! the running streams. Choices of one request (`n`) prefill once: the second waits for the
+//! first's prompt and forks its slot on the GPU.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,7 +16,7 @@ use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
 
 use quill::error::Result;
-use quill::generate::Session;
+use quill::generate::{Batch, Work};
 use quill::gpu::Context;
 use quill::models::LoadedModel;
 use quill::gpu::Recorder;
@@ -24,8 +27,8 @@ use quill::tokenizer::StreamDecoder;
 use super::api::StopScanner;
 use super::metrics::Metrics;
 
-/// Most prompt tokens one round prefills for one slot, so running streams keep flowing
-/// while a long prompt is read: a round costs at most one such chunk per slot.
+/// Most prompt tokens one step prefills (for one slot), so running streams keep flowing while
+/// a long prompt is read: a step costs at most one such chunk beside the decode tokens.
 pub const PREFILL_CHUNK: usize = 64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,22 +129,15 @@ struct Active {
     hit_stop: bool,
 }
 
-struct Slot<'a> {
-    session: Session<'a>,
-    active: Option<Active>,
-}
-
 /// Runs the engine until every job sender is gone and the work is done; `ready` is called
-/// once the slots' KV caches exist.
+/// once the slots' KV cache exists.
 pub fn run(ctx: &Context, model: &LoadedModel, ctx_len: usize, rx: Receiver<Vec<Job>>, load: &Load, metrics: &Metrics, ready: impl FnOnce()) -> Result<()> {
-    let mut slots = Vec::with_capacity(load.slots);
-    for _ in 0..load.slots {
-        slots.push(Slot { session: Session::new(ctx, model, ctx_len)?, active: None });
-    }
+    let mut batch = Batch::new(ctx, model, ctx_len, load.slots)?;
+    let mut slots: Vec<Option<Active>> = (0..load.slots).map(|_| None).collect();
     ready();
     let mut waiting: VecDeque<Job> = VecDeque::new();
     loop {
-        let idle = slots.iter().all(|s| s.active.is_none());
+        let idle = slots.iter().all(|s| s.is_none());
         if idle && waiting.is_empty() {
             match rx.recv() {
                 Ok(jobs) => waiting.extend(jobs),
@@ -159,37 +155,47 @@ pub fn run(ctx: &Context, model: &LoadedModel, ctx_len: usize, rx: Receiver<Vec<
             }
             alive
         });
-        assign(&mut slots, &mut waiting, load, metrics);
-        for slot in slots.iter_mut() {
-            if slot.active.is_some() && !slot.step(model, metrics) {
-                slot.active = None;
-                load.busy.fetch_sub(1, Ordering::SeqCst);
-                load.done();
-            }
-        }
+        assign(&mut batch, &mut slots, &mut waiting, load, metrics);
+        step(&mut batch, &mut slots, model, load, metrics);
     }
 }
 
-/// Puts waiting jobs (oldest first) into free slots, each into the free slot whose cache
-/// shares the longest prefix with its prompt.
-fn assign(slots: &mut [Slot], waiting: &mut VecDeque<Job>, load: &Load, metrics: &Metrics) {
-    while !waiting.is_empty() {
-        let Some(job) = waiting.front() else { break };
-        // Ties go to the first such slot, so sequential requests keep landing in slot 0.
-        let free = slots.iter().enumerate().filter(|(_, s)| s.active.is_none());
-        let best = free.map(|(i, s)| (common_prefix(s.session.ids(), &job.prompt), i)).fold(None, |b: Option<(usize, usize)>, c| if b.is_some_and(|b| b.0 >= c.0) { b } else { Some(c) }).map(|(_, i)| i);
-        let Some(i) = best else { break };
-        let Some(job) = waiting.pop_front() else { break };
-        let slot = &mut slots[i];
+fn free(slots: &mut [Option<Active>], slot: usize, load: &Load) {
+    if slots[slot].take().is_some() {
+        load.busy.fetch_sub(1, Ordering::SeqCst);
+        load.done();
+    }
+}
+
+/// Puts waiting jobs (oldest first) into free slots. A job starts from the slot (busy or not)
+/// whose ids share the longest prefix with its prompt: its own free slot's rows are reused in
+/// place, another slot's are forked into it on the GPU. A job whose prompt another slot is
+/// still prefilling waits for it (the choices of one request prefill once).
+fn assign(batch: &mut Batch, slots: &mut [Option<Active>], waiting: &mut VecDeque<Job>, load: &Load, metrics: &Metrics) {
+    let mut deferred = VecDeque::new();
+    while let Some(job) = waiting.pop_front() {
+        let Some(dst) = best_free(batch, slots, &job.prompt) else {
+            waiting.push_front(job);
+            break;
+        };
+        let prefilling = |s: &Option<Active>, i: usize| s.as_ref().is_some_and(|a| a.job.prompt == job.prompt && batch.pending(i) > 1);
+        if slots.iter().enumerate().any(|(i, s)| prefilling(s, i)) {
+            deferred.push_back(job);
+            continue;
+        }
+        let own = common_prefix(batch.ids(dst), &job.prompt);
+        let best = (0..slots.len()).filter(|&i| i != dst).map(|i| (common_prefix(&batch.ids(i)[..batch.ids(i).len() - batch.pending(i)], &job.prompt), i)).max();
+        if let Some((len, src)) = best.filter(|&(len, _)| len > own) {
+            // A failed fork only loses the reuse: the job then prefills from what dst holds.
+            let _ = batch.fork(src, dst, len);
+        }
         load.busy.fetch_add(1, Ordering::SeqCst);
         metrics.prompt_tokens.inc_by(job.prompt.len() as u64);
-        let reuse = common_prefix(slot.session.ids(), &job.prompt);
-        let first = (reuse.max(1) + PREFILL_CHUNK).min(job.prompt.len());
-        match slot.session.restart(&job.prompt[..first]) {
+        match batch.restart(dst, &job.prompt) {
             Ok(cached) => {
                 metrics.cached_tokens.inc_by(cached as u64);
                 let stop = StopScanner::new(job.stop.clone());
-                slot.active = Some(Active { job, decoder: StreamDecoder::new(), stop, generated: 0, cached, last_token: None, hit_stop: false });
+                slots[dst] = Some(Active { job, decoder: StreamDecoder::new(), stop, generated: 0, cached, last_token: None, hit_stop: false });
             }
             Err(e) => {
                 job.send(Event::Failed(e.to_string()));
@@ -198,61 +204,103 @@ fn assign(slots: &mut [Slot], waiting: &mut VecDeque<Job>, load: &Load, metrics:
             }
         }
     }
+    while let Some(job) = deferred.pop_back() {
+        waiting.push_front(job);
+    }
+}
+
+/// The free slot whose ids share the longest prefix with `prompt`; ties go to the first, so
+/// sequential requests keep landing in slot 0.
+fn best_free(batch: &Batch, slots: &[Option<Active>], prompt: &[u32]) -> Option<usize> {
+    let free = slots.iter().enumerate().filter(|(_, s)| s.is_none());
+    free.map(|(i, _)| (common_prefix(batch.ids(i), prompt), i)).fold(None, |b: Option<(usize, usize)>, c| if b.is_some_and(|b| b.0 >= c.0) { b } else { Some(c) }).map(|(_, i)| i)
 }
 
 fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
-impl Slot<'_> {
-    /// One forward pass for this slot's job. Returns false when the job is over (finished,
-    /// failed, or its client gone), freeing the slot.
-    fn step(&mut self, model: &LoadedModel, metrics: &Metrics) -> bool {
-        let Some(a) = &mut self.active else { return false };
-        if a.job.events.is_closed() {
-            return false;
+/// One forward pass over every busy slot: the decode token of each running sequence and one
+/// prefill chunk of the first slot still reading its prompt. Frees the slots whose job ended.
+fn step(batch: &mut Batch, slots: &mut [Option<Active>], model: &LoadedModel, load: &Load, metrics: &Metrics) {
+    for i in 0..slots.len() {
+        if slots[i].as_ref().is_some_and(|a| a.job.events.is_closed()) {
+            free(slots, i, load);
         }
-        match advance(&mut self.session, a, model, metrics) {
+    }
+    let mut work: Vec<Work> = Vec::new();
+    for (slot, a) in slots.iter().enumerate() {
+        if let Some(a) = a.as_ref().filter(|_| batch.pending(slot) == 1) {
+            work.push(Work { slot, sample: Some(&a.job.sampling) });
+        }
+    }
+    let room = batch.max_batch().saturating_sub(work.len());
+    let chunk = PREFILL_CHUNK.min(room);
+    let prefill = slots.iter().enumerate().find(|(slot, a)| a.is_some() && batch.pending(*slot) > 1);
+    if let (Some((slot, Some(a))), true) = (prefill, chunk > 0) {
+        work.push(Work { slot, sample: Some(&a.job.sampling) });
+    }
+    if work.is_empty() {
+        return;
+    }
+    let rows: Vec<usize> = work.iter().map(|w| w.slot).collect();
+    let result = batch.step(&work, chunk.max(1));
+    drop(work);
+    let sampled = match result {
+        Ok(ids) => ids,
+        Err(e) => {
+            // The pass failed for all of them: tell each and free the slots.
+            for &slot in &rows {
+                if let Some(a) = &slots[slot] {
+                    a.job.send(Event::Failed(e.to_string()));
+                }
+                free(slots, slot, load);
+            }
+            return;
+        }
+    };
+    for (row, (&slot, id)) in rows.iter().zip(sampled).enumerate() {
+        let Some(id) = id else { continue };
+        let Some(a) = slots[slot].as_mut() else { continue };
+        let keep = match advance(batch, slot, row, a, id, model, metrics) {
             Ok(None) => true,
             Ok(Some(finish)) => {
-                // Flush what the decoder and the stop scanner still hold (unless a stop
-                // string ended the text: then nothing after it is sent).
-                let mut text = String::new();
-                if !a.hit_stop {
-                    let tail = a.decoder.finish(&model.tokenizer).ok().flatten().unwrap_or_default();
-                    let (t, hit) = a.stop.push(&tail);
-                    text = t;
-                    a.hit_stop = hit;
-                    if !hit {
-                        text.push_str(&a.stop.finish());
-                    }
-                }
-                if !text.is_empty() {
-                    a.job.send(Event::Text { text, logprobs: Vec::new() });
-                }
-                let finish = if a.hit_stop { Finish::Stop } else { finish };
-                a.job.send(Event::Done { finish, prompt_tokens: a.job.prompt.len(), completion_tokens: a.generated, cached_tokens: a.cached });
+                finish_job(a, finish, model);
                 false
             }
             Err(e) => {
                 a.job.send(Event::Failed(e.to_string()));
                 false
             }
+        };
+        if !keep {
+            free(slots, slot, load);
         }
     }
 }
 
-/// Runs one prefill chunk or one decode step; Some(finish) when the job has ended.
-fn advance(session: &mut Session, a: &mut Active, model: &LoadedModel, metrics: &Metrics) -> Result<Option<Finish>> {
-    let pushed = session.ids().len();
-    if pushed < a.job.prompt.len() {
-        // Run the pending chunk (its logits are not needed) and queue the next one.
-        session.logits_last()?;
-        let end = (pushed + PREFILL_CHUNK).min(a.job.prompt.len());
-        session.push(&a.job.prompt[pushed..end])?;
-        return Ok(None);
+/// Flushes what the decoder and the stop scanner still hold (unless a stop string ended the
+/// text: then nothing after it is sent) and sends Done.
+fn finish_job(a: &mut Active, finish: Finish, model: &LoadedModel) {
+    let mut text = String::new();
+    if !a.hit_stop {
+        let tail = a.decoder.finish(&model.tokenizer).ok().flatten().unwrap_or_default();
+        let (t, hit) = a.stop.push(&tail);
+        text = t;
+        a.hit_stop = hit;
+        if !hit {
+            text.push_str(&a.stop.finish());
+        }
     }
-    let id = session.next_token(&a.job.sampling)?;
+    if !text.is_empty() {
+        a.job.send(Event::Text { text, logprobs: Vec::new() });
+    }
+    let finish = if a.hit_stop { Finish::Stop } else { finish };
+    a.job.send(Event::Done { finish, prompt_tokens: a.job.prompt.len(), completion_tokens: a.generated, cached_tokens: a.cached });
+}
+
+/// Handles the id slot `slot` sampled from logits row `row`; Some(finish) when the job has ended.
+fn advance(batch: &Batch, slot: usize, row: usize, a: &mut Active, id: u32, model: &LoadedModel, metrics: &Metrics) -> Result<Option<Finish>> {
     let now = Instant::now();
     match a.last_token {
         None => metrics.ttft.observe(now.duration_since(a.job.received).as_secs_f64()),
@@ -265,7 +313,7 @@ fn advance(session: &mut Session, a: &mut Active, model: &LoadedModel, metrics: 
         return Ok(Some(Finish::Stop));
     }
     let logprobs = match a.job.logprobs {
-        Some(top) => vec![token_logprob(session, model, &a.job.sampling, top)?],
+        Some(top) => vec![token_logprob(batch, slot, row, model, &a.job.sampling, top)?],
         None => Vec::new(),
     };
     let piece = a.decoder.step(&model.tokenizer, id)?.unwrap_or_default();
@@ -277,25 +325,27 @@ fn advance(session: &mut Session, a: &mut Active, model: &LoadedModel, metrics: 
         a.hit_stop = true;
         return Ok(Some(Finish::Stop));
     }
-    if a.generated >= a.job.max_tokens || session.ids().len() >= session.ctx_len() {
+    if a.generated >= a.job.max_tokens || batch.ids(slot).len() >= batch.ctx_len() {
         return Ok(Some(Finish::Length));
     }
     Ok(None)
 }
 
-/// The log-probability of the token just sampled and the top-N alternatives, computed on
-/// the GPU from the logits the step left in row 0 (only 2 + 2N numbers come back).
-fn token_logprob(session: &Session, model: &LoadedModel, s: &SamplingParams, top: usize) -> Result<TokenLogprob> {
-    let out = session.ids().len() - 1;
-    let history = out.saturating_sub(s.repeat_last_n)..out;
-    let st = &session.state;
-    let mut rec = Recorder::new(session.ctx, "logprobs");
-    logprobs(&mut rec, &st.logits, 0, &st.work, &st.tokens, &st.adjust, out, history, s, top)?;
+/// The log-probability of the token slot `slot` just sampled and the top-N alternatives,
+/// computed on the GPU from the step's logits row `row` (only 2 + 2N numbers come back).
+fn token_logprob(batch: &Batch, slot: usize, row: usize, model: &LoadedModel, s: &SamplingParams, top: usize) -> Result<TokenLogprob> {
+    let ids = batch.ids(slot);
+    let out = ids.len() - 1;
+    let st = &batch.state;
+    let base = st.token_index(slot, 0);
+    let history = base + out.saturating_sub(s.repeat_last_n)..base + out;
+    let mut rec = Recorder::new(batch.ctx, "logprobs");
+    logprobs(&mut rec, &st.logits, row, &st.work, &st.tokens, &st.adjust[slot], base + out, history, s, top)?;
     rec.submit()?;
-    let (logprob, alts) = parse_logprobs(&session.ctx.read_f32(&st.work.buf, 0, logprobs_len(top))?);
+    let (logprob, alts) = parse_logprobs(&batch.ctx.read_f32(&st.work.buf, 0, logprobs_len(top))?);
     let name = |i: u32| model.tokenizer.decode(&[i]).unwrap_or_default();
     let top = alts.into_iter().map(|(i, lp)| Alt { token: name(i), logprob: lp as f64 }).collect();
-    Ok(TokenLogprob { token: name(session.ids()[out]), logprob: logprob as f64, top })
+    Ok(TokenLogprob { token: name(ids[out]), logprob: logprob as f64, top })
 }
 
 /// What the HTTP side holds: the job channel and the shared counters.

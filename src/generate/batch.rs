@@ -1,0 +1,308 @@
+//! Several sequences (slots) sharing one forward pass: `Batch` holds one `State` with `S`
+//! slots, each with its ids, its progress through them and its draw counter. A `step` runs
+//! one forward pass over what several slots have pending (decode tokens of running sequences
+//! and a chunk of a new prompt together), so every weight is read once for all of them, then
+//! samples each slot that asked on its own logits row with its own parameters, seed and
+//! penalty window; the sampled ids stay on the GPU for the next step and come back together.
+
+use crate::error::{Error, Result};
+use crate::gpu::{BindCache, Context, Recorder};
+use crate::models::state::Segment;
+use crate::models::{LoadedModel, LogitRows, State};
+use crate::ops::sample::{sample, write_adjust};
+use crate::sampling::{dry_penalties, SamplingParams};
+
+/// One slot's part of a step.
+#[derive(Clone, Copy, Debug)]
+pub struct Work<'p> {
+    pub slot: usize,
+    /// Sample the next token once the slot's pending ids have all run (None: only run them,
+    /// e.g. a prompt's chunk).
+    pub sample: Option<&'p SamplingParams>,
+}
+
+/// A slot's sequence: ids[..processed] are in its KV cache rows, ids[processed..] wait on the
+/// GPU for a forward pass.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Seq {
+    pub(super) ids: Vec<u32>,
+    pub(super) processed: usize,
+    /// Draws so far, mixed into the sampler's random numbers.
+    pub(super) draws: u32,
+}
+
+pub struct Batch<'a> {
+    pub ctx: &'a Context,
+    pub model: &'a LoadedModel,
+    pub state: State,
+    pub(super) seqs: Vec<Seq>,
+    /// Bind groups of earlier steps, reused: decode creates none after its first step.
+    pub(super) binds: BindCache,
+}
+
+/// Checks that `ids` can be appended to a sequence of `len` ids in a context of `ctx_len`.
+pub(crate) fn check_push(model: &LoadedModel, ids: &[u32], len: usize, ctx_len: usize) -> Result<()> {
+    let vocab = model.config().vocab;
+    if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+        return Err(Error::arg("token id", format!("{bad} is outside the vocabulary of {vocab}")));
+    }
+    if len + ids.len() > ctx_len {
+        return Err(Error::Context(format!(
+            "{} tokens do not fit the context of {ctx_len} positions (already {len} in use); shorten the prompt or raise --ctx (the model allows {})",
+            ids.len(),
+            model.config().max_ctx
+        )));
+    }
+    Ok(())
+}
+
+impl<'a> Batch<'a> {
+    /// `n_slots` sequences of `ctx_len` positions each, forward passes of up to
+    /// `DEFAULT_MAX_BATCH` tokens.
+    pub fn new(ctx: &'a Context, model: &'a LoadedModel, ctx_len: usize, n_slots: usize) -> Result<Self> {
+        Self::planned(ctx, model, Some(ctx_len), n_slots)
+    }
+
+    /// `new` with None: the model's context or the largest that fits the GPU memory budget,
+    /// whichever is smaller (`plan::plan_session`).
+    pub fn planned(ctx: &'a Context, model: &'a LoadedModel, ctx_len: Option<usize>, n_slots: usize) -> Result<Self> {
+        let plan = crate::plan::plan_session(ctx, model, ctx_len, super::DEFAULT_MAX_BATCH)?;
+        let state = State::with_slots(ctx, model.config(), plan.ctx_len, super::DEFAULT_MAX_BATCH.min(plan.ctx_len), n_slots)?;
+        Ok(Batch { ctx, model, state, seqs: vec![Seq::default(); n_slots], binds: BindCache::default() })
+    }
+
+    pub fn n_slots(&self) -> usize {
+        self.seqs.len()
+    }
+    pub fn ctx_len(&self) -> usize {
+        self.state.ctx_len
+    }
+    /// Most tokens one step takes.
+    pub fn max_batch(&self) -> usize {
+        self.state.max_batch
+    }
+    fn seq(&self, slot: usize) -> Result<&Seq> {
+        self.seqs.get(slot).ok_or_else(|| Error::arg("slot", format!("{slot} is not one of the {} slots", self.seqs.len())))
+    }
+    /// Every id of slot `slot`'s sequence (empty for a slot out of range).
+    pub fn ids(&self, slot: usize) -> &[u32] {
+        self.seqs.get(slot).map_or(&[], |s| &s.ids)
+    }
+    /// Ids of slot `slot` waiting for a forward pass.
+    pub fn pending(&self, slot: usize) -> usize {
+        self.seqs.get(slot).map_or(0, |s| s.ids.len() - s.processed)
+    }
+
+    /// Appends ids to slot `slot`'s sequence (uploaded now; run by a later step).
+    pub fn push(&mut self, slot: usize, ids: &[u32]) -> Result<()> {
+        let len = self.seq(slot)?.ids.len();
+        check_push(self.model, ids, len, self.state.ctx_len)?;
+        let at = (self.state.token_index(slot, len) * 4) as u64;
+        self.ctx.queue.write_buffer(&self.state.tokens.buf, at, bytemuck::cast_slice(ids));
+        self.seqs[slot].ids.extend_from_slice(ids);
+        Ok(())
+    }
+
+    /// Forgets every id of slot `slot` after the first `len`.
+    pub fn truncate(&mut self, slot: usize, len: usize) {
+        if let Some(s) = self.seqs.get_mut(slot) {
+            if len < s.ids.len() {
+                s.ids.truncate(len);
+                s.processed = s.processed.min(len.saturating_sub(1));
+            }
+        }
+    }
+
+    /// Starts sequence `prompt` in slot `slot`, keeping the KV-cache rows of the longest common
+    /// prefix with what the slot holds (a server's prompt cache); at least the last prompt id
+    /// runs again, so its logits are fresh. The draw counter restarts. Returns the ids reused.
+    pub fn restart(&mut self, slot: usize, prompt: &[u32]) -> Result<usize> {
+        let s = self.seq(slot)?;
+        let common = s.ids.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        let mut reused = common.min(s.processed).min(prompt.len().saturating_sub(1));
+        if !self.rings_keep(s.processed, reused) {
+            reused = 0;
+        }
+        let s = &mut self.seqs[slot];
+        s.ids.truncate(reused);
+        s.processed = reused;
+        s.draws = 0;
+        self.push(slot, &prompt[reused..])
+            .inspect_err(|_| self.truncate(slot, reused))?;
+        Ok(reused)
+    }
+
+    /// Makes slot `dst` a copy of the first `len` ids of slot `src`, KV rows included, on the
+    /// GPU (one command buffer of copies): it then continues exactly as `src` would, draws
+    /// included. N drafts of one prompt prefill once.
+    pub fn fork(&mut self, src: usize, dst: usize, len: usize) -> Result<()> {
+        let s = self.seq(src)?.clone();
+        self.seq(dst)?;
+        if len > s.ids.len() {
+            return Err(Error::arg("fork", format!("{len} positions of slot {src}, which holds {}", s.ids.len())));
+        }
+        if !self.rings_keep(s.processed, len) {
+            return Err(Error::arg("fork", format!("{len} positions of slot {src}: its sliding-window ring has moved past them ({} positions run)", s.processed)));
+        }
+        let mut rec = Recorder::new(self.ctx, "fork");
+        self.state.fork(&mut rec, src, dst, len)?;
+        rec.submit()?;
+        self.seqs[dst] = Seq { ids: s.ids[..len].to_vec(), processed: s.processed.min(len), draws: s.draws };
+        Ok(())
+    }
+
+    /// Whether every sliding-window ring of a slot that has run `processed` positions still
+    /// holds the rows the positions after the first `len` read (the last window before `len`).
+    fn rings_keep(&self, processed: usize, len: usize) -> bool {
+        let c = self.model.config();
+        self.state.cache_len.iter().enumerate().all(|(i, &rows)| match c.attention(i).window {
+            Some(w) if rows < self.state.ctx_len && len < processed => len.saturating_sub(w) + rows >= processed,
+            _ => true,
+        })
+    }
+
+    /// One forward pass over the pending ids of the slots in `work` (each slot at most once;
+    /// a slot's run is cut at `chunk` ids and at what the pass still holds), then a draw for
+    /// each slot whose pending ids have all run and that asked for one. Returns, per entry of
+    /// `work`, the id sampled (None: not asked, not done with its prompt, or its context full).
+    pub fn step(&mut self, work: &[Work], chunk: usize) -> Result<Vec<Option<u32>>> {
+        pollster::block_on(self.step_async(work, chunk))
+    }
+
+    pub async fn step_async(&mut self, work: &[Work<'_>], chunk: usize) -> Result<Vec<Option<u32>>> {
+        let mut segs = Vec::with_capacity(work.len());
+        let mut room = self.state.max_batch;
+        for w in work {
+            let s = self.seq(w.slot)?;
+            let n = (s.ids.len() - s.processed).min(chunk.max(1)).min(room);
+            if n == 0 {
+                return Err(Error::Context(format!("slot {} has no token to run (or the pass is full): push ids first", w.slot)));
+            }
+            room -= n;
+            segs.push(Segment { slot: w.slot, pos0: s.processed, n });
+        }
+        if segs.len() > 1 {
+            self.state.set_table(self.ctx, &segs)?;
+        }
+        let mut rec = Recorder::new(self.ctx, "step").with_bind_cache(&self.binds);
+        self.model.model.forward_batch(&mut rec, &self.state, &segs, 0, LogitRows::Last)?;
+        let mut sampled = Vec::with_capacity(work.len());
+        for (row, (w, seg)) in work.iter().zip(&segs).enumerate() {
+            let s = &self.seqs[w.slot];
+            let done = seg.pos0 + seg.n == s.ids.len();
+            match w.sample {
+                Some(p) if done && s.ids.len() < self.state.ctx_len => {
+                    self.sample_into(&mut rec, w.slot, row, p)?;
+                    let at = (self.state.token_index(w.slot, s.ids.len()) * 4) as u64;
+                    rec.copy(&self.state.tokens.buf, at, &self.state.readback, (sampled.len() * 4) as u64, 4);
+                    sampled.push(Some(w.slot));
+                }
+                _ => sampled.push(None),
+            }
+        }
+        rec.submit()?;
+        for seg in &segs {
+            self.seqs[seg.slot].processed += seg.n;
+        }
+        let n_sampled = sampled.iter().flatten().count();
+        if n_sampled == 0 {
+            return Ok(vec![None; work.len()]);
+        }
+        let bytes = self.ctx.map_read_async(&self.state.readback, (n_sampled * 4) as u64).await?;
+        let mut ids = bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        let mut out = Vec::with_capacity(work.len());
+        for slot in sampled {
+            out.push(match (slot, ids.next()) {
+                (Some(slot), Some(id)) => {
+                    let s = &mut self.seqs[slot];
+                    s.ids.push(id);
+                    s.draws = s.draws.wrapping_add(1);
+                    Some(id)
+                }
+                _ => None,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Records sampling slot `slot`'s next id from logits row `row` into its token row, with
+    /// its penalty window over its own ids.
+    fn sample_into(&self, rec: &mut Recorder, slot: usize, row: usize, s: &SamplingParams) -> Result<()> {
+        let seq = &self.seqs[slot];
+        self.sample_at(rec, slot, row, s, seq.ids.len(), seq.draws)
+    }
+
+    /// Records sampling into slot `slot`'s position `out` from logits row `row` with draw
+    /// number `draw`, penalties over the ids before `out` (DRY over those on the CPU).
+    pub(super) fn sample_at(&self, rec: &mut Recorder, slot: usize, row: usize, s: &SamplingParams, out: usize, draw: u32) -> Result<()> {
+        let ids = &self.seqs[slot].ids;
+        let base = self.state.token_index(slot, 0);
+        let history = base + out.saturating_sub(s.repeat_last_n)..base + out;
+        let st = &self.state;
+        write_adjust(self.ctx, &st.adjust[slot], &s.logit_bias, &dry_penalties(&ids[..out.min(ids.len())], s))?;
+        sample(rec, &st.logits, row, &st.work, &st.tokens, &st.adjust[slot], base + out, history, s, draw)
+    }
+
+    /// Writes `seeds.len()` continuations of `prompt` (at most the slots) in one batched pass
+    /// per token: the prompt prefills once in slot 0, which is forked into the others, and
+    /// draft i draws with `s` and seed `seeds[i]`. `on_token(draft, id)` sees each id as it
+    /// comes (false stops that draft). Returns each draft's ids and why it stopped.
+    pub fn drafts(&mut self, prompt: &[u32], s: &SamplingParams, seeds: &[u64], max_tokens: usize, ignore_eos: bool, mut on_token: impl FnMut(usize, u32) -> bool) -> Result<Vec<(Vec<u32>, super::Stop)>> {
+        s.validate()?;
+        if seeds.is_empty() || seeds.len() > self.n_slots() {
+            return Err(Error::arg("--drafts", format!("{} drafts: 1 to {} (the slots)", seeds.len(), self.n_slots())));
+        }
+        if prompt.is_empty() || prompt.len() >= self.ctx_len() {
+            return Err(Error::Context(format!("the prompt has {} tokens; the context holds {} positions (one more is needed to generate)", prompt.len(), self.ctx_len())));
+        }
+        self.restart(0, prompt)?;
+        while self.pending(0) > 1 {
+            let chunk = (self.pending(0) - 1).min(self.max_batch());
+            self.step(&[Work { slot: 0, sample: None }], chunk)?;
+        }
+        for d in 1..seeds.len() {
+            self.fork(0, d, prompt.len())?;
+        }
+        let params: Vec<SamplingParams> = seeds.iter().map(|&seed| SamplingParams { seed, ..s.clone() }).collect();
+        let mut out: Vec<(Vec<u32>, super::Stop)> = vec![(Vec::new(), super::Stop::MaxTokens); seeds.len()];
+        let mut running: Vec<usize> = (0..seeds.len()).collect();
+        while !running.is_empty() {
+            let work: Vec<Work> = running.iter().map(|&d| Work { slot: d, sample: Some(&params[d]) }).collect();
+            let ids = self.step(&work, 1)?;
+            let mut still = Vec::with_capacity(running.len());
+            for (&d, id) in running.iter().zip(ids) {
+                let stop = match id {
+                    None => Some(super::Stop::ContextFull),
+                    Some(id) if !ignore_eos && self.model.is_eos(id) => Some(super::Stop::Eos),
+                    Some(id) => {
+                        out[d].0.push(id);
+                        if !on_token(d, id) {
+                            Some(super::Stop::Cancelled)
+                        } else if out[d].0.len() >= max_tokens {
+                            Some(super::Stop::MaxTokens)
+                        } else if self.ids(d).len() >= self.ctx_len() {
+                            Some(super::Stop::ContextFull)
+                        } else {
+                            None
+                        }
+                    }
+                };
+                match stop {
+                    Some(stop) => out[d].1 = stop,
+                    None => still.push(d),
+                }
+            }
+            running = still;
+        }
+        Ok(out)
+    }
+
+    /// Logits row `row` of the last step (row i: its work entry i's last token): (vocab,).
+    pub fn logits(&self, row: usize) -> Result<Vec<f32>> {
+        let vocab = self.model.config().vocab;
+        if row >= self.state.n_slots {
+            return Err(Error::arg("row", format!("{row}: a step has at most {} logits rows", self.state.n_slots)));
+        }
+        self.ctx.read_f32(&self.state.logits.buf, row * vocab, vocab)
+    }
+}

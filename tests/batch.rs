@@ -1,0 +1,171 @@
+//! Several sequences in one forward pass (`generate::Batch`): a mixed batch — decode tokens of
+//! three slots at different positions and a prefill chunk of a fourth — gives every sequence
+//! the logits it gets alone, greedy texts are identical, and a forked slot continues exactly
+//! like its parent. On llama-tiny and on mistral-tiny, whose sliding window of 10 runs over a
+//! ring cache per slot (the prompts here are longer than the ring, so it wraps).
+//!
+//! Tolerance: 1e-4 absolute + 1e-4 relative on logits of magnitude ~1-10: the batch runs the
+//! matrix-matrix kernels over all its tokens where a sequence alone decodes with the mat-vec,
+//! so f32 sums go in another order (differences seen: ~1e-6); the attention of each token is
+//! the same kernel over the same keys.
+
+mod common;
+#[path = "common/golden.rs"]
+#[allow(dead_code)]
+mod golden;
+
+use common::*;
+use golden::check_close;
+use quill::generate::{Batch, Session, Work};
+use quill::gpu::context::test_context;
+use quill::gpu::Context;
+use quill::models::LoadedModel;
+use quill::sampling::SamplingParams;
+
+const ABS: f32 = 1e-4;
+const REL: f32 = 1e-4;
+
+fn load(ctx: &Context, name: &str) -> LoadedModel {
+    let path = fixture(name);
+    quill::files::load_model(ctx, &path, &mut no_progress).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()))
+}
+
+/// Deterministic ids below 1000 (every fixture's vocabulary is larger).
+fn ids(n: usize, seed: u64) -> Vec<u32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 33) % 1000) as u32
+        })
+        .collect()
+}
+
+/// Logits of the last of `seq` run alone in a fresh one-sequence session.
+fn alone(ctx: &Context, model: &LoadedModel, ctx_len: usize, seq: &[u32]) -> Vec<f32> {
+    let mut s = Session::new(ctx, model, ctx_len).unwrap();
+    s.push(seq).unwrap();
+    s.logits_last().unwrap()
+}
+
+/// Slots 0-2 hold prompts of `lens[0..3]` ids and run to their ends; then one step takes the
+/// decode token of each (positions lens[i]) and a prefill chunk of slot 3's `lens[3]` ids.
+/// Each row's logits must equal the sequence's alone; then all four decode greedily together
+/// for `steps` tokens, and must give the texts each gives alone.
+fn mixed_batch_equals_alone(name: &str, ctx_len: usize, lens: [usize; 4], steps: usize) {
+    let Some(ctx) = test_context() else { return };
+    let model = load(ctx, name);
+    let prompts: Vec<Vec<u32>> = lens.iter().enumerate().map(|(i, &n)| ids(n, 11 + i as u64)).collect();
+    let mut b = Batch::new(ctx, &model, ctx_len, 4).unwrap();
+    for (slot, p) in prompts.iter().enumerate().take(3) {
+        b.push(slot, &p[..p.len() - 1]).unwrap();
+        while b.pending(slot) > 0 {
+            b.step(&[Work { slot, sample: None }], b.max_batch()).unwrap();
+        }
+        b.push(slot, &p[p.len() - 1..]).unwrap();
+    }
+    b.push(3, &prompts[3]).unwrap();
+    let work: Vec<Work> = (0..4).map(|slot| Work { slot, sample: None }).collect();
+    b.step(&work, b.max_batch()).unwrap();
+    assert_eq!(b.pending(3), 0, "{name}: slot 3's prompt fits one chunk");
+    for (slot, p) in prompts.iter().enumerate() {
+        let want = alone(ctx, &model, ctx_len, p);
+        check_close(&b.logits(slot).unwrap(), &want, ABS, REL, &format!("{name}: slot {slot} (position {}) in the mixed batch vs alone", p.len() - 1));
+    }
+    // Greedy together vs greedy alone. Each slot's last logits are computed: draw from them.
+    let greedy = SamplingParams::greedy();
+    let mut together: Vec<Vec<u32>> = vec![Vec::new(); 4];
+    for (slot, p) in prompts.iter().enumerate() {
+        b.restart(slot, p).unwrap();
+    }
+    let work: Vec<Work> = (0..4).map(|slot| Work { slot, sample: Some(&greedy) }).collect();
+    for _ in 0..steps {
+        let got = b.step(&work, b.max_batch()).unwrap();
+        for (slot, id) in got.into_iter().enumerate() {
+            together[slot].push(id.expect("every slot samples"));
+        }
+    }
+    for (slot, p) in prompts.iter().enumerate() {
+        let mut s = Session::new(ctx, &model, ctx_len).unwrap();
+        let mut text = Vec::new();
+        s.generate(p, &greedy, steps, true, |id| {
+            text.push(id);
+            true
+        })
+        .unwrap();
+        assert_eq!(together[slot], text, "{name}: slot {slot}'s greedy text in the batch vs alone");
+    }
+}
+
+#[test]
+fn llama_tiny_mixed_batch_equals_each_sequence_alone() {
+    mixed_batch_equals_alone("llama-tiny", 64, [5, 17, 9, 12], 8);
+}
+
+/// Prompts of 150-170 ids wrap each slot's ring (window 10 + 128 - 1 = 137 rows).
+#[test]
+fn mistral_tiny_ring_caches_per_slot_in_a_mixed_batch() {
+    mixed_batch_equals_alone("mistral-tiny", 200, [150, 163, 171, 40], 6);
+}
+
+/// A slot forked after its prompt continues exactly like its parent: the same seeded draws,
+/// and the same logits as the parent's at every step; a fork of part of the prompt reuses
+/// those rows and runs the rest itself.
+fn fork_continues_like_parent(name: &str, ctx_len: usize, prompt_len: usize) {
+    let Some(ctx) = test_context() else { return };
+    let model = load(ctx, name);
+    let prompt = ids(prompt_len, 5);
+    let s = SamplingParams { temperature: 0.9, top_k: 50, top_p: 0.95, min_p: 0.0, repeat_penalty: 1.2, repeat_last_n: 8, seed: 3, ..SamplingParams::greedy() };
+    let mut b = Batch::new(ctx, &model, ctx_len, 3).unwrap();
+    b.push(0, &prompt).unwrap();
+    while b.pending(0) > 1 {
+        b.step(&[Work { slot: 0, sample: None }], b.pending(0) - 1).unwrap();
+    }
+    let first = b.step(&[Work { slot: 0, sample: Some(&s) }], b.max_batch()).unwrap()[0].unwrap();
+    b.fork(0, 1, prompt_len + 1).unwrap();
+    // Slot 2 keeps only half of the prompt's rows and runs the rest with its own passes.
+    b.fork(0, 2, prompt_len / 2).unwrap();
+    b.push(2, &prompt[prompt_len / 2..]).unwrap();
+    b.push(2, &[first]).unwrap();
+    while b.pending(2) > 1 {
+        b.step(&[Work { slot: 2, sample: None }], b.pending(2) - 1).unwrap();
+    }
+    let work: Vec<Work> = (0..3).map(|slot| Work { slot, sample: Some(&s) }).collect();
+    for step in 0..6 {
+        let got = b.step(&work, b.max_batch()).unwrap();
+        let parent = b.logits(0).unwrap();
+        check_close(&b.logits(1).unwrap(), &parent, ABS, REL, &format!("{name}: fork's logits at step {step}"));
+        check_close(&b.logits(2).unwrap(), &parent, ABS, REL, &format!("{name}: half-prompt fork's logits at step {step}"));
+        assert_eq!(got[1], got[0], "{name}: the fork's draw at step {step}");
+        // The half fork draws with its own counter (it made no draw at the prompt's end).
+        assert!(got[2].is_some());
+    }
+    assert_eq!(b.ids(1), b.ids(0), "{name}: the fork's ids");
+}
+
+#[test]
+fn llama_tiny_fork_continues_like_its_parent() {
+    fork_continues_like_parent("llama-tiny", 64, 13);
+}
+
+#[test]
+fn mistral_tiny_fork_of_a_wrapped_ring_continues_like_its_parent() {
+    fork_continues_like_parent("mistral-tiny", 200, 150);
+}
+
+/// Bad slots and batches are errors that say what is wrong, never a panic.
+#[test]
+fn bad_slots_are_errors() {
+    let Some(ctx) = test_context() else { return };
+    let model = load(ctx, "llama-tiny");
+    let mut b = Batch::new(ctx, &model, 32, 2).unwrap();
+    assert!(b.push(2, &[1]).unwrap_err().to_string().contains("slot"));
+    assert!(b.step(&[Work { slot: 0, sample: None }], 8).unwrap_err().to_string().contains("no token to run"));
+    b.push(0, &[1, 2]).unwrap();
+    b.push(1, &[3]).unwrap();
+    let twice = [Work { slot: 0, sample: None }, Work { slot: 0, sample: None }];
+    assert!(b.step(&twice, 8).unwrap_err().to_string().contains("once each"));
+    assert!(b.fork(0, 0, 1).unwrap_err().to_string().contains("fork"));
+    assert!(b.fork(0, 1, 5).unwrap_err().to_string().contains("holds 2"));
+    assert!(Batch::new(ctx, &model, 32, 0).is_err());
+}
