@@ -10,6 +10,7 @@ use super::{registry, Model};
 use crate::error::{Error, Result};
 use crate::gpu::Context;
 use crate::tokenizer::Tokenizer;
+use crate::train::adapter::LoraSpec;
 use crate::weights::gguf::Gguf;
 use crate::weights::safetensors::SafetensorsSource;
 use crate::weights::{DType, TensorSource};
@@ -124,6 +125,11 @@ pub fn load_gguf(ctx: &Context, file: &str, bytes: &[u8], progress: &mut dyn FnM
 
 /// Loads a GGUF model with weights stored as `opts` says.
 pub fn load_gguf_with(ctx: &Context, file: &str, bytes: &[u8], opts: &LoadOptions, progress: &mut dyn FnMut(u64, u64)) -> Result<LoadedModel> {
+    load_gguf_lora(ctx, file, bytes, opts, None, progress)
+}
+
+/// Loads a GGUF model with a LoRA adapter merged into its weights (`train::adapter`).
+pub fn load_gguf_lora(ctx: &Context, file: &str, bytes: &[u8], opts: &LoadOptions, lora: Option<&LoraSpec>, progress: &mut dyn FnMut(u64, u64)) -> Result<LoadedModel> {
     let g = Gguf::parse(file, bytes)?;
     let (arch, cfg) = registry::from_gguf(&g)?;
     let tokenizer = Tokenizer::from_gguf(&g)?;
@@ -134,7 +140,9 @@ pub fn load_gguf_with(ctx: &Context, file: &str, bytes: &[u8], opts: &LoadOption
         done += b;
         progress(done, total)
     };
-    let model = with_builder(ctx, &g, Naming::Gguf, &|d, c| opts.storage(d, c), &mut count, |b| (arch.load)(&cfg, b))?;
+    let merged = lora.map(|l| l.merge(&g, Naming::Gguf, &cfg)).transpose()?;
+    let src: &dyn TensorSource = merged.as_ref().map_or(&g, |m| m);
+    let model = with_builder(ctx, src, Naming::Gguf, &|d, c| opts.storage(d, c), &mut count, |b| (arch.load)(&cfg, b))?;
     let defaults = GenerationDefaults { eos_ids: tokenizer.eos_ids.clone(), ..Default::default() };
     Ok(LoadedModel {
         model,
@@ -205,6 +213,11 @@ pub fn load_hf(ctx: &Context, files: &HfFiles, progress: &mut dyn FnMut(u64, u64
 /// Loads a Hugging Face model directory's files with weights stored as `opts` says (Llama and
 /// Qwen2; GPT-2 and XGLM weights are f32).
 pub fn load_hf_with(ctx: &Context, files: &HfFiles, opts: &LoadOptions, progress: &mut dyn FnMut(u64, u64)) -> Result<LoadedModel> {
+    load_hf_lora(ctx, files, opts, None, progress)
+}
+
+/// Loads a Hugging Face model directory's files with a LoRA adapter merged into its weights.
+pub fn load_hf_lora(ctx: &Context, files: &HfFiles, opts: &LoadOptions, lora: Option<&LoraSpec>, progress: &mut dyn FnMut(u64, u64)) -> Result<LoadedModel> {
     let dir = &files.dir;
     let (arch, cfg) = registry::from_hf_json(files.config_json, &format!("{dir}/config.json"))?;
     let tokenizer_json = files
@@ -220,7 +233,9 @@ pub fn load_hf_with(ctx: &Context, files: &HfFiles, opts: &LoadOptions, progress
         done += b;
         progress(done, total)
     };
-    let model: Model = with_builder(ctx, &src, Naming::HuggingFace, &|d, c| opts.storage(d, c), &mut count, |b| (arch.load)(&cfg, b))?;
+    let merged = lora.map(|l| l.merge(&src, Naming::HuggingFace, &cfg)).transpose()?;
+    let model_src: &dyn TensorSource = merged.as_ref().map_or(&src, |m| m);
+    let model: Model = with_builder(ctx, model_src, Naming::HuggingFace, &|d, c| opts.storage(d, c), &mut count, |b| (arch.load)(&cfg, b))?;
     let mut names = Vec::new();
     for (_, bytes) in &files.safetensors {
         if let Ok(st) = safetensors::SafeTensors::deserialize(bytes) {
