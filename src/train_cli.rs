@@ -34,7 +34,8 @@ pub struct RunArgs {
     /// Sequences per optimizer step (accumulated one at a time).
     #[arg(long, default_value_t = 4)]
     batch: usize,
-    /// Peak learning rate (warmup over the first 5% of steps, cosine to a tenth).
+    /// Peak learning rate (warmup over the first 5% of steps, cosine to a tenth) [default: 2e-3
+    /// for finetune, 3e-3 for train].
     #[arg(long)]
     lr: Option<f32>,
     /// Fraction of the sequences (the end of the text) held out for the held-out loss.

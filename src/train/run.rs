@@ -93,6 +93,7 @@ pub async fn held_out_loss(ctx: &Context, llama: &Llama, val: &[Vec<u32>]) -> Re
 /// Trains `llama` from `history.step` to `opts.steps`, calling `progress` after every step and
 /// `checkpoint` after every held-out evaluation. A loss that is not a finite number stops the
 /// run with an error naming the step; the last checkpoint written stays as it was.
+#[allow(clippy::too_many_arguments)]
 pub async fn train(
     ctx: &Context,
     llama: &Llama,
