@@ -200,13 +200,13 @@ fn run_training(ctx: &Context, llama: &Llama, data: &Data, run: &RunArgs, lr: f3
         let h = p.history;
         let val = h.val.last().map_or("-".to_string(), |v| format!("{:.4}", v.loss));
         bar.set_position(h.step as u64);
-        bar.set_message(format!("loss {:.4} held-out {val} {:.0} tok/s", h.train.last().map_or(f32::NAN, |t| t.loss), p.tokens_per_s));
+        bar.set_message(format!("loss {:.4} held-out {val} {:.1} tok/s", h.train.last().map_or(f32::NAN, |t| t.loss), p.tokens_per_s));
         if !bar.is_hidden() {
             return;
         }
         // Not a terminal: a line per evaluation instead of a bar.
         if h.val.last().is_some_and(|v| v.step == h.step) {
-            noteln!("step {}/{}: loss {:.4} held-out {val} ({:.0} tok/s)", h.step, p.total_steps, h.train.last().map_or(f32::NAN, |t| t.loss), p.tokens_per_s);
+            noteln!("step {}/{}: loss {:.4} held-out {val} ({:.1} tok/s)", h.step, p.total_steps, h.train.last().map_or(f32::NAN, |t| t.loss), p.tokens_per_s);
         }
     };
     let mut checkpoint = |opt: &quill::train::llama::Optimizer, h: &History| -> Result<()> {
@@ -239,6 +239,6 @@ fn finish(out: &Path, h: &History, title: &str) -> Result<()> {
         (Some(a), Some(b)) => format!(", held-out {:.4} (step {}) -> {:.4} (step {})", a.loss, a.step, b.loss, b.step),
         _ => String::new(),
     };
-    noteln!("trained {} steps, {} tokens in {:.1} s ({:.0} tok/s): loss {first:.4} -> {last:.4}{val}; wrote {}", h.step, h.tokens, h.seconds, h.tokens as f64 / h.seconds.max(1e-9), out.display());
+    noteln!("trained {} steps, {} tokens in {:.1} s ({:.1} tok/s): loss {first:.4} -> {last:.4}{val}; wrote {}", h.step, h.tokens, h.seconds, h.tokens as f64 / h.seconds.max(1e-9), out.display());
     Ok(())
 }
