@@ -28,7 +28,17 @@ struct Cli {
     /// [default: QUILL_KV_CACHE, else f32].
     #[arg(long, global = true)]
     kv_cache: Option<String>,
+    /// A LoRA adapter (PEFT directory or GGUF LoRA file) merged into the model's weights at
+    /// load (the matrices it touches become f32).
+    #[arg(long, global = true)]
+    lora: Option<PathBuf>,
+    /// Multiplier of the adapter's alpha / rank scale.
+    #[arg(long, global = true, default_value_t = 1.0, requires = "lora")]
+    lora_scale: f32,
 }
+
+/// The `--lora` adapter and `--lora-scale` given, for every model loaded.
+static LORA: std::sync::OnceLock<Option<(PathBuf, f32)>> = std::sync::OnceLock::new();
 
 /// The `--dtype` given, for every model loaded.
 static LOAD_OPTIONS: std::sync::OnceLock<LoadOptions> = std::sync::OnceLock::new();
@@ -59,6 +69,10 @@ enum Command {
     },
     /// Serve the model over HTTP with an OpenAI-compatible API.
     Serve(crate::serve::ServeArgs),
+    /// Train a LoRA adapter on a text (base frozen); writes PEFT and GGUF adapters.
+    Finetune(crate::train_cli::FinetuneArgs),
+    /// Train a small Llama from scratch on a text; writes a Hugging Face directory.
+    Train(crate::train_cli::TrainArgs),
 }
 
 #[derive(Args)]
@@ -248,6 +262,7 @@ struct WriteArgs {
 pub fn run() -> Result<()> {
     let cli = Cli::parse();
     let _ = LOAD_OPTIONS.set(LoadOptions { dtype: WeightType::parse(&cli.dtype)?, kv_cache: kv_cache_format(cli.kv_cache.as_deref())? });
+    let _ = LORA.set(cli.lora.map(|p| (p, cli.lora_scale)));
     match cli.command {
         Command::Info { model } => info(model),
         Command::Write(args) => write(args),
@@ -256,6 +271,8 @@ pub fn run() -> Result<()> {
         Command::Bench(args) => bench(args),
         Command::BenchDevice { json } => bench_device(json),
         Command::Serve(args) => crate::serve::run(args),
+        Command::Finetune(args) => crate::train_cli::finetune(args),
+        Command::Train(args) => crate::train_cli::train(args),
     }
 }
 
@@ -302,7 +319,8 @@ pub(crate) fn load(ctx: &Context, path: &std::path::Path) -> Result<LoadedModel>
     let start = Instant::now();
     let mut last_pct = u64::MAX;
     let opts = LOAD_OPTIONS.get().copied().unwrap_or_default();
-    let model = quill::files::load_model_with(ctx, path, &opts, &mut |done, total| {
+    let lora = LORA.get().and_then(|l| l.as_ref()).map(|(p, s)| (p.as_path(), *s));
+    let model = quill::files::load_model_lora(ctx, path, &opts, lora, &mut |done, total| {
         let pct = done * 100 / total.max(1);
         // On a terminal every percent (redrawn in place); in a log, every quarter.
         let step = if tty { pct } else { pct / 25 * 25 };
@@ -315,6 +333,9 @@ pub(crate) fn load(ctx: &Context, path: &std::path::Path) -> Result<LoadedModel>
     })?;
     if tty {
         noteln!();
+    }
+    if let Some((p, s)) = lora {
+        noteln!("merged the LoRA adapter {} (scale ×{s}) into the weights it touches, now f32", p.display());
     }
     let c = model.config();
     noteln!(

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::gpu::Context;
-use crate::models::load::{load_gguf_from, load_hf_with, HfFiles, LoadOptions};
+use crate::models::load::{load_gguf_lora, load_hf_lora, HfFiles, LoadOptions};
+use crate::train::adapter::{LoraFiles, LoraSpec};
 use crate::models::LoadedModel;
 use crate::weights::source::{ByteSource, Bytes};
 
@@ -202,12 +203,21 @@ pub fn load_model(ctx: &Context, path: &Path, progress: &mut dyn FnMut(u64, u64)
 
 /// Loads a model with weights stored as `opts` says.
 pub fn load_model_with(ctx: &Context, path: &Path, opts: &LoadOptions, progress: &mut dyn FnMut(u64, u64)) -> Result<LoadedModel> {
+    load_model_lora(ctx, path, opts, None, progress)
+}
+
+/// Loads a model with the LoRA adapter at `lora.0` (a PEFT directory or a GGUF LoRA file)
+/// merged into its weights at scale multiplier `lora.1`.
+pub fn load_model_lora(ctx: &Context, path: &Path, opts: &LoadOptions, lora: Option<(&Path, f32)>, progress: &mut dyn FnMut(u64, u64)) -> Result<LoadedModel> {
+    let adapter = lora.map(|(p, scale)| read_adapter(p).map(|files| (files, scale))).transpose()?;
+    let spec = adapter.as_ref().map(|(files, scale)| files.spec(*scale));
+    let lora = spec.as_ref();
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     let label = path.display().to_string();
     if meta.is_file() {
         // The same tensor-by-tensor path as the browser's, from the memory map.
         let file = MappedFile::open(path)?;
-        return load_gguf_from(ctx, &label, &file, opts, &mut |p| progress(p.bytes, p.total_bytes));
+        return load_gguf_lora(ctx, &label, &file, opts, lora, &mut |p| progress(p.bytes, p.total_bytes));
     }
     if !meta.is_dir() {
         // A FIFO, a device or a socket: neither a file to map nor a directory to look into.
@@ -231,7 +241,59 @@ pub fn load_model_with(ctx: &Context, path: &Path, opts: &LoadOptions, progress:
         chat_template: template.as_deref(),
         generation_config_json: generation.as_deref(),
     };
-    load_hf_with(ctx, &files, opts, progress)
+    load_hf_lora(ctx, &files, opts, lora, progress)
+}
+
+/// Runs `f` on a model's config, tokenizer and tensors as the file has them (a GGUF file or a
+/// Hugging Face directory, mapped from disk), for training on it.
+pub fn with_model_source<T>(path: &Path, f: impl FnOnce(crate::models::ModelConfig, crate::tokenizer::Tokenizer, &dyn crate::weights::TensorSource, crate::models::builder::Naming) -> Result<T>) -> Result<T> {
+    use crate::models::{builder::Naming, registry};
+    let label = path.display().to_string();
+    if std::fs::metadata(path).map_err(|e| Error::io(path, e))?.is_file() {
+        let m = map(path)?;
+        let g = crate::weights::gguf::Gguf::parse(&label, &m)?;
+        let (_, cfg) = registry::from_gguf(&g)?;
+        let tokenizer = crate::tokenizer::Tokenizer::from_gguf(&g)?;
+        return f(cfg, tokenizer, &g, Naming::Gguf);
+    }
+    let config_path = path.join("config.json");
+    let config = read_opt(&config_path)?.ok_or_else(|| Error::io(&config_path, std::io::ErrorKind::NotFound.into()))?;
+    let (_, cfg) = registry::from_hf_json(&config, &config_path.display().to_string())?;
+    let tokenizer_json = read_opt(&path.join("tokenizer.json"))?.ok_or_else(|| Error::format(format!("{label}/tokenizer.json"), "missing: quill needs the model's tokenizer.json"))?;
+    let tokenizer = crate::tokenizer::Tokenizer::from_hf(&tokenizer_json, read_opt(&path.join("tokenizer_config.json"))?.as_deref(), None, &label)?;
+    let shards = shard_paths(path)?;
+    let maps: Vec<memmap2::Mmap> = shards.iter().map(|p| map(p)).collect::<Result<_>>()?;
+    let files: Vec<(String, &[u8])> = shards.iter().zip(&maps).map(|(p, m)| (p.display().to_string(), &m[..])).collect();
+    let src = crate::weights::safetensors::SafetensorsSource::parse(&files)?;
+    f(cfg, tokenizer, &src, Naming::HuggingFace)
+}
+
+/// An adapter's files read into memory (adapters are small: a few MB).
+pub enum AdapterBytes {
+    Peft { dir: String, config: Vec<u8>, weights: Vec<u8> },
+    Gguf { file: String, bytes: Vec<u8> },
+}
+
+impl AdapterBytes {
+    pub fn spec(&self, scale: f32) -> LoraSpec<'_> {
+        let files = match self {
+            AdapterBytes::Peft { dir, config, weights } => LoraFiles::Peft { dir: dir.clone(), config, weights },
+            AdapterBytes::Gguf { file, bytes } => LoraFiles::Gguf { file: file.clone(), bytes },
+        };
+        LoraSpec { files, scale }
+    }
+}
+
+/// Reads a LoRA adapter: a PEFT directory (adapter_config.json, adapter_model.safetensors) or
+/// a GGUF LoRA file.
+pub fn read_adapter(path: &Path) -> Result<AdapterBytes> {
+    let label = path.display().to_string();
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if meta.is_file() {
+        return Ok(AdapterBytes::Gguf { file: label, bytes: std::fs::read(path).map_err(|e| Error::io(path, e))? });
+    }
+    let read = |name: &str| std::fs::read(path.join(name)).map_err(|e| Error::io(path.join(name), e));
+    Ok(AdapterBytes::Peft { dir: label, config: read("adapter_config.json")?, weights: read("adapter_model.safetensors")? })
 }
 
 /// Where `quill bench-device` keeps each adapter's measured peak.

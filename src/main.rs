@@ -5,6 +5,7 @@ mod stdio;
 mod cli;
 mod drafts;
 mod serve;
+mod train_cli;
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).format_timestamp(None).init();

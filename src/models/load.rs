@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::gpu::Context;
 use crate::ops::attention::KvFormat;
 use crate::tokenizer::Tokenizer;
+use crate::train::adapter::LoraSpec;
 use crate::weights::gguf::Gguf;
 use crate::weights::safetensors::SafetensorsSource;
 use crate::weights::source::ByteSource;
@@ -177,6 +178,17 @@ pub fn gguf_needs(g: &Gguf) -> Result<(ModelConfig, u64)> {
 
 /// Loads the model of a parsed GGUF header, reading its tensors from where the header says.
 pub fn load_parsed_gguf(ctx: &Context, g: &Gguf, opts: &LoadOptions, progress: &mut dyn FnMut(&LoadProgress)) -> Result<LoadedModel> {
+    load_parsed_gguf_lora(ctx, g, opts, None, progress)
+}
+
+/// Loads a GGUF model from `src` a tensor at a time with a LoRA adapter merged into its
+/// weights (`train::adapter`).
+pub fn load_gguf_lora(ctx: &Context, file: &str, src: &dyn ByteSource, opts: &LoadOptions, lora: Option<&LoraSpec>, progress: &mut dyn FnMut(&LoadProgress)) -> Result<LoadedModel> {
+    load_parsed_gguf_lora(ctx, &Gguf::open(file, src)?, opts, lora, progress)
+}
+
+/// `load_parsed_gguf` with a LoRA adapter merged into the weights it touches.
+pub fn load_parsed_gguf_lora(ctx: &Context, g: &Gguf, opts: &LoadOptions, lora: Option<&LoraSpec>, progress: &mut dyn FnMut(&LoadProgress)) -> Result<LoadedModel> {
     let file = g.file.as_str();
     let (arch, mut cfg) = registry::from_gguf(g)?;
     cfg.kv_format = opts.kv_cache;
@@ -184,7 +196,9 @@ pub fn load_parsed_gguf(ctx: &Context, g: &Gguf, opts: &LoadOptions, progress: &
     super::consistency::check(file, &cfg, &tokenizer, &GenerationDefaults::default(), VocabRule::Exact, g, &g.tensors.iter().map(|t| t.name.as_str()).collect::<Vec<_>>())?;
     let total = (g.tensors.iter().map(|t| t.n_bytes as u64).sum(), g.tensors.len());
     let mut count = counting(ctx, total, progress);
-    let model = with_builder(ctx, g, Naming::Gguf, &|d, c| opts.storage(d, c), &mut count, |b| (arch.load)(&cfg, b))?;
+    let merged = lora.map(|l| l.merge(g, Naming::Gguf, &cfg)).transpose()?;
+    let src: &dyn TensorSource = merged.as_ref().map_or(g, |m| m);
+    let model = with_builder(ctx, src, Naming::Gguf, &|d, c| opts.storage(d, c), &mut count, |b| (arch.load)(&cfg, b))?;
     ctx.settle_uploads();
     let defaults = GenerationDefaults { eos_ids: tokenizer.eos_ids.clone(), ..Default::default() };
     Ok(LoadedModel {
@@ -256,6 +270,11 @@ pub fn load_hf(ctx: &Context, files: &HfFiles, progress: &mut dyn FnMut(u64, u64
 /// Loads a Hugging Face model directory's files with weights stored as `opts` says (Llama and
 /// Qwen2; GPT-2 and XGLM weights are f32).
 pub fn load_hf_with(ctx: &Context, files: &HfFiles, opts: &LoadOptions, progress: &mut dyn FnMut(u64, u64)) -> Result<LoadedModel> {
+    load_hf_lora(ctx, files, opts, None, progress)
+}
+
+/// Loads a Hugging Face model directory's files with a LoRA adapter merged into its weights.
+pub fn load_hf_lora(ctx: &Context, files: &HfFiles, opts: &LoadOptions, lora: Option<&LoraSpec>, progress: &mut dyn FnMut(u64, u64)) -> Result<LoadedModel> {
     let dir = &files.dir;
     let (arch, mut cfg) = registry::from_hf_json(files.config_json, &format!("{dir}/config.json"))?;
     cfg.kv_format = opts.kv_cache;
@@ -269,7 +288,9 @@ pub fn load_hf_with(ctx: &Context, files: &HfFiles, opts: &LoadOptions, progress
     let total = (files.safetensors.iter().map(|(_, b)| b.len() as u64).sum(), src.names().len());
     let mut report = |p: &LoadProgress| progress(p.bytes, p.total_bytes);
     let mut count = counting(ctx, total, &mut report);
-    let model: Model = with_builder(ctx, &src, Naming::HuggingFace, &|d, c| opts.storage(d, c), &mut count, |b| (arch.load)(&cfg, b))?;
+    let merged = lora.map(|l| l.merge(&src, Naming::HuggingFace, &cfg)).transpose()?;
+    let model_src: &dyn TensorSource = merged.as_ref().map_or(&src, |m| m);
+    let model: Model = with_builder(ctx, model_src, Naming::HuggingFace, &|d, c| opts.storage(d, c), &mut count, |b| (arch.load)(&cfg, b))?;
     let mut names = Vec::new();
     for (_, bytes) in &files.safetensors {
         if let Ok(st) = safetensors::SafeTensors::deserialize(bytes) {

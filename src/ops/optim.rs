@@ -52,6 +52,13 @@ pub struct Param {
 }
 
 impl Param {
+    /// A value that is read but never trained (a base under a LoRA adapter): its gradient and
+    /// moments are single placeholders, so a frozen base costs no more memory than its weights.
+    pub fn frozen(ctx: &Context, name: &str, shape: &[usize], value: &[f32]) -> Result<Self> {
+        let one = |what: &str| Tensor::zeros(ctx, &format!("{name}.{what} (frozen)"), &[1]);
+        Ok(Self { value: Tensor::upload_f32(ctx, name, shape, value)?, grad: one("grad")?, m: one("m")?, v: one("v")?, decay: false })
+    }
+
     pub fn new(ctx: &Context, name: &str, shape: &[usize], value: &[f32]) -> Result<Self> {
         Ok(Self {
             value: Tensor::upload_f32(ctx, name, shape, value)?,

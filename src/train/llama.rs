@@ -16,6 +16,8 @@ use crate::ops::norm::{self, backward::{rms_norm_backward, RmsNormScratch}};
 use crate::ops::optim::{self, fill, AdamW, Param, StepScratch};
 use crate::models::config::RopeScaling;
 use crate::ops::rope::{self, backward::rope_backward, RopeStyle};
+use crate::models::builder::Naming;
+use crate::train::adapter::{peft_name, permute_rows, LoraAdapter, LoraPair};
 use crate::weights::{DType, TensorSource};
 
 /// One decoder layer's parameters (Hugging Face names under `model.layers.N.`).
@@ -47,12 +49,13 @@ pub struct Lora {
     pub b: Param, // lora_B (out, rank)
 }
 
-/// A LoRA adapter on every projection of every layer; with one attached the base is frozen.
+/// A LoRA adapter on the targeted projections of every layer; with one attached the base is frozen.
 pub struct Adapter {
     pub rank: usize,
+    pub alpha: f32,
     /// alpha / rank, as PEFT scales.
     pub scale: f32,
-    pub layers: Vec<Vec<Lora>>, // [layer][PROJECTIONS index]
+    pub layers: Vec<Vec<Option<Lora>>>, // [layer][PROJECTIONS index]; None: not targeted
 }
 
 pub struct Llama {
@@ -60,6 +63,8 @@ pub struct Llama {
     /// RoPE of every layer: base and pair convention (plain RoPE over whole heads only).
     pub rope: (f32, RopeStyle),
     pub adapter: Option<Adapter>,
+    /// Loaded from GGUF: Q/K rows in llama.cpp's permuted order (adjacent-pairs RoPE).
+    pub gguf_rows: bool,
     pub embed: Param,   // model.embed_tokens (vocab, dim)
     pub layers: Vec<LayerParams>,
     pub norm: Param,    // model.norm (dim,)
@@ -92,12 +97,30 @@ struct LayerActs {
 impl Llama {
     /// The model's parameters from Hugging Face safetensors, as f32 on the GPU.
     pub fn load(ctx: &Context, cfg: ModelConfig, src: &dyn TensorSource) -> Result<Self> {
-        if cfg.tied_embeddings || cfg.block.attention.qkv_bias || cfg.block.attention.o_bias {
-            return Err(Error::Unsupported("training: tied embeddings and projection biases are not supported yet".into()));
+        Self::load_with(ctx, cfg, src, Naming::HuggingFace, false)
+    }
+
+    /// The model's parameters from a file named as `naming` says (GGUF tensors are
+    /// dequantized), as f32 on the GPU. `frozen`: for an adapter to train on, so the matrices
+    /// get no gradient or moments, and tied embeddings are allowed (the LM head reads the
+    /// embedding's buffer).
+    pub fn load_with(ctx: &Context, cfg: ModelConfig, src: &dyn TensorSource, naming: Naming, frozen: bool) -> Result<Self> {
+        if (cfg.tied_embeddings && !frozen) || cfg.block.attention.qkv_bias || cfg.block.attention.o_bias {
+            return Err(Error::Unsupported("training: projection biases, and tied embeddings outside LoRA, are not supported yet".into()));
         }
         let rope = plain_rope(&cfg)?;
         let (d, hd, f) = (cfg.dim, cfg.head_dim, cfg.ffn_dim);
-        let param = |name: &str, shape: &[usize]| -> Result<Param> { Param::new(ctx, name, shape, &src.expect(name, shape)?.to_f32()?) };
+        let file_name = |hf: &str| match naming {
+            Naming::HuggingFace => hf.to_string(),
+            Naming::Gguf => gguf_name(hf),
+        };
+        let param = |name: &str, shape: &[usize]| -> Result<Param> {
+            let value = src.expect(&file_name(name), shape)?.to_f32()?;
+            if frozen && shape.len() == 2 {
+                return Param::frozen(ctx, name, shape, &value);
+            }
+            Param::new(ctx, name, shape, &value)
+        };
         let mut layers = Vec::new();
         for l in 0..cfg.n_layers {
             let n = |s: &str| format!("model.layers.{l}.{s}.weight");
@@ -113,40 +136,89 @@ impl Llama {
                 w_down: param(&n("mlp.down_proj"), &[d, f])?,
             });
         }
-        Ok(Self {
-            rope,
-            embed: param("model.embed_tokens.weight", &[cfg.vocab, d])?,
-            norm: param("model.norm.weight", &[d])?,
-            lm_head: param("lm_head.weight", &[cfg.vocab, d])?,
-            layers,
-            cfg,
-            adapter: None,
-        })
+        let embed = param("model.embed_tokens.weight", &[cfg.vocab, d])?;
+        let lm_head = match cfg.tied_embeddings {
+            true => Param { value: Tensor { buf: embed.value.buf.clone(), shape: embed.value.shape.clone() }, ..Param::frozen(ctx, "lm_head.weight", &[1, 1], &[0.0])? },
+            false => param("lm_head.weight", &[cfg.vocab, d])?,
+        };
+        Ok(Self { rope, embed, norm: param("model.norm.weight", &[d])?, lm_head, layers, cfg, adapter: None, gguf_rows: naming == Naming::Gguf })
     }
 
-    /// Attaches a PEFT LoRA adapter (`base_model.model.model.layers.N.<proj>.lora_A.weight`
-    /// [rank, in] and `lora_B.weight` [out, rank], every projection) and freezes the base.
-    pub fn attach_lora(&mut self, ctx: &Context, src: &dyn TensorSource, rank: usize, alpha: f32) -> Result<()> {
-        if rank == 0 {
-            return Err(Error::arg("lora rank", "must be at least 1"));
+    /// Attaches a LoRA adapter (Hugging Face row order) and freezes the base. A projection the
+    /// adapter targets must have the base's shape; the error names the tensor and both shapes.
+    pub fn attach_adapter(&mut self, ctx: &Context, ad: &LoraAdapter) -> Result<()> {
+        if ad.rank == 0 {
+            return Err(Error::arg("--lora-rank", "must be at least 1"));
+        }
+        if ad.layers.len() != self.layers.len() {
+            return Err(Error::tensor(&ad.source, peft_name(ad.layers.len().saturating_sub(1), 0, "A"), format!("the adapter has {} layers, the model {}", ad.layers.len(), self.layers.len())));
         }
         let mut layers = Vec::new();
         for (l, p) in self.layers.iter().enumerate() {
             let mut loras = Vec::new();
-            for (i, proj) in PROJECTIONS.iter().enumerate() {
-                let (out, inp) = (p.proj(i).value.shape[0], p.proj(i).value.shape[1]);
-                let name = |ab: &str| format!("base_model.model.model.layers.{l}.{proj}.lora_{ab}.weight");
-                let load = |ab: &str, shape: &[usize]| -> Result<Param> {
-                    let mut prm = Param::new(ctx, &name(ab), shape, &src.expect(&name(ab), shape)?.to_f32()?)?;
-                    prm.decay = true;
-                    Ok(prm)
+            for (i, pair) in ad.layers[l].iter().enumerate() {
+                let Some(pair) = pair else {
+                    loras.push(None);
+                    continue;
                 };
-                loras.push(Lora { a: load("A", &[rank, inp])?, b: load("B", &[out, rank])? });
+                let (out, inp) = (p.proj(i).value.shape[0], p.proj(i).value.shape[1]);
+                if (pair.out, pair.inp) != (out, inp) {
+                    return Err(Error::tensor(&ad.source, peft_name(l, i, "B"), format!("B·A is [{}, {}], the model's {} is [{out}, {inp}]", pair.out, pair.inp, PROJECTIONS[i])));
+                }
+                let heads = [self.cfg.n_heads, self.cfg.n_kv_heads];
+                let b = match i < 2 && self.gguf_rows {
+                    true => permute_rows(&pair.b, out, ad.rank, heads[i], true),
+                    false => pair.b.clone(),
+                };
+                let a = Param::new(ctx, &peft_name(l, i, "A"), &[ad.rank, inp], &pair.a)?;
+                let b = Param::new(ctx, &peft_name(l, i, "B"), &[out, ad.rank], &b)?;
+                loras.push(Some(Lora { a, b }));
             }
             layers.push(loras);
         }
-        self.adapter = Some(Adapter { rank, scale: alpha / rank as f32, layers });
+        self.adapter = Some(Adapter { rank: ad.rank, alpha: ad.alpha, scale: ad.alpha / ad.rank as f32, layers });
         Ok(())
+    }
+
+    /// A new adapter on `targets` (PROJECTIONS indices) as PEFT starts one: A uniform in
+    /// ±1/√in (Kaiming-uniform with a = √5), B zero, so the model starts as the base.
+    pub fn new_adapter(&self, rank: usize, alpha: f32, targets: &[usize], seed: u64) -> LoraAdapter {
+        let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut layers = Vec::new();
+        for p in &self.layers {
+            let pairs = (0..PROJECTIONS.len()).map(|i| {
+                let (out, inp) = (p.proj(i).value.shape[0], p.proj(i).value.shape[1]);
+                let bound = 1.0 / (inp as f32).sqrt();
+                let a = (0..rank * inp).map(|_| bound * (2.0 * uniform(&mut rng) - 1.0)).collect();
+                targets.contains(&i).then(|| LoraPair { a, b: vec![0.0; out * rank], out, inp })
+            });
+            layers.push(pairs.collect());
+        }
+        LoraAdapter { rank, alpha, layers, source: "a new adapter".into() }
+    }
+
+    /// The attached adapter's current values, read back in Hugging Face row order.
+    pub async fn adapter_weights(&self, ctx: &Context) -> Result<LoraAdapter> {
+        let ad = self.adapter.as_ref().ok_or_else(|| Error::arg("adapter", "no LoRA adapter is attached"))?;
+        let mut layers = Vec::new();
+        for loras in &ad.layers {
+            let mut pairs = Vec::new();
+            for (i, lora) in loras.iter().enumerate() {
+                let Some(lora) = lora else {
+                    pairs.push(None);
+                    continue;
+                };
+                let (out, inp) = (lora.b.value.shape[0], lora.a.value.shape[1]);
+                let a = ctx.read_f32_async(&lora.a.value.buf, 0, ad.rank * inp).await?;
+                let mut b = ctx.read_f32_async(&lora.b.value.buf, 0, out * ad.rank).await?;
+                if i < 2 && self.gguf_rows {
+                    b = permute_rows(&b, out, ad.rank, [self.cfg.n_heads, self.cfg.n_kv_heads][i], false);
+                }
+                pairs.push(Some(LoraPair { a, b, out, inp }));
+            }
+            layers.push(pairs);
+        }
+        Ok(LoraAdapter { rank: ad.rank, alpha: ad.alpha, layers, source: "the trained adapter".into() })
     }
 
     /// The trained parameters with their Hugging Face (or PEFT) names: the adapter's when one
@@ -155,10 +227,11 @@ impl Llama {
         if let Some(ad) = &self.adapter {
             let mut out = Vec::new();
             for (l, loras) in ad.layers.iter().enumerate() {
-                for (proj, lora) in PROJECTIONS.iter().zip(loras) {
-                    let name = |ab: &str| format!("base_model.model.model.layers.{l}.{proj}.lora_{ab}.weight");
-                    out.push((name("A"), &lora.a));
-                    out.push((name("B"), &lora.b));
+                for (i, lora) in loras.iter().enumerate() {
+                    if let Some(lora) = lora {
+                        out.push((peft_name(l, i, "A"), &lora.a));
+                        out.push((peft_name(l, i, "B"), &lora.b));
+                    }
                 }
             }
             return out;
@@ -191,6 +264,12 @@ impl Llama {
         Ok(ctx.read_f32_async(&total.buf, 0, 1).await?[0])
     }
 
+    /// The mean next-token cross-entropy over `sequences`, with no backward pass (held-out loss).
+    pub async fn eval_loss(&self, ctx: &Context, sequences: &[Vec<u32>]) -> Result<f32> {
+        let total = self.record_loss(ctx, sequences, false)?;
+        Ok(ctx.read_f32_async(&total.buf, 0, 1).await?[0])
+    }
+
     /// The optimizer state for this model's parameters.
     pub fn optimizer(&self, ctx: &Context, cfg: AdamW) -> Result<Optimizer> {
         let params: Vec<&Param> = self.named_params().into_iter().map(|(_, p)| p).collect();
@@ -213,6 +292,11 @@ impl Llama {
 
     /// Records the gradients of `sequences`; returns the (1,) tensor the mean loss lands in.
     fn record_gradients(&self, ctx: &Context, sequences: &[Vec<u32>]) -> Result<Tensor> {
+        self.record_loss(ctx, sequences, true)
+    }
+
+    /// Records the loss of `sequences` and, with `backward`, their gradients.
+    fn record_loss(&self, ctx: &Context, sequences: &[Vec<u32>], backward: bool) -> Result<Tensor> {
         let n_targets: usize = sequences.iter().map(|s| s.len().saturating_sub(1)).sum();
         if sequences.iter().any(|s| s.len() < 2) || sequences.is_empty() {
             return Err(Error::arg("sequences", "every sequence needs at least 2 tokens"));
@@ -227,11 +311,13 @@ impl Llama {
         }
         let losses = Tensor::zeros(ctx, "losses", &[n_targets])?;
         let total = Tensor::zeros(ctx, "loss", &[1])?;
-        let mut rec = Recorder::new(ctx, "zero grads");
-        for (_, p) in self.named_params() {
-            fill(&mut rec, &p.grad, 0.0)?;
+        if backward {
+            let mut rec = Recorder::new(ctx, "zero grads");
+            for (_, p) in self.named_params() {
+                fill(&mut rec, &p.grad, 0.0)?;
+            }
+            rec.submit()?;
         }
-        rec.submit()?;
         let scale = 1.0 / n_targets as f32;
         let mut row0 = 0;
         for seq in sequences {
@@ -243,7 +329,9 @@ impl Llama {
             let targets = Tensor { buf: ctx.upload("targets", &all_targets)?, shape: vec![n_targets] };
             let (acts, x, xf, logits) = self.forward(&mut rec, &seq[..t])?;
             loss::cross_entropy(&mut rec, &logits, &targets, &losses, row0, t, self.cfg.vocab, scale)?;
-            self.backward(&mut rec, &seq[..t], &acts, &x, &xf, &logits)?;
+            if backward {
+                self.backward(&mut rec, &seq[..t], &acts, &x, &xf, &logits)?;
+            }
             rec.submit()?;
             row0 += t;
         }
@@ -321,7 +409,9 @@ impl Llama {
         let scratch = RmsNormScratch::new(ctx, t, d)?;
         let dxf = z("dxf", &[t, d])?;
         linear_backward_dx(rec, dlogits, &self.lm_head.value, &dxf, t, false)?;
-        linear_backward_dw(rec, dlogits, xf, &self.lm_head.grad, t, true)?;
+        if self.adapter.is_none() {
+            linear_backward_dw(rec, dlogits, xf, &self.lm_head.grad, t, true)?;
+        }
         let dx = z("dx", &[t, d])?; // zero: the first rms_norm_backward adds into it
         rms_norm_backward(rec, x, &self.norm.value, &dxf, &dx, &self.norm.grad, &scratch, t, c.norm_eps, true)?;
         let (dh, dgate, dup) = (z("dh", &[t, c.ffn_dim])?, z("dgate", &[t, c.ffn_dim])?, z("dup", &[t, c.ffn_dim])?);
@@ -366,7 +456,9 @@ impl Llama {
         let op = PROJECTIONS[i];
         matmul::linear(rec, op, Some(l), x, &as_weight(ctx, self.layers[l].proj(i))?, None, y, t, store)?;
         if let (Some(ad), Some(u)) = (&self.adapter, u) {
-            let lora = &ad.layers[l][i];
+            let Some(lora) = &ad.layers[l][i] else {
+                return Ok(());
+            };
             matmul::linear(rec, "lora_a", Some(l), x, &as_weight(ctx, &lora.a)?, None, u, t, Store::Write)?;
             optim::scale(rec, u, ad.scale)?;
             matmul::linear(rec, "lora_b", Some(l), u, &as_weight(ctx, &lora.b)?, None, y, t, Store::Accumulate)?;
@@ -385,13 +477,40 @@ impl Llama {
             return linear_backward_dw(rec, dy, x, &w.grad, t, true);
         };
         // y += u · Bᵀ with u = s · x · Aᵀ: dB += dyᵀ · u, du = s · dy · B, dA += duᵀ · x, dx += du · A.
-        let lora = &ad.layers[l][i];
+        let Some(lora) = &ad.layers[l][i] else {
+            return Ok(()); // not targeted: the frozen weight's dx is all
+        };
         linear_backward_dw(rec, dy, &a.lora_u[i], &lora.b.grad, t, true)?;
         linear_backward_dx(rec, dy, &lora.b.value, du, t, false)?;
         optim::scale(rec, du, ad.scale)?;
         linear_backward_dw(rec, du, x, &lora.a.grad, t, true)?;
         linear_backward_dx(rec, du, &lora.a.value, dx, t, true)
     }
+}
+
+/// llama.cpp's GGUF name of a Llama tensor's Hugging Face name.
+fn gguf_name(hf: &str) -> String {
+    const GLOBAL: [(&str, &str); 3] = [("model.embed_tokens.weight", "token_embd.weight"), ("model.norm.weight", "output_norm.weight"), ("lm_head.weight", "output.weight")];
+    const LAYER: [(&str, &str); 9] = [
+        ("input_layernorm", "attn_norm"), ("self_attn.q_proj", "attn_q"), ("self_attn.k_proj", "attn_k"), ("self_attn.v_proj", "attn_v"), ("self_attn.o_proj", "attn_output"),
+        ("post_attention_layernorm", "ffn_norm"), ("mlp.gate_proj", "ffn_gate"), ("mlp.up_proj", "ffn_up"), ("mlp.down_proj", "ffn_down"),
+    ];
+    if let Some((_, g)) = GLOBAL.iter().find(|(h, _)| *h == hf) {
+        return g.to_string();
+    }
+    let rest = hf.strip_prefix("model.layers.").unwrap_or(hf);
+    let (l, rest) = rest.split_once('.').unwrap_or(("", rest));
+    let rest = rest.strip_suffix(".weight").unwrap_or(rest);
+    let g = LAYER.iter().find(|(h, _)| *h == rest).map_or(rest, |(_, g)| *g);
+    format!("blk.{l}.{g}.weight")
+}
+
+/// A uniform number in [0, 1) from a xorshift state (adapter initialisation only).
+pub(crate) fn uniform(state: &mut u64) -> f32 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    (*state >> 40) as f32 / (1u64 << 24) as f32
 }
 
 /// A trainable f32 matrix seen as a `Weight`, so the forward's linear kernels read it in place
@@ -498,9 +617,8 @@ mod tests {
 
     fn llama_tiny_with_lora(ctx: &Context) -> Llama {
         let mut llama = llama_tiny(ctx);
-        let cfg: serde_json::Value = serde_json::from_slice(LORA_CONFIG).unwrap();
-        let src = SafetensorsSource::parse(&[("adapter_model.safetensors".into(), LORA)]).unwrap();
-        llama.attach_lora(ctx, &src, cfg["r"].as_u64().unwrap() as usize, cfg["lora_alpha"].as_f64().unwrap() as f32).unwrap();
+        let ad = LoraAdapter::from_peft(LORA_CONFIG, LORA, "lora").unwrap();
+        llama.attach_adapter(ctx, &ad).unwrap();
         llama
     }
 

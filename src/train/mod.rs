@@ -3,3 +3,7 @@
 //! optimizer in `ops::optim`. Model-specific code stays in one small file per family.
 
 pub mod llama;
+pub mod adapter;
+pub mod run;
+pub mod svg;
+pub mod scratch;
