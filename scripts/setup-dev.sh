@@ -33,5 +33,7 @@ fi
 [ -d tests/web/node_modules/playwright-core ] || (cd tests/web && npm ci --no-audit --no-fund --loglevel=error >&2)
 # `quill serve`'s client test uses the real openai package.
 python3 -c "import openai" 2>/dev/null || python3 -m pip install --quiet openai >&2 || python3 -m pip install --quiet --break-system-packages openai >&2
+# The synthetic models of the loading tests (scripts/make-synthetic-gguf.py) are written with gguf-py.
+python3 -c "import gguf, numpy" 2>/dev/null || python3 -m pip install --quiet gguf numpy >&2 || python3 -m pip install --quiet --break-system-packages gguf numpy >&2
 # The second test model: Gemma 3 270M Q4_K_M (SentencePiece tokenizer, Q5_0/Q4_K/Q6_K tensors).
 bash scripts/fetch-model.sh gemma3-270m
