@@ -197,7 +197,11 @@ fn answers_in_openai_shapes_and_refuses_bad_requests() {
     expect_error(&post(&s, "/v1/completions", r#"{"prompt": "hi", "max_tokens": 1000000000}"#), 400, Some("max_tokens"), "exceed the context of 128");
     expect_error(&post(&s, "/v1/completions", r#"{"prompt": "hi", "presence_penalty": 2.5}"#), 400, Some("presence_penalty"), "between -2 and 2");
     expect_error(&post(&s, "/v1/completions", r#"{"prompt": "hi", "frequency_penalty": -3}"#), 400, Some("frequency_penalty"), "between -2 and 2");
-    expect_error(&post(&s, "/v1/completions", r#"{"prompt": "hi", "logit_bias": {"5": 10}}"#), 400, Some("logit_bias"), "not supported");
+    expect_error(&post(&s, "/v1/completions", r#"{"prompt": "hi", "logit_bias": {"5": 101}}"#), 400, Some("logit_bias.5"), "between -100 and 100");
+    expect_error(&post(&s, "/v1/completions", r#"{"prompt": "hi", "logit_bias": {"99999": 1}}"#), 400, Some("logit_bias.99999"), "not a token id");
+    expect_error(&post(&s, "/v1/completions", r#"{"prompt": "hi", "stop": ["a", "b", "c", "d", "e"]}"#), 400, Some("stop"), "at most 4");
+    expect_error(&post(&s, "/v1/chat/completions", r#"{"messages": [{"role": "user", "content": "hi"}], "logprobs": true, "top_logprobs": 1000}"#), 400, Some("top_logprobs"), "at most");
+    expect_error(&post(&s, "/v1/completions", r#"{"prompt": "hi", "n": 100000}"#), 400, Some("n"), "n:");
     expect_error(&post(&s, "/v1/completions", r#"{"prompt": "hi", "top_p": 0}"#), 400, Some("top_p"), "top_p");
     expect_error(&post(&s, "/v1/completions", r#"{"prompt": "hi", "n": 0}"#), 400, Some("n"), "n:");
     expect_error(&post(&s, "/v1/chat/completions", r#"{"prompt": "hi"}"#), 400, Some("prompt"), "messages");
@@ -281,6 +285,19 @@ fn answers_in_openai_shapes_and_refuses_bad_requests() {
     count(&stopped);
     assert_eq!(text_of(&stopped), full_text[..full_text.find(&stop).unwrap()], "stop {stop:?}");
     assert_eq!(stopped["choices"][0]["finish_reason"], "stop");
+    // logit_bias: -100 on the greedy first token (and on every id of its text) makes the
+    // sampler pick another, so the text changes.
+    let (_, first, _) = post(&s, "/v1/completions", &format!("{{{greedy}, \"max_tokens\": 1}}"));
+    count(&first);
+    let first = text_of(&first);
+    assert!(!first.is_empty() && full_text.starts_with(&first), "{first:?} vs {full_text:?}");
+    let (_, ids, _) = post(&s, "/tokenize", &json!({"content": first}).to_string());
+    let bias: serde_json::Map<String, Value> = ids["tokens"].as_array().unwrap().iter().map(|id| (id.to_string(), json!(-100))).collect();
+    let (code, biased, _) = post(&s, "/v1/completions", &format!("{{{greedy}, \"max_tokens\": 1, \"logit_bias\": {}}}", Value::Object(bias)));
+    assert_eq!(code, 200, "{biased}");
+    count(&biased);
+    ok_completions += 2;
+    assert_ne!(text_of(&biased), first, "a -100 bias on the greedy token did not change it");
     // Seeds: same seed, same text; n = 2 gives two choices.
     let seeded = r#""prompt": "Once", "max_tokens": 8, "temperature": 1.0, "seed": 11, "ignore_eos": true"#;
     let (_, a, _) = post(&s, "/v1/completions", &format!("{{{seeded}}}"));

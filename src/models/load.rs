@@ -128,6 +128,7 @@ pub fn load_gguf_with(ctx: &Context, file: &str, bytes: &[u8], opts: &LoadOption
     let (arch, cfg) = registry::from_gguf(&g)?;
     let tokenizer = Tokenizer::from_gguf(&g)?;
     super::consistency::check(file, &cfg, &tokenizer, &GenerationDefaults::default(), VocabRule::Exact, &g, &g.tensors.iter().map(|t| t.name.as_str()).collect::<Vec<_>>())?;
+    crate::plan::check_source(ctx, &g, &g.tensors.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), &|d, c| opts.storage(d, c))?;
     let total: u64 = g.tensors.iter().map(|t| t.n_bytes as u64).sum();
     let mut done = 0;
     let mut count = |b| {
@@ -214,6 +215,7 @@ pub fn load_hf_with(ctx: &Context, files: &HfFiles, opts: &LoadOptions, progress
     let defaults = generation_defaults(files.generation_config_json, &format!("{dir}/generation_config.json"))?;
     let src = SafetensorsSource::parse(&files.safetensors)?;
     super::consistency::check(dir, &cfg, &tokenizer, &defaults, VocabRule::Padded, &src, &src.names())?;
+    crate::plan::check_source(ctx, &src, &src.names(), &|d, c| opts.storage(d, c))?;
     let total = files.safetensors.iter().map(|(_, b)| b.len() as u64).sum();
     let mut done = 0;
     let mut count = |b| {
