@@ -222,6 +222,34 @@ pub struct ModelInfo {
     pub ctx_len: usize,
     pub vocab: usize,
     pub defaults: GenerationDefaults,
+    /// Bytes of the longest token as the vocabulary spells it (at least the text it covers).
+    pub max_token_bytes: usize,
+}
+
+impl ModelInfo {
+    pub fn new(name: String, tokenizer: Tokenizer, ctx_len: usize, vocab: usize, defaults: GenerationDefaults) -> Self {
+        let max_token_bytes = (0..tokenizer.vocab_size() as u32).filter_map(|id| tokenizer.id_to_token(id)).map(|t| t.len()).max().unwrap_or(1).max(1);
+        ModelInfo { name, tokenizer, ctx_len, vocab, defaults, max_token_bytes }
+    }
+
+    /// Most bytes of text a prompt that fits the context can have: no token covers more
+    /// than the longest one's spelling. Longer text is refused before it is tokenized
+    /// (tokenizing the 2 MiB a body may hold takes seconds).
+    pub fn max_prompt_bytes(&self) -> usize {
+        self.ctx_len.saturating_mul(self.max_token_bytes)
+    }
+
+    /// The ids of `text`, refused unread when it is longer than any prompt that fits.
+    fn encode(&self, field: &str, text: &str) -> Result<Vec<u32>, ApiError> {
+        if text.len() > self.max_prompt_bytes() {
+            return Err(ApiError::field(
+                field,
+                format!("{field}: {} bytes of text cannot fit the context of {} positions (no token covers more than {} bytes)", text.len(), self.ctx_len, self.max_token_bytes),
+            )
+            .code("context_length_exceeded"));
+        }
+        Ok(self.tokenizer.encode(text)?)
+    }
 }
 
 /// A request turned into what the engine runs.
@@ -289,8 +317,8 @@ fn prompt_ids(r: &GenRequest, kind: Endpoint, i: &ModelInfo) -> Result<Vec<u32>,
                 return Err(ApiError::field("messages", "messages: not a field of /v1/completions (use prompt, or /v1/chat/completions)"));
             }
             match &r.prompt {
-                Some(OneOrMany::One(p)) => Ok(i.tokenizer.encode(p)?),
-                Some(OneOrMany::Many(v)) if v.len() == 1 => Ok(i.tokenizer.encode(&v[0])?),
+                Some(OneOrMany::One(p)) => i.encode("prompt", p),
+                Some(OneOrMany::Many(v)) if v.len() == 1 => i.encode("prompt", &v[0]),
                 Some(OneOrMany::Many(v)) => Err(ApiError::field("prompt", format!("prompt: one prompt per request (got {})", v.len()))),
                 Some(OneOrMany::Tokens(ids)) => match ids.iter().find(|&&t| t as usize >= i.vocab) {
                     Some(bad) => Err(ApiError::field("prompt", format!("prompt: token {bad} is outside the vocabulary of {}", i.vocab))),
@@ -305,7 +333,7 @@ fn prompt_ids(r: &GenRequest, kind: Endpoint, i: &ModelInfo) -> Result<Vec<u32>,
             }
             let msgs = r.messages.as_ref().filter(|m| !m.is_empty()).ok_or_else(|| ApiError::field("messages", "messages: at least one message is required"))?;
             let turns = msgs.iter().enumerate().map(|(k, m)| Ok((m.role.clone(), message_text(k, m)?))).collect::<Result<Vec<_>, ApiError>>()?;
-            Ok(i.tokenizer.encode(&i.tokenizer.apply_chat_template(&turns, true)?)?)
+            i.encode("messages", &i.tokenizer.apply_chat_template(&turns, true)?)
         }
     }
 }

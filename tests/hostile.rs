@@ -660,3 +660,53 @@ fn held_out_tokenizer_json_with_a_huge_vocabulary_or_merge_list_is_refused_befor
     assert!(e.contains("model.merges has 2200000 entries"), "{e}");
     assert!(t.elapsed() < std::time::Duration::from_secs(10), "{:?}", t.elapsed());
 }
+
+// --- Held-out style requests: bodies an attacker would send to `quill serve`. ---
+
+/// What `quill serve` checks requests against: llama-tiny's tokenizer with SmolLM2's template.
+fn served_model() -> quill::openai::ModelInfo {
+    let mut tokenizer = quill::tokenizer::Tokenizer::from_hf(&std::fs::read(fixture("llama-tiny/tokenizer.json")).unwrap(), None, None, "llama-tiny").unwrap();
+    tokenizer.chat_template = Some(std::fs::read_to_string(fixture("chat_templates/smollm2.jinja")).unwrap());
+    let vocab = tokenizer.vocab_size();
+    quill::openai::ModelInfo::new("llama-tiny".into(), tokenizer, 128, vocab, Default::default())
+}
+
+#[test]
+fn held_out_requests_are_refused_with_a_status_naming_the_field() {
+    use quill::openai::{parse, plan, Endpoint, GenRequest};
+    let m = served_model();
+    let check = |body: &[u8], kind: Endpoint| parse::<GenRequest>(body).and_then(|r| plan(&r, kind, &m, 18));
+    let chat = |extra: &str| format!(r#"{{"messages": [{{"role": "user", "content": "hi"}}]{extra}}}"#);
+    let cases: Vec<(Vec<u8>, Endpoint, u16, Option<&str>)> = vec![
+        (br#"{"prompt": "hi", "max_tokens": -5}"#.to_vec(), Endpoint::Completions, 400, Some("max_tokens")),
+        (br#"{"prompt": "hi", "n": 4294967295}"#.to_vec(), Endpoint::Completions, 400, Some("n")),
+        (br#"{"prompt": "hi", "n": 1e30}"#.to_vec(), Endpoint::Completions, 400, Some("n")),
+        (br#"{"prompt": "hi", "temperature": NaN}"#.to_vec(), Endpoint::Completions, 400, None),
+        (br#"{"prompt": "hi", "temperature": 1e39}"#.to_vec(), Endpoint::Completions, 400, Some("temperature")),
+        (br#"{"prompt": "hi", "top_p": -0.0}"#.to_vec(), Endpoint::Completions, 400, Some("top_p")),
+        (br#"{"prompt": "hi", "seed": 1e300}"#.to_vec(), Endpoint::Completions, 400, Some("seed")),
+        (chat(r#", "logprobs": true, "top_logprobs": 1000"#).into_bytes(), Endpoint::Chat, 400, Some("top_logprobs")),
+        (br#"{"prompt": "hi", "logprobs": 21}"#.to_vec(), Endpoint::Completions, 400, Some("logprobs")),
+        (format!(r#"{{"prompt": "hi", "stop": {}}}"#, serde_json::to_string(&vec!["s"; 100_000]).unwrap()).into_bytes(), Endpoint::Completions, 400, Some("stop")),
+        (format!(r#"{{"prompt": "hi", "stop": "{}"}}"#, "z".repeat(1 << 20)).into_bytes(), Endpoint::Completions, 400, Some("stop")),
+        (b"{\"prompt\": \"\xc3\x28\"}".to_vec(), Endpoint::Completions, 400, None),
+        (format!(r#"{{"prompt": {}"hi"{}}}"#, "[".repeat(50_000), "]".repeat(50_000)).into_bytes(), Endpoint::Completions, 400, None),
+        (br#"{"prompt": [4294967295]}"#.to_vec(), Endpoint::Completions, 400, Some("prompt")),
+        (br#"{"prompt": "hi", "logit_bias": {"1": 1e400}}"#.to_vec(), Endpoint::Completions, 400, None),
+        (br#"{"prompt": "hi", "logit_bias": {"": 1}}"#.to_vec(), Endpoint::Completions, 400, Some("logit_bias.")),
+        (chat(r#", "messages": []"#).into_bytes(), Endpoint::Chat, 400, None),
+        (br#"{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}"#.to_vec(), Endpoint::Chat, 400, Some("messages[0].content")),
+        (br#"{"messages": [{"role": "user", "content": [{"type": "image", "text": "x"}]}]}"#.to_vec(), Endpoint::Chat, 400, Some("messages[0].content")),
+        (vec![b' '; quill::openai::BODY_LIMIT + 1], Endpoint::Completions, 413, None),
+        (format!(r#"{{"prompt": "{}"}}"#, "the keeper ".repeat(180_000)).into_bytes(), Endpoint::Completions, 400, Some("prompt")),
+        (format!(r#"{{"messages": [{}]}}"#, vec![r#"{"role": "user", "content": "hi"}"#; 40_000].join(",")).into_bytes(), Endpoint::Chat, 400, Some("messages")),
+    ];
+    for (body, kind, status, param) in &cases {
+        let t = std::time::Instant::now();
+        let shown = String::from_utf8_lossy(&body[..body.len().min(80)]).into_owned();
+        let e = check(body, *kind).err().unwrap_or_else(|| panic!("accepted {shown}"));
+        assert_eq!((e.status, e.param.as_deref()), (*status, *param), "{shown}: {}", e.message);
+        assert!(!e.message.is_empty() && !e.message.contains("Some("), "{shown}: {}", e.message);
+        assert!(t.elapsed() < std::time::Duration::from_secs(5), "{shown}: {:?}", t.elapsed());
+    }
+}

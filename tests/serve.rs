@@ -205,12 +205,17 @@ fn answers_in_openai_shapes_and_refuses_bad_requests() {
     expect_error(&post(&s, "/v1/completions", r#"{"prompt": "hi", "top_p": 0}"#), 400, Some("top_p"), "top_p");
     expect_error(&post(&s, "/v1/completions", r#"{"prompt": "hi", "n": 0}"#), 400, Some("n"), "n:");
     expect_error(&post(&s, "/v1/chat/completions", r#"{"prompt": "hi"}"#), 400, Some("prompt"), "messages");
-    let long = "the lighthouse keeper ".repeat(60);
+    // Over 128 tokens in few bytes (one token per word): longer text is refused before it is
+    // tokenized (its bytes cannot fit), with another message.
+    let long = "x y ".repeat(100);
     let (_, tok, _) = post(&s, "/tokenize", &json!({"content": long}).to_string());
     let n_long = tok["tokens"].as_array().map_or(0, |a| a.len());
     assert!(n_long > 128, "{tok}");
     expect_error(&post(&s, "/v1/completions", &json!({"prompt": long}).to_string()), 400, Some("prompt"), &format!("has {n_long} tokens"));
     expect_error(&post(&s, "/detokenize", r#"{"tokens": [5000]}"#), 400, Some("tokens"), "outside the vocabulary");
+    let huge = "the lighthouse keeper ".repeat(50_000);
+    expect_error(&post(&s, "/v1/completions", &json!({"prompt": huge}).to_string()), 400, Some("prompt"), "bytes of text cannot fit");
+    expect_error(&post(&s, "/tokenize", &json!({"content": huge}).to_string()), 400, Some("content"), "more than any prompt");
 
     // A 10 MB body: 413, whether or not the server reads it all.
     let mut c = TcpStream::connect(&s.addr).unwrap();

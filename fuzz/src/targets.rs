@@ -94,8 +94,23 @@ pub fn stream_decoder(data: &[u8]) {
     if let Ok(Some(rest)) = d.finish(t) {
         text.push_str(&rest);
     }
+    // Bytes that never form a character are printed as U+FFFD once MAX_HELD_IDS are held, so
+    // the stream may group them into more replacement characters than decoding all at once
+    // does; everything else (every character that is valid) must be the same.
+    // The decoder holds at most 4 * MAX_HELD_IDS ids: a character whose bytes are further apart
+    // (a run of ids that decode to nothing between them) is printed as U+FFFD by design.
+    let mut empty_run = 0;
+    let mut longest_empty_run = 0;
+    for &id in &ids {
+        empty_run = if t.decode(&[id]).is_ok_and(|s| s.is_empty()) { empty_run + 1 } else { 0 };
+        longest_empty_run = longest_empty_run.max(empty_run);
+    }
+    // 16: twice MAX_HELD_IDS (8, in src/tokenizer/stream.rs, not exported).
+    if longest_empty_run >= 16 {
+        return;
+    }
     if let Ok(all) = t.decode(&ids) {
-        assert_eq!(text, all, "streamed text differs from decoding all ids {ids:?}");
+        assert_eq!(collapse_replacements(&text), collapse_replacements(&all), "streamed text differs from decoding all ids {ids:?}");
     }
 }
 
@@ -107,7 +122,7 @@ fn fixture_model() -> &'static quill::openai::ModelInfo {
         let mut tokenizer = fixture_tokenizer().clone();
         tokenizer.chat_template = Some(include_str!("../../tests/fixtures/chat_templates/smollm2.jinja").to_string());
         let vocab = tokenizer.vocab_size();
-        quill::openai::ModelInfo { name: "llama-tiny".into(), tokenizer, ctx_len: 128, vocab, defaults: Default::default() }
+        quill::openai::ModelInfo::new("llama-tiny".into(), tokenizer, 128, vocab, Default::default())
     })
 }
 
@@ -146,4 +161,15 @@ pub fn chat_template(data: &[u8]) {
             assert!(text.len() <= quill::tokenizer::MAX_RENDERED_BYTES);
         }
     }
+}
+
+/// `text` with each run of U+FFFD as one.
+fn collapse_replacements(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if !(c == '\u{FFFD}' && out.ends_with('\u{FFFD}')) {
+            out.push(c);
+        }
+    }
+    out
 }

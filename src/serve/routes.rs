@@ -119,6 +119,10 @@ async fn models(State(st): St) -> Result<Json<Value>, HttpError> {
 async fn tokenize(State(st): St, req: Request) -> Result<Json<Value>, HttpError> {
     let i = info(&st)?;
     let r: TokenizeRequest = read_json(&st, req).await?;
+    // Text longer than any prompt of this context is not tokenized (seconds of CPU for 2 MiB).
+    if r.content.len() > i.max_prompt_bytes() {
+        return Err(ApiError::field("content", format!("content: {} bytes are more than any prompt of the context of {} positions can hold", r.content.len(), i.ctx_len)).into());
+    }
     Ok(Json(json!({"tokens": i.tokenizer.encode(&r.content)?})))
 }
 
@@ -148,7 +152,10 @@ async fn generate(st: Arc<AppState>, req: Request, kind: Kind) -> Result<Respons
     let i = info(&st)?;
     let r: GenRequest = read_json(&st, req).await?;
     let load = &st.engine.load;
-    let p = plan(&r, kind, i, load.slots + load.max_queue)?;
+    // Tokenizing and rendering the chat template take CPU time: off the async workers.
+    let capacity = load.slots + load.max_queue;
+    let shared = st.clone();
+    let p = tokio::task::spawn_blocking(move || plan(&r, kind, info(&shared)?, capacity)).await.map_err(|e| ApiError::new(500, format!("checking the request failed: {e}")))??;
     if !load.admit(p.n) {
         return Err(ApiError::new(503, "the server is busy: every slot and the queue are full; retry later").retry_after(1).code("queue_full"));
     }
