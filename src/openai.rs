@@ -1,7 +1,7 @@
 //! OpenAI's `/v1/completions` and `/v1/chat/completions` request bodies: parsing with errors
 //! that name the field, and validation against the served model into what the engine runs;
-//! plus the stop-string scanner. No HTTP here (`quill serve` does that in src/serve/), so this
-//! builds for wasm32 too and the `openai_request` fuzz target reaches all of it.
+//! plus the stop-string scanner. No HTTP or tokio here (`quill serve` does that in src/serve/),
+//! so the `openai_request` fuzz target reaches all of it and the browser build can use it.
 
 use std::collections::HashMap;
 
