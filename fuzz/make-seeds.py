@@ -137,7 +137,38 @@ def stream_seeds():
     put("stream_decoder", "special.bin", struct.pack("<6H", 0, 1, 2, 0, 999, 5))
 
 
+def request_seeds():
+    """Bodies as real clients send them (the openai Python client, curl examples, tests/serve.rs)."""
+    bodies = {
+        "completion.json": {"model": "quill", "prompt": "The license grants", "max_tokens": 12, "temperature": 0, "ignore_eos": True},
+        "completion-ids.json": {"prompt": [1, 415, 7319, 22], "max_tokens": 4, "logprobs": 3, "stop": ["\n\n", "END"], "seed": 7},
+        "completion-sampling.json": {"prompt": ["Once upon"], "n": 2, "top_p": 0.9, "top_k": 40, "min_p": 0.05, "repeat_penalty": 1.1,
+                                     "presence_penalty": 0.5, "frequency_penalty": -0.5, "logit_bias": {"5": -100, "17": 2.5}, "stream": True,
+                                     "stream_options": {"include_usage": True}, "user": "u1"},
+        "chat.json": {"model": "quill", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}],
+                      "max_completion_tokens": 8, "logprobs": True, "top_logprobs": 2, "stop": "\n"},
+        "chat-parts.json": {"messages": [{"role": "user", "content": [{"type": "text", "text": "Hello, "}, {"type": "text", "text": "world"}], "name": "me"},
+                                         {"role": "assistant", "content": "ok"}, {"role": "user", "content": "ünïcödé 🐉"}],
+                            "temperature": 0.7, "stream": False, "logit_bias": {"3": 100}},
+        "tokenize.json": {"content": "Hello, world!"},
+        "detokenize.json": {"tokens": [1, 2, 3, 1099]},
+    }
+    for name, body in bodies.items():
+        put("openai_request", name, json.dumps(body).encode())
+
+
+def template_seeds():
+    """Each real template of tests/fixtures/chat_templates, then a conversation."""
+    conv = SEP.join(s.encode() for s in ["system", "Be brief.", "user", "Hi there", "assistant", "Hello!", "user", "What is 2+2?"])
+    d = os.path.join(FIX, "chat_templates")
+    for f in sorted(os.listdir(d)):
+        if f.endswith(".jinja"):
+            put("chat_template", f, open(os.path.join(d, f), "rb").read() + SEP + conv)
+
+
 gguf_seeds()
 safetensors_seeds()
 tokenizer_seeds()
 stream_seeds()
+request_seeds()
+template_seeds()

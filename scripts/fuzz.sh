@@ -2,7 +2,8 @@
 # Coverage-guided fuzzing of quill's parsers with AFL++ on stable Rust (cargo-afl), one core,
 # at the lowest priority. Usage:
 #   scripts/fuzz.sh [TARGET|all] [SECONDS_PER_TARGET]     (default: all, 600)
-# Targets (fuzz/fuzz_targets/): gguf, safetensors, tokenizer_json, stream_decoder.
+# Targets (fuzz/fuzz_targets/): gguf, safetensors, tokenizer_json, stream_decoder,
+# openai_request, chat_template.
 # Needs `cargo install cargo-afl` once (a few minutes: it builds AFL++). Findings stay in
 # fuzz/out/<target>/default/{crashes,hangs}; copy each into fuzz/regressions/<target>/ once
 # fixed, and tests/fuzz_corpus.rs replays it in every `cargo test`. Prints each target's
@@ -11,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 target="${1:-all}"
 seconds="${2:-600}"
-targets=(gguf safetensors tokenizer_json stream_decoder)
+targets=(gguf safetensors tokenizer_json stream_decoder openai_request chat_template)
 [ "$target" = all ] || targets=("$target")
 command -v cargo-afl >/dev/null || { echo "cargo-afl is not installed: cargo install cargo-afl" >&2; exit 1; }
 [ -d fuzz/corpus/gguf ] || python3 fuzz/make-seeds.py

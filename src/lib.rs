@@ -9,6 +9,7 @@ pub mod gpu;
 pub mod hub;
 pub mod models;
 pub mod ops;
+pub mod openai;
 pub mod perplexity;
 pub mod plan;
 pub mod sampling;

@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::gpu::Context;
 use crate::models::{LoadedModel, ModelConfig};
 use crate::ops::attention::{partials_len, ring_len, KvFormat};
+use crate::weights::{DType, TensorSource};
 
 /// Environment variable overriding the memory budget: bytes, or a number with K, M or G
 /// (powers of 1024), e.g. `QUILL_GPU_MEMORY=12G`.
@@ -221,6 +222,59 @@ pub fn plan_before_load(cfg: &ModelConfig, weight_bytes: u64, requested: Option<
     }
     let shape = SessionShape::new(cfg, crate::generate::DEFAULT_MAX_BATCH);
     plan(&shape, requested, budget.bytes - weight_bytes, binding_limit, budget)
+}
+
+/// One tensor as the weights check sees it: its name, shape (outermost first) and file type.
+pub struct TensorShape<'a> {
+    pub name: &'a str,
+    pub shape: &'a [usize],
+    pub dtype: DType,
+}
+
+/// Bytes `t` takes on the GPU in the type `storage` gives it: a matrix [rows, cols] in its
+/// storage type (its rows split over buffers as the binding limit needs), anything else as
+/// one f32 buffer. Also the bytes of the piece that cannot be split (one row, or the whole).
+fn gpu_bytes(t: &TensorShape, storage: &dyn Fn(DType, usize) -> DType) -> (u64, u64) {
+    let n = t.shape.iter().fold(1u64, |a, &d| a.saturating_mul(d as u64));
+    match t.shape {
+        [rows, cols] => {
+            let ty = storage(t.dtype, *cols);
+            let row = (*cols as u64).div_ceil(ty.block_len() as u64).saturating_mul(ty.block_bytes() as u64);
+            (row.saturating_mul(*rows as u64), row)
+        }
+        _ => (n.saturating_mul(4), n.saturating_mul(4)),
+    }
+}
+
+/// Refuses, before anything is uploaded, weights the adapter cannot hold: their GPU bytes
+/// over the memory budget, or one tensor (or one row of a matrix) larger than one buffer may
+/// be. The error names the bytes needed and the limit.
+pub fn check_weights(file: &str, tensors: &[TensorShape], storage: &dyn Fn(DType, usize) -> DType, budget: &Budget, binding_limit: u64) -> Result<u64> {
+    let mb = |b: u64| b as f64 / 1e6;
+    let mut total = 0u64;
+    for t in tensors {
+        let (bytes, piece) = gpu_bytes(t, storage);
+        if piece > binding_limit {
+            let what = if t.shape.len() == 2 { "one row of it needs" } else { "it needs" };
+            return Err(Error::tensor(file, t.name, format!("{what} a buffer of {piece} bytes ({:.1} MB), above the adapter's limit of {binding_limit} bytes per buffer, and it cannot be split further", mb(piece))));
+        }
+        total = total.saturating_add(bytes);
+    }
+    if total > budget.bytes {
+        return Err(Error::format(
+            file,
+            format!("the weights need {total} bytes ({:.1} MB) of GPU memory, more than the budget of {} bytes ({:.1} MB, {})", mb(total), budget.bytes, mb(budget.bytes), budget.source),
+        ));
+    }
+    Ok(total)
+}
+
+/// [`check_weights`] for the tensors of `src` on `ctx`'s adapter.
+pub fn check_source(ctx: &Context, src: &dyn TensorSource, names: &[&str], storage: &dyn Fn(DType, usize) -> DType) -> Result<u64> {
+    // Shapes and types only: nothing is read (a streamed file is read once, by the upload).
+    let metas: Vec<_> = names.iter().filter_map(|&n| src.meta(n).map(|m| (n, m))).collect();
+    let shapes: Vec<TensorShape> = metas.iter().map(|(n, m)| TensorShape { name: n, shape: &m.shape, dtype: m.dtype }).collect();
+    check_weights(src.file_name(), &shapes, storage, &Budget::of(ctx)?, ctx.binding_limit())
 }
 
 #[cfg(test)]

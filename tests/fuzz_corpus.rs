@@ -42,11 +42,13 @@ fn replay(target: &str, run: fn(&[u8])) {
 /// Every target's corpus and regressions (one test, so a new target is one line).
 #[test]
 fn fuzz_corpora_and_regressions_replay_without_panics() {
-    let targets: [(&str, fn(&[u8])); 4] = [
+    let targets: [(&str, fn(&[u8])); 6] = [
         ("gguf", targets::gguf),
         ("safetensors", targets::safetensors),
         ("tokenizer_json", targets::tokenizer_json),
         ("stream_decoder", targets::stream_decoder),
+        ("openai_request", targets::openai_request),
+        ("chat_template", targets::chat_template),
     ];
     for (name, run) in targets {
         replay(name, run);

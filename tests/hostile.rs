@@ -516,3 +516,197 @@ fn item7_bench_device_with_an_unwritable_cache_still_prints_its_measurement() {
     assert!(v["bandwidth_gbs"].as_f64().is_some_and(|b| b > 0.0), "{v}");
     assert!(o.stderr.contains("not cached") && o.stderr.contains("/dev/null"), "{}", o.stderr);
 }
+
+// --- Allocation refusal: weights the adapter cannot hold are refused before any upload. ---
+
+#[test]
+fn alloc_weights_over_the_memory_budget_are_refused_with_the_bytes_needed() {
+    if !has_gpu() {
+        return;
+    }
+    // llama-tiny's f32 weights are about 0.8 MB: a 100 KiB budget cannot hold them.
+    let o = Limited::quill(&["write", "--model", &tiny(), "--max-tokens", "2", "hello"]).env("QUILL_GPU_MEMORY", "100K").run();
+    o.clean_error("weights over budget", &["the weights need", "bytes", "budget of 102400 bytes", "QUILL_GPU_MEMORY"]);
+    // The same model in a 1 MiB budget loads; the session's KV cache then does not fit, and
+    // that refusal names its bytes too.
+    let o = Limited::quill(&["write", "--model", &tiny(), "--max-tokens", "2", "--ctx", "128", "hello"]).env("QUILL_GPU_MEMORY", "1M").run();
+    if o.status.and_then(|s| s.code()) != Some(0) {
+        o.clean_error("kv over budget", &["positions need", "bytes", "left after the weights"]);
+    }
+}
+
+#[test]
+fn alloc_a_tensor_or_row_over_the_buffer_limit_is_refused_naming_it() {
+    use quill::plan::{check_weights, Budget, TensorShape};
+    use quill::weights::DType;
+    let budget = Budget { bytes: 1 << 40, source: "test".into() };
+    let f32s = |_: DType, _: usize| DType::F32;
+    // A matrix splits by rows: 3 rows of 1 MiB each fit a 1 MiB limit, one row of 1 MiB + 4 does not.
+    let ok = [TensorShape { name: "m", shape: &[3, 1 << 18], dtype: DType::F32 }];
+    assert_eq!(check_weights("f.gguf", &ok, &f32s, &budget, 1 << 20).unwrap(), 3 << 20);
+    let wide = [TensorShape { name: "token_embd.weight", shape: &[2, (1 << 18) + 1], dtype: DType::F32 }];
+    let e = check_weights("f.gguf", &wide, &f32s, &budget, 1 << 20).unwrap_err().to_string();
+    assert!(e.contains("token_embd.weight") && e.contains("one row") && e.contains("1048580 bytes") && e.contains("limit of 1048576"), "{e}");
+    // A vector is one buffer.
+    let norm = [TensorShape { name: "output_norm.weight", shape: &[(1 << 18) + 1], dtype: DType::F32 }];
+    let e = check_weights("f.gguf", &norm, &f32s, &budget, 1 << 20).unwrap_err().to_string();
+    assert!(e.contains("output_norm.weight") && e.contains("cannot be split"), "{e}");
+    // Dims whose product overflows saturate: refused, never wrapped into a small size.
+    let huge = [TensorShape { name: "h", shape: &[usize::MAX, usize::MAX], dtype: DType::F32 }];
+    assert!(check_weights("f.gguf", &huge, &f32s, &Budget { bytes: 1 << 30, source: "test".into() }, u64::MAX).is_err());
+    // Quantized rows count in their blocks: Q8_0 is 34 bytes per 32 weights.
+    let q = [TensorShape { name: "q", shape: &[10, 64], dtype: DType::Q8_0 }];
+    assert_eq!(check_weights("f.gguf", &q, &|d, _| d, &budget, 1 << 20).unwrap(), 10 * 68);
+}
+
+// --- Held-out style files: GGUF headers an attacker would write. ---
+
+/// A GGUF v3 file: metadata (key, type, payload) and tensors (name, dims innermost-first,
+/// ggml type, offset), then `data` after 32-byte alignment.
+fn raw_gguf(kv: &[(&str, u32, Vec<u8>)], tensors: &[(&str, &[u64], u32, u64)], data: &[u8]) -> Vec<u8> {
+    let s = |t: &str| [(t.len() as u64).to_le_bytes().to_vec(), t.as_bytes().to_vec()].concat();
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend((tensors.len() as u64).to_le_bytes());
+    b.extend((kv.len() as u64).to_le_bytes());
+    for (k, ty, payload) in kv {
+        b.extend(s(k));
+        b.extend(ty.to_le_bytes());
+        b.extend(payload);
+    }
+    for (name, dims, ty, offset) in tensors {
+        b.extend(s(name));
+        b.extend((dims.len() as u32).to_le_bytes());
+        dims.iter().for_each(|d| b.extend(d.to_le_bytes()));
+        b.extend(ty.to_le_bytes());
+        b.extend(offset.to_le_bytes());
+    }
+    b.resize(b.len().next_multiple_of(32), 0);
+    b.extend(data);
+    b
+}
+
+fn gguf_error(bytes: &[u8]) -> String {
+    match quill::weights::gguf::Gguf::parse("hostile.gguf", bytes) {
+        Ok(_) => panic!("accepted"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn held_out_gguf_headers_are_refused_naming_the_tensor_or_key() {
+    let f32 = 0u32;
+    let data = vec![0u8; 64];
+    // Two tensors over the same bytes.
+    let e = gguf_error(&raw_gguf(&[], &[("a", &[8], f32, 0), ("b", &[8], f32, 0)], &data));
+    assert!(e.contains("'b'") && e.contains("overlaps tensor 'a'"), "{e}");
+    let e = gguf_error(&raw_gguf(&[], &[("a", &[8], f32, 0), ("b", &[8], f32, 32), ("c", &[4], f32, 32)], &data));
+    assert!(e.contains("overlaps"), "{e}");
+    // Data past the end of the file, and an offset near u64::MAX.
+    let e = gguf_error(&raw_gguf(&[], &[("a", &[32], f32, 0)], &data));
+    assert!(e.contains("'a'") && e.contains("outside"), "{e}");
+    let e = gguf_error(&raw_gguf(&[], &[("a", &[8], f32, u64::MAX - 31)], &data));
+    assert!(e.contains("'a'"), "{e}");
+    // Dims whose product overflows; too many dims.
+    let e = gguf_error(&raw_gguf(&[], &[("a", &[1 << 32, 1 << 32, 1 << 32], f32, 0)], &data));
+    assert!(e.contains("'a'") && e.contains("overflow"), "{e}");
+    let e = gguf_error(&raw_gguf(&[], &[("a", &[1; 9], f32, 0)], &data));
+    assert!(e.contains("'a'") && e.contains("9 dimensions"), "{e}");
+    // Absurd alignment: zero, not a power of two, 2^40.
+    for a in [0u32, 3, 1 << 31] {
+        let e = gguf_error(&raw_gguf(&[("general.alignment", 4, a.to_le_bytes().to_vec())], &[], &[]));
+        assert!(e.contains("general.alignment"), "{a}: {e}");
+    }
+    let e = gguf_error(&raw_gguf(&[("general.alignment", 10, (1u64 << 40).to_le_bytes().to_vec())], &[], &[]));
+    assert!(e.contains("general.alignment"), "{e}");
+    // Arrays of arrays nested past the limit, each claiming 2^60 elements.
+    let mut nested = Vec::new();
+    for _ in 0..6 {
+        nested.extend(9u32.to_le_bytes());
+        nested.extend(1u64.to_le_bytes());
+    }
+    let mut payload = nested;
+    payload.extend(4u32.to_le_bytes());
+    payload.extend(1u64.to_le_bytes());
+    payload.extend(7u32.to_le_bytes());
+    let e = gguf_error(&raw_gguf(&[("deep", 9, payload)], &[], &[]));
+    assert!(e.contains("deep") && e.contains("nested"), "{e}");
+    let mut huge = 4u32.to_le_bytes().to_vec();
+    huge.extend((1u64 << 60).to_le_bytes());
+    let e = gguf_error(&raw_gguf(&[("huge", 9, huge)], &[], &[]));
+    assert!(e.contains("huge"), "{e}");
+    // A string with NULs in a key is kept as written (and named readably).
+    let nul = raw_gguf(&[("a\0b", 8, [3u64.to_le_bytes().to_vec(), b"x\0y".to_vec()].concat())], &[], &[]);
+    let g = quill::weights::gguf::Gguf::parse("nul.gguf", &nul).unwrap();
+    assert_eq!(g.str("a\0b").unwrap(), "x\0y");
+}
+
+#[test]
+fn held_out_tokenizer_json_with_a_huge_vocabulary_or_merge_list_is_refused_before_building() {
+    // llama-tiny's tokenizer.json with 1.1M made-up vocabulary entries (about 20 MB), then
+    // with 2.2M made-up merges: counted and refused before the tokenizers crate builds them.
+    let base: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture("llama-tiny/tokenizer.json")).unwrap()).unwrap();
+    let mut big = base.clone();
+    let vocab = big["model"]["vocab"].as_object_mut().unwrap();
+    for i in 0..1_100_000 {
+        vocab.insert(format!("x{i}"), serde_json::json!(2000 + i));
+    }
+    let t = std::time::Instant::now();
+    let e = quill::tokenizer::Tokenizer::from_hf(&serde_json::to_vec(&big).unwrap(), None, None, "huge").err().expect("accepted a 1.1M vocabulary").to_string();
+    assert!(e.contains("huge/tokenizer.json") && e.contains("model.vocab has 1101") && e.contains("1048576 allowed"), "{e}");
+    let mut long = base;
+    long["model"]["merges"] = serde_json::Value::Array((0..2_200_000).map(|_| serde_json::json!("a b")).collect());
+    let e = quill::tokenizer::Tokenizer::from_hf(&serde_json::to_vec(&long).unwrap(), None, None, "long").err().expect("accepted 2.2M merges").to_string();
+    assert!(e.contains("model.merges has 2200000 entries"), "{e}");
+    assert!(t.elapsed() < std::time::Duration::from_secs(10), "{:?}", t.elapsed());
+}
+
+// --- Held-out style requests: bodies an attacker would send to `quill serve`. ---
+
+/// What `quill serve` checks requests against: llama-tiny's tokenizer with SmolLM2's template.
+fn served_model() -> quill::openai::ModelInfo {
+    let mut tokenizer = quill::tokenizer::Tokenizer::from_hf(&std::fs::read(fixture("llama-tiny/tokenizer.json")).unwrap(), None, None, "llama-tiny").unwrap();
+    tokenizer.chat_template = Some(std::fs::read_to_string(fixture("chat_templates/smollm2.jinja")).unwrap());
+    let vocab = tokenizer.vocab_size();
+    quill::openai::ModelInfo::new("llama-tiny".into(), tokenizer, 128, vocab, Default::default())
+}
+
+#[test]
+fn held_out_requests_are_refused_with_a_status_naming_the_field() {
+    use quill::openai::{parse, plan, Endpoint, GenRequest};
+    let m = served_model();
+    let check = |body: &[u8], kind: Endpoint| parse::<GenRequest>(body).and_then(|r| plan(&r, kind, &m, 18));
+    let chat = |extra: &str| format!(r#"{{"messages": [{{"role": "user", "content": "hi"}}]{extra}}}"#);
+    let cases: Vec<(Vec<u8>, Endpoint, u16, Option<&str>)> = vec![
+        (br#"{"prompt": "hi", "max_tokens": -5}"#.to_vec(), Endpoint::Completions, 400, Some("max_tokens")),
+        (br#"{"prompt": "hi", "n": 4294967295}"#.to_vec(), Endpoint::Completions, 400, Some("n")),
+        (br#"{"prompt": "hi", "n": 1e30}"#.to_vec(), Endpoint::Completions, 400, Some("n")),
+        (br#"{"prompt": "hi", "temperature": NaN}"#.to_vec(), Endpoint::Completions, 400, None),
+        (br#"{"prompt": "hi", "temperature": 1e39}"#.to_vec(), Endpoint::Completions, 400, Some("temperature")),
+        (br#"{"prompt": "hi", "top_p": -0.0}"#.to_vec(), Endpoint::Completions, 400, Some("top_p")),
+        (br#"{"prompt": "hi", "seed": 1e300}"#.to_vec(), Endpoint::Completions, 400, Some("seed")),
+        (chat(r#", "logprobs": true, "top_logprobs": 1000"#).into_bytes(), Endpoint::Chat, 400, Some("top_logprobs")),
+        (br#"{"prompt": "hi", "logprobs": 21}"#.to_vec(), Endpoint::Completions, 400, Some("logprobs")),
+        (format!(r#"{{"prompt": "hi", "stop": {}}}"#, serde_json::to_string(&vec!["s"; 100_000]).unwrap()).into_bytes(), Endpoint::Completions, 400, Some("stop")),
+        (format!(r#"{{"prompt": "hi", "stop": "{}"}}"#, "z".repeat(1 << 20)).into_bytes(), Endpoint::Completions, 400, Some("stop")),
+        (b"{\"prompt\": \"\xc3\x28\"}".to_vec(), Endpoint::Completions, 400, None),
+        (format!(r#"{{"prompt": {}"hi"{}}}"#, "[".repeat(50_000), "]".repeat(50_000)).into_bytes(), Endpoint::Completions, 400, None),
+        (br#"{"prompt": [4294967295]}"#.to_vec(), Endpoint::Completions, 400, Some("prompt")),
+        (br#"{"prompt": "hi", "logit_bias": {"1": 1e400}}"#.to_vec(), Endpoint::Completions, 400, None),
+        (br#"{"prompt": "hi", "logit_bias": {"": 1}}"#.to_vec(), Endpoint::Completions, 400, Some("logit_bias.")),
+        (chat(r#", "messages": []"#).into_bytes(), Endpoint::Chat, 400, None),
+        (br#"{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}"#.to_vec(), Endpoint::Chat, 400, Some("messages[0].content")),
+        (br#"{"messages": [{"role": "user", "content": [{"type": "image", "text": "x"}]}]}"#.to_vec(), Endpoint::Chat, 400, Some("messages[0].content")),
+        (vec![b' '; quill::openai::BODY_LIMIT + 1], Endpoint::Completions, 413, None),
+        (format!(r#"{{"prompt": "{}"}}"#, "the keeper ".repeat(180_000)).into_bytes(), Endpoint::Completions, 400, Some("prompt")),
+        (format!(r#"{{"messages": [{}]}}"#, vec![r#"{"role": "user", "content": "hi"}"#; 40_000].join(",")).into_bytes(), Endpoint::Chat, 400, Some("messages")),
+    ];
+    for (body, kind, status, param) in &cases {
+        let t = std::time::Instant::now();
+        let shown = String::from_utf8_lossy(&body[..body.len().min(80)]).into_owned();
+        let e = check(body, *kind).err().unwrap_or_else(|| panic!("accepted {shown}"));
+        assert_eq!((e.status, e.param.as_deref()), (*status, *param), "{shown}: {}", e.message);
+        assert!(!e.message.is_empty() && !e.message.contains("Some("), "{shown}: {}", e.message);
+        assert!(t.elapsed() < std::time::Duration::from_secs(5), "{shown}: {:?}", t.elapsed());
+    }
+}

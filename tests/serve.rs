@@ -197,16 +197,25 @@ fn answers_in_openai_shapes_and_refuses_bad_requests() {
     expect_error(&post(&s, "/v1/completions", r#"{"prompt": "hi", "max_tokens": 1000000000}"#), 400, Some("max_tokens"), "exceed the context of 128");
     expect_error(&post(&s, "/v1/completions", r#"{"prompt": "hi", "presence_penalty": 2.5}"#), 400, Some("presence_penalty"), "between -2 and 2");
     expect_error(&post(&s, "/v1/completions", r#"{"prompt": "hi", "frequency_penalty": -3}"#), 400, Some("frequency_penalty"), "between -2 and 2");
-    expect_error(&post(&s, "/v1/completions", r#"{"prompt": "hi", "logit_bias": {"5": 10}}"#), 400, Some("logit_bias"), "not supported");
+    expect_error(&post(&s, "/v1/completions", r#"{"prompt": "hi", "logit_bias": {"5": 101}}"#), 400, Some("logit_bias.5"), "between -100 and 100");
+    expect_error(&post(&s, "/v1/completions", r#"{"prompt": "hi", "logit_bias": {"99999": 1}}"#), 400, Some("logit_bias.99999"), "not a token id");
+    expect_error(&post(&s, "/v1/completions", r#"{"prompt": "hi", "stop": ["a", "b", "c", "d", "e"]}"#), 400, Some("stop"), "at most 4");
+    expect_error(&post(&s, "/v1/chat/completions", r#"{"messages": [{"role": "user", "content": "hi"}], "logprobs": true, "top_logprobs": 1000}"#), 400, Some("top_logprobs"), "at most");
+    expect_error(&post(&s, "/v1/completions", r#"{"prompt": "hi", "n": 100000}"#), 400, Some("n"), "n:");
     expect_error(&post(&s, "/v1/completions", r#"{"prompt": "hi", "top_p": 0}"#), 400, Some("top_p"), "top_p");
     expect_error(&post(&s, "/v1/completions", r#"{"prompt": "hi", "n": 0}"#), 400, Some("n"), "n:");
     expect_error(&post(&s, "/v1/chat/completions", r#"{"prompt": "hi"}"#), 400, Some("prompt"), "messages");
-    let long = "the lighthouse keeper ".repeat(60);
+    // Over 128 tokens in few bytes (one token per word): longer text is refused before it is
+    // tokenized (its bytes cannot fit), with another message.
+    let long = "x y ".repeat(100);
     let (_, tok, _) = post(&s, "/tokenize", &json!({"content": long}).to_string());
     let n_long = tok["tokens"].as_array().map_or(0, |a| a.len());
     assert!(n_long > 128, "{tok}");
     expect_error(&post(&s, "/v1/completions", &json!({"prompt": long}).to_string()), 400, Some("prompt"), &format!("has {n_long} tokens"));
     expect_error(&post(&s, "/detokenize", r#"{"tokens": [5000]}"#), 400, Some("tokens"), "outside the vocabulary");
+    let huge = "the lighthouse keeper ".repeat(50_000);
+    expect_error(&post(&s, "/v1/completions", &json!({"prompt": huge}).to_string()), 400, Some("prompt"), "bytes of text cannot fit");
+    expect_error(&post(&s, "/tokenize", &json!({"content": huge}).to_string()), 400, Some("content"), "more than any prompt");
 
     // A 10 MB body: 413, whether or not the server reads it all.
     let mut c = TcpStream::connect(&s.addr).unwrap();
@@ -281,6 +290,19 @@ fn answers_in_openai_shapes_and_refuses_bad_requests() {
     count(&stopped);
     assert_eq!(text_of(&stopped), full_text[..full_text.find(&stop).unwrap()], "stop {stop:?}");
     assert_eq!(stopped["choices"][0]["finish_reason"], "stop");
+    // logit_bias: -100 on the greedy first token (and on every id of its text) makes the
+    // sampler pick another, so the text changes.
+    let (_, first, _) = post(&s, "/v1/completions", &format!("{{{greedy}, \"max_tokens\": 1}}"));
+    count(&first);
+    let first = text_of(&first);
+    assert!(!first.is_empty() && full_text.starts_with(&first), "{first:?} vs {full_text:?}");
+    let (_, ids, _) = post(&s, "/tokenize", &json!({"content": first}).to_string());
+    let bias: serde_json::Map<String, Value> = ids["tokens"].as_array().unwrap().iter().map(|id| (id.to_string(), json!(-100))).collect();
+    let (code, biased, _) = post(&s, "/v1/completions", &format!("{{{greedy}, \"max_tokens\": 1, \"logit_bias\": {}}}", Value::Object(bias)));
+    assert_eq!(code, 200, "{biased}");
+    count(&biased);
+    ok_completions += 2;
+    assert_ne!(text_of(&biased), first, "a -100 bias on the greedy token did not change it");
     // Seeds: same seed, same text; n = 2 gives two choices.
     let seeded = r#""prompt": "Once", "max_tokens": 8, "temperature": 1.0, "seed": 11, "ignore_eos": true"#;
     let (_, a, _) = post(&s, "/v1/completions", &format!("{{{seeded}}}"));

@@ -8,6 +8,7 @@
 
 mod common;
 #[path = "common/golden.rs"]
+#[allow(dead_code)]
 mod golden;
 
 use std::path::Path;

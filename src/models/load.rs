@@ -195,6 +195,7 @@ pub fn load_parsed_gguf_lora(ctx: &Context, g: &Gguf, opts: &LoadOptions, lora: 
     let tokenizer = Tokenizer::from_gguf(g)?;
     super::consistency::check(file, &cfg, &tokenizer, &GenerationDefaults::default(), VocabRule::Exact, g, &g.tensors.iter().map(|t| t.name.as_str()).collect::<Vec<_>>())?;
     let total = (g.tensors.iter().map(|t| t.n_bytes as u64).sum(), g.tensors.len());
+    crate::plan::check_source(ctx, g, &g.tensors.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), &|d, c| opts.storage(d, c))?;
     let mut count = counting(ctx, total, progress);
     let merged = lora.map(|l| l.merge(g, Naming::Gguf, &cfg)).transpose()?;
     let src: &dyn TensorSource = merged.as_ref().map_or(g, |m| m);
@@ -285,6 +286,7 @@ pub fn load_hf_lora(ctx: &Context, files: &HfFiles, opts: &LoadOptions, lora: Op
     let defaults = generation_defaults(files.generation_config_json, &format!("{dir}/generation_config.json"))?;
     let src = SafetensorsSource::parse(&files.safetensors)?;
     super::consistency::check(dir, &cfg, &tokenizer, &defaults, VocabRule::Padded, &src, &src.names())?;
+    crate::plan::check_source(ctx, &src, &src.names(), &|d, c| opts.storage(d, c))?;
     let total = (files.safetensors.iter().map(|(_, b)| b.len() as u64).sum(), src.names().len());
     let mut report = |p: &LoadProgress| progress(p.bytes, p.total_bytes);
     let mut count = counting(ctx, total, &mut report);

@@ -159,7 +159,7 @@ fn gpu_thread(
     }
     let ctx_len = ctx_arg.unwrap_or(model.config().max_ctx.min(2048));
     let name = path.file_name().map_or_else(|| model.source.clone(), |n| n.to_string_lossy().into_owned());
-    let model_info = ModelInfo { name, tokenizer: model.tokenizer.clone(), ctx_len, vocab: model.config().vocab, defaults: model.defaults.clone() };
+    let model_info = ModelInfo::new(name, model.tokenizer.clone(), ctx_len, model.config().vocab, model.defaults.clone());
     engine::run(&ctx, &model, ctx_len, rx, load, metrics, || {
         let _ = info.set(model_info);
         if let Some(tx) = ready.take() {

@@ -16,7 +16,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use super::api::ApiError;
+use super::api::{ApiError, HttpError};
 use super::routes::AppState;
 
 type St = State<Arc<AppState>>;
@@ -59,7 +59,7 @@ fn check_name(name: &str) -> Result<(), ApiError> {
 }
 
 fn folder(st: &AppState) -> Result<&Path, ApiError> {
-    st.stories.as_deref().ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "this server keeps no stories: start it with --stories DIR").code("no_story_folder"))
+    st.stories.as_deref().ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND.as_u16(), "this server keeps no stories: start it with --stories DIR").code("no_story_folder"))
 }
 
 fn story_path(st: &AppState, name: &str) -> Result<PathBuf, ApiError> {
@@ -67,39 +67,39 @@ fn story_path(st: &AppState, name: &str) -> Result<PathBuf, ApiError> {
     Ok(folder(st)?.join(format!("{name}.json")))
 }
 
-async fn list(State(st): St) -> Result<Json<Value>, ApiError> {
+async fn list(State(st): St) -> Result<Json<Value>, HttpError> {
     let dir = folder(&st)?;
-    let entries = std::fs::read_dir(dir).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{}: {e}", dir.display())))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR.as_u16(), format!("{}: {e}", dir.display())))?;
     let mut names: Vec<String> = entries.filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".json").map(str::to_string)).filter(|n| check_name(n).is_ok()).collect();
     names.sort();
     Ok(Json(json!({"stories": names})))
 }
 
-async fn read(State(st): St, UrlPath(name): UrlPath<String>) -> Result<Response, ApiError> {
+async fn read(State(st): St, UrlPath(name): UrlPath<String>) -> Result<Response, HttpError> {
     let path = story_path(&st, &name)?;
     match std::fs::read(&path) {
         Ok(bytes) => Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no story {name:?}")).code("not_found")),
-        Err(e) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ApiError::new(StatusCode::NOT_FOUND.as_u16(), format!("no story {name:?}")).code("not_found").into()),
+        Err(e) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR.as_u16(), format!("{}: {e}", path.display())).into()),
     }
 }
 
 /// Saves one at a time: `atomic_write`'s temporary file is named after the process.
 static SAVING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-async fn save(State(st): St, UrlPath(name): UrlPath<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn save(State(st): St, UrlPath(name): UrlPath<String>, body: Bytes) -> Result<Json<Value>, HttpError> {
     let path = story_path(&st, &name)?;
     match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(_)) => {}
-        Ok(_) => return Err(ApiError::new(StatusCode::BAD_REQUEST, "a story is a JSON object")),
-        Err(e) => return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("the story is not valid JSON: {e}"))),
+        Ok(_) => return Err(ApiError::new(StatusCode::BAD_REQUEST.as_u16(), "a story is a JSON object").into()),
+        Err(e) => return Err(ApiError::new(StatusCode::BAD_REQUEST.as_u16(), format!("the story is not valid JSON: {e}")).into()),
     }
     let _one = SAVING.lock().await;
     let bytes = body.len();
     tokio::task::spawn_blocking(move || quill::files::atomic_write(&path, &body, true))
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("saving: {e}")))?
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR.as_u16(), format!("saving: {e}")))?
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR.as_u16(), e.to_string()))?;
     Ok(Json(json!({"saved": name, "bytes": bytes})))
 }
 

@@ -17,22 +17,15 @@ use futures_util::stream::{self, Stream, StreamExt};
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-use quill::models::GenerationDefaults;
-use quill::sampling::{SamplingFlags, SamplingParams};
-use quill::tokenizer::Tokenizer;
+use quill::openai::{clock_seed, parse, plan, ApiError, DetokenizeRequest, Endpoint as Kind, GenRequest, TokenizeRequest, BODY_LIMIT};
+use quill::sampling::SamplingParams;
 
-use super::api::{parse, ApiError, Content, DetokenizeRequest, GenRequest, OneOrMany, Stop, TokenizeRequest, BODY_LIMIT, MAX_N, MAX_TOP_LOGPROBS};
+/// What the routes check requests against, set once the model has loaded.
+pub use quill::openai::ModelInfo;
+
+use super::api::HttpError;
 use super::engine::{Event, Finish, Handle, Job, TokenLogprob};
 use super::metrics::Metrics;
-
-/// What the routes need to know about the model, set once it has loaded.
-pub struct ModelInfo {
-    pub name: String,
-    pub tokenizer: Tokenizer,
-    pub ctx_len: usize,
-    pub vocab: usize,
-    pub defaults: GenerationDefaults,
-}
 
 pub struct AppState {
     pub engine: Handle,
@@ -81,7 +74,7 @@ async fn auth(State(st): St, req: Request, next: Next) -> Response {
     if let Some(key) = &st.api_key {
         let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
         if !same(given.as_bytes(), key.as_bytes()) {
-            return ApiError::new(StatusCode::UNAUTHORIZED, "invalid or missing API key (send Authorization: Bearer KEY)").code("invalid_api_key").into_response();
+            return HttpError(ApiError::new(401, "invalid or missing API key (send Authorization: Bearer KEY)").code("invalid_api_key")).into_response();
         }
     }
     next.run(req).await
@@ -92,8 +85,8 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
-async fn not_found(req: Request) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, format!("no route {} {}", req.method(), req.uri().path())).code("not_found")
+async fn not_found(req: Request) -> HttpError {
+    HttpError(ApiError::new(404, format!("no route {} {}", req.method(), req.uri().path())).code("not_found"))
 }
 
 async fn health(State(st): St) -> Response {
@@ -108,206 +101,50 @@ async fn metrics(State(st): St) -> Response {
 }
 
 fn info(st: &AppState) -> Result<&ModelInfo, ApiError> {
-    st.info.get().ok_or_else(|| ApiError { retry_after: Some(5), ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the model is still loading") })
+    st.info.get().ok_or_else(|| ApiError::new(503, "the model is still loading").retry_after(5))
 }
 
 /// The body as JSON of type T: 413 over the limit, 408 when it arrives too slowly.
 async fn read_json<T: serde::de::DeserializeOwned>(st: &AppState, req: Request) -> Result<T, ApiError> {
     let bytes = match tokio::time::timeout(st.body_timeout, Bytes::from_request(req, &())).await {
-        Err(_) => return Err(ApiError::new(StatusCode::REQUEST_TIMEOUT, "the request body took too long to arrive")),
-        Ok(Err(rej)) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => return Err(ApiError::new(rej.status(), format!("the request body is larger than the limit of {BODY_LIMIT} bytes"))),
-        Ok(Err(rej)) => return Err(ApiError::new(rej.status(), rej.body_text())),
+        Err(_) => return Err(ApiError::new(408, "the request body took too long to arrive")),
+        Ok(Err(rej)) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => return Err(ApiError::new(413, format!("the request body is larger than the limit of {BODY_LIMIT} bytes"))),
+        Ok(Err(rej)) => return Err(ApiError::new(rej.status().as_u16(), rej.body_text())),
         Ok(Ok(b)) => b,
     };
     parse(&bytes)
 }
 
-async fn models(State(st): St) -> Result<Json<Value>, ApiError> {
+async fn models(State(st): St) -> Result<Json<Value>, HttpError> {
     let i = info(&st)?;
     Ok(Json(json!({"object": "list", "data": [{"id": i.name, "object": "model", "created": st.started, "owned_by": "quill", "context_length": i.ctx_len}]})))
 }
 
-async fn tokenize(State(st): St, req: Request) -> Result<Json<Value>, ApiError> {
+async fn tokenize(State(st): St, req: Request) -> Result<Json<Value>, HttpError> {
     let i = info(&st)?;
     let r: TokenizeRequest = read_json(&st, req).await?;
+    // Text longer than any prompt of this context is not tokenized (seconds of CPU for 2 MiB).
+    if r.content.len() > i.max_prompt_bytes() {
+        return Err(ApiError::field("content", format!("content: {} bytes are more than any prompt of the context of {} positions can hold", r.content.len(), i.ctx_len)).into());
+    }
     Ok(Json(json!({"tokens": i.tokenizer.encode(&r.content)?})))
 }
 
-async fn detokenize(State(st): St, req: Request) -> Result<Json<Value>, ApiError> {
+async fn detokenize(State(st): St, req: Request) -> Result<Json<Value>, HttpError> {
     let i = info(&st)?;
     let r: DetokenizeRequest = read_json(&st, req).await?;
     if let Some(bad) = r.tokens.iter().find(|&&t| t as usize >= i.vocab) {
-        return Err(ApiError::field("tokens", format!("tokens: {bad} is outside the vocabulary of {}", i.vocab)));
+        return Err(ApiError::field("tokens", format!("tokens: {bad} is outside the vocabulary of {}", i.vocab)).into());
     }
     Ok(Json(json!({"content": i.tokenizer.decode(&r.tokens)?})))
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Completion,
-    Chat,
-}
-
 async fn completions(State(st): St, req: Request) -> Response {
-    generate(st, req, Kind::Completion).await.unwrap_or_else(|e| e.into_response())
+    generate(st, req, Kind::Completions).await.unwrap_or_else(|e| HttpError(e).into_response())
 }
 
 async fn chat(State(st): St, req: Request) -> Response {
-    generate(st, req, Kind::Chat).await.unwrap_or_else(|e| e.into_response())
-}
-
-/// A request turned into what the engine runs.
-struct Plan {
-    prompt: Vec<u32>,
-    sampling: SamplingParams,
-    max_tokens: usize,
-    n: usize,
-    stop: Vec<String>,
-    logprobs: Option<usize>,
-    ignore_eos: bool,
-    stream: bool,
-    include_usage: bool,
-}
-
-/// The prompt's ids: the completion's `prompt` (text or ids), or the chat's `messages`
-/// through the model's chat template.
-fn prompt_ids(r: &GenRequest, kind: Kind, i: &ModelInfo) -> Result<Vec<u32>, ApiError> {
-    match kind {
-        Kind::Completion => {
-            if r.messages.is_some() {
-                return Err(ApiError::field("messages", "messages: not a field of /v1/completions (use prompt, or /v1/chat/completions)"));
-            }
-            match &r.prompt {
-                Some(OneOrMany::One(p)) => Ok(i.tokenizer.encode(p)?),
-                Some(OneOrMany::Many(v)) if v.len() == 1 => Ok(i.tokenizer.encode(&v[0])?),
-                Some(OneOrMany::Many(v)) => Err(ApiError::field("prompt", format!("prompt: one prompt per request (got {})", v.len()))),
-                Some(OneOrMany::Tokens(ids)) => match ids.iter().find(|&&t| t as usize >= i.vocab) {
-                    Some(bad) => Err(ApiError::field("prompt", format!("prompt: token {bad} is outside the vocabulary of {}", i.vocab))),
-                    None => Ok(ids.clone()),
-                },
-                None => Err(ApiError::field("prompt", "prompt: required")),
-            }
-        }
-        Kind::Chat => {
-            if r.prompt.is_some() {
-                return Err(ApiError::field("prompt", "prompt: not a field of /v1/chat/completions (use messages, or /v1/completions)"));
-            }
-            let msgs = r.messages.as_ref().filter(|m| !m.is_empty()).ok_or_else(|| ApiError::field("messages", "messages: at least one message is required"))?;
-            let mut turns = Vec::with_capacity(msgs.len());
-            for (i, m) in msgs.iter().enumerate() {
-                let text = match &m.content {
-                    Content::Text(s) => s.clone(),
-                    Content::Parts(parts) => {
-                        let mut s = String::new();
-                        for p in parts {
-                            match (p.kind.as_str(), &p.text) {
-                                ("text", Some(t)) => s.push_str(t),
-                                _ => return Err(ApiError::field(&format!("messages[{i}].content"), format!("messages[{i}].content: only text parts are supported (got {:?})", p.kind))),
-                            }
-                        }
-                        s
-                    }
-                };
-                turns.push((m.role.clone(), text));
-            }
-            Ok(i.tokenizer.encode(&i.tokenizer.apply_chat_template(&turns, true)?)?)
-        }
-    }
-}
-
-fn plan(r: &GenRequest, kind: Kind, i: &ModelInfo, capacity: usize) -> Result<Plan, ApiError> {
-    let prompt_field = if kind == Kind::Chat { "messages" } else { "prompt" };
-    let prompt = prompt_ids(r, kind, i)?;
-    if prompt.is_empty() {
-        return Err(ApiError::field(prompt_field, format!("{prompt_field}: is empty: give some text to continue")));
-    }
-    if prompt.len() >= i.ctx_len {
-        return Err(ApiError::field(
-            prompt_field,
-            format!("{prompt_field}: the prompt has {} tokens but the context holds {} positions (one more is needed to generate)", prompt.len(), i.ctx_len),
-        )
-        .code("context_length_exceeded"));
-    }
-    if r.logit_bias.as_ref().is_some_and(|b| !b.is_empty()) {
-        return Err(ApiError::field("logit_bias", "logit_bias: not supported by quill's GPU sampler"));
-    }
-    if r.echo == Some(true) {
-        return Err(ApiError::field("echo", "echo: not supported"));
-    }
-    let n = r.n.unwrap_or(1);
-    if n == 0 || n > MAX_N || n as usize > capacity {
-        return Err(ApiError::field("n", format!("n: {n} must be between 1 and {}", MAX_N.min(capacity as u32))));
-    }
-    let room = i.ctx_len - prompt.len();
-    let (max_name, max) = match (r.max_completion_tokens, r.max_tokens) {
-        (Some(m), _) => ("max_completion_tokens", Some(m)),
-        (None, m) => ("max_tokens", m),
-    };
-    let max_tokens = match max {
-        Some(0) => return Err(ApiError::field(max_name, format!("{max_name}: must be at least 1"))),
-        Some(m) if m > room as u64 => {
-            return Err(ApiError::field(max_name, format!("{max_name}: {m} plus the prompt's {} tokens exceed the context of {} positions (at most {room})", prompt.len(), i.ctx_len))
-                .code("context_length_exceeded"))
-        }
-        Some(m) => m as usize,
-        // OpenAI's default for completions is 16; chat runs to the end of the context.
-        None if kind == Kind::Completion => room.min(16),
-        None => room,
-    };
-    let stop = match &r.stop {
-        None => Vec::new(),
-        Some(Stop::One(s)) => vec![s.clone()],
-        Some(Stop::Many(v)) if v.len() <= 4 => v.clone(),
-        Some(Stop::Many(v)) => return Err(ApiError::field("stop", format!("stop: at most 4 strings (got {})", v.len()))),
-    };
-    let logprobs = logprobs(r, kind)?;
-    let flags = SamplingFlags { temperature: r.temperature, top_k: r.top_k, top_p: r.top_p, min_p: r.min_p, repeat_penalty: r.repeat_penalty };
-    let seed = r.seed.map_or_else(clock_seed, |s| s as u64);
-    let sampling = SamplingParams {
-        seed,
-        presence_penalty: r.presence_penalty.unwrap_or(0.0),
-        frequency_penalty: r.frequency_penalty.unwrap_or(0.0),
-        ..SamplingParams::resolve(&flags, &i.defaults).0
-    };
-    sampling.validate()?;
-    let stream = r.stream.unwrap_or(false);
-    let include_usage = r.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
-    Ok(Plan { prompt, sampling, max_tokens, n: n as usize, stop, logprobs, ignore_eos: r.ignore_eos.unwrap_or(false), stream, include_usage })
-}
-
-/// `logprobs`: an integer 0..=20 for completions; for chat a boolean, with `top_logprobs`.
-fn logprobs(r: &GenRequest, kind: Kind) -> Result<Option<usize>, ApiError> {
-    let bad = |msg: &str| ApiError::field("logprobs", format!("logprobs: {msg}"));
-    match kind {
-        Kind::Completion => {
-            if r.top_logprobs.is_some() {
-                return Err(ApiError::field("top_logprobs", "top_logprobs: a chat field; /v1/completions takes logprobs: N"));
-            }
-            match &r.logprobs {
-                None | Some(Value::Null) => Ok(None),
-                Some(v) => match v.as_u64() {
-                    Some(k) if k <= MAX_TOP_LOGPROBS as u64 => Ok(Some(k as usize)),
-                    _ => Err(bad(&format!("{v} must be an integer from 0 to {MAX_TOP_LOGPROBS}"))),
-                },
-            }
-        }
-        Kind::Chat => {
-            let on = match &r.logprobs {
-                None | Some(Value::Null) => false,
-                Some(Value::Bool(b)) => *b,
-                Some(v) => return Err(bad(&format!("{v} must be true or false"))),
-            };
-            match r.top_logprobs {
-                Some(k) if k > MAX_TOP_LOGPROBS => Err(ApiError::field("top_logprobs", format!("top_logprobs: {k} must be at most {MAX_TOP_LOGPROBS}"))),
-                Some(_) if !on => Err(ApiError::field("top_logprobs", "top_logprobs: needs logprobs: true")),
-                k => Ok(on.then(|| k.unwrap_or(0) as usize)),
-            }
-        }
-    }
-}
-
-fn clock_seed() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+    generate(st, req, Kind::Chat).await.unwrap_or_else(|e| HttpError(e).into_response())
 }
 
 fn unix_now() -> u64 {
@@ -319,9 +156,12 @@ async fn generate(st: Arc<AppState>, req: Request, kind: Kind) -> Result<Respons
     let i = info(&st)?;
     let r: GenRequest = read_json(&st, req).await?;
     let load = &st.engine.load;
-    let p = plan(&r, kind, i, load.slots + load.max_queue)?;
+    // Tokenizing and rendering the chat template take CPU time: off the async workers.
+    let capacity = load.slots + load.max_queue;
+    let shared = st.clone();
+    let p = tokio::task::spawn_blocking(move || plan(&r, kind, info(&shared)?, capacity)).await.map_err(|e| ApiError::new(500, format!("checking the request failed: {e}")))??;
     if !load.admit(p.n) {
-        return Err(ApiError { retry_after: Some(1), ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the server is busy: every slot and the queue are full; retry later") }.code("queue_full"));
+        return Err(ApiError::new(503, "the server is busy: every slot and the queue are full; retry later").retry_after(1).code("queue_full"));
     }
     let (tx, rx) = unbounded_channel();
     let jobs = (0..p.n)
@@ -340,7 +180,7 @@ async fn generate(st: Arc<AppState>, req: Request, kind: Kind) -> Result<Respons
     drop(tx);
     if st.engine.tx.send(jobs).is_err() {
         load.outstanding.fetch_sub(p.n, std::sync::atomic::Ordering::SeqCst);
-        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down"));
+        return Err(ApiError::new(503, "the server is shutting down"));
     }
     let reply = Reply { kind, id: format!("{}-{:x}", if kind == Kind::Chat { "chatcmpl" } else { "cmpl" }, clock_seed()), created: unix_now(), model: i.name.clone() };
     if p.stream {
@@ -362,7 +202,7 @@ struct Reply {
 impl Reply {
     fn object(&self, stream: bool) -> &'static str {
         match (self.kind, stream) {
-            (Kind::Completion, _) => "text_completion",
+            (Kind::Completions, _) => "text_completion",
             (Kind::Chat, false) => "chat.completion",
             (Kind::Chat, true) => "chat.completion.chunk",
         }
@@ -374,7 +214,7 @@ impl Reply {
     fn choice(&self, stream: bool, index: usize, text: Option<&str>, lp: Option<Value>, finish: Option<Finish>) -> Value {
         let finish = finish.map(Finish::name);
         match (self.kind, stream) {
-            (Kind::Completion, _) => json!({"index": index, "text": text.unwrap_or(""), "logprobs": lp, "finish_reason": finish}),
+            (Kind::Completions, _) => json!({"index": index, "text": text.unwrap_or(""), "logprobs": lp, "finish_reason": finish}),
             (Kind::Chat, false) => json!({"index": index, "message": {"role": "assistant", "content": text.unwrap_or("")}, "logprobs": lp, "finish_reason": finish}),
             (Kind::Chat, true) => {
                 let delta = match text {
@@ -401,7 +241,7 @@ impl Reply {
                     .collect();
                 json!({"content": content, "refusal": null})
             }
-            Kind::Completion => {
+            Kind::Completions => {
                 let mut at = offset;
                 let offsets: Vec<usize> = lps
                     .iter()
@@ -436,7 +276,7 @@ async fn collect(reply: Reply, mut rx: UnboundedReceiver<(usize, Event)>, n: usi
     let mut choices: Vec<Choice> = (0..n).map(|_| Choice::default()).collect();
     let (mut prompt, mut completion, mut cached, mut left) = (0, 0, 0, n);
     while left > 0 {
-        let Some((c, e)) = rx.recv().await else { return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the engine stopped before the request finished")) };
+        let Some((c, e)) = rx.recv().await else { return Err(ApiError::new(500, "the engine stopped before the request finished")) };
         let Some(ch) = choices.get_mut(c) else { continue };
         match e {
             Event::Text { text, logprobs } => {
@@ -451,7 +291,7 @@ async fn collect(reply: Reply, mut rx: UnboundedReceiver<(usize, Event)>, n: usi
                 cached = cached.max(cached_tokens);
                 left -= 1;
             }
-            Event::Failed(msg) => return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("generation failed: {msg}"))),
+            Event::Failed(msg) => return Err(ApiError::new(500, format!("generation failed: {msg}"))),
         }
     }
     let out: Vec<Value> = choices.iter().enumerate().map(|(c, ch)| reply.choice(false, c, Some(&ch.text), ch.want_logprobs.then(|| reply.logprobs(&ch.logprobs, 0)), ch.finish)).collect();

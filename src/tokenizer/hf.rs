@@ -26,8 +26,12 @@ impl Tokenizer {
             #[allow(dead_code)]
             decoder: Option<serde_json::Value>,
             post_processor: Option<serde_json::Value>,
+            model: Option<super::limits::ModelSizes>,
         }
         let checked: Checked = serde_json::from_slice(tokenizer_json).map_err(|e| Error::format(&json_file, format!("not valid JSON: {e}")))?;
+        if let Some(m) = &checked.model {
+            m.check().map_err(|msg| Error::format(&json_file, msg))?;
+        }
         if let Some(p) = &checked.post_processor {
             check_single_template(p).map_err(|msg| Error::format(&json_file, msg))?;
         }

@@ -15,6 +15,7 @@
 
 mod gguf;
 mod hf;
+mod limits;
 mod pre;
 mod spm;
 mod stream;

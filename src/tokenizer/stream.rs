@@ -14,9 +14,11 @@ pub const MAX_HELD_IDS: usize = 8;
 /// `ids[prefix..]` is decoded again with it as context; what it adds is new. While that text
 /// ends in U+FFFD the last character is incomplete and we wait for more ids.
 ///
-/// A character takes at most four byte tokens, so once [`MAX_HELD_IDS`] ids are held back the
-/// bytes are truly invalid: they are printed as U+FFFD rather than held (and re-decoded) for
-/// ever. [`finish`] flushes what is left, U+FFFD included.
+/// A character takes at most four byte tokens, so once [`MAX_HELD_IDS`] ids that change the
+/// text are held back the bytes are truly invalid: they are printed as U+FFFD rather than held
+/// (and re-decoded) for ever. Ids that leave the text as it was (a special token that decodes
+/// to nothing, between a character's bytes) do not count, up to `4 * MAX_HELD_IDS` held in all.
+/// [`finish`] flushes what is left, U+FFFD included.
 ///
 /// [`finish`]: StreamDecoder::finish
 #[derive(Clone, Debug, Default)]
@@ -26,6 +28,9 @@ pub struct StreamDecoder {
     prefix: usize,
     /// End of what has been printed.
     read: usize,
+    /// Held ids (past `read`) that changed the window's text, and that text.
+    changed: usize,
+    last: String,
 }
 
 impl StreamDecoder {
@@ -51,16 +56,24 @@ impl StreamDecoder {
             if held >= MAX_HELD_IDS {
                 self.prefix = self.read;
                 self.read = self.ids.len();
+                self.changed = 0;
+                self.last.clear();
             }
             return Ok(None);
         }
-        if text.ends_with('\u{FFFD}') && held < MAX_HELD_IDS {
+        if text != self.last {
+            self.changed += 1;
+        }
+        if text.ends_with('\u{FFFD}') && self.changed < MAX_HELD_IDS && held < 4 * MAX_HELD_IDS {
+            self.last = text;
             return Ok(None);
         }
         let Some(piece) = new_part(&text, &printed) else { return Ok(None) };
         let piece = piece.to_string();
         self.prefix = self.read;
         self.read = self.ids.len();
+        self.changed = 0;
+        self.last.clear();
         Ok(Some(piece))
     }
 
@@ -71,6 +84,8 @@ impl StreamDecoder {
         let text = tokenizer.decode(&self.ids[self.prefix..])?;
         self.prefix = self.ids.len();
         self.read = self.ids.len();
+        self.changed = 0;
+        self.last.clear();
         let rest = new_part(&text, &printed).unwrap_or(&text);
         Ok((!rest.is_empty()).then(|| rest.to_string()))
     }

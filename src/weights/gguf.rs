@@ -276,6 +276,18 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Refuses tensors whose data overlap: a writer never shares bytes between tensors, so an
+/// overlap is a corrupt or crafted file whose weights would silently alias each other.
+fn check_overlap(file: &str, tensors: &[TensorInfo]) -> Result<()> {
+    let mut by_offset: Vec<&TensorInfo> = tensors.iter().filter(|t| t.n_bytes > 0).collect();
+    by_offset.sort_by_key(|t| t.offset);
+    match by_offset.windows(2).find(|w| w[0].offset + w[0].n_bytes > w[1].offset) {
+        Some(w) => Err(Error::tensor(file, &w[1].name, format!(
+            "its data (offset {}) overlaps tensor '{}' (bytes {} to {} of the data section)", w[1].offset, w[0].name, w[0].offset, w[0].offset + w[0].n_bytes))),
+        None => Ok(()),
+    }
+}
+
 impl<'a> Gguf<'a> {
     /// Parses a GGUF file held in `bytes`; `file` names it in errors.
     pub fn parse(file: &str, bytes: &'a [u8]) -> Result<Self> {
@@ -395,6 +407,7 @@ fn parse_with(file: &str, r: &mut Reader) -> Result<Head> {
         let shape = ne.iter().rev().map(|&d| d as usize).collect();
         tensors.push(TensorInfo { name, shape, dtype, offset: end - n_bytes, n_bytes });
     }
+    check_overlap(file, &tensors)?;
     Ok(Head { version, metadata, tensors, data_start })
 }
 
