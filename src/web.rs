@@ -524,9 +524,9 @@ fn call_token(f: &js_sys::Function, draft: usize, text: &str, logprob: f32, alts
 async fn token_probs(session: &Session<'_>, s: &SamplingParams, top: usize) -> crate::Result<(f32, String)> {
     let out = session.ids().len() - 1;
     let history = out.saturating_sub(s.repeat_last_n)..out;
-    let st = &session.state;
+    let st = &session.batch.state;
     let mut rec = Recorder::new(session.ctx, "logprobs");
-    logprobs(&mut rec, &st.logits, 0, &st.work, &st.tokens, &st.adjust, out, history, s, top)?;
+    logprobs(&mut rec, &st.logits, 0, &st.work, &st.tokens, &st.adjust[0], out, history, s, top)?;
     rec.submit()?;
     let values = session.ctx.read_f32_async(&st.work.buf, 0, logprobs_len(top)).await?;
     let (logprob, alts) = parse_logprobs(&values);
