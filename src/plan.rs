@@ -274,7 +274,10 @@ pub fn check_source(ctx: &Context, src: &dyn TensorSource, names: &[&str], stora
     // Shapes and types only: nothing is read (a streamed file is read once, by the upload).
     let metas: Vec<_> = names.iter().filter_map(|&n| src.meta(n).map(|m| (n, m))).collect();
     let shapes: Vec<TensorShape> = metas.iter().map(|(n, m)| TensorShape { name: n, shape: &m.shape, dtype: m.dtype }).collect();
-    check_weights(src.file_name(), &shapes, storage, &Budget::of(ctx)?, ctx.binding_limit())
+    // The device's own binding limit, not the one the loader splits matrices by (a page may
+    // lower that one to try a smaller GPU's splits; a row over it still binds on this device).
+    let device_limit = ctx.device.limits().max_storage_buffer_binding_size as u64;
+    check_weights(src.file_name(), &shapes, storage, &Budget::of(ctx)?, device_limit.max(ctx.binding_limit()))
 }
 
 #[cfg(test)]
