@@ -209,7 +209,12 @@ try {
 
   // The probability view: a click on a generated token shows its alternatives; choosing one
   // cuts the story there, puts it in and continues.
-  const spans = await page.$$('#story span.tok');
+  // A token with visible text (a newline-only token has no box to click).
+  const spans = [];
+  for (const s of await page.$$('#story span.tok')) {
+    if (await s.evaluate((e) => e.textContent.trim().length > 0 && e.getClientRects().length > 0)) spans.push(s);
+  }
+  await check(spans.length > 0, 'no generated token with visible text to click');
   const target = spans[Math.floor(spans.length / 2)];
   await target.click();
   await page.waitForSelector('#alts:not([hidden]) button.alt', { timeout: 10e3 });
@@ -224,6 +229,7 @@ try {
   // The browser engine keeps its session between calls: the story before the branch is cached.
   if (which === 'browser') await check(/ (\d+) tokens of the context came from the cache/.test(branched) && Number(/ (\d+) tokens of the context/.exec(branched)[1]) > 20, `branching reread the whole context: ${branched}`);
   const t4 = await story();
+  if (!t4.startsWith(here.before + alts[pick])) console.log(`before the branch: ${JSON.stringify(here.before)}, chosen ${JSON.stringify(alts[pick])} in place of ${JSON.stringify(here.t)}`);
   await check(t4.startsWith(here.before + alts[pick]) && t4.length > (here.before + alts[pick]).length, `after choosing ${JSON.stringify(alts[pick])} the story is ${JSON.stringify(t4)}`);
   console.log(`branch: ${JSON.stringify(here.t)} -> ${JSON.stringify(alts[pick])}, then written on (${/\d+ tokens of the context came from the cache/.exec(branched)?.[0] || 'no cache figure from this engine'})`);
   await shot('branched');
