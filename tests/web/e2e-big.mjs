@@ -104,16 +104,19 @@ async function loaded(step, t0, expectOk = true) {
 }
 
 async function writeOne(step) {
+  // The studio: the story is the prompt; Continue writes one token.
+  await page.fill('#story', 'Once upon a time');
   if (!(await page.isVisible('#max_tokens'))) await page.click('#sampling summary');
-  await page.fill('#prompt', 'Once upon a time');
   await page.fill('#max_tokens', '1');
   await page.fill('#temperature', '0');
   await page.check('#ignore_eos');
+  await page.waitForTimeout(800); // the typing settles into the studio's history
   const t0 = Date.now();
-  await page.click('#write');
-  await page.waitForFunction(() => document.getElementById('output').dataset.done === 'true' || /Error/.test(document.getElementById('summary').textContent), null, { timeout: LOAD_TIMEOUT });
+  await page.click('#continue');
+  await page.waitForFunction(() => document.getElementById('story').dataset.done === 'true' || /Error/.test(document.getElementById('summary').textContent), null, { timeout: LOAD_TIMEOUT });
   const summary = await page.textContent('#summary');
-  if (/Error/.test(summary) || !/^1 tokens/.test(summary)) await fail(step, `writing: ${summary}`);
+  const written = await page.$$eval('#story span.tok', (s) => s.length);
+  if (/Error/.test(summary) || written !== 1) await fail(step, `writing: ${written} token(s); ${summary}`);
   console.log(`  wrote 1 token in ${((Date.now() - t0) / 1000).toFixed(1)} s; ${await page.textContent('#wasm-memory')}`);
   fs.mkdirSync(shots, { recursive: true });
   await page.screenshot({ path: path.join(shots, `big-${step}.png`), fullPage: true });
