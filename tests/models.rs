@@ -208,6 +208,31 @@ fn golden_phi3_longrope() {
     check_close(&s.logits_all().unwrap(), &short_reference("phi3-longrope"), 1e-4, 1e-4, "phi3-longrope, 12 tokens (short factors; reference_logits.safetensors short_logits)");
 }
 
+/// `dynamic` NTK RoPE (tests/fixtures/llama-dynamic: llama-tiny's weights, factor 4, original
+/// context 16). quill fixes the frequencies for the state's context (`dynamic_rope_table`), so a
+/// 34-position context holding the 34 tokens equals transformers' one 34-token forward call, a
+/// context within the original 16 turns with the plain base as transformers' 12-token call
+/// does, and a longer context turns differently (the frequencies follow the context).
+#[test]
+fn dynamic_ntk_rope_follows_the_context() {
+    let Some(ctx) = test_context() else { return };
+    let model = tiny_with_config(ctx, "llama-tiny", "llama-dynamic", &json("llama-dynamic/config.json"));
+    assert_eq!(model.config().max_ctx, 64, "factor 4 over an original context of 16");
+    let (ids, want) = tiny_reference("llama-dynamic");
+    let logits = |ctx_len: usize, n: usize| {
+        let mut s = Session::new(ctx, &model, ctx_len).unwrap();
+        s.push(&ids[..n]).unwrap();
+        s.logits_all().unwrap()
+    };
+    let full = logits(ids.len(), ids.len());
+    check_close(&full, &want, 1e-4, 1e-4, "llama-dynamic, 34 tokens in a 34-position context (reference_logits.safetensors logits)");
+    check_close(&logits(16, 12), &short_reference("llama-dynamic"), 1e-4, 1e-4, "llama-dynamic, 12 tokens in a 16-position context (short_logits)");
+    let shorter = logits(24, 24);
+    let moved = shorter.iter().zip(&full[..shorter.len()]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    // The tiny random model moves little (6.5e-4 here), but well beyond the goldens' 1e-4 + 1e-4·|ref|.
+    assert!(moved > 3e-4, "a 24-position context must turn with a smaller base than a 34-position one (largest logit change {moved})");
+}
+
 /// The same longrope model from GGUF (scripts/make-phi3-gguf.py phi3-longrope: the factors as
 /// `rope_factors_short` / `rope_factors_long` tensors and `phi3.rope.scaling.attn_factor`, as
 /// llama.cpp's converter writes them).

@@ -202,7 +202,7 @@ impl ModelConfig {
         std::iter::once(&self.block.attention).chain(self.local.as_ref().map(|l| &l.attention))
     }
 
-    pub(crate) fn check(self, file: &str) -> Result<Self> {
+    pub(crate) fn check(mut self, file: &str) -> Result<Self> {
         let bad = |msg: String| Err(Error::format(file, msg));
         if self.dim == 0 || self.n_layers == 0 || self.n_heads == 0 || self.vocab == 0 || self.ffn_dim == 0 {
             return bad(format!("dims must be positive: dim {}, layers {}, heads {}, vocab {}, ffn {}", self.dim, self.n_layers, self.n_heads, self.vocab, self.ffn_dim));
@@ -258,6 +258,14 @@ impl ModelConfig {
         }
         if self.max_ctx == 0 {
             return bad("context length 0".into());
+        }
+        // Dynamic NTK stretches the original context by its factor (the context vLLM serves it
+        // with); configs keep the original one in max_position_embeddings.
+        if let Some(RopeScaling::Dynamic { factor, original_ctx }) = self.block.attention.rope.map(|r| r.scaling) {
+            if !(factor.is_finite() && factor >= 1.0) {
+                return bad(format!("dynamic rope scaling factor {factor} must be at least 1"));
+            }
+            self.max_ctx = self.max_ctx.max(((original_ctx as f64 * factor as f64) as usize).min(1 << 24));
         }
         Ok(self)
     }

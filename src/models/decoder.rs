@@ -112,6 +112,33 @@ fn rope_table(b: &Builder, cfg: &ModelConfig, rope: &Rope, which: Factors) -> Re
     freqs.upload(b.ctx(), seq_len).map_err(|e| Error::format(b.file(), format!("RoPE frequencies: {e}")))
 }
 
+/// The RoPE table of a state whose context is longer than a `dynamic` NTK model's original
+/// one, or None where the plain table serves. transformers grows the base for the longest
+/// position of each forward call, so keys cached by earlier calls keep the frequencies they
+/// were written with and its logits depend on how a sequence is split into calls. quill fixes
+/// one table for the whole context instead (as vLLM does, there for the full scaled context):
+/// the base for `ctx_len` positions, from the first token on, so every cached key and query
+/// turns alike. A sequence of exactly `ctx_len` tokens in one call equals transformers'.
+pub(crate) fn dynamic_rope_table(ctx: &crate::gpu::Context, cfg: &ModelConfig, ctx_len: usize) -> Result<Option<Tensor>> {
+    let mut table = None;
+    for i in 0..cfg.n_layers {
+        let Some(rope) = cfg.attention(i).rope else { continue };
+        let RopeScaling::Dynamic { factor, original_ctx } = rope.scaling else { continue };
+        if ctx_len <= original_ctx {
+            continue;
+        }
+        let freqs = rope::RopeFreqs { theta: rope.theta, rot_dim: rope.n_rot, scaling: rope::RopeScaling::Dynamic { factor, max_position_embeddings: original_ctx } };
+        match &table {
+            None => table = Some((rope, freqs.upload(ctx, ctx_len)?)),
+            Some((first, _)) if *first != rope => {
+                return Err(Error::Unsupported(format!("{}: dynamic NTK RoPE that differs between layers", cfg.arch.name())));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(table.map(|(_, t)| t))
+}
+
 impl Decoder {
     /// Checks that the forward pass can honour everything the config describes, and uploads
     /// the RoPE tables (reading `rope_freqs.weight` through `b` where the config says so).
@@ -269,16 +296,16 @@ impl Decoder {
             norm::rms_norm_heads(rec, &st.k, kn, n, c.n_kv_heads, self.rms(), Some(i))?;
         }
         if let Some(r) = a.rope {
-            if let RopeScaling::Dynamic { original_ctx, .. } = r.scaling {
-                if p.end > original_ctx {
-                    return Err(Error::Unsupported(format!("{}: dynamic NTK RoPE beyond the original context of {original_ctx} positions", c.arch.name())));
-                }
-            }
             let meta = match &p.at {
                 Placement::Table(t) => Some(t.meta),
                 Placement::Run => None,
             };
-            if let (Some(table), amp) = self.rope_table(i, &r, p.end) {
+            let (table, amp) = match (&st.rope_dynamic, r.scaling) {
+                // Dynamic NTK over a context longer than the original: the state's one table.
+                (Some(t), RopeScaling::Dynamic { .. }) => (Some(t), 1.0),
+                _ => self.rope_table(i, &r, p.end),
+            };
+            if let Some(table) = table {
                 rope::rope_freqs_at(rec, &st.q, table, n, c.n_heads, c.head_dim, p.pos0, meta, r.style, amp, i)?;
                 rope::rope_freqs_at(rec, &st.k, table, n, c.n_kv_heads, c.head_dim, p.pos0, meta, r.style, amp, i)?;
             }

@@ -72,6 +72,9 @@ pub struct State {
     /// Positions each layer's cache holds: ctx_len, or for a sliding-window layer a ring of
     /// its window plus a call's tokens (`attention::ring_len`), so its memory stays at its window.
     pub cache_len: Vec<usize>,
+    /// The RoPE table of a `dynamic` NTK model whose context is longer than its original one
+    /// (`decoder::dynamic_rope_table`), fixed for the state's context.
+    pub rope_dynamic: Option<Tensor>,
 }
 
 impl State {
@@ -147,6 +150,7 @@ impl State {
             k_cache,
             v_cache,
             cache_len,
+            rope_dynamic: super::decoder::dynamic_rope_table(ctx, c, ctx_len)?,
         })
     }
 }
