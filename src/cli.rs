@@ -135,6 +135,13 @@ struct ProfileArgs {
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Print the static shape report of one decode step instead: each dispatch's workgroups,
+    /// bytes, and workgroups and bytes per compute unit of --reference-gpu.
+    #[arg(long)]
+    shapes: bool,
+    /// The GPU the shape report sizes against: rtx3090, rtx4060, h200 or m2.
+    #[arg(long, default_value = "rtx3090")]
+    reference_gpu: String,
 }
 
 #[derive(Args)]
@@ -729,6 +736,10 @@ fn profile(args: ProfileArgs) -> Result<()> {
     if args.tokens == 0 {
         return Err(Error::arg("--tokens", "must be at least 1"));
     }
+    let reference = quill::gpu::profiler::REFERENCE_GPUS.iter().find(|g| g.name == args.reference_gpu).copied().ok_or_else(|| {
+        let known: Vec<&str> = quill::gpu::profiler::REFERENCE_GPUS.iter().map(|g| g.name).collect();
+        Error::arg("--reference-gpu", format!("'{}' is not one of {}", args.reference_gpu, known.join(", ")))
+    })?;
     let path = model_path(args.model.clone())?;
     let ctx = Context::new_blocking()?;
     let model = load(&ctx, &path)?;
@@ -745,7 +756,9 @@ fn profile(args: ProfileArgs) -> Result<()> {
     let (_, stats) = session.generate(&ids, &SamplingParams::greedy(), args.tokens, true, |_| true)?;
     let Some(p) = session.profile() else { return Err(Error::gpu("profile", "profiling was not enabled")) };
     let peak = quill::files::cached_peak(&ctx);
-    if args.json {
+    if args.shapes {
+        out!("{}", p.shapes(&reference))?;
+    } else if args.json {
         let mut v = p.json(args.by_layer, peak);
         v["prompt_tokens"] = stats.prompt_tokens.into();
         v["decode_steps"] = stats.generated.into();

@@ -123,3 +123,37 @@ fn without_timestamps_the_profile_says_so() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("no GPU timestamps") && stdout.contains("GPU wait"), "{stdout}");
 }
+
+/// `quill profile --shapes`: one decode step's dispatches with their workgroups and bytes per
+/// compute unit of a reference GPU; every layer's projections appear with the grids the
+/// recorder launched, and an unknown reference GPU names the argument.
+#[test]
+fn the_shape_report_lists_every_dispatch_of_a_decode_step() {
+    if quill::gpu::context::test_context().is_none() {
+        return;
+    }
+    let run = |gpu: &str| {
+        Command::new(env!("CARGO_BIN_EXE_quill"))
+            .args(["profile", "--model", fixture("llama-tiny").to_str().unwrap(), "--prompt", "Permission is", "--tokens", "2", "--shapes", "--reference-gpu", gpu])
+            .output()
+            .unwrap()
+    };
+    let out = run("h200");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("one decode step") && stdout.contains("h200 (132 compute units"), "{stdout}");
+    let head = stdout.lines().find(|l| l.starts_with("one decode step")).unwrap();
+    let dispatches: usize = head.split(": ").nth(1).and_then(|s| s.split(' ').next()).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{head}"));
+    let rows: Vec<&str> = stdout.lines().skip_while(|l| !l.starts_with("op ")).skip(1).take_while(|l| !l.starts_with("step:")).collect();
+    assert_eq!(rows.len(), dispatches, "{stdout}");
+    for layer in 0..2 {
+        let row = rows.iter().find(|r| r.starts_with(&format!("o_proj L{layer} "))).unwrap_or_else(|| panic!("no o_proj L{layer}: {stdout}"));
+        let wg: u64 = row.split_whitespace().nth(2).unwrap().parse().unwrap();
+        assert!(wg >= 1, "{row}");
+    }
+    // llama-tiny's 64-wide projections are far too small to fill an H200.
+    assert!(stdout.contains("launch fewer than 4 workgroups per compute unit"), "{stdout}");
+    let bad = run("nonesuch");
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && stderr.contains("--reference-gpu") && stderr.contains("rtx3090"), "{stderr}");
+}

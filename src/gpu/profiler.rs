@@ -30,6 +30,8 @@ pub struct StepProfile {
     /// "prefill" or "decode".
     pub label: &'static str,
     pub ops: Vec<OpInfo>,
+    /// Workgroups each dispatch launched (x, y, z), in the order of `ops`.
+    pub grids: Vec<[u32; 3]>,
     /// GPU time of each pass and its start relative to the first pass (ns); None without
     /// timestamps.
     pub pass_ns: Option<Vec<f64>>,
@@ -48,7 +50,11 @@ impl StepProfile {
             Some((d, s)) => (Some(d), Some(s)),
             None => (None, None),
         };
-        StepProfile { label, ops, pass_ns, pass_start_ns, gpu_total_ns, cpu, start: Duration::ZERO }
+        StepProfile { label, ops, grids: Vec::new(), pass_ns, pass_start_ns, gpu_total_ns, cpu, start: Duration::ZERO }
+    }
+    pub fn with_grids(mut self, grids: Vec<[u32; 3]>) -> Self {
+        self.grids = grids;
+        self
     }
     /// Sum of the pass times (ns).
     pub fn pass_total_ns(&self) -> Option<f64> {
@@ -86,6 +92,30 @@ pub struct Profile {
     pub gpu_timestamps: bool,
     pub steps: Vec<StepProfile>,
     epoch: Instant,
+}
+
+/// Workgroups per compute unit a decode mat-vec needs to keep a GPU's memory system busy
+/// (issue 12's target; several resident workgroups hide each one's load latency).
+pub const MIN_WG_PER_CU: u32 = 4;
+
+/// A GPU the static report sizes shapes against (public specifications).
+#[derive(Clone, Copy, Debug)]
+pub struct ReferenceGpu {
+    pub name: &'static str,
+    pub compute_units: u32,
+    pub bandwidth_gbs: f64,
+}
+
+pub const REFERENCE_GPUS: [ReferenceGpu; 4] = [
+    ReferenceGpu { name: "rtx3090", compute_units: 82, bandwidth_gbs: 936.0 },
+    ReferenceGpu { name: "rtx4060", compute_units: 24, bandwidth_gbs: 272.0 },
+    ReferenceGpu { name: "h200", compute_units: 132, bandwidth_gbs: 4800.0 },
+    ReferenceGpu { name: "m2", compute_units: 10, bandwidth_gbs: 100.0 },
+];
+
+/// The projections and the output head: the dispatches `ops::matmul::linear` records.
+fn is_matvec(op: &str) -> bool {
+    op.ends_with("_proj") || op == "lm_head"
 }
 
 fn op_name(o: &OpInfo, by_layer: bool) -> String {
@@ -171,7 +201,12 @@ impl Profile {
         let mut s = String::new();
         let prefill = self.steps.iter().filter(|st| st.label == "prefill").count();
         let decode = self.steps.iter().filter(|st| st.label == "decode").count();
-        let _ = writeln!(s, "profile on {}: {} command buffers ({prefill} prefill, {decode} decode), {} passes", self.adapter, self.steps.len(), self.passes());
+        let _ = writeln!(s, "profile on {}: {} command buffers ({prefill} prefill, {decode} decode), {} dispatches", self.adapter, self.steps.len(), self.passes());
+        if let Some(st) = self.steps.iter().find(|st| st.label == "decode") {
+            let layers = st.ops.iter().filter_map(|o| o.layer).max().map_or(0, |l| l as usize + 1);
+            let in_layers = st.ops.iter().filter(|o| o.layer.is_some()).count();
+            let _ = writeln!(s, "a decode step: {} dispatches, {:.1} per layer over {layers} layers", st.ops.len(), in_layers as f64 / layers.max(1) as f64);
+        }
         if !self.gpu_timestamps {
             let _ = writeln!(s, "note: no GPU timestamps on this adapter: per-pass times are unknown; below, per-submit CPU times only.");
             for (i, st) in self.steps.iter().enumerate() {
@@ -227,6 +262,58 @@ impl Profile {
             None => {
                 let _ = writeln!(s, "device peak unknown: run `quill bench-device` to fill the %BW and %FLOP columns");
             }
+        }
+        s
+    }
+
+    /// The static report of one decode step's shape (`quill profile --shapes`): per dispatch,
+    /// the workgroups launched, the bytes it reads and writes, and what that gives each compute
+    /// unit of `gpu`. Needs no timing, so it checks the shapes the kernels would take on a GPU
+    /// (with `QUILL_ADAPTER_CLASS` forcing that GPU's variants) on any adapter.
+    pub fn shapes(&self, gpu: &ReferenceGpu) -> String {
+        let mut s = String::new();
+        let Some(step) = self.steps.iter().find(|st| st.label == "decode").or(self.steps.last()) else {
+            return "no command buffer was recorded\n".into();
+        };
+        let layers = step.ops.iter().filter_map(|o| o.layer).max().map_or(0, |l| l as usize + 1);
+        let per_layer = step.ops.iter().filter(|o| o.layer.is_some()).count() as f64 / layers.max(1) as f64;
+        let _ = writeln!(s, "one {} step on {}: {} dispatches, {per_layer:.1} per layer over {layers} layers", step.label, self.adapter, step.ops.len());
+        let _ = writeln!(s, "reference GPU: {} ({} compute units, {:.0} GB/s); mat-vecs should launch at least {MIN_WG_PER_CU} workgroups per compute unit", gpu.name, gpu.compute_units, gpu.bandwidth_gbs);
+        let _ = writeln!(s, "{:<18} {:>11} {:>10} {:>9} {:>12} {:>10}", "op", "workgroups", "MB moved", "wg / CU", "KB per CU", "µs at peak");
+        let cus = gpu.compute_units as f64;
+        let mut thin = Vec::new();
+        for (o, g) in step.ops.iter().zip(&step.grids) {
+            let wg = g.iter().map(|&d| d as u64).product::<u64>();
+            let per_cu = wg as f64 / cus;
+            let busy = (wg as f64).min(cus).max(1.0);
+            let _ = writeln!(
+                s,
+                "{:<18} {:>11} {:>10.3} {:>9.2} {:>12.1} {:>10.2}",
+                op_name(o, true),
+                wg,
+                o.bytes as f64 / 1e6,
+                per_cu,
+                o.bytes as f64 / busy / 1e3,
+                o.bytes as f64 / (gpu.bandwidth_gbs * 1e3)
+            );
+            if is_matvec(o.op) && per_cu < MIN_WG_PER_CU as f64 {
+                match thin.iter_mut().find(|(op, _, _)| *op == o.op) {
+                    Some((_, n, least)) => {
+                        *n += 1;
+                        *least = f64::min(*least, per_cu);
+                    }
+                    None => thin.push((o.op, 1usize, per_cu)),
+                }
+            }
+        }
+        let bytes: u64 = step.ops.iter().map(|o| o.bytes).sum();
+        let _ = writeln!(s, "step: {:.2} MB, {:.1} µs at the reference's peak bandwidth", bytes as f64 / 1e6, bytes as f64 / (gpu.bandwidth_gbs * 1e3));
+        if thin.is_empty() {
+            let _ = writeln!(s, "every mat-vec launches at least {MIN_WG_PER_CU} workgroups per compute unit");
+        } else {
+            let n: usize = thin.iter().map(|t| t.1).sum();
+            let list: Vec<String> = thin.iter().map(|(op, n, least)| format!("{op} x{n} (from {least:.2})")).collect();
+            let _ = writeln!(s, "{n} mat-vecs launch fewer than {MIN_WG_PER_CU} workgroups per compute unit: {}", list.join(", "));
         }
         s
     }

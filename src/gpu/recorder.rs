@@ -78,6 +78,11 @@ pub struct Recorder<'c> {
     arenas: Vec<(wgpu::Buffer, Vec<u8>)>,
     /// Every dispatch recorded, in order.
     pub ops: Vec<OpInfo>,
+    /// Workgroups of each dispatch in `ops`, for the static report of a step's shape.
+    pub grids: Vec<[u32; 3]>,
+    /// The compute pass that consecutive dispatches share; a copy or the submit ends it.
+    pass: Option<wgpu::ComputePass<'static>>,
+    passes_begun: usize,
     /// Some when profiling; its timing is None when the adapter has no timestamps.
     profiling: Option<Option<Timing>>,
     created: Instant,
@@ -86,7 +91,7 @@ pub struct Recorder<'c> {
 impl<'c> Recorder<'c> {
     pub fn new(ctx: &'c Context, label: &str) -> Self {
         let encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
-        Recorder { ctx, encoder, bind_cache: None, arenas: Vec::new(), ops: Vec::new(), profiling: None, created: Instant::now() }
+        Recorder { ctx, encoder, bind_cache: None, arenas: Vec::new(), ops: Vec::new(), grids: Vec::new(), pass: None, passes_begun: 0, profiling: None, created: Instant::now() }
     }
 
     /// Reuses bind groups from `cache` (and adds the new ones to it).
@@ -153,27 +158,55 @@ impl<'c> Recorder<'c> {
             }
         };
         let index = self.ops.len() as u32;
-        let timestamp_writes = match &mut self.profiling {
+        // Timed dispatches write two timestamps each: inside the shared pass where the adapter
+        // allows it, else as the begin and end of a pass of their own.
+        let inside = self.ctx.features.contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
+        let timed = match &mut self.profiling {
             Some(Some(t)) => {
                 if index % PASSES_PER_SET == 0 {
                     t.pass_sets.push(self.ctx.query_set(2 * PASSES_PER_SET));
                 }
-                let i = index % PASSES_PER_SET;
-                Some(wgpu::ComputePassTimestampWrites {
-                    query_set: &t.pass_sets[(index / PASSES_PER_SET) as usize],
-                    beginning_of_pass_write_index: Some(2 * i),
-                    end_of_pass_write_index: Some(2 * i + 1),
-                })
+                Some((&t.pass_sets[(index / PASSES_PER_SET) as usize], 2 * (index % PASSES_PER_SET)))
             }
             _ => None,
         };
-        {
-            let mut pass = self.encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(op.op), timestamp_writes });
-            pass.set_pipeline(&pipeline.pipeline);
-            pass.set_bind_group(0, &bind_group, &[]);
-            pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
+        match timed {
+            Some((set, i)) if !inside => {
+                self.pass = None;
+                self.passes_begun += 1;
+                let timestamp_writes = Some(wgpu::ComputePassTimestampWrites { query_set: set, beginning_of_pass_write_index: Some(i), end_of_pass_write_index: Some(i + 1) });
+                let mut pass = self.encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(op.op), timestamp_writes });
+                pass.set_pipeline(&pipeline.pipeline);
+                pass.set_bind_group(0, &bind_group, &[]);
+                pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
+            }
+            timed => {
+                // One compute pass for every dispatch up to the next copy: WebGPU orders the
+                // dispatches of a pass and makes each one's writes visible to the next, so the
+                // passes a step used to open per dispatch only cost encoding and driver time.
+                let encoder = &mut self.encoder;
+                if self.pass.is_none() {
+                    self.passes_begun += 1;
+                }
+                let pass = self.pass.get_or_insert_with(|| encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("step"), timestamp_writes: None }).forget_lifetime());
+                if let Some((set, i)) = timed {
+                    pass.write_timestamp(set, i);
+                }
+                pass.set_pipeline(&pipeline.pipeline);
+                pass.set_bind_group(0, &bind_group, &[]);
+                pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
+                if let Some((set, i)) = timed {
+                    pass.write_timestamp(set, i + 1);
+                }
+            }
         }
         self.ops.push(op);
+        self.grids.push(workgroups);
+    }
+
+    /// Compute passes the recorded dispatches use (1 unless copies or per-pass timing split them).
+    pub fn passes(&self) -> usize {
+        self.passes_begun
     }
 
     fn bind_group(&self, pipeline: &Pipeline, buffers: &[&wgpu::Buffer], arena: usize, offset: u64, size: u64) -> wgpu::BindGroup {
@@ -190,12 +223,14 @@ impl<'c> Recorder<'c> {
     }
 
     pub fn copy(&mut self, src: &wgpu::Buffer, src_offset: u64, dst: &wgpu::Buffer, dst_offset: u64, size: u64) {
+        self.pass = None;
         self.encoder.copy_buffer_to_buffer(src, src_offset, dst, dst_offset, size);
     }
 
     /// Uploads the staged parameters and submits the command buffer. A profiled recorder
     /// also resolves its timestamps into a read-back buffer; `Submitted::profile` reads them.
     pub fn submit(mut self) -> Result<Submitted> {
+        self.pass = None;
         let mut readback = None;
         if let Some(Some(t)) = &self.profiling {
             let n_pass = self.ops.len() as u64;
@@ -228,13 +263,14 @@ impl<'c> Recorder<'c> {
         let submit = t0.elapsed();
         self.ctx.give_back_arenas(self.arenas.into_iter().map(|(b, _)| b));
         self.ctx.check("submitting GPU work")?;
-        Ok(Submitted { ops: self.ops, profiled: self.profiling.is_some(), readback, encode, submit, submitted: Instant::now() })
+        Ok(Submitted { ops: self.ops, grids: self.grids, profiled: self.profiling.is_some(), readback, encode, submit, submitted: Instant::now() })
     }
 }
 
 /// A submitted command buffer, with what is needed to read its profile.
 pub struct Submitted {
     pub ops: Vec<OpInfo>,
+    pub grids: Vec<[u32; 3]>,
     profiled: bool,
     /// (pass timestamps, whole-buffer timestamps) read-back buffers.
     readback: Option<(wgpu::Buffer, Option<wgpu::Buffer>)>,
@@ -279,7 +315,7 @@ impl Submitted {
         };
         let readback = t0.elapsed();
         let cpu = CpuTimes { encode: self.encode, submit: self.submit, wait, readback };
-        Ok(Some(StepProfile::new(label, self.ops, pass_ns, gpu_total_ns, cpu)))
+        Ok(Some(StepProfile::new(label, self.ops, pass_ns, gpu_total_ns, cpu).with_grids(self.grids)))
     }
 }
 
