@@ -126,6 +126,29 @@ impl KernelShape {
     /// Every shape an adapter class selects (the tests force each on).
     pub const ALL: [(&'static str, KernelShape); 3] = [("cpu", Self::CPU), ("integrated", Self::INTEGRATED), ("discrete", Self::DISCRETE)];
 
+    /// `QUILL_ATTN_SHAPE` (for tuning): a class name (cpu, integrated, discrete) or
+    /// "threads,q_tile,k_tile" with 64..=256 threads.
+    pub fn parse(text: &str) -> Result<KernelShape> {
+        let bad = |why: &str| Error::arg(ATTN_SHAPE_ENV, format!("'{text}' {why} (a class: cpu, integrated, discrete; or threads,q_tile,k_tile)"));
+        let text_lc = text.trim().to_ascii_lowercase();
+        if let Some((_, shape)) = Self::ALL.iter().find(|(name, _)| *name == text_lc) {
+            return Ok(*shape);
+        }
+        let parts: Vec<usize> = text_lc.split(',').map(|p| p.trim().parse::<usize>()).collect::<std::result::Result<_, _>>().map_err(|_| bad("is not a shape"))?;
+        match parts[..] {
+            [threads @ 64..=256, q_tile @ 1..=64, k_tile @ 1..=512] => Ok(KernelShape { threads: threads as u32, q_tile, k_tile }),
+            _ => Err(bad("is out of range: threads 64..=256, q_tile 1..=64, k_tile 1..=512")),
+        }
+    }
+
+    /// The shape for this adapter, or the one `QUILL_ATTN_SHAPE` names.
+    pub fn chosen(device_type: wgpu::DeviceType) -> Result<KernelShape> {
+        match std::env::var(ATTN_SHAPE_ENV) {
+            Ok(text) => Self::parse(&text),
+            Err(_) => Ok(Self::for_adapter(device_type)),
+        }
+    }
+
     pub fn for_adapter(device_type: wgpu::DeviceType) -> KernelShape {
         match device_type {
             wgpu::DeviceType::DiscreteGpu => Self::DISCRETE,
@@ -134,6 +157,9 @@ impl KernelShape {
         }
     }
 }
+
+/// Environment variable overriding the attention kernel's shape (`KernelShape::parse`).
+pub const ATTN_SHAPE_ENV: &str = "QUILL_ATTN_SHAPE";
 
 // Workgroup memory of the kernel, as shaders/attention.wgsl declares it.
 const MAX_ROWS: usize = 16; // query rows (heads × tokens)
@@ -411,7 +437,7 @@ pub fn attention_as(rec: &mut Recorder, q: &Tensor, k_cache: &Tensor, v_cache: &
 /// `attention_as` of tokens placed by `at`: each query reads only its own slot's keys.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_at(rec: &mut Recorder, q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, out: &Tensor, partials: &Tensor, s: AttnShape, o: &AttnOpts, format: KvFormat, at: &Placement, layer: usize) -> Result<()> {
-    let shape = KernelShape::for_adapter(rec.ctx.info.device_type);
+    let shape = KernelShape::chosen(rec.ctx.info.device_type)?;
     attention_shaped(rec, q, k_cache, v_cache, out, partials, s, o, format, at, shape, layer)
 }
 
@@ -763,6 +789,12 @@ mod tests {
         }
         assert_eq!(KernelShape::for_adapter(wgpu::DeviceType::Cpu), KernelShape::CPU);
         assert_eq!(KernelShape::for_adapter(wgpu::DeviceType::DiscreteGpu), KernelShape::DISCRETE);
+        assert_eq!(KernelShape::parse(" Integrated").unwrap(), KernelShape::INTEGRATED);
+        assert_eq!(KernelShape::parse("128,2,16").unwrap(), KernelShape { threads: 128, q_tile: 2, k_tile: 16 });
+        for bad in ["32,4,4", "64,0,8", "64,4", "big", "64,4,8,1"] {
+            let err = KernelShape::parse(bad).unwrap_err().to_string();
+            assert!(err.contains(ATTN_SHAPE_ENV) && err.contains(bad), "{err}");
+        }
     }
 
     gpu_test!(fn sliding_window_over_a_ring_cache_matches_reference(ctx) {
