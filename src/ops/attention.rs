@@ -361,7 +361,8 @@ pub fn kv_write_cost(s: &AttnShape) -> (u64, u64) {
 
 /// FLOPs and bytes of attention: per visited key and head, a dot product and a weighted add
 /// over head_dim (4 FLOPs per element); reads q, writes out, reads K and V of every visited
-/// key once per query head (what the kernel does).
+/// key once per query head. That is the logical traffic: the flash kernel reads each K/V row
+/// once per KV head and query tile, so GB/s figures from this count overstate its DRAM traffic.
 pub fn attention_cost(s: &AttnShape) -> (u64, u64) {
     attention_cost_with(s, &AttnOpts::default())
 }
