@@ -26,13 +26,13 @@ struct Params {
     slot: u32,
     scale: f32,
     n_splits: u32,  // attention: key ranges per (token, head); > 1 writes partial results
-    split_len: u32, // keys per range (a multiple of TILE)
+    split_len: u32, // keys per range
     window: u32,    // 0: every earlier position; else the last `window` positions
     softcap: f32,   // 0: none
     per_token: u32, // 1: each token's slot and position come from the meta table (see below)
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+    q_tile: u32,     // attention: tokens per workgroup (of one slot)
+    head_chunk: u32, // attention: query heads of one KV head per workgroup
+    k_tile: u32,     // attention: keys per staged tile
 }
 
 // A call that mixes sequences (per_token = 1) reads token t's slot and position from a table,
@@ -82,10 +82,18 @@ fn kv_write(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     v_cache[c] = bitcast<u32>(v_new[i]);
 }
 
-// ---- attention: one workgroup per (token, head, key range), keys in tiles of 64 with online
-// softmax. With one range the workgroup writes the output; with several (split-K, for a decode
-// step over a long context, so that enough workgroups run) each writes its running max, sum
-// and unnormalised output into `part`, and attention_combine merges them.
+// ---- attention, flash-style: one workgroup per (query tile, KV head, head chunk, key range).
+// Its rows are the query heads of one KV head (grouped-query attention: each K and V row is read
+// once for all of them; a group too large for one workgroup is cut into chunks of `head_chunk`
+// heads) times `q_tile` consecutive tokens of one slot (prefill; 1 for decode). Keys go in
+// tiles of `k_tile`: the tile's K rows are staged in workgroup memory with lanes along head_dim
+// (each lane 4 adjacent values, so neighbouring lanes read neighbouring words), every (row, key)
+// score is taken from there, the softmax runs online (a running max and sum per row), then V is
+// staged the same way and each thread adds into its 4-wide chunks of the rows' outputs: 5
+// barriers per tile. The host picks the tiles so that they fit (`Tiling` in ops/attention.rs).
+// With one key range the workgroup writes the output; with several (split-K, for a decode step
+// over a long context, so that enough workgroups run) each writes its rows' running max, sum and
+// unnormalised output into `part`, and attention_combine merges them.
 @group(0) @binding(0) var<storage, read> q: array<f32>;              // (n_tokens, n_heads, head_dim)
 @group(0) @binding(1) var<storage, read> k_all: array<u32>;          // cache, as above
 @group(0) @binding(2) var<storage, read> v_all: array<u32>;          // cache, as above
@@ -94,12 +102,19 @@ fn kv_write(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
 @group(0) @binding(5) var<storage, read> tok_meta: array<u32>;          // (n_tokens, 2) slot, position - pos0
 @group(0) @binding(6) var<uniform> pa: Params;
 
-const TILE: u32 = 64u;
-const MAX_HEAD_DIM: u32 = 256u;
-var<workgroup> qs: array<f32, MAX_HEAD_DIM>;
-var<workgroup> probs: array<f32, TILE>;
-var<workgroup> red: array<f32, TILE>;
-var<workgroup> rows: array<u32, TILE>; // cache offset of each key of the tile
+// Threads per workgroup, chosen per adapter class by the host (ops::attention::KernelShape).
+// At least 64: a thread holds 4 vec4 accumulators and a workgroup's outputs are <= 1024 floats.
+override WG: u32 = 64u;
+const MAX_ROWS: u32 = 16u;  // query rows (heads × tokens) of one workgroup
+const Q_VEC4: u32 = 256u;   // rows · ceil(head_dim / 4) <= Q_VEC4
+const KV_VEC4: u32 = 512u;  // k_tile · ceil(head_dim / 4) <= KV_VEC4
+const P_LEN: u32 = 512u;    // rows · k_tile <= P_LEN
+var<workgroup> qs: array<vec4<f32>, Q_VEC4>;   // (rows, ceil(head_dim / 4)) q · scale, zero-padded
+var<workgroup> kvs: array<vec4<f32>, KV_VEC4>; // (k_tile, ceil(head_dim / 4)) the staged K, then V
+var<workgroup> ps: array<f32, P_LEN>;          // (rows, k_tile) scores, then probabilities
+var<workgroup> row_m: array<f32, MAX_ROWS>;    // running max of each row
+var<workgroup> row_l: array<f32, MAX_ROWS>;    // running sum of exp(score - running max)
+var<workgroup> row_c: array<f32, MAX_ROWS>;    // this tile's correction exp(old max - new max)
 
 // Element i of the K or V cache.
 fn k_at(i: u32) -> f32 {
@@ -115,121 +130,218 @@ fn v_at(i: u32) -> f32 {
     return bitcast<f32>(v_all[i]);
 }
 
+// Word i of the V cache when `of_v`, else of the K cache.
+fn kv_word(of_v: bool, i: u32) -> u32 {
+    if (of_v) {
+        return v_all[i];
+    }
+    return k_all[i];
+}
+
+// Values 4c .. 4c + 3 of the V (`of_v`) or K cache row starting at element `row`, zeros past
+// head_dim. An f16 row starts on a word (head_dim is even) and its last pair is whole.
+fn kv4_at(of_v: bool, row: u32, c: u32) -> vec4<f32> {
+    let i = row + 4u * c;
+    let left = pa.head_dim - 4u * c;
+    if (KV_F16) {
+        let hi = select(vec2<f32>(0.0), unpack2x16float(kv_word(of_v, i / 2u + 1u)), left > 2u);
+        return vec4<f32>(unpack2x16float(kv_word(of_v, i / 2u)), hi);
+    }
+    if (left >= 4u) {
+        let w = vec4<u32>(kv_word(of_v, i), kv_word(of_v, i + 1u), kv_word(of_v, i + 2u), kv_word(of_v, i + 3u));
+        return bitcast<vec4<f32>>(w);
+    }
+    var x = vec4<f32>(0.0);
+    for (var j = 0u; j < left; j++) {
+        x[j] = bitcast<f32>(kv_word(of_v, i + j));
+    }
+    return x;
+}
+
 // Offset of position pos's row in the cache (a ring when the window is shorter than the context).
 fn kv_row(slot: u32, kvh: u32, pos: u32) -> u32 {
     return ((slot * pa.n_kv_heads + kvh) * pa.ctx_len + pos % pa.ctx_len) * pa.head_dim;
 }
 
+fn token_slot(t: u32) -> u32 {
+    if (pa.per_token != 0u) {
+        return tok_meta[2u * t];
+    }
+    return pa.slot;
+}
+fn token_pos(t: u32) -> u32 {
+    if (pa.per_token != 0u) {
+        return pa.pos0 + tok_meta[2u * t + 1u];
+    }
+    return pa.pos0 + t;
+}
+// The first key the query at `pos` sees.
+fn first_key(pos: u32) -> u32 {
+    if (pa.window > 0u && pos + 1u > pa.window) {
+        return pos + 1u - pa.window;
+    }
+    return 0u;
+}
 
-@compute @workgroup_size(64)
+// Where a workgroup's rows come from: row r is token t0 + r / head_chunk, query head
+// head0 + r % head_chunk (a head past the group, in the last chunk, is no row).
+struct Rows {
+    t0: u32,
+    n: u32,      // rows of this workgroup, valid or not
+    head0: u32,  // first query head of the chunk
+    heads: u32,  // heads of the chunk that exist
+}
+
+fn row_ok(rw: Rows, r: u32) -> bool {
+    return r < rw.n && r % pa.head_chunk < rw.heads;
+}
+// (token, head) index of row r: its q and out rows start at this · head_dim.
+fn row_head(rw: Rows, r: u32) -> u32 {
+    return (rw.t0 + r / pa.head_chunk) * pa.n_heads + rw.head0 + r % pa.head_chunk;
+}
+
+@compute @workgroup_size(WG)
 fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_index) lid: u32) {
+    let group = pa.n_heads / pa.n_kv_heads;
+    let n_chunks = (group + pa.head_chunk - 1u) / pa.head_chunk;
+    let n_qtiles = (pa.n_tokens + pa.q_tile - 1u) / pa.q_tile;
     let gs = linear_workgroup(wid, nwg);
-    if (gs >= pa.n_tokens * pa.n_heads * pa.n_splits) {
+    if (gs >= n_qtiles * pa.n_kv_heads * n_chunks * pa.n_splits) {
         return; // whole workgroup
     }
-    let g = gs / pa.n_splits;  // (token, head)
     let sp = gs % pa.n_splits;
-    let t = g / pa.n_heads;
-    let h = g % pa.n_heads;
-    let kvh = h / (pa.n_heads / pa.n_kv_heads);
+    let chunk = (gs / pa.n_splits) % n_chunks;
+    let kvh = (gs / (pa.n_splits * n_chunks)) % pa.n_kv_heads;
+    let t0 = gs / (pa.n_splits * n_chunks * pa.n_kv_heads) * pa.q_tile;
+    let n_tok = min(pa.q_tile, pa.n_tokens - t0);
+    let head0 = kvh * group + chunk * pa.head_chunk;
+    let rw = Rows(t0, n_tok * pa.head_chunk, head0, min(pa.head_chunk, group - chunk * pa.head_chunk));
     let hd = pa.head_dim;
-    let qbase = g * hd;
-    for (var d = lid; d < hd; d += TILE) {
-        qs[d] = q[qbase + d] * pa.scale;
+    let d4 = (hd + 3u) / 4u;
+    let tk = pa.k_tile;
+
+    // The tile's tokens share a slot (the host sees to it); its keys run from the first any of
+    // its queries sees to its last position, this range's share of them.
+    let slot = token_slot(t0);
+    var lo = 0xffffffffu;
+    var hi = 0u;
+    for (var i = 0u; i < n_tok; i++) {
+        let pos = token_pos(t0 + i);
+        lo = min(lo, first_key(pos));
+        hi = max(hi, pos + 1u);
     }
+    let begin = lo + sp * pa.split_len;
+    let end = min(hi, begin + pa.split_len);
+
+    for (var e = lid; e < rw.n * d4; e += WG) {
+        let r = e / d4;
+        var x = vec4<f32>(0.0);
+        if (row_ok(rw, r)) {
+            let base = row_head(rw, r) * hd + 4u * (e % d4);
+            for (var j = 0u; j < min(4u, hd - 4u * (e % d4)); j++) {
+                x[j] = q[base + j] * pa.scale;
+            }
+        }
+        qs[e] = x;
+    }
+    if (lid < MAX_ROWS) {
+        row_m[lid] = NEG_BIG;
+        row_l[lid] = 0.0;
+    }
+    var acc = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     workgroupBarrier();
 
-    var slot = pa.slot;
-    var pos = pa.pos0 + t;
-    if (pa.per_token != 0u) {
-        slot = tok_meta[2u * t];
-        pos = pa.pos0 + tok_meta[2u * t + 1u];
-    }
-    var first = 0u; // the first key this query sees
-    if (pa.window > 0u && pos + 1u > pa.window) {
-        first = pos + 1u - pa.window;
-    }
-    let kv_end = min(pos + 1u, first + (sp + 1u) * pa.split_len);
-    var m = NEG_BIG;       // running max (same in every thread)
-    var l = 0.0;           // running sum of exp
-    var acc: array<f32, 4>; // output dims lid, lid+64, lid+128, lid+192
-    for (var j = 0u; j < 4u; j++) {
-        acc[j] = 0.0;
-    }
-    for (var tile = first + sp * pa.split_len; tile < kv_end; tile += TILE) {
-        let key = tile + lid;
-        var s = NEG_BIG;
-        if (key < kv_end) {
-            let kb = kv_row(slot, kvh, key);
-            rows[lid] = kb;
-            var dot = 0.0;
-            for (var d = 0u; d < hd; d++) {
-                dot += qs[d] * k_at(kb + d);
-            }
-            s = dot;
-            if (pa.softcap > 0.0) {
-                s = pa.softcap * tanh_stable(dot / pa.softcap);
-            }
+    for (var tile = begin; tile < end; tile += tk) {
+        let n_keys = min(tk, end - tile);
+        for (var e = lid; e < n_keys * d4; e += WG) {
+            kvs[e] = kv4_at(false, kv_row(slot, kvh, tile + e / d4), e % d4);
         }
-        red[lid] = s;
         workgroupBarrier();
-        for (var st = TILE / 2u; st > 0u; st >>= 1u) {
-            if (lid < st) {
-                red[lid] = max(red[lid], red[lid + st]);
-            }
-            workgroupBarrier();
-        }
-        let m_new = max(m, red[0]);
-        workgroupBarrier();
-        var e = 0.0;
-        if (key < kv_end) {
-            e = exp(s - m_new);
-        }
-        probs[lid] = e;
-        red[lid] = e;
-        workgroupBarrier();
-        for (var st = TILE / 2u; st > 0u; st >>= 1u) {
-            if (lid < st) {
-                red[lid] += red[lid + st];
-            }
-            workgroupBarrier();
-        }
-        let corr = exp(m - m_new);
-        l = l * corr + red[0];
-        m = m_new;
-        let n_keys = min(TILE, kv_end - tile);
-        for (var j = 0u; j < 4u; j++) {
-            let d = lid + j * TILE;
-            if (d < hd) {
-                var a = acc[j] * corr;
-                for (var kk = 0u; kk < n_keys; kk++) {
-                    a += probs[kk] * v_at(rows[kk] + d);
+        // Scores; a key its row's query does not see (later, or before its window) is NEG_BIG.
+        for (var e = lid; e < rw.n * tk; e += WG) {
+            let r = e / tk;
+            let kk = e % tk;
+            let key = tile + kk;
+            let pos = token_pos(t0 + r / pa.head_chunk);
+            var s = NEG_BIG;
+            if (kk < n_keys && row_ok(rw, r) && key <= pos && key >= first_key(pos)) {
+                var dt = 0.0;
+                for (var c = 0u; c < d4; c++) {
+                    dt += dot(qs[r * d4 + c], kvs[kk * d4 + c]);
                 }
-                acc[j] = a;
+                s = dt;
+                if (pa.softcap > 0.0) {
+                    s = pa.softcap * tanh_stable(dt / pa.softcap);
+                }
+            }
+            ps[e] = s;
+        }
+        workgroupBarrier();
+        // Each row's new running max (a thread per row) while V is staged over K.
+        if (lid < rw.n) {
+            var mt = row_m[lid];
+            for (var kk = 0u; kk < n_keys; kk++) {
+                mt = max(mt, ps[lid * tk + kk]);
+            }
+            row_c[lid] = exp(row_m[lid] - mt);
+            row_m[lid] = mt;
+        }
+        for (var e = lid; e < n_keys * d4; e += WG) {
+            kvs[e] = kv4_at(true, kv_row(slot, kvh, tile + e / d4), e % d4);
+        }
+        workgroupBarrier();
+        for (var e = lid; e < rw.n * tk; e += WG) {
+            let s = ps[e];
+            ps[e] = select(0.0, exp(s - row_m[e / tk]), s > NEG_BIG);
+        }
+        workgroupBarrier();
+        // Thread element e = lid + i·WG is chunk e % d4 of row e / d4's output; the thread
+        // holding a row's chunk 0 also keeps its running sum.
+        for (var i = 0u; i < 4u; i++) {
+            let e = lid + i * WG;
+            if (e < rw.n * d4) {
+                let r = e / d4;
+                let c = e % d4;
+                var a = acc[i] * row_c[r];
+                var sum = 0.0;
+                for (var kk = 0u; kk < n_keys; kk++) {
+                    let p = ps[r * tk + kk];
+                    a += p * kvs[kk * d4 + c];
+                    sum += p;
+                }
+                acc[i] = a;
+                if (c == 0u) {
+                    row_l[r] = row_l[r] * row_c[r] + sum;
+                }
             }
         }
         workgroupBarrier();
     }
-    if (pa.n_splits == 1u) {
-        for (var j = 0u; j < 4u; j++) {
-            let d = lid + j * TILE;
-            if (d < hd) {
-                out[qbase + d] = acc[j] / l;
+
+    for (var i = 0u; i < 4u; i++) {
+        let e = lid + i * WG;
+        let r = e / d4;
+        let c = e % d4;
+        if (e >= rw.n * d4 || !row_ok(rw, r)) {
+            continue;
+        }
+        let g = row_head(rw, r);
+        let n = min(4u, hd - 4u * c);
+        if (pa.n_splits == 1u) {
+            for (var j = 0u; j < n; j++) {
+                out[g * hd + 4u * c + j] = acc[i][j] / row_l[r];
             }
+            continue;
         }
-        return;
-    }
-    let pbase = gs * (hd + 2u);
-    for (var j = 0u; j < 4u; j++) {
-        let d = lid + j * TILE;
-        if (d < hd) {
-            part[pbase + 2u + d] = acc[j];
+        let pbase = (g * pa.n_splits + sp) * (hd + 2u);
+        for (var j = 0u; j < n; j++) {
+            part[pbase + 2u + 4u * c + j] = acc[i][j];
         }
-    }
-    if (lid == 0u) {
-        part[pbase] = m;      // NEG_BIG with l = 0 for a range past the last key
-        part[pbase + 1u] = l;
+        if (c == 0u) {
+            part[pbase] = row_m[r]; // NEG_BIG with l = 0 for a range past the row's last key
+            part[pbase + 1u] = row_l[r];
+        }
     }
 }
 

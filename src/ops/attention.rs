@@ -27,7 +27,9 @@ struct Params {
     window: u32,
     softcap: f32,
     per_token: u32,
-    _pad: [u32; 3],
+    q_tile: u32,
+    head_chunk: u32,
+    k_tile: u32,
 }
 
 /// What an attention call does beyond causal softmax(q·kᵀ/√d)·v.
@@ -101,6 +103,98 @@ pub const MAX_SPLITS: usize = 32;
 /// for one token.
 pub fn partials_len(n_heads: usize, head_dim: usize) -> usize {
     n_heads * MAX_SPLITS * (head_dim + 2)
+}
+
+/// The attention kernel's shape on one adapter class: threads per workgroup (the shader's `WG`
+/// override), the most query tokens one workgroup takes in prefill, the most keys per staged
+/// tile. Workgroup memory may cut the tiles down further (`Tiling`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelShape {
+    pub threads: u32,
+    pub q_tile: usize,
+    pub k_tile: usize,
+}
+
+impl KernelShape {
+    /// CPU-type adapters (lavapipe, SwiftShader): few, fat workgroups (a workgroup is a thread's
+    /// loop there), long tiles so that barriers are rare; fastest measured on lavapipe.
+    pub const CPU: KernelShape = KernelShape { threads: 64, q_tile: 16, k_tile: 64 };
+    /// Integrated GPUs: small workgroups, so that a few compute units still get several each.
+    pub const INTEGRATED: KernelShape = KernelShape { threads: 64, q_tile: 4, k_tile: 32 };
+    /// Discrete GPUs: wider workgroups, shorter key tiles (more workgroups resident per unit).
+    pub const DISCRETE: KernelShape = KernelShape { threads: 128, q_tile: 8, k_tile: 32 };
+    /// Every shape an adapter class selects (the tests force each on).
+    pub const ALL: [(&'static str, KernelShape); 3] = [("cpu", Self::CPU), ("integrated", Self::INTEGRATED), ("discrete", Self::DISCRETE)];
+
+    /// `QUILL_ATTN_SHAPE` (for tuning): a class name (cpu, integrated, discrete) or
+    /// "threads,q_tile,k_tile" with 64..=256 threads.
+    pub fn parse(text: &str) -> Result<KernelShape> {
+        let bad = |why: &str| Error::arg(ATTN_SHAPE_ENV, format!("'{text}' {why} (a class: cpu, integrated, discrete; or threads,q_tile,k_tile)"));
+        let text_lc = text.trim().to_ascii_lowercase();
+        if let Some((_, shape)) = Self::ALL.iter().find(|(name, _)| *name == text_lc) {
+            return Ok(*shape);
+        }
+        let parts: Vec<usize> = text_lc.split(',').map(|p| p.trim().parse::<usize>()).collect::<std::result::Result<_, _>>().map_err(|_| bad("is not a shape"))?;
+        match parts[..] {
+            [threads @ 64..=256, q_tile @ 1..=64, k_tile @ 1..=512] => Ok(KernelShape { threads: threads as u32, q_tile, k_tile }),
+            _ => Err(bad("is out of range: threads 64..=256, q_tile 1..=64, k_tile 1..=512")),
+        }
+    }
+
+    /// The shape for this adapter, or the one `QUILL_ATTN_SHAPE` names.
+    pub fn chosen(device_type: wgpu::DeviceType) -> Result<KernelShape> {
+        match std::env::var(ATTN_SHAPE_ENV) {
+            Ok(text) => Self::parse(&text),
+            Err(_) => Ok(Self::for_adapter(device_type)),
+        }
+    }
+
+    pub fn for_adapter(device_type: wgpu::DeviceType) -> KernelShape {
+        match device_type {
+            wgpu::DeviceType::DiscreteGpu => Self::DISCRETE,
+            wgpu::DeviceType::IntegratedGpu | wgpu::DeviceType::VirtualGpu => Self::INTEGRATED,
+            wgpu::DeviceType::Cpu | wgpu::DeviceType::Other => Self::CPU,
+        }
+    }
+}
+
+/// Environment variable overriding the attention kernel's shape (`KernelShape::parse`).
+pub const ATTN_SHAPE_ENV: &str = "QUILL_ATTN_SHAPE";
+
+// Workgroup memory of the kernel, as shaders/attention.wgsl declares it.
+const MAX_ROWS: usize = 16; // query rows (heads × tokens)
+const Q_VEC4: usize = 256; // rows · ceil(head_dim / 4)
+const KV_VEC4: usize = 512; // k_tile · ceil(head_dim / 4)
+const P_LEN: usize = 512; // rows · k_tile
+
+/// How one call is cut into workgroups: `q_tile` tokens × `head_chunk` query heads of one KV
+/// head per workgroup, keys in tiles of `k_tile`, all within the kernel's workgroup memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Tiling {
+    q_tile: usize,
+    head_chunk: usize,
+    k_tile: usize,
+}
+
+impl Tiling {
+    fn new(s: &AttnShape, ks: KernelShape, at: &Placement) -> Tiling {
+        let hd4 = s.head_dim.div_ceil(4).max(1);
+        let max_rows = (Q_VEC4 / hd4).min(MAX_ROWS);
+        let head_chunk = (s.n_heads / s.n_kv_heads.max(1)).clamp(1, max_rows);
+        let mut q_tile = ks.q_tile.min(max_rows / head_chunk).min(s.n_tokens).max(1);
+        // A workgroup reads one slot's keys: a table whose tiles would mix slots gets one token each.
+        if let Placement::Table(t) = at {
+            if (0..s.n_tokens).any(|i| t.token(i).0 != t.token(i - i % q_tile).0) {
+                q_tile = 1;
+            }
+        }
+        let k_tile = ks.k_tile.min(KV_VEC4 / hd4).min(P_LEN / (q_tile * head_chunk)).max(1);
+        Tiling { q_tile, head_chunk, k_tile }
+    }
+    fn workgroups(&self, s: &AttnShape, splits: usize) -> usize {
+        let chunks = (s.n_heads / s.n_kv_heads).div_ceil(self.head_chunk);
+        s.n_tokens.div_ceil(self.q_tile) * s.n_kv_heads * chunks * splits
+    }
 }
 
 /// Shape of one layer's cache and of the call's tokens.
@@ -214,7 +308,9 @@ impl AttnShape {
             window: o.window.unwrap_or(0) as u32,
             softcap: o.softcap.unwrap_or(0.0),
             per_token: 0,
-            _pad: [0; 3],
+            q_tile: 1,
+            head_chunk: 1,
+            k_tile: 1,
         }
     }
     /// `params` for tokens placed by `at`.
@@ -265,7 +361,8 @@ pub fn kv_write_cost(s: &AttnShape) -> (u64, u64) {
 
 /// FLOPs and bytes of attention: per visited key and head, a dot product and a weighted add
 /// over head_dim (4 FLOPs per element); reads q, writes out, reads K and V of every visited
-/// key once per query head (what the kernel does).
+/// key once per query head. That is the logical traffic: the flash kernel reads each K/V row
+/// once per KV head and query tile, so GB/s figures from this count overstate its DRAM traffic.
 pub fn attention_cost(s: &AttnShape) -> (u64, u64) {
     attention_cost_with(s, &AttnOpts::default())
 }
@@ -341,6 +438,13 @@ pub fn attention_as(rec: &mut Recorder, q: &Tensor, k_cache: &Tensor, v_cache: &
 /// `attention_as` of tokens placed by `at`: each query reads only its own slot's keys.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_at(rec: &mut Recorder, q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, out: &Tensor, partials: &Tensor, s: AttnShape, o: &AttnOpts, format: KvFormat, at: &Placement, layer: usize) -> Result<()> {
+    let shape = KernelShape::chosen(rec.ctx.info.device_type)?;
+    attention_shaped(rec, q, k_cache, v_cache, out, partials, s, o, format, at, shape, layer)
+}
+
+/// `attention_at` with the kernel shape given (the tests run every adapter class's shape).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_shaped(rec: &mut Recorder, q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, out: &Tensor, partials: &Tensor, s: AttnShape, o: &AttnOpts, format: KvFormat, at: &Placement, shape: KernelShape, layer: usize) -> Result<()> {
     s.check(k_cache, o, format, at)?;
     let n = s.n_tokens * s.n_heads * s.head_dim;
     q.holds("attention", "q", n)?;
@@ -353,11 +457,14 @@ pub fn attention_at(rec: &mut Recorder, q: &Tensor, k_cache: &Tensor, v_cache: &
         p.n_splits = splits as u32;
         p.split_len = keys.div_ceil(splits).next_multiple_of(64) as u32;
     }
-    let pipe = rec.ctx.pipeline(&SHADER, "attention", format.constants())?;
+    let tiling = Tiling::new(&s, shape, at);
+    (p.q_tile, p.head_chunk, p.k_tile) = (tiling.q_tile as u32, tiling.head_chunk as u32, tiling.k_tile as u32);
+    let constants: Vec<(&str, f64)> = format.constants().iter().copied().chain([("WG", shape.threads as f64)]).collect();
+    let pipe = rec.ctx.pipeline(&SHADER, "attention", &constants)?;
     let (flops, bytes) = attention_cost_at(&s, o, &at.offsets(s.n_tokens));
     let info = OpInfo::new("attention", flops, bytes).layer(layer);
     let buffers = [&q.buf, &k_cache.buf, &v_cache.buf, &out.buf, &partials.buf, at.meta(rec.ctx)];
-    rec.dispatch(info, &pipe, &buffers, &p, grid(rec.ctx, (s.n_tokens * s.n_heads * splits) as u32));
+    rec.dispatch(info, &pipe, &buffers, &p, grid(rec.ctx, tiling.workgroups(&s, splits) as u32));
     if splits > 1 {
         let pipe = rec.ctx.pipeline(&SHADER, "attention_combine", format.constants())?;
         let bytes = 4 * (s.n_heads * splits * (s.head_dim + 2) + n) as u64;
@@ -438,10 +545,6 @@ mod tests {
         let qt = Tensor::upload_f32(ctx, "q", &[n_tokens, n_heads * head_dim], &q).unwrap();
         let out = Tensor::zeros(ctx, "out", &[n_tokens, n_heads * head_dim]).unwrap();
         let partials = Tensor::zeros(ctx, "partials", &[partials_len(n_heads, head_dim)]).unwrap();
-        let mut rec = Recorder::new(ctx, "test");
-        attention(&mut rec, &qt, &kc, &vc, &out, &partials, s, 0).unwrap();
-        rec.submit().unwrap();
-        let got = ctx.read_f32_async(&out.buf, 0, n_tokens * n_heads * head_dim).await.unwrap();
         // Reference layout: (kv_head, position, d).
         let to_heads = |x: &[f32]| -> Vec<f32> {
             let mut o = vec![0f32; x.len()];
@@ -455,9 +558,15 @@ mod tests {
             o
         };
         let want = reference(&q, &to_heads(&k_all), &to_heads(&v_all), s, total);
-        // Outputs are convex combinations of values in [-1, 1]; f32 softmax and sums over
-        // up to a few thousand keys stay within 2e-5.
-        compare(&got, &want, 2e-5, 1e-4).unwrap_or_else(|e| panic!("heads {n_heads}/{n_kv_heads} d {head_dim} pre {pre} t {n_tokens}: {e}"));
+        for (name, shape) in KernelShape::ALL {
+            let mut rec = Recorder::new(ctx, "test");
+            attention_shaped(&mut rec, &qt, &kc, &vc, &out, &partials, s, &AttnOpts::default(), KvFormat::F32, &Placement::Run, shape, 0).unwrap();
+            rec.submit().unwrap();
+            let got = ctx.read_f32_async(&out.buf, 0, n_tokens * n_heads * head_dim).await.unwrap();
+            // Outputs are convex combinations of values in [-1, 1]; f32 softmax and sums over
+            // up to a few thousand keys stay within 2e-5.
+            compare(&got, &want, 2e-5, 1e-4).unwrap_or_else(|e| panic!("{name} shape, heads {n_heads}/{n_kv_heads} d {head_dim} pre {pre} t {n_tokens}: {e}"));
+        }
     }
 
     /// Feeds the positions in calls of `chunks` tokens into a cache of `cache_len` positions (a
@@ -502,14 +611,18 @@ mod tests {
             let out = Tensor::zeros(ctx, "out", &[count, qrow]).unwrap();
             let mut rec = Recorder::new(ctx, "test");
             kv_write_as(&mut rec, &kt, &vt, &kc, &vc, s, &o, format, 0).unwrap();
-            attention_as(&mut rec, &qt, &kc, &vc, &out, &partials, s, &o, format, 0).unwrap();
             rec.submit().unwrap();
-            let got = ctx.read_f32_async(&out.buf, 0, count * qrow).await.unwrap();
             let want = reference_with(q, &k_stored, &v_stored, s, total, &o);
-            // As `run`: convex combinations of values in [-1, 1], f32 softmax over <= 1000 keys.
-            compare(&got, &want, 2e-5, 1e-4).unwrap_or_else(|e| panic!("heads {n_heads}/{n_kv_heads} d {head_dim} call at {pos0} of {count} cache {cache_len} {o:?} {format:?}: {e}"));
             let exact = reference_with(q, &k_ref, &v_ref, s, total, &o);
-            cost = got.iter().zip(&exact).fold(cost, |m, (g, w)| m.max((g - w).abs()));
+            for (name, shape) in KernelShape::ALL {
+                let mut rec = Recorder::new(ctx, "test");
+                attention_shaped(&mut rec, &qt, &kc, &vc, &out, &partials, s, &o, format, &Placement::Run, shape, 0).unwrap();
+                rec.submit().unwrap();
+                let got = ctx.read_f32_async(&out.buf, 0, count * qrow).await.unwrap();
+                // As `run`: convex combinations of values in [-1, 1], f32 softmax over <= 1000 keys.
+                compare(&got, &want, 2e-5, 1e-4).unwrap_or_else(|e| panic!("{name} shape, heads {n_heads}/{n_kv_heads} d {head_dim} call at {pos0} of {count} cache {cache_len} {o:?} {format:?}: {e}"));
+                cost = got.iter().zip(&exact).fold(cost, |m, (g, w)| m.max((g - w).abs()));
+            }
             pos0 += count;
         }
         cost
@@ -589,10 +702,22 @@ mod tests {
         let out = Tensor::zeros(ctx, "out", &[n, qrow]).unwrap();
         let mut rec = Recorder::new(ctx, "test");
         kv_write_at(&mut rec, &kt, &vt, &kc, &vc, s, &o, KvFormat::F32, &at, 0).unwrap();
-        attention_at(&mut rec, &qt, &kc, &vc, &out, &partials, s, &o, KvFormat::F32, &at, 0).unwrap();
         rec.submit().unwrap();
-        let got = ctx.read_f32_async(&out.buf, 0, n * qrow).await.unwrap();
-        for t in 0..n {
+        for (name, shape) in KernelShape::ALL {
+            let mut rec = Recorder::new(ctx, "test");
+            attention_shaped(&mut rec, &qt, &kc, &vc, &out, &partials, s, &o, KvFormat::F32, &at, shape, 0).unwrap();
+            rec.submit().unwrap();
+            let got = ctx.read_f32_async(&out.buf, 0, n * qrow).await.unwrap();
+            check_table(&got, &q, &rows, &kv, &total, s, &o, name);
+        }
+    }
+
+    /// Each token of a `run_table` call against the reference over its own slot's keys.
+    #[allow(clippy::too_many_arguments)]
+    fn check_table(got: &[f32], q: &[f32], rows: &[u32], kv: &[(Vec<f32>, Vec<f32>)], total: &[usize], s: AttnShape, o: &AttnOpts, name: &str) {
+        let (n_kv_heads, head_dim) = (s.n_kv_heads, s.head_dim);
+        let qrow = s.n_heads * head_dim;
+        for t in 0..s.n_tokens {
             let (slot, pos) = (rows[2 * t] as usize, rows[2 * t + 1] as usize);
             let heads_first = |x: &[f32]| -> Vec<f32> {
                 let mut h = vec![0f32; x.len()];
@@ -604,9 +729,9 @@ mod tests {
                 h
             };
             let one = AttnShape { n_tokens: 1, pos0: pos, slot, ..s };
-            let want = reference_with(&q[t * qrow..(t + 1) * qrow], &heads_first(&kv[slot].0), &heads_first(&kv[slot].1), one, total[slot], &o);
+            let want = reference_with(&q[t * qrow..(t + 1) * qrow], &heads_first(&kv[slot].0), &heads_first(&kv[slot].1), one, total[slot], o);
             // As `run`: convex combinations of values in [-1, 1], f32 softmax over few keys.
-            compare(&got[t * qrow..(t + 1) * qrow], &want, 2e-5, 1e-4).unwrap_or_else(|e| panic!("token {t} (slot {slot}, position {pos}) {o:?}: {e}"));
+            compare(&got[t * qrow..(t + 1) * qrow], &want, 2e-5, 1e-4).unwrap_or_else(|e| panic!("{name} shape, token {t} (slot {slot}, position {pos}) {o:?}: {e}"));
         }
     }
 
@@ -627,6 +752,51 @@ mod tests {
         let err = kv_write_at(&mut rec, &t, &t, &t, &t, s, &AttnOpts::default(), KvFormat::F32, &at, 0).unwrap_err().to_string();
         assert!(err.contains("slot 3 of 2"), "{err}");
     });
+
+    gpu_test!(fn flash_tiles_on_odd_shapes_match_reference(ctx) {
+        // Every adapter class's shape (the helpers run each): a group of 5 heads on one KV head
+        // and 7 heads on 7, head_dim 34 (not a multiple of 4), 64 and 256 (a group of 5 is then
+        // cut into head chunks of 4 and 1), prompts that fill no tile evenly, then decode steps.
+        run(ctx, 5, 1, 34, 0, 37, 0).await;
+        run(ctx, 5, 1, 34, 37, 1, 0).await;
+        run(ctx, 7, 7, 64, 0, 45, 0).await;
+        run(ctx, 7, 7, 64, 45, 1, 0).await;
+        run(ctx, 5, 1, 256, 0, 11, 0).await;
+        run(ctx, 5, 1, 256, 290, 1, 0).await; // split key ranges, head chunks
+        run(ctx, 20, 1, 8, 0, 9, 0).await; // a group larger than one workgroup's rows
+        // A wrapping ring with soft-capping, f16 and f32.
+        let o = AttnOpts { window: Some(11), softcap: Some(5.0), scale: None };
+        for format in [KvFormat::F32, KvFormat::F16] {
+            run_chunks_as(ctx, 5, 1, 34, &[13, 13, 1, 1], ring_len(11, 13), o, format).await;
+            run_chunks_as(ctx, 7, 7, 64, &[19, 19, 1], ring_len(11, 19), o, format).await;
+        }
+        // Prefill chunks of two slots whose query tiles do not mix slots, with a third decoding.
+        run_table(ctx, 2, 1, 34, &[3, 10, 7], &[8, 8, 1], 32, AttnOpts::default()).await;
+        run_table(ctx, 5, 1, 64, &[0, 21], &[16, 16], 40, AttnOpts::default()).await;
+    });
+
+    #[test]
+    fn tiles_fit_the_kernels_workgroup_memory() {
+        for (hd, heads, kv, tokens) in [(34, 5, 1, 37), (256, 5, 1, 11), (64, 9, 3, 64), (8, 20, 1, 9), (2, 1, 1, 1), (256, 32, 1, 1)] {
+            let s = AttnShape { n_tokens: tokens, n_heads: heads, n_kv_heads: kv, head_dim: hd, ctx_len: 64, pos0: 0, slot: 0 };
+            for (name, shape) in KernelShape::ALL {
+                let t = Tiling::new(&s, shape, &Placement::Run);
+                let (hd4, rows) = (hd.div_ceil(4), t.q_tile * t.head_chunk);
+                assert!(rows <= MAX_ROWS && rows * hd4 <= Q_VEC4 && t.k_tile * hd4 <= KV_VEC4 && rows * t.k_tile <= P_LEN, "{name} {t:?} d {hd}");
+                // The accumulators: 4 vec4 per thread.
+                assert!(rows * hd4 <= 4 * shape.threads as usize, "{name} {t:?} d {hd}");
+                assert!(t.workgroups(&s, 1) >= kv * tokens.div_ceil(t.q_tile), "{name} {t:?}");
+            }
+        }
+        assert_eq!(KernelShape::for_adapter(wgpu::DeviceType::Cpu), KernelShape::CPU);
+        assert_eq!(KernelShape::for_adapter(wgpu::DeviceType::DiscreteGpu), KernelShape::DISCRETE);
+        assert_eq!(KernelShape::parse(" Integrated").unwrap(), KernelShape::INTEGRATED);
+        assert_eq!(KernelShape::parse("128,2,16").unwrap(), KernelShape { threads: 128, q_tile: 2, k_tile: 16 });
+        for bad in ["32,4,4", "64,0,8", "64,4", "big", "64,4,8,1"] {
+            let err = KernelShape::parse(bad).unwrap_err().to_string();
+            assert!(err.contains(ATTN_SHAPE_ENV) && err.contains(bad), "{err}");
+        }
+    }
 
     gpu_test!(fn sliding_window_over_a_ring_cache_matches_reference(ctx) {
         let o = AttnOpts { window: Some(7), ..Default::default() };
