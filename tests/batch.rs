@@ -237,3 +237,26 @@ fn token_probs_of_a_batched_slot_are_those_of_the_processed_distribution() {
         assert!((lp.exp() as f64 - w).abs() < 1e-5 && (want[*id as usize] - w).abs() < 1e-5, "id {id}: {} vs {w}", lp.exp());
     }
 }
+
+/// Longrope (phi3-longrope's GGUF: original context 16) in a mixed batch picks each slot's
+/// factors by its own sequence's length, as transformers does per sequence: slot 0's decode
+/// token at position 9 and slot 2's prefill chunk of 8 stay on the short factors while slot 1's
+/// decode token at position 19 takes the long ones; each row equals its sequence alone.
+#[test]
+fn longrope_picks_each_slots_factors_in_a_mixed_batch() {
+    let Some(ctx) = test_context() else { return };
+    let model = quill::files::load_model(ctx, &fixture("phi3-longrope/model-f32.gguf"), &mut no_progress).unwrap();
+    let prompts = [ids(10, 41), ids(20, 42), ids(8, 43)];
+    let mut b = Batch::new(ctx, &model, 64, 3).unwrap();
+    for (slot, p) in prompts.iter().enumerate() {
+        b.push(slot, p).unwrap();
+        if slot < 2 {
+            b.step(&[Work { slot, sample: None }], p.len() - 1).unwrap();
+        }
+    }
+    let work: Vec<Work> = (0..3).map(|slot| Work { slot, sample: None }).collect();
+    b.step(&work, b.max_batch()).unwrap();
+    for (row, p) in prompts.iter().enumerate() {
+        check_close(&b.logits(row).unwrap(), &alone(ctx, &model, 64, p), ABS, REL, &format!("phi3-longrope: slot {row} ({} positions) batched vs alone", p.len()));
+    }
+}

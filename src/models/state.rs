@@ -36,6 +36,9 @@ pub struct Placed<'a> {
     pub at: Placement<'a>,
     /// One past the last position of any token.
     pub end: usize,
+    /// With a token table: each segment's slot and one past its last position (per-slot
+    /// choices such as longrope's factors); empty for a single run (`end` says it).
+    pub slot_ends: Vec<(usize, usize)>,
 }
 
 pub struct State {
@@ -197,7 +200,7 @@ impl State {
         }
         if let [s] = segs {
             let ids = (&self.tokens, self.token_index(s.slot, s.pos0 + step));
-            return Ok(Placed { n, ids, pos0: s.pos0 + step, slot: s.slot, at: Placement::Run, end });
+            return Ok(Placed { n, ids, pos0: s.pos0 + step, slot: s.slot, at: Placement::Run, end, slot_ends: Vec::new() });
         }
         if self.table != Self::table_of(segs) {
             return Err(Error::arg("batch", "a forward pass over several segments needs their token table: call set_table first"));
@@ -209,7 +212,8 @@ impl State {
             t += s.n;
         }
         let table = TokenTable { meta: &self.meta, rows: &self.table, n_slots: self.n_slots };
-        Ok(Placed { n, ids: (&self.batch_ids, 0), pos0: step, slot: 0, at: Placement::Table(table), end })
+        let slot_ends = segs.iter().map(|s| (s.slot, s.pos0 + s.n + step)).collect();
+        Ok(Placed { n, ids: (&self.batch_ids, 0), pos0: step, slot: 0, at: Placement::Table(table), end, slot_ends })
     }
 
     /// The rows of the final residual stream (`x`, the batch's tokens of width `dim`) that get

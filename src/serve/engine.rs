@@ -5,7 +5,9 @@
 //! and new requests join between steps. A step thus costs at most (slots - 1) decode tokens
 //! and one chunk of `PREFILL_CHUNK` prompt tokens: that bounds how long a long prompt delays
 //! the running streams. Choices of one request (`n`) prefill once: the second waits for the
-//! first's prompt and forks its slot on the GPU.
+//! first's prompt and forks its slot on the GPU. When only decode tokens run and no request
+//! waits, several decode steps go in one submit (`Batch::decode_steps`, as many as keep a
+//! submit within `STREAM_INTERVAL`): a request arriving meanwhile waits at most that long.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
