@@ -165,7 +165,12 @@ pub fn run(ctx: &Context, model: &LoadedModel, ctx_len: usize, rx: Receiver<Vec<
             }
             alive
         });
+        let busy = load.busy.load(Ordering::SeqCst);
         assign(&mut batch, &mut slots, &mut waiting, load, metrics);
+        if load.busy.load(Ordering::SeqCst) > busy {
+            // A new stream's first tokens come one submit each, then the submits grow again.
+            pace.steps = 1;
+        }
         step(&mut batch, &mut slots, model, load, metrics, waiting.is_empty(), &mut pace);
     }
 }
