@@ -19,16 +19,16 @@ struct Params {
     theta: f32,
     amp: f32,    // multiplies cos and sin: longrope's attention factor, else 1
     per_token: u32, // rope_freqs: 1 = token t sits at pos0 + tok_meta[2t + 1] (a batch of sequences)
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+    two_tables: u32, // rope_freqs with per_token: inv_freqs holds two tables of rot_dim/2 (short, long)
+    long_lo: u32,    // ... and slot s (tok_meta[2t]) reads the second where bit s of long_hi:long_lo is set
+    long_hi: u32,
 }
 
 @group(0) @binding(0) var<storage, read_write> x: array<f32>;   // (n_tokens, n_heads, head_dim)
 @group(0) @binding(1) var<uniform> p: Params;
 
 // rope_freqs binds x above, then these.
-@group(0) @binding(1) var<storage, read> inv_freqs: array<f32>;  // (rot_dim / 2,)
+@group(0) @binding(1) var<storage, read> inv_freqs: array<f32>;  // (rot_dim / 2,), or two of them (two_tables)
 @group(0) @binding(2) var<storage, read> tok_meta: array<u32>;       // (n_tokens, 2) slot, position - pos0
 @group(0) @binding(3) var<uniform> pf: Params;
 
@@ -60,10 +60,19 @@ fn rope_freqs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
         return;
     }
     var pos = pf.pos0 + idx / half / pf.n_heads;
+    var f = idx % half;
     if (pf.per_token != 0u) {
-        pos = pf.pos0 + tok_meta[2u * (idx / half / pf.n_heads) + 1u];
+        let t = idx / half / pf.n_heads;
+        pos = pf.pos0 + tok_meta[2u * t + 1u];
+        // Longrope in a batch of sequences: each slot's own factors (short or long, by its
+        // sequence's length), as transformers picks them per sequence.
+        let slot = tok_meta[2u * t];
+        let word = select(pf.long_hi >> ((slot - 32u) & 31u), pf.long_lo >> (slot & 31u), slot < 32u);
+        if (pf.two_tables != 0u && slot < 64u && (word & 1u) != 0u) {
+            f += half;
+        }
     }
-    rotate_pair(pf, idx, pos, inv_freqs[idx % half]);
+    rotate_pair(pf, idx, pos, inv_freqs[f]);
 }
 
 // Turns pair idx % (rot_dim / 2) of row idx / (rot_dim / 2) (a (token, head)) by its angle at

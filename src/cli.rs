@@ -264,6 +264,10 @@ struct WriteArgs {
     /// each labelled with its seed (--seed, --seed + 1, ...).
     #[arg(long, default_value_t = 1)]
     drafts: usize,
+    /// With --drafts: stream the drafts as they grow, one JSON object per line:
+    /// {"draft", "seed", "text"} per piece, then {"draft", "seed", "stop", "tokens"} per draft.
+    #[arg(long)]
+    drafts_jsonl: bool,
 }
 
 pub fn run() -> Result<()> {
@@ -488,7 +492,7 @@ fn write(args: WriteArgs) -> Result<()> {
     if !(1..=crate::drafts::MAX_DRAFTS).contains(&args.drafts) {
         return Err(Error::arg("--drafts", format!("{} must be 1 to {}", args.drafts, crate::drafts::MAX_DRAFTS)));
     }
-    if args.drafts > 1 && (args.story.is_some() || !args.ban.is_empty() || args.probs.is_some()) {
+    if (args.drafts > 1 || args.drafts_jsonl) && (args.story.is_some() || !args.ban.is_empty() || args.probs.is_some()) {
         return Err(Error::arg("--drafts", "cannot be combined with --story, --ban or --probs (yet): write one draft with them"));
     }
     // With --ctx given, a prompt that cannot fit shows before the slow parts; without it, the
@@ -536,10 +540,10 @@ fn write(args: WriteArgs) -> Result<()> {
         Some(st) => story_context(st, &model, session.ctx_len(), args.max_tokens)?,
         None => model.tokenizer.encode(&text)?,
     };
-    if args.drafts > 1 {
+    if args.drafts > 1 || args.drafts_jsonl {
         let ctx_len = session.ctx_len();
         drop(session);
-        return crate::drafts::write(&ctx, &model, ctx_len, &ids, &sampling, args.drafts, args.max_tokens, args.ignore_eos);
+        return crate::drafts::write(&ctx, &model, ctx_len, &ids, &sampling, args.drafts, args.max_tokens, args.ignore_eos, args.drafts_jsonl);
     }
     if args.profile {
         session.enable_profiling();

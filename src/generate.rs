@@ -15,7 +15,7 @@ use crate::models::{LoadedModel, LogitRows};
 use crate::sampling::SamplingParams;
 
 mod batch;
-pub use batch::{Batch, Work};
+pub use batch::{Batch, TokenLogprobs, Work};
 
 /// Most tokens one prefill pass takes.
 pub const DEFAULT_MAX_BATCH: usize = 128;
@@ -404,20 +404,10 @@ pub struct TokenProbs {
 
 impl Session<'_> {
     /// Probabilities of the token `next_token` just drew (with the same `s`) and of its `top`
-    /// (at most `ops::sample::MAX_TOP_LOGPROBS`) most likely alternatives, computed on the GPU
-    /// from that step's logits after the whole sampler chain; only 2 + 2·top numbers come back.
+    /// most likely alternatives after the whole sampler chain (`Batch::token_probs`).
     /// Call it before anything else runs on the session.
     pub fn token_probs(&mut self, s: &SamplingParams, top: usize) -> Result<TokenProbs> {
-        use crate::ops::sample::{logprobs_len, parse_logprobs, token_probs};
-        let out = self.seq().ids.len().checked_sub(1).ok_or_else(|| Error::Context("token_probs: no token drawn yet".into()))?;
-        let history = out.saturating_sub(s.repeat_last_n)..out;
-        let draw = self.seq().draws.wrapping_sub(1);
-        let st = &self.batch.state;
-        let mut rec = Recorder::new(self.ctx, "token probs");
-        token_probs(&mut rec, &st.logits, 0, &st.work, &st.tokens, &st.adjust[0], out, history, s, top, draw)?;
-        rec.submit()?;
-        let (lp, alts) = parse_logprobs(&self.ctx.read_f32(&st.work.buf, 0, logprobs_len(top))?);
-        let top = alts.into_iter().map(|(id, lp)| (id, lp.exp())).filter(|&(_, p)| p > 0.0).collect();
-        Ok(TokenProbs { p: lp.exp(), top })
+        let lp = self.batch.token_probs(0, 0, s, top)?;
+        Ok(TokenProbs { p: lp.logprob.exp(), top: lp.top.into_iter().map(|(id, lp)| (id, lp.exp())).filter(|&(_, p)| p > 0.0).collect() })
     }
 }

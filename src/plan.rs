@@ -89,6 +89,58 @@ pub struct SessionShape {
     pub vocab: usize,
     /// How the KV cache stores values: f16 takes half the bytes of f32.
     pub kv_format: KvFormat,
+    /// Sequences (slots) sharing the state, each with its own KV cache rows and token ids
+    /// (`generate::Batch`; `quill serve --parallel`).
+    pub n_slots: usize,
+}
+
+/// The shape of every buffer of a `models::state::State` (in 4-byte words): the one list
+/// `State::with_slots` allocates from and the plan counts, so the two cannot drift apart.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StateBuffers {
+    pub x: [usize; 2],
+    pub xn: [usize; 2],
+    pub x_last: [usize; 2],
+    pub q: [usize; 2],
+    pub k: [usize; 2],
+    pub v: [usize; 2],
+    pub att: [usize; 2],
+    pub att_partials: [usize; 1],
+    pub gate: [usize; 2],
+    pub up: [usize; 2],
+    pub logits: [usize; 2],
+    pub work: [usize; 1],
+    /// One per slot.
+    pub adjust: [usize; 1],
+    pub tokens: [usize; 2],
+    pub batch_ids: [usize; 1],
+    pub meta: [usize; 2],
+    /// Per layer, the K cache's and the V cache's (n_slots, n_kv_heads, positions, words per row).
+    pub cache: Vec<[usize; 4]>,
+    /// Words of the scratch buffer a fork copies one slot's rows through (0 with one slot).
+    pub fork_scratch: usize,
+    /// Words of the token read-back buffer: `MAX_DECODE_STEPS` ids per slot (`Batch::decode_steps`).
+    pub readback: usize,
+}
+
+fn words(shape: &[usize]) -> u64 {
+    shape.iter().fold(1u64, |a, &d| a.saturating_mul(d as u64))
+}
+
+impl StateBuffers {
+    /// Words of every buffer but the KV caches, adjustment lists counted once per slot.
+    fn activation_words(&self, n_slots: usize) -> u64 {
+        let two = [self.x, self.xn, self.x_last, self.q, self.k, self.v, self.att, self.gate, self.up, self.logits, self.tokens, self.meta];
+        let one = [self.att_partials, self.work, self.batch_ids];
+        two.iter().map(|s| words(s)).sum::<u64>() + one.iter().map(|s| words(s)).sum::<u64>() + n_slots as u64 * words(&self.adjust) + (self.fork_scratch + self.readback) as u64
+    }
+
+    /// Words of the largest single buffer.
+    fn largest_words(&self) -> u64 {
+        let two = [self.x, self.q, self.gate, self.logits, self.tokens];
+        let cache = self.cache.iter().map(|c| words(c)).max().unwrap_or(0);
+        two.iter().map(|s| words(s)).max().unwrap_or(0).max(cache).max(self.fork_scratch as u64)
+    }
 }
 
 impl SessionShape {
@@ -106,6 +158,42 @@ impl SessionShape {
             ffn_dim: c.ffn_dim,
             vocab: c.vocab,
             kv_format: c.kv_format,
+            n_slots: 1,
+        }
+    }
+
+    /// The same shape shared by `n` slots.
+    pub fn slots(self, n: usize) -> Self {
+        SessionShape { n_slots: n, ..self }
+    }
+
+    /// Every buffer of the state for a context of `ctx_len` (see `StateBuffers`).
+    pub fn buffers(&self, ctx_len: usize) -> StateBuffers {
+        let (b, s) = (self.max_batch.min(ctx_len), self.n_slots);
+        let (q, kv) = (self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim);
+        let words_per_row = self.kv_format.words(self.head_dim);
+        let cache: Vec<[usize; 4]> = self.layer_positions(ctx_len).into_iter().map(|p| [s, self.n_kv_heads, p, words_per_row]).collect();
+        let slot_cache = cache.iter().map(|c| c[1] * c[2] * c[3]).max().unwrap_or(0);
+        StateBuffers {
+            x: [b, self.dim],
+            xn: [b, self.dim],
+            x_last: [s, self.dim],
+            q: [b, q],
+            k: [b, kv],
+            v: [b, kv],
+            att: [b, q],
+            att_partials: [partials_len(self.n_heads, self.head_dim)],
+            gate: [b, self.ffn_dim],
+            up: [b, self.ffn_dim],
+            logits: [b, self.vocab],
+            work: [self.vocab],
+            adjust: [crate::ops::sample::ADJUST_LEN],
+            tokens: [s, ctx_len],
+            batch_ids: [b],
+            meta: [b, 2],
+            cache,
+            fork_scratch: if s > 1 { slot_cache.max(ctx_len) } else { 0 },
+            readback: crate::generate::MAX_DECODE_STEPS * s.max(1),
         }
     }
 
@@ -116,32 +204,22 @@ impl SessionShape {
         self.windows.iter().map(|w| w.map_or(ctx_len, |w| ring_len(w, batch).min(ctx_len))).collect()
     }
 
-    /// Bytes of one layer's K (or V) cache holding `positions`.
-    fn cache_bytes(&self, positions: usize) -> u64 {
-        4 * self.kv_format.words(self.n_kv_heads * positions * self.head_dim) as u64
-    }
-
-    /// Bytes of the KV caches of every layer.
+    /// Bytes of the KV caches of every layer, every slot.
     pub fn kv_bytes(&self, ctx_len: usize) -> u64 {
-        self.layer_positions(ctx_len).iter().map(|&p| 2 * self.cache_bytes(p)).sum()
+        self.buffers(ctx_len).cache.iter().map(|c| 2 * 4 * words(c)).sum()
     }
 
-    /// The activation buffers (as `models::state::State` allocates them, plus room for a few
-    /// more per-token buffers architectures add) and the token ids.
+    /// The state's other buffers (`buffers`), plus room for a few more per-token buffers
+    /// architectures add (per token: two of the residual width, two of the attention's).
     pub fn activation_bytes(&self, ctx_len: usize) -> u64 {
         let b = self.max_batch.min(ctx_len) as u64;
-        let (q, kv) = ((self.n_heads * self.head_dim) as u64, (self.n_kv_heads * self.head_dim) as u64);
-        let per_token = 3 * self.dim as u64 + 4 * q + 4 * kv + 2 * self.ffn_dim as u64 + self.vocab as u64;
-        // x_last, attention partials, the sampler's work row and its adjustment list (DRY, logit bias).
-        let fixed = self.dim as u64 + partials_len(self.n_heads, self.head_dim) as u64 + self.vocab as u64 + crate::ops::sample::ADJUST_LEN as u64;
-        4 * (b * per_token + fixed + ctx_len as u64)
+        let extra = b * (2 * self.dim + 2 * self.n_heads * self.head_dim + 2 * self.n_kv_heads * self.head_dim) as u64;
+        4 * (self.buffers(ctx_len).activation_words(self.n_slots) + extra)
     }
 
     /// Bytes of the session's largest single buffer (each must fit one binding).
     fn largest_buffer(&self, ctx_len: usize) -> u64 {
-        let b = self.max_batch.min(ctx_len) as u64;
-        let cache = self.layer_positions(ctx_len).iter().map(|&p| self.cache_bytes(p)).max().unwrap_or(0);
-        cache.max(4 * b * self.vocab.max(self.ffn_dim) as u64)
+        4 * self.buffers(ctx_len).largest_words()
     }
 }
 
@@ -186,13 +264,19 @@ pub fn plan(shape: &SessionShape, requested: Option<usize>, available: u64, bind
 fn too_big(shape: &SessionShape, n: usize, largest: usize, available: u64, binding_limit: u64, budget: &Budget) -> String {
     let mb = |b: u64| b as f64 / 1e6;
     let (kv, act) = (shape.kv_bytes(n), shape.activation_bytes(n));
-    let fit = if largest == 0 { "no context fits".to_string() } else { format!("the largest --ctx that fits is {largest}") };
+    let fit = match (largest, shape.n_slots) {
+        (0, 1) => "no context fits".to_string(),
+        (0, s) => format!("no context fits {s} slots (--parallel)"),
+        (l, 1) => format!("the largest --ctx that fits is {l}"),
+        (l, s) => format!("the largest --ctx that fits {s} slots (--parallel) is {l}"),
+    };
+    let n_desc = if shape.n_slots > 1 { format!("{n} positions in each of {} slots", shape.n_slots) } else { format!("{n} positions") };
     let buffer = shape.largest_buffer(n);
     if buffer > binding_limit {
-        return format!("{n} positions need a buffer of {buffer} bytes ({:.1} MB), above the adapter's limit of {binding_limit} bytes per buffer; {fit}", mb(buffer));
+        return format!("{n_desc} need a buffer of {buffer} bytes ({:.1} MB), above the adapter's limit of {binding_limit} bytes per buffer; {fit}", mb(buffer));
     }
     format!(
-        "{n} positions need {} bytes ({:.1} MB: KV cache {:.1} MB + activations {:.1} MB) but {available} bytes ({:.1} MB) of the GPU memory budget of {:.1} MB ({}) are left after the weights; {fit}",
+        "{n_desc} need {} bytes ({:.1} MB: KV cache {:.1} MB + activations {:.1} MB) but {available} bytes ({:.1} MB) of the GPU memory budget of {:.1} MB ({}) are left after the weights; {fit}",
         kv + act,
         mb(kv + act),
         mb(kv),
@@ -207,9 +291,16 @@ fn too_big(shape: &SessionShape, n: usize, largest: usize, available: u64, bindi
 /// pass; the model's weights count against the budget (other sessions alive at the same time
 /// do not: the budget is per session).
 pub fn plan_session(ctx: &Context, model: &LoadedModel, requested: Option<usize>, max_batch: usize) -> Result<Plan> {
+    plan_slots(ctx, model, requested, max_batch, 1)
+}
+
+/// `plan_session` for `n_slots` sequences sharing one state (`generate::Batch`): every
+/// slot's KV cache and token ids count, so `quill serve --parallel S --ctx N` that does not
+/// fit is refused before anything is allocated, with the bytes.
+pub fn plan_slots(ctx: &Context, model: &LoadedModel, requested: Option<usize>, max_batch: usize, n_slots: usize) -> Result<Plan> {
     let budget = Budget::of(ctx)?;
     let available = budget.bytes.saturating_sub(model.model.weight_bytes());
-    plan(&SessionShape::new(model.config(), max_batch), requested, available, ctx.binding_limit(), &budget)
+    plan(&SessionShape::new(model.config(), max_batch).slots(n_slots), requested, available, ctx.binding_limit(), &budget)
 }
 
 /// Plans a session before any weight is read, from the header: `weight_bytes` (what the
@@ -286,7 +377,7 @@ mod tests {
 
     /// SmolLM2-135M's shape: 30 layers, 3 KV heads of 64, context 8192.
     fn smollm2() -> SessionShape {
-        SessionShape { windows: vec![None; 30], n_kv_heads: 3, head_dim: 64, max_ctx: 8192, max_batch: 128, dim: 576, n_heads: 9, ffn_dim: 1536, vocab: 49152, kv_format: KvFormat::F32 }
+        SessionShape { windows: vec![None; 30], n_kv_heads: 3, head_dim: 64, max_ctx: 8192, max_batch: 128, dim: 576, n_heads: 9, ffn_dim: 1536, vocab: 49152, kv_format: KvFormat::F32, n_slots: 1 }
     }
     fn budget() -> Budget {
         Budget { bytes: 4 * GIB, source: "test".into() }
@@ -329,7 +420,7 @@ mod tests {
     fn sliding_window_layers_keep_only_their_window() {
         // Gemma 3 270M: 18 layers, 5 of every 6 with a window of 512, 1 KV head of 256.
         let windows = (0..18).map(|l| if l % 6 == 5 { None } else { Some(512) }).collect();
-        let s = SessionShape { windows, n_kv_heads: 1, head_dim: 256, max_ctx: 32768, max_batch: 128, dim: 640, n_heads: 4, ffn_dim: 2048, vocab: 262144, kv_format: KvFormat::F32 };
+        let s = SessionShape { windows, n_kv_heads: 1, head_dim: 256, max_ctx: 32768, max_batch: 128, dim: 640, n_heads: 4, ffn_dim: 2048, vocab: 262144, kv_format: KvFormat::F32, n_slots: 1 };
         let p = plan(&s, Some(32768), 4 * GIB, 128 << 20, &budget()).unwrap();
         let ring = ring_len(512, 128);
         assert_eq!(p.layer_positions.iter().filter(|&&n| n == ring).count(), 15);
@@ -338,6 +429,23 @@ mod tests {
         assert_eq!(s.kv_bytes(32768) - s.kv_bytes(16384), 3 * 2 * 16384 * 256 * 4);
         // A context shorter than the ring keeps just the context.
         assert!(s.layer_positions(100).iter().all(|&n| n == 100));
+    }
+
+    #[test]
+    fn slots_multiply_the_cache_and_are_named_when_they_do_not_fit() {
+        let one = smollm2();
+        let eight = smollm2().slots(8);
+        assert_eq!(eight.kv_bytes(2048), 8 * one.kv_bytes(2048));
+        // Token ids, adjustment lists and the fork scratch grow with the slots too.
+        assert!(eight.activation_bytes(2048) > one.activation_bytes(2048) + 7 * 4 * 2048);
+        let available = one.kv_bytes(2048) + one.activation_bytes(2048) + 1000;
+        assert_eq!(plan(&one, Some(2048), available, u64::MAX, &budget()).unwrap().ctx_len, 2048);
+        let err = plan(&eight, Some(2048), available, u64::MAX, &budget()).unwrap_err().to_string();
+        let need = eight.kv_bytes(2048) + eight.activation_bytes(2048);
+        assert!(err.contains(&format!("2048 positions in each of 8 slots need {need} bytes")) && err.contains("fits 8 slots (--parallel) is"), "{err}");
+        // The largest context that fits 8 slots holds about an eighth of the positions.
+        let p = plan(&eight, None, available, u64::MAX, &budget()).unwrap();
+        assert!(p.ctx_len < 2048 / 4 && p.kv_bytes + p.activation_bytes <= available, "{p:?}");
     }
 
     #[test]

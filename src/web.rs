@@ -16,8 +16,7 @@ use crate::gpu::Context;
 use crate::models::load::{gguf_needs, load_gguf, load_hf, load_parsed_gguf, HfFiles, LoadOptions, LoadProgress};
 use crate::models::LoadedModel;
 use crate::plan::{plan_before_load, Budget};
-use crate::gpu::Recorder;
-use crate::ops::sample::{logprobs, logprobs_len, parse_logprobs, MAX_TOP_LOGPROBS};
+use crate::ops::sample::MAX_TOP_LOGPROBS;
 use crate::sampling::{dry_breaker_ids, SamplingFlags, SamplingParams};
 use crate::tokenizer::StreamDecoder;
 use crate::weights::gguf::Gguf;
@@ -519,23 +518,15 @@ fn call_token(f: &js_sys::Function, draft: usize, text: &str, logprob: f32, alts
 }
 
 /// The log-probability of the token just sampled and the `top` most likely ids with theirs,
-/// on the GPU from the step's logits (the kernel the server's `logprobs` uses); only 2 + 2·top
-/// numbers come back. Returns (logprob, JSON `[[text, logprob], …]`).
+/// after the sampler chain (`Batch::token_probs`). Returns (logprob, JSON `[[text, logprob], …]`).
 async fn token_probs(session: &Session<'_>, s: &SamplingParams, top: usize) -> crate::Result<(f32, String)> {
-    let out = session.ids().len() - 1;
-    let history = out.saturating_sub(s.repeat_last_n)..out;
-    let st = &session.batch.state;
-    let mut rec = Recorder::new(session.ctx, "logprobs");
-    logprobs(&mut rec, &st.logits, 0, &st.work, &st.tokens, &st.adjust[0], out, history, s, top)?;
-    rec.submit()?;
-    let values = session.ctx.read_f32_async(&st.work.buf, 0, logprobs_len(top)).await?;
-    let (logprob, alts) = parse_logprobs(&values);
+    let lp = session.batch.token_probs_async(0, 0, s, top).await?;
     let tok = &session.model.tokenizer;
-    let mut list = Vec::with_capacity(alts.len());
-    for (id, lp) in alts {
-        list.push(serde_json::json!([tok.decode(&[id])?, lp]));
+    let mut list = Vec::with_capacity(lp.top.len());
+    for (id, p) in lp.top {
+        list.push(serde_json::json!([tok.decode(&[id])?, p]));
     }
-    Ok((logprob, serde_json::Value::Array(list).to_string()))
+    Ok((lp.logprob, serde_json::Value::Array(list).to_string()))
 }
 
 // The library's tests (every kernel's `gpu_test!`s) run in a browser.

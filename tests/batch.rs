@@ -169,3 +169,94 @@ fn bad_slots_are_errors() {
     assert!(b.fork(0, 1, 5).unwrap_err().to_string().contains("holds 2"));
     assert!(Batch::new(ctx, &model, 32, 0).is_err());
 }
+
+/// Prompts of `lens` ids in slots 0.. (prefilled, first token drawn), then `tokens` more
+/// seeded draws per slot: one `step` per token, or `decode_steps` of `k` per submit. Returns
+/// each slot's ids.
+fn decode(ctx: &Context, model: &LoadedModel, lens: &[usize], s: &[SamplingParams], tokens: usize, k: Option<usize>) -> Vec<Vec<u32>> {
+    let mut b = Batch::new(ctx, model, 64, lens.len()).unwrap();
+    for (slot, &n) in lens.iter().enumerate() {
+        b.push(slot, &ids(n, 31 + slot as u64)).unwrap();
+        b.step(&[Work { slot, sample: Some(&s[slot]) }], b.max_batch()).unwrap();
+    }
+    let work: Vec<Work> = (0..lens.len()).map(|slot| Work { slot, sample: Some(&s[slot]) }).collect();
+    let mut done = 0;
+    while done < tokens {
+        match k {
+            None => {
+                b.step(&work, 1).unwrap();
+                done += 1;
+            }
+            Some(k) => done += b.decode_steps(&work, k.min(tokens - done)).unwrap()[0].len(),
+        }
+    }
+    (0..lens.len()).map(|slot| b.ids(slot).to_vec()).collect()
+}
+
+/// Several decode steps per submit (`Batch::decode_steps`, the server's decode-only steps)
+/// draw exactly what one step per submit draws: slots at different positions, each with its
+/// own seed, temperature and repetition penalty over the ids the GPU drew in the same submit.
+#[test]
+fn decode_steps_in_one_submit_equal_one_step_each() {
+    let Some(ctx) = test_context() else { return };
+    for name in ["llama-tiny", "mistral-tiny"] {
+        let model = load(ctx, name);
+        let s: Vec<SamplingParams> = (0..3).map(|i| SamplingParams { temperature: 0.8 + 0.1 * i as f32, top_k: 40, repeat_penalty: 1.3, repeat_last_n: 6, seed: 7 + i, ..SamplingParams::greedy() }).collect();
+        let lens = [5, 12, 9];
+        let one = decode(ctx, &model, &lens, &s, 11, None);
+        let many = decode(ctx, &model, &lens, &s, 11, Some(4));
+        assert_eq!(many, one, "{name}: 4 decode steps per submit vs 1");
+        assert!(one.iter().zip(lens).all(|(ids, n)| ids.len() == n + 12), "{name}: {one:?}");
+    }
+}
+
+/// `Batch::token_probs` of a slot in a batched step reads that slot's logits row and gives the
+/// distribution its draw chose from, after the chain (temperature 0.7, top-k 40): equal to the
+/// CPU reference `sampling::processed_probs` of that row within 1e-5 (probabilities).
+#[test]
+fn token_probs_of_a_batched_slot_are_those_of_the_processed_distribution() {
+    let Some(ctx) = test_context() else { return };
+    let model = load(ctx, "llama-tiny");
+    let s = SamplingParams { temperature: 0.7, top_k: 40, seed: 9, ..SamplingParams::greedy() };
+    let mut b = Batch::new(ctx, &model, 64, 2).unwrap();
+    let prompts = [ids(7, 1), ids(10, 2)];
+    for (slot, p) in prompts.iter().enumerate() {
+        b.push(slot, p).unwrap();
+    }
+    let work = [Work { slot: 0, sample: Some(&s) }, Work { slot: 1, sample: Some(&s) }];
+    b.step(&work, b.max_batch()).unwrap();
+    let logits = b.logits(1).unwrap();
+    let got = b.token_probs(1, 1, &s, 5).unwrap();
+    let want = quill::sampling::processed_probs(&logits, &prompts[1], &s, 0, 0.0);
+    assert_eq!(got.id, b.ids(1)[10]);
+    assert!((got.logprob.exp() as f64 - want[got.id as usize]).abs() < 1e-5, "{} vs {}", got.logprob.exp(), want[got.id as usize]);
+    let mut sorted: Vec<f64> = want.iter().copied().filter(|&p| p > 0.0).collect();
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    assert_eq!((sorted.len(), got.top.len()), (40, 5));
+    for ((id, lp), w) in got.top.iter().zip(&sorted) {
+        assert!((lp.exp() as f64 - w).abs() < 1e-5 && (want[*id as usize] - w).abs() < 1e-5, "id {id}: {} vs {w}", lp.exp());
+    }
+}
+
+/// Longrope (phi3-longrope's GGUF: original context 16) in a mixed batch picks each slot's
+/// factors by its own sequence's length, as transformers does per sequence: slot 0's decode
+/// token at position 9 and slot 2's prefill chunk of 8 stay on the short factors while slot 1's
+/// decode token at position 19 takes the long ones; each row equals its sequence alone.
+#[test]
+fn longrope_picks_each_slots_factors_in_a_mixed_batch() {
+    let Some(ctx) = test_context() else { return };
+    let model = quill::files::load_model(ctx, &fixture("phi3-longrope/model-f32.gguf"), &mut no_progress).unwrap();
+    let prompts = [ids(10, 41), ids(20, 42), ids(8, 43)];
+    let mut b = Batch::new(ctx, &model, 64, 3).unwrap();
+    for (slot, p) in prompts.iter().enumerate() {
+        b.push(slot, p).unwrap();
+        if slot < 2 {
+            b.step(&[Work { slot, sample: None }], p.len() - 1).unwrap();
+        }
+    }
+    let work: Vec<Work> = (0..3).map(|slot| Work { slot, sample: None }).collect();
+    b.step(&work, b.max_batch()).unwrap();
+    for (row, p) in prompts.iter().enumerate() {
+        check_close(&b.logits(row).unwrap(), &alone(ctx, &model, 64, p), ABS, REL, &format!("phi3-longrope: slot {row} ({} positions) batched vs alone", p.len()));
+    }
+}

@@ -401,6 +401,21 @@ fn drafts_are_labelled_with_their_seeds_and_match_single_runs() {
         let text = drafts[start..].split("--- draft ").next().unwrap_or("");
         assert_eq!(text, run(&["--seed", seed]), "draft {} vs a single run with seed {seed}", i + 1);
     }
+    // --drafts-jsonl streams the same drafts, interleaved as the batched steps make them.
+    let lines: Vec<serde_json::Value> = run(&["--seed", "42", "--drafts", "3", "--drafts-jsonl"]).lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}"))).collect();
+    for (i, seed) in [42u64, 43, 44].iter().enumerate() {
+        let mine: Vec<(usize, &serde_json::Value)> = lines.iter().enumerate().filter(|(_, l)| l["draft"] == i + 1).collect();
+        assert!(mine.iter().all(|(_, l)| l["seed"] == *seed), "{mine:?}");
+        let text: String = mine.iter().filter_map(|(_, l)| l["text"].as_str()).collect();
+        let header = format!("--- draft {} (seed {seed}) ---\n", i + 1);
+        let start = drafts.find(&header).unwrap() + header.len();
+        assert_eq!(format!("{text}\n"), drafts[start..].split("--- draft ").next().unwrap_or(""), "draft {}", i + 1);
+        let end = mine.last().expect("a stop line").1;
+        assert_eq!((&end["stop"], &end["tokens"]), (&serde_json::json!("--max-tokens reached"), &serde_json::json!(12)), "{end}");
+    }
+    // Streamed: draft 2's first piece comes before draft 1's last.
+    let pieces = |d: usize| lines.iter().enumerate().filter(move |(_, l)| l["draft"] == d && l["text"].is_string()).map(|(i, _)| i);
+    assert!(pieces(2).next() < pieces(1).last(), "not interleaved: {lines:?}");
     let a = args(&["--drafts", "9"]);
     expect_error(&quill(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>()), &["--drafts", "9"]);
 }

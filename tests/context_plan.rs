@@ -4,9 +4,9 @@
 mod common;
 
 use common::*;
-use quill::generate::{Session, DEFAULT_MAX_BATCH};
+use quill::generate::{Batch, Session, DEFAULT_MAX_BATCH};
 use quill::gpu::context::test_context;
-use quill::plan::{plan_session, SessionShape};
+use quill::plan::{plan_session, plan_slots, SessionShape};
 
 #[test]
 fn the_plan_covers_what_a_session_allocates() {
@@ -25,5 +25,26 @@ fn the_plan_covers_what_a_session_allocates() {
         assert!(allocated <= planned, "{ctx_len} positions: a session allocated {allocated} bytes, the plan counted {planned}");
         assert!(planned <= 2 * allocated, "{ctx_len} positions: the plan counted {planned} bytes for {allocated} allocated");
         drop(session);
+    }
+}
+
+/// With 4 slots (`quill serve --parallel 4`) the plan counts every slot's cache, token ids and
+/// adjustment list: still at least what the batch allocates, at most twice.
+#[test]
+fn the_plan_covers_what_a_batch_of_slots_allocates() {
+    let Some(ctx) = test_context() else { return };
+    let model = quill::files::load_model(ctx, &fixture("llama-tiny"), &mut no_progress).unwrap();
+    for (ctx_len, slots) in [(100usize, 4usize), (256, 3)] {
+        let plan = plan_slots(ctx, &model, Some(ctx_len), DEFAULT_MAX_BATCH, slots).unwrap();
+        let one = plan_session(ctx, &model, Some(ctx_len), DEFAULT_MAX_BATCH).unwrap();
+        assert_eq!(plan.kv_bytes, slots as u64 * one.kv_bytes);
+        let before = ctx.allocated_bytes();
+        let batch = Batch::new(ctx, &model, ctx_len, slots).unwrap();
+        let allocated = ctx.allocated_bytes() - before;
+        let planned = plan.kv_bytes + plan.activation_bytes;
+        eprintln!("llama-tiny, {slots} slots of {ctx_len} positions: planned {planned} bytes (KV {}), allocated {allocated}", plan.kv_bytes);
+        assert!(allocated <= planned, "{slots} slots of {ctx_len}: a batch allocated {allocated} bytes, the plan counted {planned}");
+        assert!(planned <= 2 * allocated, "{slots} slots of {ctx_len}: the plan counted {planned} bytes for {allocated} allocated");
+        drop(batch);
     }
 }

@@ -160,6 +160,18 @@ fn text_of(v: &Value) -> String {
 /// The CPU reference: log-softmax of the fixture's logits at the prompt's last position
 /// (transformers), top 5, highest first.
 fn reference_top5() -> (Vec<u32>, Vec<f64>) {
+    let (prompt, last) = reference_last_logits();
+    let last: Vec<f64> = last.iter().map(|&x| x as f64).collect();
+    let m = last.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let z = last.iter().map(|x| (x - m).exp()).sum::<f64>().ln() + m;
+    let mut lp: Vec<f64> = last.iter().map(|x| x - z).collect();
+    lp.sort_by(|a, b| b.total_cmp(a));
+    lp.truncate(5);
+    (prompt, lp)
+}
+
+/// The fixture's prompt and its logits at the last position (transformers).
+fn reference_last_logits() -> (Vec<u32>, Vec<f32>) {
     let r = json("llama-tiny/reference.json");
     let prompt = ids(&r["input_ids"]);
     let bytes = std::fs::read(fixture("llama-tiny/reference_logits.safetensors")).unwrap();
@@ -167,13 +179,22 @@ fn reference_top5() -> (Vec<u32>, Vec<f64>) {
     let t = st.tensor("logits").unwrap();
     let all: Vec<f32> = t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
     let vocab = t.shape()[1];
-    let last: Vec<f64> = all[(prompt.len() - 1) * vocab..prompt.len() * vocab].iter().map(|&x| x as f64).collect();
-    let m = last.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let z = last.iter().map(|x| (x - m).exp()).sum::<f64>().ln() + m;
-    let mut lp: Vec<f64> = last.iter().map(|x| x - z).collect();
-    lp.sort_by(|a, b| b.total_cmp(a));
-    lp.truncate(5);
-    (prompt, lp)
+    let last = all[(prompt.len() - 1) * vocab..prompt.len() * vocab].to_vec();
+    (prompt, last)
+}
+
+/// The first token's top logprobs of a completion, highest first, after checking that they
+/// equal `want`'s first ones within 1e-4 (tokens with the same text share a key: compare what
+/// came back, at most 5).
+fn top_logprobs_close_to(lp: &Value, want: &[f64], what: &str) -> Vec<f64> {
+    let top = lp["choices"][0]["logprobs"]["top_logprobs"][0].as_object().expect("top_logprobs").clone();
+    let mut got: Vec<f64> = top.values().map(|v| v.as_f64().unwrap()).collect();
+    got.sort_by(|a, b| b.total_cmp(a));
+    assert!(!got.is_empty() && got.len() <= 5, "{lp}");
+    for (g, w) in got.iter().zip(want) {
+        assert!((g - w).abs() < 1e-4, "logprob {g} vs {what}'s {w}");
+    }
+    got
 }
 
 /// Sampling that leaves the distribution as the model gives it (for logprobs).
@@ -328,16 +349,26 @@ fn answers_in_openai_shapes_and_refuses_bad_requests() {
     assert_eq!(code, 200, "{lp}");
     ok_completions += 1;
     count(&lp);
-    let top = lp["choices"][0]["logprobs"]["top_logprobs"][0].as_object().expect("top_logprobs").clone();
-    let mut got: Vec<f64> = top.values().map(|v| v.as_f64().unwrap()).collect();
-    got.sort_by(|a, b| b.total_cmp(a));
-    // Tokens with the same text share a key; compare what came back.
-    assert!(!got.is_empty() && got.len() <= 5);
-    for (g, w) in got.iter().zip(&want) {
-        assert!((g - w).abs() < 1e-4, "logprob {g} vs reference {w}");
-    }
+    top_logprobs_close_to(&lp, &want, "the reference log-softmax");
     let chosen = lp["choices"][0]["logprobs"]["token_logprobs"][0].as_f64().unwrap();
     assert!(chosen <= 0.0 && chosen >= want[4] - 10.0);
+    // At temperature 0.7 and top-k 40 they are those of the distribution the draw chose from
+    // (after the sampler chain: sampling::processed_probs), not of the raw logits.
+    let chain = r#""temperature": 0.7, "top_k": 40, "top_p": 1.0, "min_p": 0.0, "repeat_penalty": 1.0, "seed": 5"#;
+    let (code, lp, _) = post(&s, "/v1/completions", &format!("{{\"prompt\": {}, \"max_tokens\": 1, \"logprobs\": 5, {chain}}}", json!(prompt)));
+    assert_eq!(code, 200, "{lp}");
+    ok_completions += 1;
+    count(&lp);
+    let (_, logits) = reference_last_logits();
+    let sp = quill::sampling::SamplingParams { temperature: 0.7, top_k: 40, top_p: 1.0, min_p: 0.0, repeat_penalty: 1.0, seed: 5, ..Default::default() };
+    let mut processed: Vec<f64> = quill::sampling::processed_probs(&logits, &prompt, &sp, 0, 0.0).into_iter().filter(|&p| p > 0.0).map(f64::ln).collect();
+    assert_eq!(processed.len(), 40, "top-k 40 keeps 40 ids");
+    processed.sort_by(|a, b| b.total_cmp(a));
+    let got = top_logprobs_close_to(&lp, &processed, "the processed distribution");
+    // Renormalised over 40 ids at 0.7, the top is well above its raw log-softmax.
+    assert!(got[0] > want[0] + 1e-3, "{} is the raw log-softmax {}", got[0], want[0]);
+    let chosen = lp["choices"][0]["logprobs"]["token_logprobs"][0].as_f64().unwrap();
+    assert!(chosen >= processed[39] - 1e-4 && chosen <= processed[0] + 1e-4, "the chosen id {chosen} is one top-k kept");
 
     // Streaming completion: chunks in OpenAI's shape, same text as without streaming, [DONE].
     let (code, body, _) = answer(agent().post(&format!("{}/v1/completions", s.base)).set("Authorization", &format!("Bearer {KEY}")).send_string(&format!(
@@ -386,14 +417,14 @@ fn answers_in_openai_shapes_and_refuses_bad_requests() {
 }
 
 #[test]
-fn a_full_queue_gets_503_and_a_client_that_leaves_frees_its_slot() {
+fn a_full_queue_gets_429_and_a_client_that_leaves_frees_its_slot() {
     let Some(s) = start(&["--api-key", KEY, "--parallel", "1", "--max-queue", "0"]) else { return };
     let long = r#"{"prompt": "Once", "max_tokens": 120, "ignore_eos": true, "stream": true}"#;
     let mut c = raw(&s, "/v1/completions", long);
     read_until(&mut c, "data: {");
     // The only slot is busy and no one may wait.
     let busy = post(&s, "/v1/completions", r#"{"prompt": "hi", "max_tokens": 2}"#);
-    expect_error(&busy, 503, None, "busy");
+    expect_error(&busy, 429, None, "busy");
     assert_eq!(busy.2.as_deref(), Some("1"), "Retry-After");
     assert_eq!(busy.1["error"]["code"], "queue_full");
     // Hang up mid-stream: the slot is free after the step in flight.
@@ -402,7 +433,7 @@ fn a_full_queue_gets_503_and_a_client_that_leaves_frees_its_slot() {
     let quick = r#"{"prompt": "hi", "max_tokens": 3, "ignore_eos": true}"#;
     let done = loop {
         let r = post(&s, "/v1/completions", quick);
-        if r.0 != 503 || t.elapsed() > Duration::from_secs(10) {
+        if r.0 != 429 || t.elapsed() > Duration::from_secs(10) {
             break r;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -412,6 +443,32 @@ fn a_full_queue_gets_503_and_a_client_that_leaves_frees_its_slot() {
     let generated = metric(&s, "quill_generated_tokens_total");
     assert!(generated < 120.0, "the abandoned stream ran on: {generated} tokens");
     assert!(!s.log().contains("panicked"), "{}", s.log());
+}
+
+/// `--parallel 8 --ctx 128` in a memory budget that holds one slot of 128 but not eight:
+/// refused at startup (exit status 1), naming the slots and the bytes they need.
+#[test]
+fn slots_that_do_not_fit_the_memory_budget_are_refused_at_startup() {
+    let Some(ctx) = quill::gpu::context::test_context() else { return };
+    let model = quill::files::load_model(ctx, &fixture("llama-tiny"), &mut no_progress).unwrap();
+    let shape = quill::plan::SessionShape::new(model.config(), quill::generate::DEFAULT_MAX_BATCH);
+    let need = |slots: usize| shape.clone().slots(slots).kv_bytes(128) + shape.clone().slots(slots).activation_bytes(128);
+    assert!(need(8) > need(1));
+    let budget = model.model.weight_bytes() + (need(1) + need(8)) / 2;
+    let run = |parallel: &str| {
+        Command::new(env!("CARGO_BIN_EXE_quill"))
+            .args(["serve", "--model", &fixture("llama-tiny").display().to_string(), "--port", "0", "--ctx", "128", "--parallel", parallel])
+            .env(quill::plan::BUDGET_ENV, budget.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start quill serve")
+    };
+    let out = run("8").wait_with_output().expect("quill serve exits");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("128 positions in each of 8 slots need") && err.contains(&format!("{} bytes", need(8))) && err.contains("--parallel"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
 }
 
 #[test]

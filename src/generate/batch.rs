@@ -9,8 +9,18 @@ use crate::error::{Error, Result};
 use crate::gpu::{BindCache, Context, Recorder};
 use crate::models::state::Segment;
 use crate::models::{LoadedModel, LogitRows, State};
-use crate::ops::sample::{sample, write_adjust};
+use crate::ops::sample::{logprobs_len, parse_logprobs, sample, token_probs, write_adjust};
 use crate::sampling::{dry_penalties, SamplingParams};
+
+/// The log-probability of a drawn token and of the most likely alternatives, as the sampler
+/// chain left them (`Batch::token_probs`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprobs {
+    pub id: u32,
+    pub logprob: f32,
+    /// (id, log-probability), most likely first; ids the chain dropped are left out.
+    pub top: Vec<(u32, f32)>,
+}
 
 /// One slot's part of a step.
 #[derive(Clone, Copy, Debug)]
@@ -66,7 +76,7 @@ impl<'a> Batch<'a> {
     /// `new` with None: the model's context or the largest that fits the GPU memory budget,
     /// whichever is smaller (`plan::plan_session`).
     pub fn planned(ctx: &'a Context, model: &'a LoadedModel, ctx_len: Option<usize>, n_slots: usize) -> Result<Self> {
-        let plan = crate::plan::plan_session(ctx, model, ctx_len, super::DEFAULT_MAX_BATCH)?;
+        let plan = crate::plan::plan_slots(ctx, model, ctx_len, super::DEFAULT_MAX_BATCH, n_slots)?;
         let state = State::with_slots(ctx, model.config(), plan.ctx_len, super::DEFAULT_MAX_BATCH.min(plan.ctx_len), n_slots)?;
         Ok(Batch { ctx, model, state, seqs: vec![Seq::default(); n_slots], binds: BindCache::default() })
     }
@@ -225,6 +235,65 @@ impl<'a> Batch<'a> {
         Ok(out)
     }
 
+    /// Up to `k` decode steps of every slot in `work` in ONE command buffer (the server's
+    /// decode-only steps): each slot must have exactly one pending id and ask for a draw; each
+    /// step's sampled ids stay on the GPU as the next step's input, and all come back together
+    /// at the end. Fewer steps when a slot's context would fill, one when a slot uses DRY (its
+    /// penalties are computed on the CPU from the ids). Draws are those of as many `step`s.
+    /// Returns, per entry of `work`, its ids in order; the caller checks stops afterwards and
+    /// `truncate`s what a slot drew past its stop.
+    pub fn decode_steps(&mut self, work: &[Work], k: usize) -> Result<Vec<Vec<u32>>> {
+        pollster::block_on(self.decode_steps_async(work, k))
+    }
+
+    pub async fn decode_steps_async(&mut self, work: &[Work<'_>], k: usize) -> Result<Vec<Vec<u32>>> {
+        let mut segs = Vec::with_capacity(work.len());
+        let mut k = k.clamp(1, super::MAX_DECODE_STEPS);
+        for w in work {
+            let s = self.seq(w.slot)?;
+            let Some(p) = w.sample.filter(|_| s.ids.len() == s.processed + 1) else {
+                return Err(Error::Context(format!("decode_steps: slot {} needs exactly one pending id and a draw", w.slot)));
+            };
+            if p.dry_multiplier > 0.0 {
+                k = 1;
+            }
+            k = k.min(self.state.ctx_len.saturating_sub(s.ids.len()));
+            segs.push(Segment { slot: w.slot, pos0: s.processed, n: 1 });
+        }
+        if k == 0 || segs.is_empty() {
+            return Err(Error::Context("decode_steps: no slot has room for a token".into()));
+        }
+        if segs.len() > 1 {
+            // Positions are stored relative to the step, so one table serves every step.
+            self.state.set_table(self.ctx, &segs)?;
+        }
+        let mut rec = Recorder::new(self.ctx, "decode steps").with_bind_cache(&self.binds);
+        for i in 0..k {
+            self.model.model.forward_batch(&mut rec, &self.state, &segs, i, LogitRows::Last)?;
+            for (row, w) in work.iter().enumerate() {
+                let s = &self.seqs[w.slot];
+                let p = w.sample.ok_or_else(|| Error::Context("decode_steps: a slot without sampling".into()))?;
+                self.sample_at(&mut rec, w.slot, row, p, s.ids.len() + i, s.draws.wrapping_add(i as u32))?;
+            }
+        }
+        for (j, w) in work.iter().enumerate() {
+            let at = (self.state.token_index(w.slot, self.seqs[w.slot].ids.len()) * 4) as u64;
+            rec.copy(&self.state.tokens.buf, at, &self.state.readback, (j * k * 4) as u64, (k * 4) as u64);
+        }
+        rec.submit()?;
+        let bytes = self.ctx.map_read_async(&self.state.readback, (work.len() * k * 4) as u64).await?;
+        let ids: Vec<u32> = bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let mut out = Vec::with_capacity(work.len());
+        for (w, new) in work.iter().zip(ids.chunks_exact(k)) {
+            let s = &mut self.seqs[w.slot];
+            s.processed += k;
+            s.draws = s.draws.wrapping_add(k as u32);
+            s.ids.extend_from_slice(new);
+            out.push(new.to_vec());
+        }
+        Ok(out)
+    }
+
     /// Records sampling slot `slot`'s next id from logits row `row` into its token row, with
     /// its penalty window over its own ids.
     fn sample_into(&self, rec: &mut Recorder, slot: usize, row: usize, s: &SamplingParams) -> Result<()> {
@@ -295,6 +364,34 @@ impl<'a> Batch<'a> {
             running = still;
         }
         Ok(out)
+    }
+
+    /// Log-probabilities of the token slot `slot` drew last (in the step just run, from its
+    /// logits row `row`, with the same `s`) and of its `top` (at most
+    /// `ops::sample::MAX_TOP_LOGPROBS`) most likely alternatives, of the distribution that draw
+    /// chose from: after the whole sampler chain (`sampling::processed_probs`; at temperature
+    /// 0 the chain at temperature 1). Computed on the GPU from that step's logits; only 2 + 2·top
+    /// numbers come back. Call it before anything else runs on the batch.
+    pub fn token_probs(&self, slot: usize, row: usize, s: &SamplingParams, top: usize) -> Result<TokenLogprobs> {
+        pollster::block_on(self.token_probs_async(slot, row, s, top))
+    }
+
+    pub async fn token_probs_async(&self, slot: usize, row: usize, s: &SamplingParams, top: usize) -> Result<TokenLogprobs> {
+        let seq = self.seq(slot)?;
+        let out = seq.ids.len().checked_sub(1).ok_or_else(|| Error::Context(format!("token_probs: slot {slot} has drawn no token yet")))?;
+        if row >= self.state.n_slots {
+            return Err(Error::arg("row", format!("{row}: a step has at most {} logits rows", self.state.n_slots)));
+        }
+        let base = self.state.token_index(slot, 0);
+        let history = base + out.saturating_sub(s.repeat_last_n)..base + out;
+        let st = &self.state;
+        let mut rec = Recorder::new(self.ctx, "token probs");
+        token_probs(&mut rec, &st.logits, row, &st.work, &st.tokens, &st.adjust[slot], base + out, history, s, top, seq.draws.wrapping_sub(1))?;
+        rec.submit()?;
+        let (logprob, alts) = parse_logprobs(&self.ctx.read_f32_async(&st.work.buf, 0, logprobs_len(top)).await?);
+        // The kernel marks the ids the chain dropped with -f32::MAX: they are no alternatives.
+        let top = alts.into_iter().filter(|&(_, lp)| lp > f32::MIN).collect();
+        Ok(TokenLogprobs { id: seq.ids[out], logprob, top })
     }
 
     /// Logits row `row` of the last step (row i: its work entry i's last token): (vocab,).

@@ -64,6 +64,9 @@ pub struct Decoder {
     /// Longrope's table with the long factors (n_rot / 2,), for calls beyond the original
     /// context; `rope_tables` then hold the short factors'.
     long_rope_table: Option<Tensor>,
+    /// Both of longrope's tables (short, long) for a batch of several slots, where each slot
+    /// picks its own by its sequence's length.
+    both_rope_tables: Option<Tensor>,
 }
 
 /// GGUF's per-frequency RoPE factors (Llama 3.1+ as llama.cpp converts it).
@@ -78,6 +81,8 @@ const ROPE_FACTORS_LONG: Name = name("rope_factors_long", "");
 enum Factors {
     Short,
     Long,
+    /// The short then the long table in one tensor (`rope::rope_freqs_per_slot`).
+    Both,
 }
 
 /// The inverse frequencies of `rope`, computed on the CPU (every scaling is CPU code) and
@@ -109,7 +114,12 @@ fn rope_table(b: &Builder, cfg: &ModelConfig, rope: &Rope, which: Factors) -> Re
         RopeScaling::LongRope { original_ctx, .. } if which == Factors::Long => original_ctx + 1,
         _ => 1,
     };
-    freqs.upload(b.ctx(), seq_len).map_err(|e| Error::format(b.file(), format!("RoPE frequencies: {e}")))
+    let err = |e: Error| Error::format(b.file(), format!("RoPE frequencies: {e}"));
+    if let (Factors::Both, RopeScaling::LongRope { original_ctx, .. }) = (which, rope.scaling) {
+        let both = [freqs.inv_freq(1).map_err(err)?, freqs.inv_freq(original_ctx + 1).map_err(err)?].concat();
+        return Tensor::upload_f32(b.ctx(), "rope inv_freq short, long", &[both.len()], &both);
+    }
+    freqs.upload(b.ctx(), seq_len).map_err(err)
 }
 
 /// The RoPE table of a state whose context is longer than a `dynamic` NTK model's original
@@ -163,11 +173,11 @@ impl Decoder {
         if cfg.local.as_ref().and_then(|l| l.attention.rope).is_some_and(|r| matches!(r.scaling, RopeScaling::LongRope { .. })) {
             return refuse("longrope on sliding-window layers".into());
         }
-        let long_rope_table = match cfg.block.attention.rope {
-            Some(r) if matches!(r.scaling, RopeScaling::LongRope { .. }) => Some(rope_table(b, &cfg, &r, Factors::Long)?),
-            _ => None,
+        let (long_rope_table, both_rope_tables) = match cfg.block.attention.rope {
+            Some(r) if matches!(r.scaling, RopeScaling::LongRope { .. }) => (Some(rope_table(b, &cfg, &r, Factors::Long)?), Some(rope_table(b, &cfg, &r, Factors::Both)?)),
+            _ => (None, None),
         };
-        Ok(Decoder { cfg, embed, positions, layers, norm, lm_head, rope_tables, long_rope_table })
+        Ok(Decoder { cfg, embed, positions, layers, norm, lm_head, rope_tables, long_rope_table, both_rope_tables })
     }
 
     pub fn weights(&self) -> Vec<&Weight> {
@@ -272,6 +282,21 @@ impl Decoder {
         (self.rope_tables[local as usize].as_ref(), 1.0)
     }
 
+    /// Longrope over a batch of several slots: both tables, the slots (a bit each) whose
+    /// sequence reaches beyond the original context in this pass (those take the long factors,
+    /// as each would alone), and the attention factor. None for any other RoPE, or slots past 64.
+    fn per_slot_longrope(&self, rope: &Rope, p: &Placed) -> Option<(&Tensor, u64, f32)> {
+        let (RopeScaling::LongRope { original_ctx, attention_factor }, Some(both)) = (rope.scaling, &self.both_rope_tables) else { return None };
+        let mut long = 0u64;
+        for &(slot, end) in &p.slot_ends {
+            if slot >= 64 {
+                return None;
+            }
+            long |= u64::from(end > original_ctx) << slot;
+        }
+        Some((both, long, attention_factor))
+    }
+
     /// x += Wo · attention(rope(qn(Wq·norm(x))), rope(kn(Wk·norm(x))), Wv·norm(x))
     fn attention_block(&self, rec: &mut Recorder, st: &State, l: &Layer, i: usize, p: &Placed) -> Result<()> {
         let c = &self.cfg;
@@ -305,7 +330,10 @@ impl Decoder {
                 (Some(t), RopeScaling::Dynamic { .. }) => (Some(t), 1.0),
                 _ => self.rope_table(i, &r, p.end),
             };
-            if let Some(table) = table {
+            if let (Some(meta), Some((both, long_slots, amp))) = (meta, self.per_slot_longrope(&r, p)) {
+                rope::rope_freqs_per_slot(rec, &st.q, both, n, c.n_heads, c.head_dim, p.pos0, meta, long_slots, r.style, amp, i)?;
+                rope::rope_freqs_per_slot(rec, &st.k, both, n, c.n_kv_heads, c.head_dim, p.pos0, meta, long_slots, r.style, amp, i)?;
+            } else if let Some(table) = table {
                 rope::rope_freqs_at(rec, &st.q, table, n, c.n_heads, c.head_dim, p.pos0, meta, r.style, amp, i)?;
                 rope::rope_freqs_at(rec, &st.k, table, n, c.n_kv_heads, c.head_dim, p.pos0, meta, r.style, amp, i)?;
             }

@@ -6,7 +6,7 @@
 use super::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::gpu::{Context, Recorder, Tensor};
-use crate::ops::attention::{ring_len, Placement, TokenTable};
+use crate::ops::attention::{Placement, TokenTable};
 
 /// Which positions of a forward pass produce logits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,6 +36,9 @@ pub struct Placed<'a> {
     pub at: Placement<'a>,
     /// One past the last position of any token.
     pub end: usize,
+    /// With a token table: each segment's slot and one past its last position (per-slot
+    /// choices such as longrope's factors); empty for a single run (`end` says it).
+    pub slot_ends: Vec<(usize, usize)>,
 }
 
 pub struct State {
@@ -101,49 +104,48 @@ impl State {
         if n_slots == 0 || max_batch == 0 {
             return Err(Error::arg("slots", format!("{n_slots} slots of batches of {max_batch} tokens: both must be at least 1")));
         }
-        let (q_dim, kv_dim) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
+        // The plan counts the same shapes (`plan::SessionShape::buffers`).
+        let b = crate::plan::SessionShape::new(c, max_batch).slots(n_slots).buffers(ctx_len);
         let z = |label: &str, shape: &[usize]| Tensor::zeros(ctx, label, shape);
-        let cache_len: Vec<usize> = (0..c.n_layers).map(|i| c.attention(i).window.map_or(ctx_len, |w| ring_len(w, max_batch).min(ctx_len))).collect();
+        let cache_len: Vec<usize> = b.cache.iter().map(|s| s[2]).collect();
         let mut k_cache = Vec::with_capacity(c.n_layers);
         let mut v_cache = Vec::with_capacity(c.n_layers);
         // An f16 cache packs two values in each u32 word (head_dim is even: `ModelConfig::check`).
-        let words_per_row = c.kv_format.words(c.head_dim);
-        for &len in &cache_len {
-            let cache_shape = [n_slots, c.n_kv_heads, len, words_per_row];
-            k_cache.push(z("k cache", &cache_shape)?);
-            v_cache.push(z("v cache", &cache_shape)?);
+        for cache_shape in &b.cache {
+            k_cache.push(z("k cache", cache_shape)?);
+            v_cache.push(z("v cache", cache_shape)?);
         }
         let readback = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("token read-back"),
-            size: 4 * crate::generate::MAX_DECODE_STEPS.max(n_slots) as u64,
+            size: 4 * b.readback as u64,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let slot_bytes = k_cache.iter().map(|t: &Tensor| t.numel() / n_slots).max().unwrap_or(0).max(ctx_len) * 4;
-        let fork_scratch = (n_slots > 1).then(|| {
-            ctx.device.create_buffer(&wgpu::BufferDescriptor { label: Some("fork scratch"), size: slot_bytes as u64, usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false })
+        let fork_scratch = (b.fork_scratch > 0).then(|| {
+            ctx.device.create_buffer(&wgpu::BufferDescriptor { label: Some("fork scratch"), size: 4 * b.fork_scratch as u64, usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false })
         });
-        let adjust = (0..n_slots).map(|_| z("sampler adjust", &[crate::ops::sample::ADJUST_LEN])).collect::<Result<_>>()?;
+        let adjust = (0..n_slots).map(|_| z("sampler adjust", &b.adjust)).collect::<Result<_>>()?;
         Ok(State {
-            max_batch,
+            // A pass never holds more tokens than the context (the buffers are sized so).
+            max_batch: b.x[0],
             ctx_len,
             n_slots,
-            x: z("x", &[max_batch, c.dim])?,
-            xn: z("xn", &[max_batch, c.dim])?,
-            x_last: z("x_last", &[n_slots, c.dim])?,
-            q: z("q", &[max_batch, q_dim])?,
-            k: z("k", &[max_batch, kv_dim])?,
-            v: z("v", &[max_batch, kv_dim])?,
-            att: z("att", &[max_batch, q_dim])?,
-            att_partials: z("attention partials", &[crate::ops::attention::partials_len(c.n_heads, c.head_dim)])?,
-            gate: z("gate", &[max_batch, c.ffn_dim])?,
-            up: z("up", &[max_batch, c.ffn_dim])?,
-            logits: z("logits", &[max_batch, c.vocab])?,
-            work: z("sampler work", &[c.vocab])?,
+            x: z("x", &b.x)?,
+            xn: z("xn", &b.xn)?,
+            x_last: z("x_last", &b.x_last)?,
+            q: z("q", &b.q)?,
+            k: z("k", &b.k)?,
+            v: z("v", &b.v)?,
+            att: z("att", &b.att)?,
+            att_partials: z("attention partials", &b.att_partials)?,
+            gate: z("gate", &b.gate)?,
+            up: z("up", &b.up)?,
+            logits: z("logits", &b.logits)?,
+            work: z("sampler work", &b.work)?,
             adjust,
-            tokens: z("tokens", &[n_slots, ctx_len])?,
-            batch_ids: z("batch ids", &[max_batch])?,
-            meta: z("token table", &[max_batch, 2])?,
+            tokens: z("tokens", &b.tokens)?,
+            batch_ids: z("batch ids", &b.batch_ids)?,
+            meta: z("token table", &b.meta)?,
             table: Vec::new(),
             fork_scratch,
             readback,
@@ -202,7 +204,7 @@ impl State {
         }
         if let [s] = segs {
             let ids = (&self.tokens, self.token_index(s.slot, s.pos0 + step));
-            return Ok(Placed { n, ids, pos0: s.pos0 + step, slot: s.slot, at: Placement::Run, end });
+            return Ok(Placed { n, ids, pos0: s.pos0 + step, slot: s.slot, at: Placement::Run, end, slot_ends: Vec::new() });
         }
         if self.table != Self::table_of(segs) {
             return Err(Error::arg("batch", "a forward pass over several segments needs their token table: call set_table first"));
@@ -214,7 +216,8 @@ impl State {
             t += s.n;
         }
         let table = TokenTable { meta: &self.meta, rows: &self.table, n_slots: self.n_slots };
-        Ok(Placed { n, ids: (&self.batch_ids, 0), pos0: step, slot: 0, at: Placement::Table(table), end })
+        let slot_ends = segs.iter().map(|s| (s.slot, s.pos0 + s.n + step)).collect();
+        Ok(Placed { n, ids: (&self.batch_ids, 0), pos0: step, slot: 0, at: Placement::Table(table), end, slot_ends })
     }
 
     /// The rows of the final residual stream (`x`, the batch's tokens of width `dim`) that get

@@ -20,7 +20,9 @@ struct Params {
     theta: f32,
     amp: f32,
     per_token: u32,
-    _pad: [u32; 3],
+    two_tables: u32,
+    long_lo: u32,
+    long_hi: u32,
 }
 
 /// Which elements form a rotated pair.
@@ -62,7 +64,9 @@ impl Params {
             theta: 0.0,
             amp: 1.0,
             per_token: 0,
-            _pad: [0; 3],
+            two_tables: 0,
+            long_lo: 0,
+            long_hi: 0,
         }
     }
 }
@@ -109,6 +113,22 @@ pub fn rope_freqs_at(rec: &mut Recorder, x: &Tensor, inv_freq: &Tensor, n_tokens
     let ctx = rec.ctx;
     let table = meta.map_or(&ctx.spare[0], |m| &m.buf);
     launch(rec, "rope_freqs", &[&x.buf, &inv_freq.buf, table], &p, layer)
+}
+
+/// `rope_freqs_at` over a token table with two tables in `inv_freqs` ((2, rot_dim / 2): short
+/// then long factors, longrope's): a token of slot s (meta[2t]) turns by the second where bit s
+/// of `long_slots` is set, by the first otherwise; each slot of a batch thus gets the factors
+/// its own sequence's length picks. Slots 0..64.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_freqs_per_slot(rec: &mut Recorder, x: &Tensor, inv_freqs: &Tensor, n_tokens: usize, n_heads: usize, head_dim: usize, pos0: usize, meta: &Tensor, long_slots: u64, style: RopeStyle, attention_factor: f32, layer: usize) -> Result<()> {
+    let rot_dim = inv_freqs.numel();
+    if rot_dim == 0 || rot_dim % 2 != 0 || rot_dim > head_dim || !(attention_factor > 0.0 && attention_factor.is_finite()) {
+        return Err(Error::Shape { op: "rope_freqs", msg: format!("two tables of {} frequencies in all rotate {rot_dim} dimensions of heads of {head_dim} (attention factor {attention_factor})", inv_freqs.numel()) });
+    }
+    x.holds("rope_freqs", "x", n_tokens * n_heads * head_dim)?;
+    meta.holds("rope_freqs", "token table", 2 * n_tokens)?;
+    let p = Params { amp: attention_factor, per_token: 1, two_tables: 1, long_lo: long_slots as u32, long_hi: (long_slots >> 32) as u32, ..Params::new(n_tokens, n_heads, head_dim, rot_dim, pos0, style) };
+    launch(rec, "rope_freqs", &[&x.buf, &inv_freqs.buf, &meta.buf], &p, layer)
 }
 
 /// How RoPE's frequencies are scaled: transformers' `rope_scaling` / `rope_parameters` types,
@@ -345,6 +365,32 @@ mod tests {
             // As above: angles up to ~1000 rad.
             let abs = 1e-3 + 2.0 * crate::ops::sin_cos_tolerance(ctx);
             compare(&got[i * h * d..(i + 1) * h * d], &want, abs, 1e-4).unwrap_or_else(|e| panic!("token {i} at position {}: {e}", pos0 + p as usize));
+        }
+    });
+
+    gpu_test!(fn rope_per_slot_turns_each_slot_by_its_own_table(ctx) {
+        // Longrope in a batch: slots 1 and 40 read the long factors, 0 and 2 the short ones.
+        let (h, d, rot) = (3usize, 12usize, 10usize);
+        let (pos0, tokens) = (1usize, [(0u32, 5u32), (1, 20), (2, 0), (40, 33), (1, 21), (0, 6), (40, 34)]);
+        let t = tokens.len();
+        let rows: Vec<u32> = tokens.iter().flat_map(|&(s, p)| [s, p]).collect();
+        let f = longrope(rot);
+        let (short, long) = (f.inv_freq(1).unwrap(), f.inv_freq(5000).unwrap());
+        let both: Vec<f32> = short.iter().chain(&long).copied().collect();
+        let x = test_values(t * h * d, 35);
+        let xt = Tensor::upload_f32(ctx, "x", &[t, h, d], &x).unwrap();
+        let meta = Tensor::zeros(ctx, "token table", &[2 * t]).unwrap();
+        ctx.queue.write_buffer(&meta.buf, 0, bytemuck::cast_slice(&rows));
+        let bt = Tensor::upload_f32(ctx, "both", &[both.len()], &both).unwrap();
+        let mut rec = Recorder::new(ctx, "test");
+        rope_freqs_per_slot(&mut rec, &xt, &bt, t, h, d, pos0, &meta, (1 << 1) | (1 << 40), RopeStyle::Neox, 1.2, 0).unwrap();
+        rec.submit().unwrap();
+        let got = ctx.read_f32_async(&xt.buf, 0, t * h * d).await.unwrap();
+        for (i, &(slot, p)) in tokens.iter().enumerate() {
+            let row = &x[i * h * d..(i + 1) * h * d];
+            let table = if slot == 1 || slot == 40 { &long } else { &short };
+            let want = reference_freqs_scaled(row, h, d, pos0 + p as usize, table, RopeStyle::Neox, 1.2);
+            compare(&got[i * h * d..(i + 1) * h * d], &want, 1e-4 + 2.0 * crate::ops::sin_cos_tolerance(ctx), 1e-4).unwrap_or_else(|e| panic!("token {i} of slot {slot}: {e}"));
         }
     });
 

@@ -15,7 +15,7 @@ pub fn rope_backward(rec: &mut Recorder, dx: &Tensor, n_tokens: usize, n_heads: 
     dx.holds("rope_backward", "dx", n_tokens * n_heads * head_dim)?;
     let pipe = rec.ctx.pipeline(&super::SHADER, "rope", &[("rope_sign", -1.0)])?;
     let (h, d) = (n_heads as u32, head_dim as u32);
-    let p = Params { n_tokens: n_tokens as u32, n_heads: h, head_dim: d, rot_dim: d, pos0: pos0 as u32, neox: (style == RopeStyle::Neox) as u32, theta, amp: 1.0, per_token: 0, _pad: [0; 3] };
+    let p = Params { n_tokens: n_tokens as u32, n_heads: h, head_dim: d, rot_dim: d, pos0: pos0 as u32, neox: (style == RopeStyle::Neox) as u32, theta, amp: 1.0, per_token: 0, two_tables: 0, long_lo: 0, long_hi: 0 };
     let (flops, bytes) = super::cost(n_tokens, n_heads, head_dim);
     let pairs = n_tokens * n_heads * head_dim / 2;
     rec.dispatch(OpInfo::new("rope_backward", flops, bytes), &pipe, &[&dx.buf], &p, grid(rec.ctx, pairs.div_ceil(256) as u32));

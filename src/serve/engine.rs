@@ -5,13 +5,15 @@
 //! and new requests join between steps. A step thus costs at most (slots - 1) decode tokens
 //! and one chunk of `PREFILL_CHUNK` prompt tokens: that bounds how long a long prompt delays
 //! the running streams. Choices of one request (`n`) prefill once: the second waits for the
-//! first's prompt and forks its slot on the GPU.
+//! first's prompt and forks its slot on the GPU. When only decode tokens run and no request
+//! waits, several decode steps go in one submit (`Batch::decode_steps`, as many as keep a
+//! submit within `STREAM_INTERVAL`): a request arriving meanwhile waits at most that long.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -19,13 +21,20 @@ use quill::error::Result;
 use quill::generate::{Batch, Work};
 use quill::gpu::Context;
 use quill::models::LoadedModel;
-use quill::gpu::Recorder;
-use quill::ops::sample::{logprobs, logprobs_len, parse_logprobs};
 use quill::sampling::SamplingParams;
 use quill::tokenizer::StreamDecoder;
 
 use super::api::StopScanner;
 use super::metrics::Metrics;
+
+/// How long the decode steps of one submit may take at most: several steps per command buffer
+/// (`Batch::decode_steps`) as long as text still reaches the clients this often.
+const STREAM_INTERVAL: Duration = Duration::from_millis(150);
+
+/// Decode steps per submit, doubled while a submit stays within `STREAM_INTERVAL`.
+struct Pace {
+    steps: usize,
+}
 
 /// Most prompt tokens one step prefills (for one slot), so running streams keep flowing while
 /// a long prompt is read: a step costs at most one such chunk beside the decode tokens.
@@ -136,6 +145,7 @@ pub fn run(ctx: &Context, model: &LoadedModel, ctx_len: usize, rx: Receiver<Vec<
     let mut slots: Vec<Option<Active>> = (0..load.slots).map(|_| None).collect();
     ready();
     let mut waiting: VecDeque<Job> = VecDeque::new();
+    let mut pace = Pace { steps: 1 };
     loop {
         let idle = slots.iter().all(|s| s.is_none());
         if idle && waiting.is_empty() {
@@ -155,8 +165,13 @@ pub fn run(ctx: &Context, model: &LoadedModel, ctx_len: usize, rx: Receiver<Vec<
             }
             alive
         });
+        let busy = load.busy.load(Ordering::SeqCst);
         assign(&mut batch, &mut slots, &mut waiting, load, metrics);
-        step(&mut batch, &mut slots, model, load, metrics);
+        if load.busy.load(Ordering::SeqCst) > busy {
+            // A new stream's first tokens come one submit each, then the submits grow again.
+            pace.steps = 1;
+        }
+        step(&mut batch, &mut slots, model, load, metrics, waiting.is_empty(), &mut pace);
     }
 }
 
@@ -222,7 +237,9 @@ fn common_prefix(a: &[u32], b: &[u32]) -> usize {
 
 /// One forward pass over every busy slot: the decode token of each running sequence and one
 /// prefill chunk of the first slot still reading its prompt. Frees the slots whose job ended.
-fn step(batch: &mut Batch, slots: &mut [Option<Active>], model: &LoadedModel, load: &Load, metrics: &Metrics) {
+/// With only decode tokens to run and no request waiting (`quiet`), several decode steps go
+/// in one submit (`decode_steps`).
+fn step(batch: &mut Batch, slots: &mut [Option<Active>], model: &LoadedModel, load: &Load, metrics: &Metrics, quiet: bool, pace: &mut Pace) {
     for i in 0..slots.len() {
         if slots[i].as_ref().is_some_and(|a| a.job.events.is_closed()) {
             free(slots, i, load);
@@ -237,32 +254,86 @@ fn step(batch: &mut Batch, slots: &mut [Option<Active>], model: &LoadedModel, lo
     let room = batch.max_batch().saturating_sub(work.len());
     let chunk = PREFILL_CHUNK.min(room);
     let prefill = slots.iter().enumerate().find(|(slot, a)| a.is_some() && batch.pending(*slot) > 1);
+    let decode_only = prefill.is_none();
     if let (Some((slot, Some(a))), true) = (prefill, chunk > 0) {
         work.push(Work { slot, sample: Some(&a.job.sampling) });
     }
     if work.is_empty() {
         return;
     }
+    // Logprobs read each step's logits: those jobs take one step per submit.
+    let per_step = work.iter().any(|w| slots[w.slot].as_ref().is_some_and(|a| a.job.logprobs.is_some()));
+    if decode_only && quiet && !per_step && pace.steps > 1 {
+        // No more steps than the job closest to its max_tokens still needs.
+        let left = work.iter().filter_map(|w| slots[w.slot].as_ref()).map(|a| a.job.max_tokens.saturating_sub(a.generated)).min().unwrap_or(1);
+        let k = pace.steps.min(left.max(1));
+        let rows: Vec<usize> = work.iter().map(|w| w.slot).collect();
+        let t = Instant::now();
+        let result = batch.decode_steps(&work, k);
+        drop(work);
+        match result {
+            Ok(ids) => {
+                pace.update(t.elapsed(), ids.first().map_or(1, Vec::len));
+                for (row, (&slot, ids)) in rows.iter().zip(ids).enumerate() {
+                    take_ids(batch, slots, slot, row, &ids, model, load, metrics);
+                }
+            }
+            Err(e) => fail_all(slots, &rows, &e.to_string(), load),
+        }
+        return;
+    }
     let rows: Vec<usize> = work.iter().map(|w| w.slot).collect();
+    let t = Instant::now();
     let result = batch.step(&work, chunk.max(1));
     drop(work);
     let sampled = match result {
         Ok(ids) => ids,
-        Err(e) => {
-            // The pass failed for all of them: tell each and free the slots.
-            for &slot in &rows {
-                if let Some(a) = &slots[slot] {
-                    a.job.send(Event::Failed(e.to_string()));
-                }
-                free(slots, slot, load);
-            }
-            return;
-        }
+        Err(e) => return fail_all(slots, &rows, &e.to_string(), load),
     };
+    if decode_only {
+        pace.update(t.elapsed(), 1);
+    }
     for (row, (&slot, id)) in rows.iter().zip(sampled).enumerate() {
-        let Some(id) = id else { continue };
-        let Some(a) = slots[slot].as_mut() else { continue };
-        let keep = match advance(batch, slot, row, a, id, model, metrics) {
+        if let Some(id) = id {
+            take_ids(batch, slots, slot, row, &[id], model, load, metrics);
+        }
+    }
+}
+
+impl Pace {
+    /// After a submit of `steps` decode steps that took `took`: twice as many next time if
+    /// that still fits `STREAM_INTERVAL`, half as many if it did not.
+    fn update(&mut self, took: Duration, steps: usize) {
+        let per_step = took / steps.max(1) as u32;
+        self.steps = if per_step * (2 * self.steps as u32) <= STREAM_INTERVAL {
+            (2 * self.steps).min(quill::generate::MAX_DECODE_STEPS)
+        } else if per_step * self.steps as u32 > STREAM_INTERVAL {
+            (self.steps / 2).max(1)
+        } else {
+            self.steps
+        };
+    }
+}
+
+/// A failed pass fails every job in it: tell each and free the slots.
+fn fail_all(slots: &mut [Option<Active>], rows: &[usize], msg: &str, load: &Load) {
+    for &slot in rows {
+        if let Some(a) = &slots[slot] {
+            a.job.send(Event::Failed(msg.to_string()));
+        }
+        free(slots, slot, load);
+    }
+}
+
+/// Hands the ids slot `slot` drew (logits row `row` for the last) to its job in order; when
+/// the job ends at one of them, the ids after it leave the sequence and the slot is freed.
+#[allow(clippy::too_many_arguments)]
+fn take_ids(batch: &mut Batch, slots: &mut [Option<Active>], slot: usize, row: usize, ids: &[u32], model: &LoadedModel, load: &Load, metrics: &Metrics) {
+    let Some(a) = slots[slot].as_mut() else { return };
+    let total = batch.ids(slot).len();
+    for (j, &id) in ids.iter().enumerate() {
+        let len = total - (ids.len() - 1 - j);
+        let keep = match advance(batch, slot, row, a, id, len, model, metrics) {
             Ok(None) => true,
             Ok(Some(finish)) => {
                 finish_job(a, finish, model);
@@ -274,7 +345,11 @@ fn step(batch: &mut Batch, slots: &mut [Option<Active>], model: &LoadedModel, lo
             }
         };
         if !keep {
+            // Ids drawn after the stop are not part of the sequence (a later prompt may reuse
+            // the rest as its prefix).
+            batch.truncate(slot, len);
             free(slots, slot, load);
+            return;
         }
     }
 }
@@ -299,8 +374,10 @@ fn finish_job(a: &mut Active, finish: Finish, model: &LoadedModel) {
     a.job.send(Event::Done { finish, prompt_tokens: a.job.prompt.len(), completion_tokens: a.generated, cached_tokens: a.cached });
 }
 
-/// Handles the id slot `slot` sampled from logits row `row`; Some(finish) when the job has ended.
-fn advance(batch: &Batch, slot: usize, row: usize, a: &mut Active, id: u32, model: &LoadedModel, metrics: &Metrics) -> Result<Option<Finish>> {
+/// Handles the id slot `slot` sampled from logits row `row`, its sequence then `len` ids long;
+/// Some(finish) when the job has ended.
+#[allow(clippy::too_many_arguments)]
+fn advance(batch: &Batch, slot: usize, row: usize, a: &mut Active, id: u32, len: usize, model: &LoadedModel, metrics: &Metrics) -> Result<Option<Finish>> {
     let now = Instant::now();
     match a.last_token {
         None => metrics.ttft.observe(now.duration_since(a.job.received).as_secs_f64()),
@@ -325,27 +402,19 @@ fn advance(batch: &Batch, slot: usize, row: usize, a: &mut Active, id: u32, mode
         a.hit_stop = true;
         return Ok(Some(Finish::Stop));
     }
-    if a.generated >= a.job.max_tokens || batch.ids(slot).len() >= batch.ctx_len() {
+    if a.generated >= a.job.max_tokens || len >= batch.ctx_len() {
         return Ok(Some(Finish::Length));
     }
     Ok(None)
 }
 
 /// The log-probability of the token slot `slot` just sampled and the top-N alternatives,
-/// computed on the GPU from the step's logits row `row` (only 2 + 2N numbers come back).
+/// after the sampler chain, from the step's logits row `row` (`Batch::token_probs`).
 fn token_logprob(batch: &Batch, slot: usize, row: usize, model: &LoadedModel, s: &SamplingParams, top: usize) -> Result<TokenLogprob> {
-    let ids = batch.ids(slot);
-    let out = ids.len() - 1;
-    let st = &batch.state;
-    let base = st.token_index(slot, 0);
-    let history = base + out.saturating_sub(s.repeat_last_n)..base + out;
-    let mut rec = Recorder::new(batch.ctx, "logprobs");
-    logprobs(&mut rec, &st.logits, row, &st.work, &st.tokens, &st.adjust[slot], base + out, history, s, top)?;
-    rec.submit()?;
-    let (logprob, alts) = parse_logprobs(&batch.ctx.read_f32(&st.work.buf, 0, logprobs_len(top))?);
+    let lp = batch.token_probs(slot, row, s, top)?;
     let name = |i: u32| model.tokenizer.decode(&[i]).unwrap_or_default();
-    let top = alts.into_iter().map(|(i, lp)| Alt { token: name(i), logprob: lp as f64 }).collect();
-    Ok(TokenLogprob { token: name(ids[out]), logprob: logprob as f64, top })
+    let top = lp.top.into_iter().map(|(i, p)| Alt { token: name(i), logprob: p as f64 }).collect();
+    Ok(TokenLogprob { token: name(lp.id), logprob: lp.logprob as f64, top })
 }
 
 /// What the HTTP side holds: the job channel and the shared counters.

@@ -49,7 +49,7 @@ pub struct ServeArgs {
     /// Read the API key from a file (its first line).
     #[arg(long)]
     api_key_file: Option<PathBuf>,
-    /// Sequences that may wait for a slot; beyond that requests get 503 with Retry-After.
+    /// Sequences that may wait for a slot; beyond that requests get 429 with Retry-After.
     #[arg(long, default_value_t = 16)]
     max_queue: usize,
     /// Seconds a client may take to send a request's head or body.

@@ -100,6 +100,14 @@ async fn metrics(State(st): St) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], st.metrics.render(&st.engine.load)).into_response()
 }
 
+/// A full queue is a rate limit, not an outage: 429 with `Retry-After`, as llama-server and
+/// OpenAI answer it, so clients back off and retry this replica while a load balancer keeps
+/// it in rotation (nginx's passive health checks count 503, not 429, against a replica).
+/// 503 is kept for what the replica cannot serve at all: loading the model, shutting down.
+fn queue_full() -> ApiError {
+    ApiError::new(429, "the server is busy: every slot and the queue are full; retry later").retry_after(1).code("queue_full")
+}
+
 fn info(st: &AppState) -> Result<&ModelInfo, ApiError> {
     st.info.get().ok_or_else(|| ApiError::new(503, "the model is still loading").retry_after(5))
 }
@@ -161,7 +169,7 @@ async fn generate(st: Arc<AppState>, req: Request, kind: Kind) -> Result<Respons
     let shared = st.clone();
     let p = tokio::task::spawn_blocking(move || plan(&r, kind, info(&shared)?, capacity)).await.map_err(|e| ApiError::new(500, format!("checking the request failed: {e}")))??;
     if !load.admit(p.n) {
-        return Err(ApiError::new(503, "the server is busy: every slot and the queue are full; retry later").retry_after(1).code("queue_full"));
+        return Err(queue_full());
     }
     let (tx, rx) = unbounded_channel();
     let jobs = (0..p.n)
@@ -375,5 +383,33 @@ impl Streaming {
             }
         };
         Some(vec![data(&r.wrap(true, vec![chunk]))])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serve::engine::Load;
+    use std::sync::atomic::AtomicUsize;
+
+    fn loading_state() -> Arc<AppState> {
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let load = Arc::new(Load { outstanding: AtomicUsize::new(0), busy: AtomicUsize::new(0), slots: 1, max_queue: 0 });
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        Arc::new(AppState { engine: Handle { tx, load }, metrics, info: Arc::new(OnceLock::new()), api_key: None, body_timeout: Duration::from_secs(1), started: 0, stories: None })
+    }
+
+    /// While the model loads, /health and a completion answer 503 with Retry-After (the
+    /// replica cannot serve yet); a full queue is 429 (see `queue_full`).
+    #[tokio::test]
+    async fn loading_is_503_and_a_full_queue_429() {
+        let st = loading_state();
+        assert_eq!(health(State(st.clone())).await.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let req = Request::builder().method("POST").uri("/v1/completions").body(axum::body::Body::from(r#"{"prompt": "hi"}"#)).expect("request");
+        let e = generate(st, req, Kind::Completions).await.err().expect("refused while loading");
+        assert_eq!((e.status, e.retry_after), (503, Some(5)), "{e}");
+        assert!(e.message.contains("loading"), "{e}");
+        let busy = queue_full();
+        assert_eq!((busy.status, busy.retry_after, busy.code), (429, Some(1), Some("queue_full")));
     }
 }
