@@ -858,8 +858,15 @@ async function start() {
   ui.wiAdd.onclick = () => { addEntry().querySelector('.wi-keys').focus(); changed(); };
   ui.story.addEventListener('input', typed);
   ui.story.addEventListener('click', (e) => { const s = e.target.closest?.('span.tok'); if (s) showAlts(s); });
-  // The keyboard's way to the alternatives: the token at the caret.
+  // The keyboard's way to the alternatives: the token at the caret. Only after a key: a click
+  // also moves the caret, to the nearest token boundary, which is often the end of the token
+  // before the one clicked; that selectionchange, seen after the click, showed (and branched
+  // from) the previous token's alternatives.
+  let caretByKeys = false;
+  ui.story.addEventListener('pointerdown', () => { caretByKeys = false; });
+  ui.story.addEventListener('keydown', () => { caretByKeys = true; });
   document.addEventListener('selectionchange', () => {
+    if (!caretByKeys) return;
     const n = document.getSelection()?.anchorNode;
     const s = n && (n.nodeType === Node.TEXT_NODE ? n.parentElement : n)?.closest?.('#story span.tok');
     if (s && s !== altsFor && !busy) showAlts(s);

@@ -194,7 +194,9 @@ impl<'a> Batch<'a> {
                 Some(p) if done && s.ids.len() < self.state.ctx_len => {
                     self.sample_into(&mut rec, w.slot, row, p)?;
                     let at = (self.state.token_index(w.slot, s.ids.len()) * 4) as u64;
-                    rec.copy(&self.state.tokens.buf, at, &self.state.readback, (sampled.len() * 4) as u64, 4);
+                    // Packed, one per draw: the read-back below takes the first n_sampled.
+                    let packed = sampled.iter().flatten().count();
+                    rec.copy(&self.state.tokens.buf, at, &self.state.readback, (packed * 4) as u64, 4);
                     sampled.push(Some(w.slot));
                 }
                 _ => sampled.push(None),
@@ -212,8 +214,9 @@ impl<'a> Batch<'a> {
         let mut ids = bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
         let mut out = Vec::with_capacity(work.len());
         for slot in sampled {
-            out.push(match (slot, ids.next()) {
-                (Some(slot), Some(id)) => {
+            // Only a draw takes an id (an entry without one has none in the read-back).
+            out.push(match slot.map(|slot| (slot, ids.next())) {
+                Some((slot, Some(id))) => {
                     let s = &mut self.seqs[slot];
                     s.ids.push(id);
                     s.draws = s.draws.wrapping_add(1);

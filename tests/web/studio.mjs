@@ -218,6 +218,10 @@ try {
   const target = spans[Math.floor(spans.length / 2)];
   await target.click();
   await page.waitForSelector('#alts:not([hidden]) button.alt', { timeout: 10e3 });
+  // The alternatives must be the clicked token's: the caret a click leaves at the end of the
+  // token before once showed that one's instead (and the branch cut the story there).
+  await page.waitForTimeout(300);
+  await check(await target.evaluate((s) => s.classList.contains('chosen')), async () => `clicked ${JSON.stringify(await target.evaluate((s) => s.dataset.t))}; the alternatives shown are for ${JSON.stringify(await page.textContent('#alts'))}`);
   const alts = await page.$$eval('#alts button.alt', (bs) => bs.map((b) => b.dataset.t));
   const here = await target.evaluate((s) => ({ t: s.dataset.t, before: [...s.parentNode.childNodes].slice(0, [...s.parentNode.childNodes].indexOf(s)).map((n) => n.textContent).join('') }));
   await check(alts.length >= 2, `alternatives shown: ${JSON.stringify(alts)}`);
