@@ -243,7 +243,8 @@ const history = { states: [], at: -1, generations: 0 };
 
 // A story's pieces without their alternatives (history steps are saved so).
 const bare = (list) => list.map(({ alts, ...p }) => p);
-const same = (a, b) => JSON.stringify(bare(a)) === JSON.stringify(bare(b));
+// By value, not by key order (a story saved through the server comes back with its keys sorted).
+const same = (a, b) => JSON.stringify(a.map((p) => [p.t, p.lp, p.g])) === JSON.stringify(b.map((p) => [p.t, p.lp, p.g]));
 
 // Records the story as a step of the history (dropping what Redo could have reached).
 function record() {
