@@ -15,7 +15,7 @@ use crate::models::{LoadedModel, LogitRows};
 use crate::sampling::SamplingParams;
 
 mod batch;
-pub use batch::{Batch, TokenLogprobs, Work};
+pub use batch::{Batch, DraftToken, Drafts, TokenLogprobs, Work};
 
 /// Most tokens one prefill pass takes.
 pub const DEFAULT_MAX_BATCH: usize = 128;
@@ -57,11 +57,19 @@ impl Stats {
     }
 }
 
-/// A parked session (`Session::park`).
+/// A parked session or batch (`Session::park`, `Batch::park`): its KV cache and ids without
+/// the borrows of the context and the model, so a caller can keep it between calls.
 pub struct Parked {
     state: crate::models::State,
     seqs: Vec<batch::Seq>,
     binds: crate::gpu::BindCache,
+}
+
+impl Parked {
+    /// How many sequences it holds.
+    pub fn slots(&self) -> usize {
+        self.seqs.len()
+    }
 }
 
 /// Why generation stopped.
@@ -266,18 +274,13 @@ impl<'a> Session<'a> {
     /// a borrow from one call to the next (the browser page's `Quill`): `resume` it later with
     /// the same context and model, and `restart` reuses the cached prefix.
     pub fn park(self) -> Parked {
-        let Batch { state, seqs, binds, .. } = self.batch;
-        Parked { state, seqs, binds }
+        self.batch.park()
     }
 
     /// A session from a parked one; `ctx` and `model` must be those it was parked from (the
     /// cache holds that model's keys and values). The draw counter restarts, as in `restart`.
     pub fn resume(ctx: &'a Context, model: &'a LoadedModel, p: Parked) -> Self {
-        let mut seqs = p.seqs;
-        for s in &mut seqs {
-            s.draws = 0;
-        }
-        Session { ctx, model, batch: Batch { ctx, model, state: p.state, seqs, binds: p.binds }, profile: None }
+        Session { ctx, model, batch: Batch::resume(ctx, model, p), profile: None }
     }
 
     /// Fails when the last logits computed hold a NaN: the model's weights or a kernel are broken,

@@ -52,7 +52,18 @@ pub struct Story {
     /// Earlier versions of `text`, oldest first (undo).
     #[serde(default)]
     pub history: Vec<String>,
+    /// What the studio page keeps beside the fields above: the text as tokens with their
+    /// probabilities and alternatives, its undo steps as tokens, the sampler settings and the
+    /// mode. Opaque here, and kept as it is when the command line writes the story on; the page
+    /// uses its tokens only as far as they still spell `text`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub studio: Option<serde_json::Value>,
 }
+
+/// Fields of the studio page's own story JSON before it wrote this format (its extras at the
+/// top level and `history` as lists of tokens): such a file is read as a story whose `studio`
+/// holds them.
+const PAGE_V1_FIELDS: [&str; 6] = ["pieces", "sampling", "mode", "history", "history_at", "saved"];
 
 fn format_name() -> String {
     FORMAT.into()
@@ -124,6 +135,7 @@ impl Story {
             world_info: Vec::new(),
             world_info_scan: DEFAULT_WORLD_INFO_SCAN,
             history: Vec::new(),
+            studio: None,
         }
     }
 
@@ -146,6 +158,7 @@ impl Story {
         if v.get("format").is_none() && (v.get("actions").is_some() || v.get("gamestarted").is_some() || v.get("prompt").is_some()) {
             return Story::from_kobold(name, &v);
         }
+        let v = Story::from_page_v1(v);
         let story: Story = serde_json::from_value(v).map_err(|e| Error::format(name, format!("not a quill story: {e}")))?;
         if story.format != FORMAT {
             return Err(Error::format(name, format!("field format: {:?} is not {FORMAT:?}", story.format)));
@@ -154,6 +167,31 @@ impl Story {
             return Err(Error::format(name, format!("field version: {} is not a version this quill reads ({VERSION})", story.version)));
         }
         Ok(story)
+    }
+
+    /// A story the studio page wrote before it used this format (`PAGE_V1_FIELDS` at the top
+    /// level, `history` as lists of `{t}` tokens), moved into this one: the extras go into
+    /// `studio`, and `history` becomes the texts of the undo steps before the one shown.
+    /// Anything else comes back as it was.
+    fn from_page_v1(mut v: serde_json::Value) -> serde_json::Value {
+        let old_history = v.get("history").and_then(|h| h.as_array()).is_some_and(|h| h.iter().any(|step| step.is_array()));
+        let page = (v.get("pieces").is_some() || v.get("history_at").is_some() || old_history) && v.get("studio").is_none();
+        if let (true, Some(o)) = (page, v.as_object_mut()) {
+            Story::move_page_fields(o);
+        }
+        v
+    }
+
+    /// `from_page_v1`'s move of the page's fields of object `o` into `studio`.
+    fn move_page_fields(o: &mut serde_json::Map<String, serde_json::Value>) {
+        let studio: serde_json::Map<String, serde_json::Value> = PAGE_V1_FIELDS.iter().filter_map(|&k| Some((k.to_string(), o.remove(k)?))).collect();
+        let steps = studio.get("history").and_then(|h| h.as_array()).cloned().unwrap_or_default();
+        let at = studio.get("history_at").and_then(|a| a.as_u64()).map_or(steps.len().saturating_sub(1), |a| a as usize);
+        // A step is a list of pieces: its text is theirs joined (anything else: no text).
+        let text = |step: &serde_json::Value| -> String { step.as_array().map(|ps| ps.iter().filter_map(|p| p.get("t")?.as_str()).collect()).unwrap_or_default() };
+        let history: Vec<serde_json::Value> = steps.iter().take(at.min(steps.len())).map(|s| text(s).into()).collect();
+        o.insert("history".into(), history.into());
+        o.insert("studio".into(), studio.into());
     }
 
     /// The bytes of the story as a file named `name` holds it: the text alone for .txt/.md,
@@ -369,6 +407,34 @@ mod tests {
             let e = Story::from_bytes("s.json", bytes).unwrap_err().to_string();
             assert!(e.contains("s.json") && e.contains(needle), "{e}");
         }
+    }
+
+    /// The page's own story JSON of before (its tokens, alternatives, undo steps as tokens,
+    /// sampler settings at the top level: a file the studio test saved) reads as a story: the
+    /// same text and notes, the earlier undo steps' texts as `history`, the rest in `studio`,
+    /// and it round-trips in this format.
+    #[test]
+    fn old_studio_page_stories_import() {
+        let bytes = include_bytes!("../tests/fixtures/studio-story-v1.json");
+        let old: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+        let s = Story::from_bytes("page.json", bytes).unwrap();
+        assert_eq!(s.text, old["text"].as_str().unwrap());
+        assert!(s.text.starts_with("The keeper climbed the stairs"));
+        assert_eq!((s.memory.as_str(), s.authors_note.as_str(), s.authors_note_depth), ("IM", "IN", 2));
+        assert_eq!(s.world_info, vec![WorldInfo { keys: vec!["sea".into(), "ship".into()], content: "The sea is cold.".into() }]);
+        let at = old["history_at"].as_u64().unwrap() as usize;
+        assert_eq!(s.history.len(), at);
+        assert_eq!(s.history[0], "Once upon a time, in a lighthouse at the edge of the world,");
+        let studio = s.studio.as_ref().unwrap();
+        for k in PAGE_V1_FIELDS {
+            assert_eq!(studio[k], old[k], "studio.{k}");
+        }
+        let pieces: String = studio["pieces"].as_array().unwrap().iter().map(|p| p["t"].as_str().unwrap()).collect();
+        assert_eq!(pieces, s.text);
+        let again = Story::from_bytes("page.json", &s.to_bytes("page.json").unwrap()).unwrap();
+        assert_eq!(again, s);
+        // A command-line story has no `studio` and writes none.
+        assert!(!String::from_utf8(Story::new("x").to_bytes("x.json").unwrap()).unwrap().contains("studio"));
     }
 
     #[test]

@@ -153,6 +153,67 @@ fn mistral_tiny_fork_of_a_wrapped_ring_continues_like_its_parent() {
     fork_continues_like_parent("mistral-tiny", 200, 150);
 }
 
+fn argmax(v: &[f32]) -> u32 {
+    v.iter().enumerate().fold((0, f32::MIN), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0 as u32
+}
+
+/// Runs slot `slot`'s pending ids (no draw) and returns the logits of its last one.
+fn run_pending(b: &mut Batch, slot: usize) -> Vec<f32> {
+    while b.pending(slot) > 0 {
+        b.step(&[Work { slot, sample: None }], b.max_batch()).unwrap();
+    }
+    b.logits(0).unwrap()
+}
+
+/// A branch (the studio's, through the server's prompt cache): a prompt that is a prefix of
+/// what a slot holds plus a different token reuses that prefix's rows, in place or forked into
+/// another slot, and gets the logits of a fresh run. And a slot that samples after another
+/// entry of the step that did not (a prompt chunk not yet done) gets its own id back: the ids
+/// come back packed, one per draw, in the order of the work.
+#[test]
+fn a_branch_inside_a_slots_text_equals_a_fresh_run() {
+    let Some(ctx) = test_context() else { return };
+    let model = load(ctx, "llama-tiny");
+    let ctx_len = 64;
+    let greedy = SamplingParams::greedy();
+    let mut b = Batch::new(ctx, &model, ctx_len, 3).unwrap();
+    b.restart(0, &ids(20, 7)).unwrap();
+    while b.pending(0) > 1 {
+        b.step(&[Work { slot: 0, sample: None }], b.pending(0) - 1).unwrap();
+    }
+    for _ in 0..6 {
+        b.step(&[Work { slot: 0, sample: Some(&greedy) }], 1).unwrap();
+    }
+    let text = b.ids(0).to_vec();
+    let other = |id: u32| (id + 1) % 1000;
+
+    // In place: the first 23 ids (prompt and 3 generated) and another token.
+    let mut branch = text[..23].to_vec();
+    branch.push(other(text[23]));
+    assert_eq!(b.restart(0, &branch).unwrap(), 23, "the branch reuses the prefix it shares");
+    check_close(&run_pending(&mut b, 0), &alone(ctx, &model, ctx_len, &branch), ABS, REL, "a branch in the slot's own rows vs a fresh run");
+
+    // Forked into another slot, as the server's `assign` does, then branched there.
+    let mut forked = b.ids(0)[..10].to_vec();
+    forked.push(other(b.ids(0)[10]));
+    b.fork(0, 1, 10).unwrap();
+    assert_eq!(b.restart(1, &forked).unwrap(), 10);
+    while b.pending(1) > 0 {
+        b.step(&[Work { slot: 1, sample: None }], b.max_batch()).unwrap();
+    }
+    check_close(&b.logits(0).unwrap(), &alone(ctx, &model, ctx_len, &forked), ABS, REL, "a branch of a forked slot vs a fresh run");
+
+    // Slot 2 reads a prompt chunk (no draw yet) before slot 1's decode in the same step.
+    b.restart(2, &ids(30, 9)).unwrap();
+    b.push(1, &[3]).unwrap();
+    let mut seq = forked.clone();
+    seq.push(3);
+    let work = [Work { slot: 2, sample: Some(&greedy) }, Work { slot: 1, sample: Some(&greedy) }];
+    let got = b.step(&work, 4).unwrap();
+    assert_eq!(got[0], None, "slot 2 is still reading its prompt");
+    assert_eq!(got[1], Some(argmax(&alone(ctx, &model, ctx_len, &seq))), "slot 1's draw after an entry without one");
+}
+
 /// Bad slots and batches are errors that say what is wrong, never a panic.
 #[test]
 fn bad_slots_are_errors() {

@@ -634,10 +634,12 @@ fn session_restart_reuses_the_prefix_and_matches_a_fresh_session() {
 }
 
 /// The studio page at / (embedded, so the server needs nothing beside it) and the story
-/// folder of `--stories DIR`: a save replaces the whole file (the previous one kept as ~),
-/// names stay inside the folder, and a body that is not a JSON object changes nothing.
+/// folder of `--stories DIR`: a save replaces the whole file (the previous one kept as ~) in
+/// quill's story format (what `quill write --story` reads; the page's older format is moved
+/// into it), names stay inside the folder, and a body that is not a story changes nothing.
 #[test]
 fn serves_the_studio_page_and_keeps_stories_in_their_folder() {
+    use quill::story::Story;
     let dir = std::env::temp_dir().join(format!("quill-stories-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let Some(s) = start(&["--stories", &dir.display().to_string()]) else { return };
@@ -647,22 +649,31 @@ fn serves_the_studio_page_and_keeps_stories_in_their_folder() {
         assert_eq!(get(&s, file).0, 200, "GET {file}");
     }
     let put = |name: &str, body: &str| answer(agent().put(&format!("{}/stories/{name}", s.base)).send_string(body));
-    let one = r#"{"text": "Once upon a time", "memory": "M"}"#;
+    let file = |name: &str| Story::from_json(name, &std::fs::read_to_string(dir.join(name)).unwrap()).unwrap();
+    let one = r#"{"format": "quill-story", "version": 1, "text": "Once upon a time", "memory": "M"}"#;
     assert_eq!(put("my%20story", one).0, 200);
-    assert_eq!(std::fs::read_to_string(dir.join("my story.json")).unwrap(), one);
-    let two = r#"{"text": "Once upon a time, a lamp"}"#;
+    assert_eq!(file("my story.json"), Story { memory: "M".into(), ..Story::new("Once upon a time") });
+    let two = r#"{"format": "quill-story", "version": 1, "text": "Once upon a time, a lamp", "studio": {"mode": "story"}}"#;
     assert_eq!(put("my%20story", two).0, 200);
-    assert_eq!(std::fs::read_to_string(dir.join("my story.json")).unwrap(), two);
-    assert_eq!(std::fs::read_to_string(dir.join("my story.json~")).unwrap(), one, "the previous version is kept");
-    assert_eq!(get(&s, "/stories/my%20story"), (200, two.to_string()));
+    let saved = Story { studio: Some(json!({"mode": "story"})), ..Story::new("Once upon a time, a lamp") };
+    assert_eq!(file("my story.json"), saved);
+    assert_eq!(file("my story.json~").memory, "M", "the previous version is kept");
+    let (code, back) = get(&s, "/stories/my%20story");
+    assert_eq!((code, Story::from_json("GET", &back).unwrap()), (200, saved.clone()));
     let (code, list) = get(&s, "/stories");
     assert_eq!((code, serde_json::from_str::<Value>(&list).unwrap()), (200, json!({"stories": ["my story"]})));
-    for (name, body, why) in [("..%2Fescape", one, "story name"), (".hidden", one, "story name"), ("my%20story", "[1, 2]", "JSON object"), ("my%20story", "{\"text\": ", "not valid JSON")] {
+    let bad_field = r#"{"format": "quill-story", "version": 1, "text": "", "color": 3}"#;
+    for (name, body, why) in [("..%2Fescape", one, "story name"), (".hidden", one, "story name"), ("my%20story", "[1, 2]", "JSON object"), ("my%20story", "{\"text\": ", "not JSON"), ("my%20story", bad_field, "color")] {
         let (code, text, _) = put(name, body);
         assert!(code == 400 && text.contains(why), "PUT /stories/{name} {body}: {code} {text}");
     }
-    assert_eq!(std::fs::read_to_string(dir.join("my story.json")).unwrap(), two, "refused saves change nothing");
+    assert_eq!(file("my story.json"), saved, "refused saves change nothing");
     assert!(!dir.parent().unwrap().join("escape.json").exists());
+    // A story the page saved in its older format opens in this one.
+    std::fs::write(dir.join("old.json"), include_str!("fixtures/studio-story-v1.json")).unwrap();
+    let (code, old) = get(&s, "/stories/old");
+    let old = Story::from_json("GET /stories/old", &old).unwrap();
+    assert!(code == 200 && old.text.starts_with("The keeper climbed") && old.studio.as_ref().is_some_and(|st| st["pieces"].is_array()), "{old:?}");
     assert_eq!(get(&s, "/stories/nothing").0, 404);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -243,7 +243,8 @@ const history = { states: [], at: -1, generations: 0 };
 
 // A story's pieces without their alternatives (history steps are saved so).
 const bare = (list) => list.map(({ alts, ...p }) => p);
-const same = (a, b) => JSON.stringify(bare(a)) === JSON.stringify(bare(b));
+// By value, not by key order (a story saved through the server comes back with its keys sorted).
+const same = (a, b) => JSON.stringify(a.map((p) => [p.t, p.lp, p.g])) === JSON.stringify(b.map((p) => [p.t, p.lp, p.g]));
 
 // Records the story as a step of the history (dropping what Redo could have reached).
 function record() {
@@ -587,7 +588,11 @@ const SAMPLER_FIELDS = ['max_tokens', 'temperature', 'top_k', 'top_p', 'min_p', 
 // Tokens at the end of the story whose alternatives are saved with it.
 const KEEP_ALTERNATIVES = 1000;
 
-// The whole studio as one JSON document (quill's story file).
+const textOf = (list) => list.map((p) => p.t).join('');
+const count = (n, fallback) => (Number.isInteger(n) && n >= 0 ? n : fallback);
+
+// The whole studio as one JSON document: quill's story file (src/story.rs, the file `quill
+// write --story` reads and writes), with what only the page needs under `studio`.
 function snapshot() {
   const list = pieces();
   const s = settings();
@@ -595,31 +600,51 @@ function snapshot() {
   // alternatives, and only the newest tokens keep theirs: a save stays small enough to make
   // after every token (and under the server's body limit).
   const kept = history.states.slice(-20).map(bare);
+  const at = Math.max(0, history.at - (history.states.length - kept.length));
   const recent = list.length - KEEP_ALTERNATIVES;
   return {
-    format: 'quill-story', version: 1, text: list.map((p) => p.t).join(''), pieces: list.map((p, i) => (i < recent ? bare([p])[0] : p)),
-    memory: s.memory, authors_note: s.note, authors_note_depth: s.noteDepth, world_info: s.worldInfo, world_info_scan: s.scan,
-    sampling: { ...Object.fromEntries(SAMPLER_FIELDS.map((id) => [id, $(id).value])), ignore_eos: $('ignore_eos').checked, drafts: ui.draftCount.value },
-    mode: ui.mode.value, history: kept, history_at: Math.max(0, history.at - (history.states.length - kept.length)),
-    saved: new Date().toISOString(),
+    format: 'quill-story', version: 1, text: textOf(list),
+    memory: s.memory, authors_note: s.note, authors_note_depth: count(s.noteDepth, 3), world_info: s.worldInfo, world_info_scan: count(s.scan, 64),
+    // The story's own undo: the texts of the steps before the one shown.
+    history: kept.slice(0, at).map(textOf),
+    studio: {
+      pieces: list.map((p, i) => (i < recent ? bare([p])[0] : p)),
+      sampling: { ...Object.fromEntries(SAMPLER_FIELDS.map((id) => [id, $(id).value])), ignore_eos: $('ignore_eos').checked, drafts: ui.draftCount.value },
+      mode: ui.mode.value, history: kept, history_at: at, saved: new Date().toISOString(),
+    },
   };
 }
 
+// The page's tokens of a story as far as they still spell its text (the command line may
+// have written on: the rest comes as typed text), else the text alone.
+function piecesOf(list, text) {
+  if (!Array.isArray(list)) return [{ t: text }];
+  const spelt = textOf(list);
+  if (spelt === text) return list;
+  return text.startsWith(spelt) ? [...list, { t: text.slice(spelt.length) }] : [{ t: text }];
+}
+
+// A story file: quill's format (the page's extras under `studio`, absent in a story the
+// command line started), or the page's older one (those extras at the top level).
 function restore(j) {
-  render(Array.isArray(j.pieces) ? j.pieces : [{ t: String(j.text || '') }]);
+  const st = j.studio && typeof j.studio === 'object' ? j.studio : j;
+  render(piecesOf(st.pieces, String(j.text || '')));
   ui.memory.value = j.memory || '';
   ui.note.value = j.authors_note || '';
   ui.noteDepth.value = j.authors_note_depth ?? 3;
   ui.wiScan.value = j.world_info_scan ?? 64;
-  ui.mode.value = j.mode === 'chat' ? 'chat' : 'story';
-  const sampling = j.sampling && typeof j.sampling === 'object' ? j.sampling : {};
+  ui.mode.value = st.mode === 'chat' ? 'chat' : 'story';
+  const sampling = st.sampling && typeof st.sampling === 'object' ? st.sampling : {};
   for (const id of SAMPLER_FIELDS) if (typeof sampling[id] === 'string') $(id).value = sampling[id];
   $('ignore_eos').checked = sampling.ignore_eos === true;
   if (['2', '3', '4'].includes(sampling.drafts)) ui.draftCount.value = sampling.drafts;
   ui.wiEntries.replaceChildren();
   for (const e of j.world_info || []) addEntry(e);
-  history.states = Array.isArray(j.history) && j.history.length ? j.history : [pieces()];
-  history.at = Math.max(0, Math.min(history.states.length - 1, j.history_at ?? history.states.length - 1));
+  const steps = Array.isArray(st.history) && st.history.length && st.history.every(Array.isArray);
+  // Without the page's steps, the story's texts before it (oldest first) lead to it.
+  const texts = Array.isArray(j.history) ? j.history.filter((t) => typeof t === 'string').map((t) => [{ t }]) : [];
+  history.states = steps ? st.history : [...texts, pieces()];
+  history.at = Math.max(0, Math.min(history.states.length - 1, steps && Number.isInteger(st.history_at) ? st.history_at : history.states.length - 1));
   // The step shown is the story as saved, alternatives and all.
   if (same(history.states[history.at], pieces())) history.states[history.at] = pieces();
   history.generations = Math.max(0, ...history.states.flat().map((p) => p.g || 0), ...pieces().map((p) => p.g || 0));
@@ -858,8 +883,15 @@ async function start() {
   ui.wiAdd.onclick = () => { addEntry().querySelector('.wi-keys').focus(); changed(); };
   ui.story.addEventListener('input', typed);
   ui.story.addEventListener('click', (e) => { const s = e.target.closest?.('span.tok'); if (s) showAlts(s); });
-  // The keyboard's way to the alternatives: the token at the caret.
+  // The keyboard's way to the alternatives: the token at the caret. Only after a key: a click
+  // also moves the caret, to the nearest token boundary, which is often the end of the token
+  // before the one clicked; that selectionchange, seen after the click, showed (and branched
+  // from) the previous token's alternatives.
+  let caretByKeys = false;
+  ui.story.addEventListener('pointerdown', () => { caretByKeys = false; });
+  ui.story.addEventListener('keydown', () => { caretByKeys = true; });
   document.addEventListener('selectionchange', () => {
+    if (!caretByKeys) return;
     const n = document.getSelection()?.anchorNode;
     const s = n && (n.nodeType === Node.TEXT_NODE ? n.parentElement : n)?.closest?.('#story span.tok');
     if (s && s !== altsFor && !busy) showAlts(s);

@@ -41,6 +41,39 @@ pub(super) struct Seq {
     pub(super) draws: u32,
 }
 
+/// Drafts being written (`Batch::drafts_start_async`): draft i runs in slot i.
+pub struct Drafts {
+    params: Vec<SamplingParams>,
+    /// Each draft's ids so far and why it stopped (MaxTokens while it runs).
+    pub out: Vec<(Vec<u32>, super::Stop)>,
+    running: Vec<usize>,
+    max_tokens: usize,
+    ignore_eos: bool,
+    /// Prompt ids whose KV rows slot 0 already held.
+    pub reused: usize,
+}
+
+impl Drafts {
+    pub fn done(&self) -> bool {
+        self.running.is_empty()
+    }
+    /// Stops draft `draft` (its last token stays).
+    pub fn cancel(&mut self, draft: usize) {
+        if let Some(at) = self.running.iter().position(|&d| d == draft) {
+            self.running.remove(at);
+            self.out[draft].1 = super::Stop::Cancelled;
+        }
+    }
+}
+
+/// A token `drafts_step_async` drew: draft `draft` (its slot) from logits row `row`.
+#[derive(Clone, Copy, Debug)]
+pub struct DraftToken {
+    pub draft: usize,
+    pub row: usize,
+    pub id: u32,
+}
+
 pub struct Batch<'a> {
     pub ctx: &'a Context,
     pub model: &'a LoadedModel,
@@ -79,6 +112,22 @@ impl<'a> Batch<'a> {
         let plan = crate::plan::plan_slots(ctx, model, ctx_len, super::DEFAULT_MAX_BATCH, n_slots)?;
         let state = State::with_slots(ctx, model.config(), plan.ctx_len, super::DEFAULT_MAX_BATCH.min(plan.ctx_len), n_slots)?;
         Ok(Batch { ctx, model, state, seqs: vec![Seq::default(); n_slots], binds: BindCache::default() })
+    }
+
+    /// The batch without its borrows (`Session::park` for several slots).
+    pub fn park(self) -> super::Parked {
+        let Batch { state, seqs, binds, .. } = self;
+        super::Parked { state, seqs, binds }
+    }
+
+    /// A batch from a parked one; `ctx` and `model` must be those it was parked from. Each
+    /// slot's draw counter restarts, as in `restart`.
+    pub fn resume(ctx: &'a Context, model: &'a LoadedModel, p: super::Parked) -> Self {
+        let mut seqs = p.seqs;
+        for s in &mut seqs {
+            s.draws = 0;
+        }
+        Batch { ctx, model, state: p.state, seqs, binds: p.binds }
     }
 
     pub fn n_slots(&self) -> usize {
@@ -204,7 +253,9 @@ impl<'a> Batch<'a> {
                 Some(p) if done && s.ids.len() < self.state.ctx_len => {
                     self.sample_into(&mut rec, w.slot, row, p)?;
                     let at = (self.state.token_index(w.slot, s.ids.len()) * 4) as u64;
-                    rec.copy(&self.state.tokens.buf, at, &self.state.readback, (sampled.len() * 4) as u64, 4);
+                    // Packed, one per draw: the read-back below takes the first n_sampled.
+                    let packed = sampled.iter().flatten().count();
+                    rec.copy(&self.state.tokens.buf, at, &self.state.readback, (packed * 4) as u64, 4);
                     sampled.push(Some(w.slot));
                 }
                 _ => sampled.push(None),
@@ -222,8 +273,9 @@ impl<'a> Batch<'a> {
         let mut ids = bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
         let mut out = Vec::with_capacity(work.len());
         for slot in sampled {
-            out.push(match (slot, ids.next()) {
-                (Some(slot), Some(id)) => {
+            // Only a draw takes an id (an entry without one has none in the read-back).
+            out.push(match slot.map(|slot| (slot, ids.next())) {
+                Some((slot, Some(id))) => {
                     let s = &mut self.seqs[slot];
                     s.ids.push(id);
                     s.draws = s.draws.wrapping_add(1);
@@ -317,6 +369,23 @@ impl<'a> Batch<'a> {
     /// draft i draws with `s` and seed `seeds[i]`. `on_token(draft, id)` sees each id as it
     /// comes (false stops that draft). Returns each draft's ids and why it stopped.
     pub fn drafts(&mut self, prompt: &[u32], s: &SamplingParams, seeds: &[u64], max_tokens: usize, ignore_eos: bool, mut on_token: impl FnMut(usize, u32) -> bool) -> Result<Vec<(Vec<u32>, super::Stop)>> {
+        pollster::block_on(async {
+            let mut d = self.drafts_start_async(prompt, s, seeds, max_tokens, ignore_eos).await?;
+            while !d.done() {
+                for t in self.drafts_step_async(&mut d).await? {
+                    if !on_token(t.draft, t.id) {
+                        d.cancel(t.draft);
+                    }
+                }
+            }
+            Ok(d.out)
+        })
+    }
+
+    /// `drafts` a step at a time (the browser awaits each, and reads each token's alternatives
+    /// from its logits row in between): prefills `prompt` in slot 0, keeping the rows of what
+    /// it shares with the slot's last sequence, and forks it into slots 1.. .
+    pub async fn drafts_start_async(&mut self, prompt: &[u32], s: &SamplingParams, seeds: &[u64], max_tokens: usize, ignore_eos: bool) -> Result<Drafts> {
         s.validate()?;
         if seeds.is_empty() || seeds.len() > self.n_slots() {
             return Err(Error::arg("--drafts", format!("{} drafts: 1 to {} (the slots)", seeds.len(), self.n_slots())));
@@ -324,46 +393,56 @@ impl<'a> Batch<'a> {
         if prompt.is_empty() || prompt.len() >= self.ctx_len() {
             return Err(Error::Context(format!("the prompt has {} tokens; the context holds {} positions (one more is needed to generate)", prompt.len(), self.ctx_len())));
         }
-        self.restart(0, prompt)?;
+        let reused = self.restart(0, prompt)?;
         while self.pending(0) > 1 {
             let chunk = (self.pending(0) - 1).min(self.max_batch());
-            self.step(&[Work { slot: 0, sample: None }], chunk)?;
+            self.step_async(&[Work { slot: 0, sample: None }], chunk).await?;
         }
         for d in 1..seeds.len() {
             self.fork(0, d, prompt.len())?;
         }
-        let params: Vec<SamplingParams> = seeds.iter().map(|&seed| SamplingParams { seed, ..s.clone() }).collect();
-        let mut out: Vec<(Vec<u32>, super::Stop)> = vec![(Vec::new(), super::Stop::MaxTokens); seeds.len()];
-        let mut running: Vec<usize> = (0..seeds.len()).collect();
-        while !running.is_empty() {
-            let work: Vec<Work> = running.iter().map(|&d| Work { slot: d, sample: Some(&params[d]) }).collect();
-            let ids = self.step(&work, 1)?;
-            let mut still = Vec::with_capacity(running.len());
-            for (&d, id) in running.iter().zip(ids) {
-                let stop = match id {
-                    None => Some(super::Stop::ContextFull),
-                    Some(id) if !ignore_eos && self.model.is_eos(id) => Some(super::Stop::Eos),
-                    Some(id) => {
-                        out[d].0.push(id);
-                        if !on_token(d, id) {
-                            Some(super::Stop::Cancelled)
-                        } else if out[d].0.len() >= max_tokens {
-                            Some(super::Stop::MaxTokens)
-                        } else if self.ids(d).len() >= self.ctx_len() {
-                            Some(super::Stop::ContextFull)
-                        } else {
-                            None
-                        }
+        Ok(Drafts {
+            params: seeds.iter().map(|&seed| SamplingParams { seed, ..s.clone() }).collect(),
+            out: vec![(Vec::new(), super::Stop::MaxTokens); seeds.len()],
+            running: (0..seeds.len()).collect(),
+            max_tokens,
+            ignore_eos,
+            reused,
+        })
+    }
+
+    /// One batched pass over every running draft. Returns the tokens that continue a draft
+    /// (an end of sequence or a full context ends its draft instead), each with the logits row
+    /// it was drawn from, valid until the next step.
+    pub async fn drafts_step_async(&mut self, d: &mut Drafts) -> Result<Vec<DraftToken>> {
+        let work: Vec<Work> = d.running.iter().map(|&i| Work { slot: i, sample: Some(&d.params[i]) }).collect();
+        let ids = self.step_async(&work, 1).await?;
+        drop(work);
+        let mut still = Vec::with_capacity(d.running.len());
+        let mut tokens = Vec::with_capacity(d.running.len());
+        for (row, (&draft, id)) in d.running.iter().zip(ids).enumerate() {
+            let stop = match id {
+                None => Some(super::Stop::ContextFull),
+                Some(id) if !d.ignore_eos && self.model.is_eos(id) => Some(super::Stop::Eos),
+                Some(id) => {
+                    d.out[draft].0.push(id);
+                    tokens.push(DraftToken { draft, row, id });
+                    if d.out[draft].0.len() >= d.max_tokens {
+                        Some(super::Stop::MaxTokens)
+                    } else if self.ids(draft).len() >= self.ctx_len() {
+                        Some(super::Stop::ContextFull)
+                    } else {
+                        None
                     }
-                };
-                match stop {
-                    Some(stop) => out[d].1 = stop,
-                    None => still.push(d),
                 }
+            };
+            match stop {
+                Some(stop) => d.out[draft].1 = stop,
+                None => still.push(draft),
             }
-            running = still;
         }
-        Ok(out)
+        d.running = still;
+        Ok(tokens)
     }
 
     /// Log-probabilities of the token slot `slot` drew last (in the step just run, from its

@@ -1,7 +1,9 @@
 //! The studio page at `/` (the files of assets/web/, embedded, so `quill serve` needs nothing
 //! beside it; the page sees GET /health answer and writes through this server's API) and the
 //! story folder of `--stories DIR`: GET /stories lists the stories, GET/PUT /stories/{name}
-//! reads and saves one. Every save is atomic (`files::atomic_write`: temporary file, fsync,
+//! reads and saves one, in quill's story format (`quill::story::Story`, the file `quill write
+//! --story` reads and writes; a story the page saved in its older format is read into it).
+//! Every save is atomic (`files::atomic_write`: temporary file, fsync,
 //! rename, the previous version kept as NAME.json~), and the page saves after every token, so
 //! a server killed mid-story keeps all but the token in flight.
 
@@ -15,6 +17,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
+
+use quill::story::Story;
 
 use super::api::{ApiError, HttpError};
 use super::routes::AppState;
@@ -77,8 +81,14 @@ async fn list(State(st): St) -> Result<Json<Value>, HttpError> {
 
 async fn read(State(st): St, UrlPath(name): UrlPath<String>) -> Result<Response, HttpError> {
     let path = story_path(&st, &name)?;
+    let internal = |e: quill::Error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR.as_u16(), e.to_string());
     match std::fs::read(&path) {
-        Ok(bytes) => Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response()),
+        Ok(bytes) => {
+            // As a Story: a file of the page's older format comes back in this one.
+            let file = path.display().to_string();
+            let story = Story::from_bytes(&file, &bytes).map_err(internal)?;
+            Ok(([(header::CONTENT_TYPE, "application/json")], story.to_bytes(&file).map_err(internal)?).into_response())
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ApiError::new(StatusCode::NOT_FOUND.as_u16(), format!("no story {name:?}")).code("not_found").into()),
         Err(e) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR.as_u16(), format!("{}: {e}", path.display())).into()),
     }
@@ -89,11 +99,9 @@ static SAVING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn save(State(st): St, UrlPath(name): UrlPath<String>, body: Bytes) -> Result<Json<Value>, HttpError> {
     let path = story_path(&st, &name)?;
-    match serde_json::from_slice::<Value>(&body) {
-        Ok(Value::Object(_)) => {}
-        Ok(_) => return Err(ApiError::new(StatusCode::BAD_REQUEST.as_u16(), "a story is a JSON object").into()),
-        Err(e) => return Err(ApiError::new(StatusCode::BAD_REQUEST.as_u16(), format!("the story is not valid JSON: {e}")).into()),
-    }
+    let bad = |e: quill::Error| ApiError::new(StatusCode::BAD_REQUEST.as_u16(), e.to_string());
+    let story = Story::from_bytes(&format!("story {name}.json"), &body).map_err(bad)?;
+    let body = story.to_bytes(&format!("{name}.json")).map_err(bad)?;
     let _one = SAVING.lock().await;
     let bytes = body.len();
     tokio::task::spawn_blocking(move || quill::files::atomic_write(&path, &body, true))

@@ -218,6 +218,10 @@ try {
   const target = spans[Math.floor(spans.length / 2)];
   await target.click();
   await page.waitForSelector('#alts:not([hidden]) button.alt', { timeout: 10e3 });
+  // The alternatives must be the clicked token's: the caret a click leaves at the end of the
+  // token before once showed that one's instead (and the branch cut the story there).
+  await page.waitForTimeout(300);
+  await check(await target.evaluate((s) => s.classList.contains('chosen')), async () => `clicked ${JSON.stringify(await target.evaluate((s) => s.dataset.t))}; the alternatives shown are for ${JSON.stringify(await page.textContent('#alts'))}`);
   const alts = await page.$$eval('#alts button.alt', (bs) => bs.map((b) => b.dataset.t));
   const here = await target.evaluate((s) => ({ t: s.dataset.t, before: [...s.parentNode.childNodes].slice(0, [...s.parentNode.childNodes].indexOf(s)).map((n) => n.textContent).join('') }));
   await check(alts.length >= 2, `alternatives shown: ${JSON.stringify(alts)}`);
@@ -302,6 +306,23 @@ try {
     await check(await story() === file.text, async () => `after the restart the page opens ${JSON.stringify((await story()).slice(-80))}`);
     await shot('after-kill');
     console.log('restarted: the page opens the story as saved');
+
+    // A story the page saved in its older format (tests/fixtures/studio-story-v1.json) opens,
+    // tokens and notes included, and is saved back in quill's story format.
+    const legacy = JSON.parse(fs.readFileSync(path.join(root, 'tests/fixtures/studio-story-v1.json'), 'utf8'));
+    fs.writeFileSync(path.join(storiesDir, 'old one.json'), JSON.stringify(legacy));
+    await page.fill('#story-name', 'old one');
+    await page.dispatchEvent('#story-name', 'change');
+    await page.waitForFunction((t) => document.getElementById('story').textContent === t, legacy.text, { timeout: 30e3 }).catch(() => {});
+    await check(await story() === legacy.text && await tokens() === legacy.pieces.filter((p) => p.lp !== undefined).length && await page.inputValue('#memory') === legacy.memory,
+      async () => `the old story opens as ${JSON.stringify((await story()).slice(0, 80))} with ${await tokens()} tokens`);
+    await page.fill('#memory', 'Saved again.');
+    await page.dispatchEvent('#memory', 'input');
+    await page.waitForTimeout(1500);
+    const resaved = JSON.parse(fs.readFileSync(path.join(storiesDir, 'old one.json'), 'utf8'));
+    await check(resaved.memory === 'Saved again.' && resaved.text === legacy.text && Array.isArray(resaved.studio?.pieces) && !('pieces' in resaved)
+      && resaved.history.every((h) => typeof h === 'string'), `the old story was saved back as ${JSON.stringify(resaved).slice(0, 300)}`);
+    console.log(`an old-format page story opens (${await tokens()} tokens) and saves in quill's story format`);
   }
   console.log(`RESULT studio ${which}: all checks passed; screenshots in ${path.relative(root, shots)}/studio-${which}-*.png`);
   await finish(0);
