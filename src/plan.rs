@@ -133,7 +133,7 @@ impl SessionShape {
         let (q, kv) = ((self.n_heads * self.head_dim) as u64, (self.n_kv_heads * self.head_dim) as u64);
         let per_token = 3 * self.dim as u64 + 4 * q + 4 * kv + 2 * self.ffn_dim as u64 + self.vocab as u64;
         // x_last, attention partials, the sampler's work row and its adjustment list (DRY, logit bias).
-        let fixed = self.dim as u64 + partials_len(self.n_heads, self.head_dim) as u64 + self.vocab as u64 + crate::ops::sample::ADJUST_LEN as u64;
+        let fixed = self.dim as u64 + partials_len(self.n_heads, self.head_dim) as u64 + crate::ops::sample::work_len(self.vocab) as u64 + crate::ops::sample::ADJUST_LEN as u64;
         4 * (b * per_token + fixed + ctx_len as u64)
     }
 

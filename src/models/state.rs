@@ -56,7 +56,7 @@ pub struct State {
     pub gate: Tensor,   // (max_batch, ffn_dim)
     pub up: Tensor,     // (max_batch, ffn_dim)
     pub logits: Tensor, // (max_batch, vocab)
-    pub work: Tensor,   // (vocab,) sampler scratch
+    pub work: Tensor,   // (ops::sample::work_len(vocab),) sampler scratch
     pub adjust: Vec<Tensor>, // per slot: the sampler's sparse logit adjustments (DRY), ops::sample::write_adjust
     pub tokens: Tensor, // (n_slots, ctx_len) u32 ids of each slot's sequence
     pub batch_ids: Tensor, // (max_batch,) u32 ids of a batch of several slots, gathered per pass
@@ -136,7 +136,7 @@ impl State {
             gate: z("gate", &[max_batch, c.ffn_dim])?,
             up: z("up", &[max_batch, c.ffn_dim])?,
             logits: z("logits", &[max_batch, c.vocab])?,
-            work: z("sampler work", &[c.vocab])?,
+            work: z("sampler work", &[crate::ops::sample::work_len(c.vocab)])?,
             adjust,
             tokens: z("tokens", &[n_slots, ctx_len])?,
             batch_ids: z("batch ids", &[max_batch])?,
