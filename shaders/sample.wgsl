@@ -582,6 +582,7 @@ fn chain(lid: u32, best: u32, temperature: f32, mu: f32) -> Chain {
 // CAND-th largest logit, 8 1 when some ids are left out, i.e. the chunk holds more than CAND;
 // 9 is spare, where `sample` notes the way it went)
 // and its candidates: every id above the floor and ties at it up to CAND, unused slots id -1.
+// Greedy writes the first two alone.
 @compute @workgroup_size(WG)
 fn candidates(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let g = linear_workgroup(wid, nwg);
@@ -590,6 +591,15 @@ fn candidates(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
     load_penalized(lid, first, end);
     let best = argmax(lid, first, end);
     let m = uniform_f(lid, work[best]);
+    let at = p.vocab + g * STATS;
+    if (p.temperature <= 0.0) {
+        // Greedy needs only the maximum and its id.
+        if (lid == 0u) {
+            work[at] = m;
+            work[at + 1u] = f32(best);
+        }
+        return;
+    }
     let inv_t = 1.0 / max(p.temperature, MIN_TEMPERATURE);
     var z = 0.0;
     var zs = 0.0;
@@ -613,25 +623,12 @@ fn candidates(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
         sq += select(0.0, d * d, work[i] > NEG_BIG);
     }
     let m2 = sum_f(lid, sq);
-    // The floor: the largest key with count(key >= it) >= CAND.
+    // The floor: the CAND-th largest.
     let len = end - first;
-    var lo = 0u;
-    var hi = 0xffffffffu;
+    var floor = 0u;
     if (len > CAND) {
-        while (lo < hi) {
-            let mid = lo + (hi - lo) / 2u + ((hi - lo) & 1u); // ceil, without overflow
-            var k = 0u;
-            for (var i = first + lid; i < end; i += WG) {
-                k += u32(key(work[i]) >= mid);
-            }
-            if (sum_u(lid, k) >= CAND) {
-                lo = mid;
-            } else {
-                hi = mid - 1u;
-            }
-        }
+        floor = kth_largest_key(lid, first, len, 1u, CAND);
     }
-    let floor = lo;
     let out = cand_base(g);
     if (lid == 0u) {
         atomicStore(&slots, 0u);
@@ -666,7 +663,6 @@ fn candidates(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
         work[out + 2u * s + 1u] = -1.0;
     }
     if (lid == 0u) {
-        let at = p.vocab + g * STATS;
         work[at] = m;
         work[at + 1u] = f32(best);
         work[at + 2u] = zt;
@@ -677,6 +673,27 @@ fn candidates(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
         work[at + 7u] = unkey(floor);
         work[at + 8u] = select(0.0, 1.0, len > CAND);
     }
+}
+
+// The largest key with count(key >= it) >= need over work[base + stride * e], e < n; with
+// stride 2, over (logit, id) pairs, skipping empty ones (id -1).
+fn kth_largest_key(lid: u32, base: u32, n: u32, stride: u32, need: u32) -> u32 {
+    var lo = 0u;
+    var hi = 0xffffffffu;
+    while (lo < hi) {
+        let mid = lo + (hi - lo) / 2u + ((hi - lo) & 1u); // ceil, without overflow
+        var k = 0u;
+        for (var e = lid; e < n; e += WG) {
+            let at = base + stride * e;
+            k += u32(key(work[at]) >= mid && (stride == 1u || work[at + 1u] >= 0.0));
+        }
+        if (sum_u(lid, k) >= need) {
+            lo = mid;
+        } else {
+            hi = mid - 1u;
+        }
+    }
+    return lo;
 }
 
 // The largest logit's lowest id, from the chunks (in id order, each with its lowest).
@@ -704,23 +721,10 @@ fn gather(lid: u32, best: u32) -> u32 {
         c += u32(work[base + 2u * e + 1u] >= 0.0);
     }
     let filled = sum_u(lid, c);
-    var lo = 0u;
-    var hi = 0xffffffffu;
+    var cut = 0u;
     if (filled > CAND) {
-        while (lo < hi) {
-            let mid = lo + (hi - lo) / 2u + ((hi - lo) & 1u); // ceil, without overflow
-            var k = 0u;
-            for (var e = lid; e < total; e += WG) {
-                k += u32(work[base + 2u * e + 1u] >= 0.0 && key(work[base + 2u * e]) >= mid);
-            }
-            if (sum_u(lid, k) >= CAND) {
-                lo = mid;
-            } else {
-                hi = mid - 1u;
-            }
-        }
+        cut = kth_largest_key(lid, base, total, 2u, CAND);
     }
-    let cut = lo;
     if (lid == 0u) {
         atomicStore(&slots, 0u);
     }

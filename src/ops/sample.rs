@@ -275,11 +275,15 @@ mod tests {
         ids.resize(history.len() + draws, 0);
         let tokens = Tensor { buf: ctx.upload("tokens", &ids).unwrap(), shape: vec![ids.len()] };
         let adjust = adjust_buffer(ctx, s, history);
-        let mut rec = Recorder::new(ctx, "test");
-        for i in 0..draws {
-            sample(&mut rec, &lt, 0, &work, &tokens, &adjust, history.len() + i, 0..history.len(), s, i as u32).unwrap();
+        // A submission per 256 draws: thousands of passes in one command buffer cost lavapipe
+        // gigabytes. The buffers (and mirostat's μ in `adjust`) carry over between them.
+        for batch in (0..draws).collect::<Vec<_>>().chunks(256) {
+            let mut rec = Recorder::new(ctx, "test");
+            for &i in batch {
+                sample(&mut rec, &lt, 0, &work, &tokens, &adjust, history.len() + i, 0..history.len(), s, i as u32).unwrap();
+            }
+            rec.submit().unwrap();
         }
-        rec.submit().unwrap();
         let ids = ctx.read_u32_async(&tokens.buf, history.len(), draws).await.unwrap();
         (ids, path_taken(ctx.read_f32_async(&work.buf, path_slot(vocab), 1).await.unwrap()[0]))
     }
