@@ -1,5 +1,17 @@
-// sample.wgsl: choose the next token on the GPU, in one workgroup, and write its id into the
-// token buffer (where the next step's embedding reads it) so only 4 bytes ever come back.
+// sample.wgsl: choose the next token on the GPU and write its id into the token buffer (where
+// the next step's embedding reads it) so only 4 bytes ever come back. Two passes:
+//   candidates: one workgroup per CHUNK ids applies the adjustments below (into work[]), and
+//     writes the chunk's statistics (max and its lowest id, softmax mass, mean and spread) and
+//     its CAND largest logits (the chunk's candidates);
+//   sample: one workgroup keeps the CAND largest of all candidates (the survivors, sorted by
+//     id) and runs the chain over them alone; the whole-vocabulary figures the chain needs
+//     (the softmax mass for top-p with nothing cut before it and for mirostat, top-nσ's σ)
+//     come from the chunk statistics. The result is exact when every id the chain keeps (and
+//     every set a filter weighs: typical's, top-p's, XTC's, dynamic temperature's) lies
+//     above `bound`, the largest logit left out; otherwise (top-k off or above CAND with
+//     top-p/min-p keeping more than the survivors, mirostat with dynamic temperature, many
+//     ties) the same workgroup runs the chain over the whole vocabulary, as it once always did.
+//   Greedy is the argmax from the chunk statistics (lowest id on ties), with no chain at all.
 //
 // Order (llama.cpp's, documented in README): logit bias -> penalties -> DRY -> top-nσ ->
 // top-k -> typical -> top-p -> min-p -> XTC -> temperature (fixed, or dynamic from the
@@ -24,7 +36,9 @@
 //             and lives in the last two slots of adjust[]: [mu of the last draw, mu next].
 //   draw:     u = rand(seed, draw) * Z, first id (in id order) whose running mass passes u
 // Thresholds are found by binary search over the order-preserving u32 image of f32, so each
-// is exact, with 32 counting passes and no sort.
+// is exact, with 32 counting passes (over the survivors, or the vocabulary) and no sort.
+// work[] layout: [0, vocab) the adjusted logits, then STATS values per chunk, then CAND
+// (logit, id as f32) pairs per chunk (ops::sample::work_len; ids exact in f32 below 2^24).
 
 struct Params {
     vocab: u32,
@@ -57,7 +71,7 @@ struct Params {
 }
 
 @group(0) @binding(0) var<storage, read> logits: array<f32>;        // (rows, vocab)
-@group(0) @binding(1) var<storage, read_write> work: array<f32>;    // (vocab,) scratch
+@group(0) @binding(1) var<storage, read_write> work: array<f32>;    // (work_len(vocab),) scratch
 @group(0) @binding(2) var<storage, read_write> tokens: array<u32>;  // the sequence's ids
 // [bias count, DRY count, then (id, f32 bits) pairs: the biases to add, DRY's amounts to
 // subtract; ...; the last two: mirostat's mu (f32 bits) of the last draw and for the next].
@@ -72,6 +86,61 @@ var<workgroup> last_kept: atomic<u32>; // fallback when rounding leaves u past t
 // Broadcast slots: read back with workgroupUniformLoad so loops with barriers stay uniform.
 var<workgroup> bcast_u: u32;
 var<workgroup> bcast_f: f32;
+
+const CHUNK: u32 = 4096u; // ids per candidates workgroup: ops::sample::CHUNK
+const CAND: u32 = 256u;   // candidates per chunk and survivors (= WG): ops::sample::CAND
+const STATS: u32 = 10u;   // values per chunk: ops::sample::STATS
+// The survivors, sorted by id, and the slots they are gathered into first.
+var<workgroup> cand_v: array<f32, CAND>;
+var<workgroup> cand_i: array<u32, CAND>;
+var<workgroup> gather_v: array<f32, CAND>;
+var<workgroup> gather_i: array<u32, CAND>;
+var<workgroup> slots: atomic<u32>;
+// Whether the chain runs over the survivors (set alike in every invocation), how many there
+// are, and the key of the largest logit that is not among them (0: none is left out).
+var<private> fast: bool = false;
+var<private> n_fast: u32 = 0u;
+var<private> bound: u32 = 0u;
+
+// What the chain runs over: the survivors, or the whole of work[].
+fn n_items() -> u32 {
+    return select(p.vocab, n_fast, fast);
+}
+
+fn val(i: u32) -> f32 {
+    if (fast) {
+        return cand_v[i];
+    }
+    return work[i];
+}
+
+fn set_val(i: u32, v: f32) {
+    if (fast) {
+        cand_v[i] = v;
+    } else {
+        work[i] = v;
+    }
+}
+
+fn id_at(i: u32) -> u32 {
+    if (fast) {
+        return cand_i[i];
+    }
+    return i;
+}
+
+fn n_chunks() -> u32 {
+    return (p.vocab + CHUNK - 1u) / CHUNK;
+}
+
+fn stat(g: u32, k: u32) -> f32 {
+    return work[p.vocab + g * STATS + k];
+}
+
+// Where chunk g's candidate pairs start in work[].
+fn cand_base(g: u32) -> u32 {
+    return p.vocab + n_chunks() * STATS + 2u * CAND * g;
+}
 
 fn uniform_f(lid: u32, v: f32) -> f32 {
     if (lid == 0u) {
@@ -117,16 +186,31 @@ fn sum_f(lid: u32, v: f32) -> f32 {
     return uniform_f(lid, red_f[0]);
 }
 
-fn sum_u(lid: u32, v: u32) -> u32 {
+// One tree for the u32 reductions: op 0 = sum, 1 = min, 2 = max.
+fn reduce_u(lid: u32, v: u32, op: u32) -> u32 {
     red_u[lid] = v;
     workgroupBarrier();
     for (var s = WG / 2u; s > 0u; s >>= 1u) {
         if (lid < s) {
-            red_u[lid] += red_u[lid + s];
+            let a = red_u[lid];
+            let b = red_u[lid + s];
+            red_u[lid] = select(select(max(a, b), min(a, b), op == 1u), a + b, op == 0u);
         }
         workgroupBarrier();
     }
     return uniform_u(lid, red_u[0]);
+}
+
+fn sum_u(lid: u32, v: u32) -> u32 {
+    return reduce_u(lid, v, 0u);
+}
+
+fn min_u(lid: u32, v: u32) -> u32 {
+    return reduce_u(lid, v, 1u);
+}
+
+fn max_u(lid: u32, v: u32) -> u32 {
+    return reduce_u(lid, v, 2u);
 }
 
 const MIN_TEMPERATURE: f32 = 1e-3; // sampling::MIN_TEMPERATURE
@@ -141,11 +225,11 @@ fn kept(k: u32, lo: u32, hi: u32) -> bool {
     return k >= lo && k <= hi;
 }
 
-// Σ exp(work[i] - mk) over the kept ids.
+// Σ exp(val(i) - mk) over the kept ids.
 fn kept_mass(lid: u32, lo: u32, hi: u32, mk: f32) -> f32 {
     var z = 0.0;
-    for (var i = lid; i < p.vocab; i += WG) {
-        let v = work[i];
+    for (var i = lid; i < n_items(); i += WG) {
+        let v = val(i);
         z += select(0.0, exp(v - mk), kept(key(v), lo, hi));
     }
     return sum_f(lid, z);
@@ -161,8 +245,8 @@ fn inv_temperature(lid: u32, temperature: f32, lo: u32, hi: u32, mk: f32) -> f32
     var z = 0.0;
     var s1 = 0.0;
     var c = 0u;
-    for (var i = lid; i < p.vocab; i += WG) {
-        let v = work[i];
+    for (var i = lid; i < n_items(); i += WG) {
+        let v = val(i);
         let k = kept(key(v), lo, hi);
         let fin = k && v > NEG_BIG;
         let d = v - mk;
@@ -184,12 +268,12 @@ fn inv_temperature(lid: u32, temperature: f32, lo: u32, hi: u32, mk: f32) -> f32
     return 1.0 / max(t_lo + (t_hi - t_lo) * scaled, MIN_TEMPERATURE);
 }
 
-// Lowest index holding the maximum of work[].
-fn argmax(lid: u32) -> u32 {
+// Lowest index in [first, end) holding the maximum.
+fn argmax(lid: u32, first: u32, end: u32) -> u32 {
     var best = NEG_BIG;
     var best_i = 0xffffffffu;
-    for (var i = lid; i < p.vocab; i += WG) {
-        let v = work[i];
+    for (var i = first + lid; i < end; i += WG) {
+        let v = val(i);
         if (v > best || best_i == 0xffffffffu) {
             best = v;
             best_i = i;
@@ -202,7 +286,9 @@ fn argmax(lid: u32) -> u32 {
         if (lid < s) {
             let ov = red_f[lid + s];
             let oi = red_u[lid + s];
-            if (ov > red_f[lid] || (ov == red_f[lid] && oi < red_u[lid])) {
+            // A thread with no item (index 0xffffffff) never wins over one with an item.
+            let mine = red_u[lid];
+            if (oi != 0xffffffffu && (mine == 0xffffffffu || ov > red_f[lid] || (ov == red_f[lid] && oi < mine))) {
                 red_f[lid] = ov;
                 red_u[lid] = oi;
             }
@@ -212,25 +298,25 @@ fn argmax(lid: u32) -> u32 {
     return uniform_u(lid, red_u[0]);
 }
 
-// work[] = row `row` of the logits, with the repetition penalty and then the presence and
-// frequency penalties (v -= presence + count * frequency) applied once per distinct id in
-// the window.
-fn load_penalized(lid: u32) {
+// work[first .. end) = those ids of row `row` of the logits, with the logit bias, the
+// repetition penalty and then the presence and frequency penalties (v -= presence + count *
+// frequency) once per distinct id in the window, then DRY's amounts.
+fn load_penalized(lid: u32, first: u32, end: u32) {
     let base = p.row * p.vocab;
-    for (var i = lid; i < p.vocab; i += WG) {
+    for (var i = first + lid; i < end; i += WG) {
         work[i] = logits[base + i];
     }
     storageBarrier();
     workgroupBarrier();
-    apply_pairs(lid, 0u, adjust[0], 1.0);
+    apply_pairs(lid, 0u, adjust[0], 1.0, first, end);
     if (p.repeat_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0) {
         for (var j = p.hist_start + lid; j < p.hist_end; j += WG) {
             let id = tokens[j];
-            var first = id < p.vocab;
-            for (var e = p.hist_start; e < j && first; e++) {
-                first = tokens[e] != id;
+            var first_seen = id >= first && id < end;
+            for (var e = p.hist_start; e < j && first_seen; e++) {
+                first_seen = tokens[e] != id;
             }
-            if (first) {
+            if (first_seen) {
                 var count = 0u;
                 for (var e = j; e < p.hist_end; e++) {
                     count += u32(tokens[e] == id);
@@ -245,46 +331,22 @@ fn load_penalized(lid: u32) {
         storageBarrier();
         workgroupBarrier();
     }
-    apply_pairs(lid, adjust[0], adjust[1], -1.0);
+    apply_pairs(lid, adjust[0], adjust[1], -1.0, first, end);
 }
 
-// work[id] += sign * amount for pairs first .. first + n of adjust[]. Each list names an id
-// once, so threads never touch the same slot.
-fn apply_pairs(lid: u32, first: u32, n: u32, sign: f32) {
+// work[id] += sign * amount for pairs first .. first + n of adjust[] whose id is in
+// [lo, hi). Each list names an id once, so threads never touch the same slot.
+fn apply_pairs(lid: u32, first: u32, n: u32, sign: f32, lo: u32, hi: u32) {
     let fits = (arrayLength(&adjust) - 2u - MIROSTAT_SLOTS) / 2u;
     let end = min(first + n, fits);
     for (var k = first + lid; k < end; k += WG) {
         let id = adjust[2u + 2u * k];
-        if (id < p.vocab) {
+        if (id >= lo && id < hi) {
             work[id] += sign * bitcast<f32>(adjust[3u + 2u * k]);
         }
     }
     storageBarrier();
     workgroupBarrier();
-}
-
-fn min_u(lid: u32, v: u32) -> u32 {
-    red_u[lid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) {
-            red_u[lid] = min(red_u[lid], red_u[lid + s]);
-        }
-        workgroupBarrier();
-    }
-    return uniform_u(lid, red_u[0]);
-}
-
-fn max_u(lid: u32, v: u32) -> u32 {
-    red_u[lid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) {
-            red_u[lid] = max(red_u[lid], red_u[lid + s]);
-        }
-        workgroupBarrier();
-    }
-    return uniform_u(lid, red_u[0]);
 }
 
 // top-k: the largest key with count(key >= it) >= k.
@@ -294,8 +356,8 @@ fn top_k_floor(lid: u32) -> u32 {
     while (lo < hi) {
         let mid = lo + (hi - lo) / 2u + ((hi - lo) & 1u); // ceil, without overflow
         var c = 0u;
-        for (var i = lid; i < p.vocab; i += WG) {
-            c += u32(key(work[i]) >= mid);
+        for (var i = lid; i < n_items(); i += WG) {
+            c += u32(key(val(i)) >= mid);
         }
         if (sum_u(lid, c) >= p.top_k) {
             lo = mid;
@@ -311,19 +373,19 @@ fn top_k_floor(lid: u32) -> u32 {
 fn top_n_sigma_floor(lid: u32, m: f32) -> u32 {
     var acc = 0.0;
     var c = 0u;
-    for (var i = lid; i < p.vocab; i += WG) {
-        let fin = work[i] > NEG_BIG;
-        acc += select(0.0, work[i], fin);
+    for (var i = lid; i < n_items(); i += WG) {
+        let fin = val(i) > NEG_BIG;
+        acc += select(0.0, val(i), fin);
         c += u32(fin);
     }
     let count = f32(max(sum_u(lid, c), 1u));
     let mean = sum_f(lid, acc) / count;
     var sq = 0.0;
-    for (var i = lid; i < p.vocab; i += WG) {
-        let d = work[i] - mean;
-        sq += select(0.0, d * d, work[i] > NEG_BIG);
+    for (var i = lid; i < n_items(); i += WG) {
+        let d = val(i) - mean;
+        sq += select(0.0, d * d, val(i) > NEG_BIG);
     }
-    let sigma = sqrt(sum_f(lid, sq) / count);
+    let sigma = select(sqrt(sum_f(lid, sq) / count), stats_sigma(), fast);
     return key(m - p.top_n_sigma * sigma);
 }
 
@@ -333,8 +395,8 @@ fn typical_span(lid: u32, lo: u32, hi: u32) -> vec2<u32> {
     let mk = unkey(hi);
     var z = 0.0;
     var s1 = 0.0;
-    for (var i = lid; i < p.vocab; i += WG) {
-        let v = work[i];
+    for (var i = lid; i < n_items(); i += WG) {
+        let v = val(i);
         let fin = kept(key(v), lo, hi) && v > NEG_BIG;
         let e = select(0.0, exp(v - mk), fin);
         z += e;
@@ -349,8 +411,8 @@ fn typical_span(lid: u32, lo: u32, hi: u32) -> vec2<u32> {
         let mid = a + (b - a) / 2u;
         let r = bitcast<f32>(mid);
         var s = 0.0;
-        for (var i = lid; i < p.vocab; i += WG) {
-            let v = work[i];
+        for (var i = lid; i < n_items(); i += WG) {
+            let v = val(i);
             s += select(0.0, exp(v - mk), kept(key(v), lo, hi) && v > NEG_BIG && abs(v - c) <= r);
         }
         if (sum_f(lid, s) > target_mass) {
@@ -362,8 +424,8 @@ fn typical_span(lid: u32, lo: u32, hi: u32) -> vec2<u32> {
     let r = bitcast<f32>(a);
     var lowest = 0xffffffffu;
     var highest = 0u;
-    for (var i = lid; i < p.vocab; i += WG) {
-        let v = work[i];
+    for (var i = lid; i < n_items(); i += WG) {
+        let v = val(i);
         let hit = kept(key(v), lo, hi) && v > NEG_BIG && abs(v - c) <= r;
         lowest = select(lowest, min(lowest, key(v)), hit);
         highest = select(highest, max(highest, key(v)), hit);
@@ -375,7 +437,9 @@ fn typical_span(lid: u32, lo: u32, hi: u32) -> vec2<u32> {
 // top-p over the kept: the largest floor with mass(floor <= key <= hi) >= top_p * mass.
 fn top_p_floor(lid: u32, lo: u32, hi: u32) -> u32 {
     let mk = unkey(hi);
-    let target_mass = p.top_p * kept_mass(lid, lo, hi, mk);
+    // Over the survivors with nothing cut before: the whole vocabulary's mass, from the chunks.
+    let whole = fast && lo == 0u && bound != 0u;
+    let target_mass = p.top_p * select(kept_mass(lid, lo, hi, mk), total_mass(mk, false, 1.0), whole);
     var a = lo;
     var b = hi;
     while (a < b) {
@@ -396,8 +460,8 @@ fn xtc_ceiling(lid: u32, lo: u32, hi: u32) -> u32 {
     let cut = p.xtc_threshold * kept_mass(lid, lo, hi, mk);
     var c = 0u;
     var lowest = 0xffffffffu;
-    for (var i = lid; i < p.vocab; i += WG) {
-        let v = work[i];
+    for (var i = lid; i < n_items(); i += WG) {
+        let v = val(i);
         let hit = kept(key(v), lo, hi) && exp(v - mk) >= cut;
         c += u32(hit);
         lowest = select(lowest, min(lowest, key(v)), hit);
@@ -407,13 +471,50 @@ fn xtc_ceiling(lid: u32, lo: u32, hi: u32) -> u32 {
     return select(hi, low, n >= 2u);
 }
 
-// What the chain keeps of work[] and how the draw weighs it: exp((v - mk) * scale) for ids
-// with lo <= key(v) <= hi.
+// Σ exp(v - mk) over the whole vocabulary from the chunk statistics; `scaled`: of v * inv_t
+// (mirostat's logits at a fixed temperature).
+fn total_mass(mk: f32, scaled: bool, inv_t: f32) -> f32 {
+    var z = 0.0;
+    for (var g = 0u; g < n_chunks(); g++) {
+        let m = stat(g, 0u);
+        z += select(stat(g, 2u) * exp(m - mk), stat(g, 3u) * exp(m * inv_t - mk), scaled);
+    }
+    return z;
+}
+
+// The population standard deviation of the finite logits, from the chunks' counts, means and
+// sums of squared deviations (Chan et al.'s pairwise update).
+fn stats_sigma() -> f32 {
+    var n = 0.0;
+    var mean = 0.0;
+    var m2 = 0.0;
+    for (var g = 0u; g < n_chunks(); g++) {
+        let nb = stat(g, 4u);
+        if (nb > 0.0) {
+            let d = stat(g, 5u) - mean;
+            let total = n + nb;
+            mean += d * nb / total;
+            m2 += stat(g, 6u) + d * d * n * nb / total;
+            n = total;
+        }
+    }
+    return sqrt(m2 / max(n, 1.0));
+}
+
+// Whether a set that reaches down to key lo is all there: always over the whole vocabulary;
+// over the survivors only when every id left out lies below lo.
+fn covers(lo: u32) -> bool {
+    return !fast || bound == 0u || lo > bound;
+}
+
+// What the chain keeps and how the draw weighs it: exp((v - mk) * scale) for the items with
+// lo <= key(v) <= hi; exact = 1 when the survivors held every set the chain weighed.
 struct Chain {
     lo: u32,
     hi: u32,
     mk: f32,
     scale: f32,
+    exact: u32,
 }
 
 // mirostat's mu for this draw: 2 tau at draw 0, else what the last draw left.
@@ -425,68 +526,306 @@ fn mirostat_mu() -> f32 {
 }
 
 // The chain after the adjustments, at `temperature` (> 0), with mirostat at `mu`; `best` is the
-// argmax of work[]. With mirostat, work[] is scaled by 1 / T in place.
+// item holding the largest logit. With mirostat, the items are scaled by 1 / T in place.
 fn chain(lid: u32, best: u32, temperature: f32, mu: f32) -> Chain {
-    let m = uniform_f(lid, work[best]);
+    let m = uniform_f(lid, val(best));
     if (p.mirostat_tau > 0.0) {
         let inv_t = inv_temperature(lid, temperature, 0u, 0xffffffffu, m);
-        for (var i = lid; i < p.vocab; i += WG) {
-            work[i] = work[i] * inv_t;
+        for (var i = lid; i < n_items(); i += WG) {
+            set_val(i, val(i) * inv_t);
         }
         storageBarrier();
         workgroupBarrier();
-        let ms = uniform_f(lid, work[best]);
-        let lse = ms + log(kept_mass(lid, 0u, 0xffffffffu, ms));
-        return Chain(key(min(lse - mu * 0.6931472, ms)), key(ms), ms, 1.0);
+        let ms = uniform_f(lid, val(best));
+        let z = select(kept_mass(lid, 0u, 0xffffffffu, ms), total_mass(ms, true, inv_t), fast && bound != 0u);
+        let lo = key(min(ms + log(z) - mu * 0.6931472, ms));
+        // What was left out lies at or below bound's logit, and scales alike.
+        let exact = !fast || bound == 0u || lo > key(unkey(bound) * inv_t);
+        return Chain(lo, key(ms), ms, 1.0, u32(exact));
     }
+    var exact = true;
     var lo = 0u;
     var hi = key(m);
     if (p.top_n_sigma > 0.0) {
         lo = max(lo, top_n_sigma_floor(lid, m));
     }
     if (p.top_k > 0u && p.top_k < p.vocab) {
+        // Over the survivors this is exact whenever it lands above bound (and below, it is
+        // below the true floor: the checks after catch it).
         lo = max(lo, top_k_floor(lid));
     }
     if (p.typical_p < 1.0) {
+        exact = exact && covers(lo);
         let span = typical_span(lid, lo, hi);
         lo = span.x;
         hi = span.y;
     }
     if (p.top_p < 1.0) {
+        exact = exact && (lo == 0u || covers(lo));
         lo = top_p_floor(lid, lo, hi);
     }
     if (p.min_p > 0.0) {
         lo = max(lo, key(unkey(hi) + log(p.min_p)));
     }
     lo = min(lo, hi); // the most likely token left is always kept
+    exact = exact && covers(lo); // XTC, the temperature and the draw weigh what is kept
     if (p.xtc_probability > 0.0) {
         hi = xtc_ceiling(lid, lo, hi);
     }
     let mk = unkey(hi);
-    return Chain(lo, hi, mk, inv_temperature(lid, temperature, lo, hi, mk));
+    return Chain(lo, hi, mk, inv_temperature(lid, temperature, lo, hi, mk), u32(exact));
 }
 
+// Pass 1 of `sample`: one workgroup per CHUNK ids. Adjusts its ids into work[], then writes its
+// statistics (ops::sample::STATS values: 0 max, 1 its lowest id, 2 Σ exp(v - max), 3 the same
+// of v / T, 4 how many are finite, 5 their mean, 6 their Σ (v - mean)², 7 the floor: the
+// CAND-th largest logit, 8 1 when some ids are left out, i.e. the chunk holds more than CAND;
+// 9 is spare, where `sample` notes the way it went)
+// and its candidates: every id above the floor and ties at it up to CAND, unused slots id -1.
+// Greedy writes the first two alone.
+@compute @workgroup_size(WG)
+fn candidates(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let g = linear_workgroup(wid, nwg);
+    let first = g * CHUNK;
+    let end = min(first + CHUNK, p.vocab);
+    load_penalized(lid, first, end);
+    let best = argmax(lid, first, end);
+    let m = uniform_f(lid, work[best]);
+    let at = p.vocab + g * STATS;
+    if (p.temperature <= 0.0) {
+        // Greedy needs only the maximum and its id.
+        if (lid == 0u) {
+            work[at] = m;
+            work[at + 1u] = f32(best);
+        }
+        return;
+    }
+    let inv_t = 1.0 / max(p.temperature, MIN_TEMPERATURE);
+    var z = 0.0;
+    var zs = 0.0;
+    var s1 = 0.0;
+    var c = 0u;
+    for (var i = first + lid; i < end; i += WG) {
+        let v = work[i];
+        let fin = v > NEG_BIG;
+        z += exp(v - m);
+        zs += exp(v * inv_t - m * inv_t);
+        s1 += select(0.0, v, fin);
+        c += u32(fin);
+    }
+    let zt = sum_f(lid, z);
+    let zst = sum_f(lid, zs);
+    let count = sum_u(lid, c);
+    let mean = sum_f(lid, s1) / f32(max(count, 1u));
+    var sq = 0.0;
+    for (var i = first + lid; i < end; i += WG) {
+        let d = work[i] - mean;
+        sq += select(0.0, d * d, work[i] > NEG_BIG);
+    }
+    let m2 = sum_f(lid, sq);
+    // The floor: the CAND-th largest.
+    let len = end - first;
+    var floor = 0u;
+    if (len > CAND) {
+        floor = kth_largest_key(lid, first, len, 1u, CAND);
+    }
+    let out = cand_base(g);
+    if (lid == 0u) {
+        atomicStore(&slots, 0u);
+    }
+    workgroupBarrier();
+    // Above the floor (fewer than CAND), then ties at it while slots are left.
+    for (var i = first + lid; i < end; i += WG) {
+        let v = work[i];
+        if (len <= CAND || key(v) > floor) {
+            let s = atomicAdd(&slots, 1u);
+            work[out + 2u * s] = v;
+            work[out + 2u * s + 1u] = f32(i);
+        }
+    }
+    workgroupBarrier();
+    if (len > CAND) {
+        for (var i = first + lid; i < end; i += WG) {
+            let v = work[i];
+            if (key(v) == floor) {
+                let s = atomicAdd(&slots, 1u);
+                if (s < CAND) {
+                    work[out + 2u * s] = v;
+                    work[out + 2u * s + 1u] = f32(i);
+                }
+            }
+        }
+    }
+    workgroupBarrier();
+    let written = min(atomicLoad(&slots), CAND);
+    for (var s = written + lid; s < CAND; s += WG) {
+        work[out + 2u * s] = NEG_BIG;
+        work[out + 2u * s + 1u] = -1.0;
+    }
+    if (lid == 0u) {
+        work[at] = m;
+        work[at + 1u] = f32(best);
+        work[at + 2u] = zt;
+        work[at + 3u] = zst;
+        work[at + 4u] = f32(count);
+        work[at + 5u] = mean;
+        work[at + 6u] = m2;
+        work[at + 7u] = unkey(floor);
+        work[at + 8u] = select(0.0, 1.0, len > CAND);
+    }
+}
+
+// The largest key with count(key >= it) >= need over work[base + stride * e], e < n; with
+// stride 2, over (logit, id) pairs, skipping empty ones (id -1).
+fn kth_largest_key(lid: u32, base: u32, n: u32, stride: u32, need: u32) -> u32 {
+    var lo = 0u;
+    var hi = 0xffffffffu;
+    while (lo < hi) {
+        let mid = lo + (hi - lo) / 2u + ((hi - lo) & 1u); // ceil, without overflow
+        var k = 0u;
+        for (var e = lid; e < n; e += WG) {
+            let at = base + stride * e;
+            k += u32(key(work[at]) >= mid && (stride == 1u || work[at + 1u] >= 0.0));
+        }
+        if (sum_u(lid, k) >= need) {
+            lo = mid;
+        } else {
+            hi = mid - 1u;
+        }
+    }
+    return lo;
+}
+
+// The largest logit's lowest id, from the chunks (in id order, each with its lowest).
+fn global_best() -> u32 {
+    var best = 0xffffffffu;
+    var m = NEG_BIG;
+    for (var g = 0u; g < n_chunks(); g++) {
+        let v = stat(g, 0u);
+        if (best == 0xffffffffu || v > m) {
+            m = v;
+            best = u32(stat(g, 1u));
+        }
+    }
+    return best;
+}
+
+// Keeps the CAND largest of the chunks' candidates (ties at the cut as they come; bound then
+// covers the ones left out) in cand_v/cand_i sorted by id; sets n_fast and bound. Returns
+// the survivors' index of id `best`, or 0xffffffff.
+fn gather(lid: u32, best: u32) -> u32 {
+    let total = n_chunks() * CAND;
+    let base = cand_base(0u);
+    var c = 0u;
+    for (var e = lid; e < total; e += WG) {
+        c += u32(work[base + 2u * e + 1u] >= 0.0);
+    }
+    let filled = sum_u(lid, c);
+    var cut = 0u;
+    if (filled > CAND) {
+        cut = kth_largest_key(lid, base, total, 2u, CAND);
+    }
+    if (lid == 0u) {
+        atomicStore(&slots, 0u);
+    }
+    workgroupBarrier();
+    for (var e = lid; e < total; e += WG) {
+        let v = work[base + 2u * e];
+        let id = work[base + 2u * e + 1u];
+        if (id >= 0.0 && (filled <= CAND || key(v) > cut)) {
+            let s = atomicAdd(&slots, 1u);
+            gather_v[s] = v;
+            gather_i[s] = u32(id);
+        }
+    }
+    workgroupBarrier();
+    if (filled > CAND) {
+        for (var e = lid; e < total; e += WG) {
+            let v = work[base + 2u * e];
+            let id = work[base + 2u * e + 1u];
+            if (id >= 0.0 && key(v) == cut) {
+                let s = atomicAdd(&slots, 1u);
+                if (s < CAND) {
+                    gather_v[s] = v;
+                    gather_i[s] = u32(id);
+                }
+            }
+        }
+    }
+    workgroupBarrier();
+    let n = uniform_u(lid, min(atomicLoad(&slots), CAND));
+    var b = select(0u, cut, filled > CAND);
+    for (var g = 0u; g < n_chunks(); g++) {
+        if (stat(g, 8u) > 0.0) {
+            b = max(b, key(stat(g, 7u)));
+        }
+    }
+    bound = b;
+    n_fast = n;
+    // Sorted by id: each survivor's place is how many have a smaller id (ids are distinct).
+    if (lid < n) {
+        let my_i = gather_i[lid];
+        var r = 0u;
+        for (var j = 0u; j < n; j++) {
+            r += u32(gather_i[j] < my_i);
+        }
+        cand_v[r] = gather_v[lid];
+        cand_i[r] = my_i;
+    }
+    workgroupBarrier();
+    var found = 0xffffffffu;
+    if (lid < n && cand_i[lid] == best) {
+        found = lid;
+    }
+    return min_u(lid, found);
+}
+
+// Pass 2: the chain over the survivors, or where they do not hold all it weighs, over the whole
+// vocabulary (adjusted again from the logits); then the draw.
 @compute @workgroup_size(WG)
 fn sample(@builtin(local_invocation_index) lid: u32) {
-    load_penalized(lid);
-    let best = argmax(lid);
+    let best = uniform_u(lid, global_best());
     if (p.temperature <= 0.0) {
         if (lid == 0u) {
             tokens[p.out_index] = best;
+            work[p.vocab + 9u] = 2.0;
         }
         return;
     }
     let mu = mirostat_mu();
-    let c = chain(lid, best, p.temperature, mu);
+    var c: Chain;
+    var exact = 0u;
+    // Mirostat with a dynamic temperature weighs the whole vocabulary's entropy.
+    if (p.mirostat_tau <= 0.0 || p.dynatemp_range <= 0.0) {
+        let b = gather(lid, best);
+        if (b != 0xffffffffu) {
+            fast = true;
+            c = chain(lid, b, p.temperature, mu);
+            exact = uniform_u(lid, c.exact);
+        }
+    }
+    if (exact == 0u) {
+        fast = false;
+        load_penalized(lid, 0u, p.vocab);
+        c = chain(lid, best, p.temperature, mu);
+    }
+    if (lid == 0u) {
+        work[p.vocab + 9u] = f32(exact); // chunk 0's spare: which way it went (ops::sample::path_taken)
+    }
+    draw(lid, c, mu);
+}
 
-    // Draw: each thread owns a contiguous chunk of ids, so the running mass is in id order.
-    let chunk = (p.vocab + WG - 1u) / WG;
-    let start = min(lid * chunk, p.vocab);
-    let end = min(start + chunk, p.vocab);
+// The seeded draw from what chain `c` keeps, in id order: each thread owns a contiguous run of
+// items (the survivors are sorted by id), so the running mass is in id order.
+fn draw(lid: u32, c: Chain, mu: f32) {
+    let n = n_items();
+    let chunk = (n + WG - 1u) / WG;
+    let start = min(lid * chunk, n);
+    let end = min(start + chunk, n);
     var local_mass = 0.0;
     var my_last = 0u;
     for (var i = start; i < end; i++) {
-        let v = work[i];
+        let v = val(i);
         let k = kept(key(v), c.lo, c.hi);
         local_mass += select(0.0, exp((v - c.mk) * c.scale), k);
         my_last = select(my_last, i, k);
@@ -517,7 +856,7 @@ fn sample(@builtin(local_invocation_index) lid: u32) {
     var run = red_f[lid];
     if (u >= run && u < run + local_mass) {
         for (var i = start; i < end; i++) {
-            let v = work[i];
+            let v = val(i);
             if (kept(key(v), c.lo, c.hi)) {
                 run += exp((v - c.mk) * c.scale);
                 if (u < run) {
@@ -529,13 +868,13 @@ fn sample(@builtin(local_invocation_index) lid: u32) {
     }
     workgroupBarrier();
     if (lid == 0u) {
-        var id = atomicLoad(&chosen);
-        if (id == 0xffffffffu) {
-            id = atomicLoad(&last_kept); // u fell on the very end through rounding
+        var i = atomicLoad(&chosen);
+        if (i == 0xffffffffu) {
+            i = atomicLoad(&last_kept); // u fell on the very end through rounding
         }
-        tokens[p.out_index] = id;
+        tokens[p.out_index] = id_at(i);
         if (p.mirostat_tau > 0.0) {
-            let surprise = (log(total) - (work[id] - c.mk)) / 0.6931472;
+            let surprise = (log(total) - (val(i) - c.mk)) / 0.6931472;
             let n = arrayLength(&adjust);
             adjust[n - 2u] = bitcast<u32>(mu);
             adjust[n - 1u] = bitcast<u32>(mu - p.mirostat_eta * (surprise - p.mirostat_tau));
@@ -557,8 +896,8 @@ var<workgroup> pick_lp: array<f32, 21>;
 
 @compute @workgroup_size(WG)
 fn logprobs(@builtin(local_invocation_index) lid: u32) {
-    load_penalized(lid);
-    let best = argmax(lid);
+    load_penalized(lid, 0u, p.vocab);
+    let best = argmax(lid, 0u, p.vocab);
     let temperature = select(p.temperature, 1.0, p.temperature <= 0.0);
     let mu = bitcast<f32>(adjust[arrayLength(&adjust) - 2u]);
     let c = chain(lid, best, temperature, mu);
@@ -588,7 +927,7 @@ fn logprobs(@builtin(local_invocation_index) lid: u32) {
     workgroupBarrier();
     // The top n, one argmax at a time; each pick is then excluded.
     for (var k = 0u; k < n; k++) {
-        let id = argmax(lid);
+        let id = argmax(lid, 0u, p.vocab);
         if (lid == 0u) {
             pick_id[k + 1u] = id;
             pick_lp[k + 1u] = work[id];

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::models::GenerationDefaults;
 use crate::ops::sample::MAX_TOP_LOGPROBS as TOP_LOGPROBS;
-use crate::sampling::{SamplingFlags, SamplingParams};
+use crate::sampling::{SamplingFlags, SamplingParams, WriterFields};
 use crate::tokenizer::Tokenizer;
 
 /// Largest request body accepted; a bigger one gets 413.
@@ -171,6 +171,26 @@ pub struct GenRequest {
     pub min_p: Option<f32>,
     pub repeat_penalty: Option<f32>,
     pub ignore_eos: Option<bool>,
+    // llama-server's samplers, by its names (`sampling::WriterFields` says what each means).
+    pub dry_multiplier: Option<f32>,
+    pub dry_base: Option<f32>,
+    pub dry_allowed_length: Option<usize>,
+    /// -1 = the whole sequence, 0 = DRY off (llama.cpp's meaning), N = the last N ids.
+    pub dry_penalty_last_n: Option<i64>,
+    pub dry_sequence_breakers: Option<Vec<String>>,
+    pub xtc_threshold: Option<f32>,
+    pub xtc_probability: Option<f32>,
+    pub typical_p: Option<f32>,
+    /// -1 (llama.cpp's default) or 0 = off.
+    pub top_n_sigma: Option<f32>,
+    pub dynatemp_range: Option<f32>,
+    pub dynatemp_exponent: Option<f32>,
+    /// 0 = off, 2 = mirostat v2; 1 (v1) is refused.
+    pub mirostat: Option<u32>,
+    pub mirostat_tau: Option<f32>,
+    pub mirostat_eta: Option<f32>,
+    /// KoboldCpp's banned phrases: refused unless empty (see [`writers_samplers`]).
+    pub banned_strings: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -302,10 +322,40 @@ pub fn plan(r: &GenRequest, kind: Endpoint, i: &ModelInfo, capacity: usize) -> R
         logit_bias,
         ..SamplingParams::resolve(&flags, &i.defaults).0
     };
-    sampling.validate()?;
+    let sampling = writers_samplers(r, sampling, &i.tokenizer)?;
     let stream = r.stream.unwrap_or(false);
     let include_usage = r.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
     Ok(Plan { prompt, sampling, max_tokens, n: n as usize, stop, logprobs, ignore_eos: r.ignore_eos.unwrap_or(false), stream, include_usage })
+}
+
+/// llama-server's writer's samplers of the request onto `s`, validated. Banned phrases need
+/// a decode loop that can take tokens back (`quill write --ban` has one); the server streams
+/// each token of its batched steps as it is drawn, so a non-empty `banned_strings` is refused
+/// rather than ignored.
+fn writers_samplers(r: &GenRequest, s: SamplingParams, tok: &Tokenizer) -> Result<SamplingParams, ApiError> {
+    if r.banned_strings.as_ref().is_some_and(|b| !b.is_empty()) {
+        return Err(ApiError::field(
+            "banned_strings",
+            "banned_strings: not supported by quill serve: its batched decode loop streams each token as it is drawn and cannot take text back (quill write --ban can); ban single tokens with logit_bias",
+        ));
+    }
+    let fields = WriterFields {
+        dry_multiplier: r.dry_multiplier,
+        dry_base: r.dry_base,
+        dry_allowed_length: r.dry_allowed_length,
+        dry_penalty_last_n: r.dry_penalty_last_n,
+        dry_sequence_breakers: r.dry_sequence_breakers.clone(),
+        xtc_threshold: r.xtc_threshold,
+        xtc_probability: r.xtc_probability,
+        typical_p: r.typical_p,
+        top_n_sigma: r.top_n_sigma,
+        dynatemp_range: r.dynatemp_range,
+        dynatemp_exponent: r.dynatemp_exponent,
+        mirostat: r.mirostat,
+        mirostat_tau: r.mirostat_tau,
+        mirostat_eta: r.mirostat_eta,
+    };
+    Ok(fields.apply(s, tok)?)
 }
 
 /// The prompt's ids: the completion's `prompt` (text or ids), or the chat's `messages`

@@ -186,7 +186,7 @@ impl SessionShape {
             gate: [b, self.ffn_dim],
             up: [b, self.ffn_dim],
             logits: [b, self.vocab],
-            work: [self.vocab],
+            work: [crate::ops::sample::work_len(self.vocab)],
             adjust: [crate::ops::sample::ADJUST_LEN],
             tokens: [s, ctx_len],
             batch_ids: [b],

@@ -230,6 +230,100 @@ impl SamplingParams {
     }
 }
 
+/// The writer's samplers as a request names them (llama-server's fields, which the server
+/// and the page both take), each None where not given.
+#[derive(Clone, Debug, Default)]
+pub struct WriterFields {
+    pub dry_multiplier: Option<f32>,
+    pub dry_base: Option<f32>,
+    pub dry_allowed_length: Option<usize>,
+    /// -1 = the whole sequence, 0 = DRY off (llama.cpp's meaning), N = the last N ids.
+    pub dry_penalty_last_n: Option<i64>,
+    /// None: llama.cpp's [`DRY_BREAKERS`].
+    pub dry_sequence_breakers: Option<Vec<String>>,
+    pub xtc_threshold: Option<f32>,
+    pub xtc_probability: Option<f32>,
+    pub typical_p: Option<f32>,
+    /// -1 (llama.cpp's default) or 0 = off.
+    pub top_n_sigma: Option<f32>,
+    pub dynatemp_range: Option<f32>,
+    pub dynatemp_exponent: Option<f32>,
+    /// 0 = off, 2 = mirostat v2; 1 (v1) is refused.
+    pub mirostat: Option<u32>,
+    pub mirostat_tau: Option<f32>,
+    pub mirostat_eta: Option<f32>,
+}
+
+/// Most DRY sequence breakers one request may give, and the longest (bytes): each is looked
+/// for in the text of every token of the vocabulary.
+pub const MAX_DRY_BREAKERS: usize = 16;
+pub const MAX_DRY_BREAKER_BYTES: usize = 64;
+/// llama.cpp's default mirostat τ, where mirostat is turned on without one.
+pub const MIROSTAT_TAU: f32 = 5.0;
+
+impl WriterFields {
+    /// `s` with these fields set, then validated; errors name the field as the request
+    /// spells it. τ and η are checked whether or not mirostat is on, and used only with 2.
+    pub fn apply(&self, mut s: SamplingParams, tok: &crate::tokenizer::Tokenizer) -> Result<SamplingParams> {
+        s.dry_multiplier = self.dry_multiplier.unwrap_or(s.dry_multiplier);
+        s.dry_base = self.dry_base.unwrap_or(s.dry_base);
+        s.dry_allowed_length = self.dry_allowed_length.unwrap_or(s.dry_allowed_length);
+        match self.dry_penalty_last_n {
+            None | Some(-1) => {}
+            Some(0) => s.dry_multiplier = 0.0,
+            Some(n) if n > 0 => s.dry_penalty_last_n = n as usize,
+            Some(n) => return Err(Error::arg("dry_penalty_last_n", format!("{n} must be -1 (the whole sequence), 0 (DRY off) or a count of tokens"))),
+        }
+        s.xtc_threshold = self.xtc_threshold.unwrap_or(s.xtc_threshold);
+        s.xtc_probability = self.xtc_probability.unwrap_or(s.xtc_probability);
+        s.typical_p = self.typical_p.unwrap_or(s.typical_p);
+        s.top_n_sigma = match self.top_n_sigma {
+            Some(v) if v == -1.0 => 0.0,
+            v => v.unwrap_or(s.top_n_sigma),
+        };
+        s.dynatemp_range = self.dynatemp_range.unwrap_or(s.dynatemp_range);
+        s.dynatemp_exponent = self.dynatemp_exponent.unwrap_or(s.dynatemp_exponent);
+        let tau = self.mirostat_tau.unwrap_or(MIROSTAT_TAU);
+        let eta = self.mirostat_eta.unwrap_or(s.mirostat_eta);
+        for (name, v) in [("mirostat_tau", tau), ("mirostat_eta", eta)] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(Error::arg(name, format!("{v} must be a finite number >= 0")));
+            }
+        }
+        match self.mirostat.unwrap_or(0) {
+            0 => {}
+            2 if tau > 0.0 => (s.mirostat_tau, s.mirostat_eta) = (tau, eta),
+            2 => return Err(Error::arg("mirostat_tau", "must be > 0 with mirostat 2")),
+            1 => return Err(Error::arg("mirostat", "1 (mirostat v1) is not supported; use 2 (mirostat v2) or 0 (off)")),
+            m => return Err(Error::arg("mirostat", format!("{m} must be 0 (off) or 2 (mirostat v2)"))),
+        }
+        if s.dry_multiplier > 0.0 {
+            s.dry_breakers = self.breakers(tok)?;
+        }
+        // The command line spells it --dynatemp-exp; requests use llama-server's name.
+        s.validate().map_err(|e| match e {
+            Error::Arg { arg, msg } if arg == "--dynatemp-exp" => Error::arg("dynatemp_exponent", msg),
+            e => e,
+        })?;
+        Ok(s)
+    }
+
+    /// The token ids DRY's repeats may not cross: those whose text holds one of the given
+    /// breakers (at most [`MAX_DRY_BREAKERS`] non-empty strings), else llama.cpp's.
+    fn breakers(&self, tok: &crate::tokenizer::Tokenizer) -> Result<Vec<u32>> {
+        let Some(given) = &self.dry_sequence_breakers else { return dry_breaker_ids(tok) };
+        let field = "dry_sequence_breakers";
+        if given.len() > MAX_DRY_BREAKERS {
+            return Err(Error::arg(field, format!("at most {MAX_DRY_BREAKERS} strings (got {})", given.len())));
+        }
+        if let Some(bad) = given.iter().find(|b| b.is_empty() || b.len() > MAX_DRY_BREAKER_BYTES) {
+            return Err(Error::arg(field, format!("each must be 1 to {MAX_DRY_BREAKER_BYTES} bytes (got {} bytes)", bad.len())));
+        }
+        let given: Vec<&str> = given.iter().map(String::as_str).collect();
+        breaker_ids(tok, &given)
+    }
+}
+
 /// Mixed into the seed's high word for XTC's random numbers ("XTC").
 pub const XTC_STREAM: u64 = 0x0058_5443 << 32;
 
@@ -271,10 +365,15 @@ pub const DRY_BREAKERS: [&str; 4] = ["\n", ":", "\"", "*"];
 
 /// The ids (ascending) whose text holds one of [`DRY_BREAKERS`]: a repeat never runs across them.
 pub fn dry_breaker_ids(tok: &crate::tokenizer::Tokenizer) -> Result<Vec<u32>> {
+    breaker_ids(tok, &DRY_BREAKERS)
+}
+
+/// The ids (ascending) whose text holds one of `breakers`.
+pub fn breaker_ids(tok: &crate::tokenizer::Tokenizer, breakers: &[&str]) -> Result<Vec<u32>> {
     let mut ids = Vec::new();
     for id in 0..tok.vocab_size() as u32 {
         let text = tok.decode(&[id])?;
-        if DRY_BREAKERS.iter().any(|b| text.contains(b)) {
+        if breakers.iter().any(|b| text.contains(b)) {
             ids.push(id);
         }
     }

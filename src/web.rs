@@ -17,7 +17,7 @@ use crate::models::load::{gguf_needs, load_gguf, load_hf, load_parsed_gguf, HfFi
 use crate::models::LoadedModel;
 use crate::plan::{plan_before_load, Budget};
 use crate::ops::sample::MAX_TOP_LOGPROBS;
-use crate::sampling::{dry_breaker_ids, SamplingFlags, SamplingParams};
+use crate::sampling::{SamplingFlags, SamplingParams, WriterFields};
 use crate::tokenizer::StreamDecoder;
 use crate::weights::gguf::Gguf;
 use crate::weights::source::ByteSource;
@@ -79,9 +79,18 @@ struct WriteOptions {
     dry_multiplier: Option<f32>,
     dry_base: Option<f32>,
     dry_allowed_length: Option<usize>,
-    dry_penalty_last_n: Option<usize>,
+    /// llama.cpp's meaning: -1 = the whole sequence, 0 = DRY off.
+    dry_penalty_last_n: Option<i64>,
+    dry_sequence_breakers: Option<Vec<String>>,
     xtc_threshold: Option<f32>,
     xtc_probability: Option<f32>,
+    typical_p: Option<f32>,
+    top_n_sigma: Option<f32>,
+    dynatemp_range: Option<f32>,
+    dynatemp_exponent: Option<f32>,
+    mirostat: Option<u32>,
+    mirostat_tau: Option<f32>,
+    mirostat_eta: Option<f32>,
     /// `write_drafts` only: how many continuations (1..=MAX_DRAFTS) and how many
     /// alternatives each token reports (0..=MAX_TOP_LOGPROBS).
     n: Option<usize>,
@@ -339,22 +348,28 @@ fn report(progress: &js_sys::Function, done: u64, total: u64) {
 }
 
 /// The sampler settings of `o`: the user's, else the model's generation config, else quill's
-/// defaults; DRY and XTC off unless asked for.
+/// defaults; the writer's samplers (llama-server's fields) off unless asked for.
 fn sampling(model: &LoadedModel, o: &WriteOptions) -> crate::Result<SamplingParams> {
     let flags = SamplingFlags { temperature: o.temperature, top_k: o.top_k, top_p: o.top_p, min_p: o.min_p, repeat_penalty: o.repeat_penalty };
     let seed = o.seed.unwrap_or_else(|| js_sys::Date::now() as u64);
     let (resolved, _) = SamplingParams::resolve(&flags, &model.defaults);
-    let mut s = SamplingParams { seed, ..resolved };
-    s.dry_multiplier = o.dry_multiplier.unwrap_or(s.dry_multiplier);
-    s.dry_base = o.dry_base.unwrap_or(s.dry_base);
-    s.dry_allowed_length = o.dry_allowed_length.unwrap_or(s.dry_allowed_length);
-    s.dry_penalty_last_n = o.dry_penalty_last_n.unwrap_or(s.dry_penalty_last_n);
-    s.xtc_threshold = o.xtc_threshold.unwrap_or(s.xtc_threshold);
-    s.xtc_probability = o.xtc_probability.unwrap_or(s.xtc_probability);
-    if s.dry_multiplier > 0.0 {
-        s.dry_breakers = dry_breaker_ids(&model.tokenizer)?;
-    }
-    s.validate()?;
+    let fields = WriterFields {
+        dry_multiplier: o.dry_multiplier,
+        dry_base: o.dry_base,
+        dry_allowed_length: o.dry_allowed_length,
+        dry_penalty_last_n: o.dry_penalty_last_n,
+        dry_sequence_breakers: o.dry_sequence_breakers.clone(),
+        xtc_threshold: o.xtc_threshold,
+        xtc_probability: o.xtc_probability,
+        typical_p: o.typical_p,
+        top_n_sigma: o.top_n_sigma,
+        dynatemp_range: o.dynatemp_range,
+        dynatemp_exponent: o.dynatemp_exponent,
+        mirostat: o.mirostat,
+        mirostat_tau: o.mirostat_tau,
+        mirostat_eta: o.mirostat_eta,
+    };
+    let s = fields.apply(SamplingParams { seed, ..resolved }, &model.tokenizer)?;
     Ok(s)
 }
 

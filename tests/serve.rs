@@ -677,3 +677,70 @@ fn serves_the_studio_page_and_keeps_stories_in_their_folder() {
     assert_eq!(get(&s, "/stories/nothing").0, 404);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// llama-server's sampler fields: each is accepted and changes the text where it acts (DRY on
+/// a repeating prompt at temperature 0; the others against the same seeded plain draw), and a
+/// bad value is a 400 naming the field.
+#[test]
+fn accepts_the_writers_samplers_and_refuses_bad_values() {
+    let Some(s) = start(&["--api-key", KEY]) else { return };
+    let text = |extra: &str, what: &str| {
+        let (code, v, _) = post(&s, "/v1/completions", &format!("{{{what}, \"max_tokens\": 16, \"ignore_eos\": true{extra}}}"));
+        assert_eq!(code, 200, "{extra}: {v}");
+        text_of(&v)
+    };
+    // DRY at temperature 0: a prompt that repeats itself, and no breakers.
+    let repeat = format!(r#""prompt": {}, "temperature": 0, "dry_sequence_breakers": []"#, json!("the license grants the license grants the license grants the license"));
+    // The next token's distribution (logprobs: after the penalties and DRY) changes: the
+    // tokens that followed "license" before lose 4 · 2^(L - 1).
+    let next = |extra: &str| {
+        let (code, v, _) = post(&s, "/v1/completions", &format!("{{{repeat}, \"max_tokens\": 1, \"logprobs\": 5{extra}}}"));
+        assert_eq!(code, 200, "{extra}: {v}");
+        v["choices"][0]["logprobs"]["top_logprobs"][0].clone()
+    };
+    let plain_next = next("");
+    assert!(plain_next.is_object(), "{plain_next}");
+    assert_ne!(next(r#", "dry_multiplier": 4.0, "dry_base": 2.0, "dry_allowed_length": 1, "dry_penalty_last_n": -1"#), plain_next, "DRY did not change the distribution after a repeat");
+    assert_eq!(next(r#", "dry_multiplier": 4.0, "dry_allowed_length": 1, "dry_penalty_last_n": 0"#), plain_next, "dry_penalty_last_n 0 is DRY off");
+    text(r#", "dry_multiplier": 4.0, "dry_allowed_length": 1"#, &repeat);
+    // The default breakers (llama.cpp's) are taken when none are given.
+    text(r#", "dry_multiplier": 0.8"#, r#""prompt": "Once: \"a\"", "temperature": 0"#);
+    // The others, against the same seeded draw without them (temperature 1.5 on a random
+    // model: nearly flat, so each cut changes which ids the random numbers land on).
+    let seeded = r#""prompt": "The license grants", "temperature": 1.5, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "seed": 5"#;
+    let plain = text("", seeded);
+    assert_eq!(text(r#", "mirostat": 0, "top_n_sigma": -1, "banned_strings": []"#, seeded), plain, "the off values change nothing");
+    for extra in [
+        r#", "xtc_probability": 1.0, "xtc_threshold": 0.0001"#,
+        r#", "typical_p": 0.2"#,
+        r#", "top_n_sigma": 0.5"#,
+        r#", "dynatemp_range": 1.4, "dynatemp_exponent": 0.5"#,
+        r#", "mirostat": 2, "mirostat_tau": 1.0, "mirostat_eta": 0.2"#,
+    ] {
+        assert_ne!(text(extra, seeded), plain, "{extra} did not change the seeded text");
+    }
+    // Chat takes them too.
+    let (code, c, _) = post(&s, "/v1/chat/completions", r#"{"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3, "dry_multiplier": 1.0, "xtc_probability": 0.5, "typical_p": 0.9, "mirostat": 2}"#);
+    assert_eq!(code, 200, "{c}");
+
+    let bad = |extra: &str, field: &str, needle: &str| expect_error(&post(&s, "/v1/completions", &format!("{{\"prompt\": \"hi\"{extra}}}")), 400, Some(field), needle);
+    bad(r#", "dry_multiplier": -1"#, "dry_multiplier", ">= 0");
+    bad(r#", "dry_multiplier": 1, "dry_base": 0.5"#, "dry_base", ">= 1");
+    bad(r#", "dry_allowed_length": -2"#, "dry_allowed_length", "dry_allowed_length");
+    bad(r#", "dry_penalty_last_n": -5"#, "dry_penalty_last_n", "-1");
+    bad(r#", "dry_multiplier": 1, "dry_sequence_breakers": [""]"#, "dry_sequence_breakers", "1 to 64 bytes");
+    bad(r#", "dry_multiplier": 1, "dry_sequence_breakers": ["a","b","c","d","e","f","g","h","i","j","k","l","m","n","o","p","q"]"#, "dry_sequence_breakers", "at most 16");
+    bad(r#", "dry_sequence_breakers": "\n""#, "dry_sequence_breakers", "dry_sequence_breakers");
+    bad(r#", "xtc_threshold": 1.5"#, "xtc_threshold", "[0, 1]");
+    bad(r#", "xtc_probability": -0.1"#, "xtc_probability", "[0, 1]");
+    bad(r#", "typical_p": 0"#, "typical_p", "(0, 1]");
+    bad(r#", "top_n_sigma": -2"#, "top_n_sigma", ">= 0");
+    bad(r#", "dynatemp_range": -1"#, "dynatemp_range", ">= 0");
+    bad(r#", "dynatemp_exponent": 0"#, "dynatemp_exponent", "> 0");
+    bad(r#", "mirostat": 1"#, "mirostat", "not supported");
+    bad(r#", "mirostat": 3"#, "mirostat", "0 (off) or 2");
+    bad(r#", "mirostat": 2, "mirostat_tau": 0"#, "mirostat_tau", "> 0");
+    bad(r#", "mirostat_eta": -1"#, "mirostat_eta", ">= 0");
+    bad(r#", "banned_strings": ["slop"]"#, "banned_strings", "cannot take text back");
+    assert!(!s.log().contains("panicked"), "{}", s.log());
+}

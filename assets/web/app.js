@@ -91,7 +91,8 @@ function serverEngine(modelName) {
     async write(o, onToken) {
       abort = new AbortController();
       const common = { n: o.n, max_tokens: o.max_tokens, stream: true, seed: o.seed, temperature: o.temperature, top_p: o.top_p, top_k: o.top_k,
-        min_p: o.min_p, repeat_penalty: o.repeat_penalty, ignore_eos: o.ignore_eos || undefined };
+        min_p: o.min_p, repeat_penalty: o.repeat_penalty, ignore_eos: o.ignore_eos || undefined,
+        ...Object.fromEntries(WRITER_SAMPLERS.map((k) => [k, o[k]])) };
       const chat = o.chat;
       const body = chat
         ? { ...common, messages: [...(o.system ? [{ role: 'system', content: o.system }] : []), { role: 'user', content: o.prompt }], logprobs: o.probs > 0, top_logprobs: o.probs > 0 ? o.probs : undefined }
@@ -356,12 +357,28 @@ function samplerOptions() {
     temperature: num('temperature'), top_k: num('top_k', true), top_p: num('top_p'), min_p: num('min_p'),
     repeat_penalty: num('repeat_penalty'), seed: num('seed', true), ignore_eos: $('ignore_eos').checked,
     probs: num('probs', true) ?? 0,
-    ...(browser ? {
-      dry_multiplier: num('dry_multiplier'), dry_base: num('dry_base'), dry_allowed_length: num('dry_allowed_length', true),
-      xtc_threshold: num('xtc_threshold'), xtc_probability: num('xtc_probability'),
-      profile: ui.profile.checked,
-    } : {}),
+    dry_multiplier: num('dry_multiplier'), dry_base: num('dry_base'), dry_allowed_length: num('dry_allowed_length', true),
+    dry_penalty_last_n: num('dry_penalty_last_n', true), dry_sequence_breakers: breakers(),
+    xtc_threshold: num('xtc_threshold'), xtc_probability: num('xtc_probability'),
+    typical_p: num('typical_p'), top_n_sigma: num('top_n_sigma'), dynatemp_range: num('dynatemp_range'), dynatemp_exponent: num('dynatemp_exponent'),
+    mirostat: num('mirostat', true), mirostat_tau: num('mirostat_tau'), mirostat_eta: num('mirostat_eta'),
+    ...(browser ? { profile: ui.profile.checked } : {}),
   };
+}
+
+// The samplers both engines take by llama-server's names (blank: llama.cpp's default).
+const WRITER_SAMPLERS = ['dry_multiplier', 'dry_base', 'dry_allowed_length', 'dry_penalty_last_n', 'dry_sequence_breakers',
+  'xtc_threshold', 'xtc_probability', 'typical_p', 'top_n_sigma', 'dynatemp_range', 'dynatemp_exponent', 'mirostat', 'mirostat_tau', 'mirostat_eta'];
+
+// DRY's breakers: a JSON list of strings (blank: llama.cpp's \n : " *); anything else is an
+// error the writer sees before a request goes out.
+function breakers() {
+  const v = $('dry_sequence_breakers').value.trim();
+  if (!v) return undefined;
+  let list;
+  try { list = JSON.parse(v); } catch { list = null; }
+  if (!Array.isArray(list) || !list.every((b) => typeof b === 'string')) throw new Error('DRY breakers: write a JSON list of strings, e.g. ["\\n", ":"]');
+  return list;
 }
 
 async function request(n, seedShift = 0) {
@@ -582,8 +599,7 @@ let serverStories = false;
 const storyUrl = () => `stories/${encodeURIComponent(ui.name.value.trim() || 'my story')}`;
 
 // The sampler fields saved with a story (blank: the engine's default).
-const SAMPLER_FIELDS = ['max_tokens', 'temperature', 'top_k', 'top_p', 'min_p', 'repeat_penalty', 'dry_multiplier', 'dry_base',
-  'dry_allowed_length', 'xtc_threshold', 'xtc_probability', 'seed', 'probs'];
+const SAMPLER_FIELDS = ['max_tokens', 'temperature', 'top_k', 'top_p', 'min_p', 'repeat_penalty', ...WRITER_SAMPLERS, 'seed', 'probs'];
 
 // Tokens at the end of the story whose alternatives are saved with it.
 const KEEP_ALTERNATIVES = 1000;
@@ -838,8 +854,6 @@ async function startServer() {
   ui.gpu.textContent = '';
   document.querySelector('header .tag').textContent = 'A language model writing on the GPU of the machine that runs quill serve.';
   for (const el of document.querySelectorAll('.browser-only')) el.disabled = true;
-  ui.samplerNote.hidden = false;
-  ui.samplerNote.textContent = 'DRY and XTC run in the in-browser engine; this server does not take them yet.';
   for (;;) {
     const h = await fetch('health').then((r) => r.json()).catch(() => ({}));
     if (h.status === 'ok') break;

@@ -59,7 +59,7 @@ pub struct State {
     pub gate: Tensor,   // (max_batch, ffn_dim)
     pub up: Tensor,     // (max_batch, ffn_dim)
     pub logits: Tensor, // (max_batch, vocab)
-    pub work: Tensor,   // (vocab,) sampler scratch
+    pub work: Tensor,   // (ops::sample::work_len(vocab),) sampler scratch
     pub adjust: Vec<Tensor>, // per slot: the sampler's sparse logit adjustments (DRY), ops::sample::write_adjust
     pub tokens: Tensor, // (n_slots, ctx_len) u32 ids of each slot's sequence
     pub batch_ids: Tensor, // (max_batch,) u32 ids of a batch of several slots, gathered per pass

@@ -1,6 +1,8 @@
 //! Token sampling on the GPU: the whole chain of `sampling` (bias, penalties, DRY, the filters,
-//! temperature or mirostat) and a seeded draw in one workgroup; the chosen id is written into
-//! the token buffer on the GPU.
+//! temperature or mirostat) and a seeded draw; the chosen id is written into the token buffer
+//! on the GPU. Two passes (shaders/sample.wgsl says how): many workgroups find each chunk's
+//! maximum, statistics and [`CAND`] largest logits, then one workgroup runs the chain over the
+//! [`CAND`] largest of those, falling back to the whole vocabulary where they are not enough.
 
 use std::ops::Range;
 
@@ -41,6 +43,48 @@ struct Params {
     /// `logprobs`: how many of the most likely ids to report.
     alternatives: u32,
     _pad: [u32; 2],
+}
+
+/// Ids per workgroup of the candidates pass (shaders/sample.wgsl's CHUNK).
+pub const CHUNK: usize = 4096;
+/// Candidates per chunk, and survivors the chain runs over (CAND there). Top-k up to this is
+/// exact over them; so is top-k off, when top-p/min-p keep at most this many.
+pub const CAND: usize = 256;
+/// Statistics per chunk (STATS there).
+pub const STATS: usize = 10;
+/// Largest vocabulary: candidate ids travel as f32, exact below 2^24.
+pub const MAX_VOCAB: usize = 1 << 24;
+
+/// Values of the sampler's `work` scratch for a vocabulary: the adjusted logits, then per
+/// chunk its statistics and its candidates' (logit, id) pairs.
+pub fn work_len(vocab: usize) -> usize {
+    let chunks = vocab.div_ceil(CHUNK);
+    vocab + chunks * (STATS + 2 * CAND)
+}
+
+/// How the last `sample` over this `work` chose, as it notes at work[path_slot(vocab)].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// The chain over the whole vocabulary (the survivors did not hold all it weighs).
+    Whole,
+    /// The chain over the [`CAND`] survivors.
+    Survivors,
+    /// Greedy: the argmax of the chunks' maxima.
+    Greedy,
+}
+
+/// Where in `work` the sampler notes its [`Path`] (chunk 0's spare statistic).
+pub fn path_slot(vocab: usize) -> usize {
+    vocab + STATS - 1
+}
+
+/// The [`Path`] from the value at [`path_slot`].
+pub fn path_taken(v: f32) -> Path {
+    match v as u32 {
+        1 => Path::Survivors,
+        2 => Path::Greedy,
+        _ => Path::Whole,
+    }
 }
 
 /// Most (id, amount) adjustments the sampler takes at one step: the ids DRY penalizes (one
@@ -134,12 +178,21 @@ fn check(op: &'static str, logits: &Tensor, row: usize, work: &Tensor, tokens: &
 #[allow(clippy::too_many_arguments)]
 pub fn sample(rec: &mut Recorder, logits: &Tensor, row: usize, work: &Tensor, tokens: &Tensor, adjust: &Tensor, out_index: usize, history: Range<usize>, s: &SamplingParams, draw: u32) -> Result<()> {
     let vocab = check("sample", logits, row, work, tokens, out_index, &history)?;
+    if vocab > MAX_VOCAB {
+        return Err(Error::Shape { op: "sample", msg: format!("a vocabulary of {vocab} ids is more than the {MAX_VOCAB} the sampler takes") });
+    }
+    work.holds("sample", "work", work_len(vocab))?;
     adjust.holds("sample", "adjust", 2 + MIROSTAT_SLOTS)?;
-    let pipe = rec.ctx.pipeline(&SHADER, "sample", &[])?;
+    let first = rec.ctx.pipeline(&SHADER, "candidates", &[])?;
+    let finish = rec.ctx.pipeline(&SHADER, "sample", &[])?;
     let p = params(vocab, row, out_index, &history, s, draw);
+    let buffers = [&logits.buf, &work.buf, &tokens.buf, &adjust.buf];
     let (flops, bytes) = cost(vocab);
-    let info = OpInfo::new("sample", flops, bytes);
-    rec.dispatch(info, &pipe, &[&logits.buf, &work.buf, &tokens.buf, &adjust.buf], &p, [1, 1, 1]);
+    rec.dispatch(OpInfo::new("sample", flops, bytes), &first, &buffers, &p, [vocab.div_ceil(CHUNK) as u32, 1, 1]);
+    // The survivors' chain reads a few values per chunk (a whole-vocabulary fallback reads
+    // more, which this leaves out).
+    let chunks = vocab.div_ceil(CHUNK) as u64;
+    rec.dispatch(OpInfo::new("sample", 4 * chunks * CAND as u64, 4 * chunks * (STATS + 2 * CAND) as u64), &finish, &buffers, &p, [1, 1, 1]);
     Ok(())
 }
 
@@ -200,7 +253,7 @@ mod tests {
     use crate::gpu::context::gpu_test;
     use crate::gpu::Context;
     use crate::ops::test_values;
-    use crate::sampling::{distribution, distribution_at, dry_penalties, log_softmax, processed_probs, sample_reference, sample_reference_at, Mirostat};
+    use crate::sampling::{distribution, distribution_at, dry_penalties, log_softmax, processed_probs, sample_reference, sample_reference_at, uniform01, Mirostat};
 
     fn adjust_buffer(ctx: &Context, s: &SamplingParams, history: &[u32]) -> Tensor {
         let t = Tensor::zeros(ctx, "adjust", &[ADJUST_LEN]).unwrap();
@@ -210,19 +263,29 @@ mod tests {
 
     /// Runs `draws` samples of one logits row in one command buffer; returns the ids.
     async fn draw_many(ctx: &Context, logits: &[f32], history: &[u32], s: &SamplingParams, draws: usize) -> Vec<u32> {
+        draw_path(ctx, logits, history, s, draws).await.0
+    }
+
+    /// `draw_many`, and the path the last draw took.
+    async fn draw_path(ctx: &Context, logits: &[f32], history: &[u32], s: &SamplingParams, draws: usize) -> (Vec<u32>, Path) {
         let vocab = logits.len();
         let lt = Tensor::upload_f32(ctx, "logits", &[1, vocab], logits).unwrap();
-        let work = Tensor::zeros(ctx, "work", &[vocab]).unwrap();
+        let work = Tensor::zeros(ctx, "work", &[work_len(vocab)]).unwrap();
         let mut ids = history.to_vec();
         ids.resize(history.len() + draws, 0);
         let tokens = Tensor { buf: ctx.upload("tokens", &ids).unwrap(), shape: vec![ids.len()] };
         let adjust = adjust_buffer(ctx, s, history);
-        let mut rec = Recorder::new(ctx, "test");
-        for i in 0..draws {
-            sample(&mut rec, &lt, 0, &work, &tokens, &adjust, history.len() + i, 0..history.len(), s, i as u32).unwrap();
+        // A submission per 256 draws: thousands of passes in one command buffer cost lavapipe
+        // gigabytes. The buffers (and mirostat's μ in `adjust`) carry over between them.
+        for batch in (0..draws).collect::<Vec<_>>().chunks(256) {
+            let mut rec = Recorder::new(ctx, "test");
+            for &i in batch {
+                sample(&mut rec, &lt, 0, &work, &tokens, &adjust, history.len() + i, 0..history.len(), s, i as u32).unwrap();
+            }
+            rec.submit().unwrap();
         }
-        rec.submit().unwrap();
-        ctx.read_u32_async(&tokens.buf, history.len(), draws).await.unwrap()
+        let ids = ctx.read_u32_async(&tokens.buf, history.len(), draws).await.unwrap();
+        (ids, path_taken(ctx.read_f32_async(&work.buf, path_slot(vocab), 1).await.unwrap()[0]))
     }
 
     /// Chi-square bound at p = 0.001 (Wilson–Hilferty).
@@ -277,7 +340,7 @@ mod tests {
         let mut ids = history.to_vec();
         ids.push(chosen);
         let lt = Tensor::upload_f32(ctx, "logits", &[1, vocab], &logits).unwrap();
-        let work = Tensor::zeros(ctx, "work", &[vocab]).unwrap();
+        let work = Tensor::zeros(ctx, "work", &[work_len(vocab)]).unwrap();
         let tokens = Tensor { buf: ctx.upload("tokens", &ids).unwrap(), shape: vec![ids.len()] };
         let adjust = adjust_buffer(ctx, &SamplingParams::greedy(), &[]);
         let cases = [
@@ -306,6 +369,85 @@ mod tests {
         }
         let mut rec = Recorder::new(ctx, "test");
         assert!(logprobs(&mut rec, &lt, 0, &work, &tokens, &adjust, 4, 0..4, &base(), MAX_TOP_LOGPROBS + 1).is_err());
+    });
+
+    /// Logits with `peak` ids well above the rest (top-p and min-p then keep few), or flat
+    /// random ones (`peak` 0: they keep thousands, past the survivors).
+    fn odd_logits(vocab: usize, peak: usize, seed: u64) -> Vec<f32> {
+        let mut l: Vec<f32> = test_values(vocab, seed).iter().map(|v| v * 2.0).collect();
+        for k in 0..peak.min(vocab) {
+            let id = (k * 7919 + 13) % vocab;
+            l[id] = 14.0 + l[id];
+        }
+        l
+    }
+
+    /// `draws` draws on the GPU against the CPU reference: how many are the reference's id, and
+    /// the path the last one took. A draw that differs must lie within float rounding of its
+    /// random number: u within 1e-4 of the reference's cumulative mass (in id order) around
+    /// the GPU's id (f32 sums over 152k near-equal probabilities drift by about that).
+    async fn agreement(ctx: &Context, logits: &[f32], history: &[u32], s: &SamplingParams, draws: usize) -> (usize, Path) {
+        let (got, path) = draw_path(ctx, logits, history, s, draws).await;
+        let mut agree = 0;
+        for (i, &id) in got.iter().enumerate() {
+            if sample_reference(logits, history, s, i as u32) == id {
+                agree += 1;
+                continue;
+            }
+            let p = distribution_at(logits, history, s, s.xtc_applies(i as u32), Mirostat::new(s).mu);
+            let below: f64 = p[..id as usize].iter().sum();
+            let u = uniform01(s.seed, i as u32) as f64;
+            assert!(p[id as usize] > 0.0 && u >= below - 1e-4 && u <= below + p[id as usize] + 1e-4, "{s:?}: draw {i} took id {id} (mass {below} .. {}) for u {u}", below + p[id as usize]);
+        }
+        (agree, path)
+    }
+
+    // The two-pass sampler against the CPU reference on odd vocabularies (one chunk and less
+    // than the survivors, ..., Qwen's 152064 in 38 chunks), each variant with the path it must
+    // take: the survivors where they hold every set the chain weighs, the whole vocabulary
+    // where they cannot (top-k off with top-p/min-p keeping thousands, mirostat with a dynamic
+    // temperature, top-k above CAND).
+    gpu_test!(fn two_pass_sampler_matches_the_reference_on_odd_vocabularies(ctx) {
+        let browser = ctx.info.backend == wgpu::Backend::BrowserWebGpu;
+        let sizes: &[usize] = if browser { &[1, 7, 1000, 49153] } else { &[1, 7, 1000, 49153, 152064] };
+        let draws = 30;
+        for &vocab in sizes {
+            let peaked = odd_logits(vocab, 60, vocab as u64);
+            let flat = odd_logits(vocab, 0, vocab as u64 + 1);
+            let hist: Vec<u32> = (0..12u32).map(|k| (k * 31 % 5 + k / 4) % vocab as u32).collect();
+            let t = |temperature: f32| SamplingParams { temperature, seed: 3 + vocab as u64, ..SamplingParams::greedy() };
+            let big = vocab > CAND; // more ids than survivors: the cases where the path matters
+            let cases: Vec<(&str, &[f32], SamplingParams, Path)> = vec![
+                ("defaults", &flat, SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05, ..t(0.8) }, Path::Survivors),
+                ("top-p alone, peaked", &peaked, SamplingParams { top_p: 0.9, ..t(1.0) }, Path::Survivors),
+                ("min-p alone, peaked", &peaked, SamplingParams { min_p: 0.1, ..t(1.2) }, Path::Survivors),
+                ("top-p alone, flat", &flat, SamplingParams { top_p: 0.9, ..t(1.0) }, if big { Path::Whole } else { Path::Survivors }),
+                ("nothing cut", &flat, t(1.0), if big { Path::Whole } else { Path::Survivors }),
+                ("top-k above CAND", &flat, SamplingParams { top_k: 300, ..t(1.0) }, if vocab > 300 { Path::Whole } else { Path::Survivors }),
+                ("penalties, DRY, top-k", &flat, SamplingParams { repeat_penalty: 1.3, presence_penalty: 0.5, dry_multiplier: 2.0, top_k: 20, ..t(0.9) }, Path::Survivors),
+                ("typical after top-k", &flat, SamplingParams { typical_p: 0.7, top_k: 50, ..t(1.0) }, Path::Survivors),
+                ("top-n-sigma, peaked", &peaked, SamplingParams { top_n_sigma: 1.5, ..t(1.0) }, Path::Survivors),
+                ("XTC and dynatemp after top-k", &flat, SamplingParams { xtc_probability: 1.0, xtc_threshold: 0.02, dynatemp_range: 0.5, top_k: 30, ..t(1.0) }, Path::Survivors),
+                ("mirostat, peaked", &peaked, SamplingParams { mirostat_tau: 2.0, mirostat_eta: 0.0, ..t(1.0) }, Path::Survivors),
+                ("mirostat with dynatemp", &peaked, SamplingParams { mirostat_tau: 2.0, mirostat_eta: 0.0, dynatemp_range: 0.3, ..t(1.0) }, Path::Whole),
+            ];
+            for (name, logits, s, path) in cases {
+                let (agree, took) = agreement(ctx, logits, &hist, &s, draws).await;
+                assert!(agree >= draws * 3 / 4, "vocab {vocab}, {name}: GPU and CPU reference agree on {agree} of {draws} draws");
+                assert_eq!(took, path, "vocab {vocab}, {name}");
+            }
+            // Greedy: exactly the reference's argmax (after the penalties), ties to the lowest id.
+            let mut tied = flat.clone();
+            let top = tied.iter().copied().fold(f32::MIN, f32::max) + 1.0;
+            tied[vocab - 1] = top;
+            tied[vocab / 2] = top;
+            for logits in [&flat, &peaked, &tied] {
+                let s = SamplingParams { repeat_penalty: 1.5, ..SamplingParams::greedy() };
+                let (got, path) = draw_path(ctx, logits, &hist, &s, 1).await;
+                assert_eq!(got[0], sample_reference(logits, &hist, &s, 0), "vocab {vocab}: greedy");
+                assert_eq!(path, Path::Greedy);
+            }
+        }
     });
 
     gpu_test!(fn greedy_is_argmax_with_lowest_id_on_ties(ctx) {
@@ -395,7 +537,7 @@ mod tests {
         let draws = 200;
         let vocab = logits.len();
         let lt = Tensor::upload_f32(ctx, "logits", &[1, vocab], &logits).unwrap();
-        let work = Tensor::zeros(ctx, "work", &[vocab]).unwrap();
+        let work = Tensor::zeros(ctx, "work", &[work_len(vocab)]).unwrap();
         let tokens = Tensor { buf: ctx.upload("tokens", &vec![0u32; draws]).unwrap(), shape: vec![draws] };
         let adjust = adjust_buffer(ctx, &s, &[]);
         let mut rec = Recorder::new(ctx, "test");
@@ -431,7 +573,7 @@ mod tests {
         let mut ids = history.to_vec();
         ids.push(0);
         let lt = Tensor::upload_f32(ctx, "logits", &[1, vocab], &logits).unwrap();
-        let work = Tensor::zeros(ctx, "work", &[vocab]).unwrap();
+        let work = Tensor::zeros(ctx, "work", &[work_len(vocab)]).unwrap();
         let tokens = Tensor { buf: ctx.upload("tokens", &ids).unwrap(), shape: vec![ids.len()] };
         let cases = [
             (SamplingParams { temperature: 0.8, ..base() }, 5),
