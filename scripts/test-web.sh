@@ -5,6 +5,7 @@
 #      wasm-bindgen-test-runner through chromedriver;
 #   2. the page end to end (tests/web/e2e.mjs): the tiny model, then SmolLM2 for a few tokens,
 #      each leaving a screenshot in target/web-screenshots/;
+#      then the streamed loaders and a lost device (tests/web/e2e-stream.mjs);
 #   3. loading at scale (tests/web/e2e-big.mjs) on the synthetic SmolLM2-shaped Q4_0 model: file
 #      picker, storage refused and allowed, a reload from storage, WebGPU's default binding
 #      limit, a context that does not fit (scripts/test-web-big.sh runs the same on the 1B model,
@@ -35,6 +36,7 @@ cargo test --release --target wasm32-unknown-unknown --no-default-features --lib
 
 bash scripts/web.sh --build
 node tests/web/e2e.mjs llama-tiny
+node tests/web/e2e-stream.mjs
 node --test tests/web/context.test.mjs
 node tests/web/studio.mjs browser
 source scripts/env.sh

@@ -46,6 +46,11 @@ impl ApiError {
     pub fn field(param: &str, message: impl Into<String>) -> Self {
         ApiError { param: Some(param.to_string()), ..Self::new(400, message) }
     }
+    /// Names what the error is about when it is not a body field (a header).
+    pub fn param(mut self, name: &str) -> Self {
+        self.param = Some(name.to_string());
+        self
+    }
     pub fn code(mut self, code: &'static str) -> Self {
         self.code = Some(code);
         self
@@ -203,6 +208,23 @@ pub struct TokenizeRequest {
 #[serde(deny_unknown_fields)]
 pub struct DetokenizeRequest {
     pub tokens: Vec<u32>,
+}
+
+/// Checks a JSON body's `Content-Type` header: 415 naming the header unless it is
+/// `application/json` (any case, parameters such as `charset` allowed) or a `+json` type.
+/// A missing header is accepted, as llama-server accepts it: a client that sends none meant
+/// JSON; one that says `text/plain` or a form (curl's `-d` without `-H`) sent something else,
+/// and is told so rather than parsed.
+pub fn check_content_type(header: Option<&[u8]>) -> Result<(), ApiError> {
+    let Some(raw) = header else { return Ok(()) };
+    let value = String::from_utf8_lossy(raw);
+    let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let json = essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"));
+    if json {
+        return Ok(());
+    }
+    let shown: String = value.chars().take(100).collect();
+    Err(ApiError::new(415, format!("Content-Type: {shown:?} is not supported: this endpoint takes a JSON body (send the header Content-Type: application/json)")).param("Content-Type"))
 }
 
 /// Parses a JSON body: malformed JSON (and invalid UTF-8, and nesting past serde_json's

@@ -13,13 +13,14 @@ use wasm_bindgen::prelude::*;
 use crate::error::Error;
 use crate::generate::{Parked, Session, Stop};
 use crate::gpu::Context;
-use crate::models::load::{gguf_needs, load_gguf, load_hf, load_parsed_gguf, HfFiles, LoadOptions, LoadProgress};
+use crate::models::load::{gguf_needs, load_gguf, load_hf_source, load_parsed_gguf, HfFiles, LoadOptions, LoadProgress};
 use crate::models::LoadedModel;
 use crate::plan::{plan_before_load, Budget};
 use crate::ops::sample::MAX_TOP_LOGPROBS;
 use crate::sampling::{SamplingFlags, SamplingParams, WriterFields};
 use crate::tokenizer::StreamDecoder;
 use crate::weights::gguf::Gguf;
+use crate::weights::safetensors::SafetensorsSource;
 use crate::weights::source::ByteSource;
 
 #[wasm_bindgen]
@@ -140,13 +141,48 @@ impl Quill {
         self.model = None;
         self.parked.borrow_mut().take();
         let bytes: Vec<Vec<u8>> = files.iter().map(|f| js_sys::Uint8Array::new(&f).to_vec()).collect();
-        let file = |name: &str| names.iter().position(|n| n == name).map(|i| &bytes[i][..]);
-        let config_json = file("config.json").ok_or_else(|| JsError::new(&format!("{dir}: no config.json among the files given")))?;
         let safetensors: Vec<(String, &[u8])> =
             names.iter().zip(&bytes).filter(|(n, _)| n.ends_with(".safetensors")).map(|(n, b)| (format!("{dir}/{n}"), &b[..])).collect();
         if safetensors.is_empty() {
             return Err(JsError::new(&format!("{dir}: no .safetensors file among the files given")));
         }
+        let src = SafetensorsSource::parse(&safetensors).map_err(js_error)?;
+        self.load_hf_files(dir, &names, &bytes, &src, progress)
+    }
+
+    /// Loads a Hugging Face model directory a tensor at a time, as `load_gguf_stream` loads a
+    /// GGUF: `names[i]` is the file name of `files[i]` (a Uint8Array: config.json,
+    /// tokenizer.json and the other small files); `shards[i]` is a safetensors file of
+    /// `sizes[i]` bytes that `reads[i](offset, length)` reads synchronously. Each shard's
+    /// header is parsed from its first bytes, then each tensor's bytes are read as it is
+    /// uploaded, so WebAssembly holds one tensor at a time. `progress(bytes, total_bytes,
+    /// tensors, total_tensors)` follows the upload.
+    pub fn load_hf_stream(&mut self, dir: &str, names: Vec<String>, files: js_sys::Array, shards: Vec<String>, sizes: Vec<f64>, reads: js_sys::Array, progress: &js_sys::Function) -> Result<String, JsError> {
+        self.model = None;
+        self.parked.borrow_mut().take();
+        if shards.is_empty() || shards.len() != sizes.len() || shards.len() != reads.length() as usize {
+            return Err(JsError::new(&format!("{dir}: {} safetensors files, {} sizes and {} readers given (one of each per file, at least one)", shards.len(), sizes.len(), reads.length())));
+        }
+        let bytes: Vec<Vec<u8>> = files.iter().map(|f| js_sys::Uint8Array::new(&f).to_vec()).collect();
+        let sources = shards
+            .iter()
+            .zip(&sizes)
+            .zip(reads.iter())
+            .map(|((n, &size), read)| {
+                let name = format!("{dir}/{n}");
+                let read = read.dyn_into::<js_sys::Function>().map_err(|_| JsError::new(&format!("{name}: its reader is not a function")))?;
+                Ok((name.clone(), Box::new(JsSource { name, size: size as u64, read }) as Box<dyn ByteSource>))
+            })
+            .collect::<Result<Vec<_>, JsError>>()?;
+        let src = SafetensorsSource::open(sources).map_err(js_error)?;
+        self.load_hf_files(dir, &names, &bytes, &src, progress)
+    }
+
+    /// The shared end of `load_hf` and `load_hf_stream`: the small files by name, the
+    /// weights from `src`.
+    fn load_hf_files(&mut self, dir: &str, names: &[String], bytes: &[Vec<u8>], src: &SafetensorsSource, progress: &js_sys::Function) -> Result<String, JsError> {
+        let file = |name: &str| names.iter().position(|n| n == name).map(|i| &bytes[i][..]);
+        let config_json = file("config.json").ok_or_else(|| JsError::new(&format!("{dir}: no config.json among the files given")))?;
         let template = file("chat_template.jinja")
             .map(|b| crate::tokenizer::template_text(b.to_vec(), &format!("{dir}/chat_template.jinja")))
             .transpose()
@@ -154,13 +190,14 @@ impl Quill {
         let files = HfFiles {
             dir: dir.to_string(),
             config_json,
-            safetensors,
+            safetensors: Vec::new(),
             tokenizer_json: file("tokenizer.json"),
             tokenizer_config_json: file("tokenizer_config.json"),
             chat_template: template.as_deref(),
             generation_config_json: file("generation_config.json"),
         };
-        let model = load_hf(&self.ctx, &files, &mut |done, total| report(progress, done, total)).map_err(js_error)?;
+        let mut report = |p: &LoadProgress| report_load(progress, p);
+        let model = load_hf_source(&self.ctx, &files, src, &LoadOptions::default(), None, &mut report).map_err(js_error)?;
         self.loaded(model)
     }
 
@@ -179,10 +216,7 @@ impl Quill {
         let src = JsSource { name: name.to_string(), size: size as u64, read };
         let g = Gguf::open(name, &src).map_err(js_error)?;
         let plan = self.plan_for(&g, ctx, gpu_memory)?;
-        let mut report = |p: &LoadProgress| {
-            let args = js_sys::Array::of4(&(p.bytes as f64).into(), &(p.total_bytes as f64).into(), &(p.tensors as f64).into(), &(p.total_tensors as f64).into());
-            let _ = progress.apply(&JsValue::NULL, &args);
-        };
+        let mut report = |p: &LoadProgress| report_load(progress, p);
         let model = load_parsed_gguf(&self.ctx, &g, &LoadOptions::default(), &mut report).map_err(js_error)?;
         self.ctx_len.set(plan.ctx_len);
         self.loaded(model)
@@ -227,6 +261,12 @@ impl Quill {
     /// then creates a new `Quill` and loads again, without a reload.
     pub fn device_lost(&self) -> bool {
         self.ctx.is_lost()
+    }
+
+    /// Test hook: destroys the WebGPU device as a driver reset or a GPU taken away would
+    /// (tests/web/e2e-stream.mjs, through the page's `?test_hooks`).
+    pub fn destroy_device_for_test(&self) {
+        self.ctx.device.destroy();
     }
 
     fn loaded(&mut self, model: LoadedModel) -> Result<String, JsError> {
@@ -341,6 +381,12 @@ impl ByteSource for JsSource {
 /// A thrown JavaScript value's message.
 fn js_text(e: &JsValue) -> String {
     e.dyn_ref::<js_sys::Error>().map(|e| String::from(e.message())).or_else(|| e.as_string()).unwrap_or_else(|| format!("{e:?}"))
+}
+
+/// `progress(bytes, total_bytes, tensors, total_tensors)` of a load.
+fn report_load(progress: &js_sys::Function, p: &LoadProgress) {
+    let args = js_sys::Array::of4(&(p.bytes as f64).into(), &(p.total_bytes as f64).into(), &(p.tensors as f64).into(), &(p.total_tensors as f64).into());
+    let _ = progress.apply(&JsValue::NULL, &args);
 }
 
 fn report(progress: &js_sys::Function, done: u64, total: u64) {

@@ -710,3 +710,32 @@ fn held_out_requests_are_refused_with_a_status_naming_the_field() {
         assert!(t.elapsed() < std::time::Duration::from_secs(5), "{shown}: {:?}", t.elapsed());
     }
 }
+
+#[test]
+fn held_out_content_types_other_than_json_are_415_naming_the_header() {
+    use quill::openai::check_content_type;
+    // JSON in any spelling a client sends, and no header at all (llama-server accepts it).
+    for ok in [None, Some(&b"application/json"[..]), Some(b"Application/JSON; charset=utf-8"), Some(b" application/json ;charset=UTF-8"), Some(b"application/vnd.api+json")] {
+        assert_eq!(check_content_type(ok), Ok(()), "{:?}", ok.map(String::from_utf8_lossy));
+    }
+    let refused: [&[u8]; 8] = [
+        b"text/plain",
+        b"text/plain; charset=utf-8",
+        b"application/x-www-form-urlencoded",
+        b"multipart/form-data; boundary=x",
+        b"",
+        b"application/jsonx",
+        b"json",
+        b"\xff\xfe application/json",
+    ];
+    for value in refused {
+        let e = check_content_type(Some(value)).unwrap_err();
+        let shown = String::from_utf8_lossy(value);
+        assert_eq!((e.status, e.param.as_deref()), (415, Some("Content-Type")), "{shown}: {}", e.message);
+        assert!(e.message.contains("Content-Type") && e.message.contains("application/json"), "{shown}: {}", e.message);
+        assert_eq!(e.body()["error"]["type"], "invalid_request_error");
+    }
+    // A header of megabytes is named, not echoed whole.
+    let long = vec![b'x'; 1 << 20];
+    assert!(check_content_type(Some(&long)).unwrap_err().message.len() < 300);
+}

@@ -127,9 +127,14 @@ fn sse_data(body: &str) -> Vec<String> {
 
 /// Sends a raw request and returns the open connection.
 fn raw(s: &Server, path: &str, body: &str) -> TcpStream {
+    raw_with(s, path, body, "Content-Type: application/json\r\n")
+}
+
+/// A raw request with these extra header lines (each ending in CRLF).
+fn raw_with(s: &Server, path: &str, body: &str, headers: &str) -> TcpStream {
     let mut c = TcpStream::connect(&s.addr).expect("connect");
     c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let head = format!("POST {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", s.addr, body.len());
+    let head = format!("POST {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {KEY}\r\n{headers}Content-Length: {}\r\n\r\n", s.addr, body.len());
     c.write_all(head.as_bytes()).unwrap();
     c.write_all(body.as_bytes()).unwrap();
     c
@@ -212,6 +217,18 @@ fn answers_in_openai_shapes_and_refuses_bad_requests() {
     expect_error(&post_key(&s, "/v1/completions", r#"{"prompt": "hi"}"#, None), 401, None, "API key");
     expect_error(&post(&s, "/v1/nothing", "{}"), 404, None, "/v1/nothing");
     expect_error(&post(&s, "/v1/completions", r#"{"prompt": "#), 400, None, "not valid JSON");
+    // A body that says it is not JSON is 415 naming the header; one that says nothing is JSON.
+    for (path, kind) in [("/v1/completions", "text/plain"), ("/v1/chat/completions", "application/x-www-form-urlencoded"), ("/tokenize", "text/plain; charset=utf-8")] {
+        let r = agent().post(&format!("{}{path}", s.base)).set("Content-Type", kind).set("Authorization", &format!("Bearer {KEY}"));
+        let (code, text, retry) = answer(r.send_string(r#"{"prompt": "hi", "content": "hi"}"#));
+        expect_error(&(code, serde_json::from_str(&text).unwrap_or(Value::Null), retry), 415, Some("Content-Type"), kind);
+    }
+    let mut c = raw_with(&s, "/v1/completions", r#"{"prompt": "hi", "max_tokens": 1}"#, "Connection: close\r\n");
+    let mut reply = String::new();
+    c.read_to_string(&mut reply).expect("read the reply");
+    assert!(reply.starts_with("HTTP/1.1 200"), "no Content-Type: {reply}");
+    count(&serde_json::from_str(reply.split("\r\n\r\n").nth(1).unwrap_or("")).unwrap_or(Value::Null));
+    ok_completions += 1;
     expect_error(&post(&s, "/v1/completions", r#"{"prompt": "hi", "max_tokens": "ten"}"#), 400, Some("max_tokens"), "max_tokens");
     expect_error(&post(&s, "/v1/completions", r#"{"prompt": "hi", "temperature": [1]}"#), 400, Some("temperature"), "temperature");
     expect_error(&post(&s, "/v1/completions", r#"{"prompt": "hi", "best_of": 2}"#), 400, None, "best_of");

@@ -5,7 +5,8 @@
 //
 // Page parameters: ?max_binding=N (app.js), ?gpu_memory=N (bytes the GPU may use, instead of
 // quill's default or half of navigator.deviceMemory), ?storage_quota=N (pretend the browser
-// allows N bytes of storage; 0 refuses every cache write).
+// allows N bytes of storage; 0 refuses every cache write), ?test_hooks (window.quillTestHooks:
+// loseDevice() destroys the worker's GPU device, for tests/web/e2e-stream.mjs).
 
 const mb = (n) => `${(n / 1e6).toFixed(0)} MB`;
 
@@ -30,6 +31,8 @@ export function attachLoader(worker, { load }) {
   navigator.storage?.persist?.().then((granted) => {
     el('storage-summary').dataset.persisted = String(granted);
   }).catch(() => {});
+
+  if (params.has('test_hooks')) window.quillTestHooks = { loseDevice: () => worker.postMessage({ type: 'test-lose-device' }) };
 
   const deviceHint = navigator.deviceMemory ? navigator.deviceMemory * 2 ** 30 / 2 : undefined;
   const showList = (models) => {
@@ -77,7 +80,10 @@ export function attachLoader(worker, { load }) {
       else if (msg.type === 'cache-list') showList(msg.models);
       else if (msg.type === 'progress' || msg.type === 'loaded' || msg.type === 'done') {
         const bytes = msg.wasm ?? msg.info?.wasm_bytes ?? msg.stats?.wasm_bytes;
-        if (bytes) el('wasm-memory').textContent = `WebAssembly memory: ${mb(bytes)}`;
+        if (bytes) {
+          el('wasm-memory').textContent = `WebAssembly memory: ${mb(bytes)}`;
+          el('wasm-memory').dataset.bytes = String(bytes);
+        }
         if (msg.type === 'loaded') worker.postMessage({ type: 'cache-list' });
         return false;
       } else return false;

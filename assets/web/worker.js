@@ -2,7 +2,8 @@
 // at a time, from the browser's storage when it was read before: storage.js), loads and
 // generates, so the page never freezes.
 // Messages in: init, load {source}, generate {options}, cancel, cache-list, cache-remove {key},
-// and the studio's tokenize {id, text}, detokenize {id, ids}, drafts {options}.
+// and the studio's tokenize {id, text}, detokenize {id, ids}, drafts {options}; test-lose-device
+// (a test hook: destroys the GPU device).
 // Out: ready, progress, cache-note, loaded, piece, done, error, cache-list, and tokens {id, ids},
 // text {id, text}, token {draft, text, logprob, alts}, drafted {summary}.
 import init, { Quill } from './pkg/quill.js';
@@ -18,9 +19,10 @@ const wasmBytes = () => (wasm ? wasm.memory.buffer.byteLength : 0);
 const post = (type, data = {}) => postMessage({ type, ...data });
 const errorText = (e) => (e && e.message) ? e.message : String(e);
 
-// Bytes of `url`, from the cache when there, else fetched (and cached). `optional`: a
-// missing file gives null instead of an error.
-async function fetchBytes(url, optional = false) {
+// `url` as a Blob, from the cache when there, else fetched (and cached). `optional`: a
+// missing file gives null instead of an error. The Blob lives in the browser (a cached one
+// on disk), not in WebAssembly: the loader reads it a tensor at a time.
+async function fetchBlob(url, optional = false) {
   const cache = await caches.open(CACHE);
   let response = await cache.match(url);
   const cached = !!response;
@@ -32,7 +34,6 @@ async function fetchBytes(url, optional = false) {
     }
   }
   const total = Number(response.headers.get('content-length')) || 0;
-  checkSize(name(url), total);
   const reader = response.clone().body.getReader();
   const parts = [];
   let done = 0;
@@ -45,60 +46,72 @@ async function fetchBytes(url, optional = false) {
   }
   // A refused write only skips the cache.
   if (!cached) await cache.put(url, response).catch((e) => post('cache-note', { text: `${name(url)} not cached: ${errorText(e)}` }));
-  return concat(parts, done);
-}
-
-function concat(parts, n) {
-  const out = new Uint8Array(n);
-  let at = 0;
-  for (const p of parts) { out.set(p, at); at += p.length; }
-  return out;
+  return new Blob(parts);
 }
 
 const name = (path) => path.replace(/\/$/, '').split('/').pop();
 
 // A local file, stored in the cache under a page-relative key so a reload can use it
-// without picking it again.
-async function localBytes(model, file) {
-  const bytes = new Uint8Array(await file.arrayBuffer());
+// without picking it again. The File itself is stored (the browser streams it), not a copy in
+// memory; a refused write only skips the cache.
+async function cacheLocal(model, file) {
   try {
     const cache = await caches.open(CACHE);
     const key = new URL(`local/${encodeURIComponent(model)}/${encodeURIComponent(file.name)}`, self.location).href;
-    await cache.put(key, new Response(bytes, { headers: { 'content-length': String(bytes.length) } }));
+    await cache.put(key, new Response(file, { headers: { 'content-length': String(file.size) } }));
   } catch (e) {
     post('cache-note', { text: `${file.name} not cached: ${errorText(e)}` });
   }
-  return bytes;
+}
+
+// Loads a Hugging Face folder whose safetensors are Blobs (picked files, cached files): the
+// small files whole, each shard a tensor at a time through its { size, read } source, so
+// WebAssembly holds one tensor, never a shard. `small` maps a name to its Blob.
+async function loadHfBlobs(dir, small, shards) {
+  // With a shard index, its shards and no other .safetensors beside them.
+  const index = small.find(([n]) => n === 'model.safetensors.index.json');
+  if (index) {
+    let map;
+    try { map = JSON.parse(await index[1].text()).weight_map; } catch (e) { throw new Error(`${dir}/model.safetensors.index.json: not valid JSON: ${errorText(e)}`); }
+    if (!map || typeof map !== 'object') throw new Error(`${dir}/model.safetensors.index.json has no weight_map object`);
+    const wanted = new Set(Object.values(map).map(String));
+    const missing = [...wanted].filter((w) => !shards.some(([n]) => n === w));
+    if (missing.length) throw new Error(`${dir}: model.safetensors.index.json names ${missing.join(', ')}, not among the files given`);
+    shards = shards.filter(([n]) => wanted.has(n));
+  }
+  const names = [], files = [];
+  for (const [n, blob] of small) {
+    names.push(n);
+    files.push(new Uint8Array(await blob.arrayBuffer()));
+  }
+  if (!shards.length) throw new Error(`${dir}: no .safetensors file among the files given`);
+  const sources = shards.map(([, blob]) => storage.blobSource(blob));
+  const progress = (done, total, tensors, totalTensors) =>
+    post('progress', { phase: `uploading to the GPU (tensor ${tensors} of ${totalTensors})`, done, total, wasm: wasmBytes() });
+  return quill.load_hf_stream(dir, names, files, shards.map(([n]) => n), sources.map((s) => s.size), sources.map((s) => s.read), progress);
 }
 
 const HF_OPTIONAL = ['tokenizer_config.json', 'generation_config.json', 'chat_template.jinja'];
 
-// The files of a Hugging Face folder at `base` (ending in /): config, tokenizer, the
-// safetensors (one file or the shards of model.safetensors.index.json), optional extras.
+// The files of a Hugging Face folder at `base` (ending in /) as [name, Blob] pairs: the small
+// ones (config, tokenizer, optional extras) and the safetensors (one file or the shards of
+// model.safetensors.index.json).
 async function fetchHfFolder(base, listed) {
-  const names = [], files = [];
-  const add = (n, b) => { if (b) { names.push(n); files.push(b); } };
+  const small = [], shards = [];
+  const add = (n, b) => { if (b) (n.endsWith('.safetensors') ? shards : small).push([n, b]); };
   const wanted = listed || ['config.json', 'tokenizer.json', ...HF_OPTIONAL];
-  for (const n of wanted) add(n, await fetchBytes(base + n, HF_OPTIONAL.includes(n)));
+  for (const n of wanted) add(n, await fetchBlob(base + n, HF_OPTIONAL.includes(n)));
   if (!listed || !listed.some((n) => n.endsWith('.safetensors'))) {
-    const single = await fetchBytes(base + 'model.safetensors', true);
+    const single = await fetchBlob(base + 'model.safetensors', true);
     if (single) add('model.safetensors', single);
     else {
-      const index = await fetchBytes(base + 'model.safetensors.index.json');
-      const shards = [...new Set(Object.values(JSON.parse(new TextDecoder().decode(index)).weight_map))];
-      for (const s of shards) add(s, await fetchBytes(base + s));
+      const index = await fetchBlob(base + 'model.safetensors.index.json');
+      const map = JSON.parse(await index.text()).weight_map;
+      if (!map || typeof map !== 'object') throw new Error(`${base}model.safetensors.index.json has no weight_map object`);
+      for (const s of new Set(Object.values(map))) add(String(s), await fetchBlob(base + s));
     }
   }
-  return { names, files };
-}
-
-// WebAssembly (32-bit) addresses 4 GiB, and a model's file is copied in whole.
-const WASM_FILE_LIMIT = 2 ** 31;
-
-function checkSize(what, bytes) {
-  if (bytes > WASM_FILE_LIMIT) {
-    throw new Error(`${what} is ${(bytes / 2 ** 30).toFixed(1)} GiB; the page's WebAssembly memory (4 GiB) holds files up to ${WASM_FILE_LIMIT / 2 ** 30} GiB: use the command line (quill write) for this model`);
-  }
+  return { small, shards };
 }
 
 // Streams a GGUF from `src` (a { size, read } byte source) to the GPU. `load` options from
@@ -140,7 +153,6 @@ async function ggufFromFile(file, options) {
 }
 
 async function load(source, options = {}) {
-  const progress = (done, total) => post('progress', { phase: 'uploading to the GPU', done, total });
   // A lost device (driver reset, GPU taken away) gets a new one: load again without a reload.
   if (quill && quill.device_lost()) {
     post('cache-note', { text: 'the GPU device was lost: opening a new one' });
@@ -150,8 +162,8 @@ async function load(source, options = {}) {
   if (source.kind === 'gguf-url') {
     info = await ggufFromUrl(source.url, options);
   } else if (source.kind === 'hf-url') {
-    const { names, files } = await fetchHfFolder(source.url, source.files);
-    info = quill.load_hf(name(source.url), names, files, progress);
+    const { small, shards } = await fetchHfFolder(source.url, source.files);
+    info = await loadHfBlobs(name(source.url), small, shards);
   } else if (source.kind === 'gguf-file') {
     info = await ggufFromFile(source.file, options);
   } else if (source.kind === 'stored') {
@@ -162,26 +174,31 @@ async function load(source, options = {}) {
     info = loadGguf(name(source.key), storage.blobSource(blob), options);
   } else if (source.kind === 'hf-files') {
     const dir = (source.files[0].webkitRelativePath || 'model/').split('/')[0];
-    checkSize(dir, source.files.reduce((n, f) => n + f.size, 0));
-    const names = [], files = [];
+    const small = [], shards = [];
     for (const f of source.files) {
-      if (f.name.endsWith('.safetensors') || f.name.endsWith('.json') || f.name.endsWith('.jinja')) {
-        names.push(f.name);
-        files.push(await localBytes(dir, f));
-      }
+      if (f.name.endsWith('.safetensors')) shards.push([f.name, f]);
+      else if (f.name.endsWith('.json') || f.name.endsWith('.jinja')) small.push([f.name, f]);
+      else continue;
+      await cacheLocal(dir, f);
     }
-    info = quill.load_hf(dir, names, files, progress);
+    info = await loadHfBlobs(dir, small, shards);
   } else if (source.kind === 'cached') {
     // A local model read before: its files are in the cache under local/<model>/.
     const cache = await caches.open(CACHE);
     const prefix = new URL(`local/${encodeURIComponent(source.model)}/`, self.location).href;
-    const names = [], files = [];
+    const small = [], shards = [];
     for (const req of await cache.keys()) {
       if (!req.url.startsWith(prefix)) continue;
-      names.push(decodeURIComponent(req.url.slice(prefix.length)));
-      files.push(await fetchBytes(req.url));
+      const n = decodeURIComponent(req.url.slice(prefix.length));
+      const blob = await (await cache.match(req)).blob();
+      (n.endsWith('.safetensors') || n.endsWith('.gguf') ? shards : small).push([n, blob]);
     }
-    info = source.model.endsWith('.gguf') ? quill.load_gguf(source.model, files[0], progress) : quill.load_hf(source.model, names, files, progress);
+    if (source.model.endsWith('.gguf')) {
+      if (!shards.length) throw new Error(`${source.model} is no longer in this browser's cache`);
+      info = loadGguf(source.model, storage.blobSource(shards[0][1]), options);
+    } else {
+      info = await loadHfBlobs(source.model, small, shards);
+    }
   } else {
     throw new Error(`unknown model source ${source.kind}`);
   }
@@ -232,8 +249,14 @@ onmessage = async ({ data: msg }) => {
       post('drafted', { summary: { ...JSON.parse(summary), wasm_bytes: wasmBytes() } });
     } else if (msg.type === 'cancel') {
       quill && quill.cancel();
+    } else if (msg.type === 'test-lose-device') {
+      // The page's ?test_hooks (loader.js): lose the device, e.g. in the middle of a generation.
+      quill && quill.destroy_device_for_test();
     }
   } catch (e) {
+    // WebGPU tells of a lost device through a promise: the failed call can come first, so let
+    // it settle before asking.
+    if (quill && msg.type !== 'init') await new Promise((settled) => setTimeout(settled, 50));
     const lost = quill && msg.type !== 'init' && quill.device_lost();
     post('error', { during: msg.type, id: msg.id, message: lost ? `the GPU device was lost (${errorText(e)}); load the model again` : errorText(e) });
   }

@@ -276,6 +276,15 @@ pub fn load_hf_with(ctx: &Context, files: &HfFiles, opts: &LoadOptions, progress
 
 /// Loads a Hugging Face model directory's files with a LoRA adapter merged into its weights.
 pub fn load_hf_lora(ctx: &Context, files: &HfFiles, opts: &LoadOptions, lora: Option<&LoraSpec>, progress: &mut dyn FnMut(u64, u64)) -> Result<LoadedModel> {
+    let src = SafetensorsSource::parse(&files.safetensors)?;
+    let mut report = |p: &LoadProgress| progress(p.bytes, p.total_bytes);
+    load_hf_source(ctx, files, &src, opts, lora, &mut report)
+}
+
+/// Loads a Hugging Face model directory whose safetensors shards are read a tensor at a time
+/// from `src` (`SafetensorsSource::open` over the page's file readers); `files.safetensors`
+/// is not read. The same path as `load_hf`, whose shards are in memory.
+pub fn load_hf_source(ctx: &Context, files: &HfFiles, src: &SafetensorsSource, opts: &LoadOptions, lora: Option<&LoraSpec>, progress: &mut dyn FnMut(&LoadProgress)) -> Result<LoadedModel> {
     let dir = &files.dir;
     let (arch, mut cfg) = registry::from_hf_json(files.config_json, &format!("{dir}/config.json"))?;
     cfg.kv_format = opts.kv_cache;
@@ -284,20 +293,14 @@ pub fn load_hf_lora(ctx: &Context, files: &HfFiles, opts: &LoadOptions, lora: Op
         .ok_or_else(|| Error::format(format!("{dir}/tokenizer.json"), "missing: quill needs the model's tokenizer.json"))?;
     let tokenizer = Tokenizer::from_hf(tokenizer_json, files.tokenizer_config_json, files.chat_template, dir)?;
     let defaults = generation_defaults(files.generation_config_json, &format!("{dir}/generation_config.json"))?;
-    let src = SafetensorsSource::parse(&files.safetensors)?;
-    super::consistency::check(dir, &cfg, &tokenizer, &defaults, VocabRule::Padded, &src, &src.names())?;
-    crate::plan::check_source(ctx, &src, &src.names(), &|d, c| opts.storage(d, c))?;
-    let total = (files.safetensors.iter().map(|(_, b)| b.len() as u64).sum(), src.names().len());
-    let mut report = |p: &LoadProgress| progress(p.bytes, p.total_bytes);
-    let mut count = counting(ctx, total, &mut report);
-    let merged = lora.map(|l| l.merge(&src, Naming::HuggingFace, &cfg)).transpose()?;
-    let model_src: &dyn TensorSource = merged.as_ref().map_or(&src, |m| m);
+    super::consistency::check(dir, &cfg, &tokenizer, &defaults, VocabRule::Padded, src, &src.names())?;
+    crate::plan::check_source(ctx, src, &src.names(), &|d, c| opts.storage(d, c))?;
+    let total = (src.total_bytes(), src.names().len());
+    let mut count = counting(ctx, total, progress);
+    let merged = lora.map(|l| l.merge(src, Naming::HuggingFace, &cfg)).transpose()?;
+    let model_src: &dyn TensorSource = merged.as_ref().map_or(src, |m| m);
     let model: Model = with_builder(ctx, model_src, Naming::HuggingFace, &|d, c| opts.storage(d, c), &mut count, |b| (arch.load)(&cfg, b))?;
-    let mut names = Vec::new();
-    for (_, bytes) in &files.safetensors {
-        if let Ok(st) = safetensors::SafeTensors::deserialize(bytes) {
-            names.extend(st.names().into_iter().filter_map(|n| src.meta(n).map(|t| t.dtype.name())));
-        }
-    }
+    ctx.settle_uploads();
+    let names = src.names().into_iter().filter_map(|n| src.meta(n).map(|t| t.dtype.name())).collect::<Vec<_>>();
     Ok(LoadedModel { model, tokenizer, defaults, source: dir.clone(), file_dtypes: dtype_summary(names.into_iter()) })
 }

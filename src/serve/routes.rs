@@ -17,7 +17,7 @@ use futures_util::stream::{self, Stream, StreamExt};
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-use quill::openai::{clock_seed, parse, plan, ApiError, DetokenizeRequest, Endpoint as Kind, GenRequest, TokenizeRequest, BODY_LIMIT};
+use quill::openai::{check_content_type, clock_seed, parse, plan, ApiError, DetokenizeRequest, Endpoint as Kind, GenRequest, TokenizeRequest, BODY_LIMIT};
 use quill::sampling::SamplingParams;
 
 /// What the routes check requests against, set once the model has loaded.
@@ -112,8 +112,10 @@ fn info(st: &AppState) -> Result<&ModelInfo, ApiError> {
     st.info.get().ok_or_else(|| ApiError::new(503, "the model is still loading").retry_after(5))
 }
 
-/// The body as JSON of type T: 413 over the limit, 408 when it arrives too slowly.
+/// The body as JSON of type T: 415 when its Content-Type is not JSON, 413 over the limit,
+/// 408 when it arrives too slowly.
 async fn read_json<T: serde::de::DeserializeOwned>(st: &AppState, req: Request) -> Result<T, ApiError> {
+    check_content_type(req.headers().get(header::CONTENT_TYPE).map(|v| v.as_bytes()))?;
     let bytes = match tokio::time::timeout(st.body_timeout, Bytes::from_request(req, &())).await {
         Err(_) => return Err(ApiError::new(408, "the request body took too long to arrive")),
         Ok(Err(rej)) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => return Err(ApiError::new(413, format!("the request body is larger than the limit of {BODY_LIMIT} bytes"))),

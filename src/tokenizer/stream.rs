@@ -20,6 +20,11 @@ pub const MAX_HELD_IDS: usize = 8;
 /// to nothing, between a character's bytes) do not count, up to `4 * MAX_HELD_IDS` held in all.
 /// [`finish`] flushes what is left, U+FFFD included.
 ///
+/// Bytes printed as U+FFFD stay in the next window's context, so a character they begin that
+/// later bytes complete is printed when it completes (after the U+FFFD already out): the
+/// window's text then no longer starts with what was printed, and what follows their common
+/// prefix is the new part.
+///
 /// [`finish`]: StreamDecoder::finish
 #[derive(Clone, Debug, Default)]
 pub struct StreamDecoder {
@@ -50,10 +55,12 @@ impl StreamDecoder {
         let printed = tokenizer.decode(&self.ids[self.prefix..self.read])?;
         let text = tokenizer.decode(&self.ids[self.prefix..])?;
         let held = self.ids.len() - self.read;
-        if text.len() <= printed.len() {
+        let piece = new_part(&text, &printed);
+        if piece.is_empty() {
             // Ids that add no text (not even part of a character) need no context: drop them
-            // from the window so it does not grow.
-            if held >= MAX_HELD_IDS {
+            // from the window so it does not grow. Not sooner than the bound on held ids: the
+            // window may end in bytes printed as U+FFFD that a later byte completes.
+            if held >= 4 * MAX_HELD_IDS {
                 self.prefix = self.read;
                 self.read = self.ids.len();
                 self.changed = 0;
@@ -68,7 +75,6 @@ impl StreamDecoder {
             self.last = text;
             return Ok(None);
         }
-        let Some(piece) = new_part(&text, &printed) else { return Ok(None) };
         let piece = piece.to_string();
         self.prefix = self.read;
         self.read = self.ids.len();
@@ -86,12 +92,18 @@ impl StreamDecoder {
         self.read = self.ids.len();
         self.changed = 0;
         self.last.clear();
-        let rest = new_part(&text, &printed).unwrap_or(&text);
+        let rest = new_part(&text, &printed);
         Ok((!rest.is_empty()).then(|| rest.to_string()))
     }
 }
 
-/// The part of `text` after `printed`, if `text` still starts with it.
-fn new_part<'t>(text: &'t str, printed: &str) -> Option<&'t str> {
-    text.strip_prefix(printed).or_else(|| text.get(printed.len()..))
+/// The part of `text` after what it shares with `printed`: all after `printed` while `text`
+/// extends it; after their common prefix once bytes printed as U+FFFD became part of a
+/// character (the window's text can then even be shorter than what was printed).
+fn new_part<'t>(text: &'t str, printed: &str) -> &'t str {
+    if let Some(rest) = text.strip_prefix(printed) {
+        return rest;
+    }
+    let common: usize = text.chars().zip(printed.chars()).take_while(|(a, b)| a == b).map(|(c, _)| c.len_utf8()).sum();
+    &text[common..]
 }

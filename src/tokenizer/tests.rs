@@ -297,3 +297,29 @@ fn stream_decoder_does_not_hold_invalid_bytes_for_ever() {
     pieces.extend(stream.finish(&t).unwrap());
     assert_eq!(pieces.concat(), "\u{FFFD}".repeat(20));
 }
+
+#[test]
+fn stream_decoder_prints_a_character_completed_after_a_flush() {
+    // Seven invalid bytes and the lead byte of "ݠ" (DD A0) are printed as U+FFFD once
+    // MAX_HELD_IDS ids changed the text; A0 then completes "ݠ" with the flushed DD. The window's
+    // text (7 U+FFFD + "ݠ", 23 bytes) is then shorter than what was printed (8 U+FFFD, 24
+    // bytes): "ݠ" and the "b" after it were dropped, and finish() printed the window again.
+    let t = tiny(None);
+    let id = |b: u8| t.token_to_id(&byte_char(b).to_string()).unwrap();
+    let mut ids = vec![id(0xFF); 7];
+    ids.extend([id(0xDD), id(0xA0), id(b'b')]);
+    let mut stream = StreamDecoder::new();
+    let mut pieces: Vec<String> = ids.iter().filter_map(|&i| stream.step(&t, i).unwrap()).collect();
+    pieces.extend(stream.finish(&t).unwrap());
+    assert_eq!(pieces, ["\u{FFFD}".repeat(8), "ݠ".into(), "b".into()]);
+    assert_eq!(t.decode(&ids).unwrap(), "\u{FFFD}".repeat(7) + "ݠb");
+
+    // The same with a three-byte character whose last two bytes come after the flush: held
+    // (E4 B8 is still one U+FFFD, as printed) until AD completes "中".
+    let mut ids = vec![id(0xFF); 7];
+    ids.extend([id(0xE4), id(0xB8), id(0xAD), id(b'c')]);
+    let mut stream = StreamDecoder::new();
+    let mut pieces: Vec<String> = ids.iter().filter_map(|&i| stream.step(&t, i).unwrap()).collect();
+    pieces.extend(stream.finish(&t).unwrap());
+    assert_eq!(pieces.concat(), "\u{FFFD}".repeat(8) + "中c");
+}
