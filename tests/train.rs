@@ -330,7 +330,13 @@ fn llama_cpp_writes_quills_greedy_text_with_quills_gguf_adapter() {
     let dir = tempdir("llama-cpp");
     let cfg_bytes = std::fs::read(fixture("llama-tiny/config.json")).unwrap();
     let cfg = quill::models::registry::from_hf_json(&cfg_bytes, "config.json").unwrap().1;
-    let ad = LoraAdapter::from_peft(&std::fs::read(fixture("train/lora/adapter_config.json")).unwrap(), &std::fs::read(fixture("train/lora/adapter_model.safetensors")).unwrap(), "lora").unwrap();
+    let mut ad = LoraAdapter::from_peft(&std::fs::read(fixture("train/lora/adapter_config.json")).unwrap(), &std::fs::read(fixture("train/lora/adapter_model.safetensors")).unwrap(), "lora").unwrap();
+    // llama-tiny's weights are random and its next-token logits nearly flat (loss ≈ ln 1000), so
+    // f32 rounding decides its greedy near-ties (with the fixture's small B the engines part at
+    // the second token, in a tie). B × 30 makes the adapter decide: margins far over rounding.
+    for pair in ad.layers.iter_mut().flatten().flatten() {
+        pair.b.iter_mut().for_each(|b| *b *= 30.0);
+    }
     let adapter = dir.join("adapter.gguf");
     std::fs::write(&adapter, ad.to_gguf(&cfg)).unwrap();
     let (base, prompt, n) = (fixture("llama-tiny/model-f32.gguf"), "the keeper lit a lamp", "12");
@@ -346,9 +352,10 @@ fn llama_cpp_writes_quills_greedy_text_with_quills_gguf_adapter() {
     };
     let (with, without) = (quill_text(Some(&adapter)), quill_text(None));
     assert_ne!(with.trim(), without.trim(), "the adapter must change the greedy text");
-    // CPU only (-dev none), greedy (--temp 0), the continuation alone on stdout.
+    // CPU only (-dev none), greedy (--temp 0), the continuation alone on stdout, control tokens
+    // printed (-sp: without it llama.cpp drops the whole rest of the text after one).
     let o = Command::new(&bin)
-        .args(["-m", base.to_str().unwrap(), "--lora", adapter.to_str().unwrap(), "-p", prompt, "-n", n, "--temp", "0", "--ignore-eos", "-no-cnv", "--no-display-prompt", "--no-warmup", "-dev", "none", "-ngl", "0", "-c", "256"])
+        .args(["-m", base.to_str().unwrap(), "--lora", adapter.to_str().unwrap(), "-p", prompt, "-n", n, "--temp", "0", "--ignore-eos", "-no-cnv", "--no-display-prompt", "--no-warmup", "-dev", "none", "-ngl", "0", "-c", "256", "-sp"])
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
