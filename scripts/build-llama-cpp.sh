@@ -6,7 +6,7 @@
 #   scripts/build-llama-cpp.sh            # builds into ${LLAMA_CPP_DIR:-~/.cache/quill/llama.cpp}
 #   NO_VULKAN=1 scripts/build-llama-cpp.sh  # CPU backend only
 #
-# Prints the directory holding llama-bench, llama-simple and llama-cli on its last line.
+# Prints the directory holding llama-bench, llama-simple, llama-cli and llama-completion (the LoRA check) on its last line.
 # Needs cmake, a C++ compiler, pip, and for Vulkan Debian's glslc libvulkan-dev spirv-headers
 # glslang-tools.
 set -euo pipefail
@@ -47,5 +47,5 @@ cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
   -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
   -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
   -DGGML_VULKAN="$vulkan" >&2
-cmake --build "$build" -j"${JOBS:-2}" --target llama-bench llama-simple llama-cli >&2
+cmake --build "$build" -j"${JOBS:-2}" --target llama-bench llama-simple llama-cli llama-completion >&2
 echo "$build/bin"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The browser half of the test suite (scripts/test.sh runs it after `cargo test`), in headless
 # Chromium through WebGPU (SwiftShader without a GPU):
-#   1. the kernel tests and the llama-tiny golden test, compiled to WebAssembly and run by
-#      wasm-bindgen-test-runner through chromedriver;
+#   1. the kernel tests, the llama-tiny golden test and 20 LoRA steps (tests/web_train.rs),
+#      compiled to WebAssembly and run by wasm-bindgen-test-runner through chromedriver;
 #   2. the page end to end (tests/web/e2e.mjs): the tiny model, then SmolLM2 for a few tokens,
 #      each leaving a screenshot in target/web-screenshots/;
 #      then the streamed loaders and a lost device (tests/web/e2e-stream.mjs);
@@ -32,7 +32,7 @@ export WASM_BINDGEN_TEST_WEBDRIVER_JSON="$PWD/tests/web/webdriver.json"
 export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner
 # SwiftShader runs shaders on the CPU: the kernel tests take minutes there, not seconds.
 export WASM_BINDGEN_TEST_TIMEOUT="${WASM_BINDGEN_TEST_TIMEOUT:-900}"
-cargo test --release --target wasm32-unknown-unknown --no-default-features --lib --test web
+cargo test --release --target wasm32-unknown-unknown --no-default-features --lib --test web --test web_train
 
 bash scripts/web.sh --build
 node tests/web/e2e.mjs llama-tiny

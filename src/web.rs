@@ -345,6 +345,21 @@ impl Quill {
         })
     }
 
+    /// Fine-tunes a new LoRA adapter (all seven projections, A as PEFT starts it, B zero) on a
+    /// Llama-family model given as Hugging Face bytes (config.json, model.safetensors), on
+    /// sequences cut from the token ids `ids` (`options`: JSON, see `FinetuneOptions`), calling
+    /// `on_step(step, loss)` after each AdamW step. Each step is one submit. Resolves to the
+    /// JSON list of the steps' losses.
+    pub fn finetune_lora(&self, config_json: Vec<u8>, safetensors: Vec<u8>, ids: Vec<u32>, options: &str, on_step: js_sys::Function) -> js_sys::Promise {
+        let ctx = self.ctx.clone();
+        let options: Result<FinetuneOptions, _> = serde_json::from_str(options);
+        wasm_bindgen_futures::future_to_promise(async move {
+            let o = options.map_err(|e| JsError::new(&format!("finetune options: {e}")))?;
+            let losses = finetune_lora(&ctx, &config_json, &safetensors, &ids, &o, &on_step).await.map_err(js_error)?;
+            Ok(JsValue::from(serde_json::to_string(&losses).unwrap_or_default()))
+        })
+    }
+
     /// Stops the running generation after the token in flight.
     pub fn cancel(&self) {
         self.cancelled.set(true);
@@ -354,6 +369,41 @@ impl Quill {
     pub fn profile_table(&self) -> Option<String> {
         self.profile.borrow().clone()
     }
+}
+
+/// What the page asks `finetune_lora` for (as `quill finetune`'s flags; no held-out split).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FinetuneOptions {
+    steps: usize,
+    seq_len: usize,
+    batch: usize,
+    rank: usize,
+    alpha: Option<f32>,
+    lr: f32,
+    #[serde(default)]
+    seed: u64,
+}
+
+async fn finetune_lora(ctx: &Context, config_json: &[u8], safetensors: &[u8], ids: &[u32], o: &FinetuneOptions, on_step: &js_sys::Function) -> crate::Result<Vec<f32>> {
+    use crate::train::{llama, run};
+    let cfg = crate::models::registry::from_hf_json(config_json, "config.json")?.1;
+    let src = crate::weights::safetensors::SafetensorsSource::parse(&[("model.safetensors".into(), safetensors)])?;
+    let mut model = llama::Llama::load_with(ctx, cfg, &src, crate::models::builder::Naming::HuggingFace, true)?;
+    let all: Vec<usize> = (0..llama::PROJECTIONS.len()).collect();
+    let adapter = model.new_adapter(o.rank, o.alpha.unwrap_or(2.0 * o.rank as f32), &all, o.seed);
+    model.attach_adapter(ctx, &adapter)?;
+    let mut opt = model.optimizer(ctx, Default::default())?;
+    let data = run::split_sequences(ids, "the token ids", o.seq_len, 0.0, model.cfg.max_ctx)?;
+    let opts = run::RunOptions { steps: o.steps, batch: o.batch, lr: o.lr, warmup: o.steps / 20, eval_every: o.steps.max(1) };
+    let mut history = run::History::default();
+    let mut progress = |p: &run::Progress| {
+        if let Some(last) = p.history.train.last() {
+            let _ = on_step.call2(&JsValue::NULL, &(last.step as f64).into(), &last.loss.into());
+        }
+    };
+    run::train(ctx, &model, &mut opt, &data, &opts, &mut history, &mut progress, &mut |_, _| Ok(())).await?;
+    Ok(history.train.iter().map(|p| p.loss).collect())
 }
 
 /// A file the worker reads for us a range at a time (see `load_gguf_stream`).

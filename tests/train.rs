@@ -4,7 +4,8 @@
 //!
 //! References: tests/fixtures/train (made by make_train_fixtures.py with PyTorch + PEFT):
 //! lora/ is a PEFT adapter of llama-tiny; lora_grads.safetensors' metadata holds PEFT's loss of
-//! batch.json's two sequences with that adapter.
+//! batch.json's two sequences with that adapter. peft-logits/ (scripts/make-peft-fixture.py):
+//! another PEFT adapter and PEFT's logits of a prompt with it.
 
 mod common;
 #[path = "common/golden.rs"]
@@ -66,6 +67,26 @@ fn peft_fixture_merged_at_load_gives_pefts_loss() {
     assert!((got - want).abs() <= 1e-5 * want, "merged PEFT adapter: loss {got}, PEFT's {want}");
     let plain = mean_nll(ctx, &load(ctx, &base, None).unwrap(), &batch());
     assert!((plain - want).abs() > 1e-3, "the adapter must change the loss ({plain} vs {want})");
+}
+
+#[test]
+fn peft_made_adapter_gives_pefts_logits() {
+    // scripts/make-peft-fixture.py: rank 3, alpha 7, q/v/o/down only, B random; PEFT's logits of
+    // every position of a 23-token prompt. quill merges W += (7/3)·B·A at load: the logits agree
+    // within 1e-4 (abs + rel; natively the worst is ~1e-6, f32 sums in another order).
+    let Some(ctx) = test_context() else { return };
+    let dir = fixture("train/peft-logits");
+    let prompt = ids(&json("train/peft-logits/prompt.json")["input_ids"]);
+    let bytes = std::fs::read(dir.join("logits.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let tensor = |name: &str| -> Vec<f32> { bytemuck::pod_collect_to_vec(st.tensor(name).unwrap().data()) };
+    let (want, base) = (tensor("logits"), tensor("base_logits"));
+    let got = logits(ctx, &load(ctx, &fixture("llama-tiny"), Some(&dir.join("adapter"))).unwrap(), &prompt);
+    golden::check_close(&got, &want, 1e-4, 1e-4, "llama-tiny + PEFT's adapter");
+    let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0f32, f32::max);
+    let moved = want.iter().zip(&base).map(|(w, b)| (w - b).abs()).fold(0.0f32, f32::max);
+    assert!(moved > 0.1, "the adapter must move the logits (max change {moved})");
+    eprintln!("PEFT-made adapter: worst |quill - PEFT| logit {worst:.2e} (the adapter moves them by up to {moved:.3})");
 }
 
 #[test]
@@ -281,4 +302,65 @@ fn a_failing_checkpoint_write_keeps_the_previous_checkpoint() {
     let meta = run::checkpoint_meta(&std::fs::read(&ckpt).unwrap(), "checkpoint").unwrap();
     let h: History = serde_json::from_str(&meta["history"]).unwrap();
     assert_eq!(h.step, 2, "the checkpoint of step 2 is whole and unchanged");
+}
+
+/// llama.cpp's `llama-completion` in `LLAMA_CPP_BIN` (a directory; scripts/build-llama-cpp.sh
+/// builds it), or None after saying on stderr why the check is skipped. The check is opt-in:
+/// CI has no llama.cpp build, so there too it is skipped, loudly.
+fn llama_cpp_completion() -> Option<std::path::PathBuf> {
+    let Some(dir) = std::env::var_os("LLAMA_CPP_BIN") else {
+        let ci = if std::env::var_os("CI").is_some() { " (CI is set: this check is opt-in, see README's Training section)" } else { "" };
+        eprintln!("SKIPPING the llama.cpp --lora check: LLAMA_CPP_BIN is unset{ci}; run LLAMA_CPP_BIN=/path/to/llama.cpp/build/bin cargo test --release --test train llama_cpp");
+        return None;
+    };
+    let bin = Path::new(&dir).join("llama-completion");
+    assert!(bin.exists(), "LLAMA_CPP_BIN is set but {} is missing (scripts/build-llama-cpp.sh builds it)", bin.display());
+    Some(bin)
+}
+
+#[test]
+fn llama_cpp_writes_quills_greedy_text_with_quills_gguf_adapter() {
+    let Some(bin) = llama_cpp_completion() else { return };
+    if test_context().is_none() {
+        return;
+    }
+    // quill writes the PEFT fixture as a GGUF LoRA (Q/K lora_b rows permuted for llama.cpp);
+    // on llama-tiny's f32 GGUF both engines write the same greedy text with it, and it is not
+    // the base's text.
+    let dir = tempdir("llama-cpp");
+    let cfg_bytes = std::fs::read(fixture("llama-tiny/config.json")).unwrap();
+    let cfg = quill::models::registry::from_hf_json(&cfg_bytes, "config.json").unwrap().1;
+    let mut ad = LoraAdapter::from_peft(&std::fs::read(fixture("train/lora/adapter_config.json")).unwrap(), &std::fs::read(fixture("train/lora/adapter_model.safetensors")).unwrap(), "lora").unwrap();
+    // llama-tiny's weights are random and its next-token logits nearly flat (loss ≈ ln 1000), so
+    // f32 rounding decides its greedy near-ties (with the fixture's small B the engines part at
+    // the second token, in a tie). B × 30 makes the adapter decide: margins far over rounding.
+    for pair in ad.layers.iter_mut().flatten().flatten() {
+        pair.b.iter_mut().for_each(|b| *b *= 30.0);
+    }
+    let adapter = dir.join("adapter.gguf");
+    std::fs::write(&adapter, ad.to_gguf(&cfg)).unwrap();
+    let (base, prompt, n) = (fixture("llama-tiny/model-f32.gguf"), "the keeper lit a lamp", "12");
+    let quill_text = |lora: Option<&Path>| {
+        let mut args = vec!["write", "--model", base.to_str().unwrap(), "--temperature", "0", "--max-tokens", n, "--ignore-eos"];
+        if let Some(l) = lora {
+            args.extend(["--lora", l.to_str().unwrap()]);
+        }
+        args.push(prompt);
+        let o = quill(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let (with, without) = (quill_text(Some(&adapter)), quill_text(None));
+    assert_ne!(with.trim(), without.trim(), "the adapter must change the greedy text");
+    // CPU only (-dev none), greedy (--temp 0), the continuation alone on stdout, control tokens
+    // printed (-sp: without it llama.cpp drops the whole rest of the text after one).
+    let o = Command::new(&bin)
+        .args(["-m", base.to_str().unwrap(), "--lora", adapter.to_str().unwrap(), "-p", prompt, "-n", n, "--temp", "0", "--ignore-eos", "-no-cnv", "--no-display-prompt", "--no-warmup", "-dev", "none", "-ngl", "0", "-c", "256", "-sp"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "llama-completion failed: {}", String::from_utf8_lossy(&o.stderr));
+    let theirs = String::from_utf8_lossy(&o.stdout).into_owned();
+    eprintln!("quill with the adapter: {with:?}\nllama.cpp --lora: {theirs:?}\nquill without: {without:?}");
+    assert_eq!(theirs.trim(), with.trim(), "llama.cpp's greedy text with quill's GGUF adapter");
 }

@@ -13,6 +13,8 @@ const WANTED_FEATURES: wgpu::Features = wgpu::Features::SHADER_F16
     .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS)
     .union(wgpu::Features::SUBGROUP);
 
+thread_local!(static SUBMITS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) });
+
 /// A compiled compute pipeline and its bind group layout (group 0).
 pub struct Pipeline {
     pub pipeline: wgpu::ComputePipeline,
@@ -273,6 +275,17 @@ impl Context {
         self.device.create_query_set(&wgpu::QuerySetDescriptor { label: Some("pass timestamps"), ty: wgpu::QueryType::Timestamp, count })
     }
 
+    /// Counts one `queue.submit` made by this thread (every submit quill makes goes through here).
+    pub(crate) fn count_submit(&self) {
+        SUBMITS.with(|n| n.set(n.get() + 1));
+    }
+
+    /// How many command buffers this thread has submitted so far, on any context: tests count a
+    /// step's submits by the difference (per thread, so tests running side by side don't mix).
+    pub fn submits_by_this_thread(&self) -> u64 {
+        SUBMITS.with(|n| n.get())
+    }
+
     /// How many query sets this context has created: zero unless something was profiled.
     pub fn query_sets_created(&self) -> usize {
         self.query_sets_created.load(std::sync::atomic::Ordering::Relaxed)
@@ -357,6 +370,7 @@ impl Context {
         });
         let mut enc = self.device.create_command_encoder(&Default::default());
         enc.copy_buffer_to_buffer(buffer, offset, &staging, 0, size);
+        self.count_submit();
         self.queue.submit([enc.finish()]);
         self.map_read_async(&staging, size).await
     }
@@ -390,6 +404,7 @@ impl Context {
     /// only until the next settle, not until the first generation. A browser frees them on its
     /// own after the submit (nothing there may block).
     pub fn settle_uploads(&self) {
+        self.count_submit();
         self.queue.submit([]);
         #[cfg(not(target_arch = "wasm32"))]
         let _ = self.device.poll(wgpu::PollType::wait_indefinitely());

@@ -259,6 +259,7 @@ impl<'c> Recorder<'c> {
         }
         let encode = self.created.elapsed();
         let t0 = Instant::now();
+        self.ctx.count_submit();
         self.ctx.queue.submit([self.encoder.finish()]);
         let submit = t0.elapsed();
         self.ctx.give_back_arenas(self.arenas.into_iter().map(|(b, _)| b));

@@ -4,6 +4,8 @@
 //! tensors plus 3 of the MLP width), and its backward adds into the parameters' gradients, so
 //! sequences of a batch are gradient accumulation over micro-batches.
 
+use std::cell::{Cell, RefCell};
+
 use crate::error::{Error, Result};
 use crate::gpu::{Context, Recorder, Tensor, Weight, WeightChunk};
 use crate::models::ModelConfig;
@@ -257,17 +259,19 @@ impl Llama {
     }
 
     /// Zeroes the gradients, then adds those of the mean next-token cross-entropy over all
-    /// `sequences` (each predicts tokens 1.. from the ones before), one sequence per submit.
+    /// `sequences` (each predicts tokens 1.. from the ones before), all in one submit.
     /// Returns the mean loss, the only value read back.
     pub async fn gradients(&self, ctx: &Context, sequences: &[Vec<u32>]) -> Result<f32> {
-        let total = self.record_gradients(ctx, sequences)?;
-        Ok(ctx.read_f32_async(&total.buf, 0, 1).await?[0])
+        let mut rec = Recorder::new(ctx, "gradients");
+        let total = self.record_loss(&mut rec, sequences, true)?;
+        submit_reading_loss(rec, &total).await
     }
 
     /// The mean next-token cross-entropy over `sequences`, with no backward pass (held-out loss).
     pub async fn eval_loss(&self, ctx: &Context, sequences: &[Vec<u32>]) -> Result<f32> {
-        let total = self.record_loss(ctx, sequences, false)?;
-        Ok(ctx.read_f32_async(&total.buf, 0, 1).await?[0])
+        let mut rec = Recorder::new(ctx, "loss");
+        let total = self.record_loss(&mut rec, sequences, false)?;
+        submit_reading_loss(rec, &total).await
     }
 
     /// The optimizer state for this model's parameters.
@@ -276,28 +280,24 @@ impl Llama {
         Ok(Optimizer { cfg, scratch: StepScratch::new(ctx, &params)?, steps: 0 })
     }
 
-    /// One training step on `sequences` (their gradients accumulated, then clipping and
-    /// AdamW at learning rate `lr`). Returns the loss before the step.
+    /// One training step on `sequences`: their gradients accumulated (one micro-batch per
+    /// sequence), the global gradient norm and clipping, then AdamW at learning rate `lr`, all
+    /// recorded into one command buffer, one submit. Returns the loss before the step, the only
+    /// value read back.
     pub async fn train_step(&self, ctx: &Context, opt: &mut Optimizer, sequences: &[Vec<u32>], lr: f32) -> Result<f32> {
-        let total = self.record_gradients(ctx, sequences)?;
-        let params: Vec<&Param> = self.named_params().into_iter().map(|(_, p)| p).collect();
-        opt.steps += 1;
         let mut rec = Recorder::new(ctx, "optimizer step");
+        let total = self.record_loss(&mut rec, sequences, true)?;
+        let params: Vec<&Param> = self.named_params().into_iter().map(|(_, p)| p).collect();
         // The loss is the mean over all tokens already, so the gradients need no further
         // division by the number of sequences.
-        optim::step(&mut rec, &params, &opt.scratch, &opt.cfg, lr, opt.steps, 1)?;
-        rec.submit()?;
-        Ok(ctx.read_f32_async(&total.buf, 0, 1).await?[0])
+        optim::step(&mut rec, &params, &opt.scratch, &opt.cfg, lr, opt.steps + 1, 1)?;
+        opt.steps += 1;
+        submit_reading_loss(rec, &total).await
     }
 
-    /// Records the gradients of `sequences`; returns the (1,) tensor the mean loss lands in.
-    fn record_gradients(&self, ctx: &Context, sequences: &[Vec<u32>]) -> Result<Tensor> {
-        self.record_loss(ctx, sequences, true)
-    }
-
-    /// Records the loss of `sequences` and, with `backward`, their gradients.
-    fn record_loss(&self, ctx: &Context, sequences: &[Vec<u32>], backward: bool) -> Result<Tensor> {
-        let n_targets: usize = sequences.iter().map(|s| s.len().saturating_sub(1)).sum();
+    /// Refuses a batch the kernels cannot take, naming the sequence and position: an empty one,
+    /// a sequence under 2 tokens or over the context, a token outside the vocabulary.
+    pub fn check_sequences(&self, sequences: &[Vec<u32>]) -> Result<()> {
         if sequences.iter().any(|s| s.len() < 2) || sequences.is_empty() {
             return Err(Error::arg("sequences", "every sequence needs at least 2 tokens"));
         }
@@ -309,43 +309,49 @@ impl Llama {
                 return Err(Error::arg("sequences", format!("token {} at position {t} of sequence {i} is outside the vocabulary of {}", s[t], self.cfg.vocab)));
             }
         }
+        Ok(())
+    }
+
+    /// Records into `rec` the loss of `sequences` and, with `backward`, their gradients (zeroed
+    /// first); returns the (1,) tensor the mean loss lands in. The sequences run one after the
+    /// other in the one command buffer and share one workspace, so memory is that of one.
+    fn record_loss(&self, rec: &mut Recorder, sequences: &[Vec<u32>], backward: bool) -> Result<Tensor> {
+        self.check_sequences(sequences)?;
+        let ctx = rec.ctx;
+        let n_targets: usize = sequences.iter().map(|s| s.len() - 1).sum();
         let losses = Tensor::zeros(ctx, "losses", &[n_targets])?;
         let total = Tensor::zeros(ctx, "loss", &[1])?;
         if backward {
-            let mut rec = Recorder::new(ctx, "zero grads");
             for (_, p) in self.named_params() {
-                fill(&mut rec, &p.grad, 0.0)?;
+                fill(rec, &p.grad, 0.0)?;
             }
-            rec.submit()?;
         }
+        let ws = Workspace::new(ctx);
         let scale = 1.0 / n_targets as f32;
         let mut row0 = 0;
         for seq in sequences {
-            let mut rec = Recorder::new(ctx, "train step");
+            ws.reuse(rec)?;
             let t = seq.len() - 1;
             let targets = loss::masked_targets(&seq[1..], None, self.cfg.vocab)?;
             let mut all_targets = vec![loss::IGNORE; n_targets];
             all_targets[row0..row0 + t].copy_from_slice(&targets);
             let targets = Tensor { buf: ctx.upload("targets", &all_targets)?, shape: vec![n_targets] };
-            let (acts, x, xf, logits) = self.forward(&mut rec, &seq[..t])?;
-            loss::cross_entropy(&mut rec, &logits, &targets, &losses, row0, t, self.cfg.vocab, scale)?;
+            let (acts, x, xf, logits) = self.forward(rec, &ws, &seq[..t])?;
+            loss::cross_entropy(rec, &logits, &targets, &losses, row0, t, self.cfg.vocab, scale)?;
             if backward {
-                self.backward(&mut rec, &seq[..t], &acts, &x, &xf, &logits)?;
+                self.backward(rec, &ws, &seq[..t], &acts, &x, &xf, &logits)?;
             }
-            rec.submit()?;
             row0 += t;
         }
-        let mut rec = Recorder::new(ctx, "loss");
-        loss::loss_total(&mut rec, &losses, &total, n_targets, scale)?;
-        rec.submit()?;
+        loss::loss_total(rec, &losses, &total, n_targets, scale)?;
         Ok(total)
     }
 
     /// Forward of one sequence: (per-layer activations, final residual, final norm, logits).
-    fn forward(&self, rec: &mut Recorder, ids: &[u32]) -> Result<(Vec<LayerActs>, Tensor, Tensor, Tensor)> {
+    fn forward(&self, rec: &mut Recorder, ws: &Workspace, ids: &[u32]) -> Result<(Vec<LayerActs>, Tensor, Tensor, Tensor)> {
         let c = &self.cfg;
         let (ctx, t, d, hd) = (rec.ctx, ids.len(), c.dim, c.head_dim);
-        let z = |name: &str, shape: &[usize]| Tensor::zeros(ctx, name, shape);
+        let z = |name: &str, shape: &[usize]| ws.tensor(name, shape);
         let ids_t = Tensor { buf: ctx.upload("ids", ids)?, shape: vec![t] };
         let x = z("x", &[t, d])?;
         embed::embed(rec, &as_weight(ctx, &self.embed)?, &ids_t, 0, t, &x)?;
@@ -402,10 +408,11 @@ impl Llama {
 
     /// Backward of one sequence from dlogits (written over the logits by the loss), adding
     /// into every parameter's gradient.
-    fn backward(&self, rec: &mut Recorder, ids: &[u32], acts: &[LayerActs], x: &Tensor, xf: &Tensor, dlogits: &Tensor) -> Result<()> {
+    #[allow(clippy::too_many_arguments)]
+    fn backward(&self, rec: &mut Recorder, ws: &Workspace, ids: &[u32], acts: &[LayerActs], x: &Tensor, xf: &Tensor, dlogits: &Tensor) -> Result<()> {
         let c = &self.cfg;
         let (ctx, t, d, hd) = (rec.ctx, ids.len(), c.dim, c.head_dim);
-        let z = |name: &str, shape: &[usize]| Tensor::zeros(ctx, name, shape);
+        let z = |name: &str, shape: &[usize]| ws.tensor(name, shape);
         let scratch = RmsNormScratch::new(ctx, t, d)?;
         let dxf = z("dxf", &[t, d])?;
         linear_backward_dx(rec, dlogits, &self.lm_head.value, &dxf, t, false)?;
@@ -488,6 +495,62 @@ impl Llama {
     }
 }
 
+/// Submits `rec` with, at its end, a copy of the (1,) loss `total` into a read-back buffer, and
+/// waits for it: a step's one submit and its one value read back.
+async fn submit_reading_loss(mut rec: Recorder<'_>, total: &Tensor) -> Result<f32> {
+    let ctx = rec.ctx;
+    let usage = wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST;
+    let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor { label: Some("loss read-back"), size: 4, usage, mapped_at_creation: false });
+    rec.copy(&total.buf, 0, &staging, 0, 4);
+    rec.submit()?;
+    let bytes = ctx.map_read_async(&staging, 4).await?;
+    Ok(bytemuck::pod_read_unaligned(&bytes[..4]))
+}
+
+/// The buffers of one micro-batch, handed out again to the next. All micro-batches of a step
+/// are recorded into one command buffer, which runs them in order, so a sequence can take the
+/// previous one's buffers (zeroed first, as new ones are) and a step needs the memory of one
+/// sequence however many it accumulates.
+struct Workspace<'c> {
+    ctx: &'c Context,
+    /// In the order the forward and backward ask for them.
+    slots: RefCell<Vec<Tensor>>,
+    next: Cell<usize>,
+}
+
+impl<'c> Workspace<'c> {
+    fn new(ctx: &'c Context) -> Self {
+        Self { ctx, slots: RefCell::new(Vec::new()), next: Cell::new(0) }
+    }
+
+    /// A zeroed tensor: the previous micro-batch's at this place in the order when its shape is
+    /// the same, else a new one.
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let i = self.next.replace(self.next.get() + 1);
+        let mut slots = self.slots.borrow_mut();
+        if let Some(t) = slots.get(i).filter(|t| t.shape == shape) {
+            return Ok(Tensor { buf: t.buf.clone(), shape: t.shape.clone() });
+        }
+        let t = Tensor::zeros(self.ctx, name, shape)?;
+        let kept = Tensor { buf: t.buf.clone(), shape: t.shape.clone() };
+        match i < slots.len() {
+            true => slots[i] = kept,
+            false => slots.push(kept),
+        }
+        Ok(t)
+    }
+
+    /// Starts the next micro-batch: records the zeroing of every buffer handed out so far and
+    /// hands them out again from the first.
+    fn reuse(&self, rec: &mut Recorder) -> Result<()> {
+        for t in &self.slots.borrow()[..self.next.get()] {
+            fill(rec, t, 0.0)?;
+        }
+        self.next.set(0);
+        Ok(())
+    }
+}
+
 /// llama.cpp's GGUF name of a Llama tensor's Hugging Face name.
 fn gguf_name(hf: &str) -> String {
     const GLOBAL: [(&str, &str); 3] = [("model.embed_tokens.weight", "token_embd.weight"), ("model.norm.weight", "output_norm.weight"), ("lm_head.weight", "output.weight")];
@@ -561,7 +624,7 @@ mod tests {
         batch["input_ids"].as_array().unwrap().iter().map(|s| s.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()).collect()
     }
 
-    fn error_text(r: Result<Tensor>) -> String {
+    fn error_text(r: Result<()>) -> String {
         r.err().map(|e| e.to_string()).unwrap_or_default()
     }
 
@@ -603,7 +666,7 @@ mod tests {
         assert_eq!(llama.named_params().len(), 2 + 9 * llama.cfg.n_layers + 1);
         let worst = compare_gradients(ctx, &llama, GRADS, "full_grads.safetensors").await;
         // Bad batches are refused with the reason, before anything is recorded.
-        let err = |seqs: &[Vec<u32>]| error_text(llama.record_gradients(ctx, seqs));
+        let err = |seqs: &[Vec<u32>]| error_text(llama.check_sequences(seqs));
         assert!(err(&[vec![3]]).contains("at least 2 tokens"));
         assert!(err(&[vec![3, 4], vec![5, 1000]]).contains("position 1 of sequence 1"));
         assert!(err(&[vec![1; 300]]).contains("exceeds the context"));
@@ -642,7 +705,10 @@ mod tests {
         let batch = batch();
         let mut got = Vec::new();
         for _ in 0..want.len() {
+            // One submit per step (both sequences, clipping and AdamW), the loss read from it.
+            let before = ctx.submits_by_this_thread();
             got.push(llama.train_step(ctx, &mut opt, &batch, 1e-2).await.unwrap() as f64);
+            assert_eq!(ctx.submits_by_this_thread() - before, 1, "submits in one optimizer step");
         }
         eprintln!("LoRA losses {got:?}");
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
@@ -657,9 +723,12 @@ mod tests {
         let mut opt = llama.optimizer(ctx, AdamW { weight_decay: 0.0, ..Default::default() }).unwrap();
         let batch = batch();
         let mut losses = Vec::new();
+        let before = ctx.submits_by_this_thread();
         for step in 0..30 {
             losses.push(llama.train_step(ctx, &mut opt, &batch, lr_at(step, 5, 30, 1e-2, 1e-3)).await.unwrap());
         }
+        // With clipping on too, each step is one submit.
+        assert_eq!(ctx.submits_by_this_thread() - before, 30, "submits in 30 optimizer steps");
         let last = llama.gradients(ctx, &batch).await.unwrap();
         eprintln!("loss {} -> {last} after 30 steps; every 10th: {:?}", losses[0], losses.iter().step_by(10).collect::<Vec<_>>());
         assert!(last.is_finite() && last < 0.1 * losses[0], "loss {} -> {last}", losses[0]);
