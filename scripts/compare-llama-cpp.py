@@ -53,11 +53,12 @@ def run_llama_bench(args, backend):
     rows = json.loads(out.stdout)
     pp = next(r for r in rows if r["n_gen"] == 0)
     tg = next(r for r in rows if r["n_prompt"] == 0)
-    what = f"llama.cpp {pp.get('build_commit', '?')} {pp.get('backends', backend)}"
+    # `backends` lists what the build has, not what ran: name the one asked for.
+    what = f"llama.cpp {pp.get('build_commit', '?')}"
     if backend == "vulkan":
-        what += f" on {pp.get('gpu_info', '?')}"
+        what += f" Vulkan on {pp.get('gpu_info', '?')}"
     else:
-        what += f", {pp.get('n_threads', args.threads)} threads"
+        what += f" CPU, {pp.get('n_threads', args.threads)} threads"
     return {"prefill_tok_s": pp["avg_ts"], "decode_tok_s": tg["avg_ts"], "what": what}
 
 
