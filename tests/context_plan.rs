@@ -8,8 +8,12 @@ use quill::generate::{Batch, Session, DEFAULT_MAX_BATCH};
 use quill::gpu::context::test_context;
 use quill::plan::{plan_session, plan_slots, SessionShape};
 
+/// The tests here compare the context's allocation counter before and after: one at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn the_plan_covers_what_a_session_allocates() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let Some(ctx) = test_context() else { return };
     let model = quill::files::load_model(ctx, &fixture("llama-tiny"), &mut no_progress).unwrap();
     for ctx_len in [1usize, 100, 256] {
@@ -32,6 +36,7 @@ fn the_plan_covers_what_a_session_allocates() {
 /// adjustment list: still at least what the batch allocates, at most twice.
 #[test]
 fn the_plan_covers_what_a_batch_of_slots_allocates() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let Some(ctx) = test_context() else { return };
     let model = quill::files::load_model(ctx, &fixture("llama-tiny"), &mut no_progress).unwrap();
     for (ctx_len, slots) in [(100usize, 4usize), (256, 3)] {
