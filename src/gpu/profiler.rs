@@ -52,6 +52,12 @@ impl StepProfile {
         };
         StepProfile { label, ops, grids: Vec::new(), pass_ns, pass_start_ns, gpu_total_ns, cpu, start: Duration::ZERO }
     }
+    /// (dispatches inside layers / layers, layers): the per-layer count `quill profile` prints.
+    pub fn dispatches_per_layer(&self) -> (f64, usize) {
+        let layers = self.ops.iter().filter_map(|o| o.layer).max().map_or(0, |l| l as usize + 1);
+        let in_layers = self.ops.iter().filter(|o| o.layer.is_some()).count();
+        (in_layers as f64 / layers.max(1) as f64, layers)
+    }
     pub fn with_grids(mut self, grids: Vec<[u32; 3]>) -> Self {
         self.grids = grids;
         self
@@ -203,9 +209,8 @@ impl Profile {
         let decode = self.steps.iter().filter(|st| st.label == "decode").count();
         let _ = writeln!(s, "profile on {}: {} command buffers ({prefill} prefill, {decode} decode), {} dispatches", self.adapter, self.steps.len(), self.passes());
         if let Some(st) = self.steps.iter().find(|st| st.label == "decode") {
-            let layers = st.ops.iter().filter_map(|o| o.layer).max().map_or(0, |l| l as usize + 1);
-            let in_layers = st.ops.iter().filter(|o| o.layer.is_some()).count();
-            let _ = writeln!(s, "a decode step: {} dispatches, {:.1} per layer over {layers} layers", st.ops.len(), in_layers as f64 / layers.max(1) as f64);
+            let (per_layer, layers) = st.dispatches_per_layer();
+            let _ = writeln!(s, "a decode step: {} dispatches, {per_layer:.1} per layer over {layers} layers", st.ops.len());
         }
         if !self.gpu_timestamps {
             let _ = writeln!(s, "note: no GPU timestamps on this adapter: per-pass times are unknown; below, per-submit CPU times only.");
@@ -275,8 +280,7 @@ impl Profile {
         let Some(step) = self.steps.iter().find(|st| st.label == "decode").or(self.steps.last()) else {
             return "no command buffer was recorded\n".into();
         };
-        let layers = step.ops.iter().filter_map(|o| o.layer).max().map_or(0, |l| l as usize + 1);
-        let per_layer = step.ops.iter().filter(|o| o.layer.is_some()).count() as f64 / layers.max(1) as f64;
+        let (per_layer, layers) = step.dispatches_per_layer();
         let _ = writeln!(s, "one {} step on {}: {} dispatches, {per_layer:.1} per layer over {layers} layers", step.label, self.adapter, step.ops.len());
         let _ = writeln!(s, "reference GPU: {} ({} compute units, {:.0} GB/s); mat-vecs should launch at least {MIN_WG_PER_CU} workgroups per compute unit", gpu.name, gpu.compute_units, gpu.bandwidth_gbs);
         let _ = writeln!(s, "{:<18} {:>11} {:>10} {:>9} {:>12} {:>10}", "op", "workgroups", "MB moved", "wg / CU", "KB per CU", "µs at peak");

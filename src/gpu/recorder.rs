@@ -82,7 +82,6 @@ pub struct Recorder<'c> {
     pub grids: Vec<[u32; 3]>,
     /// The compute pass that consecutive dispatches share; a copy or the submit ends it.
     pass: Option<wgpu::ComputePass<'static>>,
-    passes_begun: usize,
     /// Some when profiling; its timing is None when the adapter has no timestamps.
     profiling: Option<Option<Timing>>,
     created: Instant,
@@ -91,7 +90,7 @@ pub struct Recorder<'c> {
 impl<'c> Recorder<'c> {
     pub fn new(ctx: &'c Context, label: &str) -> Self {
         let encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
-        Recorder { ctx, encoder, bind_cache: None, arenas: Vec::new(), ops: Vec::new(), grids: Vec::new(), pass: None, passes_begun: 0, profiling: None, created: Instant::now() }
+        Recorder { ctx, encoder, bind_cache: None, arenas: Vec::new(), ops: Vec::new(), grids: Vec::new(), pass: None, profiling: None, created: Instant::now() }
     }
 
     /// Reuses bind groups from `cache` (and adds the new ones to it).
@@ -173,7 +172,6 @@ impl<'c> Recorder<'c> {
         match timed {
             Some((set, i)) if !inside => {
                 self.pass = None;
-                self.passes_begun += 1;
                 let timestamp_writes = Some(wgpu::ComputePassTimestampWrites { query_set: set, beginning_of_pass_write_index: Some(i), end_of_pass_write_index: Some(i + 1) });
                 let mut pass = self.encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(op.op), timestamp_writes });
                 pass.set_pipeline(&pipeline.pipeline);
@@ -185,9 +183,6 @@ impl<'c> Recorder<'c> {
                 // dispatches of a pass and makes each one's writes visible to the next, so the
                 // passes a step used to open per dispatch only cost encoding and driver time.
                 let encoder = &mut self.encoder;
-                if self.pass.is_none() {
-                    self.passes_begun += 1;
-                }
                 let pass = self.pass.get_or_insert_with(|| encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("step"), timestamp_writes: None }).forget_lifetime());
                 if let Some((set, i)) = timed {
                     pass.write_timestamp(set, i);
@@ -202,11 +197,6 @@ impl<'c> Recorder<'c> {
         }
         self.ops.push(op);
         self.grids.push(workgroups);
-    }
-
-    /// Compute passes the recorded dispatches use (1 unless copies or per-pass timing split them).
-    pub fn passes(&self) -> usize {
-        self.passes_begun
     }
 
     fn bind_group(&self, pipeline: &Pipeline, buffers: &[&wgpu::Buffer], arena: usize, offset: u64, size: u64) -> wgpu::BindGroup {
