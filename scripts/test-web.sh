@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The browser half of the test suite (scripts/test.sh runs it after `cargo test`), in headless
 # Chromium through WebGPU (SwiftShader without a GPU):
+#   0. every shader compiled by Chromium's WGSL compiler (tests/web/wgsl.mjs);
 #   1. the kernel tests, the llama-tiny golden test and 20 LoRA steps (tests/web_train.rs),
 #      compiled to WebAssembly and run by wasm-bindgen-test-runner through chromedriver;
 #   2. the page end to end (tests/web/e2e.mjs): the tiny model, then SmolLM2 for a few tokens,
@@ -32,6 +33,8 @@ export WASM_BINDGEN_TEST_WEBDRIVER_JSON="$PWD/tests/web/webdriver.json"
 export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner
 # SwiftShader runs shaders on the CPU: the kernel tests take minutes there, not seconds.
 export WASM_BINDGEN_TEST_TIMEOUT="${WASM_BINDGEN_TEST_TIMEOUT:-900}"
+# Seconds: every shader through Chromium's WGSL compiler first (naga accepts some that Tint refuses).
+node tests/web/wgsl.mjs
 cargo test --release --target wasm32-unknown-unknown --no-default-features --lib --test web --test web_train
 
 bash scripts/web.sh --build

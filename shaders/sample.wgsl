@@ -156,6 +156,20 @@ fn uniform_u(lid: u32, v: u32) -> u32 {
     return workgroupUniformLoad(&bcast_u);
 }
 
+// WGSL's uniformity analysis (which Tint, the browsers' compiler, enforces) counts every read of
+// a private variable or of read_write storage as non-uniform; a value that steers control flow
+// around a barrier goes through uniform_f/uniform_u first. fast and bound are the same on every
+// thread, so these change nothing but what the analysis can prove.
+fn fast_now(lid: u32) -> bool {
+    return uniform_u(lid, u32(fast)) != 0u;
+}
+
+// Whether the whole vocabulary's mass comes from the chunks' statistics: over the survivors
+// when some ids were left out.
+fn whole_from_chunks(lid: u32) -> bool {
+    return uniform_u(lid, u32(fast && bound != 0u)) != 0u;
+}
+
 // Order-preserving map from f32 to u32: a < b  <=>  key(a) < key(b).
 fn key(x: f32) -> u32 {
     let b = bitcast<u32>(x);
@@ -385,7 +399,7 @@ fn top_n_sigma_floor(lid: u32, m: f32) -> u32 {
         let d = val(i) - mean;
         sq += select(0.0, d * d, val(i) > NEG_BIG);
     }
-    let sigma = select(sqrt(sum_f(lid, sq) / count), stats_sigma(), fast);
+    let sigma = select(sqrt(sum_f(lid, sq) / count), uniform_f(lid, stats_sigma()), fast_now(lid));
     return key(m - p.top_n_sigma * sigma);
 }
 
@@ -438,8 +452,8 @@ fn typical_span(lid: u32, lo: u32, hi: u32) -> vec2<u32> {
 fn top_p_floor(lid: u32, lo: u32, hi: u32) -> u32 {
     let mk = unkey(hi);
     // Over the survivors with nothing cut before: the whole vocabulary's mass, from the chunks.
-    let whole = fast && lo == 0u && bound != 0u;
-    let target_mass = p.top_p * select(kept_mass(lid, lo, hi, mk), total_mass(mk, false, 1.0), whole);
+    let whole = whole_from_chunks(lid) && lo == 0u;
+    let target_mass = p.top_p * select(kept_mass(lid, lo, hi, mk), uniform_f(lid, total_mass(mk, false, 1.0)), whole);
     var a = lo;
     var b = hi;
     while (a < b) {
@@ -537,7 +551,7 @@ fn chain(lid: u32, best: u32, temperature: f32, mu: f32) -> Chain {
         storageBarrier();
         workgroupBarrier();
         let ms = uniform_f(lid, val(best));
-        let z = select(kept_mass(lid, 0u, 0xffffffffu, ms), total_mass(ms, true, inv_t), fast && bound != 0u);
+        let z = select(kept_mass(lid, 0u, 0xffffffffu, ms), uniform_f(lid, total_mass(ms, true, inv_t)), whole_from_chunks(lid));
         let lo = key(min(ms + log(z) - mu * 0.6931472, ms));
         // What was left out lies at or below bound's logit, and scales alike.
         let exact = !fast || bound == 0u || lo > key(unkey(bound) * inv_t);
