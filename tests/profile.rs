@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 
 use common::*;
-use quill::ops::attention::{attention_cost, kv_write_cost, AttnShape};
+use quill::ops::attention::{attention_cost, attention_cost_with, kv_write_cost, AttnOpts, AttnShape};
 use quill::ops::matmul::{self, Store};
 use quill::ops::{activation, embed, norm, rope, sample};
 
@@ -28,9 +28,16 @@ fn op_costs_match_hand_counts() {
     // rope 1 token, 2 heads, dim 4: 8 elements, 3 FLOPs each, read + write.
     assert_eq!(rope::cost(1, 2, 4), (24, 64));
     // attention: 2 tokens at positions 1 and 2 (pos0 = 1) see 2 + 3 = 5 keys; 2 heads of dim 4:
-    // 4 FLOPs per key per element: 4 * 5 * 8; q and out 16 floats each; K and V 2 * 5 * 8.
+    // 4 FLOPs per key per element: 4 * 5 * 8; q and out 16 floats each; the K and V rows of
+    // positions 0..=2 once for both tokens and both query heads of the one KV head: 2 * 3 * 4.
     let s = AttnShape { n_tokens: 2, n_heads: 2, n_kv_heads: 1, head_dim: 4, ctx_len: 8, pos0: 1, slot: 0 };
-    assert_eq!(attention_cost(&s), (160, 4 * (32 + 80)));
+    assert_eq!(attention_cost(&s), (160, 4 * (32 + 24)));
+    // A window of 2: each token sees 2 keys (4 * 4 * 8 FLOPs) and positions 0..=2 are still read.
+    let window = AttnOpts { window: Some(2), ..AttnOpts::default() };
+    assert_eq!(attention_cost_with(&s, &window), (128, 4 * (32 + 24)));
+    // Four query heads on two KV heads at position 9 alone: 10 keys of 2 KV rows of 4, K and V.
+    let gqa = AttnShape { n_tokens: 1, n_heads: 4, n_kv_heads: 2, head_dim: 4, ctx_len: 16, pos0: 9, slot: 0 };
+    assert_eq!(attention_cost(&gqa), (4 * 10 * 16, 4 * (2 * 16 + 2 * 10 * 8)));
     // kv_write: 2 tokens x 1 kv head x 4: K and V read and written.
     assert_eq!(kv_write_cost(&s), (0, 16 * 8));
     // sample over 7 ids.

@@ -268,11 +268,11 @@ impl Placement<'_> {
             Placement::Table(t) => &t.meta.buf,
         }
     }
-    /// Position - pos0 of every token.
-    fn offsets(&self, n_tokens: usize) -> Vec<usize> {
+    /// (slot, position - pos0) of every token.
+    fn tokens(&self, s: &AttnShape) -> Vec<(usize, usize)> {
         match self {
-            Placement::Run => (0..n_tokens).collect(),
-            Placement::Table(t) => (0..n_tokens).map(|i| t.token(i).1).collect(),
+            Placement::Run => (0..s.n_tokens).map(|t| (s.slot, t)).collect(),
+            Placement::Table(t) => (0..s.n_tokens).map(|i| t.token(i)).collect(),
         }
     }
     fn extent(&self, s: &AttnShape) -> Extent {
@@ -369,15 +369,30 @@ pub fn attention_cost(s: &AttnShape) -> (u64, u64) {
 
 /// `attention_cost` with a window counted.
 pub fn attention_cost_with(s: &AttnShape, o: &AttnOpts) -> (u64, u64) {
-    attention_cost_at(s, o, &(0..s.n_tokens).collect::<Vec<_>>())
+    attention_cost_at(s, o, &Placement::Run.tokens(s), KvFormat::F32)
 }
 
-/// `attention_cost_with` of tokens at positions pos0 + offsets[t].
-fn attention_cost_at(s: &AttnShape, o: &AttnOpts, offsets: &[usize]) -> (u64, u64) {
-    let keys: u64 = offsets.iter().map(|&t| s.visible(o, s.pos0 + t) as u64).sum();
+/// `attention_cost_with` of tokens given as (slot, position - pos0), reading an f32 or f16 cache.
+/// FLOPs count every token's every head against each key it sees; bytes count what must come
+/// from memory at least: q and out once, and each slot's K and V rows once for the span of
+/// positions its tokens see (shared by the query heads of a KV head and by the slot's tokens).
+fn attention_cost_at(s: &AttnShape, o: &AttnOpts, tokens: &[(usize, usize)], format: KvFormat) -> (u64, u64) {
+    let keys: u64 = tokens.iter().map(|&(_, t)| s.visible(o, s.pos0 + t) as u64).sum();
     let hd = (s.n_heads * s.head_dim) as u64;
     let n = (s.n_tokens * s.n_heads * s.head_dim) as u64;
-    (4 * keys * hd, 4 * (2 * n + 2 * keys * hd))
+    // Per slot: the lowest first key and the highest last key any of its tokens sees.
+    let mut spans: Vec<(usize, usize, usize)> = Vec::new();
+    for &(slot, t) in tokens {
+        let pos = s.pos0 + t;
+        let first = pos + 1 - s.visible(o, pos);
+        match spans.iter_mut().find(|x| x.0 == slot) {
+            Some(x) => (x.1, x.2) = (x.1.min(first), x.2.max(pos)),
+            None => spans.push((slot, first, pos)),
+        }
+    }
+    let rows: u64 = spans.iter().map(|&(_, lo, hi)| (hi - lo + 1) as u64).sum();
+    let kv_row = (format.words(s.n_kv_heads * s.head_dim) * 4) as u64;
+    (4 * keys * hd, 4 * 2 * n + 2 * rows * kv_row)
 }
 
 /// Writes this call's K and V rows (n_tokens, n_kv_heads, head_dim) into the layer's cache.
@@ -461,7 +476,7 @@ pub fn attention_shaped(rec: &mut Recorder, q: &Tensor, k_cache: &Tensor, v_cach
     (p.q_tile, p.head_chunk, p.k_tile) = (tiling.q_tile as u32, tiling.head_chunk as u32, tiling.k_tile as u32);
     let constants: Vec<(&str, f64)> = format.constants().iter().copied().chain([("WG", shape.threads as f64)]).collect();
     let pipe = rec.ctx.pipeline(&SHADER, "attention", &constants)?;
-    let (flops, bytes) = attention_cost_at(&s, o, &at.offsets(s.n_tokens));
+    let (flops, bytes) = attention_cost_at(&s, o, &at.tokens(&s), format);
     let info = OpInfo::new("attention", flops, bytes).layer(layer);
     let buffers = [&q.buf, &k_cache.buf, &v_cache.buf, &out.buf, &partials.buf, at.meta(rec.ctx)];
     rec.dispatch(info, &pipe, &buffers, &p, grid(rec.ctx, tiling.workgroups(&s, splits) as u32));
