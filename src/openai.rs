@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::models::GenerationDefaults;
 use crate::ops::sample::MAX_TOP_LOGPROBS as TOP_LOGPROBS;
-use crate::sampling::{SamplingFlags, SamplingParams, WriterFields};
+use crate::sampling::{SamplingFlags, SamplingParams};
 use crate::tokenizer::Tokenizer;
 
 /// Largest request body accepted; a bigger one gets 413.
@@ -143,59 +143,43 @@ pub struct StreamOptions {
     pub include_usage: Option<bool>,
 }
 
-/// The body of `/v1/completions` and `/v1/chat/completions` (one struct: [`plan`] checks
-/// which of `prompt` / `messages` the endpoint takes). Unknown fields are refused, never ignored.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GenRequest {
-    /// Accepted and not checked: a server serves one model, whatever the client calls it.
-    pub model: Option<String>,
-    pub prompt: Option<OneOrMany>,
-    pub messages: Option<Vec<Message>>,
-    pub max_tokens: Option<u64>,
-    pub max_completion_tokens: Option<u64>,
-    pub temperature: Option<f32>,
-    pub top_p: Option<f32>,
-    pub n: Option<u32>,
-    pub stream: Option<bool>,
-    pub stream_options: Option<StreamOptions>,
-    pub stop: Option<Stop>,
-    pub seed: Option<i64>,
-    pub presence_penalty: Option<f32>,
-    pub frequency_penalty: Option<f32>,
-    /// Token id (as a string, JSON keys are strings) -> bias in [-100, 100].
-    pub logit_bias: Option<HashMap<String, f64>>,
-    /// An integer (top-N) for completions, a boolean for chat.
-    pub logprobs: Option<Value>,
-    pub top_logprobs: Option<u32>,
-    pub echo: Option<bool>,
-    /// Accepted (OpenAI's end-user id); quill keeps no per-user state.
-    pub user: Option<String>,
-    // quill's own extras.
-    pub top_k: Option<usize>,
-    pub min_p: Option<f32>,
-    pub repeat_penalty: Option<f32>,
-    pub ignore_eos: Option<bool>,
-    // llama-server's samplers, by its names (`sampling::WriterFields` says what each means).
-    pub dry_multiplier: Option<f32>,
-    pub dry_base: Option<f32>,
-    pub dry_allowed_length: Option<usize>,
-    /// -1 = the whole sequence, 0 = DRY off (llama.cpp's meaning), N = the last N ids.
-    pub dry_penalty_last_n: Option<i64>,
-    pub dry_sequence_breakers: Option<Vec<String>>,
-    pub xtc_threshold: Option<f32>,
-    pub xtc_probability: Option<f32>,
-    pub typical_p: Option<f32>,
-    /// -1 (llama.cpp's default) or 0 = off.
-    pub top_n_sigma: Option<f32>,
-    pub dynatemp_range: Option<f32>,
-    pub dynatemp_exponent: Option<f32>,
-    /// 0 = off, 2 = mirostat v2; 1 (v1) is refused.
-    pub mirostat: Option<u32>,
-    pub mirostat_tau: Option<f32>,
-    pub mirostat_eta: Option<f32>,
-    /// KoboldCpp's banned phrases: refused unless empty (see [`writers_samplers`]).
-    pub banned_strings: Option<Vec<String>>,
+crate::with_writer_fields! {
+    /// The body of `/v1/completions` and `/v1/chat/completions` (one struct: [`plan`] checks
+    /// which of `prompt` / `messages` the endpoint takes). Unknown fields are refused, never ignored.
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct GenRequest {
+        /// Accepted and not checked: a server serves one model, whatever the client calls it.
+        pub model: Option<String>,
+        pub prompt: Option<OneOrMany>,
+        pub messages: Option<Vec<Message>>,
+        pub max_tokens: Option<u64>,
+        pub max_completion_tokens: Option<u64>,
+        pub temperature: Option<f32>,
+        pub top_p: Option<f32>,
+        pub n: Option<u32>,
+        pub stream: Option<bool>,
+        pub stream_options: Option<StreamOptions>,
+        pub stop: Option<Stop>,
+        pub seed: Option<i64>,
+        pub presence_penalty: Option<f32>,
+        pub frequency_penalty: Option<f32>,
+        /// Token id (as a string, JSON keys are strings) -> bias in [-100, 100].
+        pub logit_bias: Option<HashMap<String, f64>>,
+        /// An integer (top-N) for completions, a boolean for chat.
+        pub logprobs: Option<Value>,
+        pub top_logprobs: Option<u32>,
+        pub echo: Option<bool>,
+        /// Accepted (OpenAI's end-user id); quill keeps no per-user state.
+        pub user: Option<String>,
+        // quill's own extras (then llama-server's samplers, by its names: with_writer_fields).
+        pub top_k: Option<usize>,
+        pub min_p: Option<f32>,
+        pub repeat_penalty: Option<f32>,
+        pub ignore_eos: Option<bool>,
+        /// KoboldCpp's banned phrases: refused unless empty (see [`writers_samplers`]).
+        pub banned_strings: Option<Vec<String>>,
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -361,22 +345,7 @@ fn writers_samplers(r: &GenRequest, s: SamplingParams, tok: &Tokenizer) -> Resul
             "banned_strings: not supported by quill serve: its batched decode loop streams each token as it is drawn and cannot take text back (quill write --ban can); ban single tokens with logit_bias",
         ));
     }
-    let fields = WriterFields {
-        dry_multiplier: r.dry_multiplier,
-        dry_base: r.dry_base,
-        dry_allowed_length: r.dry_allowed_length,
-        dry_penalty_last_n: r.dry_penalty_last_n,
-        dry_sequence_breakers: r.dry_sequence_breakers.clone(),
-        xtc_threshold: r.xtc_threshold,
-        xtc_probability: r.xtc_probability,
-        typical_p: r.typical_p,
-        top_n_sigma: r.top_n_sigma,
-        dynatemp_range: r.dynatemp_range,
-        dynatemp_exponent: r.dynatemp_exponent,
-        mirostat: r.mirostat,
-        mirostat_tau: r.mirostat_tau,
-        mirostat_eta: r.mirostat_eta,
-    };
+    let fields = r.writer_fields();
     Ok(fields.apply(s, tok)?)
 }
 

@@ -230,28 +230,66 @@ impl SamplingParams {
     }
 }
 
-/// The writer's samplers as a request names them (llama-server's fields, which the server
-/// and the page both take), each None where not given.
-#[derive(Clone, Debug, Default)]
-pub struct WriterFields {
-    pub dry_multiplier: Option<f32>,
-    pub dry_base: Option<f32>,
-    pub dry_allowed_length: Option<usize>,
-    /// -1 = the whole sequence, 0 = DRY off (llama.cpp's meaning), N = the last N ids.
-    pub dry_penalty_last_n: Option<i64>,
-    /// None: llama.cpp's [`DRY_BREAKERS`].
-    pub dry_sequence_breakers: Option<Vec<String>>,
-    pub xtc_threshold: Option<f32>,
-    pub xtc_probability: Option<f32>,
-    pub typical_p: Option<f32>,
-    /// -1 (llama.cpp's default) or 0 = off.
-    pub top_n_sigma: Option<f32>,
-    pub dynatemp_range: Option<f32>,
-    pub dynatemp_exponent: Option<f32>,
-    /// 0 = off, 2 = mirostat v2; 1 (v1) is refused.
-    pub mirostat: Option<u32>,
-    pub mirostat_tau: Option<f32>,
-    pub mirostat_eta: Option<f32>,
+/// Declares a struct holding the writer's samplers as a request names them (llama-server's
+/// fields: the server's `GenRequest`, the page's options and [`WriterFields`] itself) after
+/// its own fields, and its `writer_fields()`. The one list of those fields; what each means:
+/// - `dry_multiplier`, `dry_base`, `dry_allowed_length`: DRY ([`SamplingParams`] says how);
+/// - `dry_penalty_last_n`: -1 = the whole sequence, 0 = DRY off (llama.cpp's meaning), N = the
+///   last N ids;
+/// - `dry_sequence_breakers`: None = llama.cpp's [`DRY_BREAKERS`];
+/// - `xtc_threshold`, `xtc_probability`, `typical_p`, `dynatemp_range`, `dynatemp_exponent`;
+/// - `top_n_sigma`: -1 (llama.cpp's default) or 0 = off;
+/// - `mirostat`: 0 = off, 2 = mirostat v2; 1 (v1) is refused; `mirostat_tau`, `mirostat_eta`.
+///
+/// Each is None where not given. The struct's own fields must end with a comma.
+#[macro_export]
+macro_rules! with_writer_fields {
+    ($($item:tt)*) => {
+        $crate::__with_writer_fields! {
+            [
+                dry_multiplier: Option<f32>,
+                dry_base: Option<f32>,
+                dry_allowed_length: Option<usize>,
+                dry_penalty_last_n: Option<i64>,
+                dry_sequence_breakers: Option<Vec<String>>,
+                xtc_threshold: Option<f32>,
+                xtc_probability: Option<f32>,
+                typical_p: Option<f32>,
+                top_n_sigma: Option<f32>,
+                dynatemp_range: Option<f32>,
+                dynatemp_exponent: Option<f32>,
+                mirostat: Option<u32>,
+                mirostat_tau: Option<f32>,
+                mirostat_eta: Option<f32>,
+            ]
+            $($item)*
+        }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __with_writer_fields {
+    ([$($f:ident: $t:ty,)*] $(#[$meta:meta])* $vis:vis struct $name:ident { $($own:tt)* }) => {
+        $(#[$meta])*
+        $vis struct $name {
+            $($own)*
+            $(pub $f: $t,)*
+        }
+
+        impl $name {
+            /// The writer's samplers this holds.
+            pub fn writer_fields(&self) -> $crate::sampling::WriterFields {
+                $crate::sampling::WriterFields { $($f: self.$f.clone(),)* }
+            }
+        }
+    };
+}
+
+with_writer_fields! {
+    /// The writer's samplers as a request names them ([`with_writer_fields`] lists them).
+    #[derive(Clone, Debug, Default)]
+    pub struct WriterFields {}
 }
 
 /// Most DRY sequence breakers one request may give, and the longest (bytes): each is looked

@@ -17,7 +17,7 @@ use crate::models::load::{gguf_needs, load_gguf, load_hf_source, load_parsed_ggu
 use crate::models::LoadedModel;
 use crate::plan::{plan_before_load, Budget};
 use crate::ops::sample::MAX_TOP_LOGPROBS;
-use crate::sampling::{SamplingFlags, SamplingParams, WriterFields};
+use crate::sampling::{SamplingFlags, SamplingParams};
 use crate::tokenizer::StreamDecoder;
 use crate::weights::gguf::Gguf;
 use crate::weights::safetensors::SafetensorsSource;
@@ -59,43 +59,30 @@ pub struct Quill {
     parked: Rc<RefCell<Option<Parked>>>,
 }
 
-/// What the page asks `generate` for; absent sampling settings come from the model's
-/// generation_config.json, else quill's defaults (as on the command line).
-#[derive(Deserialize, Default)]
-#[serde(default, deny_unknown_fields)]
-struct WriteOptions {
-    prompt: String,
-    chat: bool,
-    system: Option<String>,
-    max_tokens: Option<usize>,
-    ignore_eos: bool,
-    temperature: Option<f32>,
-    top_k: Option<usize>,
-    top_p: Option<f32>,
-    min_p: Option<f32>,
-    repeat_penalty: Option<f32>,
-    seed: Option<u64>,
-    profile: bool,
-    // The writer's samplers (the studio page); absent: off, as on the command line.
-    dry_multiplier: Option<f32>,
-    dry_base: Option<f32>,
-    dry_allowed_length: Option<usize>,
-    /// llama.cpp's meaning: -1 = the whole sequence, 0 = DRY off.
-    dry_penalty_last_n: Option<i64>,
-    dry_sequence_breakers: Option<Vec<String>>,
-    xtc_threshold: Option<f32>,
-    xtc_probability: Option<f32>,
-    typical_p: Option<f32>,
-    top_n_sigma: Option<f32>,
-    dynatemp_range: Option<f32>,
-    dynatemp_exponent: Option<f32>,
-    mirostat: Option<u32>,
-    mirostat_tau: Option<f32>,
-    mirostat_eta: Option<f32>,
-    /// `write_drafts` only: how many continuations (1..=MAX_DRAFTS) and how many
-    /// alternatives each token reports (0..=MAX_TOP_LOGPROBS).
-    n: Option<usize>,
-    probs: Option<usize>,
+crate::with_writer_fields! {
+    /// What the page asks `generate` for; absent sampling settings come from the model's
+    /// generation_config.json, else quill's defaults (as on the command line).
+    #[derive(Deserialize, Default)]
+    #[serde(default, deny_unknown_fields)]
+    struct WriteOptions {
+        prompt: String,
+        chat: bool,
+        system: Option<String>,
+        max_tokens: Option<usize>,
+        ignore_eos: bool,
+        temperature: Option<f32>,
+        top_k: Option<usize>,
+        top_p: Option<f32>,
+        min_p: Option<f32>,
+        repeat_penalty: Option<f32>,
+        seed: Option<u64>,
+        profile: bool,
+        /// `write_drafts` only: how many continuations (1..=MAX_DRAFTS) and how many
+        /// alternatives each token reports (0..=MAX_TOP_LOGPROBS).
+        n: Option<usize>,
+        probs: Option<usize>,
+        // Then the writer's samplers (with_writer_fields; absent: off, as on the command line).
+    }
 }
 
 #[wasm_bindgen]
@@ -449,22 +436,7 @@ fn sampling(model: &LoadedModel, o: &WriteOptions) -> crate::Result<SamplingPara
     let flags = SamplingFlags { temperature: o.temperature, top_k: o.top_k, top_p: o.top_p, min_p: o.min_p, repeat_penalty: o.repeat_penalty };
     let seed = o.seed.unwrap_or_else(|| js_sys::Date::now() as u64);
     let (resolved, _) = SamplingParams::resolve(&flags, &model.defaults);
-    let fields = WriterFields {
-        dry_multiplier: o.dry_multiplier,
-        dry_base: o.dry_base,
-        dry_allowed_length: o.dry_allowed_length,
-        dry_penalty_last_n: o.dry_penalty_last_n,
-        dry_sequence_breakers: o.dry_sequence_breakers.clone(),
-        xtc_threshold: o.xtc_threshold,
-        xtc_probability: o.xtc_probability,
-        typical_p: o.typical_p,
-        top_n_sigma: o.top_n_sigma,
-        dynatemp_range: o.dynatemp_range,
-        dynatemp_exponent: o.dynatemp_exponent,
-        mirostat: o.mirostat,
-        mirostat_tau: o.mirostat_tau,
-        mirostat_eta: o.mirostat_eta,
-    };
+    let fields = o.writer_fields();
     let s = fields.apply(SamplingParams { seed, ..resolved }, &model.tokenizer)?;
     Ok(s)
 }
