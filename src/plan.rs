@@ -315,6 +315,27 @@ pub fn plan_before_load(cfg: &ModelConfig, weight_bytes: u64, requested: Option<
     plan(&shape, requested, budget.bytes - weight_bytes, binding_limit, budget)
 }
 
+/// What the page checks before a model's first weight is uploaded, for GGUF files and Hugging
+/// Face folders alike: `plan_before_load` for a context of `requested`, refused in words as
+/// "<name> does not fit this GPU with a context of N: <why>; a context of M positions fits
+/// (weights, largest binding, largest buffer)". `binding_limit` is what one buffer may hold;
+/// `max_buffer` is the adapter's buffer limit, shown beside it.
+pub fn fit_before_load(name: &str, cfg: &ModelConfig, weight_bytes: u64, requested: usize, binding_limit: u64, max_buffer: u64, budget: &Budget) -> Result<Plan> {
+    plan_before_load(cfg, weight_bytes, Some(requested), binding_limit, budget).map_err(|e| {
+        let mb = |b: u64| b as f64 / 1e6;
+        let largest = plan_before_load(cfg, weight_bytes, None, binding_limit, budget).map(|p| format!("; a context of {} positions fits", p.ctx_len)).unwrap_or_default();
+        Error::format(
+            name,
+            format!(
+                "does not fit this GPU with a context of {requested}: {e}{largest} (weights {:.1} MB, largest binding {:.1} MB, largest buffer {:.1} MB)",
+                mb(weight_bytes),
+                mb(binding_limit),
+                mb(max_buffer)
+            ),
+        )
+    })
+}
+
 /// One tensor as the weights check sees it: its name, shape (outermost first) and file type.
 pub struct TensorShape<'a> {
     pub name: &'a str,
@@ -360,15 +381,27 @@ pub fn check_weights(file: &str, tensors: &[TensorShape], storage: &dyn Fn(DType
     Ok(total)
 }
 
-/// [`check_weights`] for the tensors of `src` on `ctx`'s adapter.
-pub fn check_source(ctx: &Context, src: &dyn TensorSource, names: &[&str], storage: &dyn Fn(DType, usize) -> DType) -> Result<u64> {
-    // Shapes and types only: nothing is read (a streamed file is read once, by the upload).
+/// Bytes the tensors `names` of `src` take on the GPU in the types `storage` gives them (as
+/// `check_weights` counts them), from the headers alone: nothing is read.
+pub fn weight_bytes(src: &dyn TensorSource, names: &[&str], storage: &dyn Fn(DType, usize) -> DType) -> u64 {
+    with_shapes(src, names, |shapes| shapes.iter().map(|t| gpu_bytes(t, storage).0).fold(0u64, u64::saturating_add))
+}
+
+/// `f` on the shapes and types of the tensors `names` of `src` (headers only: a streamed
+/// file is read once, by the upload).
+fn with_shapes<R>(src: &dyn TensorSource, names: &[&str], f: impl FnOnce(&[TensorShape]) -> R) -> R {
     let metas: Vec<_> = names.iter().filter_map(|&n| src.meta(n).map(|m| (n, m))).collect();
     let shapes: Vec<TensorShape> = metas.iter().map(|(n, m)| TensorShape { name: n, shape: &m.shape, dtype: m.dtype }).collect();
+    f(&shapes)
+}
+
+/// [`check_weights`] for the tensors of `src` on `ctx`'s adapter.
+pub fn check_source(ctx: &Context, src: &dyn TensorSource, names: &[&str], storage: &dyn Fn(DType, usize) -> DType) -> Result<u64> {
     // The device's own binding limit, not the one the loader splits matrices by (a page may
     // lower that one to try a smaller GPU's splits; a row over it still binds on this device).
     let device_limit = ctx.device.limits().max_storage_buffer_binding_size as u64;
-    check_weights(src.file_name(), &shapes, storage, &Budget::of(ctx)?, device_limit.max(ctx.binding_limit()))
+    let budget = Budget::of(ctx)?;
+    with_shapes(src, names, |shapes| check_weights(src.file_name(), shapes, storage, &budget, device_limit.max(ctx.binding_limit())))
 }
 
 #[cfg(test)]

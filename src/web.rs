@@ -13,9 +13,9 @@ use wasm_bindgen::prelude::*;
 use crate::error::Error;
 use crate::generate::{Parked, Session, Stop};
 use crate::gpu::Context;
-use crate::models::load::{gguf_needs, load_gguf, load_hf_source, load_parsed_gguf, HfFiles, LoadOptions, LoadProgress};
-use crate::models::LoadedModel;
-use crate::plan::{plan_before_load, Budget};
+use crate::models::load::{gguf_needs, hf_needs, load_gguf, load_hf_source, load_parsed_gguf, HfFiles, LoadOptions, LoadProgress};
+use crate::models::{LoadedModel, ModelConfig};
+use crate::plan::{fit_before_load, Budget, Plan};
 use crate::ops::sample::MAX_TOP_LOGPROBS;
 use crate::sampling::{SamplingFlags, SamplingParams};
 use crate::tokenizer::StreamDecoder;
@@ -57,6 +57,9 @@ pub struct Quill {
     /// The studio's session between `write_drafts` calls (its KV cache: a branch or a retry
     /// rereads only what changed); dropped when another model loads.
     parked: Rc<RefCell<Option<Parked>>>,
+    /// Test hook (`destroy_device_during_load_for_test`): the next load destroys the device
+    /// once this many tensors are uploaded.
+    lose_at: Cell<Option<usize>>,
 }
 
 crate::with_writer_fields! {
@@ -96,7 +99,7 @@ impl Quill {
             let l = &mut ctx.limits;
             l.max_storage_buffer_binding_size = l.max_storage_buffer_binding_size.min(max as u64);
         }
-        Ok(Quill { ctx: Rc::new(ctx), model: None, cancelled: Rc::default(), profile: Rc::default(), ctx_len: Rc::new(Cell::new(MAX_CTX)), parked: Rc::default() })
+        Ok(Quill { ctx: Rc::new(ctx), model: None, cancelled: Rc::default(), profile: Rc::default(), ctx_len: Rc::new(Cell::new(MAX_CTX)), parked: Rc::default(), lose_at: Cell::new(None) })
     }
 
     /// The adapter and the limits that decide which models fit, as JSON.
@@ -124,6 +127,7 @@ impl Quill {
 
     /// Loads the files of a Hugging Face model directory: `names[i]` is the file name of
     /// `files[i]` (a Uint8Array); config.json, tokenizer.json and the safetensors are needed.
+    /// Planned as `load_hf_stream` plans, with the default budget and context.
     pub fn load_hf(&mut self, dir: &str, names: Vec<String>, files: js_sys::Array, progress: &js_sys::Function) -> Result<String, JsError> {
         self.model = None;
         self.parked.borrow_mut().take();
@@ -134,7 +138,7 @@ impl Quill {
             return Err(JsError::new(&format!("{dir}: no .safetensors file among the files given")));
         }
         let src = SafetensorsSource::parse(&safetensors).map_err(js_error)?;
-        self.load_hf_files(dir, &names, &bytes, &src, progress)
+        self.load_hf_files(dir, &names, &bytes, &src, None, None, progress)
     }
 
     /// Loads a Hugging Face model directory a tensor at a time, as `load_gguf_stream` loads a
@@ -142,9 +146,23 @@ impl Quill {
     /// tokenizer.json and the other small files); `shards[i]` is a safetensors file of
     /// `sizes[i]` bytes that `reads[i](offset, length)` reads synchronously. Each shard's
     /// header is parsed from its first bytes, then each tensor's bytes are read as it is
-    /// uploaded, so WebAssembly holds one tensor at a time. `progress(bytes, total_bytes,
-    /// tensors, total_tensors)` follows the upload.
-    pub fn load_hf_stream(&mut self, dir: &str, names: Vec<String>, files: js_sys::Array, shards: Vec<String>, sizes: Vec<f64>, reads: js_sys::Array, progress: &js_sys::Function) -> Result<String, JsError> {
+    /// uploaded, so WebAssembly holds one tensor at a time. Before any weight is read, the
+    /// folder's needs (config.json and the headers) are checked against the adapter as
+    /// `load_gguf_stream` checks a GGUF's (`ctx`, `gpu_memory` as there). `progress(bytes,
+    /// total_bytes, tensors, total_tensors)` follows the upload.
+    #[allow(clippy::too_many_arguments)]
+    pub fn load_hf_stream(
+        &mut self,
+        dir: &str,
+        names: Vec<String>,
+        files: js_sys::Array,
+        shards: Vec<String>,
+        sizes: Vec<f64>,
+        reads: js_sys::Array,
+        ctx: Option<u32>,
+        gpu_memory: Option<f64>,
+        progress: &js_sys::Function,
+    ) -> Result<String, JsError> {
         self.model = None;
         self.parked.borrow_mut().take();
         if shards.is_empty() || shards.len() != sizes.len() || shards.len() != reads.length() as usize {
@@ -162,12 +180,13 @@ impl Quill {
             })
             .collect::<Result<Vec<_>, JsError>>()?;
         let src = SafetensorsSource::open(sources).map_err(js_error)?;
-        self.load_hf_files(dir, &names, &bytes, &src, progress)
+        self.load_hf_files(dir, &names, &bytes, &src, ctx, gpu_memory, progress)
     }
 
     /// The shared end of `load_hf` and `load_hf_stream`: the small files by name, the
-    /// weights from `src`.
-    fn load_hf_files(&mut self, dir: &str, names: &[String], bytes: &[Vec<u8>], src: &SafetensorsSource, progress: &js_sys::Function) -> Result<String, JsError> {
+    /// weights from `src`, planned before the first upload (`plan_for`).
+    #[allow(clippy::too_many_arguments)]
+    fn load_hf_files(&mut self, dir: &str, names: &[String], bytes: &[Vec<u8>], src: &SafetensorsSource, ctx: Option<u32>, gpu_memory: Option<f64>, progress: &js_sys::Function) -> Result<String, JsError> {
         let file = |name: &str| names.iter().position(|n| n == name).map(|i| &bytes[i][..]);
         let config_json = file("config.json").ok_or_else(|| JsError::new(&format!("{dir}: no config.json among the files given")))?;
         let template = file("chat_template.jinja")
@@ -183,8 +202,11 @@ impl Quill {
             chat_template: template.as_deref(),
             generation_config_json: file("generation_config.json"),
         };
-        let mut report = |p: &LoadProgress| report_load(progress, p);
-        let model = load_hf_source(&self.ctx, &files, src, &LoadOptions::default(), None, &mut report).map_err(js_error)?;
+        let opts = LoadOptions::default();
+        let plan = self.plan_for(dir, hf_needs(&files, src, &opts).map_err(js_error)?, ctx, gpu_memory)?;
+        let mut report = self.load_reporter(progress);
+        let model = load_hf_source(&self.ctx, &files, src, &opts, None, &mut report).map_err(js_error)?;
+        self.ctx_len.set(plan.ctx_len);
         self.loaded(model)
     }
 
@@ -202,9 +224,10 @@ impl Quill {
         self.parked.borrow_mut().take();
         let src = JsSource { name: name.to_string(), size: size as u64, read };
         let g = Gguf::open(name, &src).map_err(js_error)?;
-        let plan = self.plan_for(&g, ctx, gpu_memory)?;
-        let mut report = |p: &LoadProgress| report_load(progress, p);
-        let model = load_parsed_gguf(&self.ctx, &g, &LoadOptions::default(), &mut report).map_err(js_error)?;
+        let opts = LoadOptions::default();
+        let plan = self.plan_for(name, gguf_needs(&g, &opts).map_err(js_error)?, ctx, gpu_memory)?;
+        let mut report = self.load_reporter(progress);
+        let model = load_parsed_gguf(&self.ctx, &g, &opts, &mut report).map_err(js_error)?;
         self.ctx_len.set(plan.ctx_len);
         self.loaded(model)
     }
@@ -215,33 +238,35 @@ impl Quill {
     pub fn check_gguf_stream(&self, name: &str, size: f64, read: js_sys::Function, ctx: Option<u32>, gpu_memory: Option<f64>) -> Result<String, JsError> {
         let src = JsSource { name: name.to_string(), size: size as u64, read };
         let g = Gguf::open(name, &src).map_err(js_error)?;
-        let plan = self.plan_for(&g, ctx, gpu_memory)?;
+        let plan = self.plan_for(name, gguf_needs(&g, &LoadOptions::default()).map_err(js_error)?, ctx, gpu_memory)?;
         Ok(serde_json::json!({ "ctx_len": plan.ctx_len, "kv_bytes": plan.kv_bytes }).to_string())
     }
 
-    /// The session plan for the model of header `g`: its weights against the GPU memory
+    /// The session plan for model `name` of `needs` (its config and the GPU bytes of its
+    /// weights, from the headers: `gguf_needs`, `hf_needs`): its weights against the GPU memory
     /// budget (`gpu_memory` bytes when the page gives less, else the default for the adapter),
     /// then the context (`ctx`, else the model's up to 2048) against what is left and the
-    /// largest binding; a refusal names the numbers and the largest context that fits.
-    fn plan_for(&self, g: &Gguf, ctx: Option<u32>, gpu_memory: Option<f64>) -> Result<crate::plan::Plan, JsError> {
-        let name = &g.file;
-        let (cfg, weight_bytes) = gguf_needs(g).map_err(js_error)?;
+    /// largest binding; a refusal names the numbers and the largest context that fits
+    /// (`plan::fit_before_load`).
+    fn plan_for(&self, name: &str, needs: (ModelConfig, u64), ctx: Option<u32>, gpu_memory: Option<f64>) -> Result<Plan, JsError> {
+        let (cfg, weight_bytes) = needs;
         let mut budget = Budget::of(&self.ctx).map_err(js_error)?;
         if let Some(hint) = gpu_memory.map(|b| b as u64).filter(|&b| b < budget.bytes) {
             budget = Budget { bytes: hint, source: "the page's memory hint: ?gpu_memory=, else half of navigator.deviceMemory".into() };
         }
         let requested = ctx.map(|c| c as usize).unwrap_or(cfg.max_ctx.min(MAX_CTX));
-        let limit = self.ctx.binding_limit();
-        plan_before_load(&cfg, weight_bytes, Some(requested), limit, &budget).map_err(|e| {
-            let mb = |b: u64| b as f64 / 1e6;
-            let largest = plan_before_load(&cfg, weight_bytes, None, limit, &budget).map(|p| format!("; a context of {} positions fits", p.ctx_len)).unwrap_or_default();
-            JsError::new(&format!(
-                "{name} does not fit this GPU with a context of {requested}: {e}{largest} (weights {:.1} MB, largest binding {:.1} MB, largest buffer {:.1} MB)",
-                mb(weight_bytes),
-                mb(self.ctx.limits.max_storage_buffer_binding_size),
-                mb(self.ctx.limits.max_buffer_size)
-            ))
-        })
+        fit_before_load(name, &cfg, weight_bytes, requested, self.ctx.binding_limit(), self.ctx.limits.max_buffer_size, &budget).map_err(js_error)
+    }
+
+    /// A load's progress callback: the page's `progress`, and the test hook's device loss.
+    fn load_reporter<'a>(&self, progress: &'a js_sys::Function) -> impl FnMut(&LoadProgress) + 'a {
+        let (ctx, lose_at) = (self.ctx.clone(), self.lose_at.take());
+        move |p| {
+            if lose_at == Some(p.tensors) {
+                ctx.device.destroy();
+            }
+            report_load(progress, p)
+        }
     }
 
     /// Has the GPU device been lost (driver reset, tab in the background too long)? The page
@@ -254,6 +279,12 @@ impl Quill {
     /// (tests/web/e2e-stream.mjs, through the page's `?test_hooks`).
     pub fn destroy_device_for_test(&self) {
         self.ctx.device.destroy();
+    }
+
+    /// Test hook: the next load destroys the WebGPU device once `tensors` tensors are uploaded
+    /// (a load is one synchronous call: no message reaches the worker in the middle of it).
+    pub fn destroy_device_during_load_for_test(&self, tensors: u32) {
+        self.lose_at.set(Some(tensors as usize));
     }
 
     fn loaded(&mut self, model: LoadedModel) -> Result<String, JsError> {

@@ -811,7 +811,7 @@ const handlers = {
       return;
     }
     if (during !== 'load') return;
-    const fit = /binding holds at most|the adapter allows|buffer .* needs/.test(message);
+    const fit = /binding holds at most|the adapter allows|buffer .* needs|does not fit this GPU/.test(message);
     say(ui.modelStatus, fit ? `This model does not fit this GPU's limits: ${message}` : `Error while loading: ${message}`, true);
     setBusy(false);
   },

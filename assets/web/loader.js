@@ -6,7 +6,8 @@
 // Page parameters: ?max_binding=N (app.js), ?gpu_memory=N (bytes the GPU may use, instead of
 // quill's default or half of navigator.deviceMemory), ?storage_quota=N (pretend the browser
 // allows N bytes of storage; 0 refuses every cache write), ?test_hooks (window.quillTestHooks:
-// loseDevice() destroys the worker's GPU device, for tests/web/e2e-stream.mjs).
+// loseDevice() destroys the worker's GPU device, loseDeviceDuringLoad(n) during the next load
+// once n tensors are uploaded; for tests/web/e2e-stream.mjs).
 
 const mb = (n) => `${(n / 1e6).toFixed(0)} MB`;
 
@@ -32,7 +33,12 @@ export function attachLoader(worker, { load }) {
     el('storage-summary').dataset.persisted = String(granted);
   }).catch(() => {});
 
-  if (params.has('test_hooks')) window.quillTestHooks = { loseDevice: () => worker.postMessage({ type: 'test-lose-device' }) };
+  if (params.has('test_hooks')) {
+    window.quillTestHooks = {
+      loseDevice: () => worker.postMessage({ type: 'test-lose-device' }),
+      loseDeviceDuringLoad: (tensors) => worker.postMessage({ type: 'test-lose-device', tensors }),
+    };
+  }
 
   const deviceHint = navigator.deviceMemory ? navigator.deviceMemory * 2 ** 30 / 2 : undefined;
   const showList = (models) => {

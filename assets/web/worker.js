@@ -66,8 +66,9 @@ async function cacheLocal(model, file) {
 
 // Loads a Hugging Face folder whose safetensors are Blobs (picked files, cached files): the
 // small files whole, each shard a tensor at a time through its { size, read } source, so
-// WebAssembly holds one tensor, never a shard. `small` maps a name to its Blob.
-async function loadHfBlobs(dir, small, shards) {
+// WebAssembly holds one tensor, never a shard. `small` maps a name to its Blob. Planned as a
+// GGUF is (`options`: see loadGguf): a folder that does not fit is refused before any upload.
+async function loadHfBlobs(dir, small, shards, options) {
   // With a shard index, its shards and no other .safetensors beside them.
   const index = small.find(([n]) => n === 'model.safetensors.index.json');
   if (index) {
@@ -88,7 +89,8 @@ async function loadHfBlobs(dir, small, shards) {
   const sources = shards.map(([, blob]) => storage.blobSource(blob));
   const progress = (done, total, tensors, totalTensors) =>
     post('progress', { phase: `uploading to the GPU (tensor ${tensors} of ${totalTensors})`, done, total, wasm: wasmBytes() });
-  return quill.load_hf_stream(dir, names, files, shards.map(([n]) => n), sources.map((s) => s.size), sources.map((s) => s.read), progress);
+  return quill.load_hf_stream(dir, names, files, shards.map(([n]) => n), sources.map((s) => s.size), sources.map((s) => s.read),
+    options.ctx, options.gpuMemory, progress);
 }
 
 const HF_OPTIONAL = ['tokenizer_config.json', 'generation_config.json', 'chat_template.jinja'];
@@ -163,7 +165,7 @@ async function load(source, options = {}) {
     info = await ggufFromUrl(source.url, options);
   } else if (source.kind === 'hf-url') {
     const { small, shards } = await fetchHfFolder(source.url, source.files);
-    info = await loadHfBlobs(name(source.url), small, shards);
+    info = await loadHfBlobs(name(source.url), small, shards, options);
   } else if (source.kind === 'gguf-file') {
     info = await ggufFromFile(source.file, options);
   } else if (source.kind === 'stored') {
@@ -178,10 +180,10 @@ async function load(source, options = {}) {
     for (const f of source.files) {
       if (f.name.endsWith('.safetensors')) shards.push([f.name, f]);
       else if (f.name.endsWith('.json') || f.name.endsWith('.jinja')) small.push([f.name, f]);
-      else continue;
-      await cacheLocal(dir, f);
     }
-    info = await loadHfBlobs(dir, small, shards);
+    info = await loadHfBlobs(dir, small, shards, options);
+    // Stored once loaded: a folder refused (too big, device lost) is not kept.
+    for (const [, f] of [...small, ...shards]) await cacheLocal(dir, f);
   } else if (source.kind === 'cached') {
     // A local model read before: its files are in the cache under local/<model>/.
     const cache = await caches.open(CACHE);
@@ -197,7 +199,7 @@ async function load(source, options = {}) {
       if (!shards.length) throw new Error(`${source.model} is no longer in this browser's cache`);
       info = loadGguf(source.model, storage.blobSource(shards[0][1]), options);
     } else {
-      info = await loadHfBlobs(source.model, small, shards);
+      info = await loadHfBlobs(source.model, small, shards, options);
     }
   } else {
     throw new Error(`unknown model source ${source.kind}`);
@@ -230,6 +232,10 @@ onmessage = async ({ data: msg }) => {
       post('ready', { adapter: { ...JSON.parse(quill.adapter()), named }, cached: await cachedLocalModels() });
     } else if (msg.type === 'load') {
       const info = await load(msg.source, msg.options);
+      // A load is one synchronous call, and WebGPU tells of a lost device through a promise:
+      // a device lost in the middle of it shows only now. Its model is not a model.
+      await new Promise((settled) => setTimeout(settled, 50));
+      if (quill.device_lost()) throw new Error(`while loading ${info.source}`);
       post('loaded', { info: { ...info, wasm_bytes: wasmBytes() } });
     } else if (msg.type === 'cache-list') {
       post('cache-list', { models: await storage.list() });
@@ -250,8 +256,10 @@ onmessage = async ({ data: msg }) => {
     } else if (msg.type === 'cancel') {
       quill && quill.cancel();
     } else if (msg.type === 'test-lose-device') {
-      // The page's ?test_hooks (loader.js): lose the device, e.g. in the middle of a generation.
-      quill && quill.destroy_device_for_test();
+      // The page's ?test_hooks (loader.js): lose the device now (e.g. in the middle of a
+      // generation), or during the next load once `tensors` tensors are uploaded.
+      if (quill && msg.tensors !== undefined) quill.destroy_device_during_load_for_test(msg.tensors);
+      else if (quill) quill.destroy_device_for_test();
     }
   } catch (e) {
     // WebGPU tells of a lost device through a promise: the failed call can come first, so let

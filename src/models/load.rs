@@ -170,10 +170,26 @@ pub fn load_gguf_from(ctx: &Context, file: &str, src: &dyn ByteSource, opts: &Lo
 }
 
 /// A GGUF model's config and the bytes its weights take on the GPU, from its header alone:
-/// what a page checks against the adapter's limits before reading any weights.
-pub fn gguf_needs(g: &Gguf) -> Result<(ModelConfig, u64)> {
+/// what a page checks against the adapter's limits before reading any weights
+/// (`plan::fit_before_load`).
+pub fn gguf_needs(g: &Gguf, opts: &LoadOptions) -> Result<(ModelConfig, u64)> {
     let (_, cfg) = registry::from_gguf(g)?;
-    Ok((cfg, g.tensors.iter().map(|t| t.n_bytes as u64).sum()))
+    let names: Vec<&str> = g.tensors.iter().map(|t| t.name.as_str()).collect();
+    Ok(needs(cfg, g, &names, opts))
+}
+
+/// `gguf_needs` for a Hugging Face folder: its config.json and its shards' headers (`src`
+/// reads nothing more: no tensor data).
+pub fn hf_needs(files: &HfFiles, src: &SafetensorsSource, opts: &LoadOptions) -> Result<(ModelConfig, u64)> {
+    let (_, cfg) = registry::from_hf_json(files.config_json, &format!("{}/config.json", files.dir))?;
+    Ok(needs(cfg, src, &src.names(), opts))
+}
+
+/// The config as `opts` loads it and the GPU bytes of `names` in the types `opts` gives them.
+fn needs(mut cfg: ModelConfig, src: &dyn TensorSource, names: &[&str], opts: &LoadOptions) -> (ModelConfig, u64) {
+    cfg.kv_format = opts.kv_cache;
+    let bytes = crate::plan::weight_bytes(src, names, &|d, c| opts.storage(d, c));
+    (cfg, bytes)
 }
 
 /// Loads the model of a parsed GGUF header, reading its tensors from where the header says.

@@ -4,7 +4,12 @@
 //      a time (each shard's header from its first bytes), so WebAssembly memory stays near the
 //      largest tensor; the greedy tokens must be those of the same model picked as a GGUF;
 //   2. the device destroyed (the page's ?test_hooks) in the middle of a generation: the page
-//      says the GPU device was lost, then loads again without a reload and writes a token.
+//      says the GPU device was lost, then loads again without a reload and writes a token;
+//   3. the device destroyed in the middle of a streamed load (after a few tensors): the page says
+//      so instead of "Loaded" (no half model on a dead device), then loads again and writes;
+//   4. a folder that does not fit is refused before any upload, with the numbers and the context
+//      that would fit: under a GPU budget (?gpu_memory=) and under a binding limit
+//      (?max_binding=); the context it proposes then loads.
 // Prints the peak WebAssembly memory (memory.buffer.byteLength) after each load.
 //
 //   node tests/web/e2e-stream.mjs
@@ -47,18 +52,41 @@ const page = browser.pages()[0] || await browser.newPage();
 page.on('console', (m) => log.push(`console.${m.type()}: ${m.text()}`));
 page.on('pageerror', (e) => log.push(`page error: ${e.message}`));
 
-// Picks `files` in `input` and waits for the load; returns the status and the WebAssembly
-// memory the loader panel shows (the worker's memory.buffer.byteLength, which only grows).
-async function pick(input, files, what) {
-  const t0 = Date.now();
-  await page.evaluate(() => { document.getElementById('model-status').textContent = ''; });
+// Picks `files` in `input` and waits for the load to end, loaded or not; returns the final
+// status and every status shown on the way (window.statuses).
+async function attempt(input, files) {
+  await page.evaluate(() => {
+    const el = document.getElementById('model-status');
+    el.textContent = '';
+    window.statuses = [];
+    window.statusObserver?.disconnect();
+    window.statusObserver = new MutationObserver(() => window.statuses.push(el.textContent));
+    window.statusObserver.observe(el, { childList: true, characterData: true, subtree: true });
+  });
+  // Picking the same folder twice in a row never fires a change: the input forgets it first.
+  await page.$eval(input, (el) => { el.value = ''; });
   await page.setInputFiles(input, files);
   await page.waitForFunction(() => /^Loaded|Error|does not fit/.test(document.getElementById('model-status').textContent), null, { timeout: 180e3 });
-  const status = await page.textContent('#model-status');
+  return { status: await page.textContent('#model-status'), statuses: await page.evaluate(() => window.statuses) };
+}
+
+// `attempt` that must load; returns the status and the WebAssembly memory the loader panel
+// shows (the worker's memory.buffer.byteLength, which only grows).
+async function pick(input, files, what) {
+  const t0 = Date.now();
+  const { status } = await attempt(input, files);
   if (!status.startsWith('Loaded')) fail(`loading ${what}: ${status}`);
   const wasm = Number(await page.getAttribute('#wasm-memory', 'data-bytes'));
   console.log(`${what}: loaded in ${((Date.now() - t0) / 1000).toFixed(1)} s, peak WebAssembly memory ${wasm} bytes (${(wasm / 1e6).toFixed(1)} MB)`);
   return { status, wasm };
+}
+
+async function open(query) {
+  await page.goto(base + query);
+  await page.waitForFunction(() => /^GPU:|cannot run|no WebGPU/.test(document.getElementById('gpu').textContent), null, { timeout: 120e3 });
+  const gpu = await page.textContent('#gpu');
+  if (!gpu.startsWith('GPU:')) fail(`no WebGPU: ${gpu}`);
+  return gpu;
 }
 
 // Starts a greedy continuation of the prompt; resolves once it is done or failed.
@@ -81,6 +109,36 @@ async function write(maxTokens) {
 
 const finished = () => page.waitForFunction(() => document.getElementById('story').dataset.done === 'true' || /Error/.test(document.getElementById('summary').textContent), null, { timeout: 300e3 });
 
+// Writes one token; fails unless some text came.
+async function writeOne(what) {
+  await write(1);
+  await finished();
+  const summary = await page.textContent('#summary');
+  const pieces = await page.evaluate(() => window.pieces);
+  if (/Error/.test(summary) || !pieces.join('').length) fail(`writing ${what}: ${summary}`);
+  return `${JSON.stringify(pieces.join(''))}: ${summary}`;
+}
+
+// The folder refused with a context of `ctx` (the model's when undefined) under the page's
+// `query`: the refusal names the context, the bytes needed and the context that fits, and
+// comes before any upload. Returns that context.
+async function refused(query, ctx, why) {
+  await open(query);
+  if (ctx) await page.fill('#ctx', String(ctx));
+  const { status, statuses } = await attempt('#hf-dir', dir);
+  const asked = ctx || 256; // llama-tiny's context
+  if (!/does not fit this GPU's limits/.test(status) || !(await page.$('#model-status.error'))) fail(`${query}: the folder was not refused: ${status}`);
+  for (const want of [`does not fit this GPU with a context of ${asked}`, `${asked} positions need`, why, 'bytes']) {
+    if (!status.includes(want)) fail(`${query}: the refusal does not say "${want}": ${status}`);
+  }
+  const fits = /a context of (\d+) positions fits/.exec(status);
+  if (!fits || !(Number(fits[1]) < asked)) fail(`${query}: the refusal names no smaller context that fits: ${status}`);
+  const uploaded = statuses.filter((t) => /uploading to the GPU/.test(t));
+  if (uploaded.length) fail(`${query}: refused only after an upload began (${uploaded[0]})`);
+  console.log(`refused under ${query}: ${status}`);
+  return Number(fits[1]);
+}
+
 async function greedy() {
   await write(greedyTokens);
   await finished();
@@ -90,11 +148,7 @@ async function greedy() {
 }
 
 try {
-  await page.goto(base + '?test_hooks=1');
-  await page.waitForFunction(() => /^GPU:|cannot run|no WebGPU/.test(document.getElementById('gpu').textContent), null, { timeout: 120e3 });
-  const gpu = await page.textContent('#gpu');
-  if (!gpu.startsWith('GPU:')) fail(`no WebGPU: ${gpu}`);
-  console.log(gpu);
+  console.log(await open('?test_hooks=1'));
 
   // 1. The folder first, so the peak memory is its own; then the GGUF of the same model.
   const folder = await pick('#hf-dir', dir, 'llama-tiny folder (safetensors, streamed)');
@@ -116,12 +170,26 @@ try {
   if (!/GPU device was lost/.test(lost) || !/load the model again/.test(lost)) fail(`after the device was destroyed mid-generation the page says: ${lost}`);
   console.log(`device lost mid-generation: ${lost}`);
   await pick('#hf-dir', dir, 'llama-tiny folder again, on a new device');
-  await write(1);
-  await finished();
-  const after = await page.textContent('#summary');
-  const pieces = await page.evaluate(() => window.pieces);
-  if (/Error/.test(after) || !pieces.join('').length) fail(`writing after the reload of the model: ${after}`);
-  console.log(`after the loss, loaded again without a page reload and wrote ${JSON.stringify(pieces.join(''))}: ${after}`);
+  console.log(`after the loss, loaded again without a page reload and wrote ${await writeOne('after the reload of the model')}`);
+
+  // 3. The device lost in the middle of a streamed load, once 3 of the folder's tensors are up.
+  await page.evaluate(() => window.quillTestHooks.loseDeviceDuringLoad(3));
+  const midLoad = await attempt('#hf-dir', dir);
+  if (midLoad.status.startsWith('Loaded') || !/GPU device was lost/.test(midLoad.status) || !/load the model again/.test(midLoad.status)) {
+    fail(`after the device was destroyed mid-load the page says: ${midLoad.status}`);
+  }
+  if (!midLoad.statuses.some((t) => /uploading to the GPU/.test(t))) fail(`the device was to be lost during the upload, but no upload was shown: ${midLoad.statuses.join(' | ')}`);
+  console.log(`device lost mid-load: ${midLoad.status}`);
+  await pick('#hf-dir', dir, 'llama-tiny folder after a loss mid-load, on a new device');
+  console.log(`after the loss mid-load, loaded again without a page reload and wrote ${await writeOne('after a loss mid-load')}`);
+
+  // 4. Refused before any upload. A 1 MiB budget holds llama-tiny's 0.8 MB of weights, not a
+  //    context of 256 beside them; a 128 KiB binding holds the logits of 32 positions, not 128.
+  const fitsBudget = await refused('?test_hooks=1&gpu_memory=1048576', 256, 'GPU memory budget');
+  await page.fill('#ctx', String(fitsBudget));
+  await pick('#hf-dir', dir, `llama-tiny folder with the context the refusal proposed (${fitsBudget})`);
+  console.log(`  wrote ${await writeOne('with the proposed context')}`);
+  await refused('?test_hooks=1&max_binding=131072', undefined, "the adapter's limit of 131072 bytes per buffer");
   console.log('RESULT e2e-stream: ok');
   await browser.close();
   server.close();
