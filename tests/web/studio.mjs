@@ -318,8 +318,13 @@ try {
       async () => `the old story opens as ${JSON.stringify((await story()).slice(0, 80))} with ${await tokens()} tokens`);
     await page.fill('#memory', 'Saved again.');
     await page.dispatchEvent('#memory', 'input');
-    await page.waitForTimeout(1500);
-    const resaved = JSON.parse(fs.readFileSync(path.join(storiesDir, 'old one.json'), 'utf8'));
+    // The page saves a moment after the last edit: wait (up to 20 s) for the file to change.
+    const oldFile = path.join(storiesDir, 'old one.json');
+    let resaved = JSON.parse(fs.readFileSync(oldFile, 'utf8'));
+    for (let i = 0; i < 80 && resaved.memory !== 'Saved again.'; i++) {
+      await page.waitForTimeout(250);
+      resaved = JSON.parse(fs.readFileSync(oldFile, 'utf8'));
+    }
     await check(resaved.memory === 'Saved again.' && resaved.text === legacy.text && Array.isArray(resaved.studio?.pieces) && !('pieces' in resaved)
       && resaved.history.every((h) => typeof h === 'string'), `the old story was saved back as ${JSON.stringify(resaved).slice(0, 300)}`);
     console.log(`an old-format page story opens (${await tokens()} tokens) and saves in quill's story format`);
