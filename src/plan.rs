@@ -322,6 +322,12 @@ pub fn plan_before_load(cfg: &ModelConfig, weight_bytes: u64, requested: Option<
 /// `max_buffer` is the adapter's buffer limit, shown beside it.
 pub fn fit_before_load(name: &str, cfg: &ModelConfig, weight_bytes: u64, requested: usize, binding_limit: u64, max_buffer: u64, budget: &Budget) -> Result<Plan> {
     plan_before_load(cfg, weight_bytes, Some(requested), binding_limit, budget).map_err(|e| {
+        // The plan words a refused context for the command line ("invalid argument --ctx: …");
+        // here the sentence already says which context, so only the reason follows.
+        let e = match e {
+            Error::Arg { msg, .. } => msg,
+            e => e.to_string(),
+        };
         let mb = |b: u64| b as f64 / 1e6;
         let largest = plan_before_load(cfg, weight_bytes, None, binding_limit, budget).map(|p| format!("; a context of {} positions fits", p.ctx_len)).unwrap_or_default();
         Error::format(

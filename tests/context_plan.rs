@@ -115,6 +115,8 @@ fn a_folder_is_planned_from_its_headers_before_any_upload() {
     let err = fit_before_load("llama-tiny", &cfg, weights, 256, 1 << 30, 1 << 30, &mib).unwrap_err().to_string();
     let need = shape.kv_bytes(256) + shape.activation_bytes(256);
     assert!(err.starts_with("llama-tiny: does not fit this GPU with a context of 256") && err.contains(&format!("256 positions need {need} bytes")), "{err}");
+    // The page's sentence, not the command line's "invalid argument --ctx".
+    assert!(!err.contains("invalid argument"), "{err}");
     let fits: usize = err.split("a context of ").nth(2).and_then(|s| s.split(' ').next()).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no context that fits in: {err}"));
     assert!(fits > 0 && fits < 256, "{err}");
     assert!(shape.kv_bytes(fits) + shape.activation_bytes(fits) <= (1 << 20) - weights, "{err}");

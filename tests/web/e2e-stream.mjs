@@ -189,7 +189,7 @@ try {
   await page.fill('#ctx', String(fitsBudget));
   await pick('#hf-dir', dir, `llama-tiny folder with the context the refusal proposed (${fitsBudget})`);
   // The proposed context (22 positions) is shorter than writeOne's prompt (26 tokens): that it
-  // loads is the check here; writing is checked under the budgets above.
+  // loads is the check here (steps 1 to 3 check writing).
   await refused('?test_hooks=1&max_binding=131072', undefined, "the adapter's limit of 131072 bytes per buffer");
   console.log('RESULT e2e-stream: ok');
   await browser.close();
