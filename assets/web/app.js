@@ -667,6 +667,7 @@ function restore(j) {
 }
 
 let saving = false, dirty = false, saveTimer = 0, loaded = false;
+const SAVE_RETRY_MS = 2000;
 
 function scheduleSave() {
   clearTimeout(saveTimer);
@@ -692,7 +693,12 @@ async function saveNow() {
       say(ui.saved, `Saved ${serverStories ? 'on the server' : 'in this browser'} at ${new Date().toLocaleTimeString()}`);
     } while (dirty);
   } catch (e) {
-    say(ui.saved, `Not saved: ${e.message}`, true);
+    // A failed save is tried again (with any edit made meanwhile) until one goes through:
+    // the story stays in the page and is never dropped.
+    say(ui.saved, `Not saved: ${e.message} (trying again in ${SAVE_RETRY_MS / 1000} s)`, true);
+    console.error(`story not saved: ${e.message}`);
+    clearTimeout(saveTimer);
+    saveTimer = setTimeout(saveNow, SAVE_RETRY_MS);
   } finally {
     saving = false;
   }
@@ -701,8 +707,16 @@ async function saveNow() {
 async function loadStory() {
   let text = null;
   if (serverStories) {
-    const r = await fetch(storyUrl(), { headers: auth() });
+    // Only "no such story" starts a new one: a story the server could not give (an error, no
+    // connection) is not replaced by an empty one on the next save.
+    const name = ui.name.value;
+    const r = await fetch(storyUrl(), { headers: auth() }).catch((e) => ({ ok: false, status: 0, statusText: e.message }));
     if (r.ok) text = await r.text();
+    else if (r.status !== 404) {
+      const why = r.status ? (await r.json().catch(() => ({}))).error?.message || `HTTP ${r.status}` : r.statusText;
+      say(ui.saved, `Cannot open “${name}” from the server: ${why}. Nothing is saved until it opens (pick the story again).`, true);
+      return;
+    }
   } else {
     text = await idbDo('readonly', (s) => s.get(ui.name.value.trim() || 'my story')).catch(() => null);
   }

@@ -825,6 +825,20 @@ mod tests {
         run_chunks(ctx, 3, 3, 64, &[9, 700, 1], ring_len(300, 700), o).await;
     });
 
+    gpu_test!(fn long_contexts_match_reference(ctx) {
+        // Gemma 3 270M's shapes far from position 0 (4 heads on one KV head of 256): a prefill
+        // chunk of 64 queries after 5000 cached keys, as a 6000-token prompt's last chunks run
+        // in a global layer, and a decode step there.
+        run(ctx, 4, 1, 256, 5000, 64, 0).await;
+        run(ctx, 4, 1, 256, 5063, 1, 0).await;
+        // Its sliding layers: window 512 in a ring of 512 + 128 - 1, prefilled in chunks of 128
+        // until the ring has wrapped several times, then decode steps.
+        let o = AttnOpts { window: Some(512), ..Default::default() };
+        let mut chunks = vec![128; 20];
+        chunks.extend([1, 1]);
+        run_chunks(ctx, 4, 1, 256, &chunks, ring_len(512, 128), o).await;
+    });
+
     gpu_test!(fn soft_capping_and_explicit_scale_match_reference(ctx) {
         // Gemma 2's cap of 50 with scores near it (q scaled by 3, scale 1 / √(0.5 · 16)), and a
         // cap small enough to flatten every score.

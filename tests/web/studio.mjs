@@ -84,7 +84,7 @@ async function fail(why) {
   console.error(`FAIL (studio, ${which}): ${why}\n${log.slice(-20).join('\n')}${server ? `\nserver: ${server.log().slice(-2000)}` : ''}`);
   await finish(1);
 }
-const check = async (ok, why) => { if (!ok) await fail(typeof why === 'function' ? why() : why); };
+const check = async (ok, why) => { if (!ok) await fail(typeof why === "function" ? await why() : why); };
 async function shot(state) {
   fs.mkdirSync(shots, { recursive: true });
   await page.screenshot({ path: path.join(shots, `studio-${which}-${state}.png`), fullPage: true });
@@ -326,7 +326,7 @@ try {
       resaved = JSON.parse(fs.readFileSync(oldFile, 'utf8'));
     }
     await check(resaved.memory === 'Saved again.' && resaved.text === legacy.text && Array.isArray(resaved.studio?.pieces) && !('pieces' in resaved)
-      && resaved.history.every((h) => typeof h === 'string'), `the old story was saved back as ${JSON.stringify(resaved).slice(0, 300)}`);
+      && resaved.history.every((h) => typeof h === 'string'), async () => `the old story was saved back as ${JSON.stringify(resaved).slice(0, 300)}; the page says ${JSON.stringify(await page.textContent('#saved'))}`);
     console.log(`an old-format page story opens (${await tokens()} tokens) and saves in quill's story format`);
   }
   console.log(`RESULT studio ${which}: all checks passed; screenshots in ${path.relative(root, shots)}/studio-${which}-*.png`);
