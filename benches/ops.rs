@@ -109,7 +109,7 @@ fn main() {
     let kc = t(&[kvh * ctx_len * hd], 8);
     let vc = t(&[kvh * ctx_len * hd], 9);
     let o = t(&[128, heads * hd], 10);
-    let part = t(&[attention::partials_len(heads, hd)], 11);
+    let part = t(&[attention::partials_len(heads, kvh, hd, 128, ctx_len)], 11);
     for &pos0 in &[0usize, 511] {
         let s = attention::AttnShape { n_tokens: 1, n_heads: heads, n_kv_heads: kvh, head_dim: hd, ctx_len, pos0, slot: 0 };
         time(&ctx, &format!("attention decode at position {pos0}"), iters, |rec| attention::attention(rec, &q, &kc, &vc, &o, &part, s, 0).unwrap());

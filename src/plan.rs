@@ -182,7 +182,7 @@ impl SessionShape {
             k: [b, kv],
             v: [b, kv],
             att: [b, q],
-            att_partials: [partials_len(self.n_heads, self.head_dim)],
+            att_partials: [partials_len(self.n_heads, self.n_kv_heads, self.head_dim, b, ctx_len)],
             gate: [b, self.ffn_dim],
             up: [b, self.ffn_dim],
             logits: [b, self.vocab],

@@ -99,10 +99,43 @@ const MIN_SPLIT_KEYS: usize = 256;
 /// Most key ranges one (token, head) is split into.
 pub const MAX_SPLITS: usize = 32;
 
-/// Floats of the partial results a split attention needs: (n_heads, MAX_SPLITS, head_dim + 2)
-/// for one token.
-pub fn partials_len(n_heads: usize, head_dim: usize) -> usize {
-    n_heads * MAX_SPLITS * (head_dim + 2)
+/// Loop iterations one shader invocation may run on a CPU-type adapter. llvmpipe (lavapipe)
+/// counts every iteration of every loop of an invocation against one limit of 65535 (gallivm's
+/// `LP_MAX_TGSI_LOOP_ITERATIONS`), and past it every loop simply stops: a workgroup given too
+/// many keys attended to only the first few thousand of them, silently (Gemma 3's head_dim 256
+/// met it after ~3700 keys). On such adapters a call is cut into key ranges (`Tiling::key_cap`)
+/// so that no invocation comes within 10% of the limit.
+pub const CPU_LOOP_BUDGET: usize = 58_000;
+
+/// The loop budget of an adapter (`CPU_LOOP_BUDGET` on CPU-type ones; none on GPUs).
+pub fn loop_budget(device_type: wgpu::DeviceType) -> Option<usize> {
+    matches!(device_type, wgpu::DeviceType::Cpu).then_some(CPU_LOOP_BUDGET)
+}
+
+/// Floats of the partial results split attention needs for calls of up to `max_tokens` tokens
+/// over up to `keys` keys: (tokens, n_heads, ranges, head_dim + 2). A decode step takes up to
+/// `MAX_SPLITS` ranges; on an adapter with a loop budget a longer call takes as many as the
+/// budget asks for, counted here for every kernel shape (and `QUILL_ATTN_SHAPE`'s).
+pub fn partials_len(n_heads: usize, n_kv_heads: usize, head_dim: usize, max_tokens: usize, keys: usize) -> usize {
+    let row = head_dim + 2;
+    let decode = n_heads * MAX_SPLITS * row;
+    let env = std::env::var(ATTN_SHAPE_ENV).ok().and_then(|t| KernelShape::parse(&t).ok());
+    let shapes = KernelShape::ALL.iter().map(|(_, k)| *k).chain(env);
+    let mut most = decode;
+    for ks in shapes {
+        for t in 1..=max_tokens.max(1) {
+            let s = AttnShape { n_tokens: t, n_heads, n_kv_heads, head_dim, ctx_len: keys, pos0: 0, slot: 0 };
+            for mixed in [false, true] {
+                let tiling = Tiling::with_q_tile(&s, ks, mixed);
+                let span = keys.max(1) + tiling.q_tile - 1;
+                let (splits, _) = tiling.key_ranges(t, head_dim, keys.max(1), span, ks.threads as usize, Some(CPU_LOOP_BUDGET));
+                if splits > 1 {
+                    most = most.max(t * n_heads * splits * row);
+                }
+            }
+        }
+    }
+    most
 }
 
 /// The attention kernel's shape on one adapter class: threads per workgroup (the shader's `WG`
@@ -178,18 +211,51 @@ struct Tiling {
 
 impl Tiling {
     fn new(s: &AttnShape, ks: KernelShape, at: &Placement) -> Tiling {
+        let t = Self::with_q_tile(s, ks, false);
+        // A workgroup reads one slot's keys: a table whose tiles would mix slots gets one token each.
+        match at {
+            Placement::Table(tt) if (0..s.n_tokens).any(|i| tt.token(i).0 != tt.token(i - i % t.q_tile).0) => Self::with_q_tile(s, ks, true),
+            _ => t,
+        }
+    }
+    /// The tiling, with one token per workgroup when `one_token`.
+    fn with_q_tile(s: &AttnShape, ks: KernelShape, one_token: bool) -> Tiling {
         let hd4 = s.head_dim.div_ceil(4).max(1);
         let max_rows = (Q_VEC4 / hd4).min(MAX_ROWS);
         let head_chunk = (s.n_heads / s.n_kv_heads.max(1)).clamp(1, max_rows);
-        let mut q_tile = ks.q_tile.min(max_rows / head_chunk).min(s.n_tokens).max(1);
-        // A workgroup reads one slot's keys: a table whose tiles would mix slots gets one token each.
-        if let Placement::Table(t) = at {
-            if (0..s.n_tokens).any(|i| t.token(i).0 != t.token(i - i % q_tile).0) {
-                q_tile = 1;
-            }
-        }
+        let q_tile = if one_token { 1 } else { ks.q_tile.min(max_rows / head_chunk).min(s.n_tokens).max(1) };
         let k_tile = ks.k_tile.min(KV_VEC4 / hd4).min(P_LEN / (q_tile * head_chunk)).max(1);
         Tiling { q_tile, head_chunk, k_tile }
+    }
+    /// Loop iterations a thread of the attention kernel runs: (outside the key loop, per key
+    /// tile), counted from shaders/attention.wgsl's loops as upper bounds (a loop of a CPU
+    /// adapter's SIMD group runs while any of its lanes does).
+    fn loop_iterations(&self, head_dim: usize, threads: usize) -> (usize, usize) {
+        let (d4, rows, tk) = (head_dim.div_ceil(4).max(1), self.q_tile * self.head_chunk, self.k_tile);
+        let per = |n: usize| n.div_ceil(threads);
+        // Bounds of the tokens; q staged (4 values each); the outputs (4 chunks of 4).
+        let fixed = self.q_tile + 5 * per(rows * d4) + 4 * 5 + 8;
+        // The tile loop; K and V staged (an f32 row not a multiple of 4 reads up to 3 words
+        // one by one); scores (a dot over d4 each); each row's max; probabilities; the outputs.
+        let tile = 1 + 2 * 4 * per(tk * d4) + per(rows * tk) * (1 + d4) + (tk + 1) + per(rows * tk) + 4 * (tk + 1);
+        (fixed, tile)
+    }
+    /// Most keys one workgroup may take within `budget` loop iterations (a multiple of 64).
+    fn key_cap(&self, head_dim: usize, threads: usize, budget: usize) -> usize {
+        let (fixed, tile) = self.loop_iterations(head_dim, threads);
+        let tiles = budget.saturating_sub(fixed) / tile;
+        (tiles * self.k_tile / 64 * 64).max(64)
+    }
+    /// (ranges, keys per range) for a call of `n_tokens` whose last query sees `keys` keys and
+    /// whose workgroups each span up to `span` of them: a decode step over a long context is
+    /// split so that enough workgroups run; under a loop budget no range holds more keys than
+    /// `key_cap` allows.
+    fn key_ranges(&self, n_tokens: usize, head_dim: usize, keys: usize, span: usize, threads: usize, budget: Option<usize>) -> (usize, usize) {
+        let mut splits = if n_tokens == 1 { keys.div_ceil(MIN_SPLIT_KEYS).clamp(1, MAX_SPLITS) } else { 1 };
+        if let Some(budget) = budget {
+            splits = splits.max(span.div_ceil(self.key_cap(head_dim, threads, budget)));
+        }
+        (splits, span.div_ceil(splits).next_multiple_of(64))
     }
     fn workgroups(&self, s: &AttnShape, splits: usize) -> usize {
         let chunks = (s.n_heads / s.n_kv_heads).div_ceil(self.head_chunk);
@@ -465,14 +531,17 @@ pub fn attention_shaped(rec: &mut Recorder, q: &Tensor, k_cache: &Tensor, v_cach
     q.holds("attention", "q", n)?;
     out.holds("attention", "out", n)?;
     let keys = s.visible(o, at.extent(&s).end.max(1) - 1);
-    let splits = if s.n_tokens == 1 { keys.div_ceil(MIN_SPLIT_KEYS).clamp(1, MAX_SPLITS) } else { 1 };
+    let tiling = Tiling::new(&s, shape, at);
+    // A workgroup's tokens see keys from the first one's first to the last one's position.
+    let span = keys + tiling.q_tile - 1;
+    let (splits, split_len) = tiling.key_ranges(s.n_tokens, s.head_dim, keys, span, shape.threads as usize, loop_budget(rec.ctx.info.device_type));
     let mut p = s.params_at(o, at);
     if splits > 1 {
-        partials.holds("attention", "partials", partials_len(s.n_heads, s.head_dim))?;
+        let need = s.n_tokens * s.n_heads * splits * (s.head_dim + 2);
+        partials.holds("attention", "partials", need)?;
         p.n_splits = splits as u32;
-        p.split_len = keys.div_ceil(splits).next_multiple_of(64) as u32;
+        p.split_len = split_len as u32;
     }
-    let tiling = Tiling::new(&s, shape, at);
     (p.q_tile, p.head_chunk, p.k_tile) = (tiling.q_tile as u32, tiling.head_chunk as u32, tiling.k_tile as u32);
     let constants: Vec<(&str, f64)> = format.constants().iter().copied().chain([("WG", shape.threads as f64)]).collect();
     let pipe = rec.ctx.pipeline(&SHADER, "attention", &constants)?;
@@ -559,7 +628,7 @@ mod tests {
         let s = AttnShape { n_tokens, n_heads, n_kv_heads, head_dim, ctx_len, pos0: pre, slot };
         let qt = Tensor::upload_f32(ctx, "q", &[n_tokens, n_heads * head_dim], &q).unwrap();
         let out = Tensor::zeros(ctx, "out", &[n_tokens, n_heads * head_dim]).unwrap();
-        let partials = Tensor::zeros(ctx, "partials", &[partials_len(n_heads, head_dim)]).unwrap();
+        let partials = Tensor::zeros(ctx, "partials", &[partials_len(n_heads, n_kv_heads, head_dim, n_tokens, total)]).unwrap();
         // Reference layout: (kv_head, position, d).
         let to_heads = |x: &[f32]| -> Vec<f32> {
             let mut o = vec![0f32; x.len()];
@@ -598,7 +667,7 @@ mod tests {
         let words = format.words(n_kv_heads * cache_len * head_dim);
         let kc = Tensor::zeros(ctx, "k cache", &[words]).unwrap();
         let vc = Tensor::zeros(ctx, "v cache", &[words]).unwrap();
-        let partials = Tensor::zeros(ctx, "partials", &[partials_len(n_heads, head_dim)]).unwrap();
+        let partials = Tensor::zeros(ctx, "partials", &[partials_len(n_heads, n_kv_heads, head_dim, chunks.iter().copied().max().unwrap_or(1), total)]).unwrap();
         let heads_first = |x: &[f32]| -> Vec<f32> {
             let mut out = vec![0f32; x.len()];
             for p in 0..total {
@@ -679,7 +748,7 @@ mod tests {
         let words = n_slots * n_kv_heads * cache_len * head_dim;
         let kc = Tensor::zeros(ctx, "k cache", &[words]).unwrap();
         let vc = Tensor::zeros(ctx, "v cache", &[words]).unwrap();
-        let partials = Tensor::zeros(ctx, "partials", &[partials_len(n_heads, head_dim)]).unwrap();
+        let partials = Tensor::zeros(ctx, "partials", &[partials_len(n_heads, n_kv_heads, head_dim, new.iter().sum::<usize>().max(1), cache_len.max(before.iter().zip(new).map(|(b, n)| b + n).max().unwrap_or(0)))]).unwrap();
         let total: Vec<usize> = before.iter().zip(new).map(|(b, n)| b + n).collect();
         // Slot i's keys and values at every position, token-major (position, kv_head, d).
         let kv: Vec<(Vec<f32>, Vec<f32>)> = (0..n_slots).map(|i| (test_values(total[i] * row, 50 + i as u64), test_values(total[i] * row, 70 + i as u64))).collect();
@@ -837,6 +906,54 @@ mod tests {
         let mut chunks = vec![128; 20];
         chunks.extend([1, 1]);
         run_chunks(ctx, 4, 1, 256, &chunks, ring_len(512, 128), o).await;
+    });
+
+    gpu_test!(fn every_key_of_a_long_context_is_seen(ctx) {
+        // Zero queries attend uniformly: with V = (j, j²/10⁴, 1) at position j, the outputs are
+        // the mean position seen, its second moment and the weights' sum, which say exactly
+        // which keys were read. lavapipe stopped every loop of a workgroup after 65535
+        // iterations, and these calls saw only keys 0..~3700 (head_dim 256) before the key
+        // ranges were cut to the loop budget (CPU_LOOP_BUDGET).
+        for (pre, d) in [(5000usize, 256usize), (9000, 128), (17000, 64)] {
+            let t = 2usize;
+            let ctx_len = pre + t;
+            let kc = Tensor::zeros(ctx, "k cache", &[ctx_len * d]).unwrap();
+            let mut v = vec![0f32; ctx_len * d];
+            for j in 0..ctx_len {
+                (v[j * d], v[j * d + 1], v[j * d + 2]) = (j as f32, (j * j) as f32 / 1e4, 1.0);
+            }
+            let vc = Tensor::upload_f32(ctx, "v cache", &[ctx_len * d], &v).unwrap();
+            let s = AttnShape { n_tokens: t, n_heads: 1, n_kv_heads: 1, head_dim: d, ctx_len, pos0: pre, slot: 0 };
+            let qt = Tensor::zeros(ctx, "q", &[t, d]).unwrap();
+            let out = Tensor::zeros(ctx, "out", &[t, d]).unwrap();
+            let partials = Tensor::zeros(ctx, "partials", &[partials_len(1, 1, d, t, ctx_len)]).unwrap();
+            for (name, shape) in KernelShape::ALL {
+                let mut rec = Recorder::new(ctx, "test");
+                attention_shaped(&mut rec, &qt, &kc, &vc, &out, &partials, s, &AttnOpts::default(), KvFormat::F32, &Placement::Run, shape, 0).unwrap();
+                rec.submit().unwrap();
+                let got = ctx.read_f32_async(&out.buf, 0, t * d).await.unwrap();
+                for (i, row) in got.chunks(d).enumerate() {
+                    // Keys 0 ..= pos: mean pos / 2, second moment pos (2 pos + 1) / 6.
+                    let pos = (pre + i) as f64;
+                    let (mean, second) = (pos / 2.0, pos * (2.0 * pos + 1.0) / 6.0 / 1e4);
+                    let ok = (row[0] as f64 - mean).abs() <= 1e-4 * mean && (row[1] as f64 - second).abs() <= 1e-4 * second && (row[2] - 1.0).abs() <= 1e-5;
+                    assert!(ok, "{name} shape, head_dim {d}, query at {pos}: mean position {} (want {mean}), second moment {} (want {second:.1}), weights sum {}", row[0], row[1], row[2]);
+                }
+            }
+        }
+        // The ranges a budget asks for stay within it, and the partials counted for a session hold them.
+        for (hd, heads, kv) in [(256, 4, 1), (64, 9, 3), (128, 32, 8), (34, 5, 1)] {
+            for (_, ks) in KernelShape::ALL {
+                for t in [1, 2, 16, 128] {
+                    let s = AttnShape { n_tokens: t, n_heads: heads, n_kv_heads: kv, head_dim: hd, ctx_len: 40_000, pos0: 0, slot: 0 };
+                    let tiling = Tiling::with_q_tile(&s, ks, false);
+                    let (splits, len) = tiling.key_ranges(t, hd, 40_000, 40_000 + tiling.q_tile - 1, ks.threads as usize, Some(CPU_LOOP_BUDGET));
+                    let (fixed, tile) = tiling.loop_iterations(hd, ks.threads as usize);
+                    assert!(fixed + len.div_ceil(tiling.k_tile) * tile <= CPU_LOOP_BUDGET && splits * len >= 40_000, "{ks:?} d {hd} t {t}: {splits} ranges of {len}");
+                    assert!(partials_len(heads, kv, hd, t, 40_000) >= t * heads * splits * (hd + 2));
+                }
+            }
+        }
     });
 
     gpu_test!(fn soft_capping_and_explicit_scale_match_reference(ctx) {

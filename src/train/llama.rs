@@ -358,7 +358,7 @@ impl Llama {
         let s = AttnShape { n_tokens: t, n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: hd, ctx_len: t, pos0: 0, slot: 0 };
         let k_cache = z("k cache", &[c.n_kv_heads * t * hd])?;
         let v_cache = z("v cache", &[c.n_kv_heads * t * hd])?;
-        let partials = z("attention partials", &[attention::partials_len(c.n_heads, hd)])?;
+        let partials = z("attention partials", &[attention::partials_len(c.n_heads, c.n_kv_heads, hd, t, t)])?;
         let mut all = Vec::new();
         for (l, p) in self.layers.iter().enumerate() {
             let a = LayerActs {
