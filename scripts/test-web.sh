@@ -13,7 +13,9 @@
 #      which takes too long on SwiftShader for every run); then SmolLM2 itself from the picker
 #      under the default binding limit.
 #   4. the studio (tests/web/context.test.mjs, then tests/web/studio.mjs) against the in-browser
-#      engine and against `quill serve` (target/release/quill, built by cargo test --release).
+#      engine and against `quill serve` (target/release/quill, built by cargo test --release);
+#      the page's fine-tune panel on llama-tiny (tests/web/finetune.mjs: 10 LoRA steps, the
+#      adapter kept across a reload).
 # scripts/setup-dev.sh installs what it needs (chromium, chromium-driver, node, the wasm32 target,
 # wasm-bindgen-cli, playwright-core).
 set -euo pipefail
@@ -42,6 +44,7 @@ node tests/web/e2e.mjs llama-tiny
 node tests/web/e2e-stream.mjs
 node --test tests/web/context.test.mjs
 node tests/web/studio.mjs browser
+node tests/web/finetune.mjs
 source scripts/env.sh
 cargo build --release --quiet --bin quill
 node tests/web/studio.mjs server

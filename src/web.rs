@@ -19,6 +19,7 @@ use crate::plan::{fit_before_load, Budget, Plan};
 use crate::ops::sample::MAX_TOP_LOGPROBS;
 use crate::sampling::{SamplingFlags, SamplingParams};
 use crate::tokenizer::StreamDecoder;
+use crate::train::adapter::{LoraFiles, LoraSpec};
 use crate::weights::gguf::Gguf;
 use crate::weights::safetensors::SafetensorsSource;
 use crate::weights::source::ByteSource;
@@ -138,7 +139,7 @@ impl Quill {
             return Err(JsError::new(&format!("{dir}: no .safetensors file among the files given")));
         }
         let src = SafetensorsSource::parse(&safetensors).map_err(js_error)?;
-        self.load_hf_files(dir, &names, &bytes, &src, None, None, progress)
+        self.load_hf_files(dir, &names, &bytes, &src, None, None, None, progress)
     }
 
     /// Loads a Hugging Face model directory a tensor at a time, as `load_gguf_stream` loads a
@@ -148,8 +149,11 @@ impl Quill {
     /// header is parsed from its first bytes, then each tensor's bytes are read as it is
     /// uploaded, so WebAssembly holds one tensor at a time. Before any weight is read, the
     /// folder's needs (config.json and the headers) are checked against the adapter as
-    /// `load_gguf_stream` checks a GGUF's (`ctx`, `gpu_memory` as there). `progress(bytes,
-    /// total_bytes, tensors, total_tensors)` follows the upload.
+    /// `load_gguf_stream` checks a GGUF's (`ctx`, `gpu_memory` as there). A PEFT adapter
+    /// (`lora_config`: adapter_config.json, `lora_weights`: adapter_model.safetensors, both or
+    /// neither; the page's fine-tune panel keeps them) is merged into the weights as they
+    /// load, at the adapter's own scale (alpha / r), as `quill write --lora` does.
+    /// `progress(bytes, total_bytes, tensors, total_tensors)` follows the upload.
     #[allow(clippy::too_many_arguments)]
     pub fn load_hf_stream(
         &mut self,
@@ -161,6 +165,8 @@ impl Quill {
         reads: js_sys::Array,
         ctx: Option<u32>,
         gpu_memory: Option<f64>,
+        lora_config: Option<Vec<u8>>,
+        lora_weights: Option<Vec<u8>>,
         progress: &js_sys::Function,
     ) -> Result<String, JsError> {
         self.model = None;
@@ -168,6 +174,11 @@ impl Quill {
         if shards.is_empty() || shards.len() != sizes.len() || shards.len() != reads.length() as usize {
             return Err(JsError::new(&format!("{dir}: {} safetensors files, {} sizes and {} readers given (one of each per file, at least one)", shards.len(), sizes.len(), reads.length())));
         }
+        let lora = match (&lora_config, &lora_weights) {
+            (Some(config), Some(weights)) => Some(LoraSpec { files: LoraFiles::Peft { dir: "the adapter".into(), config, weights }, scale: 1.0 }),
+            (None, None) => None,
+            _ => return Err(JsError::new(&format!("{dir}: an adapter needs both adapter_config.json and adapter_model.safetensors; one was given"))),
+        };
         let bytes: Vec<Vec<u8>> = files.iter().map(|f| js_sys::Uint8Array::new(&f).to_vec()).collect();
         let sources = shards
             .iter()
@@ -180,13 +191,14 @@ impl Quill {
             })
             .collect::<Result<Vec<_>, JsError>>()?;
         let src = SafetensorsSource::open(sources).map_err(js_error)?;
-        self.load_hf_files(dir, &names, &bytes, &src, ctx, gpu_memory, progress)
+        self.load_hf_files(dir, &names, &bytes, &src, ctx, gpu_memory, lora.as_ref(), progress)
     }
 
     /// The shared end of `load_hf` and `load_hf_stream`: the small files by name, the
-    /// weights from `src`, planned before the first upload (`plan_for`).
+    /// weights from `src` (with `lora` merged in, when given), planned before the first
+    /// upload (`plan_for`).
     #[allow(clippy::too_many_arguments)]
-    fn load_hf_files(&mut self, dir: &str, names: &[String], bytes: &[Vec<u8>], src: &SafetensorsSource, ctx: Option<u32>, gpu_memory: Option<f64>, progress: &js_sys::Function) -> Result<String, JsError> {
+    fn load_hf_files(&mut self, dir: &str, names: &[String], bytes: &[Vec<u8>], src: &SafetensorsSource, ctx: Option<u32>, gpu_memory: Option<f64>, lora: Option<&LoraSpec>, progress: &js_sys::Function) -> Result<String, JsError> {
         let file = |name: &str| names.iter().position(|n| n == name).map(|i| &bytes[i][..]);
         let config_json = file("config.json").ok_or_else(|| JsError::new(&format!("{dir}: no config.json among the files given")))?;
         let template = file("chat_template.jinja")
@@ -205,7 +217,7 @@ impl Quill {
         let opts = LoadOptions::default();
         let plan = self.plan_for(dir, hf_needs(&files, src, &opts).map_err(js_error)?, ctx, gpu_memory)?;
         let mut report = self.load_reporter(progress);
-        let model = load_hf_source(&self.ctx, &files, src, &opts, None, &mut report).map_err(js_error)?;
+        let model = load_hf_source(&self.ctx, &files, src, &opts, lora, &mut report).map_err(js_error)?;
         self.ctx_len.set(plan.ctx_len);
         self.loaded(model)
     }
@@ -366,19 +378,32 @@ impl Quill {
     /// Fine-tunes a new LoRA adapter (all seven projections, A as PEFT starts it, B zero) on a
     /// Llama-family model given as Hugging Face bytes (config.json, model.safetensors), on
     /// sequences cut from the token ids `ids` (`options`: JSON, see `FinetuneOptions`), calling
-    /// `on_step(step, loss)` after each AdamW step. Each step is one submit. Resolves to the
-    /// JSON list of the steps' losses.
+    /// `on_step(step, loss)` after each AdamW step. Each step is one submit; `cancel` stops
+    /// the run after the step in flight, keeping the steps done. Resolves to an object:
+    /// `losses` (the JSON list of the steps' losses), `cancelled` (a boolean), and the adapter
+    /// as PEFT writes it, `adapter_config` (adapter_config.json's text) and `adapter_model`
+    /// (adapter_model.safetensors, a Uint8Array), which `load_hf_stream` takes back.
     pub fn finetune_lora(&self, config_json: Vec<u8>, safetensors: Vec<u8>, ids: Vec<u32>, options: &str, on_step: js_sys::Function) -> js_sys::Promise {
         let ctx = self.ctx.clone();
+        let cancelled = self.cancelled.clone();
         let options: Result<FinetuneOptions, _> = serde_json::from_str(options);
+        cancelled.set(false);
         wasm_bindgen_futures::future_to_promise(async move {
             let o = options.map_err(|e| JsError::new(&format!("finetune options: {e}")))?;
-            let losses = finetune_lora(&ctx, &config_json, &safetensors, &ids, &o, &on_step).await.map_err(js_error)?;
-            Ok(JsValue::from(serde_json::to_string(&losses).unwrap_or_default()))
+            let run = finetune_lora(&ctx, &config_json, &safetensors, &ids, &o, &on_step, &cancelled).await.map_err(js_error)?;
+            let (config, weights) = run.adapter.to_peft(o.base.as_deref().unwrap_or("")).map_err(js_error)?;
+            let out = js_sys::Object::new();
+            let set = |k: &str, v: JsValue| js_sys::Reflect::set(&out, &k.into(), &v).map(|_| ());
+            set("losses", serde_json::to_string(&run.losses).unwrap_or_default().into())?;
+            set("cancelled", run.cancelled.into())?;
+            set("adapter_config", String::from_utf8_lossy(&config).into_owned().into())?;
+            set("adapter_model", js_sys::Uint8Array::from(&weights[..]).into())?;
+            Ok(out.into())
         })
     }
 
-    /// Stops the running generation after the token in flight.
+    /// Stops the running generation after the token in flight (a fine-tuning run after the
+    /// step in flight).
     pub fn cancel(&self) {
         self.cancelled.set(true);
     }
@@ -401,9 +426,20 @@ struct FinetuneOptions {
     lr: f32,
     #[serde(default)]
     seed: u64,
+    /// The base model's name, written into adapter_config.json.
+    #[serde(default)]
+    base: Option<String>,
 }
 
-async fn finetune_lora(ctx: &Context, config_json: &[u8], safetensors: &[u8], ids: &[u32], o: &FinetuneOptions, on_step: &js_sys::Function) -> crate::Result<Vec<f32>> {
+/// What a browser fine-tuning run leaves: the losses of the steps done, the adapter, and
+/// whether `cancel` stopped it early.
+struct Finetuned {
+    losses: Vec<f32>,
+    adapter: crate::train::adapter::LoraAdapter,
+    cancelled: bool,
+}
+
+async fn finetune_lora(ctx: &Context, config_json: &[u8], safetensors: &[u8], ids: &[u32], o: &FinetuneOptions, on_step: &js_sys::Function, cancelled: &Cell<bool>) -> crate::Result<Finetuned> {
     use crate::train::{llama, run};
     let cfg = crate::models::registry::from_hf_json(config_json, "config.json")?.1;
     let src = crate::weights::safetensors::SafetensorsSource::parse(&[("model.safetensors".into(), safetensors)])?;
@@ -413,15 +449,27 @@ async fn finetune_lora(ctx: &Context, config_json: &[u8], safetensors: &[u8], id
     model.attach_adapter(ctx, &adapter)?;
     let mut opt = model.optimizer(ctx, Default::default())?;
     let data = run::split_sequences(ids, "the token ids", o.seq_len, 0.0, model.cfg.max_ctx)?;
-    let opts = run::RunOptions { steps: o.steps, batch: o.batch, lr: o.lr, warmup: o.steps / 20, eval_every: o.steps.max(1) };
+    // The run's "checkpoint" after every step (there is no held-out split, so it costs
+    // nothing) is where the page hears of the step and where a cancel stops the run.
+    let opts = run::RunOptions { steps: o.steps, batch: o.batch, lr: o.lr, warmup: o.steps / 20, eval_every: 1 };
     let mut history = run::History::default();
-    let mut progress = |p: &run::Progress| {
-        if let Some(last) = p.history.train.last() {
+    let stopped = Cell::new(false);
+    let mut after_step = |_: &llama::Optimizer, h: &run::History| {
+        if let Some(last) = h.train.last() {
             let _ = on_step.call2(&JsValue::NULL, &(last.step as f64).into(), &last.loss.into());
         }
+        if cancelled.get() && h.step < opts.steps {
+            stopped.set(true);
+            return Err(Error::arg("training", "cancelled"));
+        }
+        Ok(())
     };
-    run::train(ctx, &model, &mut opt, &data, &opts, &mut history, &mut progress, &mut |_, _| Ok(())).await?;
-    Ok(history.train.iter().map(|p| p.loss).collect())
+    let ran = run::train(ctx, &model, &mut opt, &data, &opts, &mut history, &mut |_| {}, &mut after_step).await;
+    if !stopped.get() {
+        ran?;
+    }
+    let adapter = model.adapter_weights(ctx).await?;
+    Ok(Finetuned { losses: history.train.iter().map(|p| p.loss).collect(), adapter, cancelled: stopped.get() })
 }
 
 /// A file the worker reads for us a range at a time (see `load_gguf_stream`).

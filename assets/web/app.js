@@ -7,6 +7,7 @@
 // IndexedDB in the browser.
 import { assemble, chatTurns, toKobold, fromKobold } from './context.js';
 import { attachLoader } from './loader.js';
+import { attachFinetune } from './finetune.js';
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -400,6 +401,7 @@ function setBusy(b) {
   for (const el of [ui.loadServed, ui.loadUrl, ui.ggufFile, ui.hfDir]) el.disabled = b || !adapterReady;
   ui.stop.disabled = !b;
   updateButtons();
+  finetune?.update();
 }
 
 function updateButtons() {
@@ -762,7 +764,11 @@ async function importKobold(file) {
 
 let worker = null;
 let loader = null;
+let finetune = null;
 let adapterReady = false;
+// What the model shown was loaded from, and the fine-tuned adapter merged into it (the
+// fine-tune panel loads it again with another).
+let lastLoad = null;
 
 async function fillServed(cached) {
   ui.served.innerHTML = '';
@@ -784,13 +790,15 @@ async function fillServed(cached) {
   if (!options.length) ui.served.innerHTML = '<option value="">(none found)</option>';
 }
 
-function load(source) {
+function load(source, adapter = null) {
   model = null;
+  lastLoad = { source, adapter };
+  finetune.loaded(null, null, null);
   setBusy(true);
   ui.progress.hidden = false;
   ui.progress.value = 0;
   say(ui.modelStatus, 'Loading…');
-  worker.postMessage({ type: 'load', source, options: loader.options() });
+  worker.postMessage({ type: 'load', source, options: { ...loader.options(), ...(adapter ? { adapter } : {}) } });
 }
 
 const handlers = {
@@ -812,7 +820,9 @@ const handlers = {
     model = info;
     tok.overhead = null;
     ui.progress.hidden = true;
-    say(ui.modelStatus, `Loaded ${info.source}: ${info.architecture}, ${info.layers} layers, dim ${info.dim}, vocab ${info.vocab}, context ${info.context}; weights ${info.weights}, ${mb(info.weight_bytes)} on the GPU.`);
+    const lora = info.adapter ? ` The fine-tuned adapter “${info.adapter}” is merged into its weights.` : '';
+    say(ui.modelStatus, `Loaded ${info.source}: ${info.architecture}, ${info.layers} layers, dim ${info.dim}, vocab ${info.vocab}, context ${info.context}; weights ${info.weights}, ${mb(info.weight_bytes)} on the GPU.${lora}`);
+    finetune.loaded(info, lastLoad?.source, info.adapter);
     ui.mode.querySelector('[value=chat]').disabled = !info.has_chat_template;
     if (!info.has_chat_template) ui.mode.value = 'story';
     setBusy(false);
@@ -827,6 +837,7 @@ const handlers = {
     if (during !== 'load') return;
     const fit = /binding holds at most|the adapter allows|buffer .* needs|does not fit this GPU/.test(message);
     say(ui.modelStatus, fit ? `This model does not fit this GPU's limits: ${message}` : `Error while loading: ${message}`, true);
+    finetune.loaded(null, null, null);
     setBusy(false);
   },
 };
@@ -840,9 +851,10 @@ function startBrowser() {
   }
   worker = new Worker('worker.js', { type: 'module' });
   loader = attachLoader(worker, { load });
+  finetune = attachFinetune(worker, { storyText, setBusy, isBusy: () => busy, reload: (adapter) => lastLoad && load(lastLoad.source, adapter) });
   engine = browserEngine(worker);
   worker.onmessage = ({ data }) => {
-    if (loader.handle(data)) return;
+    if (loader.handle(data) || finetune.handle(data)) return;
     if (data.id !== undefined && engine.answer(data)) return;
     if (['token', 'piece', 'drafted', 'done'].includes(data.type) || (data.type === 'error' && ['drafts', 'generate'].includes(data.during))) engine.event(data);
     if (handlers[data.type]) handlers[data.type](data);

@@ -1,11 +1,13 @@
 // The page's worker: owns quill (WebAssembly + WebGPU), reads model files (a GGUF a tensor
 // at a time, from the browser's storage when it was read before: storage.js), loads and
 // generates, so the page never freezes.
-// Messages in: init, load {source}, generate {options}, cancel, cache-list, cache-remove {key},
-// and the studio's tokenize {id, text}, detokenize {id, ids}, drafts {options}; test-lose-device
-// (a test hook: destroys the GPU device).
+// Messages in: init, load {source, options}, generate {options}, cancel, cache-list, cache-remove
+// {key}, and the studio's tokenize {id, text}, detokenize {id, ids}, drafts {options}; the
+// fine-tune panel's finetune {text, options}; test-lose-device (a test hook: destroys the GPU
+// device).
 // Out: ready, progress, cache-note, loaded, piece, done, error, cache-list, and tokens {id, ids},
-// text {id, text}, token {draft, text, logprob, alts}, drafted {summary}.
+// text {id, text}, token {draft, text, logprob, alts}, drafted {summary}; train-step {step, loss},
+// trained {losses, cancelled, config, weights}.
 import init, { Quill } from './pkg/quill.js';
 import * as storage from './storage.js';
 
@@ -13,6 +15,9 @@ const CACHE = 'quill-models-v1';
 let quill = null;
 let wasm = null;
 let maxBinding;
+// The loaded model's files, for the trainer: { dir, small, shards } ([name, Blob] pairs) of a
+// Hugging Face folder, or { gguf: name }.
+let current = null;
 // Peak WebAssembly memory (it only grows), for the page and the tests.
 const wasmBytes = () => (wasm ? wasm.memory.buffer.byteLength : 0);
 
@@ -68,6 +73,8 @@ async function cacheLocal(model, file) {
 // small files whole, each shard a tensor at a time through its { size, read } source, so
 // WebAssembly holds one tensor, never a shard. `small` maps a name to its Blob. Planned as a
 // GGUF is (`options`: see loadGguf): a folder that does not fit is refused before any upload.
+// `options.adapter` ({ name, config, weights }: a PEFT adapter the fine-tune panel kept) is
+// merged as it loads.
 async function loadHfBlobs(dir, small, shards, options) {
   // With a shard index, its shards and no other .safetensors beside them.
   const index = small.find(([n]) => n === 'model.safetensors.index.json');
@@ -89,8 +96,12 @@ async function loadHfBlobs(dir, small, shards, options) {
   const sources = shards.map(([, blob]) => storage.blobSource(blob));
   const progress = (done, total, tensors, totalTensors) =>
     post('progress', { phase: `uploading to the GPU (tensor ${tensors} of ${totalTensors})`, done, total, wasm: wasmBytes() });
-  return quill.load_hf_stream(dir, names, files, shards.map(([n]) => n), sources.map((s) => s.size), sources.map((s) => s.read),
-    options.ctx, options.gpuMemory, progress);
+  const adapter = options.adapter;
+  const lora = adapter ? [new TextEncoder().encode(adapter.config), adapter.weights] : [undefined, undefined];
+  const info = quill.load_hf_stream(dir, names, files, shards.map(([n]) => n), sources.map((s) => s.size), sources.map((s) => s.read),
+    options.ctx, options.gpuMemory, ...lora, progress);
+  current = { dir, small, shards };
+  return info;
 }
 
 const HF_OPTIONAL = ['tokenizer_config.json', 'generation_config.json', 'chat_template.jinja'];
@@ -119,6 +130,8 @@ async function fetchHfFolder(base, listed) {
 // Streams a GGUF from `src` (a { size, read } byte source) to the GPU. `load` options from
 // the page: ctx (KV cache positions), gpuMemory (bytes the GPU may use; default: quill's).
 function loadGguf(label, src, options) {
+  if (options.adapter) throw new Error(`the adapter “${options.adapter.name}” was trained on a Hugging Face safetensors model; ${label} is a GGUF file`);
+  current = { gguf: label };
   const progress = (done, total, tensors, totalTensors) =>
     post('progress', { phase: `uploading to the GPU (tensor ${tensors} of ${totalTensors})`, done, total, wasm: wasmBytes() });
   return quill.load_gguf_stream(label, src.size, src.read, options.ctx, options.gpuMemory, progress);
@@ -160,6 +173,7 @@ async function load(source, options = {}) {
     post('cache-note', { text: 'the GPU device was lost: opening a new one' });
     quill = await Quill.create(maxBinding);
   }
+  current = null;
   let info;
   if (source.kind === 'gguf-url') {
     info = await ggufFromUrl(source.url, options);
@@ -207,6 +221,23 @@ async function load(source, options = {}) {
   return JSON.parse(info);
 }
 
+// Trains a LoRA adapter on `text` with the loaded model's files (the trainer reads a Hugging
+// Face folder with one model.safetensors), posting each step's loss; `options` as
+// Quill.finetune_lora takes them. Posts the adapter as PEFT writes it.
+async function finetune(text, options) {
+  if (!current) throw new Error('load a model first: the fine-tune trains on the loaded model');
+  if (current.gguf) throw new Error(`${current.gguf} is a GGUF file: the browser's trainer reads a Hugging Face safetensors folder (config.json and model.safetensors, such as llama-tiny)`);
+  const config = current.small.find(([n]) => n === 'config.json');
+  if (current.shards.length !== 1 || !config) throw new Error(`${current.dir} has ${current.shards.length} safetensors files${config ? '' : ' and no config.json'}: the browser's trainer reads a folder with config.json and one model.safetensors`);
+  const ids = quill.tokenize(text);
+  if (ids.length < options.seq_len + 1) throw new Error(`the text is ${ids.length} tokens; a sequence of ${options.seq_len} tokens needs at least ${options.seq_len + 1}: paste more text or lower the sequence length`);
+  const bytes = async (blob) => new Uint8Array(await blob.arrayBuffer());
+  const done = await quill.finetune_lora(await bytes(config[1]), await bytes(current.shards[0][1]), ids, JSON.stringify(options),
+    (step, loss) => post('train-step', { step, loss }));
+  const weights = done.adapter_model;
+  postMessage({ type: 'trained', losses: JSON.parse(done.losses), cancelled: done.cancelled, config: done.adapter_config, weights }, [weights.buffer]);
+}
+
 // Local models in the cache, for the page's list.
 async function cachedLocalModels() {
   const cache = await caches.open(CACHE);
@@ -236,7 +267,7 @@ onmessage = async ({ data: msg }) => {
       // a device lost in the middle of it shows only now. Its model is not a model.
       await new Promise((settled) => setTimeout(settled, 50));
       if (quill.device_lost()) throw new Error(`while loading ${info.source}`);
-      post('loaded', { info: { ...info, wasm_bytes: wasmBytes() } });
+      post('loaded', { info: { ...info, adapter: msg.options?.adapter?.name, wasm_bytes: wasmBytes() } });
     } else if (msg.type === 'cache-list') {
       post('cache-list', { models: await storage.list() });
     } else if (msg.type === 'cache-remove') {
@@ -253,6 +284,8 @@ onmessage = async ({ data: msg }) => {
       const summary = await quill.write_drafts(JSON.stringify(msg.options),
         (draft, text, logprob, alts) => post('token', { draft, text, logprob, alts: JSON.parse(alts) }));
       post('drafted', { summary: { ...JSON.parse(summary), wasm_bytes: wasmBytes() } });
+    } else if (msg.type === 'finetune') {
+      await finetune(msg.text, msg.options);
     } else if (msg.type === 'cancel') {
       quill && quill.cancel();
     } else if (msg.type === 'test-lose-device') {

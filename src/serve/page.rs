@@ -27,13 +27,15 @@ type St = State<Arc<AppState>>;
 
 /// (URL path, content type, file): what the page needs in server mode. worker.js and the
 /// WebAssembly are only for the in-browser engine, which `scripts/web.sh` serves.
-const FILES: [(&str, &str, &str); 6] = [
+const FILES: [(&str, &str, &str); 7] = [
     ("/", "text/html; charset=utf-8", include_str!("../../assets/web/index.html")),
     ("/index.html", "text/html; charset=utf-8", include_str!("../../assets/web/index.html")),
     ("/app.js", "text/javascript; charset=utf-8", include_str!("../../assets/web/app.js")),
     ("/context.js", "text/javascript; charset=utf-8", include_str!("../../assets/web/context.js")),
     // app.js imports it (the in-browser engine's loading panel), so it must resolve here too.
     ("/loader.js", "text/javascript; charset=utf-8", include_str!("../../assets/web/loader.js")),
+    // app.js imports it too (the fine-tune panel, hidden in server mode).
+    ("/finetune.js", "text/javascript; charset=utf-8", include_str!("../../assets/web/finetune.js")),
     ("/style.css", "text/css; charset=utf-8", include_str!("../../assets/web/style.css")),
 ];
 
@@ -113,7 +115,18 @@ async fn save(State(st): St, UrlPath(name): UrlPath<String>, body: Bytes) -> Res
 
 #[cfg(test)]
 mod tests {
-    use super::check_name;
+    use super::{check_name, FILES};
+
+    #[test]
+    fn every_module_the_page_imports_is_served() {
+        // A module the server does not have stops the whole page (app.js never runs).
+        for &(path, _, body) in FILES.iter().filter(|f| f.0.ends_with(".js")) {
+            for line in body.lines().filter(|l| l.starts_with("import ")) {
+                let Some(name) = line.split("from './").nth(1).and_then(|r| r.split('\'').next()) else { continue };
+                assert!(FILES.iter().any(|f| f.0 == format!("/{name}")), "{path} imports ./{name}, which `quill serve` does not serve (src/serve/page.rs FILES)");
+            }
+        }
+    }
 
     #[test]
     fn story_names_stay_inside_the_folder() {

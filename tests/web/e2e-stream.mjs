@@ -13,8 +13,7 @@
 // Prints the peak WebAssembly memory (memory.buffer.byteLength) after each load.
 //
 //   node tests/web/e2e-stream.mjs
-import { launch } from './chromium.mjs';
-import http from 'node:http';
+import { launch, serveStatic } from './chromium.mjs';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -30,16 +29,7 @@ const dir = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'quill-stream-')), '
 fs.mkdirSync(dir);
 for (const f of ['config.json', 'tokenizer.json', 'tokenizer_config.json', 'generation_config.json', 'model.safetensors']) fs.copyFileSync(path.join(fixture, f), path.join(dir, f));
 
-const types = { '.html': 'text/html', '.js': 'text/javascript', '.css': 'text/css', '.wasm': 'application/wasm', '.json': 'application/json' };
-const server = http.createServer((req, res) => {
-  const url = decodeURIComponent(new URL(req.url, 'http://x').pathname);
-  const file = path.join(site, url.endsWith('/') ? url + 'index.html' : url);
-  if (!file.startsWith(site) || !fs.existsSync(file) || !fs.statSync(file).isFile()) return res.writeHead(404).end('not found');
-  res.writeHead(200, { 'content-type': types[path.extname(file)] || 'application/octet-stream', 'content-length': fs.statSync(file).size });
-  fs.createReadStream(file).pipe(res);
-});
-await new Promise((ok) => server.listen(0, '127.0.0.1', ok));
-const base = `http://127.0.0.1:${server.address().port}/`;
+const { base, server } = await serveStatic(site);
 
 const browser = await launch({ width: 1100, height: 1300 });
 const log = [];
