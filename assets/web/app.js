@@ -598,7 +598,10 @@ async function idbDo(mode, f) {
 }
 
 let serverStories = false;
-const storyUrl = () => `stories/${encodeURIComponent(ui.name.value.trim() || 'my story')}`;
+// The story shown: saves go under its name, whatever the name field holds meanwhile.
+let storyName = 'my story';
+const typedName = () => ui.name.value.trim() || 'my story';
+const storyUrl = () => `stories/${encodeURIComponent(storyName)}`;
 
 // The sampler fields saved with a story (blank: the engine's default).
 const SAMPLER_FIELDS = ['max_tokens', 'temperature', 'top_k', 'top_p', 'min_p', 'repeat_penalty', ...WRITER_SAMPLERS, 'seed', 'probs'];
@@ -690,7 +693,7 @@ async function saveNow() {
         const r = await fetch(storyUrl(), { method: 'PUT', headers: { 'content-type': 'application/json', ...auth() }, body });
         if (!r.ok) throw new Error((await r.json().catch(() => ({}))).error?.message || `HTTP ${r.status}`);
       } else {
-        await idbDo('readwrite', (s) => s.put(body, ui.name.value.trim() || 'my story'));
+        await idbDo('readwrite', (s) => s.put(body, storyName));
       }
       say(ui.saved, `Saved ${serverStories ? 'on the server' : 'in this browser'} at ${new Date().toLocaleTimeString()}`);
     } while (dirty);
@@ -706,12 +709,28 @@ async function saveNow() {
   }
 }
 
+// The name field changed: the story shown is saved under its own name first (an edit made a
+// moment before is not lost), then the named one opens. A change event that names the story
+// already shown (the field losing focus) reopens nothing: that reload overwrote edits made
+// since, such as Memory typed right after.
+async function openNamed() {
+  if (typedName() === storyName) return;
+  if (loaded) {
+    clearTimeout(saveTimer);
+    while (saving) await new Promise((ok) => setTimeout(ok, 50));
+    await saveNow();
+  }
+  loaded = false;
+  await loadStory();
+}
+
 async function loadStory() {
+  storyName = typedName();
   let text = null;
   if (serverStories) {
     // Only "no such story" starts a new one: a story the server could not give (an error, no
     // connection) is not replaced by an empty one on the next save.
-    const name = ui.name.value;
+    const name = storyName;
     const r = await fetch(storyUrl(), { headers: auth() }).catch((e) => ({ ok: false, status: 0, statusText: e.message }));
     if (r.ok) text = await r.text();
     else if (r.status !== 404) {
@@ -720,11 +739,11 @@ async function loadStory() {
       return;
     }
   } else {
-    text = await idbDo('readonly', (s) => s.get(ui.name.value.trim() || 'my story')).catch(() => null);
+    text = await idbDo('readonly', (s) => s.get(storyName)).catch(() => null);
   }
   if (text) {
     restore(JSON.parse(text));
-    say(ui.saved, `Opened “${ui.name.value}” from ${serverStories ? 'the server' : 'this browser'}`);
+    say(ui.saved, `Opened “${storyName}” from ${serverStories ? 'the server' : 'this browser'}`);
   } else {
     history.states = [pieces()];
     history.at = 0;
@@ -941,7 +960,7 @@ async function start() {
   });
   document.addEventListener('keydown', (e) => { if (e.key === 'Escape' && busy) ui.stop.click(); });
   for (const el of [ui.memory, ui.note, ui.noteDepth, ui.wiScan, ui.mode]) el.addEventListener('input', changed);
-  ui.name.onchange = () => { loaded = false; loadStory(); };
+  ui.name.onchange = () => openNamed();
   ui.exportButton.onclick = exportKobold;
   ui.importFile.onchange = () => ui.importFile.files[0] && importKobold(ui.importFile.files[0]);
   if (await detect()) await startServer(); else startBrowser();
