@@ -730,12 +730,11 @@ async function loadStory() {
   if (serverStories) {
     // Only "no such story" starts a new one: a story the server could not give (an error, no
     // connection) is not replaced by an empty one on the next save.
-    const name = storyName;
     const r = await fetch(storyUrl(), { headers: auth() }).catch((e) => ({ ok: false, status: 0, statusText: e.message }));
     if (r.ok) text = await r.text();
     else if (r.status !== 404) {
       const why = r.status ? (await r.json().catch(() => ({}))).error?.message || `HTTP ${r.status}` : r.statusText;
-      say(ui.saved, `Cannot open “${name}” from the server: ${why}. Nothing is saved until it opens (pick the story again).`, true);
+      say(ui.saved, `Cannot open “${storyName}” from the server: ${why}. Nothing is saved until it opens (pick the story again).`, true);
       return;
     }
   } else {

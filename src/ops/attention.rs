@@ -112,13 +112,18 @@ pub fn loop_budget(device_type: wgpu::DeviceType) -> Option<usize> {
     matches!(device_type, wgpu::DeviceType::Cpu).then_some(CPU_LOOP_BUDGET)
 }
 
+/// Floats of the partial results of a call of `tokens` tokens cut into `ranges` key ranges:
+/// (tokens, n_heads, ranges, head_dim + 2), each row a range's running max, sum and output.
+fn partials_floats(tokens: usize, n_heads: usize, ranges: usize, head_dim: usize) -> usize {
+    tokens * n_heads * ranges * (head_dim + 2)
+}
+
 /// Floats of the partial results split attention needs for calls of up to `max_tokens` tokens
 /// over up to `keys` keys: (tokens, n_heads, ranges, head_dim + 2). A decode step takes up to
 /// `MAX_SPLITS` ranges; on an adapter with a loop budget a longer call takes as many as the
 /// budget asks for, counted here for every kernel shape (and `QUILL_ATTN_SHAPE`'s).
 pub fn partials_len(n_heads: usize, n_kv_heads: usize, head_dim: usize, max_tokens: usize, keys: usize) -> usize {
-    let row = head_dim + 2;
-    let decode = n_heads * MAX_SPLITS * row;
+    let decode = partials_floats(1, n_heads, MAX_SPLITS, head_dim);
     let env = std::env::var(ATTN_SHAPE_ENV).ok().and_then(|t| KernelShape::parse(&t).ok());
     let shapes = KernelShape::ALL.iter().map(|(_, k)| *k).chain(env);
     let mut most = decode;
@@ -130,7 +135,7 @@ pub fn partials_len(n_heads: usize, n_kv_heads: usize, head_dim: usize, max_toke
                 let span = keys.max(1) + tiling.q_tile - 1;
                 let (splits, _) = tiling.key_ranges(t, head_dim, keys.max(1), span, ks.threads as usize, Some(CPU_LOOP_BUDGET));
                 if splits > 1 {
-                    most = most.max(t * n_heads * splits * row);
+                    most = most.max(partials_floats(t, n_heads, splits, head_dim));
                 }
             }
         }
@@ -537,8 +542,7 @@ pub fn attention_shaped(rec: &mut Recorder, q: &Tensor, k_cache: &Tensor, v_cach
     let (splits, split_len) = tiling.key_ranges(s.n_tokens, s.head_dim, keys, span, shape.threads as usize, loop_budget(rec.ctx.info.device_type));
     let mut p = s.params_at(o, at);
     if splits > 1 {
-        let need = s.n_tokens * s.n_heads * splits * (s.head_dim + 2);
-        partials.holds("attention", "partials", need)?;
+        partials.holds("attention", "partials", partials_floats(s.n_tokens, s.n_heads, splits, s.head_dim))?;
         p.n_splits = splits as u32;
         p.split_len = split_len as u32;
     }
@@ -950,7 +954,7 @@ mod tests {
                     let (splits, len) = tiling.key_ranges(t, hd, 40_000, 40_000 + tiling.q_tile - 1, ks.threads as usize, Some(CPU_LOOP_BUDGET));
                     let (fixed, tile) = tiling.loop_iterations(hd, ks.threads as usize);
                     assert!(fixed + len.div_ceil(tiling.k_tile) * tile <= CPU_LOOP_BUDGET && splits * len >= 40_000, "{ks:?} d {hd} t {t}: {splits} ranges of {len}");
-                    assert!(partials_len(heads, kv, hd, t, 40_000) >= t * heads * splits * (hd + 2));
+                    assert!(partials_len(heads, kv, hd, t, 40_000) >= partials_floats(t, heads, splits, hd));
                 }
             }
         }

@@ -84,7 +84,7 @@ async function fail(why) {
   console.error(`FAIL (studio, ${which}): ${why}\n${log.slice(-20).join('\n')}${server ? `\nserver: ${server.log().slice(-2000)}` : ''}`);
   await finish(1);
 }
-const check = async (ok, why) => { if (!ok) await fail(typeof why === "function" ? await why() : why); };
+const check = async (ok, why) => { if (!ok) await fail(typeof why === 'function' ? await why() : why); };
 async function shot(state) {
   fs.mkdirSync(shots, { recursive: true });
   await page.screenshot({ path: path.join(shots, `studio-${which}-${state}.png`), fullPage: true });
