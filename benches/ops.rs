@@ -78,7 +78,7 @@ fn main() {
     for dtype in DType::ALL.into_iter().filter(|d| d.block_len() < 256) {
         for &(n, k, label) in &shapes {
             let w = weight(&ctx, dtype, n, k);
-            for &tokens in &[1usize, 128] {
+            for &tokens in &[1usize, 2, 4, 8, 128] {
                 let x = t(&[tokens, k], 2);
                 let y = t(&[tokens, n], 3);
                 let its = if tokens > 1 { iters.div_ceil(4) } else { iters };
@@ -110,6 +110,15 @@ fn main() {
     let vc = t(&[kvh * ctx_len * hd], 9);
     let o = t(&[128, heads * hd], 10);
     let part = t(&[attention::partials_len(heads, kvh, hd, 128, ctx_len)], 11);
+    // The sampler over SmolLM2's vocabulary: greedy, and a chain a writer uses.
+    let logits = t(&[1, vocab], 12);
+    let work = Tensor::zeros(&ctx, "work", &[quill::ops::sample::work_len(vocab)]).unwrap();
+    let tokens = Tensor::zeros(&ctx, "tokens", &[64]).unwrap();
+    let adjust = Tensor::zeros(&ctx, "adjust", &[quill::ops::sample::ADJUST_LEN]).unwrap();
+    let chain = quill::sampling::SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05, ..Default::default() };
+    for (label, s) in [("greedy", quill::sampling::SamplingParams::greedy()), ("top-k 40, top-p 0.95, min-p 0.05, T 0.8", chain)] {
+        time(&ctx, &format!("sample {label} [{vocab}]"), iters, |rec| quill::ops::sample::sample(rec, &logits, 0, &work, &tokens, &adjust, 32, 0..32, &s, 0).unwrap());
+    }
     for &pos0 in &[0usize, 511] {
         let s = attention::AttnShape { n_tokens: 1, n_heads: heads, n_kv_heads: kvh, head_dim: hd, ctx_len, pos0, slot: 0 };
         time(&ctx, &format!("attention decode at position {pos0}"), iters, |rec| attention::attention(rec, &q, &kc, &vc, &o, &part, s, 0).unwrap());

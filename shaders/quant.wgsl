@@ -7,8 +7,10 @@
 // Rows are local to the chunk bound here (a tensor larger than one binding is split by rows);
 // p.row0 is the chunk's first row in the whole tensor.
 //
-//   matvec: decode (a few tokens): 8 lanes per group of 4 rows, lanes stride over the units of
+//   matvec: decode (one token): 8 lanes per group of 4 rows, lanes stride over the units of
 //           their rows (so a group reads contiguous memory), x read once per unit for 4 rows.
+//   matvec_multi: decode of 2 to 8 tokens: as matvec, each unit dequantized once for all tokens.
+//   matvec_rows: decode of 1 to 8 tokens on CPU-type adapters: a pair of rows per invocation.
 //   matmul: prefill: a (16 to 64 tokens) x 64 rows output tile per workgroup.
 //   embed:  out[t, :] = dequantized row ids[t] of the table, for ids inside this chunk.
 //
@@ -60,6 +62,24 @@ fn unit_dot_deq4(row: u32, u: u32, x: X32) -> f32 {
     return dot(deq4(row, u, 0u), x.v0) + dot(deq4(row, u, 1u), x.v1) + dot(deq4(row, u, 2u), x.v2)
          + dot(deq4(row, u, 3u), x.v3) + dot(deq4(row, u, 4u), x.v4) + dot(deq4(row, u, 5u), x.v5)
          + dot(deq4(row, u, 6u), x.v6) + dot(deq4(row, u, 7u), x.v7);
+}
+
+// 32 dequantized weights of a row (one unit), for the multi-token mat-vec, which decodes a
+// unit once and uses it for every token. Formats define unit_w(row, u) -> W32: the generic
+// unit_w_deq4 where deq4 is cheap, their own where a unit shares scales (the K-quants).
+struct W32 {
+    v0: vec4<f32>, v1: vec4<f32>, v2: vec4<f32>, v3: vec4<f32>,
+    v4: vec4<f32>, v5: vec4<f32>, v6: vec4<f32>, v7: vec4<f32>,
+}
+
+fn unit_w_deq4(row: u32, u: u32) -> W32 {
+    return W32(deq4(row, u, 0u), deq4(row, u, 1u), deq4(row, u, 2u), deq4(row, u, 3u),
+               deq4(row, u, 4u), deq4(row, u, 5u), deq4(row, u, 6u), deq4(row, u, 7u));
+}
+
+fn dot_w(w: W32, x: X32) -> f32 {
+    return dot(w.v0, x.v0) + dot(w.v1, x.v1) + dot(w.v2, x.v2) + dot(w.v3, x.v3)
+         + dot(w.v4, x.v4) + dot(w.v5, x.v5) + dot(w.v6, x.v6) + dot(w.v7, x.v7);
 }
 
 // Nibbles of the 4 bytes of w: low halves (bytes 0..3) and high halves.
@@ -188,6 +208,12 @@ fn store4(tok: u32, r: u32, v: vec4<f32>, limit: u32) {
     if (r + 3u < limit) { store(tok, r + 3u, v.w); }
 }
 
+// Rows r0 .. r0 + 3 of the chunk, those past its end clamped to its last row (valid memory;
+// their results are not stored).
+fn rows4(r0: u32) -> vec4<u32> {
+    return min(vec4<u32>(r0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.n - 1u));
+}
+
 const MV_LANES: u32 = 8u;
 const MV_ROWS: u32 = 32u; // per workgroup: 8 groups of 4 rows
 var<workgroup> partial: array<vec4<f32>, 64>;
@@ -203,18 +229,13 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     }
     let r0 = (g % blocks_per_token) * MV_ROWS + (li / MV_LANES) * 4u;
     let lane = li % MV_LANES;
-    // Rows past the end read the last row (valid memory) and are not stored.
-    let last = p.n - 1u;
-    let ra = min(r0, last);
-    let rb = min(r0 + 1u, last);
-    let rc = min(r0 + 2u, last);
-    let rd = min(r0 + 3u, last);
+    let r = rows4(r0);
     let units = p.k / 32u;
     let xb = tok * (p.k / 4u);
     var acc = vec4<f32>(0.0);
     for (var u = lane; u < units; u += MV_LANES) {
         let x = load_x32(xb + 8u * u);
-        acc += vec4<f32>(unit_dot(ra, u, x), unit_dot(rb, u, x), unit_dot(rc, u, x), unit_dot(rd, u, x));
+        acc += vec4<f32>(unit_dot(r.x, u, x), unit_dot(r.y, u, x), unit_dot(r.z, u, x), unit_dot(r.w, u, x));
     }
     partial[li] = acc;
     workgroupBarrier();
@@ -229,6 +250,125 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     }
     if (p.mode == 255u) {
         y0[0] = f32(ws[0]); // never runs: keeps every binding in the pipeline's layout
+    }
+}
+
+// matvec_multi: 2 to MV_TOKENS tokens (drafts, the server's decode steps), the shape of matvec
+// with the loops turned around: a lane decodes each unit of its 4 rows once (unit_w) and takes
+// its dot product with every token's x, so the weights are dequantized once per pass rather
+// than once per token; each token's x is read from cache.
+override MV_TOKENS: u32 = 8u; // the tokens (p.t), 1 to 8: a pipeline per count
+var<workgroup> partial_t: array<vec4<f32>, 512>; // (token, thread)
+
+// A unit of 4 rows (dot_w4: its dot products with one token's x, one per row).
+struct W4 { a: W32, b: W32, c: W32, d: W32 }
+
+@compute @workgroup_size(64)
+fn matvec_multi(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) li: u32) {
+    let g = linear_workgroup(wid, nwg);
+    if (g * MV_ROWS >= p.n) {
+        return; // whole workgroup: past the last row of a 2-D grid
+    }
+    let r0 = g * MV_ROWS + (li / MV_LANES) * 4u;
+    let lane = li % MV_LANES;
+    let r = rows4(r0);
+    let units = p.k / 32u;
+    let k4 = p.k / 4u;
+    let nt = min(p.t, MV_TOKENS);
+    // One vec4 (4 rows) per token, indexed only by constants (registers, not scratch).
+    var c0 = vec4<f32>(0.0); var c1 = vec4<f32>(0.0); var c2 = vec4<f32>(0.0); var c3 = vec4<f32>(0.0);
+    var c4 = vec4<f32>(0.0); var c5 = vec4<f32>(0.0); var c6 = vec4<f32>(0.0); var c7 = vec4<f32>(0.0);
+    for (var u = lane; u < units; u += MV_LANES) {
+        let w = W4(unit_w(r.x, u), unit_w(r.y, u), unit_w(r.z, u), unit_w(r.w, u));
+        let xb = 8u * u;
+        c0 += dot_w4(w, load_x32(xb));
+        if (MV_TOKENS > 1u) { c1 += dot_w4(w, load_x32(xb + k4)); }
+        if (MV_TOKENS > 2u) { c2 += dot_w4(w, load_x32(xb + 2u * k4)); }
+        if (MV_TOKENS > 3u) { c3 += dot_w4(w, load_x32(xb + 3u * k4)); }
+        if (MV_TOKENS > 4u) { c4 += dot_w4(w, load_x32(xb + 4u * k4)); }
+        if (MV_TOKENS > 5u) { c5 += dot_w4(w, load_x32(xb + 5u * k4)); }
+        if (MV_TOKENS > 6u) { c6 += dot_w4(w, load_x32(xb + 6u * k4)); }
+        if (MV_TOKENS > 7u) { c7 += dot_w4(w, load_x32(xb + 7u * k4)); }
+    }
+    partial_t[li] = c0; partial_t[64u + li] = c1; partial_t[128u + li] = c2; partial_t[192u + li] = c3;
+    partial_t[256u + li] = c4; partial_t[320u + li] = c5; partial_t[384u + li] = c6; partial_t[448u + li] = c7;
+    workgroupBarrier();
+    for (var s = MV_LANES / 2u; s > 0u; s >>= 1u) {
+        if (lane < s) {
+            for (var i = 0u; i < nt; i++) {
+                partial_t[i * 64u + li] += partial_t[i * 64u + li + s];
+            }
+        }
+        workgroupBarrier();
+    }
+    if (lane == 0u) {
+        for (var i = 0u; i < nt; i++) {
+            store4(i, p.row0 + r0, partial_t[i * 64u + li], p.row0 + p.n);
+        }
+    }
+    if (p.mode == 255u) {
+        y0[0] = f32(ws[0]) + bias[0]; // never runs: keeps every binding in the pipeline's layout
+    }
+}
+
+// matvec_rows: the shape for CPU-type adapters (lavapipe, SwiftShader), which run a
+// workgroup's invocations as the SIMD lanes of one core, where a load is a gather of one
+// value per lane. Each invocation takes 4 rows whole (two gate/up pairs when fused), so every
+// x it loads serves 4 rows, nothing is reduced across lanes and no barrier is needed. With
+// MV_TOKENS 1 a unit goes through unit_dot; with more it is dequantized once (unit_w) for
+// every token. MV_TOKENS must be p.t: the per-token code below is written out under constant
+// conditions, which fold away, and its accumulators are indexed only by constants, so they
+// stay in registers (a private variable indexed at run time lives in scratch memory there).
+const MR_ROWS: u32 = 256u; // rows per workgroup: 64 invocations of 4
+
+fn dot_w4(w: W4, x: X32) -> vec4<f32> {
+    return vec4<f32>(dot_w(w.a, x), dot_w(w.b, x), dot_w(w.c, x), dot_w(w.d, x));
+}
+
+@compute @workgroup_size(64)
+fn matvec_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) li: u32) {
+    let g = linear_workgroup(wid, nwg);
+    if (g * MR_ROWS >= p.n) {
+        return; // whole workgroup: past the last row of a 2-D grid
+    }
+    let r0 = g * MR_ROWS + 4u * li;
+    let r = rows4(r0);
+    let units = p.k / 32u;
+    let k4 = p.k / 4u;
+    // The 4 rows of each token.
+    var c0 = vec4<f32>(0.0); var c1 = vec4<f32>(0.0); var c2 = vec4<f32>(0.0); var c3 = vec4<f32>(0.0);
+    var c4 = vec4<f32>(0.0); var c5 = vec4<f32>(0.0); var c6 = vec4<f32>(0.0); var c7 = vec4<f32>(0.0);
+    for (var u = 0u; u < units; u++) {
+        let xb = 8u * u;
+        if (MV_TOKENS == 1u) {
+            let x = load_x32(xb);
+            c0 += vec4<f32>(unit_dot(r.x, u, x), unit_dot(r.y, u, x), unit_dot(r.z, u, x), unit_dot(r.w, u, x));
+        } else {
+            let w = W4(unit_w(r.x, u), unit_w(r.y, u), unit_w(r.z, u), unit_w(r.w, u));
+            c0 += dot_w4(w, load_x32(xb));
+            c1 += dot_w4(w, load_x32(xb + k4));
+            if (MV_TOKENS > 2u) { c2 += dot_w4(w, load_x32(xb + 2u * k4)); }
+            if (MV_TOKENS > 3u) { c3 += dot_w4(w, load_x32(xb + 3u * k4)); }
+            if (MV_TOKENS > 4u) { c4 += dot_w4(w, load_x32(xb + 4u * k4)); }
+            if (MV_TOKENS > 5u) { c5 += dot_w4(w, load_x32(xb + 5u * k4)); }
+            if (MV_TOKENS > 6u) { c6 += dot_w4(w, load_x32(xb + 6u * k4)); }
+            if (MV_TOKENS > 7u) { c7 += dot_w4(w, load_x32(xb + 7u * k4)); }
+        }
+    }
+    let limit = p.row0 + p.n;
+    let rg = p.row0 + r0; // in the whole tensor
+    store4(0u, rg, c0, limit);
+    if (MV_TOKENS > 1u) { store4(1u, rg, c1, limit); }
+    if (MV_TOKENS > 2u) { store4(2u, rg, c2, limit); }
+    if (MV_TOKENS > 3u) { store4(3u, rg, c3, limit); }
+    if (MV_TOKENS > 4u) { store4(4u, rg, c4, limit); }
+    if (MV_TOKENS > 5u) { store4(5u, rg, c5, limit); }
+    if (MV_TOKENS > 6u) { store4(6u, rg, c6, limit); }
+    if (MV_TOKENS > 7u) { store4(7u, rg, c7, limit); }
+    if (p.mode == 255u) {
+        y0[0] = f32(ws[0]) + bias[0]; // never runs: keeps every binding in the pipeline's layout
     }
 }
 

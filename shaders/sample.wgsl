@@ -11,7 +11,8 @@
 //     above `bound`, the largest logit left out; otherwise (top-k off or above CAND with
 //     top-p/min-p keeping more than the survivors, mirostat with dynamic temperature, many
 //     ties) the same workgroup runs the chain over the whole vocabulary, as it once always did.
-//   Greedy is the argmax from the chunk statistics (lowest id on ties), with no chain at all.
+//   Greedy is the argmax from the chunk statistics (lowest id on ties), with no chain at all,
+//   in kernels of its own (greedy_chunks, greedy_pick).
 //
 // Order (llama.cpp's, documented in README): logit bias -> penalties -> DRY -> top-nσ ->
 // top-k -> typical -> top-p -> min-p -> XTC -> temperature (fixed, or dynamic from the
@@ -792,6 +793,34 @@ fn gather(lid: u32, best: u32) -> u32 {
         found = lid;
     }
     return min_u(lid, found);
+}
+
+// Greedy (temperature 0) in two small kernels of its own, so that it runs none of the chain's
+// code: on lavapipe a dispatch's cost grows with all the code its entry point reaches (the
+// chain's pass costs ~120 ms there even when it takes its greedy exit; these, ~1 ms).
+// greedy_chunks: one workgroup per CHUNK ids writes the chunk's maximum and its lowest id
+// (after the bias and the penalties) where `candidates` does; greedy_pick writes the id.
+@compute @workgroup_size(WG)
+fn greedy_chunks(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let g = linear_workgroup(wid, nwg);
+    let first = g * CHUNK;
+    let end = min(first + CHUNK, p.vocab);
+    load_penalized(lid, first, end);
+    let best = argmax(lid, first, end);
+    if (lid == 0u) {
+        let at = p.vocab + g * STATS;
+        work[at] = work[best];
+        work[at + 1u] = f32(best);
+    }
+}
+
+@compute @workgroup_size(1)
+fn greedy_pick() {
+    tokens[p.out_index] = global_best();
+    work[p.vocab + 9u] = 2.0; // chunk 0's spare: the greedy path (ops::sample::path_taken)
+    if (p.vocab == 0u) {
+        work[0] = logits[0] + f32(adjust[0]); // never runs: keeps every binding in the layout
+    }
 }
 
 // Pass 2: the chain over the survivors, or where they do not hold all it weighs, over the whole

@@ -86,6 +86,11 @@ struct BenchArgs {
     /// Tokens to generate.
     #[arg(long, default_value_t = 64)]
     gen_tokens: usize,
+    /// Also decode N sequences together (2 to 8; forked from the prompt, one batched forward
+    /// pass per token, as `write --drafts` and `serve --parallel` run them) and report their
+    /// decode rate against the single sequence's.
+    #[arg(long, value_name = "N")]
+    batch: Option<usize>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -795,6 +800,11 @@ fn bench(args: BenchArgs) -> Result<()> {
     let ctx_len = args.prompt_tokens.checked_add(args.gen_tokens).filter(|&n| n <= MAX_BENCH_CTX).ok_or_else(|| {
         Error::arg("--prompt-tokens", format!("{} + --gen-tokens {} is more than any model's context (at most {MAX_BENCH_CTX} tokens)", args.prompt_tokens, args.gen_tokens))
     })?;
+    if let Some(n) = args.batch {
+        if !(2..=crate::drafts::MAX_DRAFTS).contains(&n) {
+            return Err(Error::arg("--batch", format!("{n} sequences: 2 to {}", crate::drafts::MAX_DRAFTS)));
+        }
+    }
     let path = model_path(args.model.clone())?;
     let ctx = Context::new_blocking()?;
     let start = Instant::now();
@@ -812,6 +822,8 @@ fn bench(args: BenchArgs) -> Result<()> {
     drop(warm);
     let mut session = Session::new(&ctx, &model, ctx_len)?;
     let (_, stats) = session.generate(&prompt, &greedy, args.gen_tokens, true, |_| true)?;
+    drop(session);
+    let batched = args.batch.map(|n| bench_batch(&ctx, &model, &prompt, n, args.gen_tokens, ctx_len)).transpose()?;
     let weights = model.model.weight_bytes();
     let decode = stats.decode_tok_s();
     let peak = quill::files::cached_peak(&ctx);
@@ -832,6 +844,11 @@ fn bench(args: BenchArgs) -> Result<()> {
         "decode_weight_gbs": weight_gbs,
         "device_peak_gbs": peak.map(|p| p.bandwidth_gbs),
         "decode_fraction_of_peak": peak.map(|p| weight_gbs / p.bandwidth_gbs),
+        "batch": batched.map(|(n, tok_s)| serde_json::json!({
+            "sequences": n,
+            "decode_tok_s": tok_s,
+            "cost_per_token_vs_single": decode / tok_s,
+        })),
     });
     if args.json {
         return outln!("{result}");
@@ -845,7 +862,34 @@ fn bench(args: BenchArgs) -> Result<()> {
         Some(p) => outln!("         {:.0}% of the device's measured read bandwidth ({:.2} GB/s)", 100.0 * weight_gbs / p.bandwidth_gbs, p.bandwidth_gbs)?,
         None => outln!("         (run `quill bench-device` to compare with the device's peak bandwidth)")?,
     }
-    outln!("GPU memory: {:.1} MB (weights, KV cache for {ctx_len} positions, activations)", ctx.allocated_bytes() as f64 / 1e6)
+    outln!("GPU memory: {:.1} MB (weights, KV cache for {ctx_len} positions, activations)", ctx.allocated_bytes() as f64 / 1e6)?;
+    if let Some((n, tok_s)) = batched {
+        outln!("batched: {tok_s:8.2} tok/s  ({n} sequences together; a token costs {:.2}x a single sequence's)", decode / tok_s)?;
+    }
+    Ok(())
+}
+
+/// Decode rate of `n` sequences forked from `prompt`, each drawing `gen_tokens` greedily, in
+/// batched passes of up to `MAX_DECODE_STEPS` steps per command buffer (the server's decode
+/// steps). Returns (n, tokens per second over all sequences).
+fn bench_batch(ctx: &Context, model: &LoadedModel, prompt: &[u32], n: usize, gen_tokens: usize, ctx_len: usize) -> Result<(usize, f64)> {
+    use quill::generate::{Batch, Work, MAX_DECODE_STEPS};
+    let greedy = SamplingParams::greedy();
+    let seeds: Vec<u64> = (0..n as u64).collect();
+    let run = |ctx_len: usize, prompt: &[u32], tokens: usize| -> Result<f64> {
+        let mut batch = Batch::new(ctx, model, ctx_len, n)?;
+        pollster::block_on(batch.drafts_start_async(prompt, &greedy, &seeds, tokens, true))?;
+        let work: Vec<Work> = (0..n).map(|slot| Work { slot, sample: Some(&greedy) }).collect();
+        let start = Instant::now();
+        let mut done = 0;
+        while done < tokens {
+            done += batch.decode_steps(&work, (tokens - done).min(MAX_DECODE_STEPS))?[0].len();
+        }
+        Ok((n * done) as f64 / start.elapsed().as_secs_f64())
+    };
+    // Warm-up: compiles the batched pipelines outside the timing.
+    run(16.min(ctx_len), &prompt[..prompt.len().min(8)], 2)?;
+    Ok((n, run(ctx_len, prompt, gen_tokens)?))
 }
 
 fn bench_device(json: bool) -> Result<()> {

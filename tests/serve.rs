@@ -706,10 +706,19 @@ fn accepts_the_writers_samplers_and_refuses_bad_values() {
         assert_eq!(code, 200, "{extra}: {v}");
         text_of(&v)
     };
-    // DRY at temperature 0: a prompt that repeats itself, and no breakers.
-    let repeat = format!(r#""prompt": {}, "temperature": 0, "dry_sequence_breakers": []"#, json!("the license grants the license grants the license grants the license"));
+    // DRY at temperature 0: a prompt that repeats itself, and no breakers. The id that followed
+    // its last token before gets a logit bias, so that it is the likeliest next token without
+    // DRY (in the set the chain keeps, over which the logprobs are normalized; on a random
+    // model it may otherwise lie outside it, where DRY's cut changes nothing they show).
+    let prompt = "the license grants the license grants the license grants the license";
+    let (code, toks, _) = post(&s, "/tokenize", &json!({"content": prompt}).to_string());
+    assert_eq!(code, 200, "{toks}");
+    let ids: Vec<u64> = toks["tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    let last = *ids.last().unwrap();
+    let follower = ids[ids.iter().position(|&t| t == last).unwrap() + 1];
+    let repeat = format!(r#""prompt": {}, "temperature": 0, "dry_sequence_breakers": [], "logit_bias": {{"{follower}": 8}}"#, json!(prompt));
     // The next token's distribution (logprobs: after the penalties and DRY) changes: the
-    // tokens that followed "license" before lose 4 · 2^(L - 1).
+    // tokens that followed "license" before lose 4 · 2^(L - 1), the follower first among them.
     let next = |extra: &str| {
         let (code, v, _) = post(&s, "/v1/completions", &format!("{{{repeat}, \"max_tokens\": 1, \"logprobs\": 5{extra}}}"));
         assert_eq!(code, 200, "{extra}: {v}");
@@ -717,7 +726,10 @@ fn accepts_the_writers_samplers_and_refuses_bad_values() {
     };
     let plain_next = next("");
     assert!(plain_next.is_object(), "{plain_next}");
-    assert_ne!(next(r#", "dry_multiplier": 4.0, "dry_base": 2.0, "dry_allowed_length": 1, "dry_penalty_last_n": -1"#), plain_next, "DRY did not change the distribution after a repeat");
+    let dry_next = next(r#", "dry_multiplier": 4.0, "dry_base": 2.0, "dry_allowed_length": 1, "dry_penalty_last_n": -1"#);
+    // Not a rounding difference: an alternative of the plain distribution is gone.
+    let (d, p) = (dry_next.as_object().unwrap(), plain_next.as_object().unwrap());
+    assert!(p.keys().any(|k| !d.contains_key(k)), "DRY did not change the distribution after a repeat: {dry_next} vs {plain_next}");
     // Equal up to f32 rounding: the second request reuses the first one's cached prefix, so its
     // last position is computed in another pass than the first's whole prompt.
     let off = next(r#", "dry_multiplier": 4.0, "dry_allowed_length": 1, "dry_penalty_last_n": 0"#);

@@ -20,3 +20,6 @@ fn unit_dot(row: u32, u: u32, x: X32) -> f32 {
          + dot(bf16x4(v1.z, v1.w), x.v3) + dot(bf16x4(v2.x, v2.y), x.v4) + dot(bf16x4(v2.z, v2.w), x.v5)
          + dot(bf16x4(v3.x, v3.y), x.v6) + dot(bf16x4(v3.z, v3.w), x.v7);
 }
+fn unit_w(row: u32, u: u32) -> W32 {
+    return unit_w_deq4(row, u);
+}

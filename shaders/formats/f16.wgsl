@@ -10,3 +10,6 @@ fn deq4(row: u32, u: u32, i: u32) -> vec4<f32> {
 fn unit_dot(row: u32, u: u32, x: X32) -> f32 {
     return unit_dot_deq4(row, u, x);
 }
+fn unit_w(row: u32, u: u32) -> W32 {
+    return unit_w_deq4(row, u);
+}

@@ -31,3 +31,6 @@ fn unit_dot(row: u32, u: u32, x: X32) -> f32 {
     let dm = unpack2x16float(ws[5u * s + 4u]);
     return dm.x * (f32(g0 & 15u) * s0 + f32(g1 & 15u) * s1) - dm.y * (f32(g0 >> 4u) * xs.x + f32(g1 >> 4u) * xs.y);
 }
+fn unit_w(row: u32, u: u32) -> W32 {
+    return unit_w_deq4(row, u);
+}

@@ -36,3 +36,6 @@ fn unit_dot(row: u32, u: u32, x: X32) -> f32 {
     let d = unpack2x16float(ws[4u * s + 3u]).x;
     return d * (q3_k_scale(s, 2u * j) * (s0 - 4.0 * xs.x) + q3_k_scale(s, 2u * j + 1u) * (s1 - 4.0 * xs.y));
 }
+fn unit_w(row: u32, u: u32) -> W32 {
+    return unit_w_deq4(row, u);
+}

@@ -15,3 +15,6 @@ fn unit_dot(row: u32, u: u32, x: X32) -> f32 {
           + dot(nib_hi(q.x), x.v4) + dot(nib_hi(q.y), x.v5) + dot(nib_hi(q.z), x.v6) + dot(nib_hi(q.w), x.v7);
     return dm.x * s + dm.y * x.sum;
 }
+fn unit_w(row: u32, u: u32) -> W32 {
+    return unit_w_deq4(row, u);
+}

@@ -24,3 +24,16 @@ fn unit_dot(row: u32, u: u32, x: X32) -> f32 {
     let sm = k_unit_scale(s, j);
     return sm.x * q - sm.y * x.sum;
 }
+fn unit_w(row: u32, u: u32) -> W32 {
+    let s = row * (p.k / 256u) + u / 8u;
+    let j = u % 8u;
+    let sh = 4u * (j & 1u);
+    let a = wq[8u * s + 2u * (j / 2u)];
+    let c = wq[8u * s + 2u * (j / 2u) + 1u];
+    let sm = k_unit_scale(s, j); // once for the unit's 32 weights
+    let m = vec4<f32>(sm.y);
+    return W32(sm.x * byte_bits(a.x, sh, 15u) - m, sm.x * byte_bits(a.y, sh, 15u) - m,
+               sm.x * byte_bits(a.z, sh, 15u) - m, sm.x * byte_bits(a.w, sh, 15u) - m,
+               sm.x * byte_bits(c.x, sh, 15u) - m, sm.x * byte_bits(c.y, sh, 15u) - m,
+               sm.x * byte_bits(c.z, sh, 15u) - m, sm.x * byte_bits(c.w, sh, 15u) - m);
+}

@@ -11,3 +11,6 @@ fn unit_dot(row: u32, u: u32, x: X32) -> f32 {
     let b = row * (p.k / 32u) + u;
     return unpack2x16float(ws[2u * b]).x * (q5_dot(wq[b], ws[2u * b + 1u], x) - 16.0 * x.sum);
 }
+fn unit_w(row: u32, u: u32) -> W32 {
+    return unit_w_deq4(row, u);
+}

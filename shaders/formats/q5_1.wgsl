@@ -13,3 +13,6 @@ fn unit_dot(row: u32, u: u32, x: X32) -> f32 {
     let dm = unpack2x16float(ws[2u * b]);
     return dm.x * q5_dot(wq[b], ws[2u * b + 1u], x) + dm.y * x.sum;
 }
+fn unit_w(row: u32, u: u32) -> W32 {
+    return unit_w_deq4(row, u);
+}

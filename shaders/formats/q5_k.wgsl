@@ -15,18 +15,27 @@ fn deq4(row: u32, u: u32, i: u32) -> vec4<f32> {
 fn q5_k_quant4(ql: u32, qh: u32, sh: u32, j: u32) -> vec4<f32> {
     return byte_bits(ql, sh, 15u) + 16.0 * byte_bits(qh, j, 1u);
 }
-fn unit_dot(row: u32, u: u32, x: X32) -> f32 {
-    let s = row * (p.k / 256u) + u / 8u;
-    let j = u % 8u;
+// The 32 quants q + 16 h of unit j of super-block s, as floats (unit_dot scales their dot
+// product once; unit_w scales each).
+fn q5_k_quants(s: u32, j: u32) -> W32 {
     let sh = 4u * (j & 1u);
     let h0 = wq[10u * s];
     let h1 = wq[10u * s + 1u];
     let a = wq[10u * s + 2u + 2u * (j / 2u)];
     let c = wq[10u * s + 3u + 2u * (j / 2u)];
-    let q = dot(q5_k_quant4(a.x, h0.x, sh, j), x.v0) + dot(q5_k_quant4(a.y, h0.y, sh, j), x.v1)
-          + dot(q5_k_quant4(a.z, h0.z, sh, j), x.v2) + dot(q5_k_quant4(a.w, h0.w, sh, j), x.v3)
-          + dot(q5_k_quant4(c.x, h1.x, sh, j), x.v4) + dot(q5_k_quant4(c.y, h1.y, sh, j), x.v5)
-          + dot(q5_k_quant4(c.z, h1.z, sh, j), x.v6) + dot(q5_k_quant4(c.w, h1.w, sh, j), x.v7);
-    let sm = k_unit_scale(s, j);
-    return sm.x * q - sm.y * x.sum;
+    return W32(q5_k_quant4(a.x, h0.x, sh, j), q5_k_quant4(a.y, h0.y, sh, j), q5_k_quant4(a.z, h0.z, sh, j), q5_k_quant4(a.w, h0.w, sh, j),
+               q5_k_quant4(c.x, h1.x, sh, j), q5_k_quant4(c.y, h1.y, sh, j), q5_k_quant4(c.z, h1.z, sh, j), q5_k_quant4(c.w, h1.w, sh, j));
+}
+fn unit_dot(row: u32, u: u32, x: X32) -> f32 {
+    let s = row * (p.k / 256u) + u / 8u;
+    let sm = k_unit_scale(s, u % 8u);
+    return sm.x * dot_w(q5_k_quants(s, u % 8u), x) - sm.y * x.sum;
+}
+fn unit_w(row: u32, u: u32) -> W32 {
+    let s = row * (p.k / 256u) + u / 8u;
+    let q = q5_k_quants(s, u % 8u);
+    let sm = k_unit_scale(s, u % 8u); // once for the unit's 32 weights
+    let m = vec4<f32>(sm.y);
+    return W32(sm.x * q.v0 - m, sm.x * q.v1 - m, sm.x * q.v2 - m, sm.x * q.v3 - m,
+               sm.x * q.v4 - m, sm.x * q.v5 - m, sm.x * q.v6 - m, sm.x * q.v7 - m);
 }

@@ -23,23 +23,37 @@ fn deq4(row: u32, u: u32, i: u32) -> vec4<f32> {
     let d = unpack2x16float(ws[5u * s + 4u]).x;
     return d * sc * (q - vec4<f32>(32.0));
 }
-fn unit_dot(row: u32, u: u32, x: X32) -> f32 {
+// Unit u of a row: its quant words (ql a, b; qh h0, h1), their shifts, and where its
+// scales are (super-block s, scale index si of its first 16 weights).
+struct Q6Unit { a: vec4<u32>, b: vec4<u32>, h0: vec4<u32>, h1: vec4<u32>, lsh: u32, hsh: u32, s: u32, si: u32 }
+fn q6_k_unit(row: u32, u: u32) -> Q6Unit {
     let s = row * (p.k / 256u) + u / 8u;
     let j = u % 8u;
     let n = j / 4u;
     let c = j % 4u;
-    let lsh = select(0u, 4u, c >= 2u);
-    let hsh = 2u * c;
-    let a = wq[12u * s + 4u * n + 2u * (c & 1u)];
-    let b = wq[12u * s + 4u * n + 2u * (c & 1u) + 1u];
-    let h0 = wq[12u * s + 8u + 2u * n];
-    let h1 = wq[12u * s + 9u + 2u * n];
-    let s0 = dot(q6_k_quant4(a.x, h0.x, lsh, hsh), x.v0) + dot(q6_k_quant4(a.y, h0.y, lsh, hsh), x.v1)
-           + dot(q6_k_quant4(a.z, h0.z, lsh, hsh), x.v2) + dot(q6_k_quant4(a.w, h0.w, lsh, hsh), x.v3);
-    let s1 = dot(q6_k_quant4(b.x, h1.x, lsh, hsh), x.v4) + dot(q6_k_quant4(b.y, h1.y, lsh, hsh), x.v5)
-           + dot(q6_k_quant4(b.z, h1.z, lsh, hsh), x.v6) + dot(q6_k_quant4(b.w, h1.w, lsh, hsh), x.v7);
+    let ql = 12u * s + 4u * n + 2u * (c & 1u);
+    return Q6Unit(wq[ql], wq[ql + 1u], wq[12u * s + 8u + 2u * n], wq[12u * s + 9u + 2u * n], select(0u, 4u, c >= 2u), 2u * c, s, 8u * n + 2u * c);
+}
+fn unit_dot(row: u32, u: u32, x: X32) -> f32 {
+    let q = q6_k_unit(row, u);
+    let s0 = dot(q6_k_quant4(q.a.x, q.h0.x, q.lsh, q.hsh), x.v0) + dot(q6_k_quant4(q.a.y, q.h0.y, q.lsh, q.hsh), x.v1)
+           + dot(q6_k_quant4(q.a.z, q.h0.z, q.lsh, q.hsh), x.v2) + dot(q6_k_quant4(q.a.w, q.h0.w, q.lsh, q.hsh), x.v3);
+    let s1 = dot(q6_k_quant4(q.b.x, q.h1.x, q.lsh, q.hsh), x.v4) + dot(q6_k_quant4(q.b.y, q.h1.y, q.lsh, q.hsh), x.v5)
+           + dot(q6_k_quant4(q.b.z, q.h1.z, q.lsh, q.hsh), x.v6) + dot(q6_k_quant4(q.b.w, q.h1.w, q.lsh, q.hsh), x.v7);
     let xs = x_halves(x);
-    let si = 8u * n + 2u * c;
-    let d = unpack2x16float(ws[5u * s + 4u]).x;
-    return d * (q6_k_scale(s, si) * (s0 - 32.0 * xs.x) + q6_k_scale(s, si + 1u) * (s1 - 32.0 * xs.y));
+    let d = unpack2x16float(ws[5u * q.s + 4u]).x;
+    return d * (q6_k_scale(q.s, q.si) * (s0 - 32.0 * xs.x) + q6_k_scale(q.s, q.si + 1u) * (s1 - 32.0 * xs.y));
+}
+fn unit_w(row: u32, u: u32) -> W32 {
+    let q = q6_k_unit(row, u);
+    let d = unpack2x16float(ws[5u * q.s + 4u]).x;
+    // The scales of the unit's two 16-weight groups, decoded once; q - 32 folded in as an offset.
+    let d0 = d * q6_k_scale(q.s, q.si);
+    let d1 = d * q6_k_scale(q.s, q.si + 1u);
+    let o0 = vec4<f32>(32.0 * d0);
+    let o1 = vec4<f32>(32.0 * d1);
+    return W32(d0 * q6_k_quant4(q.a.x, q.h0.x, q.lsh, q.hsh) - o0, d0 * q6_k_quant4(q.a.y, q.h0.y, q.lsh, q.hsh) - o0,
+               d0 * q6_k_quant4(q.a.z, q.h0.z, q.lsh, q.hsh) - o0, d0 * q6_k_quant4(q.a.w, q.h0.w, q.lsh, q.hsh) - o0,
+               d1 * q6_k_quant4(q.b.x, q.h1.x, q.lsh, q.hsh) - o1, d1 * q6_k_quant4(q.b.y, q.h1.y, q.lsh, q.hsh) - o1,
+               d1 * q6_k_quant4(q.b.z, q.h1.z, q.lsh, q.hsh) - o1, d1 * q6_k_quant4(q.b.w, q.h1.w, q.lsh, q.hsh) - o1);
 }

@@ -17,3 +17,6 @@ fn unit_dot(row: u32, u: u32, x: X32) -> f32 {
           + dot(i8x4(c.x), x.v4) + dot(i8x4(c.y), x.v5) + dot(i8x4(c.z), x.v6) + dot(i8x4(c.w), x.v7);
     return q8_0_scale(row, u) * s;
 }
+fn unit_w(row: u32, u: u32) -> W32 {
+    return unit_w_deq4(row, u);
+}

@@ -208,6 +208,27 @@ impl Context {
     }
 
     /// The pipeline for `entry` of `shader` with the given override constants, compiled once.
+    /// Whether kernels read their parameters from storage rather than uniform buffers: on
+    /// lavapipe (Vulkan on a CPU-type adapter). lavapipe compiles a shader again, per dispatch,
+    /// with the values of the uniforms that steer its loops and branches inlined ("inlinable
+    /// uniforms"), so a kernel with a large body paid a compile at every dispatch: the sampler's
+    /// chain cost ~66 ms a pass there with uniform parameters, ~8 ms with storage ones. Every
+    /// shader has at most 8 storage bindings with its parameters; the limit is checked anyway.
+    pub fn params_in_storage(&self) -> bool {
+        self.info.device_type == wgpu::DeviceType::Cpu && self.info.backend == wgpu::Backend::Vulkan && self.limits.max_storage_buffers_per_shader_stage >= 16
+    }
+
+    /// The WGSL of `shader` for this adapter: common.wgsl first, and the parameters in storage
+    /// buffers where `params_in_storage` says (the parameter structs have the same layout in both).
+    pub fn shader_source(&self, shader: &Shader) -> String {
+        let source = shader.source();
+        if self.params_in_storage() {
+            source.replace("var<uniform> ", "var<storage, read> ")
+        } else {
+            source
+        }
+    }
+
     pub fn pipeline(&self, shader: &'static Shader, entry: &str, constants: &[(&str, f64)]) -> Result<Arc<Pipeline>> {
         let key = format!("{}:{entry}:{constants:?}", shader.name);
         let mut cache = self.pipelines.lock().unwrap_or_else(|p| p.into_inner());
@@ -221,7 +242,7 @@ impl Context {
                 .or_insert_with(|| {
                     self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
                         label: Some(shader.name),
-                        source: wgpu::ShaderSource::Wgsl(shader.source().into()),
+                        source: wgpu::ShaderSource::Wgsl(self.shader_source(shader).into()),
                     })
                 })
                 .clone()
@@ -241,7 +262,7 @@ impl Context {
         Ok(p)
     }
 
-    /// A uniform arena of `size` bytes, from the pool or new. The recorder holding it has it
+    /// A parameter arena of `size` bytes, from the pool or new. The recorder holding it has it
     /// alone until it gives it back after its submit (queue writes are ordered after earlier
     /// submissions, so the next user cannot overwrite data still to be read).
     pub(crate) fn take_arena(&self, size: u64) -> wgpu::Buffer {
@@ -250,10 +271,11 @@ impl Context {
             return pool.swap_remove(i);
         }
         drop(pool);
+        let binding = if self.params_in_storage() { wgpu::BufferUsages::STORAGE } else { wgpu::BufferUsages::UNIFORM };
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("params arena"),
             size,
-            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            usage: binding | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         })
     }

@@ -73,10 +73,76 @@ struct Params {
     _pad: [u32; 3],
 }
 
-/// Up to this many tokens, the mat-vec kernel is used (one workgroup row per token; the
-/// weights are read once per token, from cache after the first), as llama.cpp does for
-/// batches of up to 8.
+/// Up to this many tokens, a mat-vec kernel is used (the weights read once for all tokens), as
+/// llama.cpp does for batches of up to 8.
 pub const MATVEC_MAX_TOKENS: usize = 8;
+
+/// Rows of a mat-vec workgroup in `quant.wgsl` (`MV_ROWS`).
+const MATVEC_ROWS: usize = 32;
+
+/// How the decode mat-vec (1 to `MATVEC_MAX_TOKENS` tokens) spreads a weight over threads.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum MatVecShape {
+    /// GPUs: 8 lanes along K per group of 4 rows, 32 rows per workgroup, so a group reads
+    /// contiguous memory and x is read once per unit for 4 rows (`matvec`, `matvec_multi`).
+    Lanes,
+    /// CPU-type adapters (lavapipe, SwiftShader), where a workgroup's invocations are the SIMD
+    /// lanes of one core: a pair of rows per invocation, so x's address is the same in every
+    /// lane and nothing is reduced across lanes (`matvec_rows`); faster there (see benches/ops.rs).
+    Rows,
+}
+
+/// Environment variable choosing the mat-vec shape (`lanes` or `rows`) over the adapter's.
+pub const MATVEC_SHAPE_ENV: &str = "QUILL_MATVEC";
+
+impl MatVecShape {
+    pub const ALL: [MatVecShape; 2] = [MatVecShape::Lanes, MatVecShape::Rows];
+
+    pub fn for_adapter(device_type: wgpu::DeviceType) -> MatVecShape {
+        match device_type {
+            wgpu::DeviceType::Cpu => MatVecShape::Rows,
+            _ => MatVecShape::Lanes,
+        }
+    }
+
+    /// The shape for this adapter, or the one `QUILL_MATVEC` names.
+    pub fn chosen(device_type: wgpu::DeviceType) -> Result<MatVecShape> {
+        match std::env::var(MATVEC_SHAPE_ENV) {
+            Ok(text) => match text.trim().to_ascii_lowercase().as_str() {
+                "lanes" => Ok(MatVecShape::Lanes),
+                "rows" => Ok(MatVecShape::Rows),
+                _ => Err(Error::arg(MATVEC_SHAPE_ENV, format!("'{text}' is not a mat-vec shape (lanes or rows)"))),
+            },
+            Err(_) => Ok(Self::for_adapter(device_type)),
+        }
+    }
+}
+
+/// Which `quant.wgsl` kernel a linear layer over `t` tokens takes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum QuantKernel {
+    /// One token on a GPU: `matvec`, whose unit dot products scale once per unit.
+    MatVec,
+    /// 2 to 8 tokens on a GPU: `matvec_multi`, each unit dequantized once for all of them; the
+    /// number is its `MV_TOKENS`, t itself (a constant, so its per-token branches fold away).
+    MatVecMulti(usize),
+    /// 1 to 8 tokens on a CPU-type adapter: `matvec_rows` with `MV_TOKENS` = t.
+    MatVecRows(usize),
+    /// More: the tiled `matmul`.
+    MatMul,
+}
+
+pub(crate) fn quant_kernel(t: usize, shape: MatVecShape) -> QuantKernel {
+    match (t, shape) {
+        (t, _) if t > MATVEC_MAX_TOKENS => QuantKernel::MatMul,
+        (t, MatVecShape::Rows) => QuantKernel::MatVecRows(t.max(1)),
+        (0 | 1, MatVecShape::Lanes) => QuantKernel::MatVec,
+        (t, MatVecShape::Lanes) => QuantKernel::MatVecMulti(t),
+    }
+}
+
+/// Rows of a `matvec_rows` workgroup (64 invocations of 4 rows: `MR_ROWS`).
+const MATVEC_ROWS_ROWS: usize = 256;
 
 /// How the result is stored.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -119,6 +185,13 @@ pub fn linear(rec: &mut Recorder, op: &'static str, layer: Option<usize>, x: &Te
 /// A linear layer whose rows go where `out` says.
 #[allow(clippy::too_many_arguments)]
 pub fn linear_out(rec: &mut Recorder, op: &'static str, layer: Option<usize>, x: &Tensor, w: &Weight, bias: Option<&Tensor>, out: Out, t: usize) -> Result<()> {
+    let shape = MatVecShape::chosen(rec.ctx.info.device_type)?;
+    linear_shaped(rec, op, layer, x, w, bias, out, t, shape)
+}
+
+/// `linear_out` with the mat-vec shape given (the tests run every adapter class's shape).
+#[allow(clippy::too_many_arguments)]
+pub fn linear_shaped(rec: &mut Recorder, op: &'static str, layer: Option<usize>, x: &Tensor, w: &Weight, bias: Option<&Tensor>, out: Out, t: usize, shape: MatVecShape) -> Result<()> {
     let (n, k) = (w.rows, w.cols);
     if x.shape.last() != Some(&k) {
         return Err(Error::Shape { op, msg: format!("input {:?} does not end in the weight's in-features {k}", x.shape) });
@@ -178,10 +251,12 @@ pub fn linear_out(rec: &mut Recorder, op: &'static str, layer: Option<usize>, x:
     let shader = quant_shader(w.dtype);
     // Prefill tiles are 16, 32, 48 or 64 tokens tall, the least that covers t (up to 64).
     let tokens_per_thread = t.div_ceil(16).clamp(1, 4);
-    let pipe = if t <= MATVEC_MAX_TOKENS {
-        rec.ctx.pipeline(shader, "matvec", &[])?
-    } else {
-        rec.ctx.pipeline(shader, "matmul", &[("TOKENS_PER_THREAD", tokens_per_thread as f64)])?
+    let kernel = quant_kernel(t, shape);
+    let pipe = match kernel {
+        QuantKernel::MatVec => rec.ctx.pipeline(shader, "matvec", &[])?,
+        QuantKernel::MatVecMulti(tokens) => rec.ctx.pipeline(shader, "matvec_multi", &[("MV_TOKENS", tokens as f64)])?,
+        QuantKernel::MatVecRows(tokens) => rec.ctx.pipeline(shader, "matvec_rows", &[("MV_TOKENS", tokens as f64)])?,
+        QuantKernel::MatMul => rec.ctx.pipeline(shader, "matmul", &[("TOKENS_PER_THREAD", tokens_per_thread as f64)])?,
     };
     let [spare0, spare1] = &rec.ctx.spare;
     for (i, c) in w.chunks.iter().enumerate() {
@@ -208,7 +283,12 @@ pub fn linear_out(rec: &mut Recorder, op: &'static str, layer: Option<usize>, x:
         ];
         // The cost is counted once, on the first chunk's dispatch.
         let info = if i == 0 { info } else { OpInfo { flops: 0, bytes: 0, ..info } };
-        let wg = if t <= MATVEC_MAX_TOKENS { grid(rec.ctx, (c.rows.div_ceil(32) * t) as u32) } else { [c.rows.div_ceil(64) as u32, t.div_ceil(16 * tokens_per_thread) as u32, 1] };
+        let wg = match kernel {
+            QuantKernel::MatVec => grid(rec.ctx, (c.rows.div_ceil(MATVEC_ROWS) * t) as u32),
+            QuantKernel::MatVecMulti(_) => grid(rec.ctx, c.rows.div_ceil(MATVEC_ROWS) as u32),
+            QuantKernel::MatVecRows(_) => grid(rec.ctx, c.rows.div_ceil(MATVEC_ROWS_ROWS) as u32),
+            QuantKernel::MatMul => [c.rows.div_ceil(64) as u32, t.div_ceil(16 * tokens_per_thread) as u32, 1],
+        };
         rec.dispatch(info, &pipe, &buffers, &p, wg);
     }
     Ok(())
@@ -288,8 +368,17 @@ pub(crate) mod tests {
         bytes
     }
 
-    /// Runs one quantized linear layer on the GPU and checks it against dequantize-then-f32.
+    /// Runs one quantized linear layer on the GPU, with each adapter class's mat-vec shape
+    /// where `t` takes a mat-vec, and checks it against dequantize-then-f32.
     async fn run_quant(ctx: &Context, dtype: DType, t: usize, k: usize, n: usize, out: &str, limit: u64) {
+        let shapes: &[MatVecShape] = if t <= MATVEC_MAX_TOKENS { &MatVecShape::ALL } else { &[MatVecShape::Lanes] };
+        for &shape in shapes {
+            run_quant_shaped(ctx, dtype, t, k, n, out, limit, shape).await;
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run_quant_shaped(ctx: &Context, dtype: DType, t: usize, k: usize, n: usize, out: &str, limit: u64, shape: MatVecShape) {
         let bytes = random_rows(dtype, n, k, (n * 31 + k) as u64);
         let row_bytes = dtype.bytes_for(k).unwrap();
         let rows: Vec<&[u8]> = bytes.chunks(row_bytes).collect();
@@ -303,19 +392,19 @@ pub(crate) mod tests {
         let wmax = wf.iter().fold(0f32, |m, v| m.max(v.abs()));
         // f32 accumulation of k products bounded by wmax (x in [-1, 1]), as in the f32 tests.
         let (abs, rel) = (2e-6 * k as f32 * wmax.max(1.0), 1e-4);
-        let label = format!("{dtype:?} t {t} k {k} n {n} {out} chunks {}", w.chunks.len());
+        let label = format!("{dtype:?} t {t} k {k} n {n} {out} chunks {} {shape:?}", w.chunks.len());
         let mut rec = Recorder::new(ctx, "test");
         let (got, want) = match out {
             "accumulate" => {
                 let yt = Tensor::upload_f32(ctx, "y", &[t, n], &y0).unwrap();
-                linear(&mut rec, "test", None, &xt, &w, Some(&bt), &yt, t, Store::Accumulate).unwrap();
+                linear_shaped(&mut rec, "test", None, &xt, &w, Some(&bt), Out::One(&yt, Store::Accumulate), t, shape).unwrap();
                 rec.submit().unwrap();
                 (ctx.read_f32_async(&yt.buf, 0, t * n).await.unwrap(), reference(&x, &wf, Some(&b), Some(&y0), t, k, n))
             }
             "split3" => {
                 let (s1, s2) = (n / 2, n / 2 + n / 4);
                 let ys: Vec<Tensor> = [s1, s2 - s1, n - s2].iter().map(|&r| Tensor::zeros(ctx, "y", &[t, r.max(1)]).unwrap()).collect();
-                linear_out(&mut rec, "test", None, &xt, &w, Some(&bt), Out::Split3(&ys[0], &ys[1], &ys[2], s1, s2), t).unwrap();
+                linear_shaped(&mut rec, "test", None, &xt, &w, Some(&bt), Out::Split3(&ys[0], &ys[1], &ys[2], s1, s2), t, shape).unwrap();
                 rec.submit().unwrap();
                 let full = reference(&x, &wf, Some(&b), None, t, k, n);
                 let mut got = Vec::new();
@@ -331,7 +420,7 @@ pub(crate) mod tests {
             "swiglu" | "geglu" => {
                 let yt = Tensor::zeros(ctx, "y", &[t, n / 2]).unwrap();
                 let fused = if out == "swiglu" { Out::SwiGlu(&yt) } else { Out::GeGlu(&yt) };
-                linear_out(&mut rec, "test", None, &xt, &w, Some(&bt), fused, t).unwrap();
+                linear_shaped(&mut rec, "test", None, &xt, &w, Some(&bt), fused, t, shape).unwrap();
                 rec.submit().unwrap();
                 let full = reference(&x, &wf, Some(&b), None, t, k, n);
                 let (gate, up): (Vec<f32>, Vec<f32>) = full.chunks(2).map(|gu| (gu[0], gu[1])).unzip();
@@ -341,7 +430,7 @@ pub(crate) mod tests {
             }
             _ => {
                 let yt = Tensor::zeros(ctx, "y", &[t, n]).unwrap();
-                linear(&mut rec, "test", None, &xt, &w, None, &yt, t, Store::Write).unwrap();
+                linear_shaped(&mut rec, "test", None, &xt, &w, None, Out::One(&yt, Store::Write), t, shape).unwrap();
                 rec.submit().unwrap();
                 (ctx.read_f32_async(&yt.buf, 0, t * n).await.unwrap(), reference(&x, &wf, None, None, t, k, n))
             }
@@ -358,12 +447,29 @@ pub(crate) mod tests {
         }
     }
 
+    #[test]
+    fn batches_of_up_to_eight_tokens_take_a_matvec() {
+        use MatVecShape::*;
+        assert_eq!(quant_kernel(1, Lanes), QuantKernel::MatVec);
+        let multi: Vec<_> = (2..=8).map(|t| quant_kernel(t, Lanes)).collect();
+        assert_eq!(multi, [2, 3, 4, 5, 6, 7, 8].map(QuantKernel::MatVecMulti));
+        let rows: Vec<_> = (1..=8).map(|t| quant_kernel(t, Rows)).collect();
+        assert_eq!(rows, [1, 2, 3, 4, 5, 6, 7, 8].map(QuantKernel::MatVecRows));
+        assert_eq!(quant_kernel(9, Lanes), QuantKernel::MatMul);
+        assert_eq!(quant_kernel(9, Rows), QuantKernel::MatMul);
+        assert_eq!(MatVecShape::for_adapter(wgpu::DeviceType::Cpu), Rows);
+        assert_eq!(MatVecShape::for_adapter(wgpu::DeviceType::DiscreteGpu), Lanes);
+    }
+
     gpu_test!(fn quantized_matvec_matches_dequantized_reference(ctx) {
         for dtype in ALL {
             let k = if dtype.block_len() == 256 { 512 } else { 96 };
             run_quant(ctx, dtype, 1, k, 37, "write", u64::MAX).await;
             run_quant(ctx, dtype, 3, k, 131, "accumulate", u64::MAX).await;
             run_quant(ctx, dtype, MATVEC_MAX_TOKENS, k, 33, "write", u64::MAX).await;
+            // Token counts the other tests leave out, one with the fused residual add.
+            run_quant(ctx, dtype, 5, k, 29, "write", u64::MAX).await;
+            run_quant(ctx, dtype, 2, k, 70, "accumulate", u64::MAX).await;
         }
         // 18 units per row (SmolLM2's 576 columns), and one lane with more units than others.
         run_quant(ctx, DType::Q4_1, 1, 576, 65, "write", u64::MAX).await;

@@ -183,12 +183,18 @@ pub fn sample(rec: &mut Recorder, logits: &Tensor, row: usize, work: &Tensor, to
     }
     work.holds("sample", "work", work_len(vocab))?;
     adjust.holds("sample", "adjust", 2 + MIROSTAT_SLOTS)?;
-    let first = rec.ctx.pipeline(&SHADER, "candidates", &[])?;
-    let finish = rec.ctx.pipeline(&SHADER, "sample", &[])?;
+    // Greedy takes kernels of its own, which reach none of the chain's code.
+    let greedy = s.temperature <= 0.0;
+    let first = rec.ctx.pipeline(&SHADER, if greedy { "greedy_chunks" } else { "candidates" }, &[])?;
+    let finish = rec.ctx.pipeline(&SHADER, if greedy { "greedy_pick" } else { "sample" }, &[])?;
     let p = params(vocab, row, out_index, &history, s, draw);
     let buffers = [&logits.buf, &work.buf, &tokens.buf, &adjust.buf];
     let (flops, bytes) = cost(vocab);
     rec.dispatch(OpInfo::new("sample", flops, bytes), &first, &buffers, &p, [vocab.div_ceil(CHUNK) as u32, 1, 1]);
+    if greedy {
+        rec.dispatch(OpInfo::new("sample", 0, 8 * vocab.div_ceil(CHUNK) as u64), &finish, &buffers, &p, [1, 1, 1]);
+        return Ok(());
+    }
     // The survivors' chain reads a few values per chunk (a whole-vocabulary fallback reads
     // more, which this leaves out).
     let chunks = vocab.div_ceil(CHUNK) as u64;
