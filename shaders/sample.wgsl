@@ -79,9 +79,11 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> adjust: array<u32>;
 @group(0) @binding(4) var<uniform> p: Params;
 
-const WG: u32 = 256u;
-var<workgroup> red_f: array<f32, WG>;
-var<workgroup> red_u: array<u32, WG>;
+// Threads per workgroup (a power of two, at most WG_MAX): ops::sample picks it per adapter class.
+override WG: u32 = 256u;
+const WG_MAX: u32 = 256u;
+var<workgroup> red_f: array<f32, WG_MAX>;
+var<workgroup> red_u: array<u32, WG_MAX>;
 var<workgroup> chosen: atomic<u32>;
 var<workgroup> last_kept: atomic<u32>; // fallback when rounding leaves u past the end
 // Broadcast slots: read back with workgroupUniformLoad so loops with barriers stay uniform.
@@ -89,7 +91,7 @@ var<workgroup> bcast_u: u32;
 var<workgroup> bcast_f: f32;
 
 const CHUNK: u32 = 4096u; // ids per candidates workgroup: ops::sample::CHUNK
-const CAND: u32 = 256u;   // candidates per chunk and survivors (= WG): ops::sample::CAND
+const CAND: u32 = 256u;   // candidates per chunk and survivors: ops::sample::CAND
 const STATS: u32 = 10u;   // values per chunk: ops::sample::STATS
 // The survivors, sorted by id, and the slots they are gathered into first.
 var<workgroup> cand_v: array<f32, CAND>;
@@ -778,26 +780,28 @@ fn gather(lid: u32, best: u32) -> u32 {
     bound = b;
     n_fast = n;
     // Sorted by id: each survivor's place is how many have a smaller id (ids are distinct).
-    if (lid < n) {
-        let my_i = gather_i[lid];
+    for (var e = lid; e < n; e += WG) {
+        let my_i = gather_i[e];
         var r = 0u;
         for (var j = 0u; j < n; j++) {
             r += u32(gather_i[j] < my_i);
         }
-        cand_v[r] = gather_v[lid];
+        cand_v[r] = gather_v[e];
         cand_i[r] = my_i;
     }
     workgroupBarrier();
     var found = 0xffffffffu;
-    if (lid < n && cand_i[lid] == best) {
-        found = lid;
+    for (var e = lid; e < n; e += WG) {
+        if (cand_i[e] == best) {
+            found = e;
+        }
     }
     return min_u(lid, found);
 }
 
-// Greedy (temperature 0) in two small kernels of its own, so that it runs none of the chain's
-// code: on lavapipe a dispatch's cost grows with all the code its entry point reaches (the
-// chain's pass costs ~120 ms there even when it takes its greedy exit; these, ~1 ms).
+// Greedy (temperature 0) in two small kernels of its own, which run none of the chain's code
+// and compute none of its statistics. (On lavapipe with uniform parameters, which it compiles
+// into each dispatch, the chain's pass cost ~120 ms even taking its greedy exit; these ~1 ms.)
 // greedy_chunks: one workgroup per CHUNK ids writes the chunk's maximum and its lowest id
 // (after the bias and the penalties) where `candidates` does; greedy_pick writes the id.
 @compute @workgroup_size(WG)

@@ -671,7 +671,7 @@ function restore(j) {
   history.generations = Math.max(0, ...history.states.flat().map((p) => p.g || 0), ...pieces().map((p) => p.g || 0));
 }
 
-let saving = false, dirty = false, saveTimer = 0, loaded = false;
+let saving = false, dirty = false, saveTimer = 0, loaded = false, saveError = '';
 const SAVE_RETRY_MS = 2000;
 
 function scheduleSave() {
@@ -680,10 +680,11 @@ function scheduleSave() {
 }
 
 // Saves now, or as soon as the save in flight is done (saves never overlap, and the last one
-// always holds the latest text).
+// always holds the latest text). Returns whether this call saved (false: it failed, and a retry
+// is scheduled; or a save in flight takes the edit).
 async function saveNow() {
-  if (!loaded) return;
-  if (saving) { dirty = true; return; }
+  if (!loaded) return true;
+  if (saving) { dirty = true; return false; }
   saving = true;
   try {
     do {
@@ -697,13 +698,16 @@ async function saveNow() {
       }
       say(ui.saved, `Saved ${serverStories ? 'on the server' : 'in this browser'} at ${new Date().toLocaleTimeString()}`);
     } while (dirty);
+    return true;
   } catch (e) {
     // A failed save is tried again (with any edit made meanwhile) until one goes through:
     // the story stays in the page and is never dropped.
+    saveError = e.message;
     say(ui.saved, `Not saved: ${e.message} (trying again in ${SAVE_RETRY_MS / 1000} s)`, true);
     console.error(`story not saved: ${e.message}`);
     clearTimeout(saveTimer);
     saveTimer = setTimeout(saveNow, SAVE_RETRY_MS);
+    return false;
   } finally {
     saving = false;
   }
@@ -712,13 +716,19 @@ async function saveNow() {
 // The name field changed: the story shown is saved under its own name first (an edit made a
 // moment before is not lost), then the named one opens. A change event that names the story
 // already shown (the field losing focus) reopens nothing: that reload overwrote edits made
-// since, such as Memory typed right after.
+// since, such as Memory typed right after. If the story shown cannot be saved, the switch is
+// refused: it stays in the page (its save is tried again) rather than being replaced unsaved.
 async function openNamed() {
-  if (typedName() === storyName) return;
+  const wanted = typedName();
+  if (wanted === storyName) return;
   if (loaded) {
     clearTimeout(saveTimer);
     while (saving) await new Promise((ok) => setTimeout(ok, 50));
-    await saveNow();
+    if (!(await saveNow())) {
+      ui.name.value = storyName;
+      say(ui.saved, `Not switched to “${wanted}”: “${storyName}” could not be saved (${saveError}). It stays open and its save is tried again every ${SAVE_RETRY_MS / 1000} s; pick the other story once it is saved.`, true);
+      return;
+    }
   }
   loaded = false;
   await loadStory();

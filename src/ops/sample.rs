@@ -163,6 +163,45 @@ fn params(vocab: usize, row: usize, out_index: usize, history: &Range<usize>, s:
     }
 }
 
+/// Environment variable choosing the sampler's threads per workgroup (32, 64, 128 or 256).
+pub const SAMPLE_THREADS_ENV: &str = "QUILL_SAMPLE_THREADS";
+
+/// Threads per workgroup of the sampler's chunk kernels by adapter class (`WG` in
+/// shaders/sample.wgsl; `pipeline` says which), both values the tests run: 256 on GPUs; 64 on
+/// CPU-type adapters, where a workgroup's invocations take turns on one core and every barrier
+/// switches between all of them (the chain's two passes on lavapipe, `cargo bench --bench ops`:
+/// 5.7 ms a pass on average with 256, 3.9 ms with 64).
+pub const THREADS: [u32; 2] = [64, 256];
+
+pub fn threads_for(device_type: wgpu::DeviceType) -> u32 {
+    if device_type == wgpu::DeviceType::Cpu {
+        64
+    } else {
+        256
+    }
+}
+
+/// The threads for this adapter, or those `QUILL_SAMPLE_THREADS` names.
+pub fn threads(ctx: &crate::gpu::Context) -> Result<u32> {
+    match std::env::var(SAMPLE_THREADS_ENV) {
+        Ok(text) => match text.trim().parse::<u32>() {
+            Ok(t @ (32 | 64 | 128 | 256)) => Ok(t),
+            _ => Err(Error::arg(SAMPLE_THREADS_ENV, format!("'{text}' is not 32, 64, 128 or 256"))),
+        },
+        Err(_) => Ok(threads_for(ctx.info.device_type)),
+    }
+}
+
+/// The pipeline of `entry` with `threads` per workgroup where its work is one chunk of the
+/// vocabulary (`candidates`, `greedy_chunks`: at most CHUNK ids a workgroup). The kernels that
+/// may walk the whole vocabulary in one workgroup (the chain's fallback in `sample`, and
+/// `logprobs`) keep 256: with fewer, each invocation's loops over a large vocabulary pass
+/// llvmpipe's limit of 65535 iterations and stop early (the test below found it at 152k ids).
+fn pipeline(ctx: &crate::gpu::Context, entry: &str, threads: u32) -> Result<std::sync::Arc<crate::gpu::Pipeline>> {
+    let threads = if matches!(entry, "candidates" | "greedy_chunks") { threads } else { 256 };
+    ctx.pipeline(&SHADER, entry, &[("WG", threads as f64)])
+}
+
 /// Checks the buffers of a sampling kernel; returns the vocabulary size.
 fn check(op: &'static str, logits: &Tensor, row: usize, work: &Tensor, tokens: &Tensor, out_index: usize, history: &Range<usize>) -> Result<usize> {
     let vocab = *logits.shape.last().ok_or(Error::Shape { op, msg: "logits have no shape".into() })?;
@@ -177,6 +216,13 @@ fn check(op: &'static str, logits: &Tensor, row: usize, work: &Tensor, tokens: &
 /// `adjust` holds the logit bias and DRY's penalties ([`write_adjust`]).
 #[allow(clippy::too_many_arguments)]
 pub fn sample(rec: &mut Recorder, logits: &Tensor, row: usize, work: &Tensor, tokens: &Tensor, adjust: &Tensor, out_index: usize, history: Range<usize>, s: &SamplingParams, draw: u32) -> Result<()> {
+    let threads = threads(rec.ctx)?;
+    sample_with(rec, logits, row, work, tokens, adjust, out_index, history, s, draw, threads)
+}
+
+/// `sample` with the threads per workgroup given (the tests run each adapter class's).
+#[allow(clippy::too_many_arguments)]
+pub fn sample_with(rec: &mut Recorder, logits: &Tensor, row: usize, work: &Tensor, tokens: &Tensor, adjust: &Tensor, out_index: usize, history: Range<usize>, s: &SamplingParams, draw: u32, threads: u32) -> Result<()> {
     let vocab = check("sample", logits, row, work, tokens, out_index, &history)?;
     if vocab > MAX_VOCAB {
         return Err(Error::Shape { op: "sample", msg: format!("a vocabulary of {vocab} ids is more than the {MAX_VOCAB} the sampler takes") });
@@ -185,8 +231,8 @@ pub fn sample(rec: &mut Recorder, logits: &Tensor, row: usize, work: &Tensor, to
     adjust.holds("sample", "adjust", 2 + MIROSTAT_SLOTS)?;
     // Greedy takes kernels of its own, which reach none of the chain's code.
     let greedy = s.temperature <= 0.0;
-    let first = rec.ctx.pipeline(&SHADER, if greedy { "greedy_chunks" } else { "candidates" }, &[])?;
-    let finish = rec.ctx.pipeline(&SHADER, if greedy { "greedy_pick" } else { "sample" }, &[])?;
+    let first = pipeline(rec.ctx, if greedy { "greedy_chunks" } else { "candidates" }, threads)?;
+    let finish = pipeline(rec.ctx, if greedy { "greedy_pick" } else { "sample" }, threads)?;
     let p = params(vocab, row, out_index, &history, s, draw);
     let buffers = [&logits.buf, &work.buf, &tokens.buf, &adjust.buf];
     let (flops, bytes) = cost(vocab);
@@ -213,7 +259,8 @@ pub const MAX_TOP_LOGPROBS: usize = 20;
 /// them to [`parse_logprobs`]. Only those few values need to come back, not the logits.
 #[allow(clippy::too_many_arguments)]
 pub fn logprobs(rec: &mut Recorder, logits: &Tensor, row: usize, work: &Tensor, tokens: &Tensor, adjust: &Tensor, chosen_index: usize, history: Range<usize>, s: &SamplingParams, top: usize) -> Result<()> {
-    log_probabilities(rec, [logits, work, tokens, adjust], row, chosen_index, history, s, top, 0, 0)
+    let threads = threads(rec.ctx)?;
+    log_probabilities(rec, [logits, work, tokens, adjust], row, chosen_index, history, s, top, 0, 0, threads)
 }
 
 /// Like [`logprobs`], but of the distribution draw `draw` chose from: after the whole chain
@@ -222,17 +269,18 @@ pub fn logprobs(rec: &mut Recorder, logits: &Tensor, row: usize, work: &Tensor, 
 /// that draw's `sample`, before the next. `sampling::processed_probs` is the CPU reference.
 #[allow(clippy::too_many_arguments)]
 pub fn token_probs(rec: &mut Recorder, logits: &Tensor, row: usize, work: &Tensor, tokens: &Tensor, adjust: &Tensor, chosen_index: usize, history: Range<usize>, s: &SamplingParams, top: usize, draw: u32) -> Result<()> {
-    log_probabilities(rec, [logits, work, tokens, adjust], row, chosen_index, history, s, top, draw, 1)
+    let threads = threads(rec.ctx)?;
+    log_probabilities(rec, [logits, work, tokens, adjust], row, chosen_index, history, s, top, draw, 1, threads)
 }
 
 #[allow(clippy::too_many_arguments)]
-fn log_probabilities(rec: &mut Recorder, [logits, work, tokens, adjust]: [&Tensor; 4], row: usize, chosen_index: usize, history: Range<usize>, s: &SamplingParams, top: usize, draw: u32, mode: u32) -> Result<()> {
+pub(crate) fn log_probabilities(rec: &mut Recorder, [logits, work, tokens, adjust]: [&Tensor; 4], row: usize, chosen_index: usize, history: Range<usize>, s: &SamplingParams, top: usize, draw: u32, mode: u32, threads: u32) -> Result<()> {
     let vocab = check("logprobs", logits, row, work, tokens, chosen_index, &history)?;
     if top > MAX_TOP_LOGPROBS || logprobs_len(top) > vocab {
         return Err(Error::arg("top_logprobs", format!("{top} must be at most {MAX_TOP_LOGPROBS} (and fit a vocabulary of {vocab})")));
     }
     adjust.holds("logprobs", "adjust", 2 + MIROSTAT_SLOTS)?;
-    let pipe = rec.ctx.pipeline(&SHADER, "logprobs", &[])?;
+    let pipe = pipeline(rec.ctx, "logprobs", threads)?;
     let p = Params { mode, alternatives: top as u32, ..params(vocab, row, chosen_index, &history, s, draw) };
     // The chain's passes (as `sample`), one for the sum, then one argmax pass per alternative.
     let (flops, bytes) = cost(vocab);
@@ -274,6 +322,11 @@ mod tests {
 
     /// `draw_many`, and the path the last draw took.
     async fn draw_path(ctx: &Context, logits: &[f32], history: &[u32], s: &SamplingParams, draws: usize) -> (Vec<u32>, Path) {
+        draw_path_with(ctx, logits, history, s, draws, threads(ctx).unwrap()).await
+    }
+
+    /// `draw_path` with the sampler's threads per workgroup given.
+    async fn draw_path_with(ctx: &Context, logits: &[f32], history: &[u32], s: &SamplingParams, draws: usize, threads: u32) -> (Vec<u32>, Path) {
         let vocab = logits.len();
         let lt = Tensor::upload_f32(ctx, "logits", &[1, vocab], logits).unwrap();
         let work = Tensor::zeros(ctx, "work", &[work_len(vocab)]).unwrap();
@@ -286,7 +339,7 @@ mod tests {
         for batch in (0..draws).collect::<Vec<_>>().chunks(256) {
             let mut rec = Recorder::new(ctx, "test");
             for &i in batch {
-                sample(&mut rec, &lt, 0, &work, &tokens, &adjust, history.len() + i, 0..history.len(), s, i as u32).unwrap();
+                sample_with(&mut rec, &lt, 0, &work, &tokens, &adjust, history.len() + i, 0..history.len(), s, i as u32, threads).unwrap();
             }
             rec.submit().unwrap();
             // Wait for each submission: wgpu frees a command buffer's memory only once the
@@ -396,8 +449,8 @@ mod tests {
     /// the path the last one took. A draw that differs must lie within float rounding of its
     /// random number: u within 1e-4 of the reference's cumulative mass (in id order) around
     /// the GPU's id (f32 sums over 152k near-equal probabilities drift by about that).
-    async fn agreement(ctx: &Context, logits: &[f32], history: &[u32], s: &SamplingParams, draws: usize) -> (usize, Path) {
-        let (got, path) = draw_path(ctx, logits, history, s, draws).await;
+    async fn agreement(ctx: &Context, logits: &[f32], history: &[u32], s: &SamplingParams, draws: usize, threads: u32) -> (usize, Path) {
+        let (got, path) = draw_path_with(ctx, logits, history, s, draws, threads).await;
         let mut agree = 0;
         for (i, &id) in got.iter().enumerate() {
             if sample_reference(logits, history, s, i as u32) == id {
@@ -420,6 +473,17 @@ mod tests {
     gpu_test!(fn two_pass_sampler_matches_the_reference_on_odd_vocabularies(ctx) {
         let browser = ctx.info.backend == wgpu::Backend::BrowserWebGpu;
         let sizes: &[usize] = if browser { &[1, 7, 1000, 49153] } else { &[1, 7, 1000, 49153, 152064] };
+        // The adapter's own threads per workgroup on every size; the other class's on a
+        // vocabulary below and one above the survivors' count.
+        let own = threads(ctx).unwrap();
+        for t in THREADS {
+            two_pass_cases(ctx, if t == own { sizes } else { &[7, 1000] }, t, t == own).await;
+        }
+    });
+
+    /// The cases of the test above at `threads` per workgroup; without `all`, one per path and
+    /// the chunk kernel's inputs (penalties, DRY), to keep the browser's run short.
+    async fn two_pass_cases(ctx: &Context, sizes: &[usize], threads: u32, all: bool) {
         let draws = 30;
         for &vocab in sizes {
             let peaked = odd_logits(vocab, 60, vocab as u64);
@@ -441,10 +505,11 @@ mod tests {
                 ("mirostat, peaked", &peaked, SamplingParams { mirostat_tau: 2.0, mirostat_eta: 0.0, ..t(1.0) }, Path::Survivors),
                 ("mirostat with dynatemp", &peaked, SamplingParams { mirostat_tau: 2.0, mirostat_eta: 0.0, dynatemp_range: 0.3, ..t(1.0) }, Path::Whole),
             ];
-            for (name, logits, s, path) in cases {
-                let (agree, took) = agreement(ctx, logits, &hist, &s, draws).await;
-                assert!(agree >= draws * 3 / 4, "vocab {vocab}, {name}: GPU and CPU reference agree on {agree} of {draws} draws");
-                assert_eq!(took, path, "vocab {vocab}, {name}");
+            let few = ["defaults", "top-p alone, flat", "penalties, DRY, top-k", "mirostat with dynatemp"];
+            for (name, logits, s, path) in cases.into_iter().filter(|c| all || few.contains(&c.0)) {
+                let (agree, took) = agreement(ctx, logits, &hist, &s, draws, threads).await;
+                assert!(agree >= draws * 3 / 4, "vocab {vocab}, {name}, {threads} threads: GPU and CPU reference agree on {agree} of {draws} draws");
+                assert_eq!(took, path, "vocab {vocab}, {name}, {threads} threads");
             }
             // Greedy: exactly the reference's argmax (after the penalties), ties to the lowest id.
             let mut tied = flat.clone();
@@ -453,22 +518,24 @@ mod tests {
             tied[vocab / 2] = top;
             for logits in [&flat, &peaked, &tied] {
                 let s = SamplingParams { repeat_penalty: 1.5, ..SamplingParams::greedy() };
-                let (got, path) = draw_path(ctx, logits, &hist, &s, 1).await;
-                assert_eq!(got[0], sample_reference(logits, &hist, &s, 0), "vocab {vocab}: greedy");
+                let (got, path) = draw_path_with(ctx, logits, &hist, &s, 1, threads).await;
+                assert_eq!(got[0], sample_reference(logits, &hist, &s, 0), "vocab {vocab}, {threads} threads: greedy");
                 assert_eq!(path, Path::Greedy);
             }
         }
-    });
+    }
 
     gpu_test!(fn greedy_is_argmax_with_lowest_id_on_ties(ctx) {
         let mut logits = test_values(1003, 9);
         logits[500] = 5.0;
         logits[777] = 5.0;
-        let got = draw_many(ctx, &logits, &[], &SamplingParams::greedy(), 3).await;
-        assert_eq!(got, vec![500, 500, 500]);
-        // With a penalty on 500 the runner-up wins.
-        let s = SamplingParams { repeat_penalty: 2.0, ..SamplingParams::greedy() };
-        assert_eq!(draw_many(ctx, &logits, &[500, 500, 3], &s, 1).await, vec![777]);
+        for t in THREADS {
+            let got = draw_path_with(ctx, &logits, &[], &SamplingParams::greedy(), 3, t).await.0;
+            assert_eq!(got, vec![500, 500, 500], "{t} threads");
+            // With a penalty on 500 the runner-up wins.
+            let s = SamplingParams { repeat_penalty: 2.0, ..SamplingParams::greedy() };
+            assert_eq!(draw_path_with(ctx, &logits, &[500, 500, 3], &s, 1, t).await.0, vec![777], "{t} threads");
+        }
     });
 
     gpu_test!(fn sampler_frequencies_match_the_intended_distribution(ctx) {
@@ -595,12 +662,12 @@ mod tests {
             (SamplingParams { top_k: 6, ..SamplingParams::greedy() }, 6),
             (SamplingParams { mirostat_tau: 2.5, temperature: 0.9, ..base() }, 10),
         ];
-        for (s, top) in cases {
+        for ((s, top), threads) in cases.iter().flat_map(|c| THREADS.map(|t| (c.clone(), t))) {
             let adjust = adjust_buffer(ctx, &s, &history);
             let mut rec = Recorder::new(ctx, "test");
             let out = history.len();
-            sample(&mut rec, &lt, 0, &work, &tokens, &adjust, out, 0..out, &s, 0).unwrap();
-            token_probs(&mut rec, &lt, 0, &work, &tokens, &adjust, out, 0..out, &s, top, 0).unwrap();
+            sample_with(&mut rec, &lt, 0, &work, &tokens, &adjust, out, 0..out, &s, 0, threads).unwrap();
+            log_probabilities(&mut rec, [&lt, &work, &tokens, &adjust], 0, out, 0..out, &s, top, 0, 1, threads).unwrap();
             rec.submit().unwrap();
             let got = ctx.read_f32_async(&work.buf, 0, logprobs_len(top)).await.unwrap();
             let chosen = ctx.read_u32_async(&tokens.buf, out, 1).await.unwrap()[0];

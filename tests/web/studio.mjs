@@ -307,6 +307,30 @@ try {
     await shot('after-kill');
     console.log('restarted: the page opens the story as saved');
 
+    // Switching to another story while the one shown cannot be saved is refused: the story
+    // stays in the page (the name field goes back to it) and is saved once saves go through.
+    const storyFile = path.join(storiesDir, 'my story.json');
+    await page.route('**/stories/**', (r) => r.request().method() === 'PUT'
+      ? r.fulfill({ status: 503, contentType: 'application/json', body: JSON.stringify({ error: { message: 'disk full (test)' } }) })
+      : r.continue());
+    await page.fill('#memory', 'Typed while saves fail.');
+    await page.dispatchEvent('#memory', 'input');
+    await page.fill('#story-name', 'another story');
+    await page.dispatchEvent('#story-name', 'change');
+    await page.waitForFunction(() => /^Not switched/.test(document.getElementById('saved').textContent), null, { timeout: 30e3 }).catch(() => {});
+    await check(await page.inputValue('#story-name') === 'my story' && await page.inputValue('#memory') === 'Typed while saves fail.' && await story() === file.text
+      && !fs.existsSync(path.join(storiesDir, 'another story.json')),
+      async () => `a switch while saves fail: the name field shows ${JSON.stringify(await page.inputValue('#story-name'))}, Memory ${JSON.stringify(await page.inputValue('#memory'))}; the page says ${JSON.stringify(await page.textContent('#saved'))}`);
+    console.log(`a switch while saves fail is refused: ${JSON.stringify(await page.textContent('#saved'))}`);
+    await page.unroute('**/stories/**');
+    let kept = JSON.parse(fs.readFileSync(storyFile, 'utf8'));
+    for (let i = 0; i < 80 && kept.memory !== 'Typed while saves fail.'; i++) {
+      await page.waitForTimeout(250);
+      kept = JSON.parse(fs.readFileSync(storyFile, 'utf8'));
+    }
+    await check(kept.memory === 'Typed while saves fail.' && kept.text === file.text, async () => `after saves came back the file holds Memory ${JSON.stringify(kept.memory)}; the page says ${JSON.stringify(await page.textContent('#saved'))}`);
+    console.log('then the retry saved it');
+
     // A story the page saved in its older format (tests/fixtures/studio-story-v1.json) opens,
     // tokens and notes included, and is saved back in quill's story format.
     const legacy = JSON.parse(fs.readFileSync(path.join(root, 'tests/fixtures/studio-story-v1.json'), 'utf8'));
