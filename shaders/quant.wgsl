@@ -24,22 +24,32 @@ struct Params {
     n: u32,        // rows of this chunk
     row0: u32,     // the chunk's first row in the whole tensor
     n_total: u32,  // rows of the whole tensor
-    mode: u32,     // 0 write, 1 accumulate, 2 split into y0 | y1 | y2, 3 SwiGLU / 4 GeGLU of row pairs
+    mode: u32,     // 0 write, 1 accumulate, 2 split into y0 | y1 | y2, 3 SwiGLU / 4 GeGLU of row pairs,
+                   // 5 Q/K/V with RoPE into Q and the KV cache (store_rope_kv)
     split1: u32,   // mode 2: first row of y1
     split2: u32,   // mode 2: first row of y2
     has_bias: u32,
     id_offset: u32, // embed: first id of the tokens
     vocab: u32,     // embed
     scale: f32,     // embed: multiplies every value (Gemma's sqrt(dim)); 1 otherwise
+    g_off: u32,     // NORM_IN: the norm weight's first index in `bias`
+    eps: f32,       // NORM_IN
+    head_dim: u32,  // mode 5
+    rot_dim: u32,   // mode 5: dimensions of a head that turn (pairs 2i, 2i + 1 with 2i < rot_dim)
+    f_off: u32,     // mode 5: the inverse frequencies' first index in `bias`
+    kv_stride: u32, // mode 5: cache words from one KV head's rows to the next (cache_len * head_dim)
+    kv_f16: u32,    // mode 5: the cache holds f16 pairs
+    amp: f32,       // mode 5: multiplies cos and sin (1 but for longrope)
+    tok: array<vec4<u32>, 4>, // mode 5: token t's (cache element of its position, position) in tok[t / 2].xy / .zw
 }
 
 @group(0) @binding(0) var<storage, read> x4: array<vec4<f32>>;    // (t, k/4); embed: the ids
 @group(0) @binding(1) var<storage, read> wq: array<vec4<u32>>;    // the format's quants
 @group(0) @binding(2) var<storage, read> ws: array<u32>;          // the format's scales
-@group(0) @binding(3) var<storage, read> bias: array<f32>;        // (n_total,) or a dummy
+@group(0) @binding(3) var<storage, read> bias: array<f32>;        // (n_total,), NORM_IN's weight, mode 5's inverse frequencies, or a dummy
 @group(0) @binding(4) var<storage, read_write> y0: array<f32>;
-@group(0) @binding(5) var<storage, read_write> y1: array<f32>;
-@group(0) @binding(6) var<storage, read_write> y2: array<f32>;
+@group(0) @binding(5) var<storage, read_write> y1: array<u32>;     // f32 bits; mode 5: the K cache
+@group(0) @binding(6) var<storage, read_write> y2: array<u32>;     // f32 bits; mode 5: the V cache
 @group(0) @binding(7) var<uniform> p: Params;
 
 // 32 values of x, and their sum (for formats with a per-block minimum).
@@ -55,6 +65,41 @@ fn load_x32(base: u32) -> X32 {
     x.v4 = x4[base + 4u]; x.v5 = x4[base + 5u]; x.v6 = x4[base + 6u]; x.v7 = x4[base + 7u];
     x.sum = dot(x.v0 + x.v1 + x.v2 + x.v3 + x.v4 + x.v5 + x.v6 + x.v7, vec4<f32>(1.0));
     return x;
+}
+
+// NORM_IN: the mat-vec kernels take the residual stream and RMS-norm it on the way in (the
+// norm's dispatch folded into the projection): each unit of x is multiplied by the norm weight
+// (bias[p.g_off ..]) as it is loaded, its squares are summed per token over the units a lane
+// reads (then across the lanes of a row group), and each dot product is scaled by
+// 1 / sqrt(mean(x²) + eps) at the end: W·(x ⊙ g ⊙ r) = r · W·(x ⊙ g).
+override NORM_IN: bool = false;
+
+// Unit `gi / 8` of one token's x (its first vec4 at x4[base]), normed on the way in: its
+// squares are added to *ss.
+fn load_xn(base: u32, gi: u32, ss: ptr<function, f32>) -> X32 {
+    if (!NORM_IN) {
+        return load_x32(base);
+    }
+    var x = load_x32(base);
+    *ss += dot(x.v0, x.v0) + dot(x.v1, x.v1) + dot(x.v2, x.v2) + dot(x.v3, x.v3)
+         + dot(x.v4, x.v4) + dot(x.v5, x.v5) + dot(x.v6, x.v6) + dot(x.v7, x.v7);
+    let g = p.g_off + 4u * gi;
+    x.v0 *= norm_w4(g); x.v1 *= norm_w4(g + 4u); x.v2 *= norm_w4(g + 8u); x.v3 *= norm_w4(g + 12u);
+    x.v4 *= norm_w4(g + 16u); x.v5 *= norm_w4(g + 20u); x.v6 *= norm_w4(g + 24u); x.v7 *= norm_w4(g + 28u);
+    x.sum = dot(x.v0 + x.v1 + x.v2 + x.v3 + x.v4 + x.v5 + x.v6 + x.v7, vec4<f32>(1.0));
+    return x;
+}
+
+fn norm_w4(i: u32) -> vec4<f32> {
+    return vec4<f32>(bias[i], bias[i + 1u], bias[i + 2u], bias[i + 3u]);
+}
+
+// What a token's dot products are multiplied by: its inverse RMS with NORM_IN, else 1.
+fn norm_scale(ss: f32) -> f32 {
+    if (NORM_IN) {
+        return inverseSqrt(ss / f32(p.k) + p.eps);
+    }
+    return 1.0;
 }
 
 // The generic unit dot product, for formats without a faster one.
@@ -168,9 +213,9 @@ fn store(tok: u32, r: u32, v: f32) {
         if (r < p.split1) {
             y0[tok * p.split1 + r] = a;
         } else if (r < p.split2) {
-            y1[tok * (p.split2 - p.split1) + r - p.split1] = a;
+            y1[tok * (p.split2 - p.split1) + r - p.split1] = bitcast<u32>(a);
         } else {
-            y2[tok * (p.n_total - p.split2) + r - p.split2] = a;
+            y2[tok * (p.n_total - p.split2) + r - p.split2] = bitcast<u32>(a);
         }
         return;
     }
@@ -194,8 +239,64 @@ fn store_pair(tok: u32, r: u32, g: f32, u: f32) {
     y0[tok * (p.n_total / 2u) + r / 2u] = act * up;
 }
 
+// Mode 5, a fused Q/K/V projection straight into attention's inputs: rows [0, split1) are Q,
+// [split1, split2) K, the rest V, each of heads of head_dim. Q and K turn by RoPE in adjacent
+// pairs (2i, 2i + 1: GGUF llama's layout), at token tok's position and pair i's inverse
+// frequency bias[p.f_off + i], as rope.wgsl's rotate_pair does; Q goes to y0 (tok, split1), K and
+// V into the cache (y1, y2) at the token's position, as kv_write stores them (f32 bits or an f16
+// pair per word). Rows r, r + 1 (r even) are one pair: head_dim and split1, split2 are even.
+const TWO_PI: f32 = 6.283185307179586;
+
+fn store_rope_kv(tok: u32, r: u32, a: f32, b: f32) {
+    var x0 = finish(r, a);
+    var x1 = finish(r + 1u, b);
+    let tp = p.tok[tok / 2u];
+    let elem = select(tp.z, tp.x, tok % 2u == 0u); // the token's (slot, position) row in the cache
+    let pos = select(tp.w, tp.y, tok % 2u == 0u);
+    let row = select(r - p.split1, r, r < p.split1); // within Q, K (or V, below)
+    if (r < p.split2) {
+        let d = row % p.head_dim;
+        if (d < p.rot_dim) {
+            var angle = f32(pos) * bias[p.f_off + d / 2u];
+            angle -= TWO_PI * floor(angle / TWO_PI);
+            let c = cos(angle) * p.amp;
+            let s = sin(angle) * p.amp;
+            let t0 = x0;
+            x0 = t0 * c - x1 * s;
+            x1 = x1 * c + t0 * s;
+        }
+        if (r < p.split1) {
+            y0[tok * p.split1 + r] = x0;
+            y0[tok * p.split1 + r + 1u] = x1;
+            return;
+        }
+    }
+    let kvr = select(row, r - p.split2, r >= p.split2);
+    let c = elem + (kvr / p.head_dim) * p.kv_stride + kvr % p.head_dim;
+    if (r < p.split2) {
+        if (p.kv_f16 != 0u) {
+            y1[c / 2u] = pack2x16float(vec2<f32>(x0, x1));
+        } else {
+            y1[c] = bitcast<u32>(x0);
+            y1[c + 1u] = bitcast<u32>(x1);
+        }
+    } else {
+        if (p.kv_f16 != 0u) {
+            y2[c / 2u] = pack2x16float(vec2<f32>(x0, x1));
+        } else {
+            y2[c] = bitcast<u32>(x0);
+            y2[c + 1u] = bitcast<u32>(x1);
+        }
+    }
+}
+
 // Stores 4 consecutive rows r..r+3 (r a multiple of 4) that exist when r + j < limit.
 fn store4(tok: u32, r: u32, v: vec4<f32>, limit: u32) {
+    if (p.mode == 5u) {
+        if (r + 1u < limit) { store_rope_kv(tok, r, v.x, v.y); }
+        if (r + 3u < limit) { store_rope_kv(tok, r + 2u, v.z, v.w); }
+        return;
+    }
     if (p.mode >= 3u) {
         // Chunks and tiles start at even rows, so pairs never straddle them.
         if (r + 1u < limit) { store_pair(tok, r, v.x, v.y); }
@@ -217,6 +318,7 @@ fn rows4(r0: u32) -> vec4<u32> {
 const MV_LANES: u32 = 8u;
 const MV_ROWS: u32 = 32u; // per workgroup: 8 groups of 4 rows
 var<workgroup> partial: array<vec4<f32>, 64>;
+var<workgroup> partial_ss: array<f32, 64>; // NORM_IN: each lane's sum of squares of x
 
 @compute @workgroup_size(64)
 fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -233,20 +335,23 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     let units = p.k / 32u;
     let xb = tok * (p.k / 4u);
     var acc = vec4<f32>(0.0);
+    var ss = 0.0;
     for (var u = lane; u < units; u += MV_LANES) {
-        let x = load_x32(xb + 8u * u);
+        let x = load_xn(xb + 8u * u, 8u * u, &ss);
         acc += vec4<f32>(unit_dot(r.x, u, x), unit_dot(r.y, u, x), unit_dot(r.z, u, x), unit_dot(r.w, u, x));
     }
     partial[li] = acc;
+    partial_ss[li] = ss;
     workgroupBarrier();
     for (var s = MV_LANES / 2u; s > 0u; s >>= 1u) {
         if (lane < s) {
             partial[li] += partial[li + s];
+            if (NORM_IN) { partial_ss[li] += partial_ss[li + s]; }
         }
         workgroupBarrier();
     }
     if (lane == 0u) {
-        store4(tok, p.row0 + r0, partial[li], p.row0 + p.n);
+        store4(tok, p.row0 + r0, partial[li] * norm_scale(partial_ss[li]), p.row0 + p.n);
     }
     if (p.mode == 255u) {
         y0[0] = f32(ws[0]); // never runs: keeps every binding in the pipeline's layout
@@ -259,6 +364,7 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
 // than once per token; each token's x is read from cache.
 override MV_TOKENS: u32 = 8u; // the tokens (p.t), 1 to 8: a pipeline per count
 var<workgroup> partial_t: array<vec4<f32>, 512>; // (token, thread)
+var<workgroup> partial_ts: array<f32, 512>;      // NORM_IN: (token, thread) sums of squares of x
 
 // A unit of 4 rows (dot_w4: its dot products with one token's x, one per row).
 struct W4 { a: W32, b: W32, c: W32, d: W32 }
@@ -279,32 +385,39 @@ fn matvec_multi(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     // One vec4 (4 rows) per token, indexed only by constants (registers, not scratch).
     var c0 = vec4<f32>(0.0); var c1 = vec4<f32>(0.0); var c2 = vec4<f32>(0.0); var c3 = vec4<f32>(0.0);
     var c4 = vec4<f32>(0.0); var c5 = vec4<f32>(0.0); var c6 = vec4<f32>(0.0); var c7 = vec4<f32>(0.0);
+    // NORM_IN: each token's sum of squares of x over this lane's units.
+    var s0 = 0.0; var s1 = 0.0; var s2 = 0.0; var s3 = 0.0; var s4 = 0.0; var s5 = 0.0; var s6 = 0.0; var s7 = 0.0;
     for (var u = lane; u < units; u += MV_LANES) {
         let w = W4(unit_w(r.x, u), unit_w(r.y, u), unit_w(r.z, u), unit_w(r.w, u));
         let xb = 8u * u;
-        c0 += dot_w4(w, load_x32(xb));
-        if (MV_TOKENS > 1u) { c1 += dot_w4(w, load_x32(xb + k4)); }
-        if (MV_TOKENS > 2u) { c2 += dot_w4(w, load_x32(xb + 2u * k4)); }
-        if (MV_TOKENS > 3u) { c3 += dot_w4(w, load_x32(xb + 3u * k4)); }
-        if (MV_TOKENS > 4u) { c4 += dot_w4(w, load_x32(xb + 4u * k4)); }
-        if (MV_TOKENS > 5u) { c5 += dot_w4(w, load_x32(xb + 5u * k4)); }
-        if (MV_TOKENS > 6u) { c6 += dot_w4(w, load_x32(xb + 6u * k4)); }
-        if (MV_TOKENS > 7u) { c7 += dot_w4(w, load_x32(xb + 7u * k4)); }
+        c0 += dot_w4(w, load_xn(xb, xb, &s0));
+        if (MV_TOKENS > 1u) { c1 += dot_w4(w, load_xn(xb + k4, xb, &s1)); }
+        if (MV_TOKENS > 2u) { c2 += dot_w4(w, load_xn(xb + 2u * k4, xb, &s2)); }
+        if (MV_TOKENS > 3u) { c3 += dot_w4(w, load_xn(xb + 3u * k4, xb, &s3)); }
+        if (MV_TOKENS > 4u) { c4 += dot_w4(w, load_xn(xb + 4u * k4, xb, &s4)); }
+        if (MV_TOKENS > 5u) { c5 += dot_w4(w, load_xn(xb + 5u * k4, xb, &s5)); }
+        if (MV_TOKENS > 6u) { c6 += dot_w4(w, load_xn(xb + 6u * k4, xb, &s6)); }
+        if (MV_TOKENS > 7u) { c7 += dot_w4(w, load_xn(xb + 7u * k4, xb, &s7)); }
     }
     partial_t[li] = c0; partial_t[64u + li] = c1; partial_t[128u + li] = c2; partial_t[192u + li] = c3;
     partial_t[256u + li] = c4; partial_t[320u + li] = c5; partial_t[384u + li] = c6; partial_t[448u + li] = c7;
+    if (NORM_IN) {
+        partial_ts[li] = s0; partial_ts[64u + li] = s1; partial_ts[128u + li] = s2; partial_ts[192u + li] = s3;
+        partial_ts[256u + li] = s4; partial_ts[320u + li] = s5; partial_ts[384u + li] = s6; partial_ts[448u + li] = s7;
+    }
     workgroupBarrier();
     for (var s = MV_LANES / 2u; s > 0u; s >>= 1u) {
         if (lane < s) {
             for (var i = 0u; i < nt; i++) {
                 partial_t[i * 64u + li] += partial_t[i * 64u + li + s];
+                if (NORM_IN) { partial_ts[i * 64u + li] += partial_ts[i * 64u + li + s]; }
             }
         }
         workgroupBarrier();
     }
     if (lane == 0u) {
         for (var i = 0u; i < nt; i++) {
-            store4(i, p.row0 + r0, partial_t[i * 64u + li], p.row0 + p.n);
+            store4(i, p.row0 + r0, partial_t[i * 64u + li] * norm_scale(partial_ts[i * 64u + li]), p.row0 + p.n);
         }
     }
     if (p.mode == 255u) {
@@ -321,6 +434,38 @@ fn matvec_multi(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
 // conditions, which fold away, and its accumulators are indexed only by constants, so they
 // stay in registers (a private variable indexed at run time lives in scratch memory there).
 const MR_ROWS: u32 = 256u; // rows per workgroup: 64 invocations of 4
+
+// NORM_IN here: a gather per lane makes load_xn's weight loads cost as much as x's, and every
+// invocation would norm the same x, so the workgroup norms x once into workgroup memory
+// instead (k * t <= 4 * MR_XS, which the host checks): invocation i takes token i % t and every
+// (64 / t)-th vec4 of its row, summing squares into ss_part; after one barrier the loop reads
+// the normed x from there and each token's scale is the sum of its invocations' parts.
+const MR_XS: u32 = 960u;
+var<workgroup> xs: array<vec4<f32>, 960>;
+var<workgroup> ss_part: array<f32, 64>;
+
+fn load_xr(base: u32) -> X32 {
+    if (!NORM_IN) {
+        return load_x32(base);
+    }
+    var x: X32;
+    x.v0 = xs[base]; x.v1 = xs[base + 1u]; x.v2 = xs[base + 2u]; x.v3 = xs[base + 3u];
+    x.v4 = xs[base + 4u]; x.v5 = xs[base + 5u]; x.v6 = xs[base + 6u]; x.v7 = xs[base + 7u];
+    x.sum = dot(x.v0 + x.v1 + x.v2 + x.v3 + x.v4 + x.v5 + x.v6 + x.v7, vec4<f32>(1.0));
+    return x;
+}
+
+// Token i's inverse RMS from the staged parts (invocations past 64 / t * t wrote 0), else 1.
+fn staged_scale(i: u32) -> f32 {
+    if (!NORM_IN) {
+        return 1.0;
+    }
+    var s = 0.0;
+    for (var j = i; j < 64u; j += MV_TOKENS) {
+        s += ss_part[j];
+    }
+    return inverseSqrt(s / f32(p.k) + p.eps);
+}
 
 fn dot_w4(w: W4, x: X32) -> vec4<f32> {
     return vec4<f32>(dot_w(w.a, x), dot_w(w.b, x), dot_w(w.c, x), dot_w(w.d, x));
@@ -340,33 +485,47 @@ fn matvec_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     // The 4 rows of each token.
     var c0 = vec4<f32>(0.0); var c1 = vec4<f32>(0.0); var c2 = vec4<f32>(0.0); var c3 = vec4<f32>(0.0);
     var c4 = vec4<f32>(0.0); var c5 = vec4<f32>(0.0); var c6 = vec4<f32>(0.0); var c7 = vec4<f32>(0.0);
+    if (NORM_IN) {
+        let slices = 64u / MV_TOKENS;
+        let tk = li % MV_TOKENS;
+        var ss = 0.0;
+        if (li / MV_TOKENS < slices) {
+            for (var j = li / MV_TOKENS; j < k4; j += slices) {
+                let v = x4[tk * k4 + j];
+                ss += dot(v, v);
+                xs[tk * k4 + j] = v * norm_w4(p.g_off + 4u * j);
+            }
+        }
+        ss_part[li] = ss;
+        workgroupBarrier();
+    }
     for (var u = 0u; u < units; u++) {
         let xb = 8u * u;
         if (MV_TOKENS == 1u) {
-            let x = load_x32(xb);
+            let x = load_xr(xb);
             c0 += vec4<f32>(unit_dot(r.x, u, x), unit_dot(r.y, u, x), unit_dot(r.z, u, x), unit_dot(r.w, u, x));
         } else {
             let w = W4(unit_w(r.x, u), unit_w(r.y, u), unit_w(r.z, u), unit_w(r.w, u));
-            c0 += dot_w4(w, load_x32(xb));
-            c1 += dot_w4(w, load_x32(xb + k4));
-            if (MV_TOKENS > 2u) { c2 += dot_w4(w, load_x32(xb + 2u * k4)); }
-            if (MV_TOKENS > 3u) { c3 += dot_w4(w, load_x32(xb + 3u * k4)); }
-            if (MV_TOKENS > 4u) { c4 += dot_w4(w, load_x32(xb + 4u * k4)); }
-            if (MV_TOKENS > 5u) { c5 += dot_w4(w, load_x32(xb + 5u * k4)); }
-            if (MV_TOKENS > 6u) { c6 += dot_w4(w, load_x32(xb + 6u * k4)); }
-            if (MV_TOKENS > 7u) { c7 += dot_w4(w, load_x32(xb + 7u * k4)); }
+            c0 += dot_w4(w, load_xr(xb));
+            c1 += dot_w4(w, load_xr(xb + k4));
+            if (MV_TOKENS > 2u) { c2 += dot_w4(w, load_xr(xb + 2u * k4)); }
+            if (MV_TOKENS > 3u) { c3 += dot_w4(w, load_xr(xb + 3u * k4)); }
+            if (MV_TOKENS > 4u) { c4 += dot_w4(w, load_xr(xb + 4u * k4)); }
+            if (MV_TOKENS > 5u) { c5 += dot_w4(w, load_xr(xb + 5u * k4)); }
+            if (MV_TOKENS > 6u) { c6 += dot_w4(w, load_xr(xb + 6u * k4)); }
+            if (MV_TOKENS > 7u) { c7 += dot_w4(w, load_xr(xb + 7u * k4)); }
         }
     }
     let limit = p.row0 + p.n;
     let rg = p.row0 + r0; // in the whole tensor
-    store4(0u, rg, c0, limit);
-    if (MV_TOKENS > 1u) { store4(1u, rg, c1, limit); }
-    if (MV_TOKENS > 2u) { store4(2u, rg, c2, limit); }
-    if (MV_TOKENS > 3u) { store4(3u, rg, c3, limit); }
-    if (MV_TOKENS > 4u) { store4(4u, rg, c4, limit); }
-    if (MV_TOKENS > 5u) { store4(5u, rg, c5, limit); }
-    if (MV_TOKENS > 6u) { store4(6u, rg, c6, limit); }
-    if (MV_TOKENS > 7u) { store4(7u, rg, c7, limit); }
+    store4(0u, rg, c0 * staged_scale(0u), limit);
+    if (MV_TOKENS > 1u) { store4(1u, rg, c1 * staged_scale(1u), limit); }
+    if (MV_TOKENS > 2u) { store4(2u, rg, c2 * staged_scale(2u), limit); }
+    if (MV_TOKENS > 3u) { store4(3u, rg, c3 * staged_scale(3u), limit); }
+    if (MV_TOKENS > 4u) { store4(4u, rg, c4 * staged_scale(4u), limit); }
+    if (MV_TOKENS > 5u) { store4(5u, rg, c5 * staged_scale(5u), limit); }
+    if (MV_TOKENS > 6u) { store4(6u, rg, c6 * staged_scale(6u), limit); }
+    if (MV_TOKENS > 7u) { store4(7u, rg, c7 * staged_scale(7u), limit); }
     if (p.mode == 255u) {
         y0[0] = f32(ws[0]) + bias[0]; // never runs: keeps every binding in the pipeline's layout
     }
@@ -458,7 +617,7 @@ fn embed(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     if (p.mode == 255u) {
         // never runs: keeps every binding in the pipeline's layout
         y0[0] = f32(ws[0]) + bias[0];
-        y1[0] = 0.0;
-        y2[0] = 0.0;
+        y1[0] = 0u;
+        y2[0] = 0u;
     }
 }

@@ -10,7 +10,7 @@ use super::config::{Mlp, ModelConfig, Norm, Positions, Rope, RopeScaling};
 use super::state::{LogitRows, Placed, Segment, State};
 use crate::error::{Error, Result};
 use crate::gpu::{Recorder, Tensor, Weight};
-use crate::ops::matmul::{linear, linear_out, Out, Store};
+use crate::ops::matmul::{self, linear, linear_out, NormIn, Out, RopeKv, Store};
 use crate::ops::attention::{AttnOpts, Placement};
 use crate::ops::norm::RmsOpts;
 use crate::ops::{activation, attention, embed, norm, posenc, rope};
@@ -64,6 +64,14 @@ pub struct Decoder {
     /// Longrope's table with the long factors (n_rot / 2,), for calls beyond the original
     /// context; `rope_tables` then hold the short factors'.
     long_rope_table: Option<Tensor>,
+    /// Per layer, where its norm, Q/K/V projection, RoPE and cache write can run as one
+    /// dispatch (`matmul::RopeKv`: RMSNorm, one Q/K/V weight without a bias, adjacent RoPE
+    /// pairs from a fixed table, no Q/K norm): the norm weight then the RoPE table, the binding
+    /// that fused store reads both from.
+    qkv_aux: Vec<Option<Tensor>>,
+    /// Fold norms, RoPE and the cache write into the projections where the kernels allow
+    /// (`QUILL_FUSE=0` turns it off, to compare).
+    fuse: bool,
     /// Both of longrope's tables (short, long) for a batch of several slots, where each slot
     /// picks its own by its sequence's length.
     both_rope_tables: Option<Tensor>,
@@ -71,6 +79,18 @@ pub struct Decoder {
 
 /// GGUF's per-frequency RoPE factors (Llama 3.1+ as llama.cpp converts it).
 const ROPE_FREQS: Name = name("rope_freqs", "");
+
+/// Environment variable that, set to 0, keeps every norm, RoPE and cache write in its own pass.
+pub const FUSE_ENV: &str = "QUILL_FUSE";
+
+/// A linear layer whose input norm may be folded in (`Decoder::norm_into`).
+#[allow(clippy::too_many_arguments)]
+fn project(rec: &mut Recorder, op: &'static str, i: Option<usize>, x: &Tensor, norm: Option<NormIn>, w: &Weight, bias: Option<&Tensor>, out: Out, n: usize) -> Result<()> {
+    match norm {
+        Some(nm) => matmul::linear_normed(rec, op, i, x, nm, w, out, n),
+        None => linear_out(rec, op, i, x, w, bias, out, n),
+    }
+}
 
 /// GGUF's longrope factors (Phi-3's 128k variants as llama.cpp converts them).
 const ROPE_FACTORS_SHORT: Name = name("rope_factors_short", "");
@@ -177,7 +197,48 @@ impl Decoder {
             Some(r) if matches!(r.scaling, RopeScaling::LongRope { .. }) => (Some(rope_table(b, &cfg, &r, Factors::Long)?), Some(rope_table(b, &cfg, &r, Factors::Both)?)),
             _ => (None, None),
         };
-        Ok(Decoder { cfg, embed, positions, layers, norm, lm_head, rope_tables, long_rope_table, both_rope_tables })
+        let qkv_aux = Self::qkv_aux(b, &cfg, &layers, &rope_tables)?;
+        let fuse = std::env::var(FUSE_ENV).map_or(true, |v| v.trim() != "0");
+        Ok(Decoder { cfg, embed, positions, layers, norm, lm_head, rope_tables, long_rope_table, both_rope_tables, qkv_aux, fuse })
+    }
+
+    /// `qkv_aux` of every layer, copied on the GPU from the norm weights and RoPE tables.
+    fn qkv_aux(b: &Builder, cfg: &ModelConfig, layers: &[Layer], rope_tables: &[Option<Tensor>; 2]) -> Result<Vec<Option<Tensor>>> {
+        let ctx = b.ctx();
+        let mut rec = Recorder::new(ctx, "fused Q/K/V inputs");
+        let mut out = Vec::with_capacity(layers.len());
+        for (i, l) in layers.iter().enumerate() {
+            let r = cfg.attention(i).rope;
+            let local = cfg.local.as_ref().is_some_and(|lc| lc.is_local.get(i) == Some(&true));
+            let static_table = r.is_some_and(|r| r.style == rope::RopeStyle::Adjacent && !matches!(r.scaling, RopeScaling::Dynamic { .. } | RopeScaling::LongRope { .. }));
+            let table = rope_tables[local as usize].as_ref().filter(|_| static_table);
+            let fusable = cfg.block.norm == Norm::Rms && l.q_norm.is_none() && l.k_norm.is_none() && matches!(l.qkv, Qkv::Fused(_, None));
+            match table.filter(|_| fusable) {
+                Some(t) => {
+                    let (g, f) = (l.attn_norm.w.numel(), t.numel());
+                    let aux = Tensor::zeros(ctx, "norm weight and RoPE table", &[g + f])?;
+                    rec.copy(&l.attn_norm.w.buf, 0, &aux.buf, 0, 4 * g as u64);
+                    rec.copy(&t.buf, 0, &aux.buf, 4 * g as u64, 4 * f as u64);
+                    out.push(Some(aux));
+                }
+                None => out.push(None),
+            }
+        }
+        rec.submit()?;
+        Ok(out)
+    }
+
+    /// The norm before projections of `weights` over `n` tokens, folded into their input
+    /// (`NormIn`) where the kernels allow (RMSNorm, mat-vecs, no bias); else its own pass from
+    /// `x` into `st.xn`. Returns the projections' input and the fold.
+    #[allow(clippy::too_many_arguments)]
+    fn norm_into<'a>(&self, rec: &mut Recorder, st: &'a State, x: &'a Tensor, w: &'a NormWeights, weights: &[&Weight], bias: bool, n: usize, layer: Option<usize>) -> Result<(&'a Tensor, Option<NormIn<'a>>)> {
+        let shape = matmul::MatVecShape::chosen(rec.ctx.info.device_type)?;
+        if self.fuse && self.cfg.block.norm == Norm::Rms && !bias && weights.iter().all(|w| matmul::fuses_norm(n, w, shape)) {
+            return Ok((x, Some(NormIn { aux: &w.w, off: 0, eps: self.cfg.norm_eps })));
+        }
+        self.norm(rec, x, w, &st.xn, n, layer)?;
+        Ok((&st.xn, None))
     }
 
     pub fn weights(&self) -> Vec<&Weight> {
@@ -262,8 +323,8 @@ impl Decoder {
         }
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         let (src, n_rows) = st.logit_rows(rec, rows, segs, c.dim);
-        self.norm(rec, src, &self.norm, &st.xn, n_rows, None)?;
-        linear(rec, "lm_head", None, &st.xn, head, None, &st.logits, n_rows, Store::Write)?;
+        let (xin, nm) = self.norm_into(rec, st, src, &self.norm, &[head], false, n_rows, None)?;
+        project(rec, "lm_head", None, xin, nm, head, None, Out::One(&st.logits, Store::Write), n_rows)?;
         if let Some(cap) = c.final_softcap {
             activation::softcap(rec, &st.logits, n_rows * c.vocab, cap, None)?;
         }
@@ -302,18 +363,45 @@ impl Decoder {
         let c = &self.cfg;
         let n = p.n;
         let a = c.attention(i);
-        self.norm(rec, &st.x, &l.attn_norm, &st.xn, n, Some(i))?;
         let (q_dim, kv_dim) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
+        let shape = st.attn_shape(c, i, p);
+        let opts = AttnOpts { scale: a.scale, window: a.window, softcap: a.softcap };
+        let (weights, bias): (Vec<&Weight>, bool) = match &l.qkv {
+            Qkv::Fused(w, b) => (vec![w], b.is_some()),
+            Qkv::Split(ws, b) => (ws.iter().collect(), b.is_some()),
+        };
+        let (xin, nm) = self.norm_into(rec, st, &st.x, &l.attn_norm, &weights, bias, n, Some(i))?;
+        if let (Some(nm), Some(aux), Qkv::Fused(w, None), Some(r)) = (nm, &self.qkv_aux[i], &l.qkv, a.rope) {
+            // Norm, Q/K/V, RoPE and the cache write in one dispatch.
+            let tokens = attention::cache_places(&st.k_cache[i], shape, &opts, c.kv_format, &p.at)?;
+            let rk = RopeKv {
+                q: &st.q,
+                k_cache: &st.k_cache[i],
+                v_cache: &st.v_cache[i],
+                q_rows: q_dim,
+                kv_rows: kv_dim,
+                head_dim: c.head_dim,
+                rot_dim: r.n_rot,
+                freqs_off: c.dim,
+                amp: 1.0,
+                kv_f16: c.kv_format == attention::KvFormat::F16,
+                kv_stride: shape.ctx_len * c.head_dim,
+                tokens,
+            };
+            matmul::linear_normed(rec, "qkv_proj", Some(i), xin, NormIn { aux, ..nm }, w, Out::RopeKv(&rk), n)?;
+            attention::attention_at(rec, &st.q, &st.k_cache[i], &st.v_cache[i], &st.att, &st.att_partials, shape, &opts, c.kv_format, &p.at, i)?;
+            return self.project_into_residual(rec, "o_proj", i, st, &st.att, &l.wo, l.bo.as_ref(), l.post_attn_norm.as_ref(), n);
+        }
         match &l.qkv {
-            Qkv::Fused(w, b) => linear_out(rec, "qkv_proj", Some(i), &st.xn, w, b.as_ref(), Out::Split3(&st.q, &st.k, &st.v, q_dim, q_dim + kv_dim), n)?,
+            Qkv::Fused(w, b) => project(rec, "qkv_proj", Some(i), xin, nm, w, b.as_ref(), Out::Split3(&st.q, &st.k, &st.v, q_dim, q_dim + kv_dim), n)?,
             Qkv::Split([wq, wk, wv], b) => {
                 let [bq, bk, bv] = match b {
                     Some([bq, bk, bv]) => [Some(bq), Some(bk), Some(bv)],
                     None => [None; 3],
                 };
-                linear(rec, "q_proj", Some(i), &st.xn, wq, bq, &st.q, n, Store::Write)?;
-                linear(rec, "k_proj", Some(i), &st.xn, wk, bk, &st.k, n, Store::Write)?;
-                linear(rec, "v_proj", Some(i), &st.xn, wv, bv, &st.v, n, Store::Write)?;
+                project(rec, "q_proj", Some(i), xin, nm, wq, bq, Out::One(&st.q, Store::Write), n)?;
+                project(rec, "k_proj", Some(i), xin, nm, wk, bk, Out::One(&st.k, Store::Write), n)?;
+                project(rec, "v_proj", Some(i), xin, nm, wv, bv, Out::One(&st.v, Store::Write), n)?;
             }
         }
         if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
@@ -338,8 +426,6 @@ impl Decoder {
                 rope::rope_freqs_at(rec, &st.k, table, n, c.n_kv_heads, c.head_dim, p.pos0, meta, r.style, amp, i)?;
             }
         }
-        let shape = st.attn_shape(c, i, p);
-        let opts = AttnOpts { scale: a.scale, window: a.window, softcap: a.softcap };
         attention::kv_write_at(rec, &st.k, &st.v, &st.k_cache[i], &st.v_cache[i], shape, &opts, c.kv_format, &p.at, i)?;
         attention::attention_at(rec, &st.q, &st.k_cache[i], &st.v_cache[i], &st.att, &st.att_partials, shape, &opts, c.kv_format, &p.at, i)?;
         self.project_into_residual(rec, "o_proj", i, st, &st.att, &l.wo, l.bo.as_ref(), l.post_attn_norm.as_ref(), n)
@@ -348,30 +434,37 @@ impl Decoder {
     /// x += W_down · act(W_gate·norm(x), W_up·norm(x))
     fn mlp_block(&self, rec: &mut Recorder, st: &State, l: &Layer, i: usize, n: usize) -> Result<()> {
         let c = &self.cfg;
-        self.norm(rec, &st.x, &l.ffn_norm, &st.xn, n, Some(i))?;
+        let weights: Vec<&Weight> = match &l.mlp_in {
+            MlpIn::Glu(GateUp::Fused(w)) => vec![w],
+            MlpIn::Glu(GateUp::Split(g, u)) => vec![g, u],
+            MlpIn::Up(w, _) => vec![w],
+        };
+        let bias = matches!(l.mlp_in, MlpIn::Up(..));
+        let (xin, nm) = self.norm_into(rec, st, &st.x, &l.ffn_norm, &weights, bias, n, Some(i))?;
+        let one = |t| Out::One(t, Store::Write);
         let hidden = match (&l.mlp_in, c.block.mlp) {
             (MlpIn::Glu(GateUp::Fused(w)), Mlp::SwiGlu) => {
-                linear_out(rec, "gate_up_proj", Some(i), &st.xn, w, None, Out::SwiGlu(&st.gate), n)?;
+                project(rec, "gate_up_proj", Some(i), xin, nm, w, None, Out::SwiGlu(&st.gate), n)?;
                 &st.gate
             }
             (MlpIn::Glu(GateUp::Fused(w)), Mlp::GeGlu) => {
-                linear_out(rec, "gate_up_proj", Some(i), &st.xn, w, None, Out::GeGlu(&st.gate), n)?;
+                project(rec, "gate_up_proj", Some(i), xin, nm, w, None, Out::GeGlu(&st.gate), n)?;
                 &st.gate
             }
             (MlpIn::Glu(GateUp::Split(w_gate, w_up)), Mlp::SwiGlu) => {
-                linear(rec, "gate_proj", Some(i), &st.xn, w_gate, None, &st.gate, n, Store::Write)?;
-                linear(rec, "up_proj", Some(i), &st.xn, w_up, None, &st.up, n, Store::Write)?;
+                project(rec, "gate_proj", Some(i), xin, nm, w_gate, None, one(&st.gate), n)?;
+                project(rec, "up_proj", Some(i), xin, nm, w_up, None, one(&st.up), n)?;
                 activation::swiglu(rec, &st.up, &st.gate, n * c.ffn_dim, i)?;
                 &st.gate
             }
             (MlpIn::Glu(GateUp::Split(w_gate, w_up)), Mlp::GeGlu) => {
-                linear(rec, "gate_proj", Some(i), &st.xn, w_gate, None, &st.gate, n, Store::Write)?;
-                linear(rec, "up_proj", Some(i), &st.xn, w_up, None, &st.up, n, Store::Write)?;
+                project(rec, "gate_proj", Some(i), xin, nm, w_gate, None, one(&st.gate), n)?;
+                project(rec, "up_proj", Some(i), xin, nm, w_up, None, one(&st.up), n)?;
                 activation::geglu(rec, &st.up, &st.gate, n * c.ffn_dim, i)?;
                 &st.gate
             }
             (MlpIn::Up(w_up, b_up), Mlp::Gelu(kind)) => {
-                linear(rec, "up_proj", Some(i), &st.xn, w_up, Some(b_up), &st.up, n, Store::Write)?;
+                linear(rec, "up_proj", Some(i), xin, w_up, Some(b_up), &st.up, n, Store::Write)?;
                 activation::gelu(rec, &st.up, n * c.ffn_dim, kind, i)?;
                 &st.up
             }

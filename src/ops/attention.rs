@@ -500,6 +500,18 @@ pub fn kv_write_at(rec: &mut Recorder, k: &Tensor, v: &Tensor, k_cache: &Tensor,
     Ok(())
 }
 
+/// For a store that writes this call's K and V rows itself (`matmul::RopeKv`, a Q/K/V
+/// projection with RoPE and the cache write folded in): `kv_write_at`'s checks, then each
+/// token's first cache element (its slot and cache row, KV head 0) and its position.
+pub fn cache_places(k_cache: &Tensor, s: AttnShape, o: &AttnOpts, format: KvFormat, at: &Placement) -> Result<Vec<(u32, u32)>> {
+    s.check(k_cache, o, format, at)?;
+    let place = |(slot, t): (usize, usize)| {
+        let pos = s.pos0 + t;
+        ((((slot * s.n_kv_heads) * s.ctx_len + pos % s.ctx_len) * s.head_dim) as u32, pos as u32)
+    };
+    Ok(at.tokens(&s).into_iter().map(place).collect())
+}
+
 /// out (n_tokens, n_heads, head_dim) = softmax(q·Kᵀ/√d, causal) · V over cache positions
 /// 0 ..= pos0 + t for token t. A decode step over a long context splits the keys into ranges
 /// (more workgroups at work) whose partial results, kept in `partials`

@@ -59,6 +59,18 @@ pub(crate) struct QuantParams {
     pub vocab: u32,
     /// embed: multiplies every value.
     pub scale: f32,
+    /// `NORM_IN`: the norm weight's first index in the bias binding, and its epsilon.
+    pub g_off: u32,
+    pub eps: f32,
+    /// Mode 5 (`Out::RopeKv`): see `RopeKv`.
+    pub head_dim: u32,
+    pub rot_dim: u32,
+    pub f_off: u32,
+    pub kv_stride: u32,
+    pub kv_f16: u32,
+    pub amp: f32,
+    /// Mode 5: each token's (first cache element of its position, position), two to a row.
+    pub tok: [[u32; 4]; 4],
 }
 
 /// Uniforms of the f32 kernels of `matmul.wgsl`.
@@ -166,6 +178,57 @@ pub enum Out<'a> {
     SwiGlu(&'a Tensor),
     /// As `SwiGlu` with gelu_tanh(gate) · up (Gemma's MLP).
     GeGlu(&'a Tensor),
+    /// A fused Q/K/V projection straight into attention's inputs, RoPE and the cache write
+    /// folded into its store (mode 5 of `quant.wgsl`; mat-vec kernels, with `NormIn`).
+    RopeKv(&'a RopeKv<'a>),
+}
+
+/// An RMSNorm folded into a mat-vec's input (`NORM_IN` in `quant.wgsl`): x is the residual
+/// stream, normed as it is loaded by the weight at `aux[off .. off + k]` (bound where a bias
+/// would be, so a projection with a bias cannot take one) with `eps`. One dispatch fewer per
+/// norm; mat-vecs only (`fuses(t, w)`), prefill keeps its norm pass.
+#[derive(Clone, Copy)]
+pub struct NormIn<'a> {
+    pub aux: &'a Tensor,
+    pub off: usize,
+    pub eps: f32,
+}
+
+/// Mode 5's destinations: rows [0, q_rows) are Q heads, the next kv_rows K heads, the rest V
+/// heads, all of `head_dim`. Q and K turn by RoPE in adjacent pairs (GGUF llama's layout) at
+/// each token's position with the inverse frequencies at `NormIn::aux[freqs_off ..]` (cos and
+/// sin times `amp`), dimensions from `rot_dim` on unturned; Q goes to `q` (t, q_rows), K and V
+/// into the caches as `attention::kv_write` stores them, token i's position at cache element
+/// `tokens[i].0` (slot and cache row; KV head h adds h · kv_stride) and RoPE position `tokens[i].1`.
+pub struct RopeKv<'a> {
+    pub q: &'a Tensor,
+    pub k_cache: &'a Tensor,
+    pub v_cache: &'a Tensor,
+    pub q_rows: usize,
+    pub kv_rows: usize,
+    pub head_dim: usize,
+    pub rot_dim: usize,
+    pub freqs_off: usize,
+    pub amp: f32,
+    pub kv_f16: bool,
+    pub kv_stride: usize,
+    pub tokens: Vec<(u32, u32)>,
+}
+
+/// Values of normed x a `matvec_rows` workgroup stages (`MR_XS` vec4s): a norm folds into
+/// that kernel while k · t fits.
+const MATVEC_ROWS_STAGED: usize = 4 * 960;
+
+/// Whether a norm can fold into the input of a linear layer over `t` tokens of `w` with the
+/// mat-vec `shape` (`NormIn`).
+pub fn fuses_norm(t: usize, w: &Weight, shape: MatVecShape) -> bool {
+    fuses(t, w) && (shape == MatVecShape::Lanes || w.cols * t <= MATVEC_ROWS_STAGED)
+}
+
+/// Whether a linear layer over `t` tokens of `w` takes a mat-vec kernel of `quant.wgsl`, which
+/// can fold a norm into its input (`NormIn`) and RoPE and the cache write into its store.
+pub fn fuses(t: usize, w: &Weight) -> bool {
+    (1..=MATVEC_MAX_TOKENS).contains(&t) && w.cols % 32 == 0 && w.cols % w.dtype.block_len() == 0
 }
 
 /// FLOPs and bytes of one linear layer over `t` tokens with `w_bytes` of weights.
@@ -192,7 +255,33 @@ pub fn linear_out(rec: &mut Recorder, op: &'static str, layer: Option<usize>, x:
 /// `linear_out` with the mat-vec shape given (the tests run every adapter class's shape).
 #[allow(clippy::too_many_arguments)]
 pub fn linear_shaped(rec: &mut Recorder, op: &'static str, layer: Option<usize>, x: &Tensor, w: &Weight, bias: Option<&Tensor>, out: Out, t: usize, shape: MatVecShape) -> Result<()> {
+    linear_fused(rec, op, layer, x, None, w, bias, out, t, shape)
+}
+
+/// A linear layer with an RMSNorm folded into its input where `norm` is given (x is then the
+/// un-normed residual stream); see `NormIn` and `fuses`.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_normed(rec: &mut Recorder, op: &'static str, layer: Option<usize>, x: &Tensor, norm: NormIn, w: &Weight, out: Out, t: usize) -> Result<()> {
+    let shape = MatVecShape::chosen(rec.ctx.info.device_type)?;
+    linear_fused(rec, op, layer, x, Some(norm), w, None, out, t, shape)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn linear_fused(rec: &mut Recorder, op: &'static str, layer: Option<usize>, x: &Tensor, norm: Option<NormIn>, w: &Weight, bias: Option<&Tensor>, out: Out, t: usize, shape: MatVecShape) -> Result<()> {
     let (n, k) = (w.rows, w.cols);
+    let fused = norm.is_some() || matches!(out, Out::RopeKv(_));
+    if fused && !fuses(t, w) {
+        return Err(Error::Shape { op, msg: format!("a norm or RoPE folded into a projection needs a mat-vec kernel (1 to {MATVEC_MAX_TOKENS} tokens, whole 32-weight units), got {t} tokens of {k} columns") });
+    }
+    if fused && bias.is_some() {
+        return Err(Error::Shape { op, msg: "a projection with a bias cannot take a folded norm (the bias binding holds its weight)".into() });
+    }
+    if let Some(nm) = &norm {
+        nm.aux.holds(op, "norm weight", nm.off + k)?;
+        if !fuses_norm(t, w, shape) {
+            return Err(Error::Shape { op, msg: format!("a norm folds into the {shape:?} mat-vec of at most {MATVEC_ROWS_STAGED} inputs (tokens × columns), got {t} × {k}") });
+        }
+    }
     if x.shape.last() != Some(&k) {
         return Err(Error::Shape { op, msg: format!("input {:?} does not end in the weight's in-features {k}", x.shape) });
     }
@@ -223,6 +312,25 @@ pub fn linear_shaped(rec: &mut Recorder, op: &'static str, layer: Option<usize>,
             y.holds(op, "output", t * n / 2)?;
             (if matches!(out, Out::GeGlu(_)) { 4 } else { 3 }, 0, 0, y, None, None, Store::Write)
         }
+        Out::RopeKv(r) => {
+            let hd = r.head_dim;
+            let Some(nm) = &norm else {
+                return Err(Error::Shape { op, msg: "RoPE folded into the store needs a folded norm (its frequencies share the norm's binding)".into() });
+            };
+            if hd == 0 || hd % 2 != 0 || r.q_rows % hd != 0 || r.kv_rows % hd != 0 || r.q_rows + 2 * r.kv_rows != n || r.rot_dim > hd || r.rot_dim % 2 != 0 || r.tokens.len() != t {
+                return Err(Error::Shape { op, msg: format!("{n} rows are not Q {} + K and V {} rows of heads of {hd} (even), rotary {}, {} token positions for {t} tokens", r.q_rows, r.kv_rows, r.rot_dim, r.tokens.len()) });
+            }
+            nm.aux.holds(op, "RoPE frequencies", r.freqs_off + r.rot_dim / 2)?;
+            r.q.holds(op, "Q", t * r.q_rows)?;
+            let per = if r.kv_f16 { 2 } else { 1 };
+            for (cache, what) in [(r.k_cache, "K cache"), (r.v_cache, "V cache")] {
+                let last = r.tokens.iter().map(|&(e, _)| e as usize).max().unwrap_or(0) + (r.kv_rows / hd - 1) * r.kv_stride + hd;
+                if cache.numel() * per < last {
+                    return Err(Error::Shape { op, msg: format!("the {what} holds {} values, a token's rows reach {last}", cache.numel() * per) });
+                }
+            }
+            (5, r.q_rows, r.q_rows + r.kv_rows, r.q, Some(r.k_cache), Some(r.v_cache), Store::Write)
+        }
     };
     let (flops, bytes) = cost(t, k, n, w.bytes(), store);
     let info = OpInfo { op, layer: layer.map(|l| l as u32), flops, bytes };
@@ -252,12 +360,27 @@ pub fn linear_shaped(rec: &mut Recorder, op: &'static str, layer: Option<usize>,
     // Prefill tiles are 16, 32, 48 or 64 tokens tall, the least that covers t (up to 64).
     let tokens_per_thread = t.div_ceil(16).clamp(1, 4);
     let kernel = quant_kernel(t, shape);
+    let norm_in = if norm.is_some() { 1.0 } else { 0.0 };
     let pipe = match kernel {
-        QuantKernel::MatVec => rec.ctx.pipeline(shader, "matvec", &[])?,
-        QuantKernel::MatVecMulti(tokens) => rec.ctx.pipeline(shader, "matvec_multi", &[("MV_TOKENS", tokens as f64)])?,
-        QuantKernel::MatVecRows(tokens) => rec.ctx.pipeline(shader, "matvec_rows", &[("MV_TOKENS", tokens as f64)])?,
+        QuantKernel::MatVec => rec.ctx.pipeline(shader, "matvec", &[("NORM_IN", norm_in)])?,
+        QuantKernel::MatVecMulti(tokens) => rec.ctx.pipeline(shader, "matvec_multi", &[("MV_TOKENS", tokens as f64), ("NORM_IN", norm_in)])?,
+        QuantKernel::MatVecRows(tokens) => rec.ctx.pipeline(shader, "matvec_rows", &[("MV_TOKENS", tokens as f64), ("NORM_IN", norm_in)])?,
         QuantKernel::MatMul => rec.ctx.pipeline(shader, "matmul", &[("TOKENS_PER_THREAD", tokens_per_thread as f64)])?,
     };
+    let mut rope = QuantParams::default();
+    if let Out::RopeKv(r) = out {
+        rope.head_dim = r.head_dim as u32;
+        rope.rot_dim = r.rot_dim as u32;
+        rope.f_off = r.freqs_off as u32;
+        rope.kv_stride = r.kv_stride as u32;
+        rope.kv_f16 = r.kv_f16 as u32;
+        rope.amp = r.amp;
+        for (i, &(e, pos)) in r.tokens.iter().enumerate() {
+            rope.tok[i / 2][2 * (i % 2)] = e;
+            rope.tok[i / 2][2 * (i % 2) + 1] = pos;
+        }
+    }
+    let aux = bias.or(norm.map(|nm| nm.aux));
     let [spare0, spare1] = &rec.ctx.spare;
     for (i, c) in w.chunks.iter().enumerate() {
         let p = QuantParams {
@@ -270,13 +393,15 @@ pub fn linear_shaped(rec: &mut Recorder, op: &'static str, layer: Option<usize>,
             split1: split1 as u32,
             split2: split2 as u32,
             has_bias: bias.is_some() as u32,
-            ..Default::default()
+            g_off: norm.map_or(0, |nm| nm.off as u32),
+            eps: norm.map_or(0.0, |nm| nm.eps),
+            ..rope
         };
         let buffers = [
             &x.buf,
             &c.quants,
             c.scales.as_ref().unwrap_or(&c.quants),
-            bias.map(|b| &b.buf).unwrap_or(&c.quants),
+            aux.map(|b| &b.buf).unwrap_or(&c.quants),
             &y0.buf,
             y1.map(|b| &b.buf).unwrap_or(spare0),
             y2.map(|b| &b.buf).unwrap_or(spare1),
@@ -437,6 +562,159 @@ pub(crate) mod tests {
         };
         compare(&got, &want, abs, rel).unwrap_or_else(|e| panic!("{label}: {e}"));
     }
+
+    /// A norm folded into the input (`NormIn`) of the mat-vec kernel `shape` selects, against
+    /// rms_norm then the dequantized linear layer on the CPU. The norm weight sits at an odd
+    /// offset of its binding; x is large enough for the norm to matter.
+    async fn run_norm_in(ctx: &Context, dtype: DType, t: usize, k: usize, n: usize, out: &str, shape: MatVecShape) {
+        let bytes = random_rows(dtype, n, k, (n * 17 + k) as u64);
+        let rows: Vec<&[u8]> = bytes.chunks(dtype.bytes_for(k).unwrap()).collect();
+        let w = Weight::from_rows(ctx, "w", dtype, k, &rows, u64::MAX).unwrap();
+        let wf = crate::weights::dtype::dequantize(dtype, &bytes, n * k).unwrap();
+        let x: Vec<f32> = test_values(t * k, 51 + t as u64).iter().map(|v| 4.0 * v).collect();
+        let g: Vec<f32> = test_values(k, 52).iter().map(|v| 0.5 + v.abs()).collect();
+        let (off, eps) = (3, 1e-5);
+        let aux: Vec<f32> = [vec![9.0; off], g.clone()].concat();
+        let xt = Tensor::upload_f32(ctx, "x", &[t, k], &x).unwrap();
+        let at = Tensor::upload_f32(ctx, "aux", &[aux.len()], &aux).unwrap();
+        let norm = NormIn { aux: &at, off, eps };
+        if !fuses_norm(t, &w, shape) {
+            let yt = Tensor::zeros(ctx, "y", &[t, n]).unwrap();
+            let mut rec = Recorder::new(ctx, "test");
+            assert!(linear_fused(&mut rec, "test", None, &xt, Some(norm), &w, None, Out::One(&yt, Store::Write), t, shape).is_err());
+            return;
+        }
+        let xn = crate::ops::norm::reference(&x, &g, eps);
+        let full = reference(&xn, &wf, None, None, t, k, n);
+        let y0 = test_values(t * n, 53);
+        let yt = Tensor::upload_f32(ctx, "y", &[t, n], &y0).unwrap();
+        let mut rec = Recorder::new(ctx, "test");
+        let (o, len, want) = match out {
+            "accumulate" => (Out::One(&yt, Store::Accumulate), t * n, full.iter().zip(&y0).map(|(a, b)| a + b).collect()),
+            "swiglu" => {
+                let want = full.chunks(2).map(|gu| gu[0] / (1.0 + (-gu[0]).exp()) * gu[1]).collect();
+                (Out::SwiGlu(&yt), t * n / 2, want)
+            }
+            _ => (Out::One(&yt, Store::Write), t * n, full),
+        };
+        linear_fused(&mut rec, "test", None, &xt, Some(norm), &w, None, o, t, shape).unwrap();
+        rec.submit().unwrap();
+        let got = ctx.read_f32_async(&yt.buf, 0, len).await.unwrap();
+        let wmax = wf.iter().fold(0f32, |m, v| m.max(v.abs()));
+        // As run_quant's bound, with x normed to RMS 1 and scaled by g < 1.5.
+        compare(&got, &want, 3e-6 * k as f32 * wmax.max(1.0), 1e-4).unwrap_or_else(|e| panic!("norm in: {dtype:?} t {t} k {k} n {n} {out} {shape:?}: {e}"));
+    }
+
+    /// Mode 5: a normed Q/K/V projection with RoPE (adjacent pairs, partial rotary, a scale on
+    /// cos and sin) and the cache write folded into its store, against rms_norm, the linear
+    /// layer, the RoPE reference and kv_write's layout on the CPU. Heads of 10 (pairs cross the
+    /// 4-row groups of the kernels), 3 Q heads on 1 KV head, tokens in two slots of a 7-row ring
+    /// (positions past it wrap), an f32 or an f16 cache.
+    async fn run_rope_kv(ctx: &Context, dtype: DType, t: usize, shape: MatVecShape, kv_f16: bool) {
+        use crate::ops::rope::{reference_freqs_scaled, RopeStyle};
+        use crate::weights::dtype::{f16_to_f32, f32_to_f16};
+        let (hd, rot, nh, nkv, cache_len, n_slots) = (10, 6, 3, 1, 7, 2);
+        let k = if dtype.block_len() == 256 { 256 } else { 64 };
+        let (q_rows, kv_rows) = (nh * hd, nkv * hd);
+        let n = q_rows + 2 * kv_rows;
+        let bytes = random_rows(dtype, n, k, (n * 13 + k) as u64);
+        let rows: Vec<&[u8]> = bytes.chunks(dtype.bytes_for(k).unwrap()).collect();
+        let w = Weight::from_rows(ctx, "w", dtype, k, &rows, u64::MAX).unwrap();
+        let wf = crate::weights::dtype::dequantize(dtype, &bytes, n * k).unwrap();
+        let x: Vec<f32> = test_values(t * k, 61 + t as u64).iter().map(|v| 3.0 * v).collect();
+        let g: Vec<f32> = test_values(k, 62).iter().map(|v| 0.5 + v.abs()).collect();
+        let inv_freq = [1.0f32, 0.3, 0.05];
+        let (eps, amp) = (1e-6, 0.9);
+        let aux: Vec<f32> = [g.clone(), inv_freq.to_vec()].concat();
+        let at = Tensor::upload_f32(ctx, "aux", &[aux.len()], &aux).unwrap();
+        let xt = Tensor::upload_f32(ctx, "x", &[t, k], &x).unwrap();
+        let qt = Tensor::zeros(ctx, "q", &[t, q_rows]).unwrap();
+        let per_word = if kv_f16 { 2 } else { 1 };
+        let cache_elems = n_slots * nkv * cache_len * hd;
+        let kc = Tensor::zeros(ctx, "k cache", &[cache_elems / per_word]).unwrap();
+        let vc = Tensor::zeros(ctx, "v cache", &[cache_elems / per_word]).unwrap();
+        // Token i: slot i % 2 at position 3 + i, cache row (3 + i) % cache_len.
+        let place = |i: usize| (i % 2, 3 + i);
+        let tokens = (0..t).map(|i| {
+            let (slot, pos) = place(i);
+            (((slot * nkv * cache_len) + pos % cache_len) as u32 * hd as u32, pos as u32)
+        }).collect();
+        let r = RopeKv { q: &qt, k_cache: &kc, v_cache: &vc, q_rows, kv_rows, head_dim: hd, rot_dim: rot, freqs_off: k, amp, kv_f16, kv_stride: cache_len * hd, tokens };
+        let mut rec = Recorder::new(ctx, "test");
+        linear_fused(&mut rec, "test", None, &xt, Some(NormIn { aux: &at, off: 0, eps }), &w, None, Out::RopeKv(&r), t, shape).unwrap();
+        rec.submit().unwrap();
+
+        let full = reference(&crate::ops::norm::reference(&x, &g, eps), &wf, None, None, t, k, n);
+        let mut want_q = Vec::new();
+        let mut want_k = vec![0f32; cache_elems];
+        let mut want_v = vec![0f32; cache_elems];
+        for i in 0..t {
+            let row = &full[i * n..(i + 1) * n];
+            let (slot, pos) = place(i);
+            want_q.extend(reference_freqs_scaled(&row[..q_rows], nh, hd, pos, &inv_freq, RopeStyle::Adjacent, amp));
+            let kr = reference_freqs_scaled(&row[q_rows..q_rows + kv_rows], nkv, hd, pos, &inv_freq, RopeStyle::Adjacent, amp);
+            for h in 0..nkv {
+                let at = ((slot * nkv + h) * cache_len + pos % cache_len) * hd;
+                want_k[at..at + hd].copy_from_slice(&kr[h * hd..(h + 1) * hd]);
+                want_v[at..at + hd].copy_from_slice(&row[q_rows + kv_rows + h * hd..q_rows + kv_rows + (h + 1) * hd]);
+            }
+        }
+        let read_cache = |words: Vec<u32>| -> Vec<f32> {
+            if kv_f16 {
+                words.iter().flat_map(|&w| [f16_to_f32(w as u16), f16_to_f32((w >> 16) as u16)]).collect()
+            } else {
+                words.iter().map(|&w| f32::from_bits(w)).collect()
+            }
+        };
+        let wmax = wf.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let abs = 3e-6 * k as f32 * wmax.max(1.0);
+        let label = format!("rope kv: {dtype:?} t {t} {shape:?} f16 {kv_f16}");
+        compare(&ctx.read_f32_async(&qt.buf, 0, t * q_rows).await.unwrap(), &want_q, abs, 1e-4).unwrap_or_else(|e| panic!("{label} Q: {e}"));
+        for (cache, want, what) in [(&kc, want_k, "K"), (&vc, want_v, "V")] {
+            let got = read_cache(ctx.read_u32_async(&cache.buf, 0, cache_elems / per_word).await.unwrap());
+            // An f16 cache: the reference rounded to f16 as the store does, then the same bound.
+            let want: Vec<f32> = if kv_f16 { want.iter().map(|&v| f16_to_f32(f32_to_f16(v))).collect() } else { want };
+            let (abs, rel) = if kv_f16 { (abs, 2e-3) } else { (abs, 1e-4) };
+            compare(&got, &want, abs, rel).unwrap_or_else(|e| panic!("{label} {what} cache: {e}"));
+        }
+    }
+
+    gpu_test!(fn norm_folded_into_the_matvec_input_matches_reference(ctx) {
+        // Every format through both shapes' one-token kernels; the norm is applied before a
+        // format's code runs, so the multi-token kernels take three formats (a block of 32
+        // with a minimum, a K-quant, f32), with 8 tokens too many to stage for Rows at k 512.
+        for dtype in ALL {
+            let k = if dtype.block_len() == 256 { 512 } else { 96 };
+            for shape in MatVecShape::ALL {
+                run_norm_in(ctx, dtype, 1, k, 37, "write", shape).await;
+                if matches!(dtype, DType::Q4_1 | DType::Q4_K | DType::F32) {
+                    run_norm_in(ctx, dtype, 3, k, 66, "swiglu", shape).await;
+                    run_norm_in(ctx, dtype, MATVEC_MAX_TOKENS, k, 33, "accumulate", shape).await;
+                }
+            }
+        }
+        // SmolLM2's 576 columns: 18 units, lanes with unequal counts; token counts that leave
+        // staging invocations idle (64 % t != 0), and the most that fit the staged x (6 × 576).
+        run_norm_in(ctx, DType::Q4_1, 1, 576, 65, "write", MatVecShape::Lanes).await;
+        for t in [5, 6, 7] {
+            run_norm_in(ctx, DType::Q4_1, t, 576, 65, "write", MatVecShape::Rows).await;
+        }
+    });
+
+    gpu_test!(fn rope_and_cache_write_folded_into_the_qkv_store_match_reference(ctx) {
+        // The store runs after a format's code: three formats, each kernel of both shapes.
+        for dtype in [DType::F32, DType::Q4_1, DType::Q6_K] {
+            for shape in MatVecShape::ALL {
+                for (t, f16) in [(1, false), (5, true)] {
+                    run_rope_kv(ctx, dtype, t, shape, f16).await;
+                }
+            }
+        }
+        for shape in MatVecShape::ALL {
+            run_rope_kv(ctx, DType::Q8_0, MATVEC_MAX_TOKENS, shape, true).await;
+            run_rope_kv(ctx, DType::Q4_K, 2, shape, false).await;
+        }
+    });
 
     const ALL: [DType; DType::ALL.len()] = DType::ALL;
 
