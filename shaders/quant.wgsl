@@ -341,7 +341,7 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         acc += vec4<f32>(unit_dot(r.x, u, x), unit_dot(r.y, u, x), unit_dot(r.z, u, x), unit_dot(r.w, u, x));
     }
     partial[li] = acc;
-    partial_ss[li] = ss;
+    if (NORM_IN) { partial_ss[li] = ss; }
     workgroupBarrier();
     for (var s = MV_LANES / 2u; s > 0u; s >>= 1u) {
         if (lane < s) {

@@ -323,8 +323,8 @@ pub fn linear_fused(rec: &mut Recorder, op: &'static str, layer: Option<usize>, 
             nm.aux.holds(op, "RoPE frequencies", r.freqs_off + r.rot_dim / 2)?;
             r.q.holds(op, "Q", t * r.q_rows)?;
             let per = if r.kv_f16 { 2 } else { 1 };
+            let last = r.tokens.iter().map(|&(e, _)| e as usize).max().unwrap_or(0) + (r.kv_rows / hd - 1) * r.kv_stride + hd;
             for (cache, what) in [(r.k_cache, "K cache"), (r.v_cache, "V cache")] {
-                let last = r.tokens.iter().map(|&(e, _)| e as usize).max().unwrap_or(0) + (r.kv_rows / hd - 1) * r.kv_stride + hd;
                 if cache.numel() * per < last {
                     return Err(Error::Shape { op, msg: format!("the {what} holds {} values, a token's rows reach {last}", cache.numel() * per) });
                 }
@@ -493,6 +493,15 @@ pub(crate) mod tests {
         bytes
     }
 
+    /// A weight of `n` random rows of `k` in `dtype` (`random_rows`) on the GPU, and its
+    /// dequantized values.
+    fn random_weight(ctx: &Context, dtype: DType, n: usize, k: usize, seed: u64) -> (Weight, Vec<f32>) {
+        let bytes = random_rows(dtype, n, k, seed);
+        let rows: Vec<&[u8]> = bytes.chunks(dtype.bytes_for(k).unwrap()).collect();
+        let w = Weight::from_rows(ctx, "w", dtype, k, &rows, u64::MAX).unwrap();
+        (w, crate::weights::dtype::dequantize(dtype, &bytes, n * k).unwrap())
+    }
+
     /// Runs one quantized linear layer on the GPU, with each adapter class's mat-vec shape
     /// where `t` takes a mat-vec, and checks it against dequantize-then-f32.
     async fn run_quant(ctx: &Context, dtype: DType, t: usize, k: usize, n: usize, out: &str, limit: u64) {
@@ -567,10 +576,7 @@ pub(crate) mod tests {
     /// rms_norm then the dequantized linear layer on the CPU. The norm weight sits at an odd
     /// offset of its binding; x is large enough for the norm to matter.
     async fn run_norm_in(ctx: &Context, dtype: DType, t: usize, k: usize, n: usize, out: &str, shape: MatVecShape) {
-        let bytes = random_rows(dtype, n, k, (n * 17 + k) as u64);
-        let rows: Vec<&[u8]> = bytes.chunks(dtype.bytes_for(k).unwrap()).collect();
-        let w = Weight::from_rows(ctx, "w", dtype, k, &rows, u64::MAX).unwrap();
-        let wf = crate::weights::dtype::dequantize(dtype, &bytes, n * k).unwrap();
+        let (w, wf) = random_weight(ctx, dtype, n, k, (n * 17 + k) as u64);
         let x: Vec<f32> = test_values(t * k, 51 + t as u64).iter().map(|v| 4.0 * v).collect();
         let g: Vec<f32> = test_values(k, 52).iter().map(|v| 0.5 + v.abs()).collect();
         let (off, eps) = (3, 1e-5);
@@ -617,10 +623,7 @@ pub(crate) mod tests {
         let k = if dtype.block_len() == 256 { 256 } else { 64 };
         let (q_rows, kv_rows) = (nh * hd, nkv * hd);
         let n = q_rows + 2 * kv_rows;
-        let bytes = random_rows(dtype, n, k, (n * 13 + k) as u64);
-        let rows: Vec<&[u8]> = bytes.chunks(dtype.bytes_for(k).unwrap()).collect();
-        let w = Weight::from_rows(ctx, "w", dtype, k, &rows, u64::MAX).unwrap();
-        let wf = crate::weights::dtype::dequantize(dtype, &bytes, n * k).unwrap();
+        let (w, wf) = random_weight(ctx, dtype, n, k, (n * 13 + k) as u64);
         let x: Vec<f32> = test_values(t * k, 61 + t as u64).iter().map(|v| 3.0 * v).collect();
         let g: Vec<f32> = test_values(k, 62).iter().map(|v| 0.5 + v.abs()).collect();
         let inv_freq = [1.0f32, 0.3, 0.05];
