@@ -7,9 +7,11 @@
 // Rows are local to the chunk bound here (a tensor larger than one binding is split by rows);
 // p.row0 is the chunk's first row in the whole tensor.
 //
-//   matvec: decode (one token): 8 lanes per group of 4 rows, lanes stride over the units of
-//           their rows (so a group reads contiguous memory), x read once per unit for 4 rows.
+//   matvec: decode (one token): MV_LANES lanes per group of 4 rows, lanes stride over the units
+//           of their rows (so a group reads contiguous memory), x read once per unit for 4 rows.
 //   matvec_multi: decode of 2 to 8 tokens: as matvec, each unit dequantized once for all tokens.
+//   (quant_subgroup.wgsl, appended where the adapter has subgroups: matvec_sg, the same work
+//   reduced by subgroupAdd.)
 //   matvec_rows: decode of 1 to 8 tokens on CPU-type adapters: a pair of rows per invocation.
 //   matmul: prefill: a (16 to 64 tokens) x 64 rows output tile per workgroup.
 //   embed:  out[t, :] = dequantized row ids[t] of the table, for ids inside this chunk.
@@ -315,8 +317,10 @@ fn rows4(r0: u32) -> vec4<u32> {
     return min(vec4<u32>(r0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.n - 1u));
 }
 
-const MV_LANES: u32 = 8u;
-const MV_ROWS: u32 = 32u; // per workgroup: 8 groups of 4 rows
+// Lanes along K per group of 4 rows (8, 16, 32 or 64; ops::matmul::MatVecShape::Lanes): a
+// workgroup of 64 takes 64 / MV_LANES groups, and the lanes' sums meet in a shared-memory tree.
+override MV_LANES: u32 = 8u;
+override MV_ROWS: u32 = 4u * (64u / MV_LANES); // per workgroup
 var<workgroup> partial: array<vec4<f32>, 64>;
 var<workgroup> partial_ss: array<f32, 64>; // NORM_IN: each lane's sum of squares of x
 
@@ -369,6 +373,54 @@ var<workgroup> partial_ts: array<f32, 512>;      // NORM_IN: (token, thread) sum
 // A unit of 4 rows (dot_w4: its dot products with one token's x, one per row).
 struct W4 { a: W32, b: W32, c: W32, d: W32 }
 
+// Per token (up to 8): the dot products of 4 rows (c) and, with NORM_IN, the sum of squares of
+// x (s). Fields, not an array: indexed only by constants they stay in registers (a private
+// array indexed at run time lives in scratch memory on some drivers).
+struct Acc8 {
+    c0: vec4<f32>, c1: vec4<f32>, c2: vec4<f32>, c3: vec4<f32>,
+    c4: vec4<f32>, c5: vec4<f32>, c6: vec4<f32>, c7: vec4<f32>,
+    s0: f32, s1: f32, s2: f32, s3: f32, s4: f32, s5: f32, s6: f32, s7: f32,
+}
+
+// One token's part of a unit: the unit of x at x4[base] (its index gi among the row's vec4s),
+// normed on the way in with NORM_IN, against the 4 rows' decoded unit w.
+struct TokDot { c: vec4<f32>, s: f32 }
+fn tok_dot(w: W4, base: u32, gi: u32) -> TokDot {
+    var s = 0.0;
+    let x = load_xn(base, gi, &s);
+    return TokDot(dot_w4(w, x), s);
+}
+
+// a plus unit xb / 8 of 4 rows (w, decoded once) against each of the MV_TOKENS tokens' x (the
+// tokens k4 vec4s apart). The per-token lines are written out under constant conditions,
+// which fold away.
+fn acc_unit(a: Acc8, w: W4, xb: u32, k4: u32) -> Acc8 {
+    var b = a;
+    var d = tok_dot(w, xb, xb); b.c0 += d.c; b.s0 += d.s;
+    if (MV_TOKENS > 1u) { d = tok_dot(w, xb + k4, xb); b.c1 += d.c; b.s1 += d.s; }
+    if (MV_TOKENS > 2u) { d = tok_dot(w, xb + 2u * k4, xb); b.c2 += d.c; b.s2 += d.s; }
+    if (MV_TOKENS > 3u) { d = tok_dot(w, xb + 3u * k4, xb); b.c3 += d.c; b.s3 += d.s; }
+    if (MV_TOKENS > 4u) { d = tok_dot(w, xb + 4u * k4, xb); b.c4 += d.c; b.s4 += d.s; }
+    if (MV_TOKENS > 5u) { d = tok_dot(w, xb + 5u * k4, xb); b.c5 += d.c; b.s5 += d.s; }
+    if (MV_TOKENS > 6u) { d = tok_dot(w, xb + 6u * k4, xb); b.c6 += d.c; b.s6 += d.s; }
+    if (MV_TOKENS > 7u) { d = tok_dot(w, xb + 7u * k4, xb); b.c7 += d.c; b.s7 += d.s; }
+    return b;
+}
+
+// Token i's dot products and sum of squares in a (i < 8).
+fn acc_c(a: Acc8, i: u32) -> vec4<f32> {
+    switch i {
+        case 0u: { return a.c0; } case 1u: { return a.c1; } case 2u: { return a.c2; } case 3u: { return a.c3; }
+        case 4u: { return a.c4; } case 5u: { return a.c5; } case 6u: { return a.c6; } default: { return a.c7; }
+    }
+}
+fn acc_s(a: Acc8, i: u32) -> f32 {
+    switch i {
+        case 0u: { return a.s0; } case 1u: { return a.s1; } case 2u: { return a.s2; } case 3u: { return a.s3; }
+        case 4u: { return a.s4; } case 5u: { return a.s5; } case 6u: { return a.s6; } default: { return a.s7; }
+    }
+}
+
 @compute @workgroup_size(64)
 fn matvec_multi(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) li: u32) {
@@ -382,28 +434,15 @@ fn matvec_multi(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     let units = p.k / 32u;
     let k4 = p.k / 4u;
     let nt = min(p.t, MV_TOKENS);
-    // One vec4 (4 rows) per token, indexed only by constants (registers, not scratch).
-    var c0 = vec4<f32>(0.0); var c1 = vec4<f32>(0.0); var c2 = vec4<f32>(0.0); var c3 = vec4<f32>(0.0);
-    var c4 = vec4<f32>(0.0); var c5 = vec4<f32>(0.0); var c6 = vec4<f32>(0.0); var c7 = vec4<f32>(0.0);
-    // NORM_IN: each token's sum of squares of x over this lane's units.
-    var s0 = 0.0; var s1 = 0.0; var s2 = 0.0; var s3 = 0.0; var s4 = 0.0; var s5 = 0.0; var s6 = 0.0; var s7 = 0.0;
+    var a = Acc8();
     for (var u = lane; u < units; u += MV_LANES) {
-        let w = W4(unit_w(r.x, u), unit_w(r.y, u), unit_w(r.z, u), unit_w(r.w, u));
-        let xb = 8u * u;
-        c0 += dot_w4(w, load_xn(xb, xb, &s0));
-        if (MV_TOKENS > 1u) { c1 += dot_w4(w, load_xn(xb + k4, xb, &s1)); }
-        if (MV_TOKENS > 2u) { c2 += dot_w4(w, load_xn(xb + 2u * k4, xb, &s2)); }
-        if (MV_TOKENS > 3u) { c3 += dot_w4(w, load_xn(xb + 3u * k4, xb, &s3)); }
-        if (MV_TOKENS > 4u) { c4 += dot_w4(w, load_xn(xb + 4u * k4, xb, &s4)); }
-        if (MV_TOKENS > 5u) { c5 += dot_w4(w, load_xn(xb + 5u * k4, xb, &s5)); }
-        if (MV_TOKENS > 6u) { c6 += dot_w4(w, load_xn(xb + 6u * k4, xb, &s6)); }
-        if (MV_TOKENS > 7u) { c7 += dot_w4(w, load_xn(xb + 7u * k4, xb, &s7)); }
+        a = acc_unit(a, W4(unit_w(r.x, u), unit_w(r.y, u), unit_w(r.z, u), unit_w(r.w, u)), 8u * u, k4);
     }
-    partial_t[li] = c0; partial_t[64u + li] = c1; partial_t[128u + li] = c2; partial_t[192u + li] = c3;
-    partial_t[256u + li] = c4; partial_t[320u + li] = c5; partial_t[384u + li] = c6; partial_t[448u + li] = c7;
+    partial_t[li] = a.c0; partial_t[64u + li] = a.c1; partial_t[128u + li] = a.c2; partial_t[192u + li] = a.c3;
+    partial_t[256u + li] = a.c4; partial_t[320u + li] = a.c5; partial_t[384u + li] = a.c6; partial_t[448u + li] = a.c7;
     if (NORM_IN) {
-        partial_ts[li] = s0; partial_ts[64u + li] = s1; partial_ts[128u + li] = s2; partial_ts[192u + li] = s3;
-        partial_ts[256u + li] = s4; partial_ts[320u + li] = s5; partial_ts[384u + li] = s6; partial_ts[448u + li] = s7;
+        partial_ts[li] = a.s0; partial_ts[64u + li] = a.s1; partial_ts[128u + li] = a.s2; partial_ts[192u + li] = a.s3;
+        partial_ts[256u + li] = a.s4; partial_ts[320u + li] = a.s5; partial_ts[384u + li] = a.s6; partial_ts[448u + li] = a.s7;
     }
     workgroupBarrier();
     for (var s = MV_LANES / 2u; s > 0u; s >>= 1u) {

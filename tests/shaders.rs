@@ -15,8 +15,11 @@ fn every_shader_validates_with_naga() {
         // unpack2x16float (f16 scales read from u32 words) is core WGSL; naga gates it behind
         // the capability wgpu grants from the downlevel flag SHADER_F16_IN_F32, which every
         // WebGPU-compliant adapter has. No shader needs the `shader-f16` feature.
-        let caps = naga::valid::Capabilities::default() | naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32;
+        // The subgroup kernels (quant_subgroup_*) need SUBGROUP, which wgpu grants only where
+        // the adapter has it; quill compiles them only there.
+        let caps = naga::valid::Capabilities::default() | naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32 | naga::valid::Capabilities::SUBGROUP;
         let mut validator = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps);
+        validator.subgroup_stages(naga::valid::ShaderStages::COMPUTE).subgroup_operations(naga::valid::SubgroupOperationSet::all());
         if let Err(e) = validator.validate(&module) {
             failures.push(format!("{}.wgsl: validation error:\n{}", shader.name, e.emit_to_string(&source)));
         }

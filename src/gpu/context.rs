@@ -284,6 +284,13 @@ impl Context {
         self.arenas.lock().unwrap_or_else(|p| p.into_inner()).extend(buffers);
     }
 
+    /// Whether quill's subgroup kernels may run here: the adapter has SUBGROUP and quill runs
+    /// natively (naga takes subgroup builtins with no `enable subgroups;`, which it refuses and
+    /// the browsers' WGSL compiler requires, so the web build keeps the shared-memory shapes).
+    pub fn subgroups(&self) -> bool {
+        !cfg!(target_arch = "wasm32") && self.features.contains(wgpu::Features::SUBGROUP)
+    }
+
     /// Are GPU timestamps used for profiles? (The adapter has them, and QUILL_PROFILE_CPU
     /// does not ask for CPU timing instead.)
     pub fn gpu_timestamps(&self) -> bool {

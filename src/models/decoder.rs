@@ -233,7 +233,7 @@ impl Decoder {
     /// `x` into `st.xn`. Returns the projections' input and the fold.
     #[allow(clippy::too_many_arguments)]
     fn norm_into<'a>(&self, rec: &mut Recorder, st: &'a State, x: &'a Tensor, w: &'a NormWeights, weights: &[&Weight], bias: bool, n: usize, layer: Option<usize>) -> Result<(&'a Tensor, Option<NormIn<'a>>)> {
-        let shape = matmul::MatVecShape::chosen(rec.ctx.info.device_type)?;
+        let shape = matmul::MatVecShape::chosen(rec.ctx)?;
         if self.fuse && self.cfg.block.norm == Norm::Rms && !bias && weights.iter().all(|w| matmul::fuses_norm(n, w, shape)) {
             return Ok((x, Some(NormIn { aux: &w.w, off: 0, eps: self.cfg.norm_eps })));
         }

@@ -7,39 +7,43 @@
 //! SwiGLU or GeGLU over interleaved gate/up rows (`Out`).
 
 use crate::error::{Error, Result};
-use crate::gpu::{grid, OpInfo, Recorder, Shader, Tensor, Weight};
+use crate::gpu::{grid, Context, OpInfo, Recorder, Shader, Tensor, Weight};
 use crate::weights::DType;
 
 pub const SHADER: Shader = Shader { name: "matmul", body: include_str!("../../shaders/matmul.wgsl") };
 
-macro_rules! quant_shader {
-    ($name:literal, $file:literal) => {
-        Shader { name: $name, body: concat!(include_str!(concat!("../../shaders/formats/", $file)), "\n", include_str!("../../shaders/quant.wgsl")) }
+/// The quantized-weight kernels, one shader per storage format in `DType::ALL`'s order (the
+/// format's file of shaders/formats/ before quant.wgsl), and the same with
+/// quant_subgroup.wgsl after it, compiled only on adapters with subgroups.
+macro_rules! quant_shaders {
+    ($($f:ident),* $(,)?) => {
+        pub const QUANT_SHADERS: [Shader; DType::ALL.len()] = [$(Shader {
+            name: concat!("quant_", stringify!($f)),
+            body: concat!(include_str!(concat!("../../shaders/formats/", stringify!($f), ".wgsl")), "\n", include_str!("../../shaders/quant.wgsl")),
+        }),*];
+        pub const QUANT_SUBGROUP_SHADERS: [Shader; DType::ALL.len()] = [$(Shader {
+            name: concat!("quant_subgroup_", stringify!($f)),
+            body: concat!(
+                include_str!(concat!("../../shaders/formats/", stringify!($f), ".wgsl")),
+                "\n",
+                include_str!("../../shaders/quant.wgsl"),
+                "\n",
+                include_str!("../../shaders/quant_subgroup.wgsl")
+            ),
+        }),*];
     };
 }
 
-/// The quantized-weight kernels, one shader per storage format, in `DType::ALL`'s order.
-pub const QUANT_SHADERS: [Shader; DType::ALL.len()] = [
-    quant_shader!("quant_f32", "f32.wgsl"),
-    quant_shader!("quant_f16", "f16.wgsl"),
-    quant_shader!("quant_bf16", "bf16.wgsl"),
-    quant_shader!("quant_q8_0", "q8_0.wgsl"),
-    quant_shader!("quant_q5_0", "q5_0.wgsl"),
-    quant_shader!("quant_q5_1", "q5_1.wgsl"),
-    quant_shader!("quant_q4_0", "q4_0.wgsl"),
-    quant_shader!("quant_q4_1", "q4_1.wgsl"),
-    quant_shader!("quant_iq4_nl", "iq4_nl.wgsl"),
-    quant_shader!("quant_q2_k", "q2_k.wgsl"),
-    quant_shader!("quant_q3_k", "q3_k.wgsl"),
-    quant_shader!("quant_q4_k", "q4_k.wgsl"),
-    quant_shader!("quant_q5_k", "q5_k.wgsl"),
-    quant_shader!("quant_q6_k", "q6_k.wgsl"),
-    quant_shader!("quant_iq4_xs", "iq4_xs.wgsl"),
-];
+quant_shaders!(f32, f16, bf16, q8_0, q5_0, q5_1, q4_0, q4_1, iq4_nl, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_xs);
 
 /// The `quant.wgsl` shader for weights of `dtype` (the test below checks the order).
 pub fn quant_shader(dtype: DType) -> &'static Shader {
     &QUANT_SHADERS[dtype as usize]
+}
+
+/// The subgroup variant of `quant_shader(dtype)`.
+pub fn quant_subgroup_shader(dtype: DType) -> &'static Shader {
+    &QUANT_SUBGROUP_SHADERS[dtype as usize]
 }
 
 /// Uniforms of `quant.wgsl`.
@@ -89,43 +93,106 @@ struct Params {
 /// llama.cpp does for batches of up to 8.
 pub const MATVEC_MAX_TOKENS: usize = 8;
 
-/// Rows of a mat-vec workgroup in `quant.wgsl` (`MV_ROWS`).
-const MATVEC_ROWS: usize = 32;
-
 /// How the decode mat-vec (1 to `MATVEC_MAX_TOKENS` tokens) spreads a weight over threads.
+/// Every shape reads a group of 4 rows unit by unit (32 weights), x once per unit for the 4.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum MatVecShape {
-    /// GPUs: 8 lanes along K per group of 4 rows, 32 rows per workgroup, so a group reads
-    /// contiguous memory and x is read once per unit for 4 rows (`matvec`, `matvec_multi`).
-    Lanes,
+    /// GPUs without subgroups: `lanes` (8, 16, 32 or 64) lanes along K per group of 4 rows,
+    /// 64 / lanes groups per 64-thread workgroup, the lanes' sums met in a shared-memory tree
+    /// (`matvec`, `matvec_multi` with `MV_LANES`).
+    Lanes(u32),
+    /// GPUs with subgroups: a workgroup of `threads` (8 to 64) takes `groups` (1 to 16) groups
+    /// of 4 rows, each subgroup a group at a time with all its lanes along K, summed by one
+    /// `subgroupAdd` per token (`matvec_sg` of `quant_subgroup.wgsl`; native only).
+    Subgroup { threads: u32, groups: u32 },
     /// CPU-type adapters (lavapipe, SwiftShader), where a workgroup's invocations are the SIMD
-    /// lanes of one core: a pair of rows per invocation, so x's address is the same in every
-    /// lane and nothing is reduced across lanes (`matvec_rows`); faster there (see benches/ops.rs).
+    /// lanes of one core: 4 rows per invocation, so x's address is the same in every lane and
+    /// nothing is reduced across lanes (`matvec_rows`); faster there (see benches/ops.rs).
     Rows,
 }
 
-/// Environment variable choosing the mat-vec shape (`lanes` or `rows`) over the adapter's.
+/// Environment variable choosing the mat-vec shape over the adapter's: `rows`, `lanes[:N]`
+/// or `subgroup[:THREADS:GROUPS]` (README's kernel table).
 pub const MATVEC_SHAPE_ENV: &str = "QUILL_MATVEC";
 
-impl MatVecShape {
-    pub const ALL: [MatVecShape; 2] = [MatVecShape::Lanes, MatVecShape::Rows];
+/// PCI vendor ids where the choice depends on the vendor.
+const VENDOR_INTEL: u32 = 0x8086;
 
-    pub fn for_adapter(device_type: wgpu::DeviceType) -> MatVecShape {
+impl MatVecShape {
+    /// Each kernel an adapter class could select, for tests (those `available` on the test's
+    /// adapter run): the lanes' tree over 4 row groups, one subgroup walking 3 row groups (on
+    /// lavapipe's subgroups of 8), the CPU shape. `matvec_shapes_at_their_extremes` adds the
+    /// other ends of each (64 lanes; several subgroups in a workgroup, idle or walking).
+    pub const ALL: [MatVecShape; 3] = [MatVecShape::Lanes(16), MatVecShape::Subgroup { threads: 8, groups: 3 }, MatVecShape::Rows];
+
+    /// The shape for an adapter of this type, vendor and subgroup sizes (`subgroups`: whether
+    /// quill may use subgroups on it, `Context::subgroups`). GPUs take 4 rows per workgroup
+    /// where they can, so even a 2048-row projection launches 512 workgroups (6 per compute
+    /// unit of an 82-unit GPU): with subgroups, one subgroup per workgroup (its smallest size,
+    /// at least 32 threads; Intel's subgroups of 8 to 32 take 4 row groups in 32 threads);
+    /// without, 64 lanes along K (discrete) or 32 (integrated, 8 rows). Chosen from the
+    /// kernels' structure, not yet measured on a GPU.
+    pub fn for_adapter(device_type: wgpu::DeviceType, vendor: u32, subgroups: bool, sg_min: u32) -> MatVecShape {
         match device_type {
             wgpu::DeviceType::Cpu => MatVecShape::Rows,
-            _ => MatVecShape::Lanes,
+            _ if subgroups => {
+                let threads = sg_min.clamp(32, 64);
+                let groups = if vendor == VENDOR_INTEL { 4 } else { 1 };
+                MatVecShape::Subgroup { threads, groups }
+            }
+            wgpu::DeviceType::IntegratedGpu => MatVecShape::Lanes(32),
+            _ => MatVecShape::Lanes(64),
         }
     }
 
-    /// The shape for this adapter, or the one `QUILL_MATVEC` names.
-    pub fn chosen(device_type: wgpu::DeviceType) -> Result<MatVecShape> {
+    /// The shape for this context's adapter, or the one `QUILL_MATVEC` names.
+    pub fn chosen(ctx: &Context) -> Result<MatVecShape> {
         match std::env::var(MATVEC_SHAPE_ENV) {
-            Ok(text) => match text.trim().to_ascii_lowercase().as_str() {
-                "lanes" => Ok(MatVecShape::Lanes),
-                "rows" => Ok(MatVecShape::Rows),
-                _ => Err(Error::arg(MATVEC_SHAPE_ENV, format!("'{text}' is not a mat-vec shape (lanes or rows)"))),
-            },
-            Err(_) => Ok(Self::for_adapter(device_type)),
+            Ok(text) if !text.trim().is_empty() => {
+                let shape = Self::parse(&text, ctx.info.vendor, ctx.info.subgroup_min_size).map_err(|why| Error::arg(MATVEC_SHAPE_ENV, format!("'{text}': {why}")))?;
+                if !shape.available(ctx) {
+                    return Err(Error::arg(MATVEC_SHAPE_ENV, format!("'{text}' needs subgroups, which this adapter ({}) does not offer quill", ctx.info.name)));
+                }
+                Ok(shape)
+            }
+            _ => Ok(Self::for_adapter(ctx.info.device_type, ctx.info.vendor, ctx.subgroups(), ctx.info.subgroup_min_size)),
+        }
+    }
+
+    /// `rows`, `lanes` (64), `lanes:N`, `subgroup` (the adapter's choice) or
+    /// `subgroup:THREADS:GROUPS`.
+    fn parse(text: &str, vendor: u32, sg_min: u32) -> std::result::Result<MatVecShape, String> {
+        let lower = text.trim().to_ascii_lowercase();
+        let mut parts = lower.split(':');
+        let kind = parts.next().unwrap_or("");
+        let nums: Vec<&str> = parts.collect();
+        let num = |s: &str, what: &str, ok: &[u32]| -> std::result::Result<u32, String> {
+            match s.parse::<u32>() {
+                Ok(v) if ok.contains(&v) => Ok(v),
+                _ => Err(format!("{what} must be one of {ok:?}, got '{s}'")),
+            }
+        };
+        match (kind, nums.as_slice()) {
+            ("rows", []) => Ok(MatVecShape::Rows),
+            ("lanes", []) => Ok(MatVecShape::Lanes(64)),
+            ("lanes", [n]) => Ok(MatVecShape::Lanes(num(n, "lanes", &[8, 16, 32, 64])?)),
+            ("subgroup", []) => Ok(Self::for_adapter(wgpu::DeviceType::DiscreteGpu, vendor, true, sg_min)),
+            ("subgroup", [t, g]) => Ok(MatVecShape::Subgroup { threads: num(t, "threads", &[8, 16, 32, 64])?, groups: num(g, "groups", &(1..=16).collect::<Vec<_>>())? }),
+            _ => Err("not a mat-vec shape (rows, lanes[:8|16|32|64] or subgroup[:THREADS:GROUPS])".into()),
+        }
+    }
+
+    /// Whether this context can run the shape (subgroup shapes need `Context::subgroups`).
+    pub fn available(self, ctx: &Context) -> bool {
+        !matches!(self, MatVecShape::Subgroup { .. }) || ctx.subgroups()
+    }
+
+    /// Rows of one workgroup.
+    fn rows_per_workgroup(self) -> usize {
+        match self {
+            MatVecShape::Lanes(lanes) => 4 * (64 / lanes as usize),
+            MatVecShape::Subgroup { groups, .. } => 4 * groups as usize,
+            MatVecShape::Rows => MATVEC_ROWS_ROWS,
         }
     }
 }
@@ -133,12 +200,14 @@ impl MatVecShape {
 /// Which `quant.wgsl` kernel a linear layer over `t` tokens takes.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum QuantKernel {
-    /// One token on a GPU: `matvec`, whose unit dot products scale once per unit.
+    /// One token, `Lanes`: `matvec`, whose unit dot products scale once per unit.
     MatVec,
-    /// 2 to 8 tokens on a GPU: `matvec_multi`, each unit dequantized once for all of them; the
+    /// 2 to 8 tokens, `Lanes`: `matvec_multi`, each unit dequantized once for all of them; the
     /// number is its `MV_TOKENS`, t itself (a constant, so its per-token branches fold away).
     MatVecMulti(usize),
-    /// 1 to 8 tokens on a CPU-type adapter: `matvec_rows` with `MV_TOKENS` = t.
+    /// 1 to 8 tokens, `Subgroup`: `matvec_sg` with `MV_TOKENS` = t.
+    MatVecSubgroup(usize),
+    /// 1 to 8 tokens, `Rows`: `matvec_rows` with `MV_TOKENS` = t.
     MatVecRows(usize),
     /// More: the tiled `matmul`.
     MatMul,
@@ -148,8 +217,9 @@ pub(crate) fn quant_kernel(t: usize, shape: MatVecShape) -> QuantKernel {
     match (t, shape) {
         (t, _) if t > MATVEC_MAX_TOKENS => QuantKernel::MatMul,
         (t, MatVecShape::Rows) => QuantKernel::MatVecRows(t.max(1)),
-        (0 | 1, MatVecShape::Lanes) => QuantKernel::MatVec,
-        (t, MatVecShape::Lanes) => QuantKernel::MatVecMulti(t),
+        (t, MatVecShape::Subgroup { .. }) => QuantKernel::MatVecSubgroup(t.max(1)),
+        (0 | 1, MatVecShape::Lanes(_)) => QuantKernel::MatVec,
+        (t, MatVecShape::Lanes(_)) => QuantKernel::MatVecMulti(t),
     }
 }
 
@@ -222,7 +292,7 @@ const MATVEC_ROWS_STAGED: usize = 4 * 960;
 /// Whether a norm can fold into the input of a linear layer over `t` tokens of `w` with the
 /// mat-vec `shape` (`NormIn`).
 pub fn fuses_norm(t: usize, w: &Weight, shape: MatVecShape) -> bool {
-    fuses(t, w) && (shape == MatVecShape::Lanes || w.cols * t <= MATVEC_ROWS_STAGED)
+    fuses(t, w) && (shape != MatVecShape::Rows || w.cols * t <= MATVEC_ROWS_STAGED)
 }
 
 /// Whether a linear layer over `t` tokens of `w` takes a mat-vec kernel of `quant.wgsl`, which
@@ -248,7 +318,7 @@ pub fn linear(rec: &mut Recorder, op: &'static str, layer: Option<usize>, x: &Te
 /// A linear layer whose rows go where `out` says.
 #[allow(clippy::too_many_arguments)]
 pub fn linear_out(rec: &mut Recorder, op: &'static str, layer: Option<usize>, x: &Tensor, w: &Weight, bias: Option<&Tensor>, out: Out, t: usize) -> Result<()> {
-    let shape = MatVecShape::chosen(rec.ctx.info.device_type)?;
+    let shape = MatVecShape::chosen(rec.ctx)?;
     linear_shaped(rec, op, layer, x, w, bias, out, t, shape)
 }
 
@@ -262,7 +332,7 @@ pub fn linear_shaped(rec: &mut Recorder, op: &'static str, layer: Option<usize>,
 /// un-normed residual stream); see `NormIn` and `fuses`.
 #[allow(clippy::too_many_arguments)]
 pub fn linear_normed(rec: &mut Recorder, op: &'static str, layer: Option<usize>, x: &Tensor, norm: NormIn, w: &Weight, out: Out, t: usize) -> Result<()> {
-    let shape = MatVecShape::chosen(rec.ctx.info.device_type)?;
+    let shape = MatVecShape::chosen(rec.ctx)?;
     linear_fused(rec, op, layer, x, Some(norm), w, None, out, t, shape)
 }
 
@@ -361,9 +431,21 @@ pub fn linear_fused(rec: &mut Recorder, op: &'static str, layer: Option<usize>, 
     let tokens_per_thread = t.div_ceil(16).clamp(1, 4);
     let kernel = quant_kernel(t, shape);
     let norm_in = if norm.is_some() { 1.0 } else { 0.0 };
+    if !shape.available(rec.ctx) {
+        return Err(Error::Shape { op, msg: format!("the {shape:?} mat-vec needs subgroups, which this adapter does not offer quill") });
+    }
+    let lanes = match shape {
+        MatVecShape::Lanes(l) => l as f64,
+        _ => 8.0,
+    };
     let pipe = match kernel {
-        QuantKernel::MatVec => rec.ctx.pipeline(shader, "matvec", &[("NORM_IN", norm_in)])?,
-        QuantKernel::MatVecMulti(tokens) => rec.ctx.pipeline(shader, "matvec_multi", &[("MV_TOKENS", tokens as f64), ("NORM_IN", norm_in)])?,
+        QuantKernel::MatVec => rec.ctx.pipeline(shader, "matvec", &[("MV_LANES", lanes), ("NORM_IN", norm_in)])?,
+        QuantKernel::MatVecMulti(tokens) => rec.ctx.pipeline(shader, "matvec_multi", &[("MV_LANES", lanes), ("MV_TOKENS", tokens as f64), ("NORM_IN", norm_in)])?,
+        QuantKernel::MatVecSubgroup(tokens) => {
+            let MatVecShape::Subgroup { threads, groups } = shape else { unreachable!("quant_kernel gives MatVecSubgroup for Subgroup only") };
+            let consts = [("SG_THREADS", threads as f64), ("SG_GROUPS", groups as f64), ("MV_TOKENS", tokens as f64), ("NORM_IN", norm_in)];
+            rec.ctx.pipeline(quant_subgroup_shader(w.dtype), "matvec_sg", &consts)?
+        }
         QuantKernel::MatVecRows(tokens) => rec.ctx.pipeline(shader, "matvec_rows", &[("MV_TOKENS", tokens as f64), ("NORM_IN", norm_in)])?,
         QuantKernel::MatMul => rec.ctx.pipeline(shader, "matmul", &[("TOKENS_PER_THREAD", tokens_per_thread as f64)])?,
     };
@@ -409,9 +491,8 @@ pub fn linear_fused(rec: &mut Recorder, op: &'static str, layer: Option<usize>, 
         // The cost is counted once, on the first chunk's dispatch.
         let info = if i == 0 { info } else { OpInfo { flops: 0, bytes: 0, ..info } };
         let wg = match kernel {
-            QuantKernel::MatVec => grid(rec.ctx, (c.rows.div_ceil(MATVEC_ROWS) * t) as u32),
-            QuantKernel::MatVecMulti(_) => grid(rec.ctx, c.rows.div_ceil(MATVEC_ROWS) as u32),
-            QuantKernel::MatVecRows(_) => grid(rec.ctx, c.rows.div_ceil(MATVEC_ROWS_ROWS) as u32),
+            QuantKernel::MatVec => grid(rec.ctx, (c.rows.div_ceil(shape.rows_per_workgroup()) * t) as u32),
+            QuantKernel::MatVecMulti(_) | QuantKernel::MatVecSubgroup(_) | QuantKernel::MatVecRows(_) => grid(rec.ctx, c.rows.div_ceil(shape.rows_per_workgroup()) as u32),
             QuantKernel::MatMul => [c.rows.div_ceil(64) as u32, t.div_ceil(16 * tokens_per_thread) as u32, 1],
         };
         rec.dispatch(info, &pipe, &buffers, &p, wg);
@@ -505,8 +586,8 @@ pub(crate) mod tests {
     /// Runs one quantized linear layer on the GPU, with each adapter class's mat-vec shape
     /// where `t` takes a mat-vec, and checks it against dequantize-then-f32.
     async fn run_quant(ctx: &Context, dtype: DType, t: usize, k: usize, n: usize, out: &str, limit: u64) {
-        let shapes: &[MatVecShape] = if t <= MATVEC_MAX_TOKENS { &MatVecShape::ALL } else { &[MatVecShape::Lanes] };
-        for &shape in shapes {
+        let shapes: &[MatVecShape] = if t <= MATVEC_MAX_TOKENS { &MatVecShape::ALL } else { &[MatVecShape::Rows] };
+        for &shape in shapes.iter().filter(|s| s.available(ctx)) {
             run_quant_shaped(ctx, dtype, t, k, n, out, limit, shape).await;
         }
     }
@@ -691,7 +772,7 @@ pub(crate) mod tests {
         // with a minimum, a K-quant, f32), with 8 tokens too many to stage for Rows at k 512.
         for dtype in ALL {
             let k = if dtype.block_len() == 256 { 512 } else { 96 };
-            for shape in MatVecShape::ALL {
+            for shape in MatVecShape::ALL.into_iter().filter(|s| s.available(ctx)) {
                 run_norm_in(ctx, dtype, 1, k, 37, "write", shape).await;
                 if matches!(dtype, DType::Q4_1 | DType::Q4_K | DType::F32) {
                     run_norm_in(ctx, dtype, 3, k, 66, "swiglu", shape).await;
@@ -701,7 +782,7 @@ pub(crate) mod tests {
         }
         // SmolLM2's 576 columns: 18 units, lanes with unequal counts; token counts that leave
         // staging invocations idle (64 % t != 0), and the most that fit the staged x (6 × 576).
-        run_norm_in(ctx, DType::Q4_1, 1, 576, 65, "write", MatVecShape::Lanes).await;
+        run_norm_in(ctx, DType::Q4_1, 1, 576, 65, "write", MatVecShape::Lanes(16)).await;
         for t in [5, 6, 7] {
             run_norm_in(ctx, DType::Q4_1, t, 576, 65, "write", MatVecShape::Rows).await;
         }
@@ -710,13 +791,13 @@ pub(crate) mod tests {
     gpu_test!(fn rope_and_cache_write_folded_into_the_qkv_store_match_reference(ctx) {
         // The store runs after a format's code: three formats, each kernel of both shapes.
         for dtype in [DType::F32, DType::Q4_1, DType::Q6_K] {
-            for shape in MatVecShape::ALL {
+            for shape in MatVecShape::ALL.into_iter().filter(|s| s.available(ctx)) {
                 for (t, f16) in [(1, false), (5, true)] {
                     run_rope_kv(ctx, dtype, t, shape, f16).await;
                 }
             }
         }
-        for shape in MatVecShape::ALL {
+        for shape in MatVecShape::ALL.into_iter().filter(|s| s.available(ctx)) {
             run_rope_kv(ctx, DType::Q8_0, MATVEC_MAX_TOKENS, shape, true).await;
             run_rope_kv(ctx, DType::Q4_K, 2, shape, false).await;
         }
@@ -728,21 +809,49 @@ pub(crate) mod tests {
     fn each_type_has_its_own_shader() {
         for dtype in DType::ALL {
             assert_eq!(quant_shader(dtype).name, format!("quant_{}", dtype.name().to_lowercase()));
+            assert_eq!(quant_subgroup_shader(dtype).name, format!("quant_subgroup_{}", dtype.name().to_lowercase()));
         }
     }
 
     #[test]
     fn batches_of_up_to_eight_tokens_take_a_matvec() {
         use MatVecShape::*;
-        assert_eq!(quant_kernel(1, Lanes), QuantKernel::MatVec);
-        let multi: Vec<_> = (2..=8).map(|t| quant_kernel(t, Lanes)).collect();
+        let sg = Subgroup { threads: 32, groups: 1 };
+        assert_eq!(quant_kernel(1, Lanes(64)), QuantKernel::MatVec);
+        let multi: Vec<_> = (2..=8).map(|t| quant_kernel(t, Lanes(8))).collect();
         assert_eq!(multi, [2, 3, 4, 5, 6, 7, 8].map(QuantKernel::MatVecMulti));
         let rows: Vec<_> = (1..=8).map(|t| quant_kernel(t, Rows)).collect();
         assert_eq!(rows, [1, 2, 3, 4, 5, 6, 7, 8].map(QuantKernel::MatVecRows));
-        assert_eq!(quant_kernel(9, Lanes), QuantKernel::MatMul);
-        assert_eq!(quant_kernel(9, Rows), QuantKernel::MatMul);
-        assert_eq!(MatVecShape::for_adapter(wgpu::DeviceType::Cpu), Rows);
-        assert_eq!(MatVecShape::for_adapter(wgpu::DeviceType::DiscreteGpu), Lanes);
+        let sgs: Vec<_> = (1..=8).map(|t| quant_kernel(t, sg)).collect();
+        assert_eq!(sgs, [1, 2, 3, 4, 5, 6, 7, 8].map(QuantKernel::MatVecSubgroup));
+        for shape in [Lanes(64), Rows, sg] {
+            assert_eq!(quant_kernel(9, shape), QuantKernel::MatMul);
+        }
+    }
+
+    #[test]
+    fn each_adapter_class_gets_its_matvec_shape_and_the_env_overrides_it() {
+        use wgpu::DeviceType::*;
+        use MatVecShape::*;
+        let nvidia = 0x10de;
+        assert_eq!(MatVecShape::for_adapter(Cpu, 0x10005, true, 8), Rows);
+        assert_eq!(MatVecShape::for_adapter(DiscreteGpu, nvidia, true, 32), Subgroup { threads: 32, groups: 1 });
+        assert_eq!(MatVecShape::for_adapter(DiscreteGpu, 0x1002, true, 64), Subgroup { threads: 64, groups: 1 });
+        assert_eq!(MatVecShape::for_adapter(IntegratedGpu, VENDOR_INTEL, true, 8), Subgroup { threads: 32, groups: 4 });
+        assert_eq!(MatVecShape::for_adapter(DiscreteGpu, nvidia, false, 0), Lanes(64));
+        assert_eq!(MatVecShape::for_adapter(IntegratedGpu, 0x106b, false, 0), Lanes(32));
+        // 4 rows per workgroup on a discrete GPU: a 2048-row projection launches 512.
+        assert_eq!(MatVecShape::for_adapter(DiscreteGpu, nvidia, true, 32).rows_per_workgroup(), 4);
+        assert_eq!(Lanes(64).rows_per_workgroup(), 4);
+        assert_eq!(MatVecShape::parse(" Rows ", 0, 8), Ok(Rows));
+        assert_eq!(MatVecShape::parse("lanes", 0, 8), Ok(Lanes(64)));
+        assert_eq!(MatVecShape::parse("lanes:16", 0, 8), Ok(Lanes(16)));
+        assert_eq!(MatVecShape::parse("subgroup", nvidia, 32), Ok(Subgroup { threads: 32, groups: 1 }));
+        assert_eq!(MatVecShape::parse("subgroup:8:3", 0, 8), Ok(Subgroup { threads: 8, groups: 3 }));
+        for bad in ["", "lanes:12", "lanes:64:2", "subgroup:32", "subgroup:32:0", "subgroup:128:1", "rows:4", "tiles"] {
+            assert!(MatVecShape::parse(bad, 0, 8).is_err(), "'{bad}' was accepted");
+        }
+        assert!(MatVecShape::parse("lanes:12", 0, 8).unwrap_err().contains("[8, 16, 32, 64]"));
     }
 
     gpu_test!(fn quantized_matvec_matches_dequantized_reference(ctx) {
@@ -759,6 +868,27 @@ pub(crate) mod tests {
         run_quant(ctx, DType::Q4_1, 1, 576, 65, "write", u64::MAX).await;
         run_quant(ctx, DType::Q8_0, 2, 576, 33, "write", u64::MAX).await;
         run_quant(ctx, DType::Q6_K, 1, 768, 9, "write", u64::MAX).await;
+    });
+
+    gpu_test!(fn matvec_shapes_at_their_extremes(ctx) {
+        // The shapes' other ends, on a format with a per-block minimum and a K-quant: 64 lanes
+        // (a 6-level tree, 4 rows per workgroup); 4 subgroups of 8 in a workgroup with one row
+        // group (3 idle); 8 subgroups walking 16 row groups (2 each, the last workgroup's
+        // partly past the rows). Norm folded in and not, 1 and 5 tokens.
+        let shapes = [MatVecShape::Lanes(64), MatVecShape::Subgroup { threads: 32, groups: 1 }, MatVecShape::Subgroup { threads: 64, groups: 16 }];
+        for shape in shapes.into_iter().filter(|s| s.available(ctx)) {
+            for dtype in [DType::Q4_1, DType::Q4_K] {
+                let k = if dtype.block_len() == 256 { 512 } else { 576 };
+                run_quant_shaped(ctx, dtype, 1, k, 77, "write", u64::MAX, shape).await;
+                run_quant_shaped(ctx, dtype, 5, k, 131, "accumulate", u64::MAX, shape).await;
+                run_norm_in(ctx, dtype, 1, k, 37, "write", shape).await;
+                run_norm_in(ctx, dtype, 5, k, 66, "swiglu", shape).await;
+            }
+        }
+        if std::env::var_os("CI").is_some() && ctx.info.backend == wgpu::Backend::Vulkan && ctx.info.device_type == wgpu::DeviceType::Cpu {
+            // lavapipe has subgroups: the subgroup kernels must run here, not be skipped.
+            assert!(ctx.subgroups(), "{} offers no subgroups: the subgroup mat-vec went untested", ctx.info.name);
+        }
     });
 
     gpu_test!(fn quantized_matmul_matches_dequantized_reference(ctx) {
