@@ -462,6 +462,41 @@ fn a_full_queue_gets_429_and_a_client_that_leaves_frees_its_slot() {
     assert!(!s.log().contains("panicked"), "{}", s.log());
 }
 
+/// With a request waiting for the only slot, every submit is one step; a streaming client that
+/// hangs up then costs at most the one step in flight (`quill_abandoned_tokens_total` ≤ 1),
+/// and the waiting request takes the slot in the next step.
+#[test]
+fn a_client_that_leaves_hands_its_slot_to_the_waiting_request_within_one_step() {
+    let Some(s) = start(&["--api-key", KEY, "--parallel", "1", "--max-queue", "1"]) else { return };
+    let long = r#"{"prompt": "Once", "max_tokens": 120, "ignore_eos": true, "stream": true}"#;
+    let mut c = raw(&s, "/v1/completions", long);
+    read_until(&mut c, "data: {");
+    let base = format!("{}/v1/completions", s.base);
+    let waiting = std::thread::spawn(move || {
+        let r = agent().post(&base).set("Content-Type", "application/json").set("Authorization", &format!("Bearer {KEY}"));
+        answer(r.send_string(r#"{"prompt": "hi", "max_tokens": 3, "ignore_eos": true}"#))
+    });
+    let t = Instant::now();
+    while metric(&s, "quill_queue_depth") < 1.0 {
+        assert!(t.elapsed() < Duration::from_secs(30), "the second request never queued: {}", get(&s, "/metrics").1);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(c);
+    let (code, body, _) = waiting.join().expect("the waiting client");
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(v["usage"]["completion_tokens"], 3, "{body}");
+    let text = get(&s, "/metrics").1;
+    assert!(text.lines().any(|l| l.starts_with("quill_abandoned_tokens_total ")), "no quill_abandoned_tokens_total in /metrics:\n{text}");
+    let abandoned = metric(&s, "quill_abandoned_tokens_total");
+    eprintln!("tokens drawn for the client that left: {abandoned}");
+    assert!(abandoned <= 1.0, "{abandoned} tokens were drawn for the client that left:\n{}", get(&s, "/metrics").1);
+    let generated = metric(&s, "quill_generated_tokens_total");
+    assert!(generated < 120.0, "the abandoned stream ran on: {generated} tokens");
+    assert_eq!(metric(&s, "quill_busy_slots"), 0.0);
+    assert!(!s.log().contains("panicked"), "{}", s.log());
+}
+
 /// `--parallel 8 --ctx 128` in a memory budget that holds one slot of 128 but not eight:
 /// refused at startup (exit status 1), naming the slots and the bytes they need.
 #[test]

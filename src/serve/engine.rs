@@ -165,6 +165,9 @@ pub fn run(ctx: &Context, model: &LoadedModel, ctx_len: usize, rx: Receiver<Vec<
             }
             alive
         });
+        // A client that left frees its slot before the waiting jobs are placed, so one that
+        // waits takes it in the very next step.
+        free_abandoned(&mut slots, load);
         let busy = load.busy.load(Ordering::SeqCst);
         assign(&mut batch, &mut slots, &mut waiting, load, metrics);
         if load.busy.load(Ordering::SeqCst) > busy {
@@ -172,6 +175,16 @@ pub fn run(ctx: &Context, model: &LoadedModel, ctx_len: usize, rx: Receiver<Vec<
             pace.steps = 1;
         }
         step(&mut batch, &mut slots, model, load, metrics, waiting.is_empty(), &mut pace);
+    }
+}
+
+/// Frees the slots whose client has gone (the job's event receiver was dropped: a closed
+/// connection or a cancelled request).
+fn free_abandoned(slots: &mut [Option<Active>], load: &Load) {
+    for i in 0..slots.len() {
+        if slots[i].as_ref().is_some_and(|a| a.job.events.is_closed()) {
+            free(slots, i, load);
+        }
     }
 }
 
@@ -240,11 +253,6 @@ fn common_prefix(a: &[u32], b: &[u32]) -> usize {
 /// With only decode tokens to run and no request waiting (`quiet`), several decode steps go
 /// in one submit (`decode_steps`).
 fn step(batch: &mut Batch, slots: &mut [Option<Active>], model: &LoadedModel, load: &Load, metrics: &Metrics, quiet: bool, pace: &mut Pace) {
-    for i in 0..slots.len() {
-        if slots[i].as_ref().is_some_and(|a| a.job.events.is_closed()) {
-            free(slots, i, load);
-        }
-    }
     let mut work: Vec<Work> = Vec::new();
     for (slot, a) in slots.iter().enumerate() {
         if let Some(a) = a.as_ref().filter(|_| batch.pending(slot) == 1) {
@@ -333,6 +341,14 @@ fn take_ids(batch: &mut Batch, slots: &mut [Option<Active>], slot: usize, row: u
     let total = batch.ids(slot).len();
     for (j, &id) in ids.iter().enumerate() {
         let len = total - (ids.len() - 1 - j);
+        if a.job.events.is_closed() {
+            // The client left: the ids drawn from here on were computed for no one. The slot
+            // is freed now, whatever the submit still held for it.
+            metrics.abandoned_tokens.inc_by((ids.len() - j) as u64);
+            batch.truncate(slot, len - 1);
+            free(slots, slot, load);
+            return;
+        }
         let keep = match advance(batch, slot, row, a, id, len, model, metrics) {
             Ok(None) => true,
             Ok(Some(finish)) => {

@@ -10,6 +10,7 @@ pub struct Metrics {
     pub prompt_tokens: IntCounter,
     pub cached_tokens: IntCounter,
     pub generated_tokens: IntCounter,
+    pub abandoned_tokens: IntCounter,
     queue_depth: IntGauge,
     busy_slots: IntGauge,
     pub ttft: Histogram,
@@ -28,6 +29,7 @@ impl Metrics {
         let prompt_tokens = IntCounter::new("quill_prompt_tokens_total", "Prompt tokens of the sequences started")?;
         let cached_tokens = IntCounter::new("quill_prompt_tokens_cached_total", "Prompt tokens reused from a slot's KV cache")?;
         let generated_tokens = IntCounter::new("quill_generated_tokens_total", "Tokens generated")?;
+        let abandoned_tokens = IntCounter::new("quill_abandoned_tokens_total", "Tokens drawn for a sequence after its client had gone (not counted as generated)")?;
         let queue_depth = IntGauge::new("quill_queue_depth", "Sequences waiting for a slot")?;
         let busy_slots = IntGauge::new("quill_busy_slots", "Slots generating")?;
         let ttft = Histogram::with_opts(HistogramOpts::new("quill_time_to_first_token_seconds", "From the request to its first generated token").buckets(latency_buckets()))?;
@@ -36,11 +38,12 @@ impl Metrics {
         registry.register(Box::new(prompt_tokens.clone()))?;
         registry.register(Box::new(cached_tokens.clone()))?;
         registry.register(Box::new(generated_tokens.clone()))?;
+        registry.register(Box::new(abandoned_tokens.clone()))?;
         registry.register(Box::new(queue_depth.clone()))?;
         registry.register(Box::new(busy_slots.clone()))?;
         registry.register(Box::new(ttft.clone()))?;
         registry.register(Box::new(itl.clone()))?;
-        Ok(Metrics { registry, requests, prompt_tokens, cached_tokens, generated_tokens, queue_depth, busy_slots, ttft, itl })
+        Ok(Metrics { registry, requests, prompt_tokens, cached_tokens, generated_tokens, abandoned_tokens, queue_depth, busy_slots, ttft, itl })
     }
 
     /// The text exposition format, with the gauges read from the engine's counters now.
