@@ -98,3 +98,93 @@ fn rotate_pair(q: Params, idx: u32, pos: u32, inv_freq: f32) {
     x[b] = x1 * c + x0 * s;
 }
 
+
+// ---- context shift ----
+// rope_shift: turns rows [row0, row0 + n_rows) of one slot's K cache (n_heads KV heads of
+// cache_len rows of head_dim values, starting at element `base`) back by `delta` positions:
+// pair i by -delta * inv_freqs[i], cos and sin unscaled, so a key written at position
+// p + delta becomes the key of position p (RoPE's angles are linear in the position; every
+// scaling whose table does not change with the sequence's length keeps that). The cache holds
+// f32 values (f16 = 0) or two f16 per u32 word, the first in the low half (f16 = 1). One
+// invocation per unit: a pair, or with f16 and rotate-half pairs two neighbouring pairs, whose
+// four values fill two whole words (so no two invocations write one word).
+struct ShiftParams {
+    n_rows: u32,
+    n_heads: u32,
+    cache_len: u32,
+    head_dim: u32,
+    rot_dim: u32,
+    neox: u32,
+    f16: u32,
+    base: u32,
+    row0: u32,
+    delta: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<storage, read_write> cache_words: array<u32>;
+@group(0) @binding(1) var<storage, read> shift_freqs: array<f32>;   // (rot_dim / 2,)
+@group(0) @binding(2) var<uniform> ps: ShiftParams;
+
+// Element e of row `row` (counted from the slot's first element).
+fn shift_load(row: u32, e: u32) -> f32 {
+    let at = ps.base + row * ps.head_dim + e;
+    if (ps.f16 != 0u) {
+        return unpack2x16float(cache_words[at / 2u])[at % 2u];
+    }
+    return bitcast<f32>(cache_words[at]);
+}
+
+fn shift_store2(row: u32, e0: u32, v0: f32, v1: f32) {
+    // Elements e0 and e0 + 1: one word in f16, two in f32.
+    let at = ps.base + row * ps.head_dim + e0;
+    if (ps.f16 != 0u) {
+        cache_words[at / 2u] = pack2x16float(vec2<f32>(v0, v1));
+    } else {
+        cache_words[at] = bitcast<u32>(v0);
+        cache_words[at + 1u] = bitcast<u32>(v1);
+    }
+}
+
+fn shift_store(row: u32, e: u32, v: f32) {
+    cache_words[ps.base + row * ps.head_dim + e] = bitcast<u32>(v);
+}
+
+// (x0, x1) turned back by pair i's angle at `delta`.
+fn turned_back(x0: f32, x1: f32, i: u32) -> vec2<f32> {
+    var angle = f32(ps.delta) * shift_freqs[i];
+    angle -= TWO_PI * floor(angle / TWO_PI);
+    let c = cos(angle);
+    let s = sin(angle);
+    return vec2<f32>(x0 * c + x1 * s, x1 * c - x0 * s);
+}
+
+@compute @workgroup_size(256)
+fn rope_shift(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let half = ps.rot_dim / 2u;
+    let paired = ps.f16 != 0u && ps.neox != 0u;
+    let units = select(half, half / 2u, paired);
+    let idx = linear_workgroup(wid, nwg) * 256u + lid;
+    if (idx >= ps.n_heads * ps.n_rows * units) {
+        return;
+    }
+    let u = idx % units;
+    let r = idx / units;                        // head * n_rows + row - row0
+    let row = (r / ps.n_rows) * ps.cache_len + ps.row0 + r % ps.n_rows;
+    if (ps.neox == 0u) {
+        let t = turned_back(shift_load(row, 2u * u), shift_load(row, 2u * u + 1u), u);
+        shift_store2(row, 2u * u, t.x, t.y);
+    } else if (!paired) {
+        let t = turned_back(shift_load(row, u), shift_load(row, u + half), u);
+        shift_store(row, u, t.x);
+        shift_store(row, u + half, t.y);
+    } else {
+        let i = 2u * u;
+        let a = turned_back(shift_load(row, i), shift_load(row, i + half), i);
+        let b = turned_back(shift_load(row, i + 1u), shift_load(row, i + 1u + half), i + 1u);
+        shift_store2(row, i, a.x, b.x);
+        shift_store2(row, i + half, a.y, b.y);
+    }
+}

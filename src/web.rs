@@ -11,7 +11,7 @@ use serde::Deserialize;
 use wasm_bindgen::prelude::*;
 
 use crate::error::Error;
-use crate::generate::{Parked, Session, Stop};
+use crate::generate::{Batch, Parked, Session, Stop};
 use crate::gpu::Context;
 use crate::models::load::{gguf_needs, hf_needs, load_gguf, load_hf_source, load_parsed_gguf, HfFiles, LoadOptions, LoadProgress};
 use crate::models::{LoadedModel, ModelConfig};
@@ -85,6 +85,10 @@ crate::with_writer_fields! {
         /// alternatives each token reports (0..=MAX_TOP_LOGPROBS).
         n: Option<usize>,
         probs: Option<usize>,
+        /// `write_drafts` only: the page dropped the oldest story text to fit the context;
+        /// move the KV rows of what it kept instead of reading it again
+        /// (`Batch::restart_shifted`).
+        context_shift: bool,
         // Then the writer's samplers (with_writer_fields; absent: off, as on the command line).
     }
 }
@@ -171,27 +175,24 @@ impl Quill {
     ) -> Result<String, JsError> {
         self.model = None;
         self.parked.borrow_mut().take();
-        if shards.is_empty() || shards.len() != sizes.len() || shards.len() != reads.length() as usize {
-            return Err(JsError::new(&format!("{dir}: {} safetensors files, {} sizes and {} readers given (one of each per file, at least one)", shards.len(), sizes.len(), reads.length())));
-        }
         let lora = match (&lora_config, &lora_weights) {
             (Some(config), Some(weights)) => Some(LoraSpec { files: LoraFiles::Peft { dir: "the adapter".into(), config, weights }, scale: 1.0 }),
             (None, None) => None,
             _ => return Err(JsError::new(&format!("{dir}: an adapter needs both adapter_config.json and adapter_model.safetensors; one was given"))),
         };
-        let bytes: Vec<Vec<u8>> = files.iter().map(|f| js_sys::Uint8Array::new(&f).to_vec()).collect();
-        let sources = shards
-            .iter()
-            .zip(&sizes)
-            .zip(reads.iter())
-            .map(|((n, &size), read)| {
-                let name = format!("{dir}/{n}");
-                let read = read.dyn_into::<js_sys::Function>().map_err(|_| JsError::new(&format!("{name}: its reader is not a function")))?;
-                Ok((name.clone(), Box::new(JsSource { name, size: size as u64, read }) as Box<dyn ByteSource>))
-            })
-            .collect::<Result<Vec<_>, JsError>>()?;
-        let src = SafetensorsSource::open(sources).map_err(js_error)?;
+        let (bytes, src) = hf_stream_inputs(dir, &files, &shards, &sizes, &reads)?;
         self.load_hf_files(dir, &names, &bytes, &src, ctx, gpu_memory, lora.as_ref(), progress)
+    }
+
+    /// The checks of `load_hf_stream` (arguments as there), from config.json and the shards'
+    /// headers alone: the page runs them before it downloads a folder's safetensors, so a
+    /// folder that does not fit downloads nothing. Returns the context that will be used, as
+    /// JSON, or the refusal in words with the numbers.
+    #[allow(clippy::too_many_arguments)]
+    pub fn check_hf_stream(&self, dir: &str, names: Vec<String>, files: js_sys::Array, shards: Vec<String>, sizes: Vec<f64>, reads: js_sys::Array, ctx: Option<u32>, gpu_memory: Option<f64>) -> Result<String, JsError> {
+        let (bytes, src) = hf_stream_inputs(dir, &files, &shards, &sizes, &reads)?;
+        let plan = with_hf_files(dir, &names, &bytes, |files| self.plan_for(dir, hf_needs(files, &src, &LoadOptions::default()).map_err(js_error)?, ctx, gpu_memory))?;
+        Ok(serde_json::json!({ "ctx_len": plan.ctx_len, "kv_bytes": plan.kv_bytes }).to_string())
     }
 
     /// The shared end of `load_hf` and `load_hf_stream`: the small files by name, the
@@ -199,25 +200,12 @@ impl Quill {
     /// upload (`plan_for`).
     #[allow(clippy::too_many_arguments)]
     fn load_hf_files(&mut self, dir: &str, names: &[String], bytes: &[Vec<u8>], src: &SafetensorsSource, ctx: Option<u32>, gpu_memory: Option<f64>, lora: Option<&LoraSpec>, progress: &js_sys::Function) -> Result<String, JsError> {
-        let file = |name: &str| names.iter().position(|n| n == name).map(|i| &bytes[i][..]);
-        let config_json = file("config.json").ok_or_else(|| JsError::new(&format!("{dir}: no config.json among the files given")))?;
-        let template = file("chat_template.jinja")
-            .map(|b| crate::tokenizer::template_text(b.to_vec(), &format!("{dir}/chat_template.jinja")))
-            .transpose()
-            .map_err(js_error)?;
-        let files = HfFiles {
-            dir: dir.to_string(),
-            config_json,
-            safetensors: Vec::new(),
-            tokenizer_json: file("tokenizer.json"),
-            tokenizer_config_json: file("tokenizer_config.json"),
-            chat_template: template.as_deref(),
-            generation_config_json: file("generation_config.json"),
-        };
         let opts = LoadOptions::default();
-        let plan = self.plan_for(dir, hf_needs(&files, src, &opts).map_err(js_error)?, ctx, gpu_memory)?;
-        let mut report = self.load_reporter(progress);
-        let model = load_hf_source(&self.ctx, &files, src, &opts, lora, &mut report).map_err(js_error)?;
+        let (plan, model) = with_hf_files(dir, names, bytes, |files| {
+            let plan = self.plan_for(dir, hf_needs(files, src, &opts).map_err(js_error)?, ctx, gpu_memory)?;
+            let mut report = self.load_reporter(progress);
+            Ok((plan, load_hf_source(&self.ctx, files, src, &opts, lora, &mut report).map_err(js_error)?))
+        })?;
         self.ctx_len.set(plan.ctx_len);
         self.loaded(model)
     }
@@ -353,12 +341,12 @@ impl Quill {
         model.tokenizer.decode(&ids).map_err(js_error)
     }
 
-    /// Writes `options.n` continuations of the prompt one after the other in one session, each
-    /// reusing the KV cache of what the prompt shares with the session's last sequence (also
-    /// across calls: the cache is kept; the batched pass replaces this later), with seeds
-    /// seed, seed + 1, …. Calls `on_token(draft, text, logprob, alternatives)` per token:
+    /// Writes `options.n` continuations of the prompt together, one batched forward pass per
+    /// token (`drafts`): the prompt prefills once, reusing the KV cache of what it shares with
+    /// the last call's sequence (the cache is kept between calls), with seeds seed, seed + 1,
+    /// …. Calls `on_token(draft, text, logprob, alternatives)` per token:
     /// `alternatives` is JSON `[[text, logprob], …]` of the `options.probs` most likely
-    /// tokens after the sampler's penalties and temperature (empty when `probs` is 0);
+    /// tokens after the whole sampler chain (empty when `probs` is 0);
     /// `text` is "" for a token that ends inside a UTF-8 character. Resolves to JSON.
     pub fn write_drafts(&self, options: &str, on_token: js_sys::Function) -> js_sys::Promise {
         let ctx = self.ctx.clone();
@@ -494,6 +482,46 @@ impl ByteSource for JsSource {
     }
 }
 
+/// `load_hf_stream`'s inputs: the small files' bytes (`files`, Uint8Arrays) and the shards
+/// (`shards[i]` of `sizes[i]` bytes, read by the function `reads[i]`) with their headers parsed.
+fn hf_stream_inputs(dir: &str, files: &js_sys::Array, shards: &[String], sizes: &[f64], reads: &js_sys::Array) -> Result<(Vec<Vec<u8>>, SafetensorsSource<'static>), JsError> {
+    if shards.is_empty() || shards.len() != sizes.len() || shards.len() != reads.length() as usize {
+        return Err(JsError::new(&format!("{dir}: {} safetensors files, {} sizes and {} readers given (one of each per file, at least one)", shards.len(), sizes.len(), reads.length())));
+    }
+    let bytes: Vec<Vec<u8>> = files.iter().map(|f| js_sys::Uint8Array::new(&f).to_vec()).collect();
+    let sources = shards
+        .iter()
+        .zip(sizes)
+        .zip(reads.iter())
+        .map(|((n, &size), read)| {
+            let name = format!("{dir}/{n}");
+            let read = read.dyn_into::<js_sys::Function>().map_err(|_| JsError::new(&format!("{name}: its reader is not a function")))?;
+            Ok((name.clone(), Box::new(JsSource { name, size: size as u64, read }) as Box<dyn ByteSource>))
+        })
+        .collect::<Result<Vec<_>, JsError>>()?;
+    Ok((bytes, SafetensorsSource::open(sources).map_err(js_error)?))
+}
+
+/// Runs `f` on the folder's small files by name (`names[i]` is the file of `bytes[i]`):
+/// config.json is needed, the tokenizer's files and the chat template are taken when there.
+fn with_hf_files<R>(dir: &str, names: &[String], bytes: &[Vec<u8>], f: impl FnOnce(&HfFiles) -> Result<R, JsError>) -> Result<R, JsError> {
+    let file = |name: &str| names.iter().position(|n| n == name).map(|i| &bytes[i][..]);
+    let config_json = file("config.json").ok_or_else(|| JsError::new(&format!("{dir}: no config.json among the files given")))?;
+    let template = file("chat_template.jinja")
+        .map(|b| crate::tokenizer::template_text(b.to_vec(), &format!("{dir}/chat_template.jinja")))
+        .transpose()
+        .map_err(js_error)?;
+    f(&HfFiles {
+        dir: dir.to_string(),
+        config_json,
+        safetensors: Vec::new(),
+        tokenizer_json: file("tokenizer.json"),
+        tokenizer_config_json: file("tokenizer_config.json"),
+        chat_template: template.as_deref(),
+        generation_config_json: file("generation_config.json"),
+    })
+}
+
 /// A thrown JavaScript value's message.
 fn js_text(e: &JsValue) -> String {
     e.dyn_ref::<js_sys::Error>().map(|e| String::from(e.message())).or_else(|| e.as_string()).unwrap_or_else(|| format!("{e:?}"))
@@ -544,8 +572,8 @@ fn prompt_ids(model: &LoadedModel, o: &WriteOptions) -> crate::Result<Vec<u32>> 
 }
 
 async fn write(ctx: &Context, model: &LoadedModel, ctx_len: usize, o: WriteOptions, on_piece: &js_sys::Function, cancelled: &Cell<bool>, profile: &RefCell<Option<String>>) -> crate::Result<String> {
-    if o.n.is_some() || o.probs.is_some() {
-        return Err(Error::arg("generate options", "n and probs are write_drafts options"));
+    if o.n.is_some() || o.probs.is_some() || o.context_shift {
+        return Err(Error::arg("generate options", "n, probs and context_shift are write_drafts options"));
     }
     let sampling = sampling(model, &o)?;
     let seed = sampling.seed;
@@ -604,9 +632,12 @@ const fn stop_name(stop: Stop) -> &'static str {
     }
 }
 
-/// `write_drafts`: the drafts one after the other in one session, kept between calls;
-/// `restart` keeps the KV-cache rows of the prefix the prompt shares with the last sequence,
-/// so only the first draft reads the prompt, and a branch or a retry rereads only the change.
+/// `n` continuations of the prompt written together, as `quill write --drafts` writes them
+/// (`Batch::drafts_start_async`): the prompt prefills once in slot 0 (keeping the rows it shares
+/// with the last call's sequence), is forked into the other slots on the GPU, and every step is
+/// ONE forward pass over all running drafts; draft i draws with the seed + i. Each token goes
+/// to `on_token(draft, text, logprob, alternatives)` as it comes. The batch is parked for the
+/// next call; one with too few slots is replaced by one with `n` (planned for the memory).
 async fn drafts(ctx: &Context, model: &LoadedModel, ctx_len: usize, o: WriteOptions, on_token: &js_sys::Function, cancelled: &Cell<bool>, parked: &RefCell<Option<Parked>>) -> crate::Result<String> {
     let sampling = sampling(model, &o)?;
     let max_tokens = max_tokens(&o)?;
@@ -619,59 +650,45 @@ async fn drafts(ctx: &Context, model: &LoadedModel, ctx_len: usize, o: WriteOpti
         return Err(Error::arg("probs", format!("{top} alternatives: must be at most {MAX_TOP_LOGPROBS}")));
     }
     let ids = prompt_ids(model, &o)?;
-    // The session of the last call, if any (taken: a failed call leaves none behind).
+    // The batch of the last call when it has the slots (taken: a failed call leaves none
+    // behind); else its memory goes before a batch of `n` slots is made.
     let last = parked.borrow_mut().take();
-    let mut session = match last {
-        Some(p) => Session::resume(ctx, model, p),
-        None => Session::new(ctx, model, model.config().max_ctx.min(ctx_len))?,
+    let mut batch = match last {
+        Some(p) if p.slots() >= n => Batch::resume(ctx, model, p),
+        last => {
+            drop(last);
+            Batch::new(ctx, model, model.config().max_ctx.min(ctx_len), n)?
+        }
     };
-    if ids.is_empty() || ids.len() >= session.ctx_len() {
-        return Err(Error::Context(format!("the prompt has {} tokens; the context holds {} positions (one more is needed to write)", ids.len(), session.ctx_len())));
-    }
-    let mut out = Vec::with_capacity(n);
-    for draft in 0..n {
-        let s = SamplingParams { seed: sampling.seed.wrapping_add(draft as u64), ..sampling.clone() };
-        let reused = session.restart(&ids)?;
-        let (generated, stop) = one_draft(&mut session, &s, draft, max_tokens, top, o.ignore_eos, on_token, cancelled).await?;
-        out.push(serde_json::json!({"draft": draft, "generated": generated, "stop": stop_name(stop), "reused_tokens": reused}));
-        if stop == Stop::Cancelled {
-            break;
+    let (_, shifted) = if o.context_shift { batch.restart_shifted(0, &ids)? } else { (0, 0) };
+    let seeds: Vec<u64> = (0..n as u64).map(|i| sampling.seed.wrapping_add(i)).collect();
+    let mut d = batch.drafts_start_async(&ids, &sampling, &seeds, max_tokens, o.ignore_eos).await?;
+    let mut decoders = vec![StreamDecoder::new(); n];
+    let params: Vec<SamplingParams> = seeds.iter().map(|&seed| SamplingParams { seed, ..sampling.clone() }).collect();
+    let mut steps = 0;
+    while !d.done() {
+        let tokens = batch.drafts_step_async(&mut d).await?;
+        steps += 1;
+        for t in tokens {
+            let (logprob, alts) = if top > 0 { token_probs(&batch, t.draft, t.row, &params[t.draft], top).await? } else { (f32::NAN, String::from("[]")) };
+            let piece = decoders[t.draft].step(&model.tokenizer, t.id)?.unwrap_or_default();
+            call_token(on_token, t.draft, &piece, logprob, &alts);
         }
-    }
-    *parked.borrow_mut() = Some(session.park());
-    Ok(serde_json::json!({"prompt_tokens": ids.len(), "seed": sampling.seed, "sampling": sampling.describe(), "drafts": out}).to_string())
-}
-
-/// One draft, a token per GPU step (each token's alternatives come from that step's logits).
-#[allow(clippy::too_many_arguments)]
-async fn one_draft(session: &mut Session<'_>, s: &SamplingParams, draft: usize, max_tokens: usize, top: usize, ignore_eos: bool, on_token: &js_sys::Function, cancelled: &Cell<bool>) -> crate::Result<(usize, Stop)> {
-    let model = session.model;
-    let mut decoder = StreamDecoder::new();
-    let mut generated = 0;
-    let mut stop = Stop::MaxTokens;
-    while generated < max_tokens {
-        if session.ids().len() >= session.ctx_len() {
-            stop = Stop::ContextFull;
-            break;
-        }
-        let id = session.next_token_async(s).await?;
-        generated += 1;
-        if !ignore_eos && model.is_eos(id) {
-            stop = Stop::Eos;
-            break;
-        }
-        let (logprob, alts) = if top > 0 { token_probs(session, s, top).await? } else { (f32::NAN, String::from("[]")) };
-        let piece = decoder.step(&model.tokenizer, id)?.unwrap_or_default();
-        call_token(on_token, draft, &piece, logprob, &alts);
         if cancelled.get() {
-            stop = Stop::Cancelled;
-            break;
+            for draft in 0..n {
+                d.cancel(draft);
+            }
         }
     }
-    if let Some(rest) = decoder.finish(&model.tokenizer)? {
-        call_token(on_token, draft, &rest, f32::NAN, "[]");
+    for (draft, decoder) in decoders.iter_mut().enumerate() {
+        if let Some(rest) = decoder.finish(&model.tokenizer)? {
+            call_token(on_token, draft, &rest, f32::NAN, "[]");
+        }
     }
-    Ok((generated, stop))
+    let out: Vec<serde_json::Value> = d.out.iter().enumerate().map(|(draft, (tokens, stop))| serde_json::json!({"draft": draft, "seed": seeds[draft], "generated": tokens.len(), "stop": stop_name(*stop)})).collect();
+    let reused = d.reused;
+    *parked.borrow_mut() = Some(batch.park());
+    Ok(serde_json::json!({"prompt_tokens": ids.len(), "reused_tokens": reused, "shifted_tokens": shifted, "steps": steps, "seed": sampling.seed, "sampling": sampling.describe(), "drafts": out}).to_string())
 }
 
 fn call_token(f: &js_sys::Function, draft: usize, text: &str, logprob: f32, alts: &str) {
@@ -681,9 +698,11 @@ fn call_token(f: &js_sys::Function, draft: usize, text: &str, logprob: f32, alts
 
 /// The log-probability of the token just sampled and the `top` most likely ids with theirs,
 /// after the sampler chain (`Batch::token_probs`). Returns (logprob, JSON `[[text, logprob], …]`).
-async fn token_probs(session: &Session<'_>, s: &SamplingParams, top: usize) -> crate::Result<(f32, String)> {
-    let lp = session.batch.token_probs_async(0, 0, s, top).await?;
-    let tok = &session.model.tokenizer;
+/// The probability of the token slot `slot` drew from logits row `row` and its `top`
+/// alternatives, as the page shows them: (logprob, JSON list of [text, logprob]).
+async fn token_probs(batch: &Batch<'_>, slot: usize, row: usize, s: &SamplingParams, top: usize) -> crate::Result<(f32, String)> {
+    let lp = batch.token_probs_async(slot, row, s, top).await?;
+    let tok = &batch.model.tokenizer;
     let mut list = Vec::with_capacity(lp.top.len());
     for (id, p) in lp.top {
         list.push(serde_json::json!([tok.decode(&[id])?, p]));

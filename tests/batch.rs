@@ -321,3 +321,126 @@ fn longrope_picks_each_slots_factors_in_a_mixed_batch() {
         check_close(&b.logits(row).unwrap(), &alone(ctx, &model, 64, p), ABS, REL, &format!("phi3-longrope: slot {row} ({} positions) batched vs alone", p.len()));
     }
 }
+
+/// A slot's K and V caches of layer `layer` (n_slots = 1): (n_kv_heads, ctx_len, head_dim).
+fn caches(ctx: &Context, b: &Batch, layer: usize) -> (Vec<f32>, Vec<f32>) {
+    let st = &b.state;
+    let n = st.k_cache[layer].numel();
+    (ctx.read_f32(&st.k_cache[layer].buf, 0, n).unwrap(), ctx.read_f32(&st.v_cache[layer].buf, 0, n).unwrap())
+}
+
+/// Runs every pending id of slot 0 but the last.
+fn prefill(b: &mut Batch) {
+    while b.pending(0) > 1 {
+        let chunk = (b.pending(0) - 1).min(b.max_batch());
+        b.step(&[Work { slot: 0, sample: None }], chunk).unwrap();
+    }
+}
+
+/// A context shift (`Batch::restart_shifted`): a prompt that keeps the first `keep` ids of what
+/// the slot ran, drops `drop` of them, then goes on with the rest and new ids. The kept run's
+/// rows move down: every layer's V rows exactly, its K rows turned back by `drop` positions
+/// (CPU reference: `rope::reference_shift`), rows before `keep` untouched; layer 0's keys, which
+/// depend only on each id and its position, equal those of a fresh run of the new prompt (the
+/// deeper layers' rows were computed with the dropped ids before them: the shift's
+/// approximation). Then generation goes on from the shifted cache. On llama-tiny from its folder
+/// (rotate-half pairs) and from its GGUF (adjacent pairs), with an f32 and an f16 cache.
+#[test]
+fn a_context_shift_moves_the_kept_rows_and_turns_their_keys() {
+    use quill::ops::rope::{reference_shift, RopeFreqs, RopeScaling};
+    let Some(ctx) = test_context() else { return };
+    let ctx_len = 64;
+    for name in ["llama-tiny", "llama-tiny/model-f32.gguf"] {
+        for f16 in [false, true] {
+            let format = if f16 { quill::ops::attention::KvFormat::F16 } else { quill::ops::attention::KvFormat::F32 };
+            let opts = quill::models::load::LoadOptions { kv_cache: format, ..Default::default() };
+            let model = quill::files::load_model_with(ctx, &fixture(name), &opts, &mut no_progress).unwrap();
+            let c = model.config().clone();
+            let old = ids(50, 21);
+            let (keep, drop) = (3usize, 11usize);
+            let mut b = Batch::new(ctx, &model, ctx_len, 1).unwrap();
+            b.restart(0, &old).unwrap();
+            prefill(&mut b);
+            let ran = old.len() - 1;
+            let before: Vec<_> = (0..c.n_layers).map(|l| caches(ctx, &b, l)).collect();
+            let mut new = old[..keep].to_vec();
+            new.extend_from_slice(&old[keep + drop..]);
+            new.extend(ids(5, 22));
+            let (reused, moved) = b.restart_shifted(0, &new).unwrap();
+            let count = ran - (keep + drop);
+            assert_eq!((reused, moved), (keep + count, count), "{name} f16 {f16}: the run after the dropped ids is reused");
+            let r = c.attention(0).rope.expect("llama-tiny has RoPE");
+            let inv = RopeFreqs { theta: r.theta, rot_dim: r.n_rot, scaling: RopeScaling::None }.inv_freq(1).unwrap();
+            let (hd, heads) = (c.head_dim, c.n_kv_heads);
+            let unpack = |v: &[f32]| -> Vec<f32> {
+                if !f16 {
+                    return v.to_vec();
+                }
+                v.iter().flat_map(|w| { let w = w.to_bits(); [quill::weights::dtype::f16_to_f32(w as u16), quill::weights::dtype::f16_to_f32((w >> 16) as u16)] }).collect()
+            };
+            for (layer, (k0, v0)) in before.iter().enumerate() {
+                let (k1, v1) = caches(ctx, &b, layer);
+                let (k0, v0, k1, v1) = (unpack(k0), unpack(v0), unpack(&k1), unpack(&v1));
+                for h in 0..heads {
+                    let row = |r: usize| (h * ctx_len + r) * hd;
+                    let what = format!("{name} f16 {f16} layer {layer} head {h}");
+                    assert_eq!(&k1[row(0)..row(keep)], &k0[row(0)..row(keep)], "{what}: rows before the shift moved");
+                    assert_eq!(&v1[row(keep)..row(keep + count)], &v0[row(keep + drop)..row(keep + drop + count)], "{what}: V rows");
+                    let want = reference_shift(&k0[row(keep + drop)..row(keep + drop + count)], hd, drop, &inv, r.style);
+                    let want: Vec<f32> = if f16 { want.iter().map(|&x| quill::weights::dtype::f16_to_f32(quill::weights::dtype::f32_to_f16(x))).collect() } else { want };
+                    // Turning back by `drop` positions: f32 rounding and, in f16, one ulp of the
+                    // stored value (2^-10 relative).
+                    check_close(&k1[row(keep)..row(keep + count)], &want, 1e-5, if f16 { 2e-3 } else { 1e-5 }, &format!("{what}: K rows turned back by {drop}"));
+                }
+            }
+            // Layer 0 against a fresh run of the new prompt.
+            let mut fresh = Batch::new(ctx, &model, ctx_len, 1).unwrap();
+            fresh.restart(0, &new).unwrap();
+            prefill(&mut fresh);
+            let (kf, _) = caches(ctx, &fresh, 0);
+            let (ks, _) = caches(ctx, &b, 0);
+            let (kf, ks) = (unpack(&kf), unpack(&ks));
+            let big = kf.iter().fold(0f32, |m, x| m.max(x.abs()));
+            for h in 0..heads {
+                let row = |r: usize| (h * ctx_len + r) * hd;
+                // RoPE at position p + drop, then turned back by drop, against RoPE at p: the f32
+                // angles round differently (~1e-7 rad at these positions). In f16 the key was
+                // rounded when written and again when turned, and a turn mixes each value with
+                // its partner, so the error is two f16 roundings (2^-11 each) of the largest key.
+                let abs = if f16 { 2.0 * big / 2048.0 } else { 1e-5 };
+                check_close(&ks[row(0)..row(keep + count)], &kf[row(0)..row(keep + count)], abs, 1e-4, &format!("{name} f16 {f16}: layer 0 keys after the shift vs a fresh run, head {h}"));
+            }
+            // Generation goes on from the shifted cache: the new ids run, greedy draws come.
+            prefill(&mut b);
+            let greedy = SamplingParams::greedy();
+            for _ in 0..3 {
+                let id = b.step(&[Work { slot: 0, sample: Some(&greedy) }], 1).unwrap()[0].expect("a draw");
+                assert!((id as usize) < c.vocab);
+            }
+            assert!(b.logits(0).unwrap().iter().all(|x| x.is_finite()), "{name} f16 {f16}: logits after the shift");
+        }
+    }
+}
+
+/// Where the keys cannot move, `restart_shifted` rereads as `restart` does: a sliding-window
+/// ring (mistral-tiny) does not hold the whole context; and a run shorter than MIN_SHIFT is
+/// read again.
+#[test]
+fn no_context_shift_where_keys_cannot_move_or_the_run_is_short() {
+    let Some(ctx) = test_context() else { return };
+    // mistral-tiny's window of 10 in a context of 200 is a ring shorter than the context (in
+    // a context of 64 the ring would hold all of it, and the keys could move).
+    let cases: [(&str, usize, usize, usize); 2] = [("mistral-tiny", 200, 40, 3), ("llama-tiny", 64, quill::generate::MIN_SHIFT + 4, 5)];
+    for (name, ctx_len, len, drop) in cases {
+        let model = load(ctx, name);
+        let old = ids(len, 23);
+        let mut b = Batch::new(ctx, &model, ctx_len, 1).unwrap();
+        assert_eq!(b.state.cache_len.iter().any(|&l| l < ctx_len), name == "mistral-tiny", "{name}: which caches are rings");
+        b.restart(0, &old).unwrap();
+        prefill(&mut b);
+        let mut new = old[..2].to_vec();
+        new.extend_from_slice(&old[2 + drop..]);
+        let (reused, moved) = b.restart_shifted(0, &new).unwrap();
+        assert!(moved == 0 && reused <= 2, "{name}: {len} ids, {drop} dropped: {reused} reused, {moved} moved");
+    }
+}

@@ -72,7 +72,7 @@ function browserEngine(worker) {
 
 // `generate`'s options (the profiled path: one text, no alternatives).
 function plainOptions(o) {
-  const { n, probs, ...rest } = o;
+  const { n, probs, context_shift: _, ...rest } = o;
   return rest;
 }
 
@@ -386,7 +386,9 @@ async function request(n, seedShift = 0) {
   const a = await assembled();
   await showContext(a);
   const chat = ui.mode.value === 'chat';
-  const o = { ...samplerOptions(), n, chat };
+  // The oldest story text no longer fits: the in-browser engine moves the KV cache of what
+  // stays instead of reading it again (the server engine rereads it).
+  const o = { ...samplerOptions(), n, chat, context_shift: a.dropped > 0 };
   if (o.seed === undefined) o.seed = Math.floor(Math.random() * 2 ** 31);
   o.seed += seedShift;
   if (chat) Object.assign(o, { prompt: chatTurns(a).user, system: chatTurns(a).system });
@@ -461,7 +463,9 @@ function finished(s, speed = 0) {
   const stop = s.stop || d?.stop;
   const generated = s.generated ?? s.drafts?.reduce((n, x) => n + x.generated, 0);
   const rate = speed ? `, writing ${speed.toFixed(1)} tokens/s` : '';
-  const cached = d?.reused_tokens ? ` ${d.reused_tokens} tokens of the context came from the cache.` : '';
+  const reused = s.reused_tokens ?? d?.reused_tokens;
+  const moved = s.shifted_tokens ? ` (${s.shifted_tokens} of them moved by a context shift)` : '';
+  const cached = reused ? ` ${reused} tokens of the context came from the cache${moved}.` : '';
   say(ui.summary, `${generated} tokens${rate}; stopped: ${stop}.${cached} ${s.seed !== undefined ? `Seed ${s.seed}; ` : ''}${s.sampling || ''}.`);
   if (s.profile) {
     ui.profileTable.textContent = s.profile;

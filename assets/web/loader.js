@@ -55,7 +55,8 @@ export function attachLoader(worker, { load }) {
       row.insertCell().textContent = `${mb(m.size)}${m.complete ? '' : ' (partial: a download resumes from here)'}`;
       row.insertCell().textContent = m.where;
       const actions = row.insertCell();
-      if (m.complete && m.where === 'OPFS') {
+      // A folder's safetensors are stored one by one and load with their folder, not alone.
+      if (m.complete && m.where === 'OPFS' && !m.key.endsWith('.safetensors')) {
         const b = document.createElement('button');
         b.textContent = 'Load';
         b.className = 'load-stored';

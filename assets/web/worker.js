@@ -69,31 +69,37 @@ async function cacheLocal(model, file) {
   }
 }
 
-// Loads a Hugging Face folder whose safetensors are Blobs (picked files, cached files): the
-// small files whole, each shard a tensor at a time through its { size, read } source, so
-// WebAssembly holds one tensor, never a shard. `small` maps a name to its Blob. Planned as a
-// GGUF is (`options`: see loadGguf): a folder that does not fit is refused before any upload.
-// `options.adapter` ({ name, config, weights }: a PEFT adapter the fine-tune panel kept) is
-// merged as it loads.
-async function loadHfBlobs(dir, small, shards, options) {
-  // With a shard index, its shards and no other .safetensors beside them.
-  const index = small.find(([n]) => n === 'model.safetensors.index.json');
-  if (index) {
-    let map;
-    try { map = JSON.parse(await index[1].text()).weight_map; } catch (e) { throw new Error(`${dir}/model.safetensors.index.json: not valid JSON: ${errorText(e)}`); }
-    if (!map || typeof map !== 'object') throw new Error(`${dir}/model.safetensors.index.json has no weight_map object`);
-    const wanted = new Set(Object.values(map).map(String));
-    const missing = [...wanted].filter((w) => !shards.some(([n]) => n === w));
-    if (missing.length) throw new Error(`${dir}: model.safetensors.index.json names ${missing.join(', ')}, not among the files given`);
-    shards = shards.filter(([n]) => wanted.has(n));
-  }
+// A shard as quill reads it: a Blob (a picked or stored file) through FileReaderSync, or
+// already a { size, read } byte source (a URL read by ranges).
+const shardSource = (s) => (typeof s.read === 'function' ? s : storage.blobSource(s));
+
+// The small files of a folder as quill takes them: names, and each file's bytes.
+async function smallFiles(small) {
   const names = [], files = [];
   for (const [n, blob] of small) {
     names.push(n);
     files.push(new Uint8Array(await blob.arrayBuffer()));
   }
+  return { names, files };
+}
+
+// Loads a Hugging Face folder: the small files whole, each safetensors shard (a Blob, or a
+// { size, read } source: shardSource) a tensor at a time, so WebAssembly holds one tensor,
+// never a shard. `small` maps a name to its Blob. Planned as a GGUF is (`options`: see
+// loadGguf): a folder that does not fit is refused before any upload. `options.adapter`
+// ({ name, config, weights }: a PEFT adapter the fine-tune panel kept) is merged as it loads.
+async function loadHfBlobs(dir, small, shards, options) {
+  // With a shard index, its shards and no other .safetensors beside them.
+  const index = small.find(([n]) => n === 'model.safetensors.index.json');
+  if (index) {
+    const wanted = new Set(await indexShards(`${dir}/model.safetensors.index.json`, index[1]));
+    const missing = [...wanted].filter((w) => !shards.some(([n]) => n === w));
+    if (missing.length) throw new Error(`${dir}: model.safetensors.index.json names ${missing.join(', ')}, not among the files given`);
+    shards = shards.filter(([n]) => wanted.has(n));
+  }
+  const { names, files } = await smallFiles(small);
   if (!shards.length) throw new Error(`${dir}: no .safetensors file among the files given`);
-  const sources = shards.map(([, blob]) => storage.blobSource(blob));
+  const sources = shards.map(([, s]) => shardSource(s));
   const progress = (done, total, tensors, totalTensors) =>
     post('progress', { phase: `uploading to the GPU (tensor ${tensors} of ${totalTensors})`, done, total, wasm: wasmBytes() });
   const adapter = options.adapter;
@@ -104,27 +110,79 @@ async function loadHfBlobs(dir, small, shards, options) {
   return info;
 }
 
+// The shard names of a model.safetensors.index.json (a Blob), in order, each once.
+async function indexShards(label, blob) {
+  let map;
+  try { map = JSON.parse(await blob.text()).weight_map; } catch (e) { throw new Error(`${label}: not valid JSON: ${errorText(e)}`); }
+  if (!map || typeof map !== 'object') throw new Error(`${label} has no weight_map object`);
+  return [...new Set(Object.values(map).map(String))];
+}
+
 const HF_OPTIONAL = ['tokenizer_config.json', 'generation_config.json', 'chat_template.jinja'];
 
-// The files of a Hugging Face folder at `base` (ending in /) as [name, Blob] pairs: the small
-// ones (config, tokenizer, optional extras) and the safetensors (one file or the shards of
-// model.safetensors.index.json).
-async function fetchHfFolder(base, listed) {
-  const small = [], shards = [];
-  const add = (n, b) => { if (b) (n.endsWith('.safetensors') ? shards : small).push([n, b]); };
-  const wanted = listed || ['config.json', 'tokenizer.json', ...HF_OPTIONAL];
-  for (const n of wanted) add(n, await fetchBlob(base + n, HF_OPTIONAL.includes(n)));
-  if (!listed || !listed.some((n) => n.endsWith('.safetensors'))) {
-    const single = await fetchBlob(base + 'model.safetensors', true);
-    if (single) add('model.safetensors', single);
-    else {
+// The size of the file at `url`, or null when the server has none (404).
+async function sizeOrNull(url) {
+  const head = await fetch(url, { method: 'HEAD' });
+  if (head.status === 404) return null;
+  if (!head.ok) throw new Error(`${url}: HTTP ${head.status} ${head.statusText}`);
+  return Number(head.headers.get('content-length')) || 0;
+}
+
+// A Hugging Face folder at `base` (ending in /; `listed`: its file names, when the page knows
+// them). The small files are fetched whole (config, tokenizer, the optional extras, a shard
+// index). Each safetensors comes from this browser's storage when a complete copy is there;
+// the others are first checked with the folder's needs from their headers alone, read by
+// ranges, so a folder that does not fit downloads nothing; then each is downloaded into
+// storage, or, where storage refuses, read from the server a tensor at a time.
+async function hfFromUrl(base, listed, options) {
+  const dir = name(base);
+  const small = [];
+  for (const n of (listed || ['config.json', 'tokenizer.json', ...HF_OPTIONAL]).filter((f) => !f.endsWith('.safetensors'))) {
+    const blob = await fetchBlob(base + n, HF_OPTIONAL.includes(n));
+    if (blob) small.push([n, blob]);
+  }
+  let shardNames = (listed || []).filter((f) => f.endsWith('.safetensors'));
+  if (!shardNames.length) {
+    if (await storage.cachedBlob(base + 'model.safetensors') || await sizeOrNull(base + 'model.safetensors') !== null) {
+      shardNames = ['model.safetensors'];
+    } else {
       const index = await fetchBlob(base + 'model.safetensors.index.json');
-      const map = JSON.parse(await index.text()).weight_map;
-      if (!map || typeof map !== 'object') throw new Error(`${base}model.safetensors.index.json has no weight_map object`);
-      for (const s of new Set(Object.values(map))) add(String(s), await fetchBlob(base + s));
+      small.push(['model.safetensors.index.json', index]);
+      shardNames = await indexShards(`${base}model.safetensors.index.json`, index);
     }
   }
-  return { small, shards };
+  const shards = [];
+  for (const n of shardNames) {
+    const stored = await storage.cachedBlob(base + n);
+    const size = stored ? stored.size : await storage.remoteSize(base + n);
+    // A server that does not say a file's size can only be read whole (the old way).
+    if (!size) return loadHfBlobs(dir, small, await Promise.all(shardNames.map(async (s) => [s, await fetchBlob(base + s)])), options);
+    shards.push([n, stored || storage.rangeSource(base + n, size)]);
+  }
+  const stored = shards.filter(([, s]) => s instanceof Blob).length;
+  if (stored) post('cache-note', { text: `${dir}: ${stored} of ${shards.length} safetensors read from this browser's storage, not downloaded again` });
+  if (stored < shards.length) {
+    // The limits first, from the headers: nothing is downloaded for a folder that does not
+    // fit. (A server without ranges: the load checks the same after the download.)
+    const { names, files } = await smallFiles(small);
+    const sources = shards.map(([, s]) => shardSource(s));
+    try {
+      quill.check_hf_stream(dir, names, files, shards.map(([n]) => n), sources.map((s) => s.size), sources.map((s) => s.read), options.ctx, options.gpuMemory);
+    } catch (e) {
+      if (!/range request/.test(errorText(e))) throw e;
+    }
+    const notes = [];
+    for (const shard of shards) {
+      if (shard[1] instanceof Blob) continue;
+      const url = base + shard[0];
+      const got = await storage.download(url, (done, total, resumed) =>
+        post('progress', { phase: resumed ? `downloading ${shard[0]} (resumed at ${(resumed / 1e6).toFixed(0)} MB)` : `downloading ${shard[0]}`, done, total }));
+      notes.push(`${shard[0]}: ${got.note}`);
+      if (got.blob) shard[1] = got.blob;
+    }
+    post('cache-note', { text: `${dir}: ${notes.join('; ')}` });
+  }
+  return loadHfBlobs(dir, small, shards, options);
 }
 
 // Streams a GGUF from `src` (a { size, read } byte source) to the GPU. `load` options from
@@ -178,8 +236,7 @@ async function load(source, options = {}) {
   if (source.kind === 'gguf-url') {
     info = await ggufFromUrl(source.url, options);
   } else if (source.kind === 'hf-url') {
-    const { small, shards } = await fetchHfFolder(source.url, source.files);
-    info = await loadHfBlobs(name(source.url), small, shards, options);
+    info = await hfFromUrl(source.url, source.files, options);
   } else if (source.kind === 'gguf-file') {
     info = await ggufFromFile(source.file, options);
   } else if (source.kind === 'stored') {
@@ -232,7 +289,8 @@ async function finetune(text, options) {
   const ids = quill.tokenize(text);
   if (ids.length < options.seq_len + 1) throw new Error(`the text is ${ids.length} tokens; a sequence of ${options.seq_len} tokens needs at least ${options.seq_len + 1}: paste more text or lower the sequence length`);
   const bytes = async (blob) => new Uint8Array(await blob.arrayBuffer());
-  const done = await quill.finetune_lora(await bytes(config[1]), await bytes(current.shards[0][1]), ids, JSON.stringify(options),
+  const shard = shardSource(current.shards[0][1]);
+  const done = await quill.finetune_lora(await bytes(config[1]), shard.read(0, shard.size), ids, JSON.stringify(options),
     (step, loss) => post('train-step', { step, loss }));
   const weights = done.adapter_model;
   postMessage({ type: 'trained', losses: JSON.parse(done.losses), cancelled: done.cancelled, config: done.adapter_config, weights }, [weights.buffer]);

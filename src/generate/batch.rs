@@ -99,6 +99,26 @@ pub(crate) fn check_push(model: &LoadedModel, ids: &[u32], len: usize, ctx_len: 
     Ok(())
 }
 
+/// Fewest ids a context shift moves (`Batch::restart_shifted`): a shorter run is read again.
+pub const MIN_SHIFT: usize = 16;
+
+/// The longest run `held[from .. from + count]` (from > keep) equal to `wanted[keep .. keep +
+/// count]`, as (from, count), when it has at least `MIN_SHIFT` ids.
+fn shift_match(held: &[u32], wanted: &[u32], keep: usize) -> Option<(usize, usize)> {
+    let first = *wanted.get(keep)?;
+    let mut best: Option<(usize, usize)> = None;
+    for from in keep + 1..held.len() {
+        if held[from] != first {
+            continue;
+        }
+        let count = held[from..].iter().zip(&wanted[keep..]).take_while(|(a, b)| a == b).count();
+        if count >= MIN_SHIFT && best.is_none_or(|(_, c)| count > c) {
+            best = Some((from, count));
+        }
+    }
+    best
+}
+
 impl<'a> Batch<'a> {
     /// `n_slots` sequences of `ctx_len` positions each, forward passes of up to
     /// `DEFAULT_MAX_BATCH` tokens.
@@ -189,6 +209,37 @@ impl<'a> Batch<'a> {
         self.push(slot, &prompt[reused..])
             .inspect_err(|_| self.truncate(slot, reused))?;
         Ok(reused)
+    }
+
+    /// `restart` with a context shift, as KoboldCpp's ContextShift and llama.cpp's cache reuse
+    /// do it: when `prompt` keeps the start of what slot `slot` holds, then drops a stretch
+    /// and goes on with a later run of the slot's ids (a story that outgrew the context: Memory
+    /// kept, the oldest text dropped), that run's KV rows move down to their new positions on
+    /// the GPU, their keys turned back by the positions dropped (`State::shift`), instead of
+    /// being computed again. Only a run of at least `MIN_SHIFT` ids counts; models whose keys
+    /// cannot move (absolute positions, sliding-window rings, dynamic NTK, longrope) restart
+    /// as `restart` does. The moved rows were computed with the dropped text before them, so
+    /// what follows is close to, not equal to, a fresh run of `prompt`: an approximation a
+    /// writer's page trades for not rereading the context; a server does not make it.
+    /// Returns the ids reused, as `restart`, and how many of them the shift moved.
+    pub fn restart_shifted(&mut self, slot: usize, prompt: &[u32]) -> Result<(usize, usize)> {
+        let s = self.seq(slot)?;
+        let keep = s.ids.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(s.processed);
+        let found = shift_match(&s.ids[..s.processed], prompt.get(..prompt.len().saturating_sub(1)).unwrap_or(&[]), keep);
+        let mut moved = 0;
+        if let (Some((from, count)), Some(turn)) = (found, self.model.model.shift_turns(&self.state)) {
+            let mut rec = Recorder::new(self.ctx, "context shift");
+            self.state.shift(self.ctx, &mut rec, slot, from, keep, count, &turn, self.model.config())?;
+            rec.submit()?;
+            let at = (self.state.token_index(slot, keep) * 4) as u64;
+            self.ctx.queue.write_buffer(&self.state.tokens.buf, at, bytemuck::cast_slice(&prompt[keep..keep + count]));
+            let s = &mut self.seqs[slot];
+            s.ids.truncate(keep);
+            s.ids.extend_from_slice(&prompt[keep..keep + count]);
+            s.processed = keep + count;
+            moved = count;
+        }
+        Ok((self.restart(slot, prompt)?, moved))
     }
 
     /// Makes slot `dst` a copy of the first `len` ids of slot `src`, KV rows included, on the

@@ -343,6 +343,25 @@ impl Decoder {
         (self.rope_tables[local as usize].as_ref(), 1.0)
     }
 
+    /// What a context shift (`State::shift`) turns each layer's keys back with: its RoPE table
+    /// and pair style (None for a layer without RoPE). None when the model's keys cannot be
+    /// moved to other positions: absolute positions added to the embeddings (learned or
+    /// sinusoidal) are in every key and value; dynamic NTK and longrope pick their table by the
+    /// sequence's length; a sliding-window ring does not hold the whole context.
+    pub fn shift_turns(&self, st: &State) -> Option<Vec<Option<(&Tensor, rope::RopeStyle)>>> {
+        let c = &self.cfg;
+        if c.positions != super::config::Positions::Rope || st.cache_len.iter().any(|&l| l != st.ctx_len) {
+            return None;
+        }
+        (0..c.n_layers)
+            .map(|i| match c.attention(i).rope {
+                None => Some(None),
+                Some(r) if matches!(r.scaling, RopeScaling::Dynamic { .. } | RopeScaling::LongRope { .. }) => None,
+                Some(r) => self.rope_table(i, &r, 0).0.map(|t| Some((t, r.style))),
+            })
+            .collect()
+    }
+
     /// Longrope over a batch of several slots: both tables, the slots (a bit each) whose
     /// sequence reaches beyond the original context in this pass (those take the long factors,
     /// as each would alone), and the attention factor. None for any other RoPE, or slots past 64.

@@ -239,6 +239,46 @@ impl State {
         }
     }
 
+    /// Records a context shift of slot `slot`: the KV rows of positions `from .. from + count`
+    /// move down to `to .. to + count` (to < from) in every layer, and each layer's keys turn
+    /// back by `from - to` positions where `turn[layer]` gives its RoPE table and pair style
+    /// (None: a layer without RoPE, whose keys only move). Every layer's cache must hold the
+    /// whole context (no sliding-window ring). The moves go through a scratch buffer (a buffer
+    /// cannot be copied into itself): `fork_scratch`, made here at the first shift of a
+    /// one-slot state. The token ids of the moved positions are the caller's to rewrite.
+    pub fn shift(&mut self, ctx: &crate::gpu::Context, rec: &mut Recorder, slot: usize, from: usize, to: usize, count: usize, turn: &[Option<(&Tensor, crate::ops::rope::RopeStyle)>], c: &super::ModelConfig) -> Result<()> {
+        let f16 = c.kv_format == crate::ops::attention::KvFormat::F16;
+        if slot >= self.n_slots || to >= from || from + count > self.ctx_len || turn.len() != self.k_cache.len() || self.cache_len.iter().any(|&l| l != self.ctx_len) {
+            return Err(Error::arg("shift", format!("positions {from}..{} of slot {slot} down to {to}: a slot of 0..{}, to before from, within the context of {} without sliding-window rings", from + count, self.n_slots, self.ctx_len)));
+        }
+        let block = |cache: &Tensor| (cache.numel() / self.n_slots * 4) as u64;
+        let need = self.k_cache.iter().map(block).max().unwrap_or(0);
+        if self.fork_scratch.as_ref().is_none_or(|b| b.size() < need) {
+            self.fork_scratch = Some(ctx.device.create_buffer(&wgpu::BufferDescriptor { label: Some("fork scratch"), size: need.max(4), usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false }));
+        }
+        let Some(scratch) = &self.fork_scratch else { return Ok(()) };
+        let heads = c.n_kv_heads as u64;
+        for (layer, (k, v)) in self.k_cache.iter().zip(&self.v_cache).enumerate() {
+            for cache in [k, v] {
+                let row = block(cache) / heads / self.ctx_len as u64;
+                let bytes = count as u64 * row;
+                for h in 0..heads {
+                    let head = (slot as u64 * heads + h) * self.ctx_len as u64 * row;
+                    rec.copy(&cache.buf, head + from as u64 * row, scratch, h * bytes, bytes);
+                }
+                for h in 0..heads {
+                    let head = (slot as u64 * heads + h) * self.ctx_len as u64 * row;
+                    rec.copy(scratch, h * bytes, &cache.buf, head + to as u64 * row, bytes);
+                }
+            }
+            if let Some((table, style)) = turn[layer] {
+                let rows = crate::ops::rope::CacheRows { slot, n_slots: self.n_slots, n_kv_heads: c.n_kv_heads, cache_len: self.ctx_len, head_dim: c.head_dim, row0: to, n_rows: count, f16 };
+                crate::ops::rope::rope_shift(rec, k, table, rows, from - to, style, layer)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Records copies of slot `src`'s first `len` positions (every layer's K and V rows, a
     /// ring's rows too, and the token ids) into slot `dst`: a fork, on the GPU. A buffer cannot
     /// be copied into itself, so each block goes through `fork_scratch`. Rows past `len` come

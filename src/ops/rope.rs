@@ -131,6 +131,108 @@ pub fn rope_freqs_per_slot(rec: &mut Recorder, x: &Tensor, inv_freqs: &Tensor, n
     launch(rec, "rope_freqs", &[&x.buf, &inv_freqs.buf, &meta.buf], &p, layer)
 }
 
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct ShiftParams {
+    n_rows: u32,
+    n_heads: u32,
+    cache_len: u32,
+    head_dim: u32,
+    rot_dim: u32,
+    neox: u32,
+    f16: u32,
+    base: u32,
+    row0: u32,
+    delta: u32,
+    _pad: [u32; 2],
+}
+
+/// Where a context shift turns keys: one slot's rows of a layer's K cache
+/// (n_slots, n_kv_heads, cache_len, head_dim), f32 or two f16 per u32 word.
+#[derive(Clone, Copy, Debug)]
+pub struct CacheRows {
+    pub slot: usize,
+    pub n_slots: usize,
+    pub n_kv_heads: usize,
+    pub cache_len: usize,
+    pub head_dim: usize,
+    /// The rows: positions row0 .. row0 + n_rows of the slot.
+    pub row0: usize,
+    pub n_rows: usize,
+    pub f16: bool,
+}
+
+/// Turns the keys in `rows` of `k_cache` back by `delta` positions (pair i by
+/// -delta · inv_freq[i], cos and sin unscaled): keys rotated for positions p + delta become
+/// those of p, as a context shift needs once it has moved the rows down (`State::shift`).
+/// Valid wherever a key's angles are the position times a fixed table (not for dynamic NTK or
+/// longrope, whose tables depend on the sequence's length). With an f16 cache and rotate-half
+/// pairs, rot_dim must be a multiple of 4.
+pub fn rope_shift(rec: &mut Recorder, k_cache: &Tensor, inv_freq: &Tensor, rows: CacheRows, delta: usize, style: RopeStyle, layer: usize) -> Result<()> {
+    let CacheRows { slot, n_slots, n_kv_heads, cache_len, head_dim, row0, n_rows, f16 } = rows;
+    let rot_dim = 2 * inv_freq.numel();
+    let shape_err = |msg: String| Err(Error::Shape { op: "rope_shift", msg });
+    if rot_dim == 0 || rot_dim > head_dim || head_dim % 2 != 0 {
+        return shape_err(format!("{} frequencies rotate {rot_dim} dimensions of heads of {head_dim}", inv_freq.numel()));
+    }
+    if f16 && style == RopeStyle::Neox && rot_dim % 4 != 0 {
+        return shape_err(format!("an f16 cache with rotate-half pairs needs a rotated width that is a multiple of 4, not {rot_dim}"));
+    }
+    if slot >= n_slots || row0 + n_rows > cache_len || delta > u32::MAX as usize {
+        return shape_err(format!("rows {row0}..{} of slot {slot} in a cache of {n_slots} slots of {cache_len} rows (shift {delta})", row0 + n_rows));
+    }
+    let slot_elems = n_kv_heads * cache_len * head_dim;
+    let words = n_slots * slot_elems / if f16 { 2 } else { 1 };
+    k_cache.holds("rope_shift", "k cache", words)?;
+    if n_rows == 0 || n_kv_heads == 0 {
+        return Ok(());
+    }
+    let base = slot * slot_elems;
+    if base > u32::MAX as usize {
+        return shape_err(format!("slot {slot} starts at element {base}, past what a u32 index reaches"));
+    }
+    let p = ShiftParams {
+        n_rows: n_rows as u32,
+        n_heads: n_kv_heads as u32,
+        cache_len: cache_len as u32,
+        head_dim: head_dim as u32,
+        rot_dim: rot_dim as u32,
+        neox: (style == RopeStyle::Neox) as u32,
+        f16: f16 as u32,
+        base: base as u32,
+        row0: row0 as u32,
+        delta: delta as u32,
+        _pad: [0; 2],
+    };
+    let units = rot_dim / 2 / if f16 && style == RopeStyle::Neox { 2 } else { 1 };
+    let n = n_kv_heads * n_rows * units;
+    let pipe = rec.ctx.pipeline(&SHADER, "rope_shift", &[])?;
+    let elems = (n_kv_heads * n_rows * rot_dim) as u64;
+    let info = OpInfo::new("rope_shift", 3 * elems, 2 * elems * if f16 { 2 } else { 4 }).layer(layer);
+    rec.dispatch(info, &pipe, &[&k_cache.buf, &inv_freq.buf], &p, grid(rec.ctx, n.div_ceil(256) as u32));
+    Ok(())
+}
+
+/// CPU reference of `rope_shift` on one slot's rows, given as (n_kv_heads, n_rows, head_dim)
+/// f32 values: each pair turned by -delta · inv_freq[i] (the angle in f32, as the kernel).
+pub fn reference_shift(x: &[f32], head_dim: usize, delta: usize, inv_freq: &[f32], style: RopeStyle) -> Vec<f32> {
+    let mut out = x.to_vec();
+    let half = inv_freq.len();
+    for chunk in out.chunks_mut(head_dim) {
+        for (i, &f) in inv_freq.iter().enumerate() {
+            let (s, c) = ((delta as f32 * f) as f64).sin_cos();
+            let (a, b) = match style {
+                RopeStyle::Neox => (i, i + half),
+                RopeStyle::Adjacent => (2 * i, 2 * i + 1),
+            };
+            let (x0, x1) = (chunk[a] as f64, chunk[b] as f64);
+            chunk[a] = (x0 * c + x1 * s) as f32;
+            chunk[b] = (x1 * c - x0 * s) as f32;
+        }
+    }
+    out
+}
+
 /// How RoPE's frequencies are scaled: transformers' `rope_scaling` / `rope_parameters` types,
 /// and GGUF's per-frequency factors.
 #[derive(Clone, Debug, PartialEq)]
@@ -494,6 +596,58 @@ mod tests {
             let abs = 1.2e-3 + 2.4 * crate::ops::sin_cos_tolerance(ctx);
             compare(&got, &want, abs, 1e-4).unwrap_or_else(|e| panic!("{style:?}: {e}"));
         }
+    });
+
+    gpu_test!(fn rope_shift_turns_a_slots_keys_back_and_leaves_the_rest(ctx) {
+        use crate::weights::dtype::{f16_to_f32, f32_to_f16};
+        // (slots, kv heads, rows, head_dim, rotated dims, slot, first row, rows turned, delta):
+        // partial rotary, odd counts, the last slot's last row, a delta past 2π's many turns.
+        let cases = [(1usize, 1usize, 5usize, 2usize, 2usize, 0usize, 0usize, 5usize, 1usize), (3, 3, 11, 10, 8, 1, 2, 7, 4), (2, 5, 9, 12, 4, 1, 0, 9, 1000), (2, 2, 13, 64, 64, 0, 6, 7, 37)];
+        for &(slots, heads, len, d, rot, slot, row0, n_rows, delta) in &cases {
+            let freqs = RopeFreqs { theta: 10000.0, rot_dim: rot, scaling: RopeScaling::None };
+            let inv = freqs.inv_freq(1).unwrap();
+            let ft = freqs.upload(ctx, 1).unwrap();
+            let n = slots * heads * len * d;
+            for style in [RopeStyle::Neox, RopeStyle::Adjacent] {
+                for f16 in [false, true] {
+                    let x: Vec<f32> = test_values(n, 35).iter().map(|&v| if f16 { f16_to_f32(f32_to_f16(v)) } else { v }).collect();
+                    let words: Vec<u32> = if f16 { x.chunks(2).map(|p| u32::from(f32_to_f16(p[0])) | (u32::from(f32_to_f16(p[1])) << 16)).collect() } else { x.iter().map(|v| v.to_bits()).collect() };
+                    let cache = Tensor::upload_f32(ctx, "k cache", &[words.len()], bytemuck::cast_slice(&words)).unwrap();
+                    let rows = CacheRows { slot, n_slots: slots, n_kv_heads: heads, cache_len: len, head_dim: d, row0, n_rows, f16 };
+                    let mut rec = Recorder::new(ctx, "test");
+                    let r = rope_shift(&mut rec, &cache, &ft, rows, delta, style, 0);
+                    if f16 && style == RopeStyle::Neox && rot % 4 != 0 {
+                        assert!(r.unwrap_err().to_string().contains("multiple of 4"));
+                        continue;
+                    }
+                    r.unwrap();
+                    rec.submit().unwrap();
+                    let got_words = ctx.read_u32_async(&cache.buf, 0, words.len()).await.unwrap();
+                    let got: Vec<f32> = if f16 { got_words.iter().flat_map(|&w| [f16_to_f32(w as u16), f16_to_f32((w >> 16) as u16)]).collect() } else { got_words.iter().map(|&w| f32::from_bits(w)).collect() };
+                    // Only the slot's rows row0 .. row0 + n_rows of each head turn.
+                    let mut want = x.clone();
+                    for h in 0..heads {
+                        let at = ((slot * heads + h) * len + row0) * d;
+                        let turned = reference_shift(&x[at..at + n_rows * d], d, delta, &inv, style);
+                        want[at..at + n_rows * d].copy_from_slice(&turned);
+                    }
+                    if f16 {
+                        want = want.iter().map(|&v| f16_to_f32(f32_to_f16(v))).collect();
+                    }
+                    // Values in [-1, 1]: f32 rounding and sin/cos's error twice over (angles near
+                    // 1000 rad lose ~6e-5 to f32 range reduction, as in the RoPE tests); an f16
+                    // cache rounds the result to f16 (one ulp at 1 is 2^-10).
+                    let abs = if delta > 100 { 1e-3 } else { 1e-5 } + 2.0 * crate::ops::sin_cos_tolerance(ctx) + if f16 { 1e-3 } else { 0.0 };
+                    compare(&got, &want, abs, 1e-4).unwrap_or_else(|e| panic!("{slots}x{heads}x{len}x{d} rot {rot} slot {slot} rows {row0}+{n_rows} delta {delta} {style:?} f16 {f16}: {e}"));
+                }
+            }
+        }
+        // Rows outside the cache are refused, naming them.
+        let ft = RopeFreqs { theta: 10000.0, rot_dim: 4, scaling: RopeScaling::None }.upload(ctx, 1).unwrap();
+        let cache = Tensor::upload_f32(ctx, "k cache", &[40], &[0.0; 40]).unwrap();
+        let rows = CacheRows { slot: 0, n_slots: 1, n_kv_heads: 1, cache_len: 10, head_dim: 4, row0: 8, n_rows: 3, f16: false };
+        let err = rope_shift(&mut Recorder::new(ctx, "test"), &cache, &ft, rows, 1, RopeStyle::Neox, 0).unwrap_err().to_string();
+        assert!(err.contains("rows 8..11 of slot 0"), "{err}");
     });
 }
 

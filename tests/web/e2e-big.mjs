@@ -16,7 +16,7 @@
 // Each load prints its time and the peak WebAssembly memory (memory.buffer.byteLength), which
 // must stay under 300 MB; scripts/test-web-big.sh makes the synthetic 1B model and runs this.
 import { chromium } from 'playwright-core';
-import http from 'node:http';
+import { serveStatic } from './chromium.mjs';
 import fs from 'node:fs';
 import path from 'node:path';
 
@@ -31,34 +31,9 @@ const modelUrl = `models/${modelName}`;
 const WASM_LIMIT = 300e6;
 const LOAD_TIMEOUT = 30 * 60e3;
 
-// A static server for target/web and the model, answering HEAD and Range, counting GETs.
-const gets = new Map();
-const types = { '.html': 'text/html', '.js': 'text/javascript', '.css': 'text/css', '.wasm': 'application/wasm', '.json': 'application/json' };
-const server = http.createServer((req, res) => {
-  const url = decodeURIComponent(new URL(req.url, 'http://x').pathname);
-  if (req.method === 'GET') gets.set(url, (gets.get(url) || 0) + 1);
-  const file = url === `/${modelUrl}` ? modelPath : path.join(site, url.endsWith('/') ? url + 'index.html' : url);
-  if (!(file === modelPath || file.startsWith(site)) || !fs.existsSync(file) || !fs.statSync(file).isFile()) {
-    res.writeHead(404).end('not found');
-    return;
-  }
-  const size = fs.statSync(file).size;
-  const headers = { 'content-type': types[path.extname(file)] || 'application/octet-stream', 'accept-ranges': 'bytes' };
-  const range = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range || '');
-  if (range) {
-    const start = Number(range[1]);
-    const end = range[2] ? Math.min(Number(range[2]), size - 1) : size - 1;
-    res.writeHead(206, { ...headers, 'content-length': end - start + 1, 'content-range': `bytes ${start}-${end}/${size}` });
-    if (req.method === 'HEAD') return res.end();
-    fs.createReadStream(file, { start, end }).pipe(res);
-    return;
-  }
-  res.writeHead(200, { ...headers, 'content-length': size });
-  if (req.method === 'HEAD') return res.end();
-  fs.createReadStream(file).pipe(res);
-});
-await new Promise((ok) => server.listen(0, '127.0.0.1', ok));
-const base = `http://127.0.0.1:${server.address().port}/`;
+// target/web and the model, answering HEAD and Range, counting GETs.
+const { base, server, gets } = await serveStatic(site, { [`/${modelUrl}`]: modelPath });
+const getsOf = (url) => { const n = gets.get(url); return n ? n.full + n.ranged : 0; };
 
 const userDir = fs.mkdtempSync('/tmp/quill-chromium-');
 const browser = await chromium.launchPersistentContext(userDir, {
@@ -172,14 +147,14 @@ try {
     await page.click('#load-url');
     const r = await loaded('url', t0);
     if (!/cached in this browser/.test(r.note)) await fail('url', `the download was not stored: ${r.note}`);
-    const downloads = gets.get(`/${modelUrl}`) || 0;
+    const downloads = getsOf(`/${modelUrl}`);
     await open();
     await page.fill('#url', modelUrl);
     t0 = Date.now();
     await page.click('#load-url');
     const again = await loaded('url-reload', t0);
-    if ((gets.get(`/${modelUrl}`) || 0) !== downloads || !/read from this browser's storage/.test(again.note)) {
-      await fail('url-reload', `${(gets.get(`/${modelUrl}`) || 0) - downloads} more GET(s) of the model after a reload; storage: ${again.note}`);
+    if (getsOf(`/${modelUrl}`) !== downloads || !/read from this browser's storage/.test(again.note)) {
+      await fail('url-reload', `${getsOf(`/${modelUrl}`) - downloads} more GET(s) of the model after a reload; storage: ${again.note}`);
     }
   }
   console.log(`RESULT big (${modelName}, ${(fs.statSync(modelPath).size / 1e6).toFixed(0)} MB): ${steps.join(', ')} passed`);

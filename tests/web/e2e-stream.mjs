@@ -9,7 +9,10 @@
 //      so instead of "Loaded" (no half model on a dead device), then loads again and writes;
 //   4. a folder that does not fit is refused before any upload, with the numbers and the context
 //      that would fit: under a GPU budget (?gpu_memory=) and under a binding limit
-//      (?max_binding=); the context it proposes then loads.
+//      (?max_binding=); the context it proposes then loads;
+//   5. the folder from a URL beside the page: refused from the shard's header (range reads)
+//      with nothing downloaded; then downloaded once into the browser's storage, and after a
+//      reload loaded from there with no second download.
 // Prints the peak WebAssembly memory (memory.buffer.byteLength) after each load.
 //
 //   node tests/web/e2e-stream.mjs
@@ -29,7 +32,7 @@ const dir = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'quill-stream-')), '
 fs.mkdirSync(dir);
 for (const f of ['config.json', 'tokenizer.json', 'tokenizer_config.json', 'generation_config.json', 'model.safetensors']) fs.copyFileSync(path.join(fixture, f), path.join(dir, f));
 
-const { base, server } = await serveStatic(site);
+const { base, server, gets } = await serveStatic(site);
 
 const browser = await launch({ width: 1100, height: 1300 });
 const log = [];
@@ -45,6 +48,23 @@ page.on('pageerror', (e) => log.push(`page error: ${e.message}`));
 // Picks `files` in `input` and waits for the load to end, loaded or not; returns the final
 // status and every status shown on the way (window.statuses).
 async function attempt(input, files) {
+  return settle(async () => {
+    // Picking the same folder twice in a row never fires a change: the input forgets it first.
+    await page.$eval(input, (el) => { el.value = ''; });
+    await page.setInputFiles(input, files);
+  });
+}
+
+// `attempt` for a model at a URL beside the page, typed into the URL field.
+async function attemptUrl(url) {
+  return settle(async () => {
+    await page.fill('#url', url);
+    await page.click('#load-url');
+  });
+}
+
+// Starts a load with `start` and waits until it ends, loaded or not (see `attempt`).
+async function settle(start) {
   await page.evaluate(() => {
     const el = document.getElementById('model-status');
     el.textContent = '';
@@ -53,9 +73,7 @@ async function attempt(input, files) {
     window.statusObserver = new MutationObserver(() => window.statuses.push(el.textContent));
     window.statusObserver.observe(el, { childList: true, characterData: true, subtree: true });
   });
-  // Picking the same folder twice in a row never fires a change: the input forgets it first.
-  await page.$eval(input, (el) => { el.value = ''; });
-  await page.setInputFiles(input, files);
+  await start();
   await page.waitForFunction(() => /^Loaded|Error|does not fit/.test(document.getElementById('model-status').textContent), null, { timeout: 180e3 });
   return { status: await page.textContent('#model-status'), statuses: await page.evaluate(() => window.statuses) };
 }
@@ -112,10 +130,10 @@ async function writeOne(what) {
 // The folder refused with a context of `ctx` (the model's when undefined) under the page's
 // `query`: the refusal names the context, the bytes needed and the context that fits, and
 // comes before any upload. Returns that context.
-async function refused(query, ctx, why) {
+async function refused(query, ctx, why, how = () => attempt('#hf-dir', dir)) {
   await open(query);
   if (ctx) await page.fill('#ctx', String(ctx));
-  const { status, statuses } = await attempt('#hf-dir', dir);
+  const { status, statuses } = await how();
   const asked = ctx || 256; // llama-tiny's context
   if (!/does not fit this GPU's limits/.test(status) || !(await page.$('#model-status.error'))) fail(`${query}: the folder was not refused: ${status}`);
   for (const want of [`does not fit this GPU with a context of ${asked}`, `${asked} positions need`, why, 'bytes']) {
@@ -181,6 +199,31 @@ try {
   // The proposed context (22 positions) is shorter than writeOne's prompt (26 tokens): that it
   // loads is the check here (steps 1 to 3 check writing).
   await refused('?test_hooks=1&max_binding=131072', undefined, "the adapter's limit of 131072 bytes per buffer");
+
+  // 5. The same folder from a URL beside the page (no file list: the page finds
+  //    model.safetensors itself). Refused from the shard's header, read by ranges, before any
+  //    download; then, with the proposed context, downloaded into the browser's storage once:
+  //    after a reload it loads from there with no second download.
+  const url = 'models/llama-tiny/';
+  const shardPath = `/${url}model.safetensors`;
+  const fullGets = () => gets.get(shardPath)?.full || 0;
+  const fitsUrl = await refused('?test_hooks=1&gpu_memory=1048576', 256, 'GPU memory budget', () => attemptUrl(url));
+  if (fullGets() !== 0 || !(gets.get(shardPath)?.ranged > 0)) fail(`the refused folder was downloaded: ${JSON.stringify(gets.get(shardPath))} GETs of ${shardPath}`);
+  console.log(`refused from the URL after ${gets.get(shardPath).ranged} range reads and no download of model.safetensors`);
+  const fromUrl = async (what) => {
+    await page.fill('#ctx', String(fitsUrl));
+    const t0 = Date.now();
+    const { status } = await attemptUrl(url);
+    if (!status.startsWith('Loaded')) fail(`loading ${what}: ${status}`);
+    const note = await page.textContent('#cache-note');
+    console.log(`${what}: loaded in ${((Date.now() - t0) / 1000).toFixed(1)} s; ${note}`);
+    return note;
+  };
+  const first = await fromUrl('llama-tiny folder from its URL');
+  if (fullGets() !== 1 || !/model.safetensors: cached in this browser/.test(first)) fail(`the URL's shard was not downloaded once into storage (${fullGets()} GETs): ${first}`);
+  await open('?test_hooks=1');
+  const again = await fromUrl('llama-tiny folder from its URL after a reload');
+  if (fullGets() !== 1 || !/read from this browser's storage/.test(again)) fail(`after a reload the shard was fetched again (${fullGets()} GETs): ${again}`);
   console.log('RESULT e2e-stream: ok');
   await browser.close();
   server.close();

@@ -11,8 +11,7 @@
 //   node tests/web/e2e.mjs smollm2      SmolLM2-135M for a few greedy tokens, which must be
 //                                       those of Hugging Face transformers
 //                                       (tests/fixtures/smollm2/reference.json); prints tokens/s
-import { launch } from './chromium.mjs';
-import http from 'node:http';
+import { launch, serveStatic } from './chromium.mjs';
 import fs from 'node:fs';
 import path from 'node:path';
 
@@ -29,22 +28,9 @@ const runs = {
 const run = runs[which];
 if (!run) throw new Error(`unknown run ${which}: one of ${Object.keys(runs).join(', ')}`);
 
-// A static file server for target/web that counts requests per path.
-const requests = new Map();
-const types = { '.html': 'text/html', '.js': 'text/javascript', '.css': 'text/css', '.wasm': 'application/wasm', '.json': 'application/json' };
-const server = http.createServer((req, res) => {
-  const url = decodeURIComponent(new URL(req.url, 'http://x').pathname);
-  requests.set(url, (requests.get(url) || 0) + 1);
-  const file = path.join(site, url.endsWith('/') ? url + 'index.html' : url);
-  if (!file.startsWith(site) || !fs.existsSync(file) || !fs.statSync(file).isFile()) {
-    res.writeHead(404).end('not found');
-    return;
-  }
-  res.writeHead(200, { 'content-type': types[path.extname(file)] || 'application/octet-stream', 'content-length': fs.statSync(file).size });
-  fs.createReadStream(file).pipe(res);
-});
-await new Promise((ok) => server.listen(0, '127.0.0.1', ok));
-const base = `http://127.0.0.1:${server.address().port}/`;
+// target/web, counting the GETs of each path.
+const { base, server, gets } = await serveStatic(site);
+const downloads = (p) => gets.get(p)?.full || 0;
 
 const browser = await launch({ width: 1100, height: 1300 });
 const fail = async (page, why) => {
@@ -67,6 +53,9 @@ try {
     await page.waitForFunction(() => /^GPU:|cannot run|no WebGPU/.test(document.getElementById('gpu').textContent), null, { timeout: 120e3 });
     const gpu = await page.textContent('#gpu');
     if (!gpu.startsWith('GPU:')) await fail(page, `no WebGPU: ${gpu}\n${log.join('\n')}`);
+    // The list fills after the GPU line (models.json is fetched then): on a loaded machine a
+    // moment later.
+    await page.waitForFunction((want) => [...document.querySelectorAll('#served option')].some((o) => o.textContent.includes(want)), run.option, { timeout: 30e3 }).catch(() => {});
     const option = await page.$$eval('#served option', (os, want) => os.find((o) => o.textContent.includes(want))?.value, run.option);
     if (!option) await fail(page, `the page lists no ${run.option} model (is it in target/web/models.json?)`);
     await page.selectOption('#served', option);
@@ -82,12 +71,12 @@ try {
   console.log(first.gpu);
   console.log(`${first.status} (${first.loadSeconds.toFixed(1)} s)`);
   if (which === 'llama-tiny') {
-    // The weights are in the Cache API now: a reload must load them without a download.
-    const before = requests.get('/models/llama-tiny/model.safetensors');
+    // The weights are in the browser's storage now: a reload must load them without a download.
+    const before = downloads('/models/llama-tiny/model.safetensors');
     const again = await openAndLoad();
-    const after = requests.get('/models/llama-tiny/model.safetensors');
-    if (before !== 1 || after !== 1) await fail(page, `model.safetensors was downloaded ${before} time(s) before the reload and ${after} after: the cache was not used`);
-    console.log(`reload: loaded again from the browser cache in ${again.loadSeconds.toFixed(1)} s without a download`);
+    const after = downloads('/models/llama-tiny/model.safetensors');
+    if (before !== 1 || after !== 1) await fail(page, `model.safetensors was downloaded ${before} time(s) before the reload and ${after} after: the stored copy was not used`);
+    console.log(`reload: loaded again from the browser's storage in ${again.loadSeconds.toFixed(1)} s without a download`);
   }
 
   await page.fill('#story', run.prompt);

@@ -10,12 +10,13 @@
 // and checks in the context view that each part sits where it should; Retry, Undo and Redo
 // restore the right texts; Drafts shows 3 and keeping one appends it; a click on a token
 // shows its alternatives and choosing one continues from it; a reload keeps everything. On
+// the in-browser engine, a story longer than the context is continued twice: the second time
+// the context shifts (the KV rows of the text that stays move instead of being read again). On
 // the server it also kills the server mid-generation (SIGKILL), checks that the story file
 // holds the text up to the last token, restarts it and reopens the story. Screenshots of
 // each state go to target/web-screenshots/studio-<engine>-<state>.png.
-import { launch } from './chromium.mjs';
+import { launch, serveStatic } from './chromium.mjs';
 import { spawn } from 'node:child_process';
-import http from 'node:http';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -52,17 +53,9 @@ function startServer() {
 
 // A static server for target/web (the in-browser engine's page).
 async function startStatic() {
-  const site = path.join(root, 'target/web');
-  const types = { '.html': 'text/html', '.js': 'text/javascript', '.css': 'text/css', '.wasm': 'application/wasm', '.json': 'application/json' };
-  staticServer = http.createServer((req, res) => {
-    const url = decodeURIComponent(new URL(req.url, 'http://x').pathname);
-    const file = path.join(site, url.endsWith('/') ? url + 'index.html' : url);
-    if (!file.startsWith(site) || !fs.existsSync(file) || !fs.statSync(file).isFile()) return res.writeHead(404).end('not found');
-    res.writeHead(200, { 'content-type': types[path.extname(file)] || 'application/octet-stream' });
-    fs.createReadStream(file).pipe(res);
-  });
-  await new Promise((ok) => staticServer.listen(0, '127.0.0.1', ok));
-  return `http://127.0.0.1:${staticServer.address().port}/`;
+  const served = await serveStatic(path.join(root, 'target/web'));
+  staticServer = served.server;
+  return served.base;
 }
 
 const base = which === 'server' ? (server = await startServer()).base : await startStatic();
@@ -265,6 +258,29 @@ try {
     && await page.inputValue('.wi-keys') === 'sea, ship' && await page.inputValue('.wi-content') === 'The sea is cold.', async () => `after importing: ${JSON.stringify(await story())}`);
   await walk('#undo', t4, 'Undo after an import');
   console.log(`KoboldAI JSON: exported ${k.actions.length} actions after the prompt; imported one back; Undo returns the story`);
+
+  if (which === 'browser') {
+    // Context shift: a story longer than the context (llama-tiny's 256 positions). The first
+    // Continue reads what fits; the second, after the story grew, moves the KV rows of the
+    // story text that stays (the oldest dropped) instead of reading it again. The reload above
+    // left no model loaded: load it again.
+    await open();
+    if (!(await page.isVisible('#max_tokens'))) await page.click('#sampling summary');
+    await page.fill('#max_tokens', '6');
+    const long = Array.from({ length: 40 }, (_, i) => `The keeper counted wave ${i} and wrote it down.`).join(' ');
+    await page.fill('#story', long);
+    await page.waitForTimeout(900);
+    await click('#continue');
+    await waitWritten('a story longer than the context');
+    const dropped = await page.textContent('#context-count');
+    await check(/no longer fit/.test(dropped), `the story should outgrow the context: ${dropped}`);
+    await click('#continue');
+    const shifted = await waitWritten('the next passage after a context shift');
+    const moved = / (\d+) tokens of the context came from the cache \((\d+) of them moved by a context shift\)/.exec(shifted);
+    await check(moved && Number(moved[2]) > 100, `the second Continue did not shift the context: ${shifted}`);
+    await check((await story()).startsWith(long), 'the story lost its start (only the context drops it)');
+    console.log(`context shift: ${dropped.trim()}; then ${moved[0].trim()}`);
+  }
 
   if (which === 'server') {
     // Chat / instruct: the story is the writer's request, the model's answer is appended.
