@@ -664,13 +664,12 @@ async fn drafts(ctx: &Context, model: &LoadedModel, ctx_len: usize, o: WriteOpti
     let seeds: Vec<u64> = (0..n as u64).map(|i| sampling.seed.wrapping_add(i)).collect();
     let mut d = batch.drafts_start_async(&ids, &sampling, &seeds, max_tokens, o.ignore_eos).await?;
     let mut decoders = vec![StreamDecoder::new(); n];
-    let params: Vec<SamplingParams> = seeds.iter().map(|&seed| SamplingParams { seed, ..sampling.clone() }).collect();
     let mut steps = 0;
     while !d.done() {
         let tokens = batch.drafts_step_async(&mut d).await?;
         steps += 1;
         for t in tokens {
-            let (logprob, alts) = if top > 0 { token_probs(&batch, t.draft, t.row, &params[t.draft], top).await? } else { (f32::NAN, String::from("[]")) };
+            let (logprob, alts) = if top > 0 { token_probs(&batch, t.draft, t.row, d.params(t.draft), top).await? } else { (f32::NAN, String::from("[]")) };
             let piece = decoders[t.draft].step(&model.tokenizer, t.id)?.unwrap_or_default();
             call_token(on_token, t.draft, &piece, logprob, &alts);
         }

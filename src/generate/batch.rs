@@ -57,6 +57,10 @@ impl Drafts {
     pub fn done(&self) -> bool {
         self.running.is_empty()
     }
+    /// The sampling parameters draft `draft` draws with (its own seed).
+    pub fn params(&self, draft: usize) -> &SamplingParams {
+        &self.params[draft]
+    }
     /// Stops draft `draft` (its last token stays).
     pub fn cancel(&mut self, draft: usize) {
         if let Some(at) = self.running.iter().position(|&d| d == draft) {

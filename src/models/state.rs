@@ -121,9 +121,7 @@ impl State {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let fork_scratch = (b.fork_scratch > 0).then(|| {
-            ctx.device.create_buffer(&wgpu::BufferDescriptor { label: Some("fork scratch"), size: 4 * b.fork_scratch as u64, usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false })
-        });
+        let fork_scratch = (b.fork_scratch > 0).then(|| scratch_buffer(ctx, 4 * b.fork_scratch as u64));
         let adjust = (0..n_slots).map(|_| z("sampler adjust", &b.adjust)).collect::<Result<_>>()?;
         Ok(State {
             // A pass never holds more tokens than the context (the buffers are sized so).
@@ -254,7 +252,7 @@ impl State {
         let block = |cache: &Tensor| (cache.numel() / self.n_slots * 4) as u64;
         let need = self.k_cache.iter().map(block).max().unwrap_or(0);
         if self.fork_scratch.as_ref().is_none_or(|b| b.size() < need) {
-            self.fork_scratch = Some(ctx.device.create_buffer(&wgpu::BufferDescriptor { label: Some("fork scratch"), size: need.max(4), usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false }));
+            self.fork_scratch = Some(scratch_buffer(ctx, need.max(4)));
         }
         let Some(scratch) = &self.fork_scratch else { return Ok(()) };
         let heads = c.n_kv_heads as u64;
@@ -262,13 +260,12 @@ impl State {
             for cache in [k, v] {
                 let row = block(cache) / heads / self.ctx_len as u64;
                 let bytes = count as u64 * row;
+                let head = |h: u64| (slot as u64 * heads + h) * self.ctx_len as u64 * row;
                 for h in 0..heads {
-                    let head = (slot as u64 * heads + h) * self.ctx_len as u64 * row;
-                    rec.copy(&cache.buf, head + from as u64 * row, scratch, h * bytes, bytes);
+                    rec.copy(&cache.buf, head(h) + from as u64 * row, scratch, h * bytes, bytes);
                 }
                 for h in 0..heads {
-                    let head = (slot as u64 * heads + h) * self.ctx_len as u64 * row;
-                    rec.copy(scratch, h * bytes, &cache.buf, head + to as u64 * row, bytes);
+                    rec.copy(scratch, h * bytes, &cache.buf, head(h) + to as u64 * row, bytes);
                 }
             }
             if let Some((table, style)) = turn[layer] {
@@ -301,4 +298,10 @@ impl State {
         }
         Ok(())
     }
+}
+
+/// The scratch buffer that forks and context shifts copy a slot's blocks through (a buffer
+/// cannot be copied into itself).
+fn scratch_buffer(ctx: &Context, size: u64) -> wgpu::Buffer {
+    ctx.device.create_buffer(&wgpu::BufferDescriptor { label: Some("fork scratch"), size, usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false })
 }
