@@ -3,7 +3,14 @@
 //   node --test tests/web/context.test.mjs
 import test from 'node:test';
 import assert from 'node:assert/strict';
-import { assemble, suffixStart, activeEntries, chatTurns, toKobold, fromKobold } from '../../assets/web/context.js';
+import { readFileSync } from 'node:fs';
+
+// context.js is an ES module served to the browser as plain `.js`; Node before 22 reads a `.js`
+// file outside a `"type": "module"` package as CommonJS, so the test imports its source as a
+// module by URL (it imports nothing itself) and runs the same on every Node version.
+const source = readFileSync(new URL('../../assets/web/context.js', import.meta.url), 'utf8');
+const { assemble, suffixStart, activeEntries, chatTurns, toKobold, fromKobold } =
+  await import('data:text/javascript;base64,' + Buffer.from(source).toString('base64'));
 
 const vocab = new Map();
 const words = [];
