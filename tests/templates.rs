@@ -126,6 +126,14 @@ fn huge_output_is_capped() {
 }
 
 #[test]
+fn a_long_string_printed_inside_a_list_is_capped() {
+    // The fuzzer's find (fuzz/regressions/chat_template/list-of-a-long-string-id-000000.bin): an
+    // 18.8 MB string inside a list, printed; the list's text is built whole before it is written.
+    let listed = "{{- ['Jsma\u{0}\u{f}t' * 2688750] }}";
+    expect_refused(listed, &["limit"]);
+}
+
+#[test]
 fn huge_source_is_refused_before_parsing() {
     // 50 MB of text, as in issue 15. In a GGUF the file's reader refuses it first (metadata
     // strings are bounded at 16 MiB), naming the key; from a folder, the template's own cap does.
