@@ -28,13 +28,28 @@ for t in "${targets[@]}"; do
   # allocation); -t 2000: one that takes over 2 s is a hang.
   # CPU seconds (user + system, fuzzer and target) of each run are added up in $out.cpu.
   TIMEFORMAT='%U %S'
-  { time nice -n 19 cargo afl fuzz -i "$input" -o "$out" -m 1024 -t 2000 -V "$seconds" -- "fuzz/target/release/$t" >"$out.log" 2>&1 || true; } 2>>"$out.cpu"
+  # bash's `time` misses the target's own processes (the fork server is not reaped by afl-fuzz),
+  # so where a cgroup v1 cpuacct hierarchy is writable the run goes in its own group and the
+  # group's CPU time (every process in it) is added up in $out.cpuacct too.
+  cg=""
+  if [ -w /sys/fs/cgroup/cpuacct ] && mkdir -p "/sys/fs/cgroup/cpuacct/quill-fuzz-$t" 2>/dev/null; then
+    cg="/sys/fs/cgroup/cpuacct/quill-fuzz-$t"
+    echo 0 >"$cg/cpuacct.usage" 2>/dev/null || true
+  fi
+  { time (
+      [ -n "$cg" ] && echo "$BASHPID" >"$cg/cgroup.procs"
+      exec nice -n 19 cargo afl fuzz -i "$input" -o "$out" -m 1024 -t 2000 -V "$seconds" -- "fuzz/target/release/$t" >"$out.log" 2>&1
+    ) || true; } 2>>"$out.cpu"
+  if [ -n "$cg" ]; then
+    awk '{ printf "%.1f\n", $1 / 1e9 }' "$cg/cpuacct.usage" >>"$out.cpuacct"
+  fi
 done
-printf '%-16s %12s %10s %10s %8s %6s\n' target executions cpu_s coverage crashes hangs
+printf '%-16s %12s %10s %12s %10s %8s %6s\n' target executions cpu_s cgroup_cpu_s coverage crashes hangs
 for t in "${targets[@]}"; do
   s="fuzz/out/$t/default/fuzzer_stats"
   [ -f "$s" ] || { echo "$t: no stats (see fuzz/out/$t.log)"; continue; }
   get() { awk -F' *: *' -v k="$1" '$1 == k { print $2 }' "$s"; }
   cpu=$(awk '{ s += $1 + $2 } END { printf "%.0f", s }' "fuzz/out/$t.cpu" 2>/dev/null || echo 0)
-  printf '%-16s %12s %10s %10s %8s %6s\n' "$t" "$(get execs_done)" "$cpu" "$(get bitmap_cvg)" "$(get saved_crashes)" "$(get saved_hangs)"
+  cgcpu=$(awk '{ s += $1 } END { printf "%.0f", s }' "fuzz/out/$t.cpuacct" 2>/dev/null || echo -)
+  printf '%-16s %12s %10s %12s %10s %8s %6s\n' "$t" "$(get execs_done)" "$cpu" "${cgcpu:--}" "$(get bitmap_cvg)" "$(get saved_crashes)" "$(get saved_hangs)"
 done
