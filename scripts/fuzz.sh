@@ -38,7 +38,7 @@ for t in "${targets[@]}"; do
   fi
   { time (
       [ -n "$cg" ] && echo "$BASHPID" >"$cg/cgroup.procs"
-      exec nice -n 19 cargo afl fuzz -i "$input" -o "$out" -m 1024 -t 2000 -V "$seconds" -- "fuzz/target/release/$t" >"$out.log" 2>&1
+      nice -n 19 cargo afl fuzz -i "$input" -o "$out" -m 1024 -t 2000 -V "$seconds" -- "fuzz/target/release/$t" >"$out.log" 2>&1
     ) || true; } 2>>"$out.cpu"
   if [ -n "$cg" ]; then
     awk '{ printf "%.1f\n", $1 / 1e9 }' "$cg/cpuacct.usage" >>"$out.cpuacct"

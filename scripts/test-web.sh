@@ -35,7 +35,7 @@ export CHROMEDRIVER="${CHROMEDRIVER:-/usr/bin/chromedriver}"
 export WASM_BINDGEN_TEST_WEBDRIVER_JSON="$PWD/tests/web/webdriver.json"
 export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner
 # SwiftShader runs shaders on the CPU: the kernel tests take minutes there, not seconds.
-export WASM_BINDGEN_TEST_TIMEOUT="${WASM_BINDGEN_TEST_TIMEOUT:-1500}"
+export WASM_BINDGEN_TEST_TIMEOUT="${WASM_BINDGEN_TEST_TIMEOUT:-2100}"
 # Seconds: every shader through Chromium's WGSL compiler first (naga accepts some that Tint refuses).
 node tests/web/wgsl.mjs
 cargo test --release --target wasm32-unknown-unknown --no-default-features --lib --test web --test web_train

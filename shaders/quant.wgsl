@@ -13,7 +13,8 @@
 //   (quant_subgroup.wgsl, appended where the adapter has subgroups: matvec_sg, the same work
 //   reduced by subgroupAdd.)
 //   matvec_rows: decode of 1 to 8 tokens on CPU-type adapters: a pair of rows per invocation.
-//   matmul: prefill: a (16 to 64 tokens) x 64 rows output tile per workgroup.
+//   matmul: prefill on CPU-type adapters: a (16 to 64 tokens) x 64 rows output tile per workgroup.
+//   matmul_tiled: prefill on GPUs: the same tiles (or 32 rows), conflict-free and double-buffered.
 //   embed:  out[t, :] = dequantized row ids[t] of the table, for ids inside this chunk.
 //
 // Results go through store(), which fuses what follows a projection: a bias, the residual add,
@@ -622,6 +623,102 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
         let tok = tok0 + lid.y * TOKENS_PER_THREAD + i;
         if (tok < p.t) {
             store4(tok, p.row0 + row0 + lid.x * 4u, acc[i], p.row0 + p.n);
+        }
+    }
+    if (p.mode == 255u) {
+        y0[0] = f32(ws[0]) + bias[0]; // never runs: keeps every binding in the pipeline's layout
+    }
+}
+
+// matmul_tiled: prefill on GPUs (ops::matmul::QuantKernel::MatMulTiled). The same output tile
+// as matmul (16 * TOKENS_PER_THREAD tokens by 16 * MT_RPT rows, each thread TOKENS_PER_THREAD
+// tokens by MT_RPT rows), shaped for a GPU's shared memory and latency:
+//   - a stage is one unit (32 weights) of every tile row: a thread stages vec4s sq and sq + 4 of
+//     one row's unit and of one token's x, so each repacked word (the low and high halves of
+//     vec4 sq of a Q4/Q5/IQ4_NL unit) is read and unpacked once, by one thread;
+//   - the tiles are stored vec4-major, and tile row r at slot (r % MT_RPT) * 16 + r / MT_RPT, so
+//     the 16 threads along x read 16 consecutive vec4s (no bank conflicts; matmul's rows sit 256
+//     bytes apart, a 16-way conflict), and x is one broadcast address per half-warp;
+//   - the next stage's weights and x are loaded into registers before this stage's arithmetic
+//     (register double buffering), so their latency hides behind it;
+//   - MT_RPT = 2 halves the tile's rows where a layer has too few output tiles to fill the GPU
+//     (ops::matmul::tiled_rows_per_thread).
+override MT_RPT: u32 = 4u; // rows per thread: 4 (64-row tiles) or 2 (32-row tiles)
+var<workgroup> mt_x: array<vec4<f32>, 512>; // [q][tile token], q < 8: vec4 q of the stage's unit
+var<workgroup> mt_w: array<vec4<f32>, 512>; // [q][slot of a tile row]
+
+@compute @workgroup_size(16, 16)
+fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+                @builtin(local_invocation_index) li: u32) {
+    let tm = 16u * TOKENS_PER_THREAD;
+    let tn = 16u * MT_RPT;
+    let tok0 = wid.y * tm;
+    let row0 = wid.x * tn;
+    let units = p.k / 32u;
+    let k4 = p.k / 4u;
+    // acc[i][j]: token lid.y * TOKENS_PER_THREAD + i, row lid.x * MT_RPT + j (WGSL zeroes it).
+    var acc: array<vec4<f32>, 4>;
+    // What this thread stages: tile token / row sr, vec4s sq and sq + 4 of each unit.
+    let sr = li / 4u;
+    let sq = li % 4u;
+    let xr = tok0 + sr;
+    let wr = row0 + sr;
+    let load_x = sr < tm && xr < p.t;
+    let load_w = sr < tn && wr < p.n;
+    let slot = (sr % MT_RPT) * 16u + sr / MT_RPT;
+    var x_lo = vec4<f32>(0.0);
+    var x_hi = vec4<f32>(0.0);
+    var w_lo = vec4<f32>(0.0);
+    var w_hi = vec4<f32>(0.0);
+    if (load_x) {
+        x_lo = x4[xr * k4 + sq];
+        x_hi = x4[xr * k4 + sq + 4u];
+    }
+    if (load_w) {
+        w_lo = deq4(wr, 0u, sq);
+        w_hi = deq4(wr, 0u, sq + 4u);
+    }
+    for (var u = 0u; u < units; u++) {
+        mt_x[sq * 64u + sr] = x_lo;
+        mt_x[(sq + 4u) * 64u + sr] = x_hi;
+        if (sr < tn) {
+            mt_w[sq * 64u + slot] = w_lo;
+            mt_w[(sq + 4u) * 64u + slot] = w_hi;
+        }
+        workgroupBarrier();
+        // The next unit's loads, in flight during this unit's arithmetic.
+        if (u + 1u < units) {
+            if (load_x) {
+                x_lo = x4[xr * k4 + 8u * (u + 1u) + sq];
+                x_hi = x4[xr * k4 + 8u * (u + 1u) + sq + 4u];
+            }
+            if (load_w) {
+                w_lo = deq4(wr, u + 1u, sq);
+                w_hi = deq4(wr, u + 1u, sq + 4u);
+            }
+        }
+        for (var q = 0u; q < 8u; q++) {
+            let b0 = mt_w[q * 64u + lid.x];
+            let b1 = mt_w[q * 64u + 16u + lid.x];
+            var b2 = vec4<f32>(0.0);
+            var b3 = vec4<f32>(0.0);
+            if (MT_RPT == 4u) {
+                b2 = mt_w[q * 64u + 32u + lid.x];
+                b3 = mt_w[q * 64u + 48u + lid.x];
+            }
+            for (var i = 0u; i < TOKENS_PER_THREAD; i++) {
+                let a = mt_x[q * 64u + lid.y * TOKENS_PER_THREAD + i];
+                acc[i] += vec4<f32>(dot(a, b0), dot(a, b1), dot(a, b2), dot(a, b3));
+            }
+        }
+        workgroupBarrier();
+    }
+    let r = p.row0 + row0 + lid.x * MT_RPT;
+    let limit = min(p.row0 + p.n, r + MT_RPT);
+    for (var i = 0u; i < TOKENS_PER_THREAD; i++) {
+        let tok = tok0 + lid.y * TOKENS_PER_THREAD + i;
+        if (tok < p.t) {
+            store4(tok, r, acc[i], limit);
         }
     }
     if (p.mode == 255u) {

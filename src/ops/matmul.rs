@@ -209,17 +209,41 @@ pub(crate) enum QuantKernel {
     MatVecSubgroup(usize),
     /// 1 to 8 tokens, `Rows`: `matvec_rows` with `MV_TOKENS` = t.
     MatVecRows(usize),
-    /// More: the tiled `matmul`.
+    /// More, `Rows` (CPU-type adapters): the tiled `matmul`.
     MatMul,
+    /// More, the GPU shapes: `matmul_tiled`, whose rows per thread (`MT_RPT`, 4 or 2) come
+    /// from the layer's size (`tiled_rows_per_thread`).
+    MatMulTiled,
 }
 
 pub(crate) fn quant_kernel(t: usize, shape: MatVecShape) -> QuantKernel {
     match (t, shape) {
-        (t, _) if t > MATVEC_MAX_TOKENS => QuantKernel::MatMul,
+        (t, MatVecShape::Rows) if t > MATVEC_MAX_TOKENS => QuantKernel::MatMul,
+        (t, _) if t > MATVEC_MAX_TOKENS => QuantKernel::MatMulTiled,
         (t, MatVecShape::Rows) => QuantKernel::MatVecRows(t.max(1)),
         (t, MatVecShape::Subgroup { .. }) => QuantKernel::MatVecSubgroup(t.max(1)),
         (0 | 1, MatVecShape::Lanes(_)) => QuantKernel::MatVec,
         (t, MatVecShape::Lanes(_)) => QuantKernel::MatVecMulti(t),
+    }
+}
+
+/// Output tiles a prefill projection should launch before `matmul_tiled` takes 64-row tiles:
+/// fewer, and it takes 32-row tiles, twice as many workgroups (a discrete GPU has 30 to 130
+/// compute units; SmolLM2's `o_proj` over a 64-token chunk has 9 tiles of 64 rows).
+pub const TILED_MIN_TILES: usize = 64;
+
+/// Rows per thread of `matmul_tiled` (`MT_RPT`) for a projection of `rows` output rows over
+/// `t` tokens in tiles of `tile_tokens`: 4 (64-row tiles) when those make at least
+/// `TILED_MIN_TILES` tiles, else 2.
+pub fn tiled_rows_per_thread(rows: usize, t: usize, tile_tokens: usize) -> usize {
+    #[cfg(test)]
+    if let Some(rpt) = tests::FORCE_RPT.with(|f| f.get()) {
+        return rpt;
+    }
+    if rows.div_ceil(64) * t.div_ceil(tile_tokens) >= TILED_MIN_TILES {
+        4
+    } else {
+        2
     }
 }
 
@@ -430,6 +454,7 @@ pub fn linear_fused(rec: &mut Recorder, op: &'static str, layer: Option<usize>, 
     // Prefill tiles are 16, 32, 48 or 64 tokens tall, the least that covers t (up to 64).
     let tokens_per_thread = t.div_ceil(16).clamp(1, 4);
     let kernel = quant_kernel(t, shape);
+    let rpt = tiled_rows_per_thread(n, t, 16 * tokens_per_thread);
     let norm_in = if norm.is_some() { 1.0 } else { 0.0 };
     if !shape.available(rec.ctx) {
         return Err(Error::Shape { op, msg: format!("the {shape:?} mat-vec needs subgroups, which this adapter does not offer quill") });
@@ -448,6 +473,7 @@ pub fn linear_fused(rec: &mut Recorder, op: &'static str, layer: Option<usize>, 
         }
         QuantKernel::MatVecRows(tokens) => rec.ctx.pipeline(shader, "matvec_rows", &[("MV_TOKENS", tokens as f64), ("NORM_IN", norm_in)])?,
         QuantKernel::MatMul => rec.ctx.pipeline(shader, "matmul", &[("TOKENS_PER_THREAD", tokens_per_thread as f64)])?,
+        QuantKernel::MatMulTiled => rec.ctx.pipeline(shader, "matmul_tiled", &[("TOKENS_PER_THREAD", tokens_per_thread as f64), ("MT_RPT", rpt as f64)])?,
     };
     let mut rope = QuantParams::default();
     if let Out::RopeKv(r) = out {
@@ -494,6 +520,7 @@ pub fn linear_fused(rec: &mut Recorder, op: &'static str, layer: Option<usize>, 
             QuantKernel::MatVec => grid(rec.ctx, (c.rows.div_ceil(shape.rows_per_workgroup()) * t) as u32),
             QuantKernel::MatVecMulti(_) | QuantKernel::MatVecSubgroup(_) | QuantKernel::MatVecRows(_) => grid(rec.ctx, c.rows.div_ceil(shape.rows_per_workgroup()) as u32),
             QuantKernel::MatMul => [c.rows.div_ceil(64) as u32, t.div_ceil(16 * tokens_per_thread) as u32, 1],
+            QuantKernel::MatMulTiled => [c.rows.div_ceil(16 * rpt) as u32, t.div_ceil(16 * tokens_per_thread) as u32, 1],
         };
         rec.dispatch(info, &pipe, &buffers, &p, wg);
     }
@@ -586,7 +613,8 @@ pub(crate) mod tests {
     /// Runs one quantized linear layer on the GPU, with each adapter class's mat-vec shape
     /// where `t` takes a mat-vec, and checks it against dequantize-then-f32.
     async fn run_quant(ctx: &Context, dtype: DType, t: usize, k: usize, n: usize, out: &str, limit: u64) {
-        let shapes: &[MatVecShape] = if t <= MATVEC_MAX_TOKENS { &MatVecShape::ALL } else { &[MatVecShape::Rows] };
+        // Prefill has two kernels: `matmul` (Rows) and `matmul_tiled` (every GPU shape).
+        let shapes: &[MatVecShape] = if t <= MATVEC_MAX_TOKENS { &MatVecShape::ALL } else { &[MatVecShape::Lanes(16), MatVecShape::Rows] };
         for &shape in shapes.iter().filter(|s| s.available(ctx)) {
             run_quant_shaped(ctx, dtype, t, k, n, out, limit, shape).await;
         }
@@ -805,6 +833,11 @@ pub(crate) mod tests {
 
     const ALL: [DType; DType::ALL.len()] = DType::ALL;
 
+    thread_local! {
+        /// `matmul_tiled`'s rows per thread, forced by a test (`tiled_rows_per_thread`).
+        pub(super) static FORCE_RPT: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+    }
+
     #[test]
     fn each_type_has_its_own_shader() {
         for dtype in DType::ALL {
@@ -824,9 +857,14 @@ pub(crate) mod tests {
         assert_eq!(rows, [1, 2, 3, 4, 5, 6, 7, 8].map(QuantKernel::MatVecRows));
         let sgs: Vec<_> = (1..=8).map(|t| quant_kernel(t, sg)).collect();
         assert_eq!(sgs, [1, 2, 3, 4, 5, 6, 7, 8].map(QuantKernel::MatVecSubgroup));
-        for shape in [Lanes(64), Rows, sg] {
-            assert_eq!(quant_kernel(9, shape), QuantKernel::MatMul);
+        assert_eq!(quant_kernel(9, Rows), QuantKernel::MatMul);
+        for shape in [Lanes(64), sg] {
+            assert_eq!(quant_kernel(9, shape), QuantKernel::MatMulTiled);
         }
+        // 64-row tiles where they are many, 32-row tiles where they are few.
+        assert_eq!(tiled_rows_per_thread(576, 64, 64), 2);
+        assert_eq!(tiled_rows_per_thread(64 * TILED_MIN_TILES, 9, 16), 4);
+        assert_eq!(tiled_rows_per_thread(1536, 512, 64), 4);
     }
 
     #[test]
@@ -892,13 +930,29 @@ pub(crate) mod tests {
     });
 
     gpu_test!(fn quantized_matmul_matches_dequantized_reference(ctx) {
+        use MatVecShape::{Lanes, Rows};
         for dtype in ALL {
             // Two super-blocks per row for the K-quants.
             let k = if dtype.block_len() == 256 { 512 } else { 160 };
-            // Tiles of 16 (t = 12), 48 (t = 40) and 64 tokens (t = 70: two tiles).
-            run_quant(ctx, dtype, 12, k, 37, "write", u64::MAX).await;
-            run_quant(ctx, dtype, 40, k, 37, "write", u64::MAX).await;
-            run_quant(ctx, dtype, 70, k, 67, "accumulate", u64::MAX).await;
+            // matmul (CPU-type adapters): tiles of 16 (t = 12), 48 (t = 40) and 64 tokens (t = 70:
+            // two tiles).
+            run_quant_shaped(ctx, dtype, 12, k, 37, "write", u64::MAX, Rows).await;
+            run_quant_shaped(ctx, dtype, 40, k, 37, "write", u64::MAX, Rows).await;
+            run_quant_shaped(ctx, dtype, 70, k, 67, "accumulate", u64::MAX, Rows).await;
+            // matmul_tiled (GPUs): 32-row tiles (what a layer with few tiles takes), then 64-row
+            // tiles, forced (a layer takes them where it has TILED_MIN_TILES of them), the last
+            // one partial. Each pipeline costs seconds to compile in SwiftShader, so the taller
+            // token tiles, whose code does not depend on the format, run for two formats.
+            run_quant_shaped(ctx, dtype, 12, k, 37, "write", u64::MAX, Lanes(16)).await;
+            FORCE_RPT.with(|f| f.set(Some(4)));
+            run_quant_shaped(ctx, dtype, 12, k, 130, "swiglu", u64::MAX, Lanes(16)).await;
+            if matches!(dtype, DType::F32 | DType::Q4_K) {
+                run_quant_shaped(ctx, dtype, 70, k, 67, "accumulate", u64::MAX, Lanes(16)).await;
+            }
+            FORCE_RPT.with(|f| f.set(None));
+            if matches!(dtype, DType::F32 | DType::Q4_K) {
+                run_quant_shaped(ctx, dtype, 40, k, 37, "write", u64::MAX, Lanes(16)).await;
+            }
         }
     });
 
@@ -921,10 +975,13 @@ pub(crate) mod tests {
     gpu_test!(fn geglu_fused_store_matches_reference_for_every_format(ctx) {
         for dtype in ALL {
             let k = if dtype.block_len() == 256 { 256 } else { 64 };
-            // Mat-vec (1, 8 tokens) and mat-mat (20 tokens) stores; a bias on gate and up.
-            for t in [1, MATVEC_MAX_TOKENS, 20] {
+            // Mat-vec (1, 8 tokens) and mat-mat (20 tokens; 12 for matmul_tiled, a pipeline the
+            // other tests compile too) stores; a bias on gate and up.
+            for t in [1, MATVEC_MAX_TOKENS] {
                 run_quant(ctx, dtype, t, k, 66, "geglu", u64::MAX).await;
             }
+            run_quant_shaped(ctx, dtype, 20, k, 66, "geglu", u64::MAX, MatVecShape::Rows).await;
+            run_quant_shaped(ctx, dtype, 12, k, 66, "geglu", u64::MAX, MatVecShape::Lanes(16)).await;
             let row = crate::weights::repack::quant_bytes_per_row(dtype, k) as u64;
             run_quant(ctx, dtype, 3, k, 130, "geglu", 32 * row + 5).await; // split bindings
         }
