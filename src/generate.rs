@@ -15,7 +15,7 @@ use crate::models::{LoadedModel, LogitRows};
 use crate::sampling::SamplingParams;
 
 mod batch;
-pub use batch::{Batch, DraftToken, Drafts, TokenLogprobs, Work, MIN_SHIFT};
+pub use batch::{common_prefix, Batch, DraftToken, Drafts, TokenLogprobs, Work, MIN_SHIFT};
 
 /// Most tokens one prefill pass takes.
 pub const DEFAULT_MAX_BATCH: usize = 128;

@@ -106,6 +106,11 @@ pub(crate) fn check_push(model: &LoadedModel, ids: &[u32], len: usize, ctx_len: 
 /// Fewest ids a context shift moves (`Batch::restart_shifted`): a shorter run is read again.
 pub const MIN_SHIFT: usize = 16;
 
+/// How many ids `a` and `b` share from their start (the cache a prompt can reuse).
+pub fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
 /// The longest run `held[from .. from + count]` (from > keep) equal to `wanted[keep .. keep +
 /// count]`, as (from, count), when it has at least `MIN_SHIFT` ids.
 fn shift_match(held: &[u32], wanted: &[u32], keep: usize) -> Option<(usize, usize)> {
@@ -115,7 +120,7 @@ fn shift_match(held: &[u32], wanted: &[u32], keep: usize) -> Option<(usize, usiz
         if held[from] != first {
             continue;
         }
-        let count = held[from..].iter().zip(&wanted[keep..]).take_while(|(a, b)| a == b).count();
+        let count = common_prefix(&held[from..], &wanted[keep..]);
         if count >= MIN_SHIFT && best.is_none_or(|(_, c)| count > c) {
             best = Some((from, count));
         }
@@ -201,7 +206,7 @@ impl<'a> Batch<'a> {
     /// runs again, so its logits are fresh. The draw counter restarts. Returns the ids reused.
     pub fn restart(&mut self, slot: usize, prompt: &[u32]) -> Result<usize> {
         let s = self.seq(slot)?;
-        let common = s.ids.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        let common = common_prefix(&s.ids, prompt);
         let mut reused = common.min(s.processed).min(prompt.len().saturating_sub(1));
         if !self.rings_keep(s.processed, reused) {
             reused = 0;
@@ -228,7 +233,7 @@ impl<'a> Batch<'a> {
     /// Returns the ids reused, as `restart`, and how many of them the shift moved.
     pub fn restart_shifted(&mut self, slot: usize, prompt: &[u32]) -> Result<(usize, usize)> {
         let s = self.seq(slot)?;
-        let keep = s.ids.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(s.processed);
+        let keep = common_prefix(&s.ids, prompt).min(s.processed);
         let found = shift_match(&s.ids[..s.processed], prompt.get(..prompt.len().saturating_sub(1)).unwrap_or(&[]), keep);
         let mut moved = 0;
         if let (Some((from, count)), Some(turn)) = (found, self.model.model.shift_turns(&self.state)) {

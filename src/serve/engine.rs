@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 
 use quill::error::Result;
-use quill::generate::{Batch, Work};
+use quill::generate::{common_prefix, Batch, Work};
 use quill::gpu::Context;
 use quill::models::LoadedModel;
 use quill::sampling::SamplingParams;
@@ -242,10 +242,6 @@ fn assign(batch: &mut Batch, slots: &mut [Option<Active>], waiting: &mut VecDequ
 fn best_free(batch: &Batch, slots: &[Option<Active>], prompt: &[u32]) -> Option<usize> {
     let free = slots.iter().enumerate().filter(|(_, s)| s.is_none());
     free.map(|(i, _)| (common_prefix(batch.ids(i), prompt), i)).fold(None, |b: Option<(usize, usize)>, c| if b.is_some_and(|b| b.0 >= c.0) { b } else { Some(c) }).map(|(_, i)| i)
-}
-
-fn common_prefix(a: &[u32], b: &[u32]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 /// One forward pass over every busy slot: the decode token of each running sequence and one
