@@ -13,8 +13,8 @@
 //   (quant_subgroup.wgsl, appended where the adapter has subgroups: matvec_sg, the same work
 //   reduced by subgroupAdd.)
 //   matvec_rows: decode of 1 to 8 tokens on CPU-type adapters: a pair of rows per invocation.
-//   matmul: prefill on CPU-type adapters: a (16 to 64 tokens) x 64 rows output tile per workgroup.
-//   matmul_tiled: prefill on GPUs: the same tiles (or 32 rows), conflict-free and double-buffered.
+//   matmul_rows: prefill on CPU-type adapters: matvec_rows's shape over the tokens 8 at a time.
+//   matmul_tiled: prefill on GPUs: tiles of 16 to 64 tokens by 64 (or 32) rows in shared memory.
 //   embed:  out[t, :] = dequantized row ids[t] of the table, for ids inside this chunk.
 //
 // Results go through store(), which fuses what follows a projection: a bias, the residual add,
@@ -571,74 +571,68 @@ fn matvec_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     }
 }
 
-// Tokens per thread in a matmul tile (1 to 4): a tile is 16 * TOKENS_PER_THREAD tokens by 64 rows,
-// so short prompts do not pay for a 64-token tile.
-override TOKENS_PER_THREAD: u32 = 4u;
-const T4: u32 = 64u;
-var<workgroup> xs4: array<vec4<f32>, 256>;  // (up to 64 tokens, 4 vec4)
-var<workgroup> ws4: array<vec4<f32>, 256>;  // (64 rows, 4 vec4)
-
-@compute @workgroup_size(16, 16)
-fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
-          @builtin(local_invocation_index) li: u32) {
-    let tm = 16u * TOKENS_PER_THREAD;
-    let tok0 = wid.y * tm;
-    let row0 = wid.x * T4;
+// matmul_rows: prefill (9+ tokens) on CPU-type adapters: matvec_rows's shape (4 whole rows per
+// invocation, no shared memory, no barrier, x's address the same in every lane) over the tokens
+// 8 at a time, each unit dequantized once per 8 tokens. On lavapipe it beats a shared-memory
+// tile, whose barriers switch between all of a workgroup's invocations on one core. (A kernel of
+// its own: folded into matvec_rows as a loop over token groups, lavapipe's compiler ran for more
+// than 10 minutes and 1.9 GB on it.)
+@compute @workgroup_size(64)
+fn matmul_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) li: u32) {
+    let g = linear_workgroup(wid, nwg);
+    if (g * MR_ROWS >= p.n) {
+        return; // whole workgroup: past the last row of a 2-D grid
+    }
+    let r0 = g * MR_ROWS + 4u * li;
+    let r = rows4(r0);
+    let units = p.k / 32u;
     let k4 = p.k / 4u;
-    var acc: array<vec4<f32>, 4>; // acc[i][j]: token lid.y * TOKENS_PER_THREAD + i, row lid.x*4+j
-    for (var i = 0u; i < 4u; i++) {
-        acc[i] = vec4<f32>(0.0);
-    }
-    // Each thread stages one vec4 of x and one dequantized vec4 of w per k step of 16.
-    let lr = li / 4u;
-    let lq = li % 4u;
-    let xr = tok0 + lr;
-    let wr = row0 + lr;
-    for (var q0 = 0u; q0 < k4; q0 += 4u) {
-        let gq = q0 + lq; // k4 is a multiple of 8, so gq < k4
-        var xv = vec4<f32>(0.0);
-        if (lr < tm && xr < p.t) {
-            xv = x4[xr * k4 + gq];
+    let limit = p.row0 + p.n;
+    let rg = p.row0 + r0; // in the whole tensor
+    for (var t0 = 0u; t0 < p.t; t0 += 8u) {
+        let nt = min(8u, p.t - t0);
+        var c0 = vec4<f32>(0.0); var c1 = vec4<f32>(0.0); var c2 = vec4<f32>(0.0); var c3 = vec4<f32>(0.0);
+        var c4 = vec4<f32>(0.0); var c5 = vec4<f32>(0.0); var c6 = vec4<f32>(0.0); var c7 = vec4<f32>(0.0);
+        for (var u = 0u; u < units; u++) {
+            let w = W4(unit_w(r.x, u), unit_w(r.y, u), unit_w(r.z, u), unit_w(r.w, u));
+            let xb = t0 * k4 + 8u * u;
+            c0 += dot_w4(w, load_x32(xb));
+            if (nt > 1u) { c1 += dot_w4(w, load_x32(xb + k4)); }
+            if (nt > 2u) { c2 += dot_w4(w, load_x32(xb + 2u * k4)); }
+            if (nt > 3u) { c3 += dot_w4(w, load_x32(xb + 3u * k4)); }
+            if (nt > 4u) { c4 += dot_w4(w, load_x32(xb + 4u * k4)); }
+            if (nt > 5u) { c5 += dot_w4(w, load_x32(xb + 5u * k4)); }
+            if (nt > 6u) { c6 += dot_w4(w, load_x32(xb + 6u * k4)); }
+            if (nt > 7u) { c7 += dot_w4(w, load_x32(xb + 7u * k4)); }
         }
-        var wv = vec4<f32>(0.0);
-        if (wr < p.n) {
-            wv = deq4(wr, gq / 8u, gq % 8u);
-        }
-        xs4[li] = xv;
-        ws4[li] = wv;
-        workgroupBarrier();
-        for (var q = 0u; q < 4u; q++) {
-            let b0 = ws4[(lid.x * 4u + 0u) * 4u + q];
-            let b1 = ws4[(lid.x * 4u + 1u) * 4u + q];
-            let b2 = ws4[(lid.x * 4u + 2u) * 4u + q];
-            let b3 = ws4[(lid.x * 4u + 3u) * 4u + q];
-            for (var i = 0u; i < TOKENS_PER_THREAD; i++) {
-                let a = xs4[(lid.y * TOKENS_PER_THREAD + i) * 4u + q];
-                acc[i] += vec4<f32>(dot(a, b0), dot(a, b1), dot(a, b2), dot(a, b3));
-            }
-        }
-        workgroupBarrier();
-    }
-    for (var i = 0u; i < TOKENS_PER_THREAD; i++) {
-        let tok = tok0 + lid.y * TOKENS_PER_THREAD + i;
-        if (tok < p.t) {
-            store4(tok, p.row0 + row0 + lid.x * 4u, acc[i], p.row0 + p.n);
-        }
+        store4(t0, rg, c0, limit);
+        if (nt > 1u) { store4(t0 + 1u, rg, c1, limit); }
+        if (nt > 2u) { store4(t0 + 2u, rg, c2, limit); }
+        if (nt > 3u) { store4(t0 + 3u, rg, c3, limit); }
+        if (nt > 4u) { store4(t0 + 4u, rg, c4, limit); }
+        if (nt > 5u) { store4(t0 + 5u, rg, c5, limit); }
+        if (nt > 6u) { store4(t0 + 6u, rg, c6, limit); }
+        if (nt > 7u) { store4(t0 + 7u, rg, c7, limit); }
     }
     if (p.mode == 255u) {
         y0[0] = f32(ws[0]) + bias[0]; // never runs: keeps every binding in the pipeline's layout
     }
 }
 
-// matmul_tiled: prefill on GPUs (ops::matmul::QuantKernel::MatMulTiled). The same output tile
-// as matmul (16 * TOKENS_PER_THREAD tokens by 16 * MT_RPT rows, each thread TOKENS_PER_THREAD
-// tokens by MT_RPT rows), shaped for a GPU's shared memory and latency:
+// Tokens per thread in a matmul_tiled tile (1 to 4): a tile is 16 * TOKENS_PER_THREAD tokens, so
+// short prompts do not pay for a 64-token tile.
+override TOKENS_PER_THREAD: u32 = 4u;
+
+// matmul_tiled: prefill on GPUs (ops::matmul::QuantKernel::MatMulTiled). An output tile of
+// 16 * TOKENS_PER_THREAD tokens by 16 * MT_RPT rows, each thread TOKENS_PER_THREAD tokens by
+// MT_RPT rows, shaped for a GPU's shared memory and latency:
 //   - a stage is one unit (32 weights) of every tile row: a thread stages vec4s sq and sq + 4 of
 //     one row's unit and of one token's x, so each repacked word (the low and high halves of
 //     vec4 sq of a Q4/Q5/IQ4_NL unit) is read and unpacked once, by one thread;
 //   - the tiles are stored vec4-major, and tile row r at slot (r % MT_RPT) * 16 + r / MT_RPT, so
-//     the 16 threads along x read 16 consecutive vec4s (no bank conflicts; matmul's rows sit 256
-//     bytes apart, a 16-way conflict), and x is one broadcast address per half-warp;
+//     the 16 threads along x read 16 consecutive vec4s (no bank conflicts, where rows 256 bytes
+//     apart would be a 16-way conflict), and x is one broadcast address per half-warp;
 //   - the next stage's weights and x are loaded into registers before this stage's arithmetic
 //     (register double buffering), so their latency hides behind it;
 //   - MT_RPT = 2 halves the tile's rows where a layer has too few output tiles to fill the GPU
