@@ -62,12 +62,27 @@ struct X32 {
     sum: f32,
 }
 
+fn x32(v0: vec4<f32>, v1: vec4<f32>, v2: vec4<f32>, v3: vec4<f32>, v4: vec4<f32>, v5: vec4<f32>, v6: vec4<f32>, v7: vec4<f32>) -> X32 {
+    return X32(v0, v1, v2, v3, v4, v5, v6, v7, dot(v0 + v1 + v2 + v3 + v4 + v5 + v6 + v7, vec4<f32>(1.0)));
+}
+
+// X_LANES (matvec_rows and matmul_rows on CPU-type adapters with subgroups of 8 or more; the
+// host sets it in the module with quant_subgroup.wgsl): lavapipe turns every load whose address
+// is not built from constants alone into a loop over the SIMD lanes, so a unit of x, the same
+// 8 vec4s in every lane, cost 8 such loops. With X_LANES lane i loads vec4 i of the unit and
+// subgroupBroadcast hands each to every lane (x_lanes): one loop. Call x_lanes_init first, with
+// every invocation of the subgroup active, and x_lanes only in uniform control flow.
+override X_LANES: bool = false;
+
 fn load_x32(base: u32) -> X32 {
-    var x: X32;
-    x.v0 = x4[base]; x.v1 = x4[base + 1u]; x.v2 = x4[base + 2u]; x.v3 = x4[base + 3u];
-    x.v4 = x4[base + 4u]; x.v5 = x4[base + 5u]; x.v6 = x4[base + 6u]; x.v7 = x4[base + 7u];
-    x.sum = dot(x.v0 + x.v1 + x.v2 + x.v3 + x.v4 + x.v5 + x.v6 + x.v7, vec4<f32>(1.0));
-    return x;
+    if (X_LANES) {
+        return x_lanes(base);
+    }
+    return load_x32_each(base);
+}
+
+fn load_x32_each(base: u32) -> X32 {
+    return x32(x4[base], x4[base + 1u], x4[base + 2u], x4[base + 3u], x4[base + 4u], x4[base + 5u], x4[base + 6u], x4[base + 7u]);
 }
 
 // NORM_IN: the mat-vec kernels take the residual stream and RMS-norm it on the way in (the
@@ -479,30 +494,37 @@ const MR_ROWS: u32 = 256u; // rows per workgroup: 64 invocations of 4
 // invocation would norm the same x, so the workgroup norms x once into workgroup memory
 // instead (k * t <= 4 * MR_XS, which the host checks): invocation i takes token i % t and every
 // (64 / t)-th vec4 of its row, summing squares into ss_part; after one barrier the loop reads
-// the normed x from there and each token's scale is the sum of its invocations' parts.
+// the normed x from there and each token's scale is the sum of its invocations' parts. With
+// X_LANES nothing is staged (and k * t has no bound): lane i norms vec4 i of each unit as it
+// loads it (xn_lanes: the unit's norm weights loaded once, for every token), adds its squares
+// to the token's sum, and a subgroupAdd at the end totals each token's lanes.
 const MR_XS: u32 = 960u;
 var<workgroup> xs: array<vec4<f32>, 960>;
 var<workgroup> ss_part: array<f32, 64>;
 
-fn load_xr(base: u32) -> X32 {
+fn load_xr(base: u32, gw: vec4<f32>, ss: ptr<function, f32>) -> X32 {
     if (!NORM_IN) {
         return load_x32(base);
     }
-    var x: X32;
-    x.v0 = xs[base]; x.v1 = xs[base + 1u]; x.v2 = xs[base + 2u]; x.v3 = xs[base + 3u];
-    x.v4 = xs[base + 4u]; x.v5 = xs[base + 5u]; x.v6 = xs[base + 6u]; x.v7 = xs[base + 7u];
-    x.sum = dot(x.v0 + x.v1 + x.v2 + x.v3 + x.v4 + x.v5 + x.v6 + x.v7, vec4<f32>(1.0));
-    return x;
+    if (X_LANES) {
+        return xn_lanes(base, gw, ss);
+    }
+    return x32(xs[base], xs[base + 1u], xs[base + 2u], xs[base + 3u], xs[base + 4u], xs[base + 5u], xs[base + 6u], xs[base + 7u]);
 }
 
-// Token i's inverse RMS from the staged parts (invocations past 64 / t * t wrote 0), else 1.
-fn staged_scale(i: u32) -> f32 {
+// Token i's inverse RMS with NORM_IN, else 1: with X_LANES from its lanes' sums of squares
+// (`ss`, this lane's), else from the staged parts (invocations past 64 / t * t wrote 0).
+fn token_scale(i: u32, ss: f32) -> f32 {
     if (!NORM_IN) {
         return 1.0;
     }
     var s = 0.0;
-    for (var j = i; j < 64u; j += MV_TOKENS) {
-        s += ss_part[j];
+    if (X_LANES) {
+        s = lanes_sum(ss);
+    } else {
+        for (var j = i; j < 64u; j += MV_TOKENS) {
+            s += ss_part[j];
+        }
     }
     return inverseSqrt(s / f32(p.k) + p.eps);
 }
@@ -518,6 +540,7 @@ fn matvec_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     if (g * MR_ROWS >= p.n) {
         return; // whole workgroup: past the last row of a 2-D grid
     }
+    x_lanes_init();
     let r0 = g * MR_ROWS + 4u * li;
     let r = rows4(r0);
     let units = p.k / 32u;
@@ -525,7 +548,8 @@ fn matvec_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     // The 4 rows of each token.
     var c0 = vec4<f32>(0.0); var c1 = vec4<f32>(0.0); var c2 = vec4<f32>(0.0); var c3 = vec4<f32>(0.0);
     var c4 = vec4<f32>(0.0); var c5 = vec4<f32>(0.0); var c6 = vec4<f32>(0.0); var c7 = vec4<f32>(0.0);
-    if (NORM_IN) {
+    var s0 = 0.0; var s1 = 0.0; var s2 = 0.0; var s3 = 0.0; var s4 = 0.0; var s5 = 0.0; var s6 = 0.0; var s7 = 0.0;
+    if (NORM_IN && !X_LANES) {
         let slices = 64u / MV_TOKENS;
         let tk = li % MV_TOKENS;
         var ss = 0.0;
@@ -541,31 +565,32 @@ fn matvec_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     }
     for (var u = 0u; u < units; u++) {
         let xb = 8u * u;
+        let gw = lane_norm_w(xb);
         if (MV_TOKENS == 1u) {
-            let x = load_xr(xb);
+            let x = load_xr(xb, gw, &s0);
             c0 += vec4<f32>(unit_dot(r.x, u, x), unit_dot(r.y, u, x), unit_dot(r.z, u, x), unit_dot(r.w, u, x));
         } else {
             let w = W4(unit_w(r.x, u), unit_w(r.y, u), unit_w(r.z, u), unit_w(r.w, u));
-            c0 += dot_w4(w, load_xr(xb));
-            c1 += dot_w4(w, load_xr(xb + k4));
-            if (MV_TOKENS > 2u) { c2 += dot_w4(w, load_xr(xb + 2u * k4)); }
-            if (MV_TOKENS > 3u) { c3 += dot_w4(w, load_xr(xb + 3u * k4)); }
-            if (MV_TOKENS > 4u) { c4 += dot_w4(w, load_xr(xb + 4u * k4)); }
-            if (MV_TOKENS > 5u) { c5 += dot_w4(w, load_xr(xb + 5u * k4)); }
-            if (MV_TOKENS > 6u) { c6 += dot_w4(w, load_xr(xb + 6u * k4)); }
-            if (MV_TOKENS > 7u) { c7 += dot_w4(w, load_xr(xb + 7u * k4)); }
+            c0 += dot_w4(w, load_xr(xb, gw, &s0));
+            c1 += dot_w4(w, load_xr(xb + k4, gw, &s1));
+            if (MV_TOKENS > 2u) { c2 += dot_w4(w, load_xr(xb + 2u * k4, gw, &s2)); }
+            if (MV_TOKENS > 3u) { c3 += dot_w4(w, load_xr(xb + 3u * k4, gw, &s3)); }
+            if (MV_TOKENS > 4u) { c4 += dot_w4(w, load_xr(xb + 4u * k4, gw, &s4)); }
+            if (MV_TOKENS > 5u) { c5 += dot_w4(w, load_xr(xb + 5u * k4, gw, &s5)); }
+            if (MV_TOKENS > 6u) { c6 += dot_w4(w, load_xr(xb + 6u * k4, gw, &s6)); }
+            if (MV_TOKENS > 7u) { c7 += dot_w4(w, load_xr(xb + 7u * k4, gw, &s7)); }
         }
     }
     let limit = p.row0 + p.n;
     let rg = p.row0 + r0; // in the whole tensor
-    store4(0u, rg, c0 * staged_scale(0u), limit);
-    if (MV_TOKENS > 1u) { store4(1u, rg, c1 * staged_scale(1u), limit); }
-    if (MV_TOKENS > 2u) { store4(2u, rg, c2 * staged_scale(2u), limit); }
-    if (MV_TOKENS > 3u) { store4(3u, rg, c3 * staged_scale(3u), limit); }
-    if (MV_TOKENS > 4u) { store4(4u, rg, c4 * staged_scale(4u), limit); }
-    if (MV_TOKENS > 5u) { store4(5u, rg, c5 * staged_scale(5u), limit); }
-    if (MV_TOKENS > 6u) { store4(6u, rg, c6 * staged_scale(6u), limit); }
-    if (MV_TOKENS > 7u) { store4(7u, rg, c7 * staged_scale(7u), limit); }
+    store4(0u, rg, c0 * token_scale(0u, s0), limit);
+    if (MV_TOKENS > 1u) { store4(1u, rg, c1 * token_scale(1u, s1), limit); }
+    if (MV_TOKENS > 2u) { store4(2u, rg, c2 * token_scale(2u, s2), limit); }
+    if (MV_TOKENS > 3u) { store4(3u, rg, c3 * token_scale(3u, s3), limit); }
+    if (MV_TOKENS > 4u) { store4(4u, rg, c4 * token_scale(4u, s4), limit); }
+    if (MV_TOKENS > 5u) { store4(5u, rg, c5 * token_scale(5u, s5), limit); }
+    if (MV_TOKENS > 6u) { store4(6u, rg, c6 * token_scale(6u, s6), limit); }
+    if (MV_TOKENS > 7u) { store4(7u, rg, c7 * token_scale(7u, s7), limit); }
     if (p.mode == 255u) {
         y0[0] = f32(ws[0]) + bias[0]; // never runs: keeps every binding in the pipeline's layout
     }
@@ -584,6 +609,7 @@ fn matmul_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     if (g * MR_ROWS >= p.n) {
         return; // whole workgroup: past the last row of a 2-D grid
     }
+    x_lanes_init();
     let r0 = g * MR_ROWS + 4u * li;
     let r = rows4(r0);
     let units = p.k / 32u;

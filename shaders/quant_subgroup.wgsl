@@ -54,3 +54,44 @@ fn matvec_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         y0[0] = f32(ws[0]) + bias[0]; // never runs: keeps every binding in the pipeline's layout
     }
 }
+
+// X_LANES (quant.wgsl): this invocation's lane (at most 7), and a unit of x loaded one vec4 per
+// lane, then broadcast; with NORM_IN normed on the way (xn_lanes, the lane's squares added to
+// *ss, its vec4 of the norm weight `gw` from lane_norm_w) and the lanes' sums totalled at the
+// end (lanes_sum).
+var<private> xl_lane: u32;
+var<private> xl_own: f32; // 1 for lanes 0 to 7; a lane past them repeats the 8th's vec4: 0
+
+fn x_lanes_init() {
+    if (X_LANES) {
+        let lane = subgroupExclusiveAdd(1u);
+        xl_lane = min(lane, 7u);
+        xl_own = select(0.0, 1.0, lane < 8u);
+    }
+}
+
+fn lanes_of(v: vec4<f32>) -> X32 {
+    return x32(subgroupBroadcast(v, 0u), subgroupBroadcast(v, 1u), subgroupBroadcast(v, 2u), subgroupBroadcast(v, 3u),
+               subgroupBroadcast(v, 4u), subgroupBroadcast(v, 5u), subgroupBroadcast(v, 6u), subgroupBroadcast(v, 7u));
+}
+
+fn x_lanes(base: u32) -> X32 {
+    return lanes_of(x4[base + xl_lane]);
+}
+
+fn xn_lanes(base: u32, gw: vec4<f32>, ss: ptr<function, f32>) -> X32 {
+    let v = x4[base + xl_lane];
+    *ss += xl_own * dot(v, v);
+    return lanes_of(v * gw);
+}
+
+fn lane_norm_w(gi: u32) -> vec4<f32> {
+    if (NORM_IN && X_LANES) {
+        return norm_w4(p.g_off + 4u * (gi + xl_lane));
+    }
+    return vec4<f32>(1.0);
+}
+
+fn lanes_sum(v: f32) -> f32 {
+    return subgroupAdd(v);
+}

@@ -147,6 +147,10 @@ struct ProfileArgs {
     /// The GPU the shape report sizes against: rtx3090, rtx4060, h200 or m2.
     #[arg(long, default_value = "rtx3090")]
     reference_gpu: String,
+    /// Time N sequences (2 to 8, forked from the prompt) decoding together instead: each
+    /// decode step is one batched forward pass with N samplers, as `serve --parallel N` runs it.
+    #[arg(long)]
+    batch: Option<usize>,
 }
 
 #[derive(Args)]
@@ -761,16 +765,30 @@ fn profile(args: ProfileArgs) -> Result<()> {
     }
     let ctx_len = need;
     let mut session = Session::new(&ctx, &model, ctx_len)?;
-    session.enable_profiling();
-    let (_, stats) = session.generate(&ids, &SamplingParams::greedy(), args.tokens, true, |_| true)?;
-    let Some(p) = session.profile() else { return Err(Error::gpu("profile", "profiling was not enabled")) };
+    let profiled;
+    let (p, prompt_tokens, decode_steps) = match args.batch {
+        None => {
+            session.enable_profiling();
+            let (_, stats) = session.generate(&ids, &SamplingParams::greedy(), args.tokens, true, |_| true)?;
+            let Some(p) = session.profile() else { return Err(Error::gpu("profile", "profiling was not enabled")) };
+            (p, stats.prompt_tokens, stats.generated)
+        }
+        Some(n) => {
+            drop(session);
+            profiled = profile_batch(&ctx, &model, &ids, n, args.tokens, ctx_len)?;
+            (&profiled, ids.len(), args.tokens)
+        }
+    };
     let peak = quill::files::cached_peak(&ctx);
     if args.shapes {
         out!("{}", p.shapes(&reference))?;
     } else if args.json {
         let mut v = p.json(args.by_layer, peak);
-        v["prompt_tokens"] = stats.prompt_tokens.into();
-        v["decode_steps"] = stats.generated.into();
+        v["prompt_tokens"] = prompt_tokens.into();
+        v["decode_steps"] = decode_steps.into();
+        if let Some(n) = args.batch {
+            v["sequences"] = n.into();
+        }
         outln!("{v}")?;
     } else {
         out!("{}", p.table(args.by_layer, peak))?;
@@ -784,6 +802,25 @@ fn profile(args: ProfileArgs) -> Result<()> {
         noteln!("chart: {}", s.display());
     }
     Ok(())
+}
+
+/// `n` sequences forked from `prompt` (prefilled once, not timed), then `steps` batched decode
+/// steps, each its own profiled command buffer ("decode").
+fn profile_batch(ctx: &Context, model: &LoadedModel, prompt: &[u32], n: usize, steps: usize, ctx_len: usize) -> Result<quill::gpu::profiler::Profile> {
+    use quill::generate::{Batch, Work};
+    if !(2..=crate::drafts::MAX_DRAFTS).contains(&n) {
+        return Err(Error::arg("--batch", format!("{n} sequences: 2 to {}", crate::drafts::MAX_DRAFTS)));
+    }
+    let greedy = SamplingParams::greedy();
+    let seeds: Vec<u64> = (0..n as u64).collect();
+    let mut batch = Batch::new(ctx, model, ctx_len, n)?;
+    pollster::block_on(batch.drafts_start_async(prompt, &greedy, &seeds, steps, true))?;
+    let work: Vec<Work> = (0..n).map(|slot| Work { slot, sample: Some(&greedy) }).collect();
+    let mut profile = quill::gpu::profiler::Profile::new(ctx.adapter_name(), ctx.gpu_timestamps());
+    for _ in 0..steps {
+        batch.decode_steps_profiled(&work, 1, &mut profile)?;
+    }
+    Ok(profile)
 }
 
 /// The largest context `bench` considers before loading the model (the model's own is checked

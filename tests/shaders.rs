@@ -28,6 +28,10 @@ fn every_shader_validates_with_naga() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
+fn entry_path(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders").join(name)
+}
+
 #[test]
 fn every_shader_file_is_embedded() {
     // A .wgsl file in shaders/ that no op embeds is dead code or a forgotten registration.
@@ -38,8 +42,10 @@ fn every_shader_file_is_embedded() {
         if stem == "common" {
             continue;
         }
-        // quant.wgsl is embedded once per storage format, as quant_<format>.
-        let embedded = quill::ops::SHADERS.iter().any(|s| s.name == stem || s.name.strip_prefix(stem).is_some_and(|r| r.starts_with('_')));
+        // quant.wgsl is embedded once per storage format, as quant_<format>; quant_plain.wgsl
+        // and quant_subgroup.wgsl are appended to it.
+        let text = std::fs::read_to_string(entry_path(&name)).unwrap();
+        let embedded = quill::ops::SHADERS.iter().any(|s| s.name == stem || s.source().contains(text.trim()));
         assert!(embedded, "shaders/{name} is not in ops::SHADERS");
     }
     let formats = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders/formats");

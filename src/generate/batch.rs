@@ -359,6 +359,15 @@ impl<'a> Batch<'a> {
     }
 
     pub async fn decode_steps_async(&mut self, work: &[Work<'_>], k: usize) -> Result<Vec<Vec<u32>>> {
+        self.decode_steps_timed(work, k, None).await
+    }
+
+    /// `decode_steps` with every pass timed into `profile` (`quill profile --batch`).
+    pub fn decode_steps_profiled(&mut self, work: &[Work], k: usize, profile: &mut crate::gpu::profiler::Profile) -> Result<Vec<Vec<u32>>> {
+        pollster::block_on(self.decode_steps_timed(work, k, Some(profile)))
+    }
+
+    async fn decode_steps_timed(&mut self, work: &[Work<'_>], k: usize, profile: Option<&mut crate::gpu::profiler::Profile>) -> Result<Vec<Vec<u32>>> {
         let mut segs = Vec::with_capacity(work.len());
         let mut k = k.clamp(1, super::MAX_DECODE_STEPS);
         for w in work {
@@ -379,7 +388,8 @@ impl<'a> Batch<'a> {
             // Positions are stored relative to the step, so one table serves every step.
             self.state.set_table(self.ctx, &segs)?;
         }
-        let mut rec = Recorder::new(self.ctx, "decode steps").with_bind_cache(&self.binds);
+        let rec = if profile.is_some() { Recorder::profiled(self.ctx, "decode steps") } else { Recorder::new(self.ctx, "decode steps") };
+        let mut rec = rec.with_bind_cache(&self.binds);
         for i in 0..k {
             self.model.model.forward_batch(&mut rec, &self.state, &segs, i, LogitRows::Last)?;
             for (row, w) in work.iter().enumerate() {
@@ -392,7 +402,12 @@ impl<'a> Batch<'a> {
             let at = (self.state.token_index(w.slot, self.seqs[w.slot].ids.len()) * 4) as u64;
             rec.copy(&self.state.tokens.buf, at, &self.state.readback, (j * k * 4) as u64, (k * 4) as u64);
         }
-        rec.submit()?;
+        let submitted = rec.submit()?;
+        if let Some(p) = profile {
+            if let Some(step) = submitted.profile_async(self.ctx, "decode").await? {
+                p.push(step);
+            }
+        }
         let bytes = self.ctx.map_read_async(&self.state.readback, (work.len() * k * 4) as u64).await?;
         let ids: Vec<u32> = bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
         let mut out = Vec::with_capacity(work.len());

@@ -234,7 +234,7 @@ impl Decoder {
     #[allow(clippy::too_many_arguments)]
     fn norm_into<'a>(&self, rec: &mut Recorder, st: &'a State, x: &'a Tensor, w: &'a NormWeights, weights: &[&Weight], bias: bool, n: usize, layer: Option<usize>) -> Result<(&'a Tensor, Option<NormIn<'a>>)> {
         let shape = matmul::MatVecShape::chosen(rec.ctx)?;
-        if self.fuse && self.cfg.block.norm == Norm::Rms && !bias && weights.iter().all(|w| matmul::fuses_norm(n, w, shape)) {
+        if self.fuse && self.cfg.block.norm == Norm::Rms && !bias && weights.iter().all(|w| matmul::fuses_norm(rec.ctx, n, w, shape)) {
             return Ok((x, Some(NormIn { aux: &w.w, off: 0, eps: self.cfg.norm_eps })));
         }
         self.norm(rec, x, w, &st.xn, n, layer)?;

@@ -19,7 +19,13 @@ macro_rules! quant_shaders {
     ($($f:ident),* $(,)?) => {
         pub const QUANT_SHADERS: [Shader; DType::ALL.len()] = [$(Shader {
             name: concat!("quant_", stringify!($f)),
-            body: concat!(include_str!(concat!("../../shaders/formats/", stringify!($f), ".wgsl")), "\n", include_str!("../../shaders/quant.wgsl")),
+            body: concat!(
+                include_str!(concat!("../../shaders/formats/", stringify!($f), ".wgsl")),
+                "\n",
+                include_str!("../../shaders/quant.wgsl"),
+                "\n",
+                include_str!("../../shaders/quant_plain.wgsl")
+            ),
         }),*];
         pub const QUANT_SUBGROUP_SHADERS: [Shader; DType::ALL.len()] = [$(Shader {
             name: concat!("quant_subgroup_", stringify!($f)),
@@ -217,6 +223,17 @@ pub(crate) enum QuantKernel {
     MatMulTiled,
 }
 
+/// Whether `matvec_rows` and `matmul_rows` load x one vec4 per lane and broadcast it
+/// (`X_LANES` in quant.wgsl): where the adapter has subgroups of at least 8 (lavapipe's are its
+/// SIMD width, 8 with AVX2). Tests turn it off to run the other variant.
+fn x_lanes(ctx: &Context) -> bool {
+    #[cfg(test)]
+    if tests::NO_X_LANES.with(|f| f.get()) {
+        return false;
+    }
+    ctx.subgroups() && ctx.info.subgroup_min_size >= 8
+}
+
 pub(crate) fn quant_kernel(t: usize, shape: MatVecShape) -> QuantKernel {
     match (t, shape) {
         (t, MatVecShape::Rows) if t > MATVEC_MAX_TOKENS => QuantKernel::MatMulRows,
@@ -316,8 +333,8 @@ const MATVEC_ROWS_STAGED: usize = 4 * 960;
 
 /// Whether a norm can fold into the input of a linear layer over `t` tokens of `w` with the
 /// mat-vec `shape` (`NormIn`).
-pub fn fuses_norm(t: usize, w: &Weight, shape: MatVecShape) -> bool {
-    fuses(t, w) && (shape != MatVecShape::Rows || w.cols * t <= MATVEC_ROWS_STAGED)
+pub fn fuses_norm(ctx: &Context, t: usize, w: &Weight, shape: MatVecShape) -> bool {
+    fuses(t, w) && (shape != MatVecShape::Rows || x_lanes(ctx) || w.cols * t <= MATVEC_ROWS_STAGED)
 }
 
 /// Whether a linear layer over `t` tokens of `w` takes a mat-vec kernel of `quant.wgsl`, which
@@ -373,7 +390,7 @@ pub fn linear_fused(rec: &mut Recorder, op: &'static str, layer: Option<usize>, 
     }
     if let Some(nm) = &norm {
         nm.aux.holds(op, "norm weight", nm.off + k)?;
-        if !fuses_norm(t, w, shape) {
+        if !fuses_norm(rec.ctx, t, w, shape) {
             return Err(Error::Shape { op, msg: format!("a norm folds into the {shape:?} mat-vec of at most {MATVEC_ROWS_STAGED} inputs (tokens × columns), got {t} × {k}") });
         }
     }
@@ -472,7 +489,9 @@ pub fn linear_fused(rec: &mut Recorder, op: &'static str, layer: Option<usize>, 
             let consts = [("SG_THREADS", threads as f64), ("SG_GROUPS", groups as f64), ("MV_TOKENS", tokens as f64), ("NORM_IN", norm_in)];
             rec.ctx.pipeline(quant_subgroup_shader(w.dtype), "matvec_sg", &consts)?
         }
+        QuantKernel::MatVecRows(tokens) if x_lanes(rec.ctx) => rec.ctx.pipeline(quant_subgroup_shader(w.dtype), "matvec_rows", &[("MV_TOKENS", tokens as f64), ("NORM_IN", norm_in), ("X_LANES", 1.0)])?,
         QuantKernel::MatVecRows(tokens) => rec.ctx.pipeline(shader, "matvec_rows", &[("MV_TOKENS", tokens as f64), ("NORM_IN", norm_in)])?,
+        QuantKernel::MatMulRows if x_lanes(rec.ctx) => rec.ctx.pipeline(quant_subgroup_shader(w.dtype), "matmul_rows", &[("X_LANES", 1.0)])?,
         QuantKernel::MatMulRows => rec.ctx.pipeline(shader, "matmul_rows", &[])?,
         QuantKernel::MatMulTiled => rec.ctx.pipeline(shader, "matmul_tiled", &[("TOKENS_PER_THREAD", tokens_per_thread as f64), ("MT_RPT", rpt as f64)])?,
     };
@@ -693,7 +712,7 @@ pub(crate) mod tests {
         let xt = Tensor::upload_f32(ctx, "x", &[t, k], &x).unwrap();
         let at = Tensor::upload_f32(ctx, "aux", &[aux.len()], &aux).unwrap();
         let norm = NormIn { aux: &at, off, eps };
-        if !fuses_norm(t, &w, shape) {
+        if !fuses_norm(ctx, t, &w, shape) {
             let yt = Tensor::zeros(ctx, "y", &[t, n]).unwrap();
             let mut rec = Recorder::new(ctx, "test");
             assert!(linear_fused(&mut rec, "test", None, &xt, Some(norm), &w, None, Out::One(&yt, Store::Write), t, shape).is_err());
@@ -836,6 +855,8 @@ pub(crate) mod tests {
     thread_local! {
         /// `matmul_tiled`'s rows per thread, forced by a test (`tiled_rows_per_thread`).
         pub(super) static FORCE_RPT: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+        /// Set: `matvec_rows` and `matmul_rows` without X_LANES on adapters that would take it.
+        pub(super) static NO_X_LANES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     }
 
     #[test]
@@ -926,6 +947,31 @@ pub(crate) mod tests {
         if std::env::var_os("CI").is_some() && ctx.info.backend == wgpu::Backend::Vulkan && ctx.info.device_type == wgpu::DeviceType::Cpu {
             // lavapipe has subgroups: the subgroup kernels must run here, not be skipped.
             assert!(ctx.subgroups(), "{} offers no subgroups: the subgroup mat-vec went untested", ctx.info.name);
+        }
+    });
+
+    gpu_test!(fn rows_kernels_with_x_loaded_per_lane_and_without(ctx) {
+        // On an adapter with subgroups of 8 or more (lavapipe), matvec_rows and matmul_rows take
+        // X_LANES, which every other test here runs; this runs them without it as well (what
+        // SwiftShader and CPU adapters without subgroups take), and with it again for formats
+        // with and without a per-block minimum, odd row counts, norm folded in and not.
+        for no_x_lanes in [true, false] {
+            NO_X_LANES.with(|f| f.set(no_x_lanes));
+            for dtype in [DType::F32, DType::Q4_1, DType::Q8_0, DType::Q4_K] {
+                let k = if dtype.block_len() == 256 { 512 } else { 96 };
+                for t in [1, 3, 8] {
+                    run_quant_shaped(ctx, dtype, t, k, 261, "write", u64::MAX, MatVecShape::Rows).await;
+                    run_norm_in(ctx, dtype, t, k, 38, "swiglu", MatVecShape::Rows).await;
+                }
+                run_quant_shaped(ctx, dtype, 21, k, 67, "accumulate", u64::MAX, MatVecShape::Rows).await;
+            }
+            // k · t past what a workgroup stages: without X_LANES the norm does not fold (the
+            // call is refused); with it, nothing is staged.
+            run_norm_in(ctx, DType::Q4_1, 8, 576, 38, "write", MatVecShape::Rows).await;
+        }
+        NO_X_LANES.with(|f| f.set(false));
+        if std::env::var_os("CI").is_some() && ctx.info.backend == wgpu::Backend::Vulkan && ctx.info.device_type == wgpu::DeviceType::Cpu {
+            assert!(x_lanes(ctx), "{}: X_LANES went untested", ctx.info.name);
         }
     });
 

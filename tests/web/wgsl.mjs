@@ -1,6 +1,7 @@
 // Every shader compiled by the browsers' WGSL compiler (Tint, in headless Chromium), as quill
 // assembles it (src/gpu/context.rs's Shader::source: shaders/common.wgsl, then the body; each
-// shaders/formats/*.wgsl before shaders/quant.wgsl, as src/ops/matmul.rs's quant_shader!).
+// shaders/formats/*.wgsl before shaders/quant.wgsl and quant_plain.wgsl after it, as
+// src/ops/matmul.rs's quant_shaders! does).
 // naga, which the native tests compile with, accepts some WGSL that Tint refuses (its
 // uniformity analysis is stricter): this finds that in seconds, before the minutes of the
 // wasm kernel tests. Fails listing each error with its file and line.
@@ -16,12 +17,12 @@ const units = [];
 for (const f of fs.readdirSync(path.join(root, 'shaders')).sort()) {
   // quant_subgroup.wgsl is native only (src/gpu/context.rs's Context::subgroups): naga refuses
   // the `enable subgroups;` Tint requires, so the web build never compiles it.
-  if (!f.endsWith('.wgsl') || f === 'common.wgsl' || f === 'quant.wgsl' || f === 'quant_subgroup.wgsl') continue;
+  if (!f.endsWith('.wgsl') || ['common.wgsl', 'quant.wgsl', 'quant_plain.wgsl', 'quant_subgroup.wgsl'].includes(f)) continue;
   units.push({ name: f, parts: [['common.wgsl', common], [f, read(f)]] });
 }
 for (const f of fs.readdirSync(path.join(root, 'shaders/formats')).sort()) {
   if (!f.endsWith('.wgsl')) continue;
-  units.push({ name: `formats/${f} + quant.wgsl`, parts: [['common.wgsl', common], [`formats/${f}`, read(`formats/${f}`)], ['quant.wgsl', read('quant.wgsl')]] });
+  units.push({ name: `formats/${f} + quant.wgsl`, parts: [['common.wgsl', common], [`formats/${f}`, read(`formats/${f}`)], ['quant.wgsl', read('quant.wgsl')], ['quant_plain.wgsl', read('quant_plain.wgsl')]] });
 }
 if (units.length < 10) throw new Error(`tests/web/wgsl.mjs: only ${units.length} shaders found under shaders/`);
 
