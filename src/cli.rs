@@ -813,7 +813,8 @@ fn profile_batch(ctx: &Context, model: &LoadedModel, prompt: &[u32], n: usize, s
     }
     let greedy = SamplingParams::greedy();
     let seeds: Vec<u64> = (0..n as u64).collect();
-    let mut batch = Batch::new(ctx, model, ctx_len, n)?;
+    // A forward pass takes at most ctx_len tokens: room for the n slots' tokens of one step.
+    let mut batch = Batch::new(ctx, model, ctx_len.max(16).min(model.config().max_ctx), n)?;
     pollster::block_on(batch.drafts_start_async(prompt, &greedy, &seeds, steps, true))?;
     let work: Vec<Work> = (0..n).map(|slot| Work { slot, sample: Some(&greedy) }).collect();
     let mut profile = quill::gpu::profiler::Profile::new(ctx.adapter_name(), ctx.gpu_timestamps());

@@ -121,6 +121,37 @@ fn quill_profile_on_smollm2() {
 }
 
 #[test]
+fn quill_profile_times_a_batched_step() {
+    let Some(ctx) = quill::gpu::context::test_context() else { return };
+    let Some(model) = smollm2_path() else { return };
+    let out = Command::new(env!("CARGO_BIN_EXE_quill"))
+        .args(["profile", "--model", model.to_str().unwrap(), "--prompt", "Once upon a time", "--tokens", "2", "--batch", "8", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("--json output: {e}"));
+    assert_eq!(report["sequences"], 8);
+    assert_eq!(report["decode_steps"], 2);
+    assert_eq!(report["command_buffers"], 2, "one command buffer per batched step: {report}");
+    let ops = report["ops"].as_array().unwrap();
+    // 8 sequences: the sampler runs 8 times a step (greedy: 2 kernels each), every mat-vec once.
+    let calls = |op: &str| ops.iter().find(|r| r["op"] == op).and_then(|r| r["calls"].as_u64()).unwrap_or_else(|| panic!("no row for {op}: {report}"));
+    assert_eq!(calls("lm_head"), 2);
+    assert_eq!(calls("sample"), 2 * 8 * 2);
+    // Where matvec_rows loads x per lane (subgroups of 8 or more: lavapipe), the norm of 8
+    // tokens folds too (SmolLM2: 8 x 576 values, past what a workgroup stages otherwise), and
+    // with it RoPE and the cache write: 5 dispatches a layer.
+    if ctx.info.device_type == wgpu::DeviceType::Cpu && ctx.subgroups() && ctx.info.subgroup_min_size >= 8 {
+        for folded in ["rms_norm", "rope", "kv_write"] {
+            assert!(ops.iter().all(|r| r["op"] != folded), "{folded} should be folded into a projection: {report}");
+        }
+    }
+    let bad = Command::new(env!("CARGO_BIN_EXE_quill")).args(["profile", "--model", model.to_str().unwrap(), "--batch", "1"]).output().unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--batch"), "{}", String::from_utf8_lossy(&bad.stderr));
+}
+
+#[test]
 fn without_timestamps_the_profile_says_so() {
     if quill::gpu::context::test_context().is_none() {
         return;
