@@ -374,6 +374,82 @@ fn attention_combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     }
 }
 
+// ---- attention_rows: a decode step (at most ROWS_MAX_TOKENS tokens) on CPU-type adapters,
+// whose workgroup invocations are the SIMD lanes of one core: one invocation per (token, query
+// head), walking its keys one at a time with the softmax online (running max and sum) and its
+// output in registers: no workgroup memory and no barrier. K and V rows are read as vec4 words
+// (the cache as array<vec4<u32>>: head_dim a multiple of 4, of 8 with KV_F16, which the host
+// checks), and each query head reads its KV head's rows itself: on a CPU the repeated reads hit
+// the cache, while a shared tile costs barriers and a loop over the lanes per load.
+override AR_HD4: u32 = 16u; // head_dim / 4: a pipeline per head size, so the loops over it unroll
+const AR_MAX4: u32 = 64u;   // head_dim <= 256
+@group(0) @binding(0) var<storage, read> ar_q: array<vec4<f32>>;          // (n_tokens, n_heads, head_dim / 4)
+@group(0) @binding(1) var<storage, read> ar_k: array<vec4<u32>>;          // the K cache, 4 words a vec4
+@group(0) @binding(2) var<storage, read> ar_v: array<vec4<u32>>;          // the V cache
+@group(0) @binding(3) var<storage, read_write> ar_out: array<vec4<f32>>;  // (n_tokens, n_heads, head_dim / 4)
+
+// Values 4c .. 4c + 3 of the K (ar_k4) or V (ar_v4) row whose words start at vec4 w4.
+fn ar_k4(w4: u32, c: u32) -> vec4<f32> {
+    if (KV_F16) {
+        let w = ar_k[w4 + c / 2u];
+        return select(vec4<f32>(unpack2x16float(w.z), unpack2x16float(w.w)), vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)), c % 2u == 0u);
+    }
+    return bitcast<vec4<f32>>(ar_k[w4 + c]);
+}
+fn ar_v4(w4: u32, c: u32) -> vec4<f32> {
+    if (KV_F16) {
+        let w = ar_v[w4 + c / 2u];
+        return select(vec4<f32>(unpack2x16float(w.z), unpack2x16float(w.w)), vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)), c % 2u == 0u);
+    }
+    return bitcast<vec4<f32>>(ar_v[w4 + c]);
+}
+
+@compute @workgroup_size(8)
+fn attention_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let row = linear_workgroup(wid, nwg) * 8u + lid; // (token, head): its q and out rows
+    if (row >= pa.n_tokens * pa.n_heads) {
+        return;
+    }
+    let t = row / pa.n_heads;
+    let kvh = (row % pa.n_heads) / (pa.n_heads / pa.n_kv_heads);
+    let slot = token_slot(t);
+    let pos = token_pos(t);
+    let per4 = select(4u, 8u, KV_F16); // cache values per vec4 of words
+    var qv: array<vec4<f32>, AR_MAX4>;
+    var acc: array<vec4<f32>, AR_MAX4>;
+    for (var c = 0u; c < AR_HD4; c++) {
+        qv[c] = ar_q[row * AR_HD4 + c] * pa.scale;
+        acc[c] = vec4<f32>(0.0);
+    }
+    var m = NEG_BIG;
+    var l = 0.0;
+    for (var j = first_key(pos); j <= pos; j++) {
+        let w4 = kv_row(slot, kvh, j) / per4;
+        var s = 0.0;
+        for (var c = 0u; c < AR_HD4; c++) {
+            s += dot(qv[c], ar_k4(w4, c));
+        }
+        if (pa.softcap > 0.0) {
+            s = pa.softcap * tanh_stable(s / pa.softcap);
+        }
+        let mn = max(m, s);
+        let corr = exp(m - mn);
+        let pj = exp(s - mn);
+        l = l * corr + pj;
+        for (var c = 0u; c < AR_HD4; c++) {
+            acc[c] = acc[c] * corr + pj * ar_v4(w4, c);
+        }
+        m = mn;
+    }
+    for (var c = 0u; c < AR_HD4; c++) {
+        ar_out[row * AR_HD4 + c] = acc[c] / l;
+    }
+    if (pa.n_splits == 0u) {
+        part[0] = f32(tok_meta[0]); // never runs: keeps every binding in the layout
+    }
+}
+
 // ---- backward ----
 // Of causal attention over batches of whole sequences laid out token-major, q, dout: (T, H, D),
 // k, v: (T, H_kv, D), T = n_seq * seq_len, head h reading kv head h / (H / H_kv). The

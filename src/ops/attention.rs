@@ -145,22 +145,37 @@ pub fn partials_len(n_heads: usize, n_kv_heads: usize, head_dim: usize, max_toke
 
 /// The attention kernel's shape on one adapter class: threads per workgroup (the shader's `WG`
 /// override), the most query tokens one workgroup takes in prefill, the most keys per staged
-/// tile. Workgroup memory may cut the tiles down further (`Tiling`).
+/// tile. Workgroup memory may cut the tiles down further (`Tiling`). With `rows`, a call of
+/// at most `ROWS_MAX_TOKENS` tokens over few enough keys (`rows_loops`) takes `attention_rows`
+/// instead (one invocation per token and head, no workgroup memory: CPU-type adapters).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KernelShape {
     pub threads: u32,
     pub q_tile: usize,
     pub k_tile: usize,
+    pub rows: bool,
+}
+
+/// Most tokens of a call `attention_rows` takes (a decode step of up to 8 sequences).
+pub const ROWS_MAX_TOKENS: usize = 8;
+/// Loop iterations an `attention_rows` invocation runs over `keys` keys of `head_dim` (two
+/// loops over head_dim / 4 a key, and one each before and after): it takes calls that stay
+/// within `CPU_LOOP_BUDGET` (SmolLM2's head_dim 64: 1756 keys; Gemma 3's 256: 448). Longer
+/// contexts take the flash kernel, whose split-K also spreads them over more workgroups.
+fn rows_loops(keys: usize, head_dim: usize) -> usize {
+    let hd4 = head_dim.div_ceil(4);
+    keys * (2 * hd4 + 1) + 2 * hd4
 }
 
 impl KernelShape {
     /// CPU-type adapters (lavapipe, SwiftShader): few, fat workgroups (a workgroup is a thread's
     /// loop there), long tiles so that barriers are rare; fastest measured on lavapipe.
-    pub const CPU: KernelShape = KernelShape { threads: 64, q_tile: 16, k_tile: 64 };
+    /// Decode takes `attention_rows` (SmolLM2 on lavapipe: see README, "Benchmarks").
+    pub const CPU: KernelShape = KernelShape { threads: 64, q_tile: 16, k_tile: 64, rows: true };
     /// Integrated GPUs: small workgroups, so that a few compute units still get several each.
-    pub const INTEGRATED: KernelShape = KernelShape { threads: 64, q_tile: 4, k_tile: 32 };
+    pub const INTEGRATED: KernelShape = KernelShape { threads: 64, q_tile: 4, k_tile: 32, rows: false };
     /// Discrete GPUs: wider workgroups, shorter key tiles (more workgroups resident per unit).
-    pub const DISCRETE: KernelShape = KernelShape { threads: 128, q_tile: 8, k_tile: 32 };
+    pub const DISCRETE: KernelShape = KernelShape { threads: 128, q_tile: 8, k_tile: 32, rows: false };
     /// Every shape an adapter class selects (the tests force each on).
     pub const ALL: [(&'static str, KernelShape); 3] = [("cpu", Self::CPU), ("integrated", Self::INTEGRATED), ("discrete", Self::DISCRETE)];
 
@@ -174,7 +189,7 @@ impl KernelShape {
         }
         let parts: Vec<usize> = text_lc.split(',').map(|p| p.trim().parse::<usize>()).collect::<std::result::Result<_, _>>().map_err(|_| bad("is not a shape"))?;
         match parts[..] {
-            [threads @ 64..=256, q_tile @ 1..=64, k_tile @ 1..=512] => Ok(KernelShape { threads: threads as u32, q_tile, k_tile }),
+            [threads @ 64..=256, q_tile @ 1..=64, k_tile @ 1..=512] => Ok(KernelShape { threads: threads as u32, q_tile, k_tile, rows: false }),
             _ => Err(bad("is out of range: threads 64..=256, q_tile 1..=64, k_tile 1..=512")),
         }
     }
@@ -548,6 +563,17 @@ pub fn attention_shaped(rec: &mut Recorder, q: &Tensor, k_cache: &Tensor, v_cach
     q.holds("attention", "q", n)?;
     out.holds("attention", "out", n)?;
     let keys = s.visible(o, at.extent(&s).end.max(1) - 1);
+    let words_per_vec4 = if format == KvFormat::F16 { 8 } else { 4 };
+    if shape.rows && s.n_tokens <= ROWS_MAX_TOKENS && rows_loops(keys, s.head_dim) <= CPU_LOOP_BUDGET && s.head_dim % words_per_vec4 == 0 {
+        let constants: Vec<(&str, f64)> = format.constants().iter().copied().chain([("AR_HD4", (s.head_dim / 4) as f64)]).collect();
+        let pipe = rec.ctx.pipeline(&SHADER, "attention_rows", &constants)?;
+        let (flops, bytes) = attention_cost_at(&s, o, &at.tokens(&s), format);
+        let info = OpInfo::new("attention", flops, bytes).layer(layer);
+        let buffers = [&q.buf, &k_cache.buf, &v_cache.buf, &out.buf, &partials.buf, at.meta(rec.ctx)];
+        let p = Params { n_splits: 1, ..s.params_at(o, at) };
+        rec.dispatch(info, &pipe, &buffers, &p, grid(rec.ctx, (s.n_tokens * s.n_heads).div_ceil(8) as u32));
+        return Ok(());
+    }
     let tiling = Tiling::new(&s, shape, at);
     // A workgroup's tokens see keys from the first one's first to the last one's position.
     let span = keys + tiling.q_tile - 1;
@@ -891,7 +917,7 @@ mod tests {
         assert_eq!(KernelShape::for_adapter(wgpu::DeviceType::Cpu), KernelShape::CPU);
         assert_eq!(KernelShape::for_adapter(wgpu::DeviceType::DiscreteGpu), KernelShape::DISCRETE);
         assert_eq!(KernelShape::parse(" Integrated").unwrap(), KernelShape::INTEGRATED);
-        assert_eq!(KernelShape::parse("128,2,16").unwrap(), KernelShape { threads: 128, q_tile: 2, k_tile: 16 });
+        assert_eq!(KernelShape::parse("128,2,16").unwrap(), KernelShape { threads: 128, q_tile: 2, k_tile: 16, rows: false });
         for bad in ["32,4,4", "64,0,8", "64,4", "big", "64,4,8,1"] {
             let err = KernelShape::parse(bad).unwrap_err().to_string();
             assert!(err.contains(ATTN_SHAPE_ENV) && err.contains(bad), "{err}");
