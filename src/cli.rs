@@ -91,6 +91,11 @@ struct BenchArgs {
     /// decode rate against the single sequence's.
     #[arg(long, value_name = "N")]
     batch: Option<usize>,
+    /// With --batch: rounds of a single sequence's decode then the batch's, back to back; the
+    /// cost of a batched token against a single one is the median of the rounds' ratios (so a
+    /// machine whose speed drifts between the two runs does not decide it).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -842,6 +847,9 @@ fn bench(args: BenchArgs) -> Result<()> {
         if !(2..=crate::drafts::MAX_DRAFTS).contains(&n) {
             return Err(Error::arg("--batch", format!("{n} sequences: 2 to {}", crate::drafts::MAX_DRAFTS)));
         }
+        if !(1..=20).contains(&args.rounds) {
+            return Err(Error::arg("--rounds", format!("{}: 1 to 20", args.rounds)));
+        }
     }
     let path = model_path(args.model.clone())?;
     let ctx = Context::new_blocking()?;
@@ -861,9 +869,31 @@ fn bench(args: BenchArgs) -> Result<()> {
     let mut session = Session::new(&ctx, &model, ctx_len)?;
     let (_, stats) = session.generate(&prompt, &greedy, args.gen_tokens, true, |_| true)?;
     drop(session);
-    let batched = args.batch.map(|n| bench_batch(&ctx, &model, &prompt, n, args.gen_tokens, ctx_len)).transpose()?;
-    let weights = model.model.weight_bytes();
     let decode = stats.decode_tok_s();
+    // Allocated until now: the warm-up's session, then the timed one (the batches' come after).
+    let gpu_bytes = ctx.allocated_bytes();
+    // Rounds of (single, batched) decode rates; the first single one is the run above.
+    let mut rounds: Vec<(f64, f64)> = Vec::new();
+    if let Some(n) = args.batch {
+        for r in 0..args.rounds {
+            let single = if r == 0 {
+                decode
+            } else {
+                let mut session = Session::new(&ctx, &model, ctx_len)?;
+                session.generate(&prompt, &greedy, args.gen_tokens, true, |_| true)?.1.decode_tok_s()
+            };
+            rounds.push((single, bench_batch(&ctx, &model, &prompt, n, args.gen_tokens, ctx_len, r == 0)?));
+        }
+    }
+    let median = |mut v: Vec<f64>| -> f64 {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let batched = args.batch.filter(|_| !rounds.is_empty()).map(|n| {
+        let cost = median(rounds.iter().map(|(s, b)| s / b).collect());
+        (n, median(rounds.iter().map(|r| r.1).collect()), cost)
+    });
+    let weights = model.model.weight_bytes();
     let peak = quill::files::cached_peak(&ctx);
     let weight_gbs = weights as f64 * decode / 1e9;
     let result = serde_json::json!({
@@ -878,14 +908,15 @@ fn bench(args: BenchArgs) -> Result<()> {
         "prefill_tok_s": stats.prefill_tok_s(),
         "decode_tok_s": decode,
         "time_to_first_token_ms": stats.time_to_first_token.as_secs_f64() * 1e3,
-        "peak_gpu_bytes": ctx.allocated_bytes(),
+        "peak_gpu_bytes": gpu_bytes,
         "decode_weight_gbs": weight_gbs,
         "device_peak_gbs": peak.map(|p| p.bandwidth_gbs),
         "decode_fraction_of_peak": peak.map(|p| weight_gbs / p.bandwidth_gbs),
-        "batch": batched.map(|(n, tok_s)| serde_json::json!({
+        "batch": batched.map(|(n, tok_s, cost)| serde_json::json!({
             "sequences": n,
             "decode_tok_s": tok_s,
-            "cost_per_token_vs_single": decode / tok_s,
+            "cost_per_token_vs_single": cost,
+            "rounds": rounds.iter().map(|(s, b)| serde_json::json!({"single_tok_s": s, "batched_tok_s": b, "cost": s / b})).collect::<Vec<_>>(),
         })),
     });
     if args.json {
@@ -900,17 +931,19 @@ fn bench(args: BenchArgs) -> Result<()> {
         Some(p) => outln!("         {:.0}% of the device's measured read bandwidth ({:.2} GB/s)", 100.0 * weight_gbs / p.bandwidth_gbs, p.bandwidth_gbs)?,
         None => outln!("         (run `quill bench-device` to compare with the device's peak bandwidth)")?,
     }
-    outln!("GPU memory: {:.1} MB (weights, KV cache for {ctx_len} positions, activations)", ctx.allocated_bytes() as f64 / 1e6)?;
-    if let Some((n, tok_s)) = batched {
-        outln!("batched: {tok_s:8.2} tok/s  ({n} sequences together; a token costs {:.2}x a single sequence's)", decode / tok_s)?;
+    outln!("GPU memory: {:.1} MB (weights, KV cache for {ctx_len} positions, activations)", gpu_bytes as f64 / 1e6)?;
+    if let Some((n, tok_s, cost)) = batched {
+        let each: Vec<String> = rounds.iter().map(|(s, b)| format!("{:.2}", s / b)).collect();
+        outln!("batched: {tok_s:8.2} tok/s  ({n} sequences together; a token costs {cost:.2}x a single sequence's: the median of {} rounds, {})", rounds.len(), each.join(", "))?;
     }
     Ok(())
 }
 
 /// Decode rate of `n` sequences forked from `prompt`, each drawing `gen_tokens` greedily, in
 /// batched passes of up to `MAX_DECODE_STEPS` steps per command buffer (the server's decode
-/// steps). Returns (n, tokens per second over all sequences).
-fn bench_batch(ctx: &Context, model: &LoadedModel, prompt: &[u32], n: usize, gen_tokens: usize, ctx_len: usize) -> Result<(usize, f64)> {
+/// steps), the batched pipelines compiled first with `warm_up`. Returns tokens per second over
+/// all sequences.
+fn bench_batch(ctx: &Context, model: &LoadedModel, prompt: &[u32], n: usize, gen_tokens: usize, ctx_len: usize, warm_up: bool) -> Result<f64> {
     use quill::generate::{Batch, Work, MAX_DECODE_STEPS};
     let greedy = SamplingParams::greedy();
     let seeds: Vec<u64> = (0..n as u64).collect();
@@ -926,8 +959,10 @@ fn bench_batch(ctx: &Context, model: &LoadedModel, prompt: &[u32], n: usize, gen
         Ok((n * done) as f64 / start.elapsed().as_secs_f64())
     };
     // Warm-up: compiles the batched pipelines outside the timing.
-    run(16.min(ctx_len), &prompt[..prompt.len().min(8)], 2)?;
-    Ok((n, run(ctx_len, prompt, gen_tokens)?))
+    if warm_up {
+        run(16.min(ctx_len), &prompt[..prompt.len().min(8)], 2)?;
+    }
+    run(ctx_len, prompt, gen_tokens)
 }
 
 fn bench_device(json: bool) -> Result<()> {

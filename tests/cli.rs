@@ -305,6 +305,18 @@ fn bench_prints_one_json_object() {
     }
     assert_eq!(v["gen_tokens"], 6);
     assert!(v["weights"].as_str().unwrap().contains("Q8_0"), "{v}");
+
+    // --batch: rounds of single and batched decode, the cost the median of their ratios.
+    let o = quill(&["bench", "--model", &tiny(), "--prompt-tokens", "5", "--gen-tokens", "4", "--batch", "3", "--rounds", "3", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap_or_else(|e| panic!("{e}: {}", stdout(&o)));
+    let b = &v["batch"];
+    assert_eq!(b["sequences"], 3);
+    let mut costs: Vec<f64> = b["rounds"].as_array().unwrap().iter().map(|r| r["cost"].as_f64().unwrap()).collect();
+    assert_eq!(costs.len(), 3, "{v}");
+    costs.sort_by(f64::total_cmp);
+    assert_eq!(b["cost_per_token_vs_single"].as_f64(), Some(costs[1]), "{v}");
+    expect_error(&quill(&["bench", "--model", &tiny(), "--batch", "2", "--rounds", "0"]), &["--rounds"]);
 }
 
 #[test]
