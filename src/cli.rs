@@ -758,6 +758,9 @@ fn profile(args: ProfileArgs) -> Result<()> {
         let known: Vec<&str> = quill::gpu::profiler::REFERENCE_GPUS.iter().map(|g| g.name).collect();
         Error::arg("--reference-gpu", format!("'{}' is not one of {}", args.reference_gpu, known.join(", ")))
     })?;
+    if let Some(n) = args.batch {
+        check_batch(n)?;
+    }
     let path = model_path(args.model.clone())?;
     let ctx = Context::new_blocking()?;
     let model = load(&ctx, &path)?;
@@ -769,17 +772,16 @@ fn profile(args: ProfileArgs) -> Result<()> {
         return Err(Error::arg("--tokens", format!("{} decode steps after a prompt of {} tokens exceed the model's context of {max_ctx}", args.tokens, ids.len())));
     }
     let ctx_len = need;
-    let mut session = Session::new(&ctx, &model, ctx_len)?;
-    let profiled;
+    let (mut session, profiled);
     let (p, prompt_tokens, decode_steps) = match args.batch {
         None => {
+            session = Session::new(&ctx, &model, ctx_len)?;
             session.enable_profiling();
             let (_, stats) = session.generate(&ids, &SamplingParams::greedy(), args.tokens, true, |_| true)?;
             let Some(p) = session.profile() else { return Err(Error::gpu("profile", "profiling was not enabled")) };
             (p, stats.prompt_tokens, stats.generated)
         }
         Some(n) => {
-            drop(session);
             profiled = profile_batch(&ctx, &model, &ids, n, args.tokens, ctx_len)?;
             (&profiled, ids.len(), args.tokens)
         }
@@ -809,13 +811,18 @@ fn profile(args: ProfileArgs) -> Result<()> {
     Ok(())
 }
 
+/// `--batch N` of `bench` and `profile`: 2 to `MAX_DRAFTS` sequences.
+fn check_batch(n: usize) -> Result<()> {
+    if !(2..=crate::drafts::MAX_DRAFTS).contains(&n) {
+        return Err(Error::arg("--batch", format!("{n} sequences: 2 to {}", crate::drafts::MAX_DRAFTS)));
+    }
+    Ok(())
+}
+
 /// `n` sequences forked from `prompt` (prefilled once, not timed), then `steps` batched decode
 /// steps, each its own profiled command buffer ("decode").
 fn profile_batch(ctx: &Context, model: &LoadedModel, prompt: &[u32], n: usize, steps: usize, ctx_len: usize) -> Result<quill::gpu::profiler::Profile> {
     use quill::generate::{Batch, Work};
-    if !(2..=crate::drafts::MAX_DRAFTS).contains(&n) {
-        return Err(Error::arg("--batch", format!("{n} sequences: 2 to {}", crate::drafts::MAX_DRAFTS)));
-    }
     let greedy = SamplingParams::greedy();
     let seeds: Vec<u64> = (0..n as u64).collect();
     // A forward pass takes at most ctx_len tokens: room for the n slots' tokens of one step.
@@ -844,9 +851,7 @@ fn bench(args: BenchArgs) -> Result<()> {
         Error::arg("--prompt-tokens", format!("{} + --gen-tokens {} is more than any model's context (at most {MAX_BENCH_CTX} tokens)", args.prompt_tokens, args.gen_tokens))
     })?;
     if let Some(n) = args.batch {
-        if !(2..=crate::drafts::MAX_DRAFTS).contains(&n) {
-            return Err(Error::arg("--batch", format!("{n} sequences: 2 to {}", crate::drafts::MAX_DRAFTS)));
-        }
+        check_batch(n)?;
         if !(1..=20).contains(&args.rounds) {
             return Err(Error::arg("--rounds", format!("{}: 1 to 20", args.rounds)));
         }
