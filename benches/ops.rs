@@ -104,7 +104,7 @@ fn main() {
     let w = t(&[dim], 5);
     let out = t(&[128, dim], 6);
     time(&ctx, "rms_norm t=1", iters, |rec| norm::rms_norm(rec, &x, &w, &out, 1, 1e-5, None).unwrap());
-    let (heads, kvh, hd, ctx_len) = (9usize, 3usize, 64usize, 1024usize);
+    let (heads, kvh, hd, ctx_len) = (9usize, 3usize, 64usize, 2048usize);
     let q = t(&[128, heads * hd], 7);
     let kc = t(&[kvh * ctx_len * hd], 8);
     let vc = t(&[kvh * ctx_len * hd], 9);
@@ -119,8 +119,8 @@ fn main() {
     for (label, s) in [("greedy", quill::sampling::SamplingParams::greedy()), ("top-k 40, top-p 0.95, min-p 0.05, T 0.8", chain)] {
         time(&ctx, &format!("sample {label} [{vocab}]"), iters, |rec| quill::ops::sample::sample(rec, &logits, 0, &work, &tokens, &adjust, 32, 0..32, &s, 0).unwrap());
     }
-    for &pos0 in &[0usize, 511] {
-        let s = attention::AttnShape { n_tokens: 1, n_heads: heads, n_kv_heads: kvh, head_dim: hd, ctx_len, pos0, slot: 0 };
-        time(&ctx, &format!("attention decode at position {pos0}"), iters, |rec| attention::attention(rec, &q, &kc, &vc, &o, &part, s, 0).unwrap());
+    for (n_tokens, pos0) in [(1usize, 0usize), (1, 64), (8, 64), (1, 511), (8, 511), (1, 1500), (8, 1500)] {
+        let s = attention::AttnShape { n_tokens, n_heads: heads, n_kv_heads: kvh, head_dim: hd, ctx_len, pos0, slot: 0 };
+        time(&ctx, &format!("attention decode of {n_tokens} at position {pos0}"), iters, |rec| attention::attention(rec, &q, &kc, &vc, &o, &part, s, 0).unwrap());
     }
 }

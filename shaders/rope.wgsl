@@ -99,6 +99,114 @@ fn rotate_pair(q: Params, idx: u32, pos: u32, inv_freq: f32) {
 }
 
 
+// ---- norm_rope: per-head RMSNorm, then RoPE, of Q and K in one dispatch ----
+// Qwen3 and Gemma 3 RMS-norm each head of Q and of K (q_norm, k_norm: a weight of head_dim)
+// before turning them; this does both norms and both rotations (four dispatches otherwise).
+// One workgroup per head row: Q's n_tokens · n_heads rows, then K's n_tokens · n_kv_heads.
+// The row's sum of squares is taken first; each invocation then owns whole pairs (and past
+// rot_dim, single dimensions), so every value is read and written by one invocation.
+struct NormRopeParams {
+    n_tokens: u32,
+    n_heads: u32,
+    n_kv_heads: u32,
+    head_dim: u32,
+    rot_dim: u32,
+    pos0: u32,
+    neox: u32,
+    per_token: u32, // 1 = token t sits at pos0 + nr_meta[2t + 1] (a batch of sequences)
+    amp: f32,       // multiplies cos and sin (1 but for longrope)
+    eps: f32,
+    w_offset: f32,  // added to both norms' weights (as norm.wgsl's rms_norm)
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<storage, read_write> nr_q: array<f32>; // (n_tokens, n_heads, head_dim)
+@group(0) @binding(1) var<storage, read_write> nr_k: array<f32>; // (n_tokens, n_kv_heads, head_dim)
+@group(0) @binding(2) var<storage, read> nr_qw: array<f32>;      // (head_dim,) q_norm's weight
+@group(0) @binding(3) var<storage, read> nr_kw: array<f32>;      // (head_dim,) k_norm's weight
+@group(0) @binding(4) var<storage, read> nr_freqs: array<f32>;   // (rot_dim / 2,) inverse frequencies
+@group(0) @binding(5) var<storage, read> nr_meta: array<u32>;    // (n_tokens, 2) slot, position - pos0
+@group(0) @binding(6) var<uniform> pn: NormRopeParams;
+
+const NR_WG: u32 = 64u;
+var<workgroup> nr_part: array<f32, NR_WG>;
+
+fn nr_x(is_q: bool, i: u32) -> f32 {
+    if (is_q) {
+        return nr_q[i];
+    }
+    return nr_k[i];
+}
+
+fn nr_set(is_q: bool, i: u32, v: f32) {
+    if (is_q) {
+        nr_q[i] = v;
+    } else {
+        nr_k[i] = v;
+    }
+}
+
+// Value d of the row at `base`, normed by `inv`.
+fn nr_normed(is_q: bool, base: u32, d: u32, inv: f32) -> f32 {
+    var w = nr_kw[d];
+    if (is_q) {
+        w = nr_qw[d];
+    }
+    return nr_x(is_q, base + d) * inv * (w + pn.w_offset);
+}
+
+@compute @workgroup_size(NR_WG)
+fn norm_rope(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {
+    let row = linear_workgroup(wid, nwg);
+    let q_rows = pn.n_tokens * pn.n_heads;
+    if (row >= q_rows + pn.n_tokens * pn.n_kv_heads) {
+        return; // the whole workgroup leaves together
+    }
+    let is_q = row < q_rows;
+    let r = select(row - q_rows, row, is_q); // the row within Q or K
+    let t = r / select(pn.n_kv_heads, pn.n_heads, is_q);
+    let base = r * pn.head_dim;
+    var ss = 0.0;
+    for (var d = lid; d < pn.head_dim; d += NR_WG) {
+        let v = nr_x(is_q, base + d);
+        ss += v * v;
+    }
+    nr_part[lid] = ss;
+    workgroupBarrier();
+    for (var s = NR_WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            nr_part[lid] += nr_part[lid + s];
+        }
+        workgroupBarrier();
+    }
+    let inv = inverseSqrt(nr_part[0] / f32(pn.head_dim) + pn.eps);
+    var pos = pn.pos0 + t;
+    if (pn.per_token != 0u) {
+        pos = pn.pos0 + nr_meta[2u * t + 1u];
+    }
+    let half = pn.rot_dim / 2u;
+    for (var i = lid; i < half; i += NR_WG) {
+        var a = 2u * i;
+        var b = a + 1u;
+        if (pn.neox != 0u) {
+            a = i;
+            b = i + half;
+        }
+        let x0 = nr_normed(is_q, base, a, inv);
+        let x1 = nr_normed(is_q, base, b, inv);
+        var angle = f32(pos) * nr_freqs[i];
+        angle -= TWO_PI * floor(angle / TWO_PI); // keep sin/cos in their accurate range
+        let c = cos(angle) * pn.amp;
+        let s = sin(angle) * pn.amp;
+        nr_set(is_q, base + a, x0 * c - x1 * s);
+        nr_set(is_q, base + b, x1 * c + x0 * s);
+    }
+    for (var d = pn.rot_dim + lid; d < pn.head_dim; d += NR_WG) {
+        nr_set(is_q, base + d, nr_normed(is_q, base, d, inv));
+    }
+}
+
 // ---- context shift ----
 // rope_shift: turns rows [row0, row0 + n_rows) of one slot's K cache (n_heads KV heads of
 // cache_len rows of head_dim values, starting at element `base`) back by `delta` positions:

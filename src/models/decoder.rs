@@ -96,6 +96,17 @@ fn project(rec: &mut Recorder, op: &'static str, i: Option<usize>, x: &Tensor, n
 const ROPE_FACTORS_SHORT: Name = name("rope_factors_short", "");
 const ROPE_FACTORS_LONG: Name = name("rope_factors_long", "");
 
+/// How one attention call turns Q and K (`Decoder::rope_turn`).
+enum Turn<'a> {
+    /// By one table of inverse frequencies, cos and sin times the factor.
+    Table(&'a Tensor, f32),
+    /// Longrope in a batch: the short then the long table, the slots that take the long one
+    /// (a bit each), the factor, and the call's token table.
+    PerSlot(&'a Tensor, u64, f32, &'a Tensor),
+    /// Not at all (no table for this layer).
+    None,
+}
+
 /// Which of longrope's two tables a RoPE table is.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Factors {
@@ -423,31 +434,54 @@ impl Decoder {
                 project(rec, "v_proj", Some(i), xin, nm, wv, bv, Out::One(&st.v, Store::Write), n)?;
             }
         }
-        if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
-            norm::rms_norm_heads(rec, &st.q, qn, n, c.n_heads, self.rms(), Some(i))?;
-            norm::rms_norm_heads(rec, &st.k, kn, n, c.n_kv_heads, self.rms(), Some(i))?;
-        }
-        if let Some(r) = a.rope {
-            let meta = match &p.at {
-                Placement::Table(t) => Some(t.meta),
-                Placement::Run => None,
-            };
-            let (table, amp) = match (&st.rope_dynamic, r.scaling) {
-                // Dynamic NTK over a context longer than the original: the state's one table.
-                (Some(t), RopeScaling::Dynamic { .. }) => (Some(t), 1.0),
-                _ => self.rope_table(i, &r, p.end),
-            };
-            if let (Some(meta), Some((both, long_slots, amp))) = (meta, self.per_slot_longrope(&r, p)) {
-                rope::rope_freqs_per_slot(rec, &st.q, both, n, c.n_heads, c.head_dim, p.pos0, meta, long_slots, r.style, amp, i)?;
-                rope::rope_freqs_per_slot(rec, &st.k, both, n, c.n_kv_heads, c.head_dim, p.pos0, meta, long_slots, r.style, amp, i)?;
-            } else if let Some(table) = table {
-                rope::rope_freqs_at(rec, &st.q, table, n, c.n_heads, c.head_dim, p.pos0, meta, r.style, amp, i)?;
-                rope::rope_freqs_at(rec, &st.k, table, n, c.n_kv_heads, c.head_dim, p.pos0, meta, r.style, amp, i)?;
+        let meta = match &p.at {
+            Placement::Table(t) => Some(t.meta),
+            Placement::Run => None,
+        };
+        let turn = a.rope.map(|r| (r, self.rope_turn(st, i, &r, p, meta)));
+        let norms = match (&l.q_norm, &l.k_norm) {
+            (Some(q), Some(k)) => Some(rope::HeadNorms { q, k, opts: self.rms() }),
+            _ => None,
+        };
+        match (norms, turn) {
+            // Qwen3's and Gemma 3's per-head norms and RoPE in one dispatch.
+            (Some(norms), Some((r, Turn::Table(table, amp)))) => {
+                rope::norm_rope_at(rec, &st.q, &st.k, norms, table, n, c.n_heads, c.n_kv_heads, c.head_dim, p.pos0, meta, r.style, amp, i)?;
+            }
+            (norms, turn) => {
+                if let Some(hn) = norms {
+                    norm::rms_norm_heads(rec, &st.q, hn.q, n, c.n_heads, hn.opts, Some(i))?;
+                    norm::rms_norm_heads(rec, &st.k, hn.k, n, c.n_kv_heads, hn.opts, Some(i))?;
+                }
+                match turn {
+                    Some((r, Turn::PerSlot(both, long_slots, amp, meta))) => {
+                        rope::rope_freqs_per_slot(rec, &st.q, both, n, c.n_heads, c.head_dim, p.pos0, meta, long_slots, r.style, amp, i)?;
+                        rope::rope_freqs_per_slot(rec, &st.k, both, n, c.n_kv_heads, c.head_dim, p.pos0, meta, long_slots, r.style, amp, i)?;
+                    }
+                    Some((r, Turn::Table(table, amp))) => {
+                        rope::rope_freqs_at(rec, &st.q, table, n, c.n_heads, c.head_dim, p.pos0, meta, r.style, amp, i)?;
+                        rope::rope_freqs_at(rec, &st.k, table, n, c.n_kv_heads, c.head_dim, p.pos0, meta, r.style, amp, i)?;
+                    }
+                    Some((_, Turn::None)) | None => {}
+                }
             }
         }
         attention::kv_write_at(rec, &st.k, &st.v, &st.k_cache[i], &st.v_cache[i], shape, &opts, c.kv_format, &p.at, i)?;
         attention::attention_at(rec, &st.q, &st.k_cache[i], &st.v_cache[i], &st.att, &st.att_partials, shape, &opts, c.kv_format, &p.at, i)?;
         self.project_into_residual(rec, "o_proj", i, st, &st.att, &l.wo, l.bo.as_ref(), l.post_attn_norm.as_ref(), n)
+    }
+
+    /// How layer `i`'s Q and K turn in this call: dynamic NTK past the original context by the
+    /// state's one table, longrope in a batch by each slot's own factors, else the layer's table.
+    fn rope_turn<'a>(&'a self, st: &'a State, i: usize, r: &Rope, p: &Placed<'a>, meta: Option<&'a Tensor>) -> Turn<'a> {
+        if let (Some(meta), Some((both, long_slots, amp))) = (meta, self.per_slot_longrope(r, p)) {
+            return Turn::PerSlot(both, long_slots, amp, meta);
+        }
+        let (table, amp) = match (&st.rope_dynamic, r.scaling) {
+            (Some(t), RopeScaling::Dynamic { .. }) => (Some(t), 1.0),
+            _ => self.rope_table(i, r, p.end),
+        };
+        table.map_or(Turn::None, |t| Turn::Table(t, amp))
     }
 
     /// x += W_down · act(W_gate·norm(x), W_up·norm(x))

@@ -133,6 +133,75 @@ pub fn rope_freqs_per_slot(rec: &mut Recorder, x: &Tensor, inv_freqs: &Tensor, n
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct NormRopeParams {
+    n_tokens: u32,
+    n_heads: u32,
+    n_kv_heads: u32,
+    head_dim: u32,
+    rot_dim: u32,
+    pos0: u32,
+    neox: u32,
+    per_token: u32,
+    amp: f32,
+    eps: f32,
+    w_offset: f32,
+    _pad: u32,
+}
+
+/// The weights of Qwen3's and Gemma 3's per-head norms of Q and K (each of head_dim), and how
+/// they norm (`norm::rms_norm_heads`).
+#[derive(Clone, Copy)]
+pub struct HeadNorms<'a> {
+    pub q: &'a Tensor,
+    pub k: &'a Tensor,
+    pub opts: crate::ops::norm::RmsOpts,
+}
+
+/// `norm::rms_norm_heads` of q (n_tokens, n_heads, head_dim) by `norms.q` and of k (n_tokens,
+/// n_kv_heads, head_dim) by `norms.k`, then `rope_freqs_at` of both, in place and in one
+/// dispatch (four otherwise): what Qwen3's and Gemma 3's attention does to Q and K before the
+/// cache write.
+#[allow(clippy::too_many_arguments)]
+pub fn norm_rope_at(rec: &mut Recorder, q: &Tensor, k: &Tensor, norms: HeadNorms, inv_freq: &Tensor, n_tokens: usize, n_heads: usize, n_kv_heads: usize, head_dim: usize, pos0: usize, meta: Option<&Tensor>, style: RopeStyle, attention_factor: f32, layer: usize) -> Result<()> {
+    let rot_dim = 2 * inv_freq.numel();
+    if rot_dim == 0 || rot_dim > head_dim || !(attention_factor > 0.0 && attention_factor.is_finite()) {
+        return Err(Error::Shape { op: "norm_rope", msg: format!("{} frequencies rotate {rot_dim} dimensions of heads of {head_dim} (attention factor {attention_factor})", inv_freq.numel()) });
+    }
+    if norms.q.numel() != head_dim || norms.k.numel() != head_dim {
+        return Err(Error::Shape { op: "norm_rope", msg: format!("q_norm of {} and k_norm of {} values for heads of {head_dim}", norms.q.numel(), norms.k.numel()) });
+    }
+    q.holds("norm_rope", "q", n_tokens * n_heads * head_dim)?;
+    k.holds("norm_rope", "k", n_tokens * n_kv_heads * head_dim)?;
+    if let Some(m) = meta {
+        m.holds("norm_rope", "token table", 2 * n_tokens)?;
+    }
+    let p = NormRopeParams {
+        n_tokens: n_tokens as u32,
+        n_heads: n_heads as u32,
+        n_kv_heads: n_kv_heads as u32,
+        head_dim: head_dim as u32,
+        rot_dim: rot_dim as u32,
+        pos0: pos0 as u32,
+        neox: (style == RopeStyle::Neox) as u32,
+        per_token: meta.is_some() as u32,
+        amp: attention_factor,
+        eps: norms.opts.eps,
+        w_offset: norms.opts.weight_offset,
+        _pad: 0,
+    };
+    let rows = n_tokens * (n_heads + n_kv_heads);
+    let pipe = rec.ctx.pipeline(&SHADER, "norm_rope", &[])?;
+    let (norm_flops, norm_bytes) = crate::ops::norm::rms_norm_cost(rows, head_dim);
+    let (rope_flops, _) = cost(rows, 1, rot_dim);
+    let info = OpInfo::new("norm_rope", norm_flops + rope_flops, norm_bytes).layer(layer);
+    let ctx = rec.ctx;
+    let table = meta.map_or(&ctx.spare[0], |m| &m.buf);
+    rec.dispatch(info, &pipe, &[&q.buf, &k.buf, &norms.q.buf, &norms.k.buf, &inv_freq.buf, table], &p, grid(rec.ctx, rows as u32));
+    Ok(())
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct ShiftParams {
     n_rows: u32,
     n_heads: u32,
@@ -468,6 +537,63 @@ mod tests {
             let abs = 1e-3 + 2.0 * crate::ops::sin_cos_tolerance(ctx);
             compare(&got[i * h * d..(i + 1) * h * d], &want, abs, 1e-4).unwrap_or_else(|e| panic!("token {i} at position {}: {e}", pos0 + p as usize));
         }
+    });
+
+    gpu_test!(fn norm_rope_matches_per_head_norms_then_rope(ctx) {
+        use crate::ops::norm::{self, RmsOpts};
+        // (tokens, heads, KV heads, head_dim, rotated dims, pos0, style, weight offset, token
+        // positions): Gemma 3 270M's heads (4 on 1 of 256) at a late position; odd sizes with
+        // partial rotary and grouped heads (5 on 1 of 10, 6 turned, more dims than one
+        // workgroup pass only for 256); Qwen3's shape with a token table.
+        let none: &[u32] = &[];
+        let cases = [
+            (1usize, 4usize, 1usize, 256usize, 256usize, 1000usize, RopeStyle::Neox, 0.0f32, none),
+            (3, 5, 1, 10, 6, 7, RopeStyle::Adjacent, 1.0, none),
+            (2, 2, 2, 130, 130, 0, RopeStyle::Neox, 1.0, none),
+            (4, 4, 2, 64, 64, 2, RopeStyle::Neox, 0.0, &[5, 0, 700, 1]),
+        ];
+        for (t, h, kv, d, rot, pos0, style, offset, table_positions) in cases {
+            let positions = (!table_positions.is_empty()).then_some(table_positions);
+            let opts = RmsOpts { eps: 1e-6, weight_offset: offset };
+            let freqs = RopeFreqs { theta: 1_000_000.0, rot_dim: rot, scaling: RopeScaling::Linear { factor: 8.0 } };
+            let table = freqs.inv_freq(1).unwrap();
+            let ft = freqs.upload(ctx, 1).unwrap();
+            let q: Vec<f32> = test_values(t * h * d, 61).iter().map(|v| 4.0 * v).collect();
+            let k = test_values(t * kv * d, 62);
+            let (qw, kw) = (test_values(d, 63), test_values(d, 64));
+            let (qt, kt) = (Tensor::upload_f32(ctx, "q", &[t, h * d], &q).unwrap(), Tensor::upload_f32(ctx, "k", &[t, kv * d], &k).unwrap());
+            let (qwt, kwt) = (Tensor::upload_f32(ctx, "q_norm", &[d], &qw).unwrap(), Tensor::upload_f32(ctx, "k_norm", &[d], &kw).unwrap());
+            let meta = positions.as_ref().map(|ps| {
+                let rows: Vec<u32> = ps.iter().enumerate().flat_map(|(i, &p)| [i as u32, p]).collect();
+                let m = Tensor::zeros(ctx, "token table", &[2 * t]).unwrap();
+                ctx.queue.write_buffer(&m.buf, 0, bytemuck::cast_slice(&rows));
+                m
+            });
+            let mut rec = Recorder::new(ctx, "test");
+            norm_rope_at(&mut rec, &qt, &kt, HeadNorms { q: &qwt, k: &kwt, opts }, &ft, t, h, kv, d, pos0, meta.as_ref(), style, 1.0, 0).unwrap();
+            rec.submit().unwrap();
+            let got_q = ctx.read_f32_async(&qt.buf, 0, t * h * d).await.unwrap();
+            let got_k = ctx.read_f32_async(&kt.buf, 0, t * kv * d).await.unwrap();
+            // Each token's rows normed, then turned at its position.
+            let want = |x: &[f32], w: &[f32], heads: usize| -> Vec<f32> {
+                let normed = norm::reference_with(x, w, opts);
+                (0..t).flat_map(|i| {
+                    let pos = pos0 + positions.as_ref().map_or(i, |ps| ps[i] as usize);
+                    reference_freqs(&normed[i * heads * d..(i + 1) * heads * d], heads, d, pos, &table, style)
+                }).collect()
+            };
+            // Normed values reach ~|w| · √d / ‖x‖ · |x| (< 4 here); angles up to ~1000 rad, as above.
+            let abs = 4e-3 + 8.0 * crate::ops::sin_cos_tolerance(ctx);
+            compare(&got_q, &want(&q, &qw, h), abs, 1e-4).unwrap_or_else(|e| panic!("q: t {t} h {h} d {d} rot {rot} {style:?}: {e}"));
+            compare(&got_k, &want(&k, &kw, kv), abs, 1e-4).unwrap_or_else(|e| panic!("k: t {t} kv {kv} d {d} rot {rot} {style:?}: {e}"));
+        }
+        // A norm weight of another width is refused, naming both.
+        let x = Tensor::zeros(ctx, "x", &[64]).unwrap();
+        let w = Tensor::zeros(ctx, "w", &[8]).unwrap();
+        let f = Tensor::zeros(ctx, "f", &[4]).unwrap();
+        let mut rec = Recorder::new(ctx, "test");
+        let err = norm_rope_at(&mut rec, &x, &x, HeadNorms { q: &w, k: &f, opts: RmsOpts::eps(1e-6) }, &f, 1, 1, 1, 8, 0, None, RopeStyle::Neox, 1.0, 0).unwrap_err().to_string();
+        assert!(err.contains("q_norm of 8") && err.contains("k_norm of 4"), "{err}");
     });
 
     gpu_test!(fn rope_per_slot_turns_each_slot_by_its_own_table(ctx) {
