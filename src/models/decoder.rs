@@ -445,7 +445,7 @@ impl Decoder {
         };
         match (norms, turn) {
             // Qwen3's and Gemma 3's per-head norms and RoPE in one dispatch.
-            (Some(norms), Some((r, Turn::Table(table, amp)))) => {
+            (Some(norms), Some((r, Turn::Table(table, amp)))) if self.fuse => {
                 rope::norm_rope_at(rec, &st.q, &st.k, norms, table, n, c.n_heads, c.n_kv_heads, c.head_dim, p.pos0, meta, r.style, amp, i)?;
             }
             (norms, turn) => {
