@@ -116,7 +116,12 @@ fn main() {
     let tokens = Tensor::zeros(&ctx, "tokens", &[64]).unwrap();
     let adjust = Tensor::zeros(&ctx, "adjust", &[quill::ops::sample::ADJUST_LEN]).unwrap();
     let chain = quill::sampling::SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05, ..Default::default() };
-    for (label, s) in [("greedy", quill::sampling::SamplingParams::greedy()), ("top-k 40, top-p 0.95, min-p 0.05, T 0.8", chain)] {
+    // With top-k off, what top-p or min-p keep can lie past the 256 survivors of the candidates
+    // pass; plain temperature sampling keeps the whole vocabulary.
+    let top_p = quill::sampling::SamplingParams { top_k: 0, min_p: 0.0, ..chain.clone() };
+    let min_p = quill::sampling::SamplingParams { top_k: 0, top_p: 1.0, ..chain.clone() };
+    let plain = quill::sampling::SamplingParams { top_k: 0, top_p: 1.0, min_p: 0.0, ..chain.clone() };
+    for (label, s) in [("greedy", quill::sampling::SamplingParams::greedy()), ("top-k 40, top-p 0.95, min-p 0.05, T 0.8", chain), ("top-k off, top-p 0.95, T 0.8", top_p), ("top-k off, min-p 0.05, T 0.8", min_p), ("top-k off, T 0.8 alone", plain)] {
         time(&ctx, &format!("sample {label} [{vocab}]"), iters, |rec| quill::ops::sample::sample(rec, &logits, 0, &work, &tokens, &adjust, 32, 0..32, &s, 0).unwrap());
     }
     for (n_tokens, pos0) in [(1usize, 0usize), (1, 64), (8, 64), (1, 511), (8, 511), (1, 1500), (8, 1500)] {

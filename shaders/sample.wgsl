@@ -8,9 +8,13 @@
 //     (the softmax mass for top-p with nothing cut before it and for mirostat, top-nσ's σ)
 //     come from the chunk statistics. The result is exact when every id the chain keeps (and
 //     every set a filter weighs: typical's, top-p's, XTC's, dynamic temperature's) lies
-//     above `bound`, the largest logit left out; otherwise (top-k off or above CAND with
-//     top-p/min-p keeping more than the survivors, mirostat with dynamic temperature, many
-//     ties) the same workgroup runs the chain over the whole vocabulary, as it once always did.
+//     above `bound`, the largest logit left out; otherwise (top-k above CAND with top-p/min-p
+//     keeping more than the survivors, typical/XTC/top-nσ/mirostat over more, mirostat with
+//     dynamic temperature, many ties) the same workgroup runs the chain over the whole
+//     vocabulary, as it once always did.
+//   With top-k off and only top-p, min-p and the temperature after the adjustments, the host
+//   runs the spread kernels instead of `sample` (below: many workgroups, no single pass over
+//   the whole vocabulary).
 //   Greedy is the argmax from the chunk statistics (lowest id on ties), with no chain at all,
 //   in kernels of its own (greedy_chunks, greedy_pick).
 //
@@ -67,8 +71,8 @@ struct Params {
     mirostat_eta: f32,
     mode: u32,              // logprobs: 0 = before the filters, 1 = after the whole chain
     alternatives: u32,      // logprobs: how many of the most likely ids to report
-    _pad0: u32,
-    _pad1: u32,
+    round: u32,             // spread_hist: which 8 bits of the key (0 the top ones)
+    spread: u32,            // 1: `spread` runs the chain (candidates writes its statistics alone)
 }
 
 @group(0) @binding(0) var<storage, read> logits: array<f32>;        // (rows, vocab)
@@ -640,6 +644,15 @@ fn candidates(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
         sq += select(0.0, d * d, work[i] > NEG_BIG);
     }
     let m2 = sum_f(lid, sq);
+    if (p.spread != 0u) {
+        // The spread kernels need the chunk's maximum and mass alone.
+        if (lid == 0u) {
+            work[at] = m;
+            work[at + 1u] = f32(best);
+            work[at + 2u] = zt;
+        }
+        return;
+    }
     // The floor: the CAND-th largest.
     let len = end - first;
     var floor = 0u;
@@ -865,10 +878,31 @@ fn sample(@builtin(local_invocation_index) lid: u32) {
 // The seeded draw from what chain `c` keeps, in id order: each thread owns a contiguous run of
 // items (the survivors are sorted by id), so the running mass is in id order.
 fn draw(lid: u32, c: Chain, mu: f32) {
-    let n = n_items();
-    let chunk = (n + WG - 1u) / WG;
-    let start = min(lid * chunk, n);
-    let end = min(start + chunk, n);
+    let k = pick(lid, c, 0u, n_items(), 0.0, -1.0);
+    if (lid == 0u) {
+        tokens[p.out_index] = id_at(k.i);
+        if (p.mirostat_tau > 0.0) {
+            let surprise = (log(k.total) - (val(k.i) - c.mk)) / 0.6931472;
+            let n = arrayLength(&adjust);
+            adjust[n - 2u] = bitcast<u32>(mu);
+            adjust[n - 1u] = bitcast<u32>(mu - p.mirostat_eta * (surprise - p.mirostat_tau));
+        }
+    }
+}
+
+struct Picked {
+    i: u32,     // the item drawn
+    total: f32, // the kept mass it was drawn from
+}
+
+// Items first .. first + n, in order, weighed exp((v - c.mk) · c.scale) where chain `c` keeps
+// them: the one where u falls in the running mass, which starts at `before`. u is `given`, or
+// where that is negative uniform01() times the items' own total. Each thread owns a contiguous
+// run of items; their masses are prefixed serially (over WG values: cheap, in order).
+fn pick(lid: u32, c: Chain, first: u32, n: u32, before: f32, given: f32) -> Picked {
+    let span = (n + WG - 1u) / WG;
+    let start = first + min(lid * span, n);
+    let end = first + min(lid * span + span, n);
     var local_mass = 0.0;
     var my_last = 0u;
     for (var i = start; i < end; i++) {
@@ -879,27 +913,24 @@ fn draw(lid: u32, c: Chain, mu: f32) {
     }
     if (lid == 0u) {
         atomicStore(&last_kept, 0u);
-    }
-    workgroupBarrier();
-    atomicMax(&last_kept, my_last);
-    // Exclusive prefix sum of the chunk masses (serial over 256 values: cheap and exact order).
-    red_f[lid] = local_mass;
-    if (lid == 0u) {
         atomicStore(&chosen, 0xffffffffu);
     }
     workgroupBarrier();
+    atomicMax(&last_kept, my_last);
+    red_f[lid] = local_mass;
+    workgroupBarrier();
     if (lid == 0u) {
-        var run = 0.0;
+        var run = before;
         for (var t = 0u; t < WG; t++) {
             let v = red_f[t];
             red_f[t] = run;
             run += v;
         }
-        red_u[0] = bitcast<u32>(run);
+        red_u[0] = bitcast<u32>(run - before);
     }
     workgroupBarrier();
     let total = bitcast<f32>(red_u[0]);
-    let u = uniform01() * total;
+    let u = select(given, uniform01() * total, given < 0.0);
     var run = red_f[lid];
     if (u >= run && u < run + local_mass) {
         for (var i = start; i < end; i++) {
@@ -914,18 +945,230 @@ fn draw(lid: u32, c: Chain, mu: f32) {
         }
     }
     workgroupBarrier();
+    var i = atomicLoad(&chosen);
+    if (i == 0xffffffffu) {
+        i = atomicLoad(&last_kept); // u fell on the very end through rounding
+    }
+    return Picked(i, total);
+}
+
+// ---- spread: the chain over the whole vocabulary in many workgroups, for top-k off (or past
+// the vocabulary) with nothing but top-p, min-p and the temperature after the adjustments
+// (ops::sample::spreads): what top-p or min-p keep may be most of the vocabulary, more than
+// `sample`'s survivors hold. After `candidates` (which then writes only each chunk's maximum
+// and mass: M, the largest logit, and Z = Σ exp(v - M) come from those):
+//   spread_hist, round r = 0..3 (with top-p): top-p's threshold, the largest key t whose ids
+//     (key >= t) hold top_p · Z, found 8 bits at a time (a radix select). A workgroup per chunk
+//     sums exp(v - M) into 256 buckets by bits [24 - 8r, 32 - 8r) of the key, over the ids whose
+//     higher bits are the digits picked so far; from round 1 on, every workgroup first picks
+//     the last round's digit from all chunks' buckets itself (the same sums in the same order),
+//     the bucket where the mass from the top reaches top_p · Z;
+//   spread_mass: picks the last digit, so the threshold, which min-p's (M + ln min_p) may
+//     raise; each chunk sums its kept ids' weight exp((v - M) / T);
+//   spread_draw: one workgroup finds the chunk in which u · (the kept mass) falls, counting in
+//     id order, then the id within it: the draw `draw` makes, without a pass over every id.
+// A round writes its buckets into one half of each chunk's candidate area and reads the last
+// round's from the other; the digits picked so far go to two alternating slots after the
+// chunks (ops::sample::SPREAD_STATE), so no workgroup overwrites what another still reads.
+var<workgroup> sp_hist: array<atomic<u32>, 256>; // f32 bits, added by compare-and-swap
+var<workgroup> sp_sum: array<f32, 256>;
+
+struct Digits {
+    prefix: u32, // the key's digits picked so far
+    above: f32,  // the mass of the ids whose key lies above them
+}
+
+fn spread_slot(d: u32) -> u32 {
+    return p.vocab + n_chunks() * (STATS + 2u * CAND) + 3u * (d % 2u);
+}
+
+// Where chunk g's buckets of round r are.
+fn hist_at(g: u32, r: u32) -> u32 {
+    return cand_base(g) + CAND * (r % 2u);
+}
+
+fn chunks_max() -> f32 {
+    var m = NEG_BIG;
+    for (var g = 0u; g < n_chunks(); g++) {
+        m = max(m, stat(g, 0u));
+    }
+    return m;
+}
+
+// top_p · Z at the largest logit m.
+fn spread_target(m: f32) -> f32 {
+    var z = 0.0;
+    for (var g = 0u; g < n_chunks(); g++) {
+        z += stat(g, 2u) * exp(stat(g, 0u) - m);
+    }
+    return p.top_p * z;
+}
+
+// Never runs: keeps every binding in a spread kernel's layout.
+fn spread_layout() {
+    if (p.vocab == 0u) {
+        work[0] = logits[0] + f32(adjust[0]) + f32(tokens[0]);
+    }
+}
+
+fn hist_add(b: u32, v: f32) {
+    var old = atomicLoad(&sp_hist[b]);
+    loop {
+        let r = atomicCompareExchangeWeak(&sp_hist[b], old, bitcast<u32>(bitcast<f32>(old) + v));
+        if (r.exchanged) {
+            break;
+        }
+        old = r.old_value;
+    }
+}
+
+// Digit d from round d's buckets of every chunk and the digits before it (slot (d - 1) % 2);
+// workgroup 0 (`keep`) notes the result in slot d % 2. Where rounding leaves the target
+// unreached, the lowest bucket with any mass.
+fn spread_digit(lid: u32, d: u32, goal: f32, keep: bool) -> Digits {
+    var prev = Digits(0u, 0.0);
+    if (d > 0u) {
+        let at = spread_slot(d - 1u);
+        prev = Digits((u32(work[at]) << 16u) | u32(work[at + 1u]), work[at + 2u]);
+    }
+    for (var b = lid; b < 256u; b += WG) {
+        var h = 0.0;
+        for (var g = 0u; g < n_chunks(); g++) {
+            h += work[hist_at(g, d) + b];
+        }
+        sp_sum[b] = h;
+    }
+    workgroupBarrier();
     if (lid == 0u) {
-        var i = atomicLoad(&chosen);
-        if (i == 0xffffffffu) {
-            i = atomicLoad(&last_kept); // u fell on the very end through rounding
+        var cum = prev.above;
+        var pick = 256u;
+        var last = 0u;
+        var last_cum = cum;
+        for (var i = 0u; i < 256u; i++) {
+            let b = 255u - i;
+            let h = sp_sum[b];
+            if (h > 0.0) {
+                if (cum + h >= goal) {
+                    pick = b;
+                    break;
+                }
+                last = b;
+                last_cum = cum;
+            }
+            cum += h;
         }
-        tokens[p.out_index] = id_at(i);
-        if (p.mirostat_tau > 0.0) {
-            let surprise = (log(total) - (val(i) - c.mk)) / 0.6931472;
-            let n = arrayLength(&adjust);
-            adjust[n - 2u] = bitcast<u32>(mu);
-            adjust[n - 1u] = bitcast<u32>(mu - p.mirostat_eta * (surprise - p.mirostat_tau));
+        if (pick == 256u) {
+            pick = last;
+            cum = last_cum;
         }
+        let prefix = (prev.prefix << 8u) | pick;
+        bcast_u = prefix;
+        bcast_f = cum;
+        if (keep) {
+            let at = spread_slot(d);
+            work[at] = f32(prefix >> 16u);
+            work[at + 1u] = f32(prefix & 0xffffu);
+            work[at + 2u] = cum;
+        }
+    }
+    return Digits(workgroupUniformLoad(&bcast_u), workgroupUniformLoad(&bcast_f));
+}
+
+@compute @workgroup_size(WG)
+fn spread_hist(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    spread_layout();
+    let g = linear_workgroup(wid, nwg);
+    let r = p.round;
+    let m = chunks_max();
+    var prefix = 0u;
+    if (r > 0u) {
+        prefix = spread_digit(lid, r - 1u, spread_target(m), g == 0u).prefix;
+    }
+    for (var b = lid; b < 256u; b += WG) {
+        atomicStore(&sp_hist[b], 0u);
+    }
+    workgroupBarrier();
+    let shift = 24u - 8u * r;
+    let first = g * CHUNK;
+    let end = min(first + CHUNK, p.vocab);
+    for (var i = first + lid; i < end; i += WG) {
+        let v = work[i];
+        let k = key(v);
+        if (r == 0u || (k >> (shift + 8u)) == prefix) {
+            hist_add((k >> shift) & 255u, exp(v - m));
+        }
+    }
+    workgroupBarrier();
+    for (var b = lid; b < 256u; b += WG) {
+        work[hist_at(g, r) + b] = bitcast<f32>(atomicLoad(&sp_hist[b]));
+    }
+}
+
+// The lowest key the chain keeps: top-p's threshold (after the 4 rounds), raised by min-p's.
+fn spread_floor(lid: u32, m: f32, keep: bool) -> u32 {
+    var lo = 0u;
+    if (p.top_p < 1.0) {
+        lo = spread_digit(lid, 3u, spread_target(m), keep).prefix;
+    }
+    if (p.min_p > 0.0) {
+        lo = max(lo, key(m + log(p.min_p)));
+    }
+    return min(lo, key(m)); // the most likely token is always kept
+}
+
+// Chunk g's kept mass at the temperature goes where its round-0 buckets were (no longer read).
+@compute @workgroup_size(WG)
+fn spread_mass(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    spread_layout();
+    let g = linear_workgroup(wid, nwg);
+    let m = chunks_max();
+    let lo = spread_floor(lid, m, false);
+    let inv_t = 1.0 / max(p.temperature, MIN_TEMPERATURE);
+    let first = g * CHUNK;
+    let end = min(first + CHUNK, p.vocab);
+    var s = 0.0;
+    for (var i = first + lid; i < end; i += WG) {
+        let v = work[i];
+        s += select(0.0, exp((v - m) * inv_t), key(v) >= lo);
+    }
+    let total = sum_f(lid, s);
+    if (lid == 0u) {
+        work[hist_at(g, 0u)] = total;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn spread_draw(@builtin(local_invocation_index) lid: u32) {
+    spread_layout();
+    let m = chunks_max();
+    let lo = spread_floor(lid, m, false);
+    let inv_t = 1.0 / max(p.temperature, MIN_TEMPERATURE);
+    // The chunk where u falls, in id order (every thread alike).
+    var z = 0.0;
+    for (var g = 0u; g < n_chunks(); g++) {
+        z += work[hist_at(g, 0u)];
+    }
+    let u = uniform01() * z;
+    var g = 0u;
+    var before = 0.0;
+    var run = 0.0;
+    for (var c = 0u; c < n_chunks(); c++) {
+        let kc = work[hist_at(c, 0u)];
+        if (kc > 0.0) {
+            g = c; // the last chunk with mass, where u fell on the very end through rounding
+            before = run;
+            if (u < run + kc) {
+                break;
+            }
+        }
+        run += kc;
+    }
+    // Within it, as `draw` picks (fast is false here: items are ids).
+    let first = g * CHUNK;
+    let k = pick(lid, Chain(lo, key(m), m, inv_t, 1u), first, min(first + CHUNK, p.vocab) - first, before, u);
+    if (lid == 0u) {
+        tokens[p.out_index] = k.i;
+        work[p.vocab + 9u] = 3.0; // chunk 0's spare: the spread path (ops::sample::path_taken)
     }
 }
 

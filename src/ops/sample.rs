@@ -42,7 +42,10 @@ struct Params {
     mode: u32,
     /// `logprobs`: how many of the most likely ids to report.
     alternatives: u32,
-    _pad: [u32; 2],
+    /// `spread_hist`: which 8 bits of the key (0 the top ones).
+    round: u32,
+    /// 1: the spread kernels run the chain (`spreads`).
+    spread: u32,
 }
 
 /// Ids per workgroup of the candidates pass (shaders/sample.wgsl's CHUNK).
@@ -59,7 +62,28 @@ pub const MAX_VOCAB: usize = 1 << 24;
 /// chunk its statistics and its candidates' (logit, id) pairs.
 pub fn work_len(vocab: usize) -> usize {
     let chunks = vocab.div_ceil(CHUNK);
-    vocab + chunks * (STATS + 2 * CAND)
+    vocab + chunks * (STATS + 2 * CAND) + SPREAD_STATE
+}
+
+/// Values after the chunks' areas where the spread kernels note the digits of top-p's
+/// threshold picked so far: two alternating slots of three.
+pub const SPREAD_STATE: usize = 6;
+
+/// Does the chain run spread over the chunks (`candidates`, then with top-p 4 rounds of
+/// `spread_hist`, `spread_mass`, `spread_draw`: shaders/sample.wgsl) rather than over the
+/// survivors? Where top-k is off (or past the vocabulary) and only top-p, min-p and the
+/// temperature follow the adjustments, over more ids than the survivors: what they keep may
+/// be most of the vocabulary, which the survivors' chain could only fall back to in one
+/// workgroup. (Typical, XTC, top-nσ, mirostat and the dynamic temperature keep that fallback.)
+pub fn spreads(vocab: usize, s: &SamplingParams, draw: u32) -> bool {
+    s.temperature > 0.0
+        && vocab > CAND
+        && (s.top_k == 0 || s.top_k >= vocab)
+        && s.typical_p >= 1.0
+        && !(s.xtc_applies(draw) && s.xtc_probability > 0.0)
+        && s.top_n_sigma <= 0.0
+        && s.mirostat_tau <= 0.0
+        && s.dynatemp_range <= 0.0
 }
 
 /// How the last `sample` over this `work` chose, as it notes at work[path_slot(vocab)].
@@ -71,6 +95,8 @@ pub enum Path {
     Survivors,
     /// Greedy: the argmax of the chunks' maxima.
     Greedy,
+    /// The chain spread over the chunks (`spreads`).
+    Spread,
 }
 
 /// Where in `work` the sampler notes its [`Path`] (chunk 0's spare statistic).
@@ -83,6 +109,7 @@ pub fn path_taken(v: f32) -> Path {
     match v as u32 {
         1 => Path::Survivors,
         2 => Path::Greedy,
+        3 => Path::Spread,
         _ => Path::Whole,
     }
 }
@@ -159,7 +186,8 @@ fn params(vocab: usize, row: usize, out_index: usize, history: &Range<usize>, s:
         mirostat_eta: s.mirostat_eta,
         mode: 0,
         alternatives: 0,
-        _pad: [0; 2],
+        round: 0,
+        spread: spreads(vocab, s, draw) as u32,
     }
 }
 
@@ -198,7 +226,7 @@ pub fn threads(ctx: &crate::gpu::Context) -> Result<u32> {
 /// `logprobs`) keep 256: with fewer, each invocation's loops over a large vocabulary pass
 /// llvmpipe's limit of 65535 iterations and stop early (the test below found it at 152k ids).
 fn pipeline(ctx: &crate::gpu::Context, entry: &str, threads: u32) -> Result<std::sync::Arc<crate::gpu::Pipeline>> {
-    let threads = if matches!(entry, "candidates" | "greedy_chunks") { threads } else { 256 };
+    let threads = if matches!(entry, "candidates" | "greedy_chunks" | "spread_hist" | "spread_mass" | "spread_draw") { threads } else { 256 };
     ctx.pipeline(&SHADER, entry, &[("WG", threads as f64)])
 }
 
@@ -241,9 +269,23 @@ pub fn sample_with(rec: &mut Recorder, logits: &Tensor, row: usize, work: &Tenso
         rec.dispatch(OpInfo::new("sample", 0, 8 * vocab.div_ceil(CHUNK) as u64), &finish, &buffers, &p, [1, 1, 1]);
         return Ok(());
     }
+    let chunks = vocab.div_ceil(CHUNK) as u64;
+    if p.spread != 0 {
+        // Each round reads the ids and every chunk's 256 buckets, and writes its own.
+        let rounds = if s.top_p < 1.0 { 4 } else { 0 };
+        for round in 0..rounds {
+            let pipe = pipeline(rec.ctx, "spread_hist", threads)?;
+            let bytes = 4 * (vocab as u64 + chunks * chunks * CAND as u64 + chunks * CAND as u64);
+            rec.dispatch(OpInfo::new("sample", 3 * vocab as u64, bytes), &pipe, &buffers, &Params { round, ..p }, [chunks as u32, 1, 1]);
+        }
+        let pipe = pipeline(rec.ctx, "spread_mass", threads)?;
+        rec.dispatch(OpInfo::new("sample", 3 * vocab as u64, 4 * (vocab as u64 + chunks * chunks * CAND as u64)), &pipe, &buffers, &p, [chunks as u32, 1, 1]);
+        let pipe = pipeline(rec.ctx, "spread_draw", threads)?;
+        rec.dispatch(OpInfo::new("sample", 3 * CHUNK as u64, 4 * (CHUNK as u64 + chunks * CAND as u64)), &pipe, &buffers, &p, [1, 1, 1]);
+        return Ok(());
+    }
     // The survivors' chain reads a few values per chunk (a whole-vocabulary fallback reads
     // more, which this leaves out).
-    let chunks = vocab.div_ceil(CHUNK) as u64;
     rec.dispatch(OpInfo::new("sample", 4 * chunks * CAND as u64, 4 * chunks * (STATS + 2 * CAND) as u64), &finish, &buffers, &p, [1, 1, 1]);
     Ok(())
 }
@@ -491,12 +533,16 @@ mod tests {
             let hist: Vec<u32> = (0..12u32).map(|k| (k * 31 % 5 + k / 4) % vocab as u32).collect();
             let t = |temperature: f32| SamplingParams { temperature, seed: 3 + vocab as u64, ..SamplingParams::greedy() };
             let big = vocab > CAND; // more ids than survivors: the cases where the path matters
+            // Top-k off with top-p, min-p or neither runs spread over the chunks (`spreads`).
+            let spread = if big { Path::Spread } else { Path::Survivors };
             let cases: Vec<(&str, &[f32], SamplingParams, Path)> = vec![
                 ("defaults", &flat, SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05, ..t(0.8) }, Path::Survivors),
-                ("top-p alone, peaked", &peaked, SamplingParams { top_p: 0.9, ..t(1.0) }, Path::Survivors),
-                ("min-p alone, peaked", &peaked, SamplingParams { min_p: 0.1, ..t(1.2) }, Path::Survivors),
-                ("top-p alone, flat", &flat, SamplingParams { top_p: 0.9, ..t(1.0) }, if big { Path::Whole } else { Path::Survivors }),
-                ("nothing cut", &flat, t(1.0), if big { Path::Whole } else { Path::Survivors }),
+                ("top-p alone, peaked", &peaked, SamplingParams { top_p: 0.9, ..t(1.0) }, spread),
+                ("min-p alone, peaked", &peaked, SamplingParams { min_p: 0.1, ..t(1.2) }, spread),
+                ("top-p alone, flat", &flat, SamplingParams { top_p: 0.9, ..t(1.0) }, spread),
+                ("min-p alone, flat", &flat, SamplingParams { min_p: 0.3, ..t(0.8) }, spread),
+                ("top-p, min-p, penalties, DRY, top-k past the vocabulary, flat", &flat, SamplingParams { top_p: 0.6, min_p: 0.2, top_k: vocab + 5, repeat_penalty: 1.3, dry_multiplier: 2.0, ..t(0.7) }, spread),
+                ("nothing cut", &flat, t(1.0), spread),
                 ("top-k above CAND", &flat, SamplingParams { top_k: 300, ..t(1.0) }, if vocab > 300 { Path::Whole } else { Path::Survivors }),
                 ("penalties, DRY, top-k", &flat, SamplingParams { repeat_penalty: 1.3, presence_penalty: 0.5, dry_multiplier: 2.0, top_k: 20, ..t(0.9) }, Path::Survivors),
                 ("typical after top-k", &flat, SamplingParams { typical_p: 0.7, top_k: 50, ..t(1.0) }, Path::Survivors),
@@ -505,7 +551,7 @@ mod tests {
                 ("mirostat, peaked", &peaked, SamplingParams { mirostat_tau: 2.0, mirostat_eta: 0.0, ..t(1.0) }, Path::Survivors),
                 ("mirostat with dynatemp", &peaked, SamplingParams { mirostat_tau: 2.0, mirostat_eta: 0.0, dynatemp_range: 0.3, ..t(1.0) }, Path::Whole),
             ];
-            let few = ["defaults", "top-p alone, flat", "penalties, DRY, top-k", "mirostat with dynatemp"];
+            let few = ["defaults", "top-p alone, flat", "top-p, min-p, penalties, DRY, top-k past the vocabulary, flat", "penalties, DRY, top-k", "mirostat with dynatemp"];
             for (name, logits, s, path) in cases.into_iter().filter(|c| all || few.contains(&c.0)) {
                 let (agree, took) = agreement(ctx, logits, &hist, &s, draws, threads).await;
                 assert!(agree >= draws * 3 / 4, "vocab {vocab}, {name}, {threads} threads: GPU and CPU reference agree on {agree} of {draws} draws");
@@ -556,6 +602,12 @@ mod tests {
         // Logit bias (before the penalty), a ban, and top-nσ over what the ban leaves.
         let bias = vec![(10, 1.5), (3, -2.0), (0, f32::NEG_INFINITY)];
         check_frequencies(ctx, &logits, &hist, &SamplingParams { logit_bias: bias.clone(), repeat_penalty: 1.3, top_n_sigma: 1.2, ..base() }, n).await;
+        // Spread over three chunks (top-k off, more ids than the survivors hold; `spreads`).
+        let wide: Vec<f32> = test_values(9000, 4).iter().map(|v| v * 10.0).collect();
+        for s in [SamplingParams { top_p: 0.6, ..base() }, SamplingParams { min_p: 0.2, temperature: 0.7, ..base() }] {
+            assert!(spreads(wide.len(), &s, 0));
+            check_frequencies(ctx, &wide, &[], &s, n).await;
+        }
     });
 
     gpu_test!(fn dry_xtc_and_top_n_sigma_frequencies_match_the_reference(ctx) {
