@@ -865,6 +865,9 @@ mod tests {
         // Decode tokens of two slots at different positions, a prefill chunk of a third, a slot
         // starting from nothing; odd head sizes, grouped heads.
         run_table(ctx, 4, 2, 20, &[5, 17, 9, 0], &[1, 1, 6, 3], 24, AttnOpts::default()).await;
+        // A batched decode step (one token a slot, at most ROWS_MAX_TOKENS: CPU-type adapters
+        // take attention_rows), SmolLM2's heads, a slot starting from nothing.
+        run_table(ctx, 9, 3, 64, &[5, 17, 0, 40], &[1, 1, 1, 1], 48, AttnOpts::default()).await;
         // A sliding window over per-slot rings that have wrapped: ring of 4 + 6 - 1 rows.
         let o = AttnOpts { window: Some(4), ..Default::default() };
         run_table(ctx, 3, 1, 14, &[13, 2, 30], &[1, 6, 2], ring_len(4, 6), o).await;
