@@ -706,24 +706,45 @@ fn candidates(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
 }
 
 // The largest key with count(key >= it) >= need over work[base + stride * e], e < n; with
-// stride 2, over (logit, id) pairs, skipping empty ones (id -1).
+// stride 2, over (logit, id) pairs, skipping empty ones (id -1). A radix select, 8 bits of the
+// key a round: each round counts the items whose key has the digits picked so far into 256
+// buckets of the next 8 bits, and keeps the bucket where the count from the top reaches
+// `need` (4 passes over the items and a dozen barriers, where a binary search took 32 and 200).
 fn kth_largest_key(lid: u32, base: u32, n: u32, stride: u32, need: u32) -> u32 {
-    var lo = 0u;
-    var hi = 0xffffffffu;
-    while (lo < hi) {
-        let mid = lo + (hi - lo) / 2u + ((hi - lo) & 1u); // ceil, without overflow
-        var k = 0u;
+    var prefix = 0u;
+    var left = need;
+    for (var r = 0u; r < 4u; r++) {
+        let shift = 24u - 8u * r;
+        for (var b = lid; b < 256u; b += WG) {
+            atomicStore(&sp_hist[b], 0u);
+        }
+        workgroupBarrier();
         for (var e = lid; e < n; e += WG) {
             let at = base + stride * e;
-            k += u32(key(work[at]) >= mid && (stride == 1u || work[at + 1u] >= 0.0));
+            let k = key(work[at]);
+            if ((stride == 1u || work[at + 1u] >= 0.0) && (r == 0u || (k >> (shift + 8u)) == prefix)) {
+                atomicAdd(&sp_hist[(k >> shift) & 255u], 1u);
+            }
         }
-        if (sum_u(lid, k) >= need) {
-            lo = mid;
-        } else {
-            hi = mid - 1u;
+        workgroupBarrier();
+        if (lid == 0u) {
+            var cum = 0u;
+            var pick = 0u;
+            for (var i = 0u; i < 256u; i++) {
+                let c = atomicLoad(&sp_hist[255u - i]);
+                if (cum + c >= left) {
+                    pick = 255u - i;
+                    break;
+                }
+                cum += c;
+            }
+            bcast_u = (prefix << 8u) | pick;
+            red_u[0] = left - cum;
         }
+        prefix = workgroupUniformLoad(&bcast_u);
+        left = workgroupUniformLoad(&red_u[0]);
     }
-    return lo;
+    return prefix;
 }
 
 // The largest logit's lowest id, from the chunks (in id order, each with its lowest).
