@@ -75,27 +75,38 @@ fn rope_freqs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     rotate_pair(pf, idx, pos, inv_freqs[f]);
 }
 
+// (cos, sin) of the angle pos · inv_freq, times amp; the angle is first brought into [0, 2π),
+// where f32 sin and cos are accurate.
+fn cos_sin(pos: u32, inv_freq: f32, amp: f32) -> vec2<f32> {
+    var angle = f32(pos) * inv_freq;
+    angle -= TWO_PI * floor(angle / TWO_PI);
+    return vec2<f32>(cos(angle), sin(angle)) * amp;
+}
+
+// The dimensions of pair i of a head whose first rot_dim = 2 · half dimensions turn: adjacent
+// (2i, 2i + 1), or rotate-half (i, i + half) with neox.
+fn pair_dims(i: u32, half: u32, neox: u32) -> vec2<u32> {
+    if (neox != 0u) {
+        return vec2<u32>(i, i + half);
+    }
+    return vec2<u32>(2u * i, 2u * i + 1u);
+}
+
+// (x0, x1) turned by the angle whose (cos, sin) is cs.
+fn turned(x0: f32, x1: f32, cs: vec2<f32>) -> vec2<f32> {
+    return vec2<f32>(x0 * cs.x - x1 * cs.y, x1 * cs.x + x0 * cs.y);
+}
+
 // Turns pair idx % (rot_dim / 2) of row idx / (rot_dim / 2) (a (token, head)) by its angle at
 // position pos.
 fn rotate_pair(q: Params, idx: u32, pos: u32, inv_freq: f32) {
     let half = q.rot_dim / 2u;
-    let i = idx % half;
     let th = idx / half;          // t * n_heads + h
-    var angle = f32(pos) * inv_freq;
-    angle -= TWO_PI * floor(angle / TWO_PI); // keep sin/cos in their accurate range
-    let c = cos(angle) * q.amp;
-    let s = rope_sign * sin(angle) * q.amp;
-    let base = th * q.head_dim;
-    var a = base + 2u * i;
-    var b = a + 1u;
-    if (q.neox != 0u) {
-        a = base + i;
-        b = base + i + half;
-    }
-    let x0 = x[a];
-    let x1 = x[b];
-    x[a] = x0 * c - x1 * s;
-    x[b] = x1 * c + x0 * s;
+    let cs = cos_sin(pos, inv_freq, q.amp) * vec2<f32>(1.0, rope_sign);
+    let d = th * q.head_dim + pair_dims(idx % half, half, q.neox);
+    let t = turned(x[d.x], x[d.y], cs);
+    x[d.x] = t.x;
+    x[d.y] = t.y;
 }
 
 
@@ -187,20 +198,10 @@ fn norm_rope(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     }
     let half = pn.rot_dim / 2u;
     for (var i = lid; i < half; i += NR_WG) {
-        var a = 2u * i;
-        var b = a + 1u;
-        if (pn.neox != 0u) {
-            a = i;
-            b = i + half;
-        }
-        let x0 = nr_normed(is_q, base, a, inv);
-        let x1 = nr_normed(is_q, base, b, inv);
-        var angle = f32(pos) * nr_freqs[i];
-        angle -= TWO_PI * floor(angle / TWO_PI); // keep sin/cos in their accurate range
-        let c = cos(angle) * pn.amp;
-        let s = sin(angle) * pn.amp;
-        nr_set(is_q, base + a, x0 * c - x1 * s);
-        nr_set(is_q, base + b, x1 * c + x0 * s);
+        let d = pair_dims(i, half, pn.neox);
+        let t = turned(nr_normed(is_q, base, d.x, inv), nr_normed(is_q, base, d.y, inv), cos_sin(pos, nr_freqs[i], pn.amp));
+        nr_set(is_q, base + d.x, t.x);
+        nr_set(is_q, base + d.y, t.y);
     }
     for (var d = pn.rot_dim + lid; d < pn.head_dim; d += NR_WG) {
         nr_set(is_q, base + d, nr_normed(is_q, base, d, inv));
@@ -261,11 +262,7 @@ fn shift_store(row: u32, e: u32, v: f32) {
 
 // (x0, x1) turned back by pair i's angle at `delta`.
 fn turned_back(x0: f32, x1: f32, i: u32) -> vec2<f32> {
-    var angle = f32(ps.delta) * shift_freqs[i];
-    angle -= TWO_PI * floor(angle / TWO_PI);
-    let c = cos(angle);
-    let s = sin(angle);
-    return vec2<f32>(x0 * c + x1 * s, x1 * c - x0 * s);
+    return turned(x0, x1, cos_sin(ps.delta, shift_freqs[i], 1.0) * vec2<f32>(1.0, -1.0));
 }
 
 @compute @workgroup_size(256)

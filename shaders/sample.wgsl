@@ -942,12 +942,14 @@ fn pick(lid: u32, c: Chain, first: u32, n: u32, before: f32, given: f32) -> Pick
     workgroupBarrier();
     if (lid == 0u) {
         var run = before;
+        var sum = 0.0;
         for (var t = 0u; t < WG; t++) {
             let v = red_f[t];
             red_f[t] = run;
             run += v;
+            sum += v;
         }
-        red_u[0] = bitcast<u32>(run - before);
+        red_u[0] = bitcast<u32>(sum);
     }
     workgroupBarrier();
     let total = bitcast<f32>(red_u[0]);
@@ -1014,15 +1016,6 @@ fn chunks_max() -> f32 {
         m = max(m, stat(g, 0u));
     }
     return m;
-}
-
-// top_p · Z at the largest logit m.
-fn spread_target(m: f32) -> f32 {
-    var z = 0.0;
-    for (var g = 0u; g < n_chunks(); g++) {
-        z += stat(g, 2u) * exp(stat(g, 0u) - m);
-    }
-    return p.top_p * z;
 }
 
 // Never runs: keeps every binding in a spread kernel's layout.
@@ -1103,7 +1096,7 @@ fn spread_hist(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
     let m = chunks_max();
     var prefix = 0u;
     if (r > 0u) {
-        prefix = spread_digit(lid, r - 1u, spread_target(m), g == 0u).prefix;
+        prefix = spread_digit(lid, r - 1u, p.top_p * total_mass(m, false, 1.0), g == 0u).prefix;
     }
     for (var b = lid; b < 256u; b += WG) {
         atomicStore(&sp_hist[b], 0u);
@@ -1125,16 +1118,19 @@ fn spread_hist(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
     }
 }
 
-// The lowest key the chain keeps: top-p's threshold (after the 4 rounds), raised by min-p's.
-fn spread_floor(lid: u32, m: f32, keep: bool) -> u32 {
+// What the spread chain keeps and how the draw weighs it: from top-p's threshold (after the
+// 4 rounds), raised by min-p's, up to the largest logit M, weighed exp((v - M) / T).
+fn spread_chain(lid: u32) -> Chain {
+    let m = chunks_max();
     var lo = 0u;
     if (p.top_p < 1.0) {
-        lo = spread_digit(lid, 3u, spread_target(m), keep).prefix;
+        lo = spread_digit(lid, 3u, p.top_p * total_mass(m, false, 1.0), false).prefix;
     }
     if (p.min_p > 0.0) {
         lo = max(lo, key(m + log(p.min_p)));
     }
-    return min(lo, key(m)); // the most likely token is always kept
+    lo = min(lo, key(m)); // the most likely token is always kept
+    return Chain(lo, key(m), m, 1.0 / max(p.temperature, MIN_TEMPERATURE), 1u);
 }
 
 // Chunk g's kept mass at the temperature goes where its round-0 buckets were (no longer read).
@@ -1142,15 +1138,13 @@ fn spread_floor(lid: u32, m: f32, keep: bool) -> u32 {
 fn spread_mass(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     spread_layout();
     let g = linear_workgroup(wid, nwg);
-    let m = chunks_max();
-    let lo = spread_floor(lid, m, false);
-    let inv_t = 1.0 / max(p.temperature, MIN_TEMPERATURE);
+    let c = spread_chain(lid);
     let first = g * CHUNK;
     let end = min(first + CHUNK, p.vocab);
     var s = 0.0;
     for (var i = first + lid; i < end; i += WG) {
         let v = work[i];
-        s += select(0.0, exp((v - m) * inv_t), key(v) >= lo);
+        s += select(0.0, exp((v - c.mk) * c.scale), kept(key(v), c.lo, c.hi));
     }
     let total = sum_f(lid, s);
     if (lid == 0u) {
@@ -1161,9 +1155,7 @@ fn spread_mass(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
 @compute @workgroup_size(WG)
 fn spread_draw(@builtin(local_invocation_index) lid: u32) {
     spread_layout();
-    let m = chunks_max();
-    let lo = spread_floor(lid, m, false);
-    let inv_t = 1.0 / max(p.temperature, MIN_TEMPERATURE);
+    let c = spread_chain(lid);
     // The chunk where u falls, in id order (every thread alike).
     var z = 0.0;
     for (var g = 0u; g < n_chunks(); g++) {
@@ -1173,10 +1165,10 @@ fn spread_draw(@builtin(local_invocation_index) lid: u32) {
     var g = 0u;
     var before = 0.0;
     var run = 0.0;
-    for (var c = 0u; c < n_chunks(); c++) {
-        let kc = work[hist_at(c, 0u)];
+    for (var h = 0u; h < n_chunks(); h++) {
+        let kc = work[hist_at(h, 0u)];
         if (kc > 0.0) {
-            g = c; // the last chunk with mass, where u fell on the very end through rounding
+            g = h; // the last chunk with mass, where u fell on the very end through rounding
             before = run;
             if (u < run + kc) {
                 break;
@@ -1186,7 +1178,7 @@ fn spread_draw(@builtin(local_invocation_index) lid: u32) {
     }
     // Within it, as `draw` picks (fast is false here: items are ids).
     let first = g * CHUNK;
-    let k = pick(lid, Chain(lo, key(m), m, inv_t, 1u), first, min(first + CHUNK, p.vocab) - first, before, u);
+    let k = pick(lid, c, first, min(first + CHUNK, p.vocab) - first, before, u);
     if (lid == 0u) {
         tokens[p.out_index] = k.i;
         work[p.vocab + 9u] = 3.0; // chunk 0's spare: the spread path (ops::sample::path_taken)

@@ -260,23 +260,24 @@ pub fn sample_with(rec: &mut Recorder, logits: &Tensor, row: usize, work: &Tenso
     // Greedy takes kernels of its own, which reach none of the chain's code.
     let greedy = s.temperature <= 0.0;
     let first = pipeline(rec.ctx, if greedy { "greedy_chunks" } else { "candidates" }, threads)?;
-    let finish = pipeline(rec.ctx, if greedy { "greedy_pick" } else { "sample" }, threads)?;
     let p = params(vocab, row, out_index, &history, s, draw);
     let buffers = [&logits.buf, &work.buf, &tokens.buf, &adjust.buf];
     let (flops, bytes) = cost(vocab);
     rec.dispatch(OpInfo::new("sample", flops, bytes), &first, &buffers, &p, [vocab.div_ceil(CHUNK) as u32, 1, 1]);
     if greedy {
-        rec.dispatch(OpInfo::new("sample", 0, 8 * vocab.div_ceil(CHUNK) as u64), &finish, &buffers, &p, [1, 1, 1]);
+        let pick = pipeline(rec.ctx, "greedy_pick", threads)?;
+        rec.dispatch(OpInfo::new("sample", 0, 8 * vocab.div_ceil(CHUNK) as u64), &pick, &buffers, &p, [1, 1, 1]);
         return Ok(());
     }
     let chunks = vocab.div_ceil(CHUNK) as u64;
     if p.spread != 0 {
-        // Each round reads the ids and every chunk's 256 buckets, and writes its own.
-        let rounds = if s.top_p < 1.0 { 4 } else { 0 };
-        for round in 0..rounds {
-            let pipe = pipeline(rec.ctx, "spread_hist", threads)?;
+        if s.top_p < 1.0 {
+            // Top-p's 4 rounds: each reads the ids and every chunk's 256 buckets, and writes its own.
+            let hist = pipeline(rec.ctx, "spread_hist", threads)?;
             let bytes = 4 * (vocab as u64 + chunks * chunks * CAND as u64 + chunks * CAND as u64);
-            rec.dispatch(OpInfo::new("sample", 3 * vocab as u64, bytes), &pipe, &buffers, &Params { round, ..p }, [chunks as u32, 1, 1]);
+            for round in 0..4 {
+                rec.dispatch(OpInfo::new("sample", 3 * vocab as u64, bytes), &hist, &buffers, &Params { round, ..p }, [chunks as u32, 1, 1]);
+            }
         }
         let pipe = pipeline(rec.ctx, "spread_mass", threads)?;
         rec.dispatch(OpInfo::new("sample", 3 * vocab as u64, 4 * (vocab as u64 + chunks * chunks * CAND as u64)), &pipe, &buffers, &p, [chunks as u32, 1, 1]);
@@ -286,6 +287,7 @@ pub fn sample_with(rec: &mut Recorder, logits: &Tensor, row: usize, work: &Tenso
     }
     // The survivors' chain reads a few values per chunk (a whole-vocabulary fallback reads
     // more, which this leaves out).
+    let finish = pipeline(rec.ctx, "sample", threads)?;
     rec.dispatch(OpInfo::new("sample", 4 * chunks * CAND as u64, 4 * chunks * (STATS + 2 * CAND) as u64), &finish, &buffers, &p, [1, 1, 1]);
     Ok(())
 }
